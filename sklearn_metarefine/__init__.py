@@ -6,4 +6,11 @@ scikit-learn estimators.
 
 __version__ = "0.1.0.dev0"
 
-__all__ = []
+from ._flow_detector import FlowDetector, MAMLFlowDetector
+from ._refine import iqr_fence
+
+__all__ = [
+    "FlowDetector",
+    "MAMLFlowDetector",
+    "iqr_fence",
+]

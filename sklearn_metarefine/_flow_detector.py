@@ -1,0 +1,589 @@
+"""Normalizing-flow outlier detectors with a scikit-learn face.
+
+The estimators are plain ``OutlierMixin, BaseEstimator`` classes with flat
+hyperparameters; ``fit`` builds a skorch ``NeuralNet`` (stored as ``net_``) that
+does the training. Maximum-likelihood training is skorch's own train step; MAML
+replaces the train step and nothing else.
+"""
+
+import copy
+import numbers
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+from skorch import NeuralNet
+from skorch.callbacks import ProgressBar
+from skorch.dataset import unpack_data
+from skorch.utils import to_tensor
+from torch import nn
+from torch.func import functional_call
+
+from ._flow import Flow, differnet_loss, log_prob
+from ._maml import maml_loss, split_task
+from ._refine import iqr_fence
+from ._utils import draw_seed, resolve_device, torch_seeded
+
+_SCORING_BATCH_ROWS = 4096
+# On standardised inputs the untrained flow (the identity) has a loss of about
+# 0.5 per dimension; a training loss this large only comes from an optimisation
+# that has run away, even while it is still finite.
+_DIVERGED_LOSS = 1e4
+
+
+class DivergenceError(FloatingPointError):
+    """Raised when a flow's training loss stops being finite."""
+
+
+class FlowNLLLoss(nn.Module):
+    """skorch criterion: DifferNet's loss of the flow output; targets are ignored."""
+
+    def forward(self, y_pred, y_true=None):
+        return differnet_loss(*y_pred)
+
+
+class _FlowNet(NeuralNet):
+    """skorch net for unsupervised flow training that refuses to diverge."""
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        loss = super().get_loss(y_pred, y_true, X=X, training=training)
+        if training:
+            self._check_not_diverged(loss)
+        return loss
+
+    def _check_not_diverged(self, loss):
+        if not torch.isfinite(loss) or loss.item() > _DIVERGED_LOSS:
+            epoch = len(self.history)
+            lr = self.optimizer_.param_groups[0]["lr"]
+            raise DivergenceError(
+                f"The flow's training loss became {loss.item():.4g} in "
+                f"epoch {epoch}: the optimisation diverged. Lower the learning "
+                f"rate (currently {lr!r}), or the inner learning rate alpha for "
+                "MAML, or standardise features with extreme values."
+            )
+
+
+class _MAMLFlowNet(_FlowNet):
+    """skorch net whose train step is one MAML task per batch.
+
+    The optimiser step skorch performs after ``train_step_single`` is the outer
+    (meta) update, so ``lr`` here is the meta learning rate beta.
+    """
+
+    def __init__(
+        self,
+        *args,
+        alpha=0.01,
+        inner_steps=1,
+        first_order=False,
+        support_fraction=0.5,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.alpha = alpha
+        self.inner_steps = inner_steps
+        self.first_order = first_order
+        self.support_fraction = support_fraction
+
+    def train_step_single(self, batch, **fit_params):
+        self._set_training(True)
+        Xi, _ = unpack_data(batch)
+        support, query = split_task(to_tensor(Xi, self.device), self.support_fraction)
+        loss = maml_loss(
+            self.module_,
+            support,
+            query,
+            self.criterion_,
+            alpha=self.alpha,
+            n_steps=self.inner_steps,
+            first_order=self.first_order,
+        )
+        self._check_not_diverged(loss)
+        loss.backward()
+        return {"loss": loss, "y_pred": None}
+
+
+def standardisation(X):
+    """Per-feature mean and scale; constant features get scale 1."""
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0)
+    scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
+    return mean, scale
+
+
+def mean_over_views(values, n_views):
+    """Average per-view values, stored view-major per object, over each object."""
+    return values.reshape(-1, n_views).mean(axis=1)
+
+
+class FlowDetector(OutlierMixin, BaseEstimator):
+    """Outlier detector scoring samples by the likelihood of a normalizing flow.
+
+    The flow is DifferNet's: ``n_blocks`` blocks of a fixed random permutation
+    and a GLOW affine coupling with soft-clamped log-scales, trained by maximum
+    likelihood on standardised inputs. This is the paper's "Vanilla" model.
+
+    Parameters
+    ----------
+    n_views : int, default=1
+        Number of views per object. ``X`` of shape ``(n, n_views * d)`` holds
+        the views of each object side by side (view-major); training treats
+        each view as a sample and :meth:`score_samples` averages the
+        log-likelihood over an object's views.
+    n_blocks : int, default=8
+        Permutation + coupling blocks.
+    hidden_size : int, default=64
+        Width of the coupling subnets. DifferNet uses 2048.
+    n_hidden_layers : int, default=1
+        Hidden layers per coupling subnet.
+    clamp : float, default=3.0
+        Bound of the soft clamp ``clamp * 0.636 * atan(s / clamp)``.
+    lr : float, default=1e-3
+        Adam learning rate. DifferNet uses 2e-4.
+    weight_decay : float, default=1e-5
+    batch_size : int, default=96
+    max_epochs : int, default=30
+        Epochs of a fresh fit. DifferNet trains 240 (192 on MVTec in practice).
+    warm_epochs : int or None, default=None
+        Epochs of a warm-started fit (``warm_start=True`` on a fitted
+        detector). None means ``max(1, max_epochs // 5)``.
+    contamination : "auto" or float, default="auto"
+        Sets :attr:`offset_`. A float is the expected fraction of outliers in
+        the training set: the offset is that percentile of the training
+        scores. "auto" uses Tukey's fence ``Q3 + 1.5 * IQR`` of the training
+        anomaly scores.
+    warm_start : bool, default=False
+        When True and the detector is fitted, ``fit`` continues training the
+        current flow (and keeps its input standardisation) for
+        ``warm_epochs`` epochs instead of starting afresh.
+    device : {"auto", "cpu", "cuda"} or str, default="auto"
+        Where the flow is trained and evaluated; "auto" picks CUDA when it
+        is available.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the permutations, the initialisation and the batch order.
+    verbose : int, default=0
+        0 is silent, 1 prints skorch's table of epochs, 2 also shows a
+        progress bar over batches.
+
+    Attributes
+    ----------
+    net_ : skorch.NeuralNet
+        The fitted skorch net; ``net_.module_`` is the flow.
+    mean_ : ndarray of shape (n_features_per_view_,)
+        Per-feature mean used to standardise the inputs.
+    scale_ : ndarray of shape (n_features_per_view_,)
+        Per-feature standard deviation used to standardise the inputs.
+    n_features_per_view_ : int
+        Dimension of one view.
+    offset_ : float
+        ``decision_function = score_samples - offset_``.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+
+    See Also
+    --------
+    MAMLFlowDetector : The same flow trained with MAML.
+    IQRRefiner : Iterative removal of training outliers around any detector.
+
+    Notes
+    -----
+    :meth:`score_samples` is the log-density of the input in the original
+    feature space (the standardisation's Jacobian included), computed in
+    float64. Training runs in float32.
+
+    References
+    ----------
+    .. [1] M. Rudolph, B. Wandt, B. Rosenhahn, "Same Same But DifferNet:
+       Semi-Supervised Defect Detection with Normalizing Flows", WACV 2021.
+    .. [2] M. Aqeel, S. Sharifi, M. Cristani, F. Setti, "Meta Learning-Driven
+       Iterative Refinement for Robust Anomaly Detection in Industrial
+       Inspection", ECCV 2024 Workshops.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_metarefine import FlowDetector
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.normal(size=(200, 4))
+    >>> det = FlowDetector(n_blocks=2, hidden_size=16, max_epochs=5,
+    ...                    random_state=0).fit(X)
+    >>> det.predict([[0.0, 0.0, 0.0, 0.0], [8.0, 8.0, 8.0, 8.0]])
+    array([ 1, -1])
+    """
+
+    _parameter_constraints = {
+        "n_views": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_blocks": [Interval(numbers.Integral, 1, None, closed="left")],
+        "hidden_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_hidden_layers": [Interval(numbers.Integral, 0, None, closed="left")],
+        "clamp": [Interval(numbers.Real, 0, None, closed="neither")],
+        "lr": [Interval(numbers.Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "warm_epochs": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "contamination": [
+            StrOptions({"auto"}),
+            Interval(numbers.Real, 0, 0.5, closed="right"),
+        ],
+        "warm_start": ["boolean"],
+        "device": [str],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    _net_class = _FlowNet
+
+    def __init__(
+        self,
+        n_views=1,
+        *,
+        n_blocks=8,
+        hidden_size=64,
+        n_hidden_layers=1,
+        clamp=3.0,
+        lr=1e-3,
+        weight_decay=1e-5,
+        batch_size=96,
+        max_epochs=30,
+        warm_epochs=None,
+        contamination="auto",
+        warm_start=False,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.n_views = n_views
+        self.n_blocks = n_blocks
+        self.hidden_size = hidden_size
+        self.n_hidden_layers = n_hidden_layers
+        self.clamp = clamp
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.warm_epochs = warm_epochs
+        self.contamination = contamination
+        self.warm_start = warm_start
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit the flow to the rows of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_views * n_features_per_view)
+            Training data, assumed mostly normal.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+            The fitted detector.
+        """
+        warm = self.warm_start and hasattr(self, "net_")
+        X = validate_data(
+            self, X, dtype=np.float64, ensure_min_samples=2, reset=not warm
+        )
+        rows = self._views_as_rows(X)
+        device = resolve_device(self.device)
+        seed = draw_seed(check_random_state(self.random_state))
+
+        if warm:
+            net = copy.deepcopy(self.net_)
+            # The refit set can be smaller than the first one; a batch larger
+            # than it would be dropped whole by MAML's drop_last.
+            net.set_params(batch_size=min(self.batch_size, len(rows)))
+            mean, scale = self.mean_, self.scale_
+        else:
+            mean, scale = standardisation(rows)
+            net = self._build_net(rows.shape[1], len(rows), device, seed)
+        train_rows = ((rows - mean) / scale).astype(np.float32)
+
+        with torch_seeded(seed, device):
+            if warm:
+                net.partial_fit(train_rows, epochs=self._warm_epochs())
+            else:
+                net.fit(train_rows)
+
+        self.net_, self.mean_, self.scale_ = net, mean, scale
+        self.n_features_per_view_ = rows.shape[1]
+        scores = self._score(X)
+        if not np.all(np.isfinite(scores)):
+            del self.net_
+            raise DivergenceError(
+                "The fitted flow gives NaN or infinite log-likelihoods on its "
+                f"training data: the optimisation diverged. Lower the learning "
+                f"rate (currently {self._net_kwargs()['optimizer__lr']!r})."
+            )
+        if self.contamination == "auto":
+            self.offset_ = -iqr_fence(-scores, k=1.5)
+        else:
+            self.offset_ = float(np.percentile(scores, 100.0 * self.contamination))
+        return self
+
+    def score_samples(self, X):
+        """Log-likelihood of each sample, averaged over its views.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,), dtype float64
+            Higher means more normal.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self._score(X)
+
+    def decision_function(self, X):
+        """Score shifted by ``offset_``: negative for outliers.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,), dtype float64
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """Label each sample +1 (inlier) or -1 (outlier).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), dtype int
+        """
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def _views_as_rows(self, X):
+        n_features = X.shape[1]
+        if n_features % self.n_views:
+            raise ValueError(
+                f"X has {n_features} features, which is not a multiple of "
+                f"n_views={self.n_views}: each row must hold n_views views of "
+                "equal width side by side."
+            )
+        per_view = n_features // self.n_views
+        if per_view < 2:
+            raise ValueError(
+                f"Each view has {per_view} feature(s); a coupling flow needs at "
+                "least 2 features per view."
+            )
+        return X.reshape(-1, per_view)
+
+    def _warm_epochs(self):
+        if self.warm_epochs is not None:
+            return self.warm_epochs
+        return max(1, self.max_epochs // 5)
+
+    def _net_kwargs(self):
+        return {
+            "optimizer__lr": self.lr,
+            "optimizer__weight_decay": self.weight_decay,
+        }
+
+    def _build_net(self, dim, n_rows, device, seed):
+        callbacks = [ProgressBar()] if self.verbose >= 2 else []
+        return self._net_class(
+            module=Flow,
+            module__dim=dim,
+            module__n_blocks=self.n_blocks,
+            module__hidden_size=self.hidden_size,
+            module__n_hidden_layers=self.n_hidden_layers,
+            module__clamp=self.clamp,
+            module__seed=seed,
+            criterion=FlowNLLLoss,
+            optimizer=torch.optim.Adam,
+            batch_size=min(self.batch_size, n_rows),
+            max_epochs=self.max_epochs,
+            train_split=None,
+            iterator_train__shuffle=True,
+            callbacks=callbacks,
+            device=str(device),
+            verbose=int(self.verbose > 0),
+            **self._net_kwargs(),
+        )
+
+    def _score(self, X):
+        """Mean log-likelihood over views, in float64, without touching the net."""
+        module = self.net_.module_
+        parameters = next(module.parameters())
+        device = parameters.device
+        state = {
+            name: (t.detach().double() if t.is_floating_point() else t)
+            for name, t in module.state_dict().items()
+        }
+        rows = (self._views_as_rows(X) - self.mean_) / self.scale_
+        log_det_scale = -np.sum(np.log(self.scale_))
+        out = np.empty(len(rows), dtype=np.float64)
+        with torch.no_grad():
+            for start in range(0, len(rows), _SCORING_BATCH_ROWS):
+                batch = torch.as_tensor(
+                    rows[start : start + _SCORING_BATCH_ROWS], device=device
+                )
+                z, log_det = functional_call(module, state, (batch,))
+                out[start : start + len(batch)] = log_prob(z, log_det).cpu().numpy()
+        return mean_over_views(out + log_det_scale, self.n_views)
+
+
+class MAMLFlowDetector(FlowDetector):
+    """Normalizing-flow outlier detector trained with MAML.
+
+    The flow of :class:`FlowDetector`, trained with Model-Agnostic
+    Meta-Learning: each batch is a task, split into a support set S and a
+    query set Q; the inner step adapts the parameters on S,
+    ``theta' = theta - alpha * grad L(S, theta)`` (eq. 1 of [2]_), and the
+    outer step moves ``theta`` along ``grad L(Q, theta')`` with Adam at learning
+    rate ``beta`` (eq. 2). The meta-learned parameters are an initialisation
+    that adapts in a few epochs, which makes warm refits (``warm_start``) after
+    the removal of training outliers cheap.
+
+    Parameters
+    ----------
+    n_views : int, default=1
+        Number of views per object, see :class:`FlowDetector`.
+    alpha : float, default=0.01
+        Inner (task-adaptation) learning rate of the plain gradient step.
+    beta : float, default=1e-3
+        Meta learning rate: Adam's learning rate for the outer update.
+    inner_steps : int, default=1
+        Inner gradient steps per task.
+    first_order : bool, default=False
+        Use first-order MAML (do not differentiate through the inner step):
+        cheaper in time and memory for big flows.
+    support_fraction : float, default=0.5
+        Fraction of each task's batch used as the support set; the rest is
+        the query set.
+    n_blocks, hidden_size, n_hidden_layers, clamp, weight_decay, batch_size, \
+max_epochs, warm_epochs, contamination, warm_start, device, random_state, \
+verbose
+        As in :class:`FlowDetector`.
+
+    Attributes
+    ----------
+    net_ : skorch.NeuralNet
+        The fitted skorch net; ``net_.module_`` is the flow.
+    mean_ : ndarray of shape (n_features_per_view_,)
+        Per-feature mean used to standardise the inputs.
+    scale_ : ndarray of shape (n_features_per_view_,)
+        Per-feature standard deviation used to standardise the inputs.
+    n_features_per_view_ : int
+        Dimension of one view.
+    offset_ : float
+        ``decision_function = score_samples - offset_``.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+
+    See Also
+    --------
+    FlowDetector : The same flow trained by plain maximum likelihood.
+    MetaRefineDetector : Features, this detector and iterative refinement.
+
+    References
+    ----------
+    .. [1] C. Finn, P. Abbeel, S. Levine, "Model-Agnostic Meta-Learning for
+       Fast Adaptation of Deep Networks", ICML 2017.
+    .. [2] M. Aqeel, S. Sharifi, M. Cristani, F. Setti, "Meta Learning-Driven
+       Iterative Refinement for Robust Anomaly Detection in Industrial
+       Inspection", ECCV 2024 Workshops.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_metarefine import MAMLFlowDetector
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.normal(size=(200, 4))
+    >>> det = MAMLFlowDetector(n_blocks=2, hidden_size=16, max_epochs=5,
+    ...                        random_state=0).fit(X)
+    >>> det.predict([[0.0, 0.0, 0.0, 0.0], [8.0, 8.0, 8.0, 8.0]])
+    array([ 1, -1])
+    """
+
+    _parameter_constraints = {
+        **{
+            name: constraint
+            for name, constraint in FlowDetector._parameter_constraints.items()
+            if name != "lr"
+        },
+        "alpha": [Interval(numbers.Real, 0, None, closed="left")],
+        "beta": [Interval(numbers.Real, 0, None, closed="neither")],
+        "inner_steps": [Interval(numbers.Integral, 1, None, closed="left")],
+        "first_order": ["boolean"],
+        "support_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
+    }
+
+    _net_class = _MAMLFlowNet
+
+    def __init__(
+        self,
+        n_views=1,
+        *,
+        alpha=0.01,
+        beta=1e-3,
+        inner_steps=1,
+        first_order=False,
+        support_fraction=0.5,
+        n_blocks=8,
+        hidden_size=64,
+        n_hidden_layers=1,
+        clamp=3.0,
+        weight_decay=1e-5,
+        batch_size=96,
+        max_epochs=30,
+        warm_epochs=None,
+        contamination="auto",
+        warm_start=False,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.n_views = n_views
+        self.alpha = alpha
+        self.beta = beta
+        self.inner_steps = inner_steps
+        self.first_order = first_order
+        self.support_fraction = support_fraction
+        self.n_blocks = n_blocks
+        self.hidden_size = hidden_size
+        self.n_hidden_layers = n_hidden_layers
+        self.clamp = clamp
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.warm_epochs = warm_epochs
+        self.contamination = contamination
+        self.warm_start = warm_start
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _net_kwargs(self):
+        return {
+            "optimizer__lr": self.beta,
+            "optimizer__weight_decay": self.weight_decay,
+            "alpha": self.alpha,
+            "inner_steps": self.inner_steps,
+            "first_order": self.first_order,
+            "support_fraction": self.support_fraction,
+            "iterator_train__drop_last": True,
+        }

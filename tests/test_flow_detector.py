@@ -1,0 +1,180 @@
+"""FlowDetector and MAMLFlowDetector: views, determinism, persistence, errors."""
+
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+import torch
+
+from sklearn_metarefine import FlowDetector, MAMLFlowDetector
+from sklearn_metarefine._flow import log_prob
+from sklearn_metarefine._flow_detector import DivergenceError
+
+SMALL = dict(n_blocks=2, hidden_size=16, max_epochs=4, device="cpu")
+DETECTORS = [FlowDetector, MAMLFlowDetector]
+
+
+@pytest.fixture
+def X():
+    return np.random.RandomState(0).normal(size=(120, 6))
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_score_is_minus_mean_of_per_view_nll(Detector):
+    n_views, d = 3, 4
+    X = np.random.RandomState(1).normal(size=(50, n_views * d))
+    det = Detector(n_views, random_state=0, **SMALL).fit(X)
+    assert det.n_features_per_view_ == d
+    # Views are training samples: the standardisation is over all views.
+    np.testing.assert_allclose(det.mean_, X.reshape(-1, d).mean(axis=0))
+
+    flow = det.net_.module_
+    flow_double = type(flow)(d, n_blocks=2, hidden_size=16, seed=0).double()
+    flow_double.load_state_dict(flow.state_dict())
+    nll = np.empty((len(X), n_views))
+    for v in range(n_views):
+        view = (X[:, v * d : (v + 1) * d] - det.mean_) / det.scale_
+        with torch.no_grad():
+            z, log_det = flow_double(torch.as_tensor(view))
+        nll[:, v] = -log_prob(z, log_det).numpy() + np.log(det.scale_).sum()
+    np.testing.assert_allclose(det.score_samples(X), -nll.mean(axis=1), rtol=1e-10)
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_same_random_state_same_scores(Detector, X):
+    a = Detector(random_state=3, **SMALL).fit(X).score_samples(X)
+    b = Detector(random_state=3, **SMALL).fit(X).score_samples(X)
+    c = Detector(random_state=4, **SMALL).fit(X).score_samples(X)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_fit_does_not_reseed_the_global_torch_generator(Detector, X):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    Detector(random_state=0, **SMALL).fit(X)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_pickle_and_joblib_round_trips_give_identical_scores(Detector, X, tmp_path):
+    det = Detector(random_state=0, **SMALL).fit(X)
+    expected = det.score_samples(X)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(det)).score_samples(X), expected)
+    joblib.dump(det, tmp_path / "det.joblib")
+    np.testing.assert_array_equal(
+        joblib.load(tmp_path / "det.joblib").score_samples(X), expected
+    )
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_scores_are_float64_and_signs_follow_sklearn(Detector, X):
+    det = Detector(random_state=0, **SMALL).fit(X)
+    far = X[:5] + 25.0
+    assert det.score_samples(X).dtype == np.float64
+    assert det.score_samples(far).max() < det.score_samples(X).min()
+    assert np.all(det.predict(far) == -1)
+    np.testing.assert_allclose(
+        det.decision_function(X), det.score_samples(X) - det.offset_
+    )
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_warm_start_continues_from_the_fitted_flow(Detector, X):
+    det = Detector(random_state=0, warm_epochs=2, **SMALL).fit(X)
+    mean, scale, epochs = det.mean_.copy(), det.scale_.copy(), len(det.net_.history)
+    before = det.score_samples(X)
+    det.set_params(warm_start=True).fit(X[:60])
+    assert len(det.net_.history) == epochs + 2
+    np.testing.assert_array_equal(det.mean_, mean)
+    np.testing.assert_array_equal(det.scale_, scale)
+    # Two more epochs move the flow, but from where it was.
+    after = det.score_samples(X)
+    assert not np.allclose(before, after)
+    assert np.corrcoef(before, after)[0, 1] > 0.9
+    with pytest.raises(ValueError, match="features"):
+        det.fit(X[:, :4])
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_input_is_rejected(Detector, X, bad):
+    X = X.copy()
+    X[3, 2] = bad
+    with pytest.raises(ValueError, match="NaN|infinity"):
+        Detector(**SMALL).fit(X)
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_one_sample_is_rejected(Detector, X):
+    with pytest.raises(ValueError, match="1 sample"):
+        Detector(**SMALL).fit(X[:1])
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_wrong_width_at_scoring_is_rejected(Detector, X):
+    det = Detector(random_state=0, **SMALL).fit(X)
+    with pytest.raises(ValueError, match="6 features"):
+        det.score_samples(X[:, :5])
+
+
+def test_views_must_divide_the_features(X):
+    with pytest.raises(ValueError, match="not a multiple of n_views=4"):
+        FlowDetector(4, **SMALL).fit(X)
+    with pytest.raises(ValueError, match="at least 2 features per view"):
+        FlowDetector(6, **SMALL).fit(X)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_says_so(X):
+    det = FlowDetector(**{**SMALL, "device": "cuda"})
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        det.fit(X)
+    assert not hasattr(det, "net_")
+
+
+@pytest.mark.parametrize(
+    "det",
+    [
+        FlowDetector(lr=1e4, random_state=0, **SMALL),
+        MAMLFlowDetector(alpha=1e6, random_state=0, **SMALL),
+    ],
+    ids=["huge-lr", "huge-alpha"],
+)
+def test_diverging_fit_raises_and_leaves_nothing_fitted(det, X):
+    with pytest.raises(DivergenceError, match="diverged"):
+        det.fit(X)
+    assert not hasattr(det, "net_")
+    assert not hasattr(det, "offset_")
+
+
+def test_verbose_prints_the_epoch_table(X, capsys):
+    FlowDetector(verbose=1, random_state=0, **SMALL).fit(X)
+    out = capsys.readouterr().out
+    assert "train_loss" in out and "epoch" in out
+
+
+def test_maml_parameters_reach_the_net(X):
+    det = MAMLFlowDetector(
+        alpha=0.2, beta=3e-4, inner_steps=2, first_order=True, random_state=0, **SMALL
+    ).fit(X)
+    assert det.net_.alpha == 0.2
+    assert det.net_.inner_steps == 2
+    assert det.net_.first_order is True
+    assert det.net_.optimizer_.param_groups[0]["lr"] == 3e-4
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_cuda_fit_matches_the_cpu_contract(Detector, X):
+    det = Detector(**{**SMALL, "device": "cuda"}, random_state=0).fit(X)
+    assert next(det.net_.module_.parameters()).is_cuda
+    scores = det.score_samples(X)
+    assert scores.dtype == np.float64 and np.all(np.isfinite(scores))
+    assert det.score_samples(X[:5] + 25.0).max() < scores.min()
+    restored = pickle.loads(pickle.dumps(det))
+    np.testing.assert_array_equal(restored.score_samples(X), scores)

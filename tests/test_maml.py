@@ -1,0 +1,132 @@
+"""The MAML meta-gradient against a hand computation."""
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from sklearn_metarefine import MAMLFlowDetector
+from sklearn_metarefine._flow import Flow, differnet_loss
+from sklearn_metarefine._flow_detector import _MAMLFlowNet
+from sklearn_metarefine._maml import maml_loss, split_task
+
+
+def _loss(out):
+    return differnet_loss(*out)
+
+
+def _hand_meta_gradients(flow, support, query, alpha):
+    """MAML's meta-gradient from its definition, with an explicit Hessian.
+
+    With L_S, L_Q the support and query losses as functions of the flattened
+    parameters theta: theta' = theta - alpha * grad L_S(theta), and
+    d L_Q(theta') / d theta = (I - alpha * H_S(theta)) grad L_Q(theta').
+    The first-order approximation drops the Hessian term.
+    """
+    names = [name for name, _ in flow.named_parameters()]
+    shapes = [p.shape for _, p in flow.named_parameters()]
+    sizes = [p.numel() for _, p in flow.named_parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for _, p in flow.named_parameters()])
+
+    def unflatten(vector):
+        chunks = torch.split(vector, sizes)
+        return {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}
+
+    def loss_on(data):
+        return lambda vector: _loss(functional_call(flow, unflatten(vector), (data,)))
+
+    grad_support = torch.func.grad(loss_on(support))(theta)
+    hessian_support = torch.func.hessian(loss_on(support))(theta)
+    adapted = theta - alpha * grad_support
+    grad_query = torch.func.grad(loss_on(query))(adapted)
+    identity = torch.eye(theta.numel(), dtype=theta.dtype)
+    second_order = (identity - alpha * hessian_support) @ grad_query
+    return unflatten(second_order), unflatten(grad_query)
+
+
+def _tiny_flow(seed=0):
+    torch.manual_seed(seed)
+    flow = Flow(3, n_blocks=2, hidden_size=4, seed=seed).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.normal_(0.0, 0.3)
+    return flow
+
+
+def test_maml_loss_gradient_equals_hand_computation():
+    flow = _tiny_flow()
+    batch = torch.randn(12, 3, dtype=torch.float64)
+    support, query = split_task(batch, 0.5)
+    alpha = 0.5
+    expected_second, expected_first = _hand_meta_gradients(flow, support, query, alpha)
+
+    grads = {}
+    for first_order in (False, True):
+        flow.zero_grad()
+        maml_loss(
+            flow, support, query, _loss, alpha=alpha, first_order=first_order
+        ).backward()
+        grads[first_order] = {n: p.grad.clone() for n, p in flow.named_parameters()}
+
+    for name in expected_second:
+        torch.testing.assert_close(grads[False][name], expected_second[name])
+        torch.testing.assert_close(grads[True][name], expected_first[name])
+    difference = max(
+        (grads[False][n] - grads[True][n]).abs().max().item() for n in expected_first
+    )
+    assert difference > 1e-3
+
+
+def test_split_task_covers_the_batch_with_two_non_empty_parts():
+    batch = torch.arange(10.0).reshape(5, 2)
+    support, query = split_task(batch, 0.5)
+    assert len(support) and len(query)
+    torch.testing.assert_close(torch.cat([support, query]), batch)
+    support, query = split_task(batch[:2], 0.99)
+    assert len(support) == len(query) == 1
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        split_task(batch[:1], 0.5)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_detector_train_step_leaves_the_meta_gradient(monkeypatch, first_order):
+    """One skorch training step of the detector, checked against the definition."""
+    seen = {}
+    original = _MAMLFlowNet.train_step_single
+
+    def recording_step(net, batch, **fit_params):
+        seen["params"] = {
+            n: p.detach().clone() for n, p in net.module_.named_parameters()
+        }
+        seen["batch"] = batch[0].detach().clone()
+        step = original(net, batch, **fit_params)
+        seen["grads"] = {n: p.grad.clone() for n, p in net.module_.named_parameters()}
+        seen["module"] = net.module_
+        return step
+
+    monkeypatch.setattr(_MAMLFlowNet, "train_step_single", recording_step)
+    X = np.random.RandomState(0).normal(size=(16, 3))
+    MAMLFlowDetector(
+        n_blocks=2,
+        hidden_size=4,
+        alpha=0.5,
+        max_epochs=1,
+        batch_size=16,
+        first_order=first_order,
+        device="cpu",
+        random_state=0,
+    ).fit(X)
+
+    flow = seen["module"]
+    flow.load_state_dict(seen["params"], strict=False)
+    flow = flow.double()
+    batch = seen["batch"].double()
+    support, query = batch[:8], batch[8:]
+    second, first = _hand_meta_gradients(flow, support, query, 0.5)
+    expected = first if first_order else second
+    for name, grad in seen["grads"].items():
+        torch.testing.assert_close(
+            grad.double(), expected[name], atol=1e-5, rtol=1e-3
+        )
+    other = second if first_order else first
+    assert max((expected[n] - other[n]).abs().max().item() for n in expected) > 1e-3

@@ -6,11 +6,14 @@ scikit-learn estimators.
 
 __version__ = "0.1.0.dev0"
 
+from ._features import PretrainedFeatures
 from ._flow_detector import FlowDetector, MAMLFlowDetector
-from ._refine import iqr_fence
+from ._refine import IQRRefiner, iqr_fence
 
 __all__ = [
     "FlowDetector",
     "MAMLFlowDetector",
+    "IQRRefiner",
     "iqr_fence",
+    "PretrainedFeatures",
 ]

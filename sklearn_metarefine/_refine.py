@@ -1,6 +1,30 @@
 """Iterative IQR refinement of a contaminated training set."""
 
+import itertools
+import math
+import sys
+from numbers import Integral, Real
+
 import numpy as np
+from sklearn.base import (
+    BaseEstimator,
+    MetaEstimatorMixin,
+    OutlierMixin,
+    _fit_context,
+    clone,
+)
+from sklearn.model_selection import KFold
+from sklearn.pipeline import Pipeline
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, RealNotInt, StrOptions
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+_MAX_SEED = np.iinfo(np.int32).max
+
+# Below four scores the quartiles are interpolated between the same few order
+# statistics and the fence says nothing about the tail.
+_MIN_FENCE_SAMPLES = 4
 
 
 def iqr_fence(scores, k=1.5):
@@ -43,3 +67,553 @@ def iqr_fence(scores, k=1.5):
         raise ValueError("scores contain NaN or inf; the fence is undefined.")
     q1, q3 = np.percentile(scores, [25, 75])
     return float(q3 + k * (q3 - q1))
+
+
+def _is_pyod_detector(estimator):
+    # A pipeline's decision_function is its last step's.
+    if isinstance(estimator, Pipeline):
+        return _is_pyod_detector(estimator[-1])
+    # A PyOD detector can only exist once PyOD is imported, so looking it up in
+    # sys.modules avoids importing an optional dependency to answer "no".
+    pyod_base = sys.modules.get("pyod.models.base")
+    return pyod_base is not None and isinstance(estimator, pyod_base.BaseDetector)
+
+
+def _anomaly_score(estimator, X):
+    """Anomaly score of a fitted detector, higher meaning more anomalous.
+
+    The single place where sign conventions meet: scikit-learn detectors score
+    normality (``score_samples``, or ``decision_function`` when that is all
+    they have), PyOD detectors score abnormality with ``decision_function``.
+
+    Parameters
+    ----------
+    estimator : fitted estimator
+        A scikit-learn outlier detector or density estimator, or a PyOD
+        detector.
+    X : ndarray of shape (n_samples, n_features)
+        Samples to score.
+
+    Returns
+    -------
+    scores : ndarray of shape (n_samples,), dtype float64
+    """
+    if _is_pyod_detector(estimator):
+        return np.asarray(estimator.decision_function(X), dtype=np.float64)
+    if hasattr(estimator, "score_samples"):
+        return -np.asarray(estimator.score_samples(X), dtype=np.float64)
+    return -np.asarray(estimator.decision_function(X), dtype=np.float64)
+
+
+def _default_estimator():
+    # Imported on use: _flow_detector imports iqr_fence from this module, and
+    # refining any other detector needs no torch.
+    from ._flow_detector import MAMLFlowDetector
+
+    return MAMLFlowDetector()
+
+
+def _resolve_min_samples(min_samples, n_samples):
+    """Fewest samples the kept set may hold, as a count."""
+    if isinstance(min_samples, Integral):
+        count = min_samples
+    else:
+        count = math.ceil(min_samples * n_samples)
+    return max(count, _MIN_FENCE_SAMPLES)
+
+
+def _uses_warm_refits(estimator, refit):
+    """Whether later rounds continue from the previous round's fit."""
+    has_warm_start = "warm_start" in estimator.get_params(deep=False)
+    if refit == "cold":
+        return False
+    if refit == "warm":
+        if not has_warm_start:
+            raise ValueError(
+                f"refit='warm' needs an estimator with a warm_start parameter; "
+                f"{type(estimator).__name__} has none. Use refit='cold' or 'auto'."
+            )
+        return True
+    # scikit-learn's warm_start means "continue from the current solution" for
+    # iterative models but "add members" for ensembles such as IsolationForest,
+    # where a warm refit on fewer samples would silently change nothing. Only
+    # estimators that declare the first meaning are refitted warm by default.
+    return has_warm_start and getattr(estimator, "_warm_start_continues", False)
+
+
+def _fit_warm(estimator, X):
+    """Continue fitting an already fitted estimator on ``X``."""
+    warm_start = estimator.get_params(deep=False)["warm_start"]
+    estimator.set_params(warm_start=True).fit(X)
+    return estimator.set_params(warm_start=warm_start)
+
+
+def _rounds(max_iter):
+    """Round numbers, counted from 1."""
+    return itertools.count(1) if max_iter is None else range(1, max_iter + 1)
+
+
+def _refit(base, previous, X, warm, *, after_round):
+    """Fit the model of a round, naming the round if the estimator fails.
+
+    ``previous`` is the model of the round before, or None in the first round,
+    whose failures are the estimator's own and propagate unchanged.
+    """
+    if previous is None:
+        return clone(base).fit(X)
+    try:
+        return _fit_warm(previous, X) if warm else clone(base).fit(X)
+    except Exception as exc:
+        raise RuntimeError(
+            f"Refitting {type(base).__name__} on the {X.shape[0]} samples kept "
+            f"after round {after_round} failed: {exc}"
+        ) from exc
+
+
+def _out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
+    """Anomaly score of each sample under a clone fitted without its fold."""
+    n_splits = min(cv, X.shape[0])
+    scores = np.empty(X.shape[0], dtype=np.float64)
+    folds = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    for fold, (train, test) in enumerate(folds.split(X), start=1):
+        try:
+            model = clone(base).fit(X[train])
+        except Exception as exc:
+            raise RuntimeError(
+                f"Fitting {type(base).__name__} on fold {fold} of {n_splits} "
+                f"({train.size} of the {X.shape[0]} samples kept in round "
+                f"{n_iter}) failed: {exc}"
+            ) from exc
+        scores[test] = _anomaly_score(model, X[test])
+    return scores
+
+
+def _round_summary(n_iter, fence, outside, kept, termination, min_kept):
+    """One line of verbose output for a round."""
+    n_outside, n_kept = int(outside.sum()), int(kept.sum())
+    if termination == "min_samples":
+        outcome = (
+            f"{n_outside} above it not removed, as that would keep "
+            f"{n_kept - n_outside} < min_samples={min_kept}; kept {n_kept}"
+        )
+    else:
+        outcome = f"removed {n_outside}, kept {n_kept}"
+    return f"IQRRefiner round {n_iter}: fence T={fence:.6g}, {outcome}"
+
+
+def _final_estimator_has(attr):
+    """Whether the final estimator, or the one that will be fitted, has ``attr``."""
+
+    def check(self):
+        if hasattr(self, "estimator_"):
+            return hasattr(self.estimator_, attr)
+        if self.estimator is None:
+            return hasattr(_default_estimator(), attr)
+        return hasattr(self.estimator, attr)
+
+    return check
+
+
+class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
+    """Outlier detector refitted on its own inliers until the IQR fence settles.
+
+    Trains any outlier detector on a training set that may itself contain
+    anomalies. Each round fits the detector on the samples kept so far, scores
+    them, computes Tukey's upper fence ``T = Q3 + k * IQR`` of their anomaly
+    scores and drops the kept samples scoring above ``T``. Rounds stop when one
+    removes nothing, after ``max_iter`` rounds, or when a removal would leave
+    fewer than ``min_samples`` samples. The final detector is fitted on the
+    kept samples, and by default ``T`` is its decision boundary.
+
+    Parameters
+    ----------
+    estimator : estimator object, default=None
+        The outlier detector to refine: it implements ``fit`` and either
+        ``score_samples`` (scikit-learn detectors and density estimators,
+        higher meaning more normal) or ``decision_function`` (PyOD detectors,
+        higher meaning more abnormal; other estimators, higher meaning more
+        normal). ``None`` means
+        :class:`~sklearn_metarefine.MAMLFlowDetector` with its defaults.
+
+    k : float, default=1.5
+        IQR multiplier of the fence; 1.5 is Tukey's fence, 3.0 his "far out"
+        fence. Smaller values remove more samples per round.
+
+    max_iter : int or None, default=10
+        Maximum number of refinement rounds. ``max_iter=1`` is one-shot
+        removal followed by a refit on the kept samples; ``None`` iterates
+        until a round removes nothing or ``min_samples`` stops it.
+
+    min_samples : int or float, default=0.5
+        Fewest training samples to keep. An int is a count, a float in
+        (0, 1] a fraction of the training set (rounded up). A round whose
+        removal would go below it is not applied: refinement stops and keeps
+        the samples of the round before. The kept set never falls below 4
+        samples either.
+
+    contamination : "auto" or float, default="auto"
+        Sets ``offset_``, the decision boundary of :meth:`predict`. With
+        ``"auto"`` the boundary is the fence of the final model's scores on
+        the kept samples, so that ``predict`` flags what another round would
+        remove. A float in (0, 0.5] is the fraction of the training set passed
+        to :meth:`fit` to flag as outliers: ``offset_`` is that percentile of
+        :meth:`score_samples` over the full training set.
+
+    refit : {"auto", "warm", "cold"}, default="auto"
+        How later rounds fit the detector. ``"cold"`` fits a fresh clone on the
+        kept samples. ``"warm"`` sets ``warm_start=True`` on the previous
+        round's model and calls ``fit`` again, continuing from its current
+        solution (for the flows: a few more epochs from the current
+        parameters). This only makes sense when ``warm_start`` means continuing
+        training; for ensembles such as
+        :class:`~sklearn.ensemble.IsolationForest` it means adding members.
+        ``"auto"`` refits warm the estimators whose class declares this
+        meaning with the class attribute ``_warm_start_continues = True``, and
+        cold all others. The first round always fits a fresh clone, and the
+        fold models of ``fence_scores="oof"`` are always fresh clones.
+
+    fence_scores : {"in_sample", "oof"}, default="in_sample"
+        Which anomaly scores of the kept samples the fence is computed on.
+        ``"in_sample"`` scores them with the model fitted on them, as in the
+        paper. ``"oof"`` scores each sample with a clone fitted on the other
+        ``cv - 1`` folds of the kept samples, which does not reward a model
+        for memorising its training samples (see Notes); it costs ``cv``
+        extra fits per round.
+
+    cv : int, default=5
+        Number of folds for ``fence_scores="oof"`` (shuffled
+        :class:`~sklearn.model_selection.KFold`; leave-one-out when fewer
+        samples are kept than folds). Ignored otherwise.
+
+    verbose : int, default=0
+        When positive, print one line per round: the fence, how many samples
+        it removed and how many are kept.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds the detector: when not None, the detector's ``random_state``
+        parameter (if it has one) is set to an integer drawn from it, the same
+        in every round and for every fold. Also shuffles the folds of
+        ``fence_scores="oof"``. ``None`` leaves the detector's own
+        ``random_state`` as given. Pass an int for reproducible output across
+        multiple function calls. See :term:`Glossary <random_state>`.
+
+    Attributes
+    ----------
+    estimator_ : estimator object
+        The detector fitted on the kept samples ``X[inlier_mask_]``.
+
+    inlier_mask_ : ndarray of shape (n_samples,), dtype bool
+        True for the training samples kept by the refinement.
+
+    removed_at_iter_ : ndarray of shape (n_samples,), dtype int
+        The round (counted from 1) in which each training sample was removed,
+        -1 for kept samples.
+
+    thresholds_ : ndarray of shape (n_iter_,), dtype float64
+        The fence ``T`` of each round, on the scale of the anomaly scores
+        (minus :meth:`score_samples`): round ``r`` removes the samples kept
+        before it whose fence score exceeds ``thresholds_[r - 1]``, unless
+        ``min_samples`` stops it.
+
+    n_iter_ : int
+        Number of rounds run (each round fits the detector once).
+
+    termination_condition_ : {"no_change", "max_iter", "min_samples"}
+        Why refinement stopped: the last round removed nothing; ``max_iter``
+        rounds ran (the detector was then fitted once more on the kept
+        samples); or the last round's removal would have left fewer than
+        ``min_samples`` samples, and was not applied.
+
+    offset_ : float
+        Offset between :meth:`score_samples` and :meth:`decision_function`;
+        see ``contamination``.
+
+    n_features_in_ : int
+        Number of features seen during :term:`fit`.
+
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Names of features seen during :term:`fit`. Defined only when `X`
+        has feature names that are all strings.
+
+    See Also
+    --------
+    iqr_fence : The fence computed in each round.
+    sklearn.semi_supervised.SelfTrainingClassifier : Iterative refitting on a
+        growing, rather than shrinking, training set.
+
+    Notes
+    -----
+    The refinement is the iterative procedure of Aqeel et al. [1]_ (their
+    eq. 5), there applied to normalizing flows trained with meta-learning;
+    the fence is Tukey's [2]_. Their one-shot removal baseline (OSR) is
+    ``max_iter=1``, their iterative refinement (IRP) the default.
+
+    To count how many good and bad training samples were removed (the paper's
+    Table 2), compare ``~inlier_mask_`` with the ground-truth contamination
+    mask; ``removed_at_iter_`` splits the counts by round.
+
+    A sample is outside the fence when its score is strictly greater than
+    ``T``. When the scores of more than a quarter of the kept samples tie at
+    the third quartile, the IQR is zero and ``T`` is that tied score: only
+    samples scoring above it are removed, and when all scores are equal a
+    round removes nothing.
+
+    Every model is fitted on rows of ``X``, so ``X`` is validated as a dense,
+    finite 2-D array with at least 4 samples, the fewest whose quartiles are
+    not interpolated between the same pair of scores; fewer raise a
+    ``ValueError``. When fitting the detector fails in a round after the
+    first, on the reduced kept set or on a fold of it, a ``RuntimeError``
+    names the round and the number of samples; the detector's own exception
+    is its ``__cause__``. Falling back to the previous round's model instead
+    would leave ``estimator_`` inconsistent with ``inlier_mask_``.
+
+    A detector that memorises its training samples gives planted anomalies
+    in-sample scores as normal as anyone's, so the in-sample fence removes
+    nothing. ``fence_scores="oof"`` scores each kept sample with a model that
+    has not seen it. Warm-started models cannot provide such scores, since
+    they descend from a model fitted on every kept sample.
+
+    References
+    ----------
+    .. [1] M. Aqeel, S. Sharifi, M. Cristani and F. Setti, "Meta
+       Learning-Driven Iterative Refinement for Robust Anomaly Detection in
+       Industrial Inspection", ECCV 2024 Workshops.
+
+    .. [2] J. W. Tukey, "Exploratory Data Analysis", Addison-Wesley, 1977.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.covariance import EllipticEnvelope
+    >>> from sklearn_metarefine import IQRRefiner
+    >>> rng = np.random.RandomState(0)
+    >>> X = np.vstack([rng.normal(size=(95, 2)), rng.normal(8, 1, size=(5, 2))])
+    >>> refiner = IQRRefiner(EllipticEnvelope(), random_state=0).fit(X)
+    >>> refiner.termination_condition_
+    'no_change'
+    >>> int((~refiner.inlier_mask_[95:]).sum())
+    5
+    >>> refiner.predict([[0.0, 0.0], [8.0, 8.0]])
+    array([ 1, -1])
+    """
+
+    _parameter_constraints: dict = {
+        "estimator": [
+            HasMethods(["fit", "score_samples"]),
+            HasMethods(["fit", "decision_function"]),
+            None,
+        ],
+        "k": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left"), None],
+        "min_samples": [
+            Interval(Integral, 1, None, closed="left"),
+            Interval(RealNotInt, 0, 1, closed="right"),
+        ],
+        "contamination": [
+            StrOptions({"auto"}),
+            Interval(Real, 0, 0.5, closed="right"),
+        ],
+        "refit": [StrOptions({"auto", "warm", "cold"})],
+        "fence_scores": [StrOptions({"in_sample", "oof"})],
+        "cv": [Interval(Integral, 2, None, closed="left")],
+        "verbose": ["verbose"],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        estimator=None,
+        *,
+        k=1.5,
+        max_iter=10,
+        min_samples=0.5,
+        contamination="auto",
+        refit="auto",
+        fence_scores="in_sample",
+        cv=5,
+        verbose=0,
+        random_state=None,
+    ):
+        self.estimator = estimator
+        self.k = k
+        self.max_iter = max_iter
+        self.min_samples = min_samples
+        self.contamination = contamination
+        self.refit = refit
+        self.fence_scores = fence_scores
+        self.cv = cv
+        self.verbose = verbose
+        self.random_state = random_state
+
+    @_fit_context(
+        # the wrapped estimator's parameters are validated when it is fitted
+        prefer_skip_nested_validation=False
+    )
+    def fit(self, X, y=None):
+        """Refine the training set and fit the detector on the kept samples.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training samples, possibly contaminated with anomalies.
+
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            Fitted estimator.
+        """
+        X = validate_data(self, X)
+        n_samples = X.shape[0]
+        if n_samples < _MIN_FENCE_SAMPLES:
+            raise ValueError(
+                f"IQRRefiner needs at least {_MIN_FENCE_SAMPLES} samples to "
+                f"compute quartiles, got n_samples={n_samples}."
+            )
+        min_kept = _resolve_min_samples(self.min_samples, n_samples)
+        base, fold_seed = self._seeded_estimator()
+        warm = _uses_warm_refits(base, self.refit)
+
+        kept = np.ones(n_samples, dtype=bool)
+        removed_at_iter = np.full(n_samples, -1, dtype=np.intp)
+        thresholds = []
+        estimator = None
+        termination = None
+        for n_iter in _rounds(self.max_iter):
+            estimator = _refit(base, estimator, X[kept], warm, after_round=n_iter - 1)
+            scores = self._fence_scores(estimator, base, X[kept], fold_seed, n_iter)
+            fence = iqr_fence(scores, self.k)
+            thresholds.append(fence)
+            outside = scores > fence
+            if not outside.any():
+                termination = "no_change"
+            elif kept.sum() - outside.sum() < min_kept:
+                termination = "min_samples"
+            else:
+                removed = np.flatnonzero(kept)[outside]
+                kept[removed] = False
+                removed_at_iter[removed] = n_iter
+            if self.verbose:
+                print(
+                    _round_summary(n_iter, fence, outside, kept, termination, min_kept)
+                )
+            if termination is not None:
+                break
+        else:
+            termination = "max_iter"
+            # The last round removed samples its model was fitted on.
+            estimator = _refit(base, estimator, X[kept], warm, after_round=n_iter)
+            scores = self._fence_scores(estimator, base, X[kept], fold_seed, n_iter)
+            fence = iqr_fence(scores, self.k)
+
+        self.estimator_ = estimator
+        self.inlier_mask_ = kept
+        self.removed_at_iter_ = removed_at_iter
+        self.thresholds_ = np.asarray(thresholds, dtype=np.float64)
+        self.n_iter_ = n_iter
+        self.termination_condition_ = termination
+        if self.contamination == "auto":
+            self.offset_ = -fence
+        else:
+            self.offset_ = float(
+                np.percentile(-_anomaly_score(estimator, X), 100.0 * self.contamination)
+            )
+        return self
+
+    def _seeded_estimator(self):
+        """The estimator each round clones, and the seed of the folds."""
+        estimator = clone(
+            _default_estimator() if self.estimator is None else self.estimator
+        )
+        random_state = check_random_state(self.random_state)
+        has_random_state = "random_state" in estimator.get_params(deep=False)
+        if self.random_state is not None and has_random_state:
+            estimator.set_params(random_state=random_state.randint(_MAX_SEED))
+        return estimator, random_state.randint(_MAX_SEED)
+
+    def _fence_scores(self, estimator, base, X_kept, fold_seed, n_iter):
+        """Anomaly scores of the kept samples that round ``n_iter`` fences."""
+        if self.fence_scores == "in_sample":
+            return _anomaly_score(estimator, X_kept)
+        return _out_of_fold_anomaly_scores(
+            base, X_kept, self.cv, fold_seed, n_iter=n_iter
+        )
+
+    def score_samples(self, X):
+        """Normality score of each sample, minus the anomaly score.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples to score.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,), dtype float64
+            The final detector's score, in scikit-learn's sign convention:
+            the lower, the more abnormal (for a PyOD detector, minus its
+            ``decision_function``).
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False)
+        return -_anomaly_score(self.estimator_, X)
+
+    def decision_function(self, X):
+        """Score of each sample relative to the decision boundary.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples to score.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,), dtype float64
+            ``score_samples(X) - offset_``: negative for outliers, positive
+            for inliers. With ``contamination="auto"`` this is the fence
+            minus the anomaly score.
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """Predict whether each sample is an inlier (+1) or an outlier (-1).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples to classify.
+
+        Returns
+        -------
+        is_inlier : ndarray of shape (n_samples,), dtype int
+            -1 where :meth:`decision_function` is negative, +1 elsewhere.
+        """
+        decision = self.decision_function(X)
+        return np.where(decision < 0, -1, 1)
+
+    @available_if(_final_estimator_has("score"))
+    def score(self, X, y=None):
+        """The final detector's own ``score`` on ``X``.
+
+        Available when the detector has a ``score`` method, e.g. the mean
+        log-likelihood of a density estimator such as
+        :class:`~sklearn.neighbors.KernelDensity`. It ignores ``offset_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples to score.
+
+        y : array-like of shape (n_samples,), default=None
+            Passed to the detector's ``score``.
+
+        Returns
+        -------
+        score : float
+            ``estimator_.score(X, y)``.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False)
+        return self.estimator_.score(X, y)

@@ -1,0 +1,620 @@
+import re
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.covariance import EllipticEnvelope
+from sklearn.ensemble import IsolationForest
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.neighbors import KernelDensity, LocalOutlierFactor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import OneClassSVM
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.validation import validate_data
+
+from sklearn_metarefine import IQRRefiner, iqr_fence
+from sklearn_metarefine._refine import _anomaly_score
+
+
+class ColumnDetector(OutlierMixin, BaseEstimator):
+    """Anomaly score = first feature, whatever it was fitted on.
+
+    The refinement then reduces to iterated fences on fixed numbers that a
+    test can compute by hand. ``fit_sizes_`` records the size of every fit of
+    this object, so warm refits (the same object, fitted again) show up as a
+    list longer than one.
+    """
+
+    def __init__(self, warm_start=False):
+        self.warm_start = warm_start
+
+    def fit(self, X, y=None):
+        warm = self.warm_start and hasattr(self, "fit_sizes_")
+        X = validate_data(self, X, reset=not warm)
+        if not warm:
+            self.fit_sizes_ = []
+        self.fit_sizes_.append(X.shape[0])
+        return self
+
+    def score_samples(self, X):
+        X = validate_data(self, X, reset=False)
+        return -X[:, 0]
+
+
+class ContinuingColumnDetector(ColumnDetector):
+    """A ColumnDetector whose warm start continues from the current fit."""
+
+    _warm_start_continues = True
+
+
+class FragileDetector(ColumnDetector):
+    """A ColumnDetector that cannot be fitted on fewer than ``min_fit`` samples."""
+
+    def __init__(self, min_fit=50, warm_start=False):
+        self.min_fit = min_fit
+        self.warm_start = warm_start
+
+    def fit(self, X, y=None):
+        if len(X) < self.min_fit:
+            raise ValueError(f"needs {self.min_fit} samples, got {len(X)}")
+        return super().fit(X)
+
+
+class DecisionOnlyDetector(OutlierMixin, BaseEstimator):
+    """A detector with only a decision_function, higher meaning more normal."""
+
+    def fit(self, X, y=None):
+        validate_data(self, X)
+        return self
+
+    def decision_function(self, X):
+        return 1.0 - validate_data(self, X, reset=False)[:, 0]
+
+
+def column(values):
+    """Samples whose only feature is ``values``."""
+    return np.asarray(values, dtype=np.float64).reshape(-1, 1)
+
+
+def planted(seed, n_normal=360, n_anomalous=40, n_features=8, shift=12.0):
+    """Standard normal samples and anomalies shifted far along one axis."""
+    rng = np.random.RandomState(seed)
+    X = rng.normal(size=(n_normal + n_anomalous, n_features))
+    X[n_normal:, 0] += shift
+    is_anomalous = np.arange(n_normal + n_anomalous) >= n_normal
+    return X, is_anomalous
+
+
+def normal_label(is_anomalous):
+    """Labels for roc_auc: 1 for normal (the positive class), -1 for anomalous."""
+    return np.where(is_anomalous, -1, 1)
+
+
+@parametrize_with_checks(
+    [
+        IQRRefiner(IsolationForest(n_estimators=10), random_state=0),
+        IQRRefiner(LocalOutlierFactor(novelty=True)),
+        IQRRefiner(OneClassSVM()),
+        IQRRefiner(EllipticEnvelope(), random_state=0),
+    ]
+)
+# The checks fit on a handful of samples: fewer than LOF's 20 neighbours, and too
+# few for a full-rank covariance.
+@pytest.mark.filterwarnings("ignore:n_neighbors .* is greater than")
+@pytest.mark.filterwarnings("ignore:The covariance matrix associated")
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+# iqr_fence
+
+
+def type7_quantile(values, p):
+    """Hyndman and Fan's type 7 quantile, from the order statistics."""
+    ordered = sorted(values)
+    h = (len(ordered) - 1) * p
+    low = int(np.floor(h))
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (h - low) * (ordered[high] - ordered[low])
+
+
+def random_scores(seed):
+    rng = np.random.RandomState(seed)
+    size = rng.randint(1, 60)
+    # Rounding makes ties common, the case where quartile code goes wrong.
+    return np.round(rng.standard_t(df=2, size=size), rng.randint(0, 3))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_iqr_fence_matches_hand_computation(seed):
+    scores = random_scores(seed)
+    k = np.random.RandomState(seed).uniform(0, 4)
+    q1, q3 = type7_quantile(scores, 0.25), type7_quantile(scores, 0.75)
+    assert iqr_fence(scores, k) == pytest.approx(q3 + k * (q3 - q1))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_iqr_fence_properties(seed):
+    scores = random_scores(seed)
+    rng = np.random.RandomState(seed)
+    k_small, k_large = np.sort(rng.uniform(0, 4, size=2))
+    assert iqr_fence(scores, k_small) <= iqr_fence(scores, k_large)
+    assert iqr_fence(rng.permutation(scores), k_small) == pytest.approx(
+        iqr_fence(scores, k_small)
+    )
+    # The fence moves with the scores: shift- and positive-scale-equivariant.
+    assert iqr_fence(3.0 * scores - 7.0, k_small) == pytest.approx(
+        3.0 * iqr_fence(scores, k_small) - 7.0
+    )
+    assert iqr_fence(scores, k_small) >= np.percentile(scores, 75)
+
+
+def test_iqr_fence_ties():
+    assert iqr_fence(np.full(10, 2.5)) == 2.5
+    # More than a quarter tied at Q3: IQR = 0 and only scores above are outside.
+    scores = np.r_[np.zeros(80), np.arange(1.0, 21.0)]
+    assert iqr_fence(scores) == 0.0
+
+
+@pytest.mark.parametrize(
+    "scores, match",
+    [
+        ([], "non-empty"),
+        ([[1.0, 2.0]], "1-D"),
+        ([1.0, np.nan], "NaN"),
+        ([np.inf], "inf"),
+    ],
+)
+def test_iqr_fence_rejects_bad_scores(scores, match):
+    with pytest.raises(ValueError, match=match):
+        iqr_fence(scores)
+
+
+# the anomaly-score adapter
+
+
+def test_anomaly_score_flips_sklearn_normality_scores():
+    X, _ = planted(0, n_normal=50, n_anomalous=5, n_features=2)
+    forest = IsolationForest(n_estimators=10, random_state=0).fit(X)
+    np.testing.assert_array_equal(_anomaly_score(forest, X), -forest.score_samples(X))
+    detector = DecisionOnlyDetector().fit(X)
+    np.testing.assert_array_equal(_anomaly_score(detector, X), X[:, 0] - 1.0)
+
+
+def test_anomaly_score_keeps_pyod_abnormality_scores():
+    from pyod.models.knn import KNN
+
+    X, is_anomalous = planted(0, n_normal=50, n_anomalous=5, n_features=2)
+    knn = KNN().fit(X)
+    scores = _anomaly_score(knn, X)
+    assert scores.dtype == np.float64
+    np.testing.assert_array_equal(scores, knn.decision_function(X))
+    assert scores[is_anomalous].min() > np.median(scores[~is_anomalous])
+    pipeline = make_pipeline(StandardScaler(), KNN()).fit(X)
+    np.testing.assert_array_equal(
+        _anomaly_score(pipeline, X), pipeline.decision_function(X)
+    )
+
+
+# the refinement
+
+
+@pytest.mark.parametrize("support_fraction", [None, 1.0])
+def test_removes_planted_outliers(support_fraction):
+    X, is_anomalous = planted(0)
+    refiner = IQRRefiner(EllipticEnvelope(support_fraction=support_fraction))
+    removed = ~refiner.fit(X).inlier_mask_
+    assert removed[is_anomalous].mean() >= 0.9
+    assert removed[~is_anomalous].mean() <= 0.05
+
+
+def test_ranks_held_out_samples_better_than_the_bare_estimator():
+    # support_fraction=1 turns off the minimum covariance determinant's own
+    # robustness: like a flow fitted by maximum likelihood, the bare estimator
+    # then fits the anomalies too.
+    X, _ = planted(0)
+    X_test, is_anomalous_test = planted(1, n_normal=200, n_anomalous=200, shift=7.0)
+    y_test = normal_label(is_anomalous_test)
+    bare = EllipticEnvelope(support_fraction=1.0).fit(X)
+    refiner = IQRRefiner(EllipticEnvelope(support_fraction=1.0)).fit(X)
+    bare_auc = roc_auc_score(y_test, bare.decision_function(X_test))
+    refined_auc = roc_auc_score(y_test, refiner.decision_function(X_test))
+    assert refined_auc > bare_auc + 0.05
+
+
+def test_iterating_removes_what_one_shot_removal_misses():
+    X, is_anomalous = planted(0)
+    estimator = EllipticEnvelope(support_fraction=1.0)
+    one_shot = IQRRefiner(estimator, max_iter=1).fit(X)
+    iterative = IQRRefiner(estimator).fit(X)
+
+    assert one_shot.n_iter_ == 1
+    assert one_shot.termination_condition_ == "max_iter"
+    assert set(np.unique(one_shot.removed_at_iter_)) == {-1, 1}
+    # The first round is the same in both; only iterating unmasks the rest.
+    np.testing.assert_array_equal(
+        one_shot.removed_at_iter_ == 1, iterative.removed_at_iter_ == 1
+    )
+    assert iterative.n_iter_ > 1
+    assert (~one_shot.inlier_mask_[is_anomalous]).mean() < 0.5
+    assert (~iterative.inlier_mask_[is_anomalous]).mean() == 1.0
+    # One-shot removal still refits on what it kept.
+    kept_fit = EllipticEnvelope(support_fraction=1.0).fit(X[one_shot.inlier_mask_])
+    np.testing.assert_allclose(one_shot.estimator_.location_, kept_fit.location_)
+
+
+def test_rounds_by_hand():
+    # Scores 0..99 and k=0 remove everything above Q3 in each round.
+    refiner = IQRRefiner(ColumnDetector(), k=0.0, min_samples=50).fit(
+        column(np.arange(100))
+    )
+    np.testing.assert_allclose(refiner.thresholds_, [74.25, 55.5, 41.25])
+    assert refiner.n_iter_ == 3
+    # Round 3 would keep 42 < 50 samples, so it removes nothing.
+    assert refiner.termination_condition_ == "min_samples"
+    np.testing.assert_array_equal(refiner.inlier_mask_, np.arange(100) <= 55)
+    expected_round = np.select(
+        [np.arange(100) > 74, np.arange(100) > 55], [1, 2], default=-1
+    )
+    np.testing.assert_array_equal(refiner.removed_at_iter_, expected_round)
+    # The boundary is the fence that min_samples kept from being applied.
+    assert refiner.offset_ == -41.25
+    assert refiner.estimator_.fit_sizes_ == [56]
+
+
+def test_attributes_are_consistent():
+    X, _ = planted(0)
+    refiner = IQRRefiner(ColumnDetector(), random_state=0).fit(X)
+    scores = X[:, 0]
+    removed_at = refiner.removed_at_iter_
+    assert refiner.inlier_mask_.dtype == bool
+    np.testing.assert_array_equal(refiner.inlier_mask_, removed_at == -1)
+    assert set(np.unique(removed_at)) <= {-1, *range(1, refiner.n_iter_ + 1)}
+    assert refiner.thresholds_.shape == (refiner.n_iter_,)
+    for n_iter, fence in enumerate(refiner.thresholds_, start=1):
+        kept_before = (removed_at == -1) | (removed_at >= n_iter)
+        assert fence == pytest.approx(iqr_fence(scores[kept_before], refiner.k))
+        np.testing.assert_array_equal(
+            removed_at == n_iter, kept_before & (scores > fence)
+        )
+
+
+@pytest.mark.parametrize("min_samples", [50, 0.5])
+def test_min_samples_count_or_fraction(min_samples):
+    refiner = IQRRefiner(ColumnDetector(), k=0.0, min_samples=min_samples)
+    refiner.fit(column(np.arange(100)))
+    assert refiner.inlier_mask_.sum() == 56
+
+
+def test_never_keeps_fewer_than_four_samples():
+    refiner = IQRRefiner(ColumnDetector(), k=0.0, min_samples=1, max_iter=None)
+    refiner.fit(column(np.arange(8)))
+    # Rounds keep 6, then 4; the third would keep 3.
+    assert refiner.termination_condition_ == "min_samples"
+    assert refiner.inlier_mask_.sum() == 4
+
+
+def test_max_iter_refits_on_the_kept_samples():
+    refiner = IQRRefiner(ColumnDetector(), k=0.0, min_samples=1, max_iter=2)
+    refiner.fit(column(np.arange(100)))
+    assert refiner.termination_condition_ == "max_iter"
+    np.testing.assert_allclose(refiner.thresholds_, [74.25, 55.5])
+    assert refiner.inlier_mask_.sum() == 56
+    assert refiner.estimator_.fit_sizes_ == [56]
+    # The decision boundary is the fence of the final model.
+    assert refiner.offset_ == -41.25
+
+
+def test_all_scores_equal_removes_nothing():
+    refiner = IQRRefiner(ColumnDetector()).fit(np.ones((20, 2)))
+    assert refiner.termination_condition_ == "no_change"
+    assert refiner.n_iter_ == 1
+    assert refiner.inlier_mask_.all()
+    np.testing.assert_array_equal(refiner.predict(np.ones((3, 2))), 1)
+
+
+def test_tied_quartiles_remove_only_scores_above_them():
+    values = np.r_[np.zeros(80), np.arange(1.0, 21.0)]
+    refiner = IQRRefiner(ColumnDetector()).fit(column(values))
+    np.testing.assert_array_equal(refiner.inlier_mask_, values == 0)
+    np.testing.assert_array_equal(refiner.thresholds_, [0.0, 0.0])
+    assert refiner.termination_condition_ == "no_change"
+
+
+@pytest.mark.parametrize("n_samples", [1, 2, 3])
+def test_fewer_than_four_samples_raise(n_samples):
+    with pytest.raises(ValueError, match=f"n_samples={n_samples}"):
+        IQRRefiner(ColumnDetector()).fit(column(np.arange(n_samples)))
+
+
+def test_four_samples_are_enough_to_fit_five_to_remove_one():
+    refiner = IQRRefiner(ColumnDetector(), min_samples=1)
+    refiner.fit(column([0.0, 1.0, 2.0, 100.0]))
+    assert refiner.termination_condition_ == "min_samples"
+    assert refiner.inlier_mask_.all()
+    refiner.fit(column([0.0, 1.0, 2.0, 3.0, 100.0]))
+    np.testing.assert_array_equal(refiner.inlier_mask_, [1, 1, 1, 1, 0])
+
+
+def test_failed_refit_names_round_and_kept_count():
+    refiner = IQRRefiner(FragileDetector(min_fit=80), k=0.0)
+    with pytest.raises(RuntimeError, match="75 samples kept after round 1") as info:
+        refiner.fit(column(np.arange(100)))
+    assert "FragileDetector" in str(info.value)
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_failed_first_fit_is_the_estimators_own_error():
+    with pytest.raises(ValueError, match="needs 200 samples"):
+        IQRRefiner(FragileDetector(min_fit=200)).fit(column(np.arange(100)))
+
+
+def test_failed_fold_fit_names_the_fold():
+    refiner = IQRRefiner(FragileDetector(min_fit=90), fence_scores="oof", cv=5)
+    with pytest.raises(RuntimeError, match="fold 1 of 5 .80 of the 100 samples"):
+        refiner.fit(column(np.arange(100)))
+
+
+def test_verbose_prints_one_line_per_round(capsys):
+    IQRRefiner(ColumnDetector(), k=0.0, min_samples=50, verbose=1).fit(
+        column(np.arange(100))
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "IQRRefiner round 1: fence T=74.25, removed 25, kept 75",
+        "IQRRefiner round 2: fence T=55.5, removed 19, kept 56",
+        "IQRRefiner round 3: fence T=41.25, 14 above it not removed, as that "
+        "would keep 42 < min_samples=50; kept 56",
+    ]
+
+
+def test_silent_by_default(capsys):
+    IQRRefiner(ColumnDetector()).fit(column(np.arange(100)))
+    assert capsys.readouterr().out == ""
+
+
+# refits
+
+
+def test_warm_refits_continue_the_same_model():
+    refiner = IQRRefiner(ContinuingColumnDetector(), k=0.0, min_samples=50)
+    refiner.fit(column(np.arange(100)))
+    assert refiner.estimator_.fit_sizes_ == [100, 75, 56]
+    assert refiner.estimator_.warm_start is False
+
+
+def test_warm_refits_include_the_final_refit():
+    refiner = IQRRefiner(
+        ContinuingColumnDetector(), k=0.0, min_samples=1, max_iter=2
+    ).fit(column(np.arange(100)))
+    assert refiner.estimator_.fit_sizes_ == [100, 75, 56]
+
+
+def test_cold_refits_fit_fresh_clones():
+    refiner = IQRRefiner(ContinuingColumnDetector(), k=0.0, refit="cold")
+    refiner.fit(column(np.arange(100)))
+    assert len(refiner.estimator_.fit_sizes_) == 1
+
+
+def test_auto_refits_undeclared_warm_start_cold():
+    # IsolationForest's warm_start adds trees: refitting it warm with the same
+    # n_estimators would keep the first round's forest.
+    X, _ = planted(0, n_normal=180, n_anomalous=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        refiner = IQRRefiner(
+            IsolationForest(n_estimators=10), random_state=0
+        ).fit(X)
+    assert refiner.n_iter_ > 1
+    assert refiner.estimator_.max_samples_ == refiner.inlier_mask_.sum()
+    # A warm start that merely declares the parameter is honoured on request.
+    warm = IQRRefiner(ColumnDetector(), k=0.0, min_samples=50, refit="warm")
+    assert warm.fit(column(np.arange(100))).estimator_.fit_sizes_ == [100, 75, 56]
+    cold = IQRRefiner(ColumnDetector(), k=0.0, min_samples=50)
+    assert cold.fit(column(np.arange(100))).estimator_.fit_sizes_ == [56]
+
+
+def test_warm_refit_needs_warm_start():
+    refiner = IQRRefiner(LocalOutlierFactor(novelty=True), refit="warm")
+    with pytest.raises(ValueError, match="warm_start parameter"):
+        refiner.fit(planted(0)[0])
+
+
+# out-of-fold fence scores
+
+
+def test_out_of_fold_scores_unmask_a_memorising_detector():
+    # With one neighbour, LOF scores each training sample against itself: every
+    # in-sample score is exactly 1, so the in-sample fence removes nothing.
+    # Scattered far anomalies are still obvious to a model that has not seen them.
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(200, 20))
+    directions = rng.normal(size=(20, 20))
+    X[180:] = 12.0 * directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    is_anomalous = np.arange(200) >= 180
+    memoriser = LocalOutlierFactor(novelty=True, n_neighbors=1)
+
+    in_sample = IQRRefiner(memoriser, max_iter=1, random_state=0).fit(X)
+    assert in_sample.termination_condition_ == "no_change"
+    assert in_sample.inlier_mask_.all()
+
+    oof = IQRRefiner(memoriser, max_iter=1, fence_scores="oof", random_state=0)
+    removed = ~oof.fit(X).inlier_mask_
+    assert removed[is_anomalous].mean() >= 0.9
+    assert removed[~is_anomalous].mean() <= 0.05
+
+
+def test_out_of_fold_fences_hand_computed_scores():
+    # A detector that ignores its training data gives the same scores either way.
+    X = column(np.arange(100))
+    in_sample = IQRRefiner(ColumnDetector(), k=0.0, min_samples=50).fit(X)
+    oof = IQRRefiner(ColumnDetector(), k=0.0, min_samples=50, fence_scores="oof")
+    oof.fit(X)
+    np.testing.assert_array_equal(oof.removed_at_iter_, in_sample.removed_at_iter_)
+    np.testing.assert_allclose(oof.thresholds_, in_sample.thresholds_)
+
+
+def test_out_of_fold_uses_leave_one_out_on_small_kept_sets():
+    refiner = IQRRefiner(ColumnDetector(), fence_scores="oof", cv=10)
+    refiner.fit(column([0.0, 1.0, 2.0, 3.0, 100.0]))
+    np.testing.assert_array_equal(refiner.inlier_mask_, [1, 1, 1, 1, 0])
+
+
+# signs, offsets and predictions
+
+
+def test_signs_follow_sklearn():
+    X, is_anomalous = planted(0, n_normal=180, n_anomalous=20, n_features=2)
+    refiner = IQRRefiner(IsolationForest(n_estimators=20), random_state=0).fit(X)
+    scores = refiner.score_samples(X)
+    decision = refiner.decision_function(X)
+    assert scores.dtype == decision.dtype == np.float64
+    np.testing.assert_allclose(decision, scores - refiner.offset_)
+    prediction = refiner.predict(X)
+    assert prediction.dtype.kind == "i"
+    np.testing.assert_array_equal(prediction, np.where(decision < 0, -1, 1))
+    np.testing.assert_array_equal(refiner.fit_predict(X), prediction)
+    assert roc_auc_score(normal_label(is_anomalous), scores) > 0.9
+
+
+def test_auto_contamination_puts_the_boundary_at_the_fence():
+    X, _ = planted(0, n_normal=180, n_anomalous=20)
+    refiner = IQRRefiner(EllipticEnvelope(), random_state=0).fit(X)
+    assert refiner.termination_condition_ == "no_change"
+    assert refiner.offset_ == -refiner.thresholds_[-1]
+    # The last round removed nothing, so every kept sample is an inlier.
+    assert (refiner.predict(X[refiner.inlier_mask_]) == 1).all()
+    assert (refiner.predict(X[~refiner.inlier_mask_]) == -1).mean() > 0.9
+
+
+def test_float_contamination_is_a_fraction_of_the_full_training_set():
+    X, _ = planted(0, n_normal=180, n_anomalous=20)
+    refiner = IQRRefiner(
+        IsolationForest(n_estimators=20), contamination=0.25, random_state=0
+    ).fit(X)
+    assert refiner.offset_ == pytest.approx(np.percentile(refiner.score_samples(X), 25))
+    assert (refiner.predict(X) == -1).mean() == pytest.approx(0.25, abs=0.01)
+
+
+def test_wraps_a_pyod_detector_with_sklearn_signs():
+    from pyod.models.knn import KNN
+
+    X, _ = planted(0, n_normal=180, n_anomalous=20, n_features=3, shift=8.0)
+    X_test, is_anomalous_test = planted(1, n_normal=100, n_anomalous=100, n_features=3)
+    y_test = normal_label(is_anomalous_test)
+    pyod_refiner = IQRRefiner(KNN()).fit(X)
+    sklearn_refiner = IQRRefiner(
+        IsolationForest(n_estimators=50), random_state=0
+    ).fit(X)
+    pyod_decision = pyod_refiner.decision_function(X_test)
+    assert roc_auc_score(y_test, pyod_decision) > 0.9
+    assert roc_auc_score(y_test, sklearn_refiner.decision_function(X_test)) > 0.9
+    assert np.corrcoef(pyod_decision, sklearn_refiner.decision_function(X_test))[
+        0, 1
+    ] > 0.5
+    prediction = pyod_refiner.predict(X_test)
+    assert set(np.unique(prediction)) == {-1, 1}
+    assert (prediction[is_anomalous_test] == -1).mean() > 0.9
+
+
+def test_score_is_delegated_when_the_estimator_has_one():
+    X, _ = planted(0, n_normal=90, n_anomalous=10, n_features=2)
+    refiner = IQRRefiner(KernelDensity(bandwidth=0.5)).fit(X)
+    assert refiner.score(X[:20]) == refiner.estimator_.score(X[:20])
+    assert not hasattr(IQRRefiner(IsolationForest()), "score")
+    assert not hasattr(IQRRefiner(IsolationForest()).fit(X), "score")
+
+
+def test_feature_names_are_checked_not_forwarded():
+    pd = pytest.importorskip("pandas")
+    X, _ = planted(0, n_normal=90, n_anomalous=10, n_features=2)
+    frame = pd.DataFrame(X, columns=["a", "b"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        refiner = IQRRefiner(IsolationForest(n_estimators=10), random_state=0)
+        refiner.fit(frame).predict(frame)
+    np.testing.assert_array_equal(refiner.feature_names_in_, ["a", "b"])
+    assert not hasattr(refiner.estimator_, "feature_names_in_")
+    with pytest.raises(ValueError, match="feature names"):
+        refiner.predict(frame[["b", "a"]])
+
+
+# randomness
+
+
+def test_random_state_is_passed_down():
+    X, _ = planted(0, n_normal=90, n_anomalous=10, n_features=2)
+    forest = IsolationForest(n_estimators=10)
+    seed_0 = IQRRefiner(forest, random_state=0).fit(X).estimator_.random_state
+    assert isinstance(seed_0, int)
+    assert IQRRefiner(forest, random_state=0).fit(X).estimator_.random_state == seed_0
+    assert IQRRefiner(forest, random_state=1).fit(X).estimator_.random_state != seed_0
+    assert forest.random_state is None
+
+
+def test_random_state_none_keeps_the_estimators_own():
+    X, _ = planted(0, n_normal=90, n_anomalous=10, n_features=2)
+    forest = IsolationForest(n_estimators=10, random_state=7)
+    assert IQRRefiner(forest).fit(X).estimator_.random_state == 7
+    lof = IQRRefiner(LocalOutlierFactor(novelty=True), random_state=0).fit(X)
+    assert "random_state" not in lof.estimator_.get_params()
+
+
+@pytest.mark.parametrize("fence_scores", ["in_sample", "oof"])
+def test_fit_is_deterministic(fence_scores):
+    X, _ = planted(0, n_normal=180, n_anomalous=20, n_features=3, shift=4.0)
+    fits = [
+        IQRRefiner(
+            IsolationForest(n_estimators=10),
+            fence_scores=fence_scores,
+            cv=3,
+            random_state=42,
+        ).fit(X)
+        for _ in range(2)
+    ]
+    np.testing.assert_array_equal(fits[0].removed_at_iter_, fits[1].removed_at_iter_)
+    np.testing.assert_array_equal(fits[0].thresholds_, fits[1].thresholds_)
+    np.testing.assert_array_equal(fits[0].score_samples(X), fits[1].score_samples(X))
+
+
+# composition
+
+
+def test_in_pipeline_and_grid_search():
+    X, is_anomalous = planted(0, n_normal=180, n_anomalous=20, n_features=4)
+    X = X * [1.0, 10.0, 0.1, 100.0]
+    pipeline = make_pipeline(StandardScaler(), IQRRefiner(OneClassSVM()))
+    search = GridSearchCV(
+        pipeline,
+        {
+            "iqrrefiner__k": [1.5, 3.0],
+            "iqrrefiner__estimator__gamma": ["scale", 0.01],
+        },
+        scoring="roc_auc",
+        cv=StratifiedKFold(n_splits=3, shuffle=True, random_state=0),
+    ).fit(X, normal_label(is_anomalous))
+    assert len(search.cv_results_["params"]) == 4
+    assert search.best_score_ > 0.95
+    best = search.best_params_
+    refiner = search.best_estimator_[-1]
+    assert refiner.k == best["iqrrefiner__k"]
+    assert refiner.estimator_.gamma == best["iqrrefiner__estimator__gamma"]
+
+
+def test_invalid_parameters_are_rejected():
+    X = column(np.arange(10))
+    for params, name in [
+        ({"k": -1.0}, "k"),
+        ({"contamination": 0.6}, "contamination"),
+        ({"min_samples": 0}, "min_samples"),
+        ({"min_samples": 1.5}, "min_samples"),
+        ({"refit": "hot"}, "refit"),
+        ({"cv": 1}, "cv"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(f"'{name}' parameter")):
+            IQRRefiner(ColumnDetector(), **params).fit(X)
+    with pytest.raises(ValueError, match="'estimator' parameter"):
+        IQRRefiner(StandardScaler()).fit(X)

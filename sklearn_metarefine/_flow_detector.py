@@ -114,6 +114,48 @@ def standardisation(X):
     return mean, scale
 
 
+def fit_projection(std_rows, pca_components):
+    """Probabilistic PCA of standardised rows (Tipping and Bishop, 1999).
+
+    Returns the leading ``pca_components`` principal axes, their variances and
+    the mean variance of the discarded directions, which models the residual
+    as isotropic Gaussian noise.
+    """
+    n_rows, dim = std_rows.shape
+    if not 2 <= pca_components <= min(n_rows, dim):
+        raise ValueError(
+            f"pca_components={pca_components} must be between 2 and "
+            f"min(n_rows, n_features_per_view) = min({n_rows}, {dim})."
+        )
+    _, singular_values, vt = np.linalg.svd(std_rows, full_matrices=False)
+    variances = singular_values**2 / n_rows
+    floor = 1e-6 * max(variances.mean(), np.finfo(np.float64).tiny)
+    explained = np.maximum(variances[:pca_components], floor)
+    discarded = dim - pca_components
+    noise = variances[pca_components:].sum() / discarded if discarded else 0.0
+    return vt[:pca_components], explained, max(noise, floor)
+
+
+def project(std_rows, components, explained_variance, noise_variance):
+    """Whitened principal coordinates and the log-density of the rest.
+
+    The second output is, per row, the log-density contributed by the linear
+    map (its Jacobian) and by the isotropic Gaussian residual, so that the
+    flow's log-density of the coordinates plus it is a log-density of the
+    row in the standardised space.
+    """
+    if components is None:
+        return std_rows, np.zeros(len(std_rows))
+    along = std_rows @ components.T
+    residual = std_rows - along @ components
+    discarded = std_rows.shape[1] - len(components)
+    log_density = -0.5 * np.sum(np.log(explained_variance)) - 0.5 * (
+        discarded * np.log(2 * np.pi * noise_variance)
+        + np.sum(residual**2, axis=1) / noise_variance
+    )
+    return along / np.sqrt(explained_variance), log_density
+
+
 def mean_over_views(values, n_views):
     """Average per-view values, stored view-major per object, over each object."""
     return values.reshape(-1, n_views).mean(axis=1)
@@ -133,6 +175,14 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         the views of each object side by side (view-major); training treats
         each view as a sample and :meth:`score_samples` averages the
         log-likelihood over an object's views.
+    pca_components : int or None, default=None
+        If set, the flow models the whitened coordinates of the standardised
+        inputs along their ``pca_components`` leading principal axes, and the
+        remaining directions are modelled as isotropic Gaussian noise
+        (probabilistic PCA). The likelihood stays a density over the whole
+        input. Use it when a view has many more features than there are
+        training samples: a flow on hundreds of dimensions fitted to a few
+        hundred samples memorises them. None models every feature.
     n_blocks : int, default=8
         Permutation + coupling blocks.
     hidden_size : int, default=64
@@ -176,6 +226,13 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         Per-feature mean used to standardise the inputs.
     scale_ : ndarray of shape (n_features_per_view_,)
         Per-feature standard deviation used to standardise the inputs.
+    components_ : ndarray of shape (pca_components, n_features_per_view_) or None
+        Principal axes of the standardised inputs (None without
+        ``pca_components``).
+    explained_variance_ : ndarray of shape (pca_components,) or None
+        Variance along each principal axis.
+    noise_variance_ : float or None
+        Variance of the residual noise in the discarded directions.
     n_features_per_view_ : int
         Dimension of one view.
     offset_ : float
@@ -218,6 +275,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
 
     _parameter_constraints = {
         "n_views": [Interval(numbers.Integral, 1, None, closed="left")],
+        "pca_components": [Interval(numbers.Integral, 2, None, closed="left"), None],
         "n_blocks": [Interval(numbers.Integral, 1, None, closed="left")],
         "hidden_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_hidden_layers": [Interval(numbers.Integral, 0, None, closed="left")],
@@ -238,11 +296,15 @@ class FlowDetector(OutlierMixin, BaseEstimator):
     }
 
     _net_class = _FlowNet
+    # warm_start continues training the current flow, so IQRRefiner can refit
+    # it warm (scikit-learn's warm_start means other things elsewhere).
+    _warm_start_continues = True
 
     def __init__(
         self,
         n_views=1,
         *,
+        pca_components=None,
         n_blocks=8,
         hidden_size=64,
         n_hidden_layers=1,
@@ -259,6 +321,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         verbose=0,
     ):
         self.n_views = n_views
+        self.pca_components = pca_components
         self.n_blocks = n_blocks
         self.hidden_size = hidden_size
         self.n_hidden_layers = n_hidden_layers
@@ -304,10 +367,18 @@ class FlowDetector(OutlierMixin, BaseEstimator):
             # than it would be dropped whole by MAML's drop_last.
             net.set_params(batch_size=min(self.batch_size, len(rows)))
             mean, scale = self.mean_, self.scale_
+            projection = self._projection()
         else:
             mean, scale = standardisation(rows)
-            net = self._build_net(rows.shape[1], len(rows), device, seed)
-        train_rows = ((rows - mean) / scale).astype(np.float32)
+            projection = (
+                (None, None, None)
+                if self.pca_components is None
+                else fit_projection((rows - mean) / scale, self.pca_components)
+            )
+            dim = rows.shape[1] if self.pca_components is None else self.pca_components
+            net = self._build_net(dim, len(rows), device, seed)
+        coords, _ = project((rows - mean) / scale, *projection)
+        train_rows = coords.astype(np.float32)
 
         with torch_seeded(seed, device):
             if warm:
@@ -316,6 +387,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
                 net.fit(train_rows)
 
         self.net_, self.mean_, self.scale_ = net, mean, scale
+        (self.components_, self.explained_variance_, self.noise_variance_) = projection
         self.n_features_per_view_ = rows.shape[1]
         scores = self._score(X)
         if not np.all(np.isfinite(scores)):
@@ -431,8 +503,9 @@ class FlowDetector(OutlierMixin, BaseEstimator):
             name: (t.detach().double() if t.is_floating_point() else t)
             for name, t in module.state_dict().items()
         }
-        rows = (self._views_as_rows(X) - self.mean_) / self.scale_
-        log_det_scale = -np.sum(np.log(self.scale_))
+        std_rows = (self._views_as_rows(X) - self.mean_) / self.scale_
+        rows, outside_flow = project(std_rows, *self._projection())
+        outside_flow = outside_flow - np.sum(np.log(self.scale_))
         out = np.empty(len(rows), dtype=np.float64)
         with torch.no_grad():
             for start in range(0, len(rows), _SCORING_BATCH_ROWS):
@@ -441,7 +514,10 @@ class FlowDetector(OutlierMixin, BaseEstimator):
                 )
                 z, log_det = functional_call(module, state, (batch,))
                 out[start : start + len(batch)] = log_prob(z, log_det).cpu().numpy()
-        return mean_over_views(out + log_det_scale, self.n_views)
+        return mean_over_views(out + outside_flow, self.n_views)
+
+    def _projection(self):
+        return self.components_, self.explained_variance_, self.noise_variance_
 
 
 class MAMLFlowDetector(FlowDetector):
@@ -472,8 +548,8 @@ class MAMLFlowDetector(FlowDetector):
     support_fraction : float, default=0.5
         Fraction of each task's batch used as the support set; the rest is
         the query set.
-    n_blocks, hidden_size, n_hidden_layers, clamp, weight_decay, batch_size, \
-max_epochs, warm_epochs, contamination, warm_start, device, random_state, \
+    pca_components, n_blocks, hidden_size, n_hidden_layers, clamp, weight_decay, \
+batch_size, max_epochs, warm_epochs, contamination, warm_start, device, random_state, \
 verbose
         As in :class:`FlowDetector`.
 
@@ -485,6 +561,13 @@ verbose
         Per-feature mean used to standardise the inputs.
     scale_ : ndarray of shape (n_features_per_view_,)
         Per-feature standard deviation used to standardise the inputs.
+    components_ : ndarray of shape (pca_components, n_features_per_view_) or None
+        Principal axes of the standardised inputs (None without
+        ``pca_components``).
+    explained_variance_ : ndarray of shape (pca_components,) or None
+        Variance along each principal axis.
+    noise_variance_ : float or None
+        Variance of the residual noise in the discarded directions.
     n_features_per_view_ : int
         Dimension of one view.
     offset_ : float
@@ -543,6 +626,7 @@ verbose
         inner_steps=1,
         first_order=False,
         support_fraction=0.5,
+        pca_components=None,
         n_blocks=8,
         hidden_size=64,
         n_hidden_layers=1,
@@ -563,6 +647,7 @@ verbose
         self.inner_steps = inner_steps
         self.first_order = first_order
         self.support_fraction = support_fraction
+        self.pca_components = pca_components
         self.n_blocks = n_blocks
         self.hidden_size = hidden_size
         self.n_hidden_layers = n_hidden_layers

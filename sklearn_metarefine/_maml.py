@@ -62,9 +62,7 @@ def adapt(module, params, support, loss_fn, *, alpha, n_steps=1, first_order=Fal
     return params
 
 
-def maml_loss(
-    module, support, query, loss_fn, *, alpha, n_steps=1, first_order=False
-):
+def maml_loss(module, support, query, loss_fn, *, alpha, n_steps=1, first_order=False):
     """Meta-objective of one task: the query loss of the adapted parameters.
 
     Calling ``backward()`` on the result leaves the MAML meta-gradient in the

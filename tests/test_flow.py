@@ -71,9 +71,9 @@ def test_fitted_flow_recovers_the_analytic_gaussian_density():
     std = np.array([0.5, 2.0, 4.0, 1.0])
     X_train = rng.normal(mean, std, size=(2000, 4))
     X_test = rng.normal(mean, std, size=(500, 4))
-    det = FlowDetector(
-        n_blocks=4, hidden_size=16, max_epochs=20, random_state=0
-    ).fit(X_train)
+    det = FlowDetector(n_blocks=4, hidden_size=16, max_epochs=20, random_state=0).fit(
+        X_train
+    )
     analytic = multivariate_normal(mean, np.diag(std**2)).logpdf(X_test)
     ours = det.score_samples(X_test)
     # Mean NLL within 0.1 nats of the truth (4 dims: ~1.5% of the entropy),

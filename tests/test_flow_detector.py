@@ -63,7 +63,9 @@ def test_fit_does_not_reseed_the_global_torch_generator(Detector, X):
 def test_pickle_and_joblib_round_trips_give_identical_scores(Detector, X, tmp_path):
     det = Detector(random_state=0, **SMALL).fit(X)
     expected = det.score_samples(X)
-    np.testing.assert_array_equal(pickle.loads(pickle.dumps(det)).score_samples(X), expected)
+    np.testing.assert_array_equal(
+        pickle.loads(pickle.dumps(det)).score_samples(X), expected
+    )
     joblib.dump(det, tmp_path / "det.joblib")
     np.testing.assert_array_equal(
         joblib.load(tmp_path / "det.joblib").score_samples(X), expected
@@ -178,3 +180,31 @@ def test_cuda_fit_matches_the_cpu_contract(Detector, X):
     assert det.score_samples(X[:5] + 25.0).max() < scores.min()
     restored = pickle.loads(pickle.dumps(det))
     np.testing.assert_array_equal(restored.score_samples(X), scores)
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_projection_front_end_is_probabilistic_pca_for_an_untrained_flow(Detector):
+    from sklearn.decomposition import PCA
+
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(80, 3)) @ rng.normal(size=(3, 10)) + 0.1 * rng.normal(
+        size=(80, 10)
+    )
+    # A learning rate of 1e-12 leaves the flow at its initial permutation, so
+    # the model is exactly probabilistic PCA of the standardised inputs.
+    lr = {"lr": 1e-12} if Detector is FlowDetector else {"beta": 1e-12, "alpha": 0.0}
+    det = Detector(pca_components=3, random_state=0, **lr, **SMALL).fit(X)
+    # scikit-learn's PCA divides variances by n - 1, the detector by n (the
+    # maximum-likelihood estimate): fitting it to data shrunk by
+    # sqrt((n - 1) / n) gives it the detector's covariance.
+    std = (X - det.mean_) / det.scale_
+    pca = PCA(n_components=3).fit(np.sqrt((len(X) - 1) / len(X)) * std)
+    expected = pca.score_samples(std) - np.log(det.scale_).sum()
+    np.testing.assert_allclose(det.score_samples(X), expected, rtol=1e-6)
+    assert det.components_.shape == (3, 10)
+    assert det.net_.module_.dim == 3
+
+
+def test_projection_needs_enough_rows_and_features(X):
+    with pytest.raises(ValueError, match="pca_components=7"):
+        FlowDetector(pca_components=7, **SMALL).fit(X)

@@ -125,8 +125,6 @@ def test_detector_train_step_leaves_the_meta_gradient(monkeypatch, first_order):
     second, first = _hand_meta_gradients(flow, support, query, 0.5)
     expected = first if first_order else second
     for name, grad in seen["grads"].items():
-        torch.testing.assert_close(
-            grad.double(), expected[name], atol=1e-5, rtol=1e-3
-        )
+        torch.testing.assert_close(grad.double(), expected[name], atol=1e-5, rtol=1e-3)
     other = second if first_order else first
     assert max((expected[n] - other[n]).abs().max().item() for n in expected) > 1e-3

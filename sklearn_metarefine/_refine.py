@@ -26,6 +26,10 @@ _MAX_SEED = np.iinfo(np.int32).max
 # statistics and the fence says nothing about the tail.
 _MIN_FENCE_SAMPLES = 4
 
+# Concentration steps converge in a handful of steps in practice; the cap only
+# bounds the cost when scores keep swapping samples at the edge of the core.
+_MAX_CONCENTRATION_STEPS = 10
+
 
 def iqr_fence(scores, k=1.5):
     """Upper Tukey fence ``Q3 + k * IQR`` of a set of anomaly scores.
@@ -188,14 +192,18 @@ def _out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
     return scores
 
 
-def _round_summary(n_iter, fence, outside, kept, termination, min_kept):
+def _round_summary(n_iter, fence, outside, readmitted, kept, termination, min_kept):
     """One line of verbose output for a round."""
     n_outside, n_kept = int(outside.sum()), int(kept.sum())
+    n_readmitted = int(readmitted.sum())
     if termination == "min_samples":
         outcome = (
             f"{n_outside} above it not removed, as that would keep "
-            f"{n_kept - n_outside} < min_samples={min_kept}; kept {n_kept}"
+            f"{n_kept - n_outside + n_readmitted} < min_samples={min_kept}; "
+            f"kept {n_kept}"
         )
+    elif n_readmitted:
+        outcome = f"removed {n_outside}, re-admitted {n_readmitted}, kept {n_kept}"
     else:
         outcome = f"removed {n_outside}, kept {n_kept}"
     return f"IQRRefiner round {n_iter}: fence T={fence:.6g}, {outcome}"
@@ -249,7 +257,9 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         (0, 1] a fraction of the training set (rounded up). A round whose
         removal would go below it is not applied: refinement stops and keeps
         the samples of the round before. The kept set never falls below 4
-        samples either.
+        samples either. With ``start="trimmed"`` the core may be smaller;
+        a round that would shrink the kept set below both ``min_samples``
+        and its current size is not applied.
 
     contamination : "auto" or float, default="auto"
         Sets ``offset_``, the decision boundary of :meth:`predict`. With
@@ -285,9 +295,26 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         :class:`~sklearn.model_selection.KFold`; leave-one-out when fewer
         samples are kept than folds). Ignored otherwise.
 
+    start : {"full", "trimmed"}, default="full"
+        Where refinement starts. ``"full"`` fits the whole training set first
+        and only ever removes samples, as in the paper. ``"trimmed"`` first
+        finds a trimmed core: fit, keep the ``start_fraction`` of the training
+        samples with the lowest anomaly scores, refit on them, and repeat until
+        that set stops changing (concentration steps, as in FAST-MCD). Each
+        round then fences every training sample, so samples left out of the
+        core whose score is inside the fence are re-admitted. See Notes for
+        when to use it.
+
+    start_fraction : float in (0, 1), default=0.5
+        Fraction of the training set in the trimmed core of
+        ``start="trimmed"`` (rounded up, at least 4 samples); it should be
+        below the expected fraction of normal samples. Ignored with
+        ``start="full"``.
+
     verbose : int, default=0
         When positive, print one line per round: the fence, how many samples
-        it removed and how many are kept.
+        it removed (and, with ``start="trimmed"``, re-admitted) and how many
+        are kept.
 
     random_state : int, RandomState instance or None, default=None
         Seeds the detector: when not None, the detector's ``random_state``
@@ -307,7 +334,9 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
 
     removed_at_iter_ : ndarray of shape (n_samples,), dtype int
         The round (counted from 1) in which each training sample was removed,
-        -1 for kept samples.
+        -1 for kept samples. With ``start="trimmed"``, 0 for samples outside
+        the trimmed core that no round re-admitted, and the last removal for
+        samples re-admitted and removed again.
 
     thresholds_ : ndarray of shape (n_iter_,), dtype float64
         The fence ``T`` of each round, on the scale of the anomaly scores
@@ -373,6 +402,23 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
     has not seen it. Warm-started models cannot provide such scores, since
     they descend from a model fitted on every kept sample.
 
+    The fence cannot remove anomalies that make up a large share of the
+    training set: once they are a quarter of it or more, the third quartile
+    lies among them and the fence above it. On digits (one digit normal, the
+    others planted) the full start removed about half of the planted
+    anomalies at 10% contamination but under a tenth at 30% and 50%.
+    ``start="trimmed"`` breaks this barrier: its core holds mostly normal
+    samples whenever ``start_fraction`` is below their share, so the
+    anomalies score far outside the core's fence. The price is on clean data:
+    with ``fence_scores="in_sample"`` a detector that fits its core closely
+    fences out most samples left outside it, so the kept set stays near the
+    core (about ``1 - start_fraction`` of a clean training set is dropped),
+    and the detector sees fewer samples. ``fence_scores="oof"`` re-admits
+    those normal samples but also lets more anomalies back in. Trimmed
+    starts should refit cold (``refit="cold"``): warm refits of a few epochs
+    barely move the model away from its fit to the contaminated full set, and
+    the core then reproduces the full start.
+
     References
     ----------
     .. [1] M. Aqeel, S. Sharifi, M. Cristani and F. Setti, "Meta
@@ -415,6 +461,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         ],
         "refit": [StrOptions({"auto", "warm", "cold"})],
         "fence_scores": [StrOptions({"in_sample", "oof"})],
+        "start": [StrOptions({"full", "trimmed"})],
+        "start_fraction": [Interval(RealNotInt, 0, 1, closed="neither")],
         "cv": [Interval(Integral, 2, None, closed="left")],
         "verbose": ["verbose"],
         "random_state": ["random_state"],
@@ -431,6 +479,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         refit="auto",
         fence_scores="in_sample",
         cv=5,
+        start="full",
+        start_fraction=0.5,
         verbose=0,
         random_state=None,
     ):
@@ -442,6 +492,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         self.refit = refit
         self.fence_scores = fence_scores
         self.cv = cv
+        self.start = start
+        self.start_fraction = start_fraction
         self.verbose = verbose
         self.random_state = random_state
 
@@ -478,32 +530,53 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
 
         kept = np.ones(n_samples, dtype=bool)
         removed_at_iter = np.full(n_samples, -1, dtype=np.intp)
-        thresholds = []
         estimator = None
+        if self.start == "trimmed":
+            estimator, kept = self._trimmed_core(base, X, warm)
+            removed_at_iter[~kept] = 0
+        thresholds = []
         termination = None
+        readmit = self.start == "trimmed"
         for n_iter in _rounds(self.max_iter):
-            estimator = _refit(base, estimator, X[kept], warm, after_round=n_iter - 1)
+            if n_iter > 1 or estimator is None:
+                estimator = _refit(
+                    base, estimator, X[kept], warm, after_round=n_iter - 1
+                )
             scores = self._fence_scores(estimator, base, X[kept], fold_seed, n_iter)
             fence = iqr_fence(scores, self.k)
             thresholds.append(fence)
-            outside = scores > fence
-            if not outside.any():
+            if readmit:
+                # Every training sample is fenced, so that normal samples left
+                # out of the trimmed core come back; the kept ones by their
+                # fence scores, the others by the model that did not see them.
+                candidate = _anomaly_score(estimator, X) <= fence
+                candidate[kept] = scores <= fence
+            else:
+                candidate = kept.copy()
+                candidate[kept] = scores <= fence
+            outside = kept & ~candidate
+            readmitted = candidate & ~kept
+            n_candidate = int(candidate.sum())
+            if np.array_equal(candidate, kept):
                 termination = "no_change"
-            elif kept.sum() - outside.sum() < min_kept:
+            elif n_candidate < min(min_kept, int(kept.sum())):
                 termination = "min_samples"
             else:
-                removed = np.flatnonzero(kept)[outside]
-                kept[removed] = False
-                removed_at_iter[removed] = n_iter
+                removed_at_iter[outside] = n_iter
+                removed_at_iter[candidate] = -1
+                kept = candidate
             if self.verbose:
                 print(
-                    _round_summary(n_iter, fence, outside, kept, termination, min_kept)
+                    _round_summary(
+                        n_iter, fence, outside, readmitted, kept,
+                        termination, min_kept,
+                    )
                 )
             if termination is not None:
                 break
         else:
             termination = "max_iter"
-            # The last round removed samples its model was fitted on.
+            # The last round changed the samples its model was fitted on.
             estimator = _refit(base, estimator, X[kept], warm, after_round=n_iter)
             scores = self._fence_scores(estimator, base, X[kept], fold_seed, n_iter)
             fence = iqr_fence(scores, self.k)
@@ -521,6 +594,30 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
                 np.percentile(-_anomaly_score(estimator, X), 100.0 * self.contamination)
             )
         return self
+
+    def _trimmed_core(self, base, X, warm):
+        """Model and mask of the trimmed core that ``start="trimmed"`` grows from.
+
+        Concentration steps: fit, keep the ``start_fraction`` of the training
+        samples that score lowest, refit on them, until that set repeats.
+        Each step cannot increase the sum of the kept samples' anomaly scores
+        under a model that maximises their likelihood, as in FAST-MCD.
+        """
+        n_samples = X.shape[0]
+        n_core = max(math.ceil(self.start_fraction * n_samples), _MIN_FENCE_SAMPLES)
+        core = np.ones(n_samples, dtype=bool)
+        estimator = None
+        for step in range(_MAX_CONCENTRATION_STEPS):
+            estimator = _refit(base, estimator, X[core], warm, after_round=0)
+            lowest = np.argsort(_anomaly_score(estimator, X), kind="stable")[:n_core]
+            new_core = np.zeros(n_samples, dtype=bool)
+            new_core[lowest] = True
+            if np.array_equal(new_core, core):
+                break
+            core = new_core
+        else:
+            estimator = _refit(base, estimator, X[core], warm, after_round=0)
+        return estimator, core
 
     def _seeded_estimator(self):
         """The estimator each round clones, and the seed of the folds."""

@@ -618,3 +618,62 @@ def test_invalid_parameters_are_rejected():
             IQRRefiner(ColumnDetector(), **params).fit(X)
     with pytest.raises(ValueError, match="'estimator' parameter"):
         IQRRefiner(StandardScaler()).fit(X)
+
+
+def test_trimmed_start_removes_anomalies_the_full_start_cannot():
+    # With 40% anomalies the third quartile of the full set lies among them.
+    X, is_anomalous = planted(0, n_normal=240, n_anomalous=160, n_features=2)
+    estimator = EllipticEnvelope(support_fraction=1.0)
+    full = IQRRefiner(estimator).fit(X)
+    trimmed = IQRRefiner(estimator, start="trimmed").fit(X)
+
+    assert (~full.inlier_mask_[is_anomalous]).mean() < 0.5
+    assert (~trimmed.inlier_mask_[is_anomalous]).mean() == 1.0
+    # Normal samples outside the core were re-admitted.
+    assert trimmed.inlier_mask_[~is_anomalous].mean() > 0.85
+    assert trimmed.inlier_mask_[~is_anomalous].sum() > 0.5 * len(X)
+
+
+def test_trimmed_rounds_by_hand(capsys):
+    # Scores 0..99 and 30 far anomalies; the core is the lowest 65 scores.
+    values = np.concatenate([np.arange(100), 1000 + np.arange(30)])
+    refiner = IQRRefiner(ColumnDetector(), start="trimmed", verbose=1)
+    refiner.fit(column(values))
+
+    # Core 0..64: Q1 16, Q3 48, T = 96; kept 0..96: Q1 24, Q3 72, T = 144;
+    # kept 0..99: T = 148.5 changes nothing.
+    np.testing.assert_allclose(refiner.thresholds_, [96.0, 144.0, 148.5])
+    np.testing.assert_array_equal(refiner.inlier_mask_, values < 100)
+    np.testing.assert_array_equal(
+        refiner.removed_at_iter_, np.where(values < 100, -1, 0)
+    )
+    assert refiner.termination_condition_ == "no_change"
+    assert capsys.readouterr().out.splitlines() == [
+        "IQRRefiner round 1: fence T=96, removed 0, re-admitted 32, kept 97",
+        "IQRRefiner round 2: fence T=144, removed 0, re-admitted 3, kept 100",
+        "IQRRefiner round 3: fence T=148.5, removed 0, kept 100",
+    ]
+
+
+def test_trimmed_start_with_one_round_refits_on_what_it_readmitted():
+    # One round from the core 0..64 re-admits up to its fence T = 96.
+    values = np.concatenate([np.arange(100), 1000 + np.arange(30)])
+    full = IQRRefiner(ColumnDetector()).fit(column(values))
+    trimmed = IQRRefiner(ColumnDetector(), start="trimmed", max_iter=1)
+    trimmed.fit(column(values))
+
+    assert full.removed_at_iter_[values >= 1000].tolist() == [1] * 30
+    assert trimmed.n_iter_ == 1
+    assert trimmed.termination_condition_ == "max_iter"
+    np.testing.assert_array_equal(trimmed.inlier_mask_, values <= 96)
+
+
+def test_trimmed_start_validates_its_fraction():
+    X = column(np.arange(10))
+    for params, name in [
+        ({"start": "middle"}, "start"),
+        ({"start_fraction": 1.0}, "start_fraction"),
+        ({"start_fraction": 0.0}, "start_fraction"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(f"'{name}' parameter")):
+            IQRRefiner(ColumnDetector(), **params).fit(X)

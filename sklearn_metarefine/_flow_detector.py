@@ -117,16 +117,13 @@ def standardisation(X):
 def fit_projection(std_rows, pca_components):
     """Probabilistic PCA of standardised rows (Tipping and Bishop, 1999).
 
-    Returns the leading ``pca_components`` principal axes, their variances and
-    the mean variance of the discarded directions, which models the residual
-    as isotropic Gaussian noise.
+    Returns the leading principal axes, their variances and the mean variance
+    of the discarded directions, which models the residual as isotropic
+    Gaussian noise. At most ``min(n_features, n_rows - 1)`` axes are kept:
+    beyond that the sample variances are zero.
     """
     n_rows, dim = std_rows.shape
-    if not 2 <= pca_components <= min(n_rows, dim):
-        raise ValueError(
-            f"pca_components={pca_components} must be between 2 and "
-            f"min(n_rows, n_features_per_view) = min({n_rows}, {dim})."
-        )
+    pca_components = max(2, min(pca_components, dim, n_rows - 1))
     _, singular_values, vt = np.linalg.svd(std_rows, full_matrices=False)
     variances = singular_values**2 / n_rows
     floor = 1e-6 * max(variances.mean(), np.finfo(np.float64).tiny)
@@ -177,8 +174,9 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         log-likelihood over an object's views.
     pca_components : int or None, default=None
         If set, the flow models the whitened coordinates of the standardised
-        inputs along their ``pca_components`` leading principal axes, and the
-        remaining directions are modelled as isotropic Gaussian noise
+        inputs along their ``pca_components`` leading principal axes (at most
+        the number of features per view, and of training rows minus one), and
+        the remaining directions are modelled as isotropic Gaussian noise
         (probabilistic PCA). The likelihood stays a density over the whole
         input. Use it when a view has many more features than there are
         training samples: a flow on hundreds of dimensions fitted to a few
@@ -196,10 +194,12 @@ class FlowDetector(OutlierMixin, BaseEstimator):
     weight_decay : float, default=1e-5
     batch_size : int, default=96
     max_epochs : int, default=30
-        Epochs of a fresh fit. DifferNet trains 240 (192 on MVTec in practice).
+        Epochs of a fresh fit. The paper trains 240.
     warm_epochs : int or None, default=None
         Epochs of a warm-started fit (``warm_start=True`` on a fitted
-        detector). None means ``max(1, max_epochs // 5)``.
+        detector). None means ``max(1, max_epochs // 10)``: after the
+        removal of a few training samples the flow starts close to its
+        optimum.
     contamination : "auto" or float, default="auto"
         Sets :attr:`offset_`. A float is the expected fraction of outliers in
         the training set: the offset is that percentile of the training
@@ -375,7 +375,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
                 if self.pca_components is None
                 else fit_projection((rows - mean) / scale, self.pca_components)
             )
-            dim = rows.shape[1] if self.pca_components is None else self.pca_components
+            dim = rows.shape[1] if projection[0] is None else len(projection[0])
             net = self._build_net(dim, len(rows), device, seed)
         coords, _ = project((rows - mean) / scale, *projection)
         train_rows = coords.astype(np.float32)
@@ -464,7 +464,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
     def _warm_epochs(self):
         if self.warm_epochs is not None:
             return self.warm_epochs
-        return max(1, self.max_epochs // 5)
+        return max(1, self.max_epochs // 10)
 
     def _net_kwargs(self):
         return {

@@ -2,13 +2,22 @@
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_metarefine import FlowDetector, MAMLFlowDetector
+from sklearn_metarefine import (
+    FlowDetector,
+    IQRRefiner,
+    MAMLFlowDetector,
+    MetaRefineDetector,
+)
 
-SMALL_FLOW = dict(n_blocks=2, hidden_size=8, max_epochs=3, batch_size=64)
+SMALL_FLOW = {"n_blocks": 2, "hidden_size": 8, "max_epochs": 3, "batch_size": 64}
 
 ESTIMATORS = [
     FlowDetector(**SMALL_FLOW),
+    FlowDetector(pca_components=3, **SMALL_FLOW),
     MAMLFlowDetector(**SMALL_FLOW),
+    IQRRefiner(FlowDetector(**SMALL_FLOW), max_iter=2),
+    IQRRefiner(MAMLFlowDetector(**SMALL_FLOW), max_iter=2),
+    MetaRefineDetector(backbone=None, max_iter=2, **SMALL_FLOW),
 ]
 
 

@@ -1,0 +1,402 @@
+"""MetaRefineDetector: pretrained features, a MAML flow and IQR refinement."""
+
+import numbers
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.pipeline import Pipeline
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._features import PretrainedFeatures
+from ._flow_detector import MAMLFlowDetector
+from ._refine import IQRRefiner
+from ._utils import draw_seed
+
+_FEATURE_PARAMS = ("weights", "image_size", "n_scales", "input_shape")
+_FLOW_PARAMS = (
+    "alpha",
+    "beta",
+    "inner_steps",
+    "first_order",
+    "pca_components",
+    "n_blocks",
+    "hidden_size",
+    "max_epochs",
+    "warm_epochs",
+    "batch_size",
+)
+_REFINER_PARAMS = (
+    "k",
+    "max_iter",
+    "min_samples",
+    "start",
+    "start_fraction",
+    "refit",
+    "fence_scores",
+    "contamination",
+)
+
+
+class MetaRefineDetector(OutlierMixin, BaseEstimator):
+    """Anomaly detector robust to defective images in its training set.
+
+    The method of Aqeel et al. [1]_ as one estimator: images are embedded by a
+    frozen pretrained CNN at several scales (:class:`PretrainedFeatures`), a
+    normalizing flow trained with MAML (:class:`MAMLFlowDetector`) scores
+    them by likelihood, and :class:`IQRRefiner` repeatedly drops the training
+    images whose anomaly score lies above the fence ``Q3 + k * IQR`` and
+    refits on the rest, warm from the meta-learned parameters.
+
+    Parameters
+    ----------
+    backbone : str, torch.nn.Module or None, default="efficientnet_lite0"
+        The CNN of :class:`PretrainedFeatures`. The default has ImageNet
+        weights that ship with the package and need no network. None skips
+        the CNN: ``X`` is then a 2-D array of feature vectors.
+    weights : "DEFAULT", None or path-like, default="DEFAULT"
+        Weights of the backbone, see :class:`PretrainedFeatures`.
+    image_size : int, default=224
+        Side every image is resized to before the first scale. The paper
+        uses 448.
+    n_scales : int, default=3
+        Resolutions the CNN sees, each half the previous one.
+    n_views : int, default=1
+        Views (rotations) per image; the flow averages its negative
+        log-likelihood over them. The paper uses several.
+    input_shape : tuple of int, default=None
+        Shape of one image when ``X`` holds flattened images.
+    k : float, default=1.5
+        IQR multiplier of the refinement fence.
+    max_iter : int, default=10
+        Most refinement rounds.
+    min_samples : int or float, default=0.5
+        Fewest training images the refinement may remove down to (a count,
+        or a fraction of the training set).
+    start : {"trimmed", "full"}, default="trimmed"
+        ``"trimmed"`` first finds a core of the ``start_fraction`` most
+        normal-looking training images and grows the training set from it
+        with the fence; ``"full"`` is the paper's procedure, which starts
+        from every image. See Notes.
+    start_fraction : float, default=0.3
+        Size of the trimmed core, as a fraction of the training set.
+    refit : {"cold", "warm", "auto"}, default="cold"
+        How the flow is refitted after each round: from scratch, or warm from
+        the current (meta-learned) parameters as in the paper.
+    fence_scores : {"in_sample", "oof"}, default="in_sample"
+        Score the training images for the fence with the model fitted on
+        them, or out of fold.
+    alpha : float, default=0.01
+        MAML inner learning rate.
+    beta : float, default=1e-3
+        MAML meta learning rate (Adam's learning rate for the outer update).
+    inner_steps : int, default=1
+        MAML inner gradient steps per task.
+    first_order : bool, default=False
+        First-order MAML.
+    pca_components : int or None, default=8
+        Principal axes the flow models (see :class:`FlowDetector`); None lets
+        the flow model every feature, as in the paper, which needs far more
+        training images than features.
+    n_blocks : int, default=4
+        Coupling blocks of the flow (the paper: 8).
+    hidden_size : int, default=32
+        Width of the coupling subnets (the paper: 2048).
+    max_epochs : int, default=20
+        Epochs of each fit (the paper: 240).
+    warm_epochs : int or None, default=None
+        Epochs of each warm refit after a removal.
+    batch_size : int, default=96
+        Rows per MAML task (the paper: 96).
+    contamination : "auto" or float, default="auto"
+        "auto" makes the refinement fence the decision boundary; a float is
+        the expected fraction of outliers in the training set.
+    memory : None, str or joblib.Memory, default=None
+        Caches the fitted feature step, so that a grid search over the
+        detector's parameters runs the CNN once per training fold.
+    device : {"auto", "cpu", "cuda"} or str, default="auto"
+        Where the CNN and the flow run.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the flow and the refinement.
+    verbose : int, default=0
+        Progress of the CNN, one line per refinement round, the flow's epochs.
+
+    Attributes
+    ----------
+    pipeline_ : sklearn.pipeline.Pipeline
+        The fitted ``[features,] refiner`` pipeline.
+    refiner_ : IQRRefiner
+        Its last step.
+    inlier_mask_ : ndarray of shape (n_samples,), dtype bool
+        Training images kept by the refinement.
+    removed_at_iter_ : ndarray of shape (n_samples,), dtype int
+        Round in which each training image was dropped, -1 if kept.
+    thresholds_ : ndarray of shape (n_iter_,)
+        Fence of each round.
+    n_iter_ : int
+        Refinement rounds run.
+    termination_condition_ : str
+        Why the refinement stopped.
+    offset_ : float
+        ``decision_function = score_samples - offset_``.
+    n_features_in_ : int
+        Number of features seen during fit (only with ``backbone=None``).
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit (only with ``backbone=None`` and
+        string column names).
+
+    See Also
+    --------
+    IQRRefiner : The refinement around any outlier detector.
+    MAMLFlowDetector : The meta-learned flow alone.
+    PretrainedFeatures : The CNN embedding alone.
+
+    Notes
+    -----
+    :meth:`score_samples` is higher for more normal images. For AUROC with
+    scikit-learn's ``"roc_auc"`` scorer, which treats the larger label as
+    positive and scores with :meth:`decision_function`, label normal images 1
+    and anomalous ones -1 (or 0). The datasets of this package label anomalous
+    images 1: convert with ``np.where(y == 1, -1, 1)``.
+
+    Why a trimmed start: the fence ``Q3 + k * IQR`` of a training set with
+    more than about a quarter of anomalies has its third quartile among the
+    anomalies and cannot reach them; the paper's procedure then removes next
+    to nothing. Growing the training set from a trimmed core removes most
+    anomalies at 30-50% contamination, at the price of refitting on fewer
+    clean images (about one AUROC point on clean digits). Cold refits keep
+    the flow's projection from being frozen on the contaminated set. Both
+    choices were measured on the bundled digits benchmark; ``start="full",
+    refit="warm"`` restores the paper's procedure.
+
+    The paper's configuration: ``backbone="alexnet", image_size=448,
+    n_views=4, start="full", refit="warm", pca_components=None, n_blocks=8,
+    hidden_size=2048, max_epochs=240``, and its 2e-4 learning rate as
+    ``beta``; it needs a GPU.
+
+    References
+    ----------
+    .. [1] M. Aqeel, S. Sharifi, M. Cristani, F. Setti, "Meta Learning-Driven
+       Iterative Refinement for Robust Anomaly Detection in Industrial
+       Inspection", ECCV 2024 Workshops.
+    .. [2] M. Rudolph, B. Wandt, B. Rosenhahn, "Same Same But DifferNet:
+       Semi-Supervised Defect Detection with Normalizing Flows", WACV 2021.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_metarefine import MetaRefineDetector
+    >>> rng = np.random.RandomState(0)
+    >>> X = np.vstack([rng.normal(size=(95, 4)), rng.normal(8, 1, size=(5, 4))])
+    >>> det = MetaRefineDetector(backbone=None, pca_components=None, n_blocks=2,
+    ...                          hidden_size=16, max_epochs=5, random_state=0)
+    >>> det.fit(X).inlier_mask_[-5:]
+    array([False, False, False, False, False])
+    >>> det.predict([[0.0, 0.0, 0.0, 0.0], [8.0, 8.0, 8.0, 8.0]])
+    array([ 1, -1])
+    """
+
+    _parameter_constraints = {
+        # The feature step validates the backbone, weights, input_shape, memory
+        # and device the same way whether it is used alone or from here.
+        "backbone": "no_validation",
+        "weights": "no_validation",
+        "image_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_scales": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_views": [Interval(numbers.Integral, 1, None, closed="left")],
+        "input_shape": "no_validation",
+        "k": [Interval(numbers.Real, None, None, closed="neither")],
+        "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
+        "min_samples": [
+            Interval(numbers.Integral, 1, None, closed="left"),
+            Interval(numbers.Real, 0, 1, closed="neither"),
+        ],
+        "start": [StrOptions({"full", "trimmed"})],
+        "start_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "refit": [StrOptions({"auto", "warm", "cold"})],
+        "fence_scores": [StrOptions({"in_sample", "oof"})],
+        "alpha": [Interval(numbers.Real, 0, None, closed="left")],
+        "beta": [Interval(numbers.Real, 0, None, closed="neither")],
+        "inner_steps": [Interval(numbers.Integral, 1, None, closed="left")],
+        "first_order": ["boolean"],
+        "pca_components": [Interval(numbers.Integral, 2, None, closed="left"), None],
+        "n_blocks": [Interval(numbers.Integral, 1, None, closed="left")],
+        "hidden_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "warm_epochs": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "contamination": [
+            StrOptions({"auto"}),
+            Interval(numbers.Real, 0, 0.5, closed="right"),
+        ],
+        "memory": "no_validation",
+        "device": "no_validation",
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone="efficientnet_lite0",
+        *,
+        weights="DEFAULT",
+        image_size=224,
+        n_scales=3,
+        n_views=1,
+        input_shape=None,
+        k=1.5,
+        max_iter=10,
+        min_samples=0.5,
+        start="trimmed",
+        start_fraction=0.3,
+        refit="cold",
+        fence_scores="in_sample",
+        alpha=0.01,
+        beta=1e-3,
+        inner_steps=1,
+        first_order=False,
+        pca_components=8,
+        n_blocks=4,
+        hidden_size=32,
+        max_epochs=20,
+        warm_epochs=None,
+        batch_size=96,
+        contamination="auto",
+        memory=None,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.image_size = image_size
+        self.n_scales = n_scales
+        self.n_views = n_views
+        self.input_shape = input_shape
+        self.k = k
+        self.max_iter = max_iter
+        self.min_samples = min_samples
+        self.start = start
+        self.start_fraction = start_fraction
+        self.refit = refit
+        self.fence_scores = fence_scores
+        self.alpha = alpha
+        self.beta = beta
+        self.inner_steps = inner_steps
+        self.first_order = first_order
+        self.pca_components = pca_components
+        self.n_blocks = n_blocks
+        self.hidden_size = hidden_size
+        self.max_epochs = max_epochs
+        self.warm_epochs = warm_epochs
+        self.batch_size = batch_size
+        self.contamination = contamination
+        self.memory = memory
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y=None):
+        """Embed the training images, fit the flow and refine the training set.
+
+        Parameters
+        ----------
+        X : array-like of images, list of image files or PIL images, or \
+array-like of shape (n_samples, n_features) when ``backbone=None``
+            Training images, possibly contaminated with anomalies.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+            The fitted detector.
+        """
+        if self.backbone is None:
+            X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        seed = draw_seed(check_random_state(self.random_state))
+        self.pipeline_ = self._build_pipeline(seed).fit(X)
+        refiner = self.pipeline_[-1]
+        self.refiner_ = refiner
+        self.inlier_mask_ = refiner.inlier_mask_
+        self.removed_at_iter_ = refiner.removed_at_iter_
+        self.thresholds_ = refiner.thresholds_
+        self.n_iter_ = refiner.n_iter_
+        self.termination_condition_ = refiner.termination_condition_
+        self.offset_ = refiner.offset_
+        return self
+
+    def score_samples(self, X):
+        """Minus the anomaly score: higher for more normal images.
+
+        Parameters
+        ----------
+        X : images or array-like of shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,), dtype float64
+        """
+        features = self._features(X)
+        return self.pipeline_[-1].score_samples(features)
+
+    def decision_function(self, X):
+        """Score shifted by ``offset_``: negative for anomalies.
+
+        Parameters
+        ----------
+        X : images or array-like of shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,), dtype float64
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """Label each image +1 (normal) or -1 (anomalous).
+
+        Parameters
+        ----------
+        X : images or array-like of shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), dtype int
+        """
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def _features(self, X):
+        check_is_fitted(self)
+        if self.backbone is None:
+            return validate_data(self, X, dtype=np.float64, reset=False)
+        return self.pipeline_[:-1].transform(X)
+
+    def _build_pipeline(self, seed):
+        flow = MAMLFlowDetector(
+            self.n_views,
+            device=self.device,
+            verbose=max(0, self.verbose - 1),
+            **{name: getattr(self, name) for name in _FLOW_PARAMS},
+        )
+        refiner = IQRRefiner(
+            flow,
+            random_state=seed,
+            verbose=self.verbose,
+            **{name: getattr(self, name) for name in _REFINER_PARAMS},
+        )
+        steps = [("refiner", refiner)]
+        if self.backbone is not None:
+            features = PretrainedFeatures(
+                self.backbone,
+                n_views=self.n_views,
+                device=self.device,
+                memory=self.memory,
+                verbose=self.verbose,
+                random_state=seed,
+                **{name: getattr(self, name) for name in _FEATURE_PARAMS},
+            )
+            steps.insert(0, ("features", features))
+        return Pipeline(steps, memory=self.memory)

@@ -205,6 +205,8 @@ def test_projection_front_end_is_probabilistic_pca_for_an_untrained_flow(Detecto
     assert det.net_.module_.dim == 3
 
 
-def test_projection_needs_enough_rows_and_features(X):
-    with pytest.raises(ValueError, match="pca_components=7"):
-        FlowDetector(pca_components=7, **SMALL).fit(X)
+def test_projection_keeps_at_most_the_available_axes(X):
+    det = FlowDetector(pca_components=7, random_state=0, **SMALL).fit(X)
+    assert det.components_.shape == (6, 6)
+    det = FlowDetector(pca_components=7, random_state=0, **SMALL).fit(X[:5])
+    assert det.components_.shape == (4, 6)

@@ -1,0 +1,588 @@
+"""The benchmark command: files and tables, resuming, backends, datasets, errors."""
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sklearn_metarefine import _benchmark
+from sklearn_metarefine.__main__ import main
+from sklearn_metarefine._benchmark import (
+    MODELS,
+    BenchmarkError,
+    derive_seed,
+    resolve_config,
+    run_benchmark,
+)
+
+# Small enough that a run takes a fraction of a second on a laptop CPU.
+TINY = {
+    "flow": {"n_blocks": 2, "hidden_size": 8},
+    "refiner": {"max_iter": 3},
+    "iforest": {"n_estimators": 10},
+    "lof": {"n_neighbors": 5},
+}
+TINY_FLAGS = ["--image-size", "32", "--max-epochs", "2"]
+TINY_CONFIG = {
+    **TINY,
+    "features": {"image_size": 32},
+    "flow": {**TINY["flow"], "max_epochs": 2},
+}
+GRID = {"categories": ["digit3", "digit8"], "noise": [0.0, 0.2], "repeats": 1}
+GRID_FLAGS = ["--categories", "3", "8", "--noise", "0", "0.2", "--repeats", "1"]
+N_RUNS = 2 * 2 * 1 * len(MODELS)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _without_timing(records):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def _read_csv(path):
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        return reader.fieldnames, list(reader)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One benchmark through the command line, on two loky workers.
+
+    Its features are the only ones computed on digits in this module; other
+    tests copy them into their output folders (the cache is keyed by the
+    feature settings, so they are reused).
+    """
+    folder = tmp_path_factory.mktemp("reference")
+    config_file = folder / "tiny.json"
+    config_file.write_text(json.dumps(TINY))
+    output = folder / "results"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = main(
+            [
+                "benchmark",
+                *GRID_FLAGS,
+                *TINY_FLAGS,
+                "--config",
+                str(config_file),
+                "--output",
+                str(output),
+                "--n-jobs",
+                "2",
+                "--no-progress",
+            ]
+        )
+    assert status == 0
+    return output, stdout.getvalue()
+
+
+@pytest.fixture
+def with_features(reference, tmp_path):
+    """A fresh output folder holding the reference's cached features."""
+    output = tmp_path / "results"
+    shutil.copytree(reference[0] / "features", output / "features")
+    return output
+
+
+def test_command_writes_tables_files_and_figures(reference):
+    output, printed = reference
+    config = json.loads((output / "config.json").read_text())
+    assert config == resolve_config("digits", TINY_CONFIG)
+
+    fields, runs = _read_csv(output / "runs.csv")
+    assert fields[:5] == ["dataset", "category", "noise", "repeat", "model"]
+    assert {"auroc", "removed_good", "removed_bad", "seed", "error"} <= set(fields)
+    assert len(runs) == N_RUNS
+    assert {(r["category"], float(r["noise"]), r["model"]) for r in runs} == {
+        (c, n, m) for c in GRID["categories"] for n in GRID["noise"] for m in MODELS
+    }
+    for run in runs:
+        assert run["error"] == ""
+        assert 0.0 <= float(run["auroc"]) <= 1.0
+        refiner = run["model"] in ("osr", "irp", "metarefine")
+        assert (run["removed_good"] != "") == refiner
+        if refiner:
+            assert 0 <= int(run["removed_bad"]) <= int(run["n_train_anomalous"])
+    assert len(list((output / "runs").glob("*.json"))) == N_RUNS
+
+    fields, table1 = _read_csv(output / "table1_auroc.csv")
+    assert fields == [
+        "model",
+        "category",
+        "noise",
+        "auroc_mean",
+        "auroc_std",
+        "n_runs",
+        "n_failed",
+    ]
+    assert len(table1) == len(MODELS) * (2 + 1) * 2
+    fields, table2 = _read_csv(output / "table2_removed.csv")
+    assert fields == [
+        "model",
+        "noise",
+        "removed_good",
+        "removed_bad",
+        "train_good",
+        "train_bad",
+        "n_runs",
+        "n_failed",
+    ]
+    assert [r["model"] for r in table2] == [
+        "osr",
+        "osr",
+        "irp",
+        "irp",
+        "metarefine",
+        "metarefine",
+    ]
+
+    results = json.loads((output / "results.json").read_text())
+    assert results["config"] == config
+    assert len(results["runs"]) == N_RUNS
+    assert results["table1"][0].keys() >= {"auroc_mean", "auroc_std"}
+    # Table 2 totals over the two categories.
+    osr_noisy = [
+        r for r in results["runs"] if r["model"] == "osr" and r["noise"] == 0.2
+    ]
+    assert results["table2"][1]["train_bad"] == sum(
+        r["n_train_anomalous"] for r in osr_noisy
+    )
+    # The "mean" row of Table 1 is the mean over categories.
+    vanilla = {
+        (r["category"], r["noise"]): r["auroc"]
+        for r in results["runs"]
+        if r["model"] == "vanilla"
+    }
+    mean_row = next(
+        r
+        for r in results["table1"]
+        if r["model"] == "vanilla" and r["category"] == "mean" and r["noise"] == 0.0
+    )
+    assert mean_row["auroc_mean"] == pytest.approx(
+        (vanilla["digit3", 0.0] + vanilla["digit8", 0.0]) / 2
+    )
+
+    for name in ("auroc_vs_noise.png", "auroc_vs_noise_by_category.png"):
+        path = output / name
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        with Image.open(path) as image:
+            image.verify()
+
+    table1_text, table2_text = printed.split("Table 2.")
+    for model in MODELS:
+        assert model in table1_text
+    for model in ("osr", "irp", "metarefine"):
+        assert model in table2_text
+    for label in ("0%", "20%", "digit3", "digit8", "mean"):
+        assert label in table1_text
+    assert "20%" in table2_text
+    assert f"Executed {N_RUNS} of {N_RUNS} runs" in printed
+
+
+def test_all_models_of_a_draw_share_its_split(reference):
+    runs = json.loads((reference[0] / "results.json").read_text())["runs"]
+    for category in GRID["categories"]:
+        for noise in GRID["noise"]:
+            cell = [r for r in runs if (r["category"], r["noise"]) == (category, noise)]
+            assert (
+                len(
+                    {
+                        (r["seed"], r["n_train"], r["n_train_anomalous"], r["n_test"])
+                        for r in cell
+                    }
+                )
+                == 1
+            )
+    seed = derive_seed(0, "digits", "digit3", 0)
+    assert {r["seed"] for r in runs if r["category"] == "digit3"} == {seed}
+    assert seed != derive_seed(0, "digits", "digit3", 1)
+
+
+def test_interrupted_benchmark_resumes_with_only_the_missing_runs(
+    reference, with_features, monkeypatch, capsys
+):
+    run_one = _benchmark.run_one
+    executed = []
+
+    def interrupted_after_two(run, *args):
+        if len(executed) == 2:
+            raise KeyboardInterrupt
+        executed.append(run)
+        return run_one(run, *args)
+
+    monkeypatch.setattr(_benchmark, "run_one", interrupted_after_two)
+    status = main(
+        [
+            "benchmark",
+            *GRID_FLAGS,
+            *TINY_FLAGS,
+            "--output",
+            str(with_features),
+            "--n-jobs",
+            "1",
+            "--no-progress",
+        ]
+        + _config_flags(with_features)
+    )
+    assert status == 130
+    assert "resume" in capsys.readouterr().err
+    assert len(list((with_features / "runs").glob("*.json"))) == 2
+    assert not list((with_features / "runs").glob(".*"))
+
+    first = list(executed)
+    executed.clear()
+    monkeypatch.setattr(
+        _benchmark,
+        "run_one",
+        lambda run, *args: (executed.append(run), run_one(run, *args))[1],
+    )
+    result = run_benchmark(
+        config=TINY_CONFIG, output=with_features, n_jobs=1, progress=False, **GRID
+    )
+    assert result.n_executed == N_RUNS - 2
+    assert len(executed) == N_RUNS - 2 and not set(executed) & set(first)
+
+    reference_runs = json.loads((reference[0] / "results.json").read_text())["runs"]
+    # Sequential here, two loky workers in the reference: the same numbers.
+    assert _without_timing(result.runs) == _without_timing(reference_runs)
+
+
+def _config_flags(folder):
+    path = folder.parent / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return ["--config", str(path)]
+
+
+def test_dask_backend_gives_the_same_numbers(reference, with_features):
+    distributed = pytest.importorskip("distributed")
+    # One single-threaded worker in this process: torch's thread count and
+    # random generators are process-wide, so threads must not share them.
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp://",
+        host="127.0.0.1",
+        dashboard_address=":0",
+    ) as cluster:
+        result = run_benchmark(
+            config=TINY_CONFIG,
+            output=with_features,
+            backend="dask",
+            scheduler=cluster.scheduler_address,
+            progress=False,
+            **GRID,
+        )
+    assert result.n_executed == N_RUNS
+    reference_runs = json.loads((reference[0] / "results.json").read_text())["runs"]
+    assert _without_timing(result.runs) == _without_timing(reference_runs)
+
+
+def test_dask_backend_needs_a_scheduler_and_dask(with_features, monkeypatch):
+    with pytest.raises(BenchmarkError, match="scheduler"):
+        run_benchmark(
+            config=TINY_CONFIG,
+            output=with_features,
+            backend="dask",
+            models=["lof"],
+            progress=False,
+            **GRID,
+        )
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(
+        BenchmarkError, match=r'pip install "sklearn-metarefine\[dask\]"'
+    ):
+        run_benchmark(
+            config=TINY_CONFIG,
+            output=with_features,
+            backend="dask",
+            scheduler="tcp://127.0.0.1:1",
+            models=["lof"],
+            progress=False,
+            **GRID,
+        )
+
+
+def test_output_of_another_config_is_refused(reference, capsys):
+    output = reference[0]
+    before = (output / "config.json").read_text()
+    with pytest.raises(BenchmarkError, match=r"(?s)another configuration.*max_epochs"):
+        run_benchmark(
+            config={**TINY_CONFIG, "flow": {"max_epochs": 3}},
+            output=output,
+            progress=False,
+            **GRID,
+        )
+    status = main(["benchmark", *GRID_FLAGS, "--output", str(output), "--no-progress"])
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "another configuration" in error and "image_size" in error
+    assert (output / "config.json").read_text() == before
+
+
+def test_results_without_config_are_refused(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "digit3_noise0.0000_rep0_lof.json").write_text("{}")
+    with pytest.raises(BenchmarkError, match="no config.json"):
+        run_benchmark(config=TINY_CONFIG, output=tmp_path, progress=False, **GRID)
+
+
+def test_models_subset_then_more_models_in_the_same_folder(with_features, capsys):
+    status = main(
+        [
+            "benchmark",
+            *GRID_FLAGS,
+            *TINY_FLAGS,
+            "--models",
+            "lof",
+            "iforest",
+            "--output",
+            str(with_features),
+            "--n-jobs",
+            "1",
+            "--no-progress",
+        ]
+        + _config_flags(with_features)
+    )
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "lof" in printed and "iforest" in printed
+    assert "vanilla" not in printed and "Table 2." not in printed
+    _, runs = _read_csv(with_features / "runs.csv")
+    assert {r["model"] for r in runs} == {"lof", "iforest"} and len(runs) == 8
+
+    result = run_benchmark(
+        config=TINY_CONFIG,
+        output=with_features,
+        n_jobs=1,
+        models=["vanilla", "lof"],
+        progress=False,
+        **GRID,
+    )
+    assert result.n_executed == 4
+    assert {r["model"] for r in result.runs} == {"vanilla", "lof"}
+    assert "Table 2." not in result.report
+
+
+# --- MVTec AD and KolektorSDD2 on tiny trees of their layouts ---------------
+
+
+def _png(path, rng, *, mask=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mask is None:
+        Image.fromarray(rng.randint(0, 256, (24, 24, 3), dtype=np.uint8)).save(path)
+    else:
+        pixels = np.zeros((24, 24), dtype=np.uint8)
+        pixels[5:9, 5:9] = 255 * mask
+        Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture
+def mvtec_root(tmp_path):
+    """Two categories: 12 good training images; 5 good, 8 defective test images."""
+    rng = np.random.RandomState(0)
+    root = tmp_path / "mvtec_ad"
+    for category in ("bottle", "zipper"):
+        folder = root / category
+        for i in range(12):
+            _png(folder / "train" / "good" / f"{i:03d}.png", rng)
+        for i in range(5):
+            _png(folder / "test" / "good" / f"{i:03d}.png", rng)
+        for defect in ("crack", "scratch"):
+            for i in range(4):
+                _png(folder / "test" / defect / f"{i:03d}.png", rng)
+                _png(
+                    folder / "ground_truth" / defect / f"{i:03d}_mask.png", rng, mask=1
+                )
+    return root
+
+
+def test_mvtec_noise_beyond_the_anomalies_is_refused_then_reached_with_overlap(
+    mvtec_root, tmp_path, capsys
+):
+    # 8 defective test images, 5 kept for the balanced test set: 3 can contaminate
+    # 12 good training images, i.e. noise 0.2 but not 0.3.
+    command = [
+        "benchmark",
+        "--dataset",
+        "mvtec",
+        "--root",
+        str(mvtec_root),
+        "--categories",
+        "bottle",
+        "zipper",
+        "--noise",
+        "0",
+        "0.3",
+        "--repeats",
+        "1",
+        *TINY_FLAGS,
+        "--models",
+        "vanilla",
+        "osr",
+        "lof",
+        "--output",
+        str(tmp_path / "out"),
+        "--n-jobs",
+        "1",
+        "--no-progress",
+    ]
+    assert main(command + _config_flags(tmp_path / "out")) == 1
+    error = capsys.readouterr().err
+    assert "bottle, noise=0.3" in error and "zipper, noise=0.3" in error
+    assert "--overlap" in error and "--train-size" in error
+    assert not (tmp_path / "out" / "runs").exists()
+
+    assert main(command + ["--overlap"] + _config_flags(tmp_path / "out")) == 0
+    printed = capsys.readouterr().out
+    assert "bottle" in printed and "zipper" in printed and "30%" in printed
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["config"]["dataset"] == "mvtec"
+    assert results["config"]["contamination"]["overlap"] is True
+    noisy = [r for r in results["runs"] if r["noise"] == 0.3]
+    assert {r["n_train_anomalous"] for r in noisy} == {5}
+    assert {r["n_test"] for r in results["runs"]} == {10}
+    assert all(r["error"] is None for r in results["runs"])
+    assert len(list((tmp_path / "out" / "features").glob("mvtec-*.npy"))) == 2
+
+
+@pytest.fixture
+def ksdd2_root(tmp_path):
+    """12 good and 4 defective training images; 5 and 5 test images."""
+    rng = np.random.RandomState(1)
+    root = tmp_path / "ksdd2"
+    for split, n_good, n_defective in (("train", 12, 4), ("test", 5, 5)):
+        for i in range(n_good + n_defective):
+            image_id = f"{split}{i:03d}"
+            _png(root / split / f"{image_id}.png", rng)
+            _png(root / split / f"{image_id}_GT.png", rng, mask=int(i >= n_good))
+    return root
+
+
+def test_ksdd2_benchmark_uses_the_official_split(ksdd2_root, tmp_path):
+    result = run_benchmark(
+        "ksdd2",
+        root=ksdd2_root,
+        models=["metarefine", "iforest"],
+        noise=[0.0, 0.2],
+        repeats=2,
+        config=TINY_CONFIG,
+        output=tmp_path / "out",
+        n_jobs=1,
+        progress=False,
+    )
+    assert len(result.runs) == 2 * 2 * 2
+    assert {r["category"] for r in result.runs} == {"ksdd2"}
+    # The test set balances the 5 good test images with 5 defective ones, the
+    # 4 defective training images contaminate the training set.
+    assert {r["n_test"] for r in result.runs} == {10}
+    assert {
+        (r["noise"], r["n_train"], r["n_train_anomalous"]) for r in result.runs
+    } == {(0.0, 12, 0), (0.2, 15, 3)}
+    assert [(r["model"], r["noise"]) for r in result.table2] == [
+        ("metarefine", 0.0),
+        ("metarefine", 0.2),
+    ]
+    assert "ksdd2" in result.report
+
+
+def test_ksdd2_and_mvtec_need_a_root(tmp_path):
+    with pytest.raises(BenchmarkError, match="root"):
+        run_benchmark("ksdd2", output=tmp_path, progress=False)
+
+
+# --- Configuration and command line ------------------------------------------
+
+
+def test_resolve_config_applies_overrides_and_rejects_unknown_keys():
+    config = resolve_config(
+        "mvtec", {"flow": {"max_epochs": 7}, "features": {"backbone": "alexnet"}}
+    )
+    assert config["dataset"] == "mvtec"
+    assert config["flow"]["max_epochs"] == 7
+    assert config["features"]["backbone"] == "alexnet"
+    assert config["features"]["image_size"] == 224
+    assert resolve_config("digits")["features"]["image_size"] == 64
+    with pytest.raises(BenchmarkError, match="hidden_sise"):
+        resolve_config("digits", {"flow": {"hidden_sise": 8}})
+    with pytest.raises(BenchmarkError, match="expected one of"):
+        resolve_config("digits", {"flows": {}})
+
+
+def test_make_model_builds_the_papers_four_models_and_two_baselines():
+    config = resolve_config("digits")
+    models = {
+        name: _benchmark.make_model(name, random_state=3, device="cpu", config=config)
+        for name in MODELS
+    }
+    assert type(models["vanilla"]).__name__ == "FlowDetector"
+    assert models["osr"].max_iter == 1
+    assert type(models["osr"].estimator).__name__ == "FlowDetector"
+    assert models["irp"].max_iter == config["refiner"]["max_iter"]
+    assert type(models["metarefine"]).__name__ == "MetaRefineDetector"
+    assert models["metarefine"].backbone is None
+    assert models["metarefine"].beta == config["maml"]["beta"]
+    # The four flow models share the flow's configuration; metarefine applies
+    # its own section on top of it.
+    for name in ("vanilla", "metarefine"):
+        assert models[name].n_blocks == config["flow"]["n_blocks"]
+    assert models["vanilla"].pca_components == config["flow"]["pca_components"]
+    for key, value in config["metarefine"].items():
+        assert getattr(models["metarefine"], key) == value
+    assert models["irp"].start == "full"
+    assert models["irp"].estimator.max_epochs == config["flow"]["max_epochs"]
+    assert models["lof"].novelty is True
+    for name in ("vanilla", "osr", "irp", "metarefine", "iforest"):
+        assert models[name].random_state == 3
+
+
+def test_unknown_model_and_category_are_refused(tmp_path):
+    with pytest.raises(BenchmarkError, match="model 'svm'"):
+        run_benchmark(models=["svm"], output=tmp_path, progress=False)
+    with pytest.raises(BenchmarkError, match="digit12"):
+        run_benchmark(categories=["12"], output=tmp_path, progress=False)
+
+
+def test_help():
+    # Both commands at once: each subprocess spends seconds importing torch.
+    commands = [
+        [sys.executable, "-m", "sklearn_metarefine", "--help"],
+        [str(Path(sys.executable).parent / "metarefine"), "benchmark", "--help"],
+    ]
+    # Installing the package (as the README says) installs the console script.
+    assert Path(commands[1][0]).exists()
+    processes = [
+        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
+    (top, top_error), (bench, bench_error) = [
+        p.communicate(timeout=120) for p in processes
+    ]
+    assert [p.returncode for p in processes] == [0, 0], top_error + bench_error
+    assert "benchmark" in top
+    for option in (
+        "--noise",
+        "--models",
+        "--backend",
+        "--scheduler",
+        "--overlap",
+        "--train-size",
+        "--output",
+        "--n-jobs",
+        "--repeats",
+        "--device",
+    ):
+        assert option in bench
+
+
+def test_command_without_subcommand_prints_help(capsys):
+    assert main([]) == 2
+    assert "benchmark" in capsys.readouterr().out

@@ -83,10 +83,14 @@ def quality(features, digits, args):
     models = {
         "IsolationForest": IsolationForest(random_state=0),
         "IQRRefiner(IsolationForest)": IQRRefiner(IsolationForest(random_state=0)),
-        "IQRRefiner(IsolationForest, trimmed)": IQRRefiner(IsolationForest(random_state=0), **trimmed),
+        "IQRRefiner(IsolationForest, trimmed)": IQRRefiner(
+            IsolationForest(random_state=0), **trimmed
+        ),
         "FlowDetector": FlowDetector(**flow_params(args)),
         "IQRRefiner(FlowDetector)": IQRRefiner(FlowDetector(**flow_params(args))),
-        "IQRRefiner(FlowDetector, trimmed)": IQRRefiner(FlowDetector(**flow_params(args)), **trimmed),
+        "IQRRefiner(FlowDetector, trimmed)": IQRRefiner(
+            FlowDetector(**flow_params(args)), **trimmed
+        ),
     }
     pairs = [
         ("IsolationForest", "IQRRefiner(IsolationForest)"),

@@ -130,7 +130,10 @@ def _parser():
         help="image side fed to the CNN (default: 64 for digits, 224 otherwise)",
     )
     model.add_argument(
-        "--n-scales", type=int, metavar="N", help="CNN input scales (default: 1)"
+        "--n-scales",
+        type=int,
+        metavar="N",
+        help="CNN input scales (default: 3 for digits, 1 otherwise)",
     )
     model.add_argument(
         "--n-views", type=int, metavar="N", help="rotated views per image (default: 1)"

@@ -673,9 +673,9 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
     ... )
     >>> X = features.fit_transform(images)
     >>> X.shape, X.dtype
-    ((4, 5120), dtype('float32'))
+    ((4, 320), dtype('float32'))
     >>> features.n_views_, features.n_features_per_view_
-    (2, 2560)
+    (2, 160)
     """
 
     _parameter_constraints: dict = {

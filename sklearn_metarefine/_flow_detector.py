@@ -114,6 +114,26 @@ def standardisation(X):
     return mean, scale
 
 
+def _undoable_warm_fit(net):
+    """Record what continued training changes in ``net``; return its undo.
+
+    The module's parameters and buffers, the optimizer's state (Adam's
+    moments), the epoch history and the batch size.
+    """
+    module = {name: t.detach().clone() for name, t in net.module_.state_dict().items()}
+    optimizer = copy.deepcopy(net.optimizer_.state_dict())
+    history = copy.deepcopy(net.history)
+    batch_size = net.batch_size
+
+    def restore():
+        net.module_.load_state_dict(module)
+        net.optimizer_.load_state_dict(optimizer)
+        net.history = history
+        net.set_params(batch_size=batch_size)
+
+    return restore
+
+
 def fit_projection(std_rows, pca_components):
     """Probabilistic PCA of standardised rows (Tipping and Bishop, 1999).
 
@@ -362,7 +382,11 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         seed = draw_seed(check_random_state(self.random_state))
 
         if warm:
-            net = copy.deepcopy(self.net_)
+            # Train the fitted net in place, able to undo it if training fails.
+            # (A deep copy of a skorch net goes through pickle and can cost
+            # more than the few warm epochs it protects.)
+            net = self.net_
+            restore = _undoable_warm_fit(net)
             # The refit set can be smaller than the first one; a batch larger
             # than it would be dropped whole by MAML's drop_last.
             net.set_params(batch_size=min(self.batch_size, len(rows)))
@@ -382,7 +406,11 @@ class FlowDetector(OutlierMixin, BaseEstimator):
 
         with torch_seeded(seed, device):
             if warm:
-                net.partial_fit(train_rows, epochs=self._warm_epochs())
+                try:
+                    net.partial_fit(train_rows, epochs=self._warm_epochs())
+                except BaseException:
+                    restore()
+                    raise
             else:
                 net.fit(train_rows)
 

@@ -102,6 +102,31 @@ def test_warm_start_continues_from_the_fitted_flow(Detector, X):
 
 
 @pytest.mark.parametrize("Detector", DETECTORS)
+def test_failed_warm_fit_leaves_the_flow_as_it_was(Detector, X, monkeypatch):
+    det = Detector(random_state=0, warm_epochs=3, **SMALL).fit(X)
+    before, epochs = det.score_samples(X), len(det.net_.history)
+    batch_size = det.net_.batch_size
+    train_step, steps = det.net_.train_step, []
+
+    def interrupted_after_one_step(*args, **kwargs):
+        # One optimiser step changes the parameters, then training stops.
+        steps.append(train_step(*args, **kwargs))
+        raise RuntimeError("training stopped")
+
+    monkeypatch.setattr(det.net_, "train_step", interrupted_after_one_step)
+    with pytest.raises(RuntimeError, match="training stopped"):
+        det.set_params(warm_start=True).fit(X[:60])
+    assert len(steps) == 1
+    monkeypatch.undo()
+    assert len(det.net_.history) == epochs
+    assert det.net_.batch_size == batch_size
+    np.testing.assert_array_equal(det.score_samples(X), before)
+    # and it still trains warm from there
+    det.fit(X[:60])
+    assert len(det.net_.history) == epochs + 3
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_input_is_rejected(Detector, X, bad):
     X = X.copy()

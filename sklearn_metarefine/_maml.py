@@ -53,8 +53,15 @@ def adapt(module, params, support, loss_fn, *, alpha, n_steps=1, first_order=Fal
         Adapted parameters, still differentiable with respect to ``params``.
     """
     names = list(params)
+    # The module's own parameters need no functional_call, whose parameter
+    # swapping costs as much as the forward pass of a small flow.
+    own = dict(module.named_parameters())
     for _ in range(n_steps):
-        loss = loss_fn(functional_call(module, params, (support,)))
+        if params.keys() == own.keys() and all(params[n] is own[n] for n in names):
+            output = module(support)
+        else:
+            output = functional_call(module, params, (support,))
+        loss = loss_fn(output)
         grads = torch.autograd.grad(
             loss, [params[name] for name in names], create_graph=not first_order
         )

@@ -318,9 +318,11 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
 
     random_state : int, RandomState instance or None, default=None
         Seeds the detector: when not None, the detector's ``random_state``
-        parameter (if it has one) is set to an integer drawn from it, the same
-        in every round and for every fold. Also shuffles the folds of
-        ``fence_scores="oof"``. ``None`` leaves the detector's own
+        parameter (if it has one) is set to it if it is an int (so the first
+        round fits the same detector as ``estimator.set_params(random_state=
+        random_state)`` alone), or to an int drawn from it if it is a
+        ``RandomState``; the same in every round and for every fold. Also
+        shuffles the folds of ``fence_scores="oof"``. ``None`` leaves the detector's own
         ``random_state`` as given. Pass an int for reproducible output across
         multiple function calls. See :term:`Glossary <random_state>`.
 
@@ -568,8 +570,13 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             if self.verbose:
                 print(
                     _round_summary(
-                        n_iter, fence, outside, readmitted, kept,
-                        termination, min_kept,
+                        n_iter,
+                        fence,
+                        outside,
+                        readmitted,
+                        kept,
+                        termination,
+                        min_kept,
                     )
                 )
             if termination is not None:
@@ -627,7 +634,14 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         random_state = check_random_state(self.random_state)
         has_random_state = "random_state" in estimator.get_params(deep=False)
         if self.random_state is not None and has_random_state:
-            estimator.set_params(random_state=random_state.randint(_MAX_SEED))
+            # An int goes down as it is, so that the first round fits exactly
+            # the detector a user would fit alone with that seed: refined and
+            # bare detectors then differ only by the refinement.
+            if isinstance(self.random_state, Integral):
+                seed = int(self.random_state)
+            else:
+                seed = random_state.randint(_MAX_SEED)
+            estimator.set_params(random_state=seed)
         return estimator, random_state.randint(_MAX_SEED)
 
     def _fence_scores(self, estimator, base, X_kept, fold_seed, n_iter):

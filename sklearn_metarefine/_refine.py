@@ -20,7 +20,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, RealNotInt, St
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-_MAX_SEED = np.iinfo(np.int32).max
+from ._utils import draw_seed
 
 # Below four scores the quartiles are interpolated between the same few order
 # statistics and the fence says nothing about the tail.
@@ -640,9 +640,9 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             if isinstance(self.random_state, Integral):
                 seed = int(self.random_state)
             else:
-                seed = random_state.randint(_MAX_SEED)
+                seed = draw_seed(random_state)
             estimator.set_params(random_state=seed)
-        return estimator, random_state.randint(_MAX_SEED)
+        return estimator, draw_seed(random_state)
 
     def _fence_scores(self, estimator, base, X_kept, fold_seed, n_iter):
         """Anomaly scores of the kept samples that round ``n_iter`` fences."""

@@ -135,13 +135,15 @@ plt.show()
 # The fence flags scores that are outliers *among the training scores*. Once
 # anomalies make up a large share of the training set they are no longer
 # outliers of it: Q3 and the IQR are computed partly on anomalies, the fence
-# moves up, and nothing may be removed. Two remedies: a smaller ``k``, or
-# ``start="trimmed"``, which first fits on the ``start_fraction`` of the
-# training samples that score most normal and grows the kept set from there.
+# moves up, and nothing may be removed. Two remedies: a smaller ``k``, or a
+# trimmed start, which first fits on the ``start_fraction`` of the training
+# samples that score most normal and grows the kept set from there
+# (``start="neighbors"`` looks for those samples from the ones with the
+# closest neighbours, ``start="trimmed"`` from a fit on every sample).
 noisy = make_contaminated(digits.images, digits.target, noise=0.3, random_state=0)
 X_noisy = features.transform(noisy.X_train)
 X_noisy_test = features.transform(noisy.X_test)
-for params in [{}, {"k": 1.0}, {"start": "trimmed"}]:
+for params in [{}, {"k": 1.0}, {"start": "trimmed"}, {"start": "neighbors"}]:
     refiner = IQRRefiner(IsolationForest(), random_state=0, **params).fit(X_noisy)
     removed = ~refiner.inlier_mask_
     auroc = roc_auc_score(noisy.y_test, -refiner.score_samples(X_noisy_test))

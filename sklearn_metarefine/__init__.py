@@ -9,7 +9,7 @@ __version__ = "0.1.0.dev0"
 from ._detector import MetaRefineDetector
 from ._features import PretrainedFeatures
 from ._flow_detector import FlowDetector, MAMLFlowDetector
-from ._refine import IQRRefiner, iqr_fence
+from ._refine import IQRRefiner, iqr_fence, neighbour_distances
 
 __all__ = [
     "MetaRefineDetector",
@@ -17,5 +17,6 @@ __all__ = [
     "MAMLFlowDetector",
     "IQRRefiner",
     "iqr_fence",
+    "neighbour_distances",
     "PretrainedFeatures",
 ]

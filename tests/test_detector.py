@@ -88,6 +88,18 @@ def test_attributes_mirror_the_refiner():
         det.score_samples(X[:, :4])
 
 
+def test_refinement_parameters_reach_the_refiner():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(60, 5))
+    params = {"start": "trimmed", "start_fraction": 0.4, "start_neighbors": 7, "k": 2.0}
+    det = MetaRefineDetector(backbone=None, random_state=0, **params, **TINY_FLOW)
+    refiner = det.fit(X).refiner_
+    assert {name: refiner.get_params()[name] for name in params} == params
+    assert MetaRefineDetector().start == "neighbors"
+    with pytest.raises(ValueError, match="'start_neighbors' parameter"):
+        MetaRefineDetector(backbone=None, start_neighbors=1.5).fit(X)
+
+
 def test_grid_search_roc_auc_equals_the_hand_computed_auroc():
     """sklearn's "roc_auc" scorer with y = 1 normal / -1 anomalous is our AUROC."""
     rng = np.random.RandomState(0)

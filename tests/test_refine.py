@@ -15,7 +15,7 @@ from sklearn.svm import OneClassSVM
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn.utils.validation import validate_data
 
-from sklearn_metarefine import IQRRefiner, iqr_fence
+from sklearn_metarefine import IQRRefiner, iqr_fence, neighbour_distances
 from sklearn_metarefine._refine import _anomaly_score
 
 
@@ -690,3 +690,83 @@ def test_trimmed_start_validates_its_fraction():
     ]:
         with pytest.raises(ValueError, match=re.escape(f"'{name}' parameter")):
             IQRRefiner(ColumnDetector(), **params).fit(X)
+
+
+def test_trimmed_start_validates_its_neighbors():
+    X = column(np.arange(10))
+    for value in [0, 0.0, 1.0, -0.5]:
+        with pytest.raises(ValueError, match=re.escape("'start_neighbors' parameter")):
+            IQRRefiner(ColumnDetector(), start="neighbors", start_neighbors=value).fit(X)
+
+
+def test_neighbour_distances_match_a_brute_force_search():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(30, 3)) * [1.0, 10.0, 100.0]
+    X[5] = X[4]  # a duplicate is a neighbour at distance 0
+    standardised = (X - X.mean(axis=0)) / X.std(axis=0)
+    pairwise = np.linalg.norm(standardised[:, None] - standardised[None], axis=2)
+    np.fill_diagonal(pairwise, np.inf)
+    for n_neighbors in [1, 2, 7, 29]:
+        expected = np.sort(pairwise, axis=1)[:, n_neighbors - 1]
+        np.testing.assert_allclose(neighbour_distances(X, n_neighbors), expected)
+    assert neighbour_distances(X, 1)[4] == neighbour_distances(X, 1)[5] == 0.0
+    for bad in [0, 30]:
+        with pytest.raises(ValueError, match=f"n_neighbors={bad}"):
+            neighbour_distances(X, bad)
+
+
+def test_neighbour_distances_ignore_constant_features():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(20, 2))
+    with_constant = np.column_stack([X, np.full(20, 5.0)])
+    np.testing.assert_allclose(
+        neighbour_distances(with_constant, 3), neighbour_distances(X, 3)
+    )
+
+
+def tight_groups_among_broad_normals(seed):
+    """100 broad normal samples and three tight groups of 15 anomalies."""
+    rng = np.random.RandomState(seed)
+    normal = rng.normal(size=(100, 2))
+    centres = np.array([[6.0, 0.0], [0.0, 6.0], [-6.0, -6.0]])
+    groups = [centre + 0.01 * rng.normal(size=(15, 2)) for centre in centres]
+    X = np.vstack([normal, *groups])
+    return X, np.arange(len(X)) >= 100
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_neighbors_start_keeps_tight_anomaly_groups_out_of_the_core(seed):
+    # To a kernel density, a tight group is the densest place of all: the
+    # core from a fit on everything takes the groups, and an in-sample fence
+    # never removes them. A group of 15 has to reach outside itself for its
+    # 29th neighbour, so the neighbour ranking leaves it out.
+    X, is_anomalous = tight_groups_among_broad_normals(seed)
+    density = KernelDensity(bandwidth=0.3)
+    params = {"start_fraction": 0.3, "refit": "cold"}
+    trimmed = IQRRefiner(density, start="trimmed", **params).fit(X)
+    neighbors = IQRRefiner(
+        density, start="neighbors", start_neighbors=0.2, **params
+    ).fit(X)
+
+    assert trimmed.inlier_mask_[is_anomalous].mean() > 0.9
+    assert not neighbors.inlier_mask_[is_anomalous].any()
+    # The whole core, 30% of the training set, is normal and kept.
+    assert neighbors.inlier_mask_.sum() >= np.ceil(0.3 * len(X))
+    auroc = roc_auc_score(normal_label(is_anomalous), neighbors.score_samples(X))
+    assert auroc == 1.0
+
+
+def test_neighbors_start_ends_where_trimmed_does_when_scores_ignore_the_fit():
+    # The concentration steps of a detector whose scores do not depend on
+    # its training samples reach the lowest scores from any first core.
+    rng = np.random.RandomState(0)
+    X = np.column_stack([rng.permutation(100).astype(float), rng.normal(size=100)])
+    trimmed = IQRRefiner(ColumnDetector(), start="trimmed").fit(X)
+    for start_neighbors in [1, 0.3]:
+        neighbors = IQRRefiner(
+            ColumnDetector(), start="neighbors", start_neighbors=start_neighbors
+        ).fit(X)
+        np.testing.assert_array_equal(neighbors.inlier_mask_, trimmed.inlier_mask_)
+        np.testing.assert_array_equal(
+            neighbors.removed_at_iter_, trimmed.removed_at_iter_
+        )

@@ -93,17 +93,17 @@ def neighbour_distances(X, n_neighbors):
     distances : ndarray of shape (n_samples,), dtype float64
         Euclidean distances in standardised units.
 
+    See Also
+    --------
+    IQRRefiner : Its ``start="neighbors"`` takes its first core from these
+        distances.
+
     Notes
     -----
     A small distance means many samples nearby: the ``n_neighbors``-th
     neighbour distance measures the probability mass around a sample rather
     than the peak of a density, so that a tight group of fewer than
     ``n_neighbors`` similar samples still has to reach outside itself.
-
-    See Also
-    --------
-    IQRRefiner : Its ``start="neighbors"`` takes its first core from these
-        distances.
 
     Examples
     --------
@@ -386,8 +386,9 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
     start_neighbors : int or float, default=0.1
         Which neighbour's distance ranks the samples for the first core of
         ``start="neighbors"``: an int is a count, a float in (0, 1) a fraction
-        of the training set (rounded up). It should exceed the size of the
-        largest group of near-identical anomalies. Ignored otherwise.
+        of the training set (rounded up); either is at least 1 and at most
+        ``n_samples - 1``. It should exceed the size of the largest group of
+        near-identical anomalies. Ignored otherwise.
 
     verbose : int, default=0
         When positive, print one line per round: the fence, how many samples

@@ -770,3 +770,24 @@ def test_neighbors_start_ends_where_trimmed_does_when_scores_ignore_the_fit():
         np.testing.assert_array_equal(
             neighbors.removed_at_iter_, trimmed.removed_at_iter_
         )
+
+
+def test_start_neighbors_counts_from_the_training_set():
+    # 40 samples: 0.1 is the 4th neighbour; counts beyond the last neighbour
+    # mean the farthest sample.
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(40, 2))
+    for start_neighbors, n_neighbors in [(0.1, 4), (0.01, 1), (3, 3), (500, 39)]:
+        refiner = IQRRefiner(
+            KernelDensity(), start="neighbors", start_neighbors=start_neighbors
+        )
+        first_core = {}
+
+        def record(X, n_neighbors, _original=neighbour_distances):
+            first_core["n_neighbors"] = n_neighbors
+            return _original(X, n_neighbors)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("sklearn_metarefine._refine.neighbour_distances", record)
+            refiner.fit(X)
+        assert first_core["n_neighbors"] == n_neighbors

@@ -25,7 +25,7 @@ from torch.func import functional_call
 from ._flow import Flow, differnet_loss, log_prob
 from ._maml import maml_loss, split_task
 from ._refine import iqr_fence
-from ._utils import draw_seed, resolve_device, torch_seeded
+from ._utils import draw_seed, resolve_device, standardisation, torch_seeded
 
 _SCORING_BATCH_ROWS = 4096
 # On standardised inputs the untrained flow (the identity) has a loss of about
@@ -104,14 +104,6 @@ class _MAMLFlowNet(_FlowNet):
         self._check_not_diverged(loss)
         loss.backward()
         return {"loss": loss, "y_pred": None}
-
-
-def standardisation(X):
-    """Per-feature mean and scale; constant features get scale 1."""
-    mean = X.mean(axis=0)
-    scale = X.std(axis=0)
-    scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
-    return mean, scale
 
 
 def _undoable_warm_fit(net):

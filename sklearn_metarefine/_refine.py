@@ -21,7 +21,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, RealNotInt, St
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._utils import draw_seed
+from ._utils import draw_seed, standardisation
 
 # Below four scores the quartiles are interpolated between the same few order
 # statistics and the fence says nothing about the tail.
@@ -118,9 +118,8 @@ def neighbour_distances(X, n_neighbors):
             f"n_neighbors must be between 1 and n_samples - 1 = {n_samples - 1}, "
             f"got n_neighbors={n_neighbors}."
         )
-    scale = X.std(axis=0)
-    scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
-    standardised = (X - X.mean(axis=0)) / scale
+    mean, scale = standardisation(X)
+    standardised = (X - mean) / scale
     # kneighbors() without X leaves each sample out of its own neighbours.
     search = NearestNeighbors(n_neighbors=n_neighbors).fit(standardised)
     distances, _ = search.kneighbors()
@@ -178,22 +177,21 @@ def _lowest(scores, n):
     return mask
 
 
+def _as_count(value, n_samples):
+    """An int parameter as it is, a fraction of ``n_samples`` rounded up."""
+    if isinstance(value, Integral):
+        return value
+    return math.ceil(value * n_samples)
+
+
 def _resolve_start_neighbors(start_neighbors, n_samples):
     """The neighbour of ``start="neighbors"``, as a count below ``n_samples``."""
-    if isinstance(start_neighbors, Integral):
-        count = start_neighbors
-    else:
-        count = math.ceil(start_neighbors * n_samples)
-    return min(max(count, 1), n_samples - 1)
+    return min(max(_as_count(start_neighbors, n_samples), 1), n_samples - 1)
 
 
 def _resolve_min_samples(min_samples, n_samples):
     """Fewest samples the kept set may hold, as a count."""
-    if isinstance(min_samples, Integral):
-        count = min_samples
-    else:
-        count = math.ceil(min_samples * n_samples)
-    return max(count, _MIN_FENCE_SAMPLES)
+    return max(_as_count(min_samples, n_samples), _MIN_FENCE_SAMPLES)
 
 
 def _uses_warm_refits(estimator, refit):
@@ -509,11 +507,12 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
     digits at 50% contamination (a flow on 12 principal axes, cores of 35%,
     the benchmark's first repeat), the ten ``"trimmed"`` cores held 160
     anomalies among their 945 samples, many of them sixes and fours, the
-    tidiest digits; the ``"neighbors"`` cores held 27. A sample's distance to its ``start_neighbors``-th neighbour is small only
-    where that many samples are close, so a group of fewer similar anomalies
-    ranks outside the first core, and the concentration steps start from
-    normal samples. It costs one nearest-neighbour search over the training
-    set and no extra fit.
+    tidiest digits; the ``"neighbors"`` cores held 27. A sample's distance
+    to its ``start_neighbors``-th neighbour is small only where that many
+    samples are close, so a group of fewer similar anomalies ranks outside
+    the first core, and the concentration steps start from normal samples.
+    It costs one nearest-neighbour search over the training set and no extra
+    fit.
 
     References
     ----------

@@ -1,4 +1,4 @@
-"""Small helpers shared by the torch-backed estimators."""
+"""Small helpers shared by the estimators."""
 
 from contextlib import contextmanager
 
@@ -32,6 +32,14 @@ def resolve_device(device):
             "device='auto'."
         )
     return resolved
+
+
+def standardisation(X):
+    """Per-feature mean and scale; constant features get scale 1."""
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0)
+    scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
+    return mean, scale
 
 
 def draw_seed(random_state):

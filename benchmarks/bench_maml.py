@@ -18,7 +18,7 @@ import torch
 from sklearn.base import clone
 
 from sklearn_metarefine import FlowDetector, MAMLFlowDetector
-from sklearn_metarefine._utils import resolve_device
+from sklearn_metarefine._torch_utils import resolve_device
 
 
 def epoch_durations(detector, X):

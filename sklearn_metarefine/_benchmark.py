@@ -35,7 +35,7 @@ from sklearn.utils import Bunch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from ._utils import resolve_device
+from ._torch_utils import resolve_device
 from .datasets import (
     MVTEC_AD_CATEGORIES,
     load_digits_anomaly,

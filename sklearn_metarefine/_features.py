@@ -17,7 +17,8 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, check_memory
 from tqdm.auto import tqdm
 
-from ._utils import draw_seed, resolve_device, torch_seeded
+from ._torch_utils import resolve_device, torch_seeded
+from ._utils import draw_seed
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -25,7 +25,8 @@ from torch.func import functional_call
 from ._flow import Flow, differnet_loss, log_prob
 from ._maml import maml_loss, split_task
 from ._refine import iqr_fence
-from ._utils import draw_seed, resolve_device, standardisation, torch_seeded
+from ._torch_utils import resolve_device, torch_seeded
+from ._utils import draw_seed, standardisation
 
 _SCORING_BATCH_ROWS = 4096
 # On standardised inputs the untrained flow (the identity) has a loss of about

@@ -1,0 +1,44 @@
+"""Torch helpers shared by the estimators: the device and local seeding."""
+
+from contextlib import contextmanager
+
+import torch
+
+
+def resolve_device(device):
+    """Return the ``torch.device`` an estimator should run on.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda"}, str or torch.device
+        ``"auto"`` picks CUDA when it is available and the CPU otherwise.
+        Any other value is passed to :class:`torch.device`; a CUDA device
+        that is not available raises instead of silently running elsewhere.
+
+    Returns
+    -------
+    device : torch.device
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available on this "
+            "machine (torch.cuda.is_available() is False). Use device='cpu' or "
+            "device='auto'."
+        )
+    return resolved
+
+
+@contextmanager
+def torch_seeded(seed, device):
+    """Run a block with torch's global generators seeded, then restore them.
+
+    Library code must not reseed the user's global torch state; ``fork_rng``
+    saves and restores it around the block.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

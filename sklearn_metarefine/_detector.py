@@ -1,19 +1,18 @@
 """MetaRefineDetector: pretrained features, a MAML flow and IQR refinement."""
 
-import numbers
-
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._features import PretrainedFeatures
-from ._flow_detector import MAMLFlowDetector
+from ._flows import MAMLFlowDetector
 from ._refine import IQRRefiner
 from ._utils import draw_seed
 
+# What the detector forwards to each component, beyond n_views, device,
+# verbose and random_state, which every component gets in its own way.
 _FEATURE_PARAMS = ("weights", "image_size", "n_scales", "input_shape")
 _FLOW_PARAMS = (
     "alpha",
@@ -38,6 +37,26 @@ _REFINER_PARAMS = (
     "fence_scores",
     "contamination",
 )
+
+
+def _forwarded_constraints():
+    """Each forwarded parameter's constraint, taken from the component it reaches.
+
+    The components are the one source of truth: the detector accepts exactly
+    what they accept (and ``backbone=None``, which skips the feature step).
+    """
+    features = PretrainedFeatures._parameter_constraints
+    flow = MAMLFlowDetector._parameter_constraints
+    refiner = IQRRefiner._parameter_constraints
+    return {
+        "backbone": [*features["backbone"], None],
+        "memory": features["memory"],
+        "n_views": flow["n_views"],
+        "device": flow["device"],
+        **{name: features[name] for name in _FEATURE_PARAMS},
+        **{name: flow[name] for name in _FLOW_PARAMS},
+        **{name: refiner[name] for name in _REFINER_PARAMS},
+    }
 
 
 class MetaRefineDetector(OutlierMixin, BaseEstimator):
@@ -70,8 +89,8 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         Shape of one image when ``X`` holds flattened images.
     k : float, default=1.5
         IQR multiplier of the refinement fence.
-    max_iter : int, default=10
-        Most refinement rounds.
+    max_iter : int or None, default=10
+        Most refinement rounds; None iterates until a round changes nothing.
     min_samples : int or float, default=0.5
         Fewest training images the refinement may remove down to (a count,
         or a fraction of the training set).
@@ -121,7 +140,7 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     memory : None, str or joblib.Memory, default=None
         Caches the fitted feature step, so that a grid search over the
         detector's parameters runs the CNN once per training fold.
-    device : {"auto", "cpu", "cuda"} or str, default="auto"
+    device : {"auto", "cpu", "cuda"}, str or torch.device, default="auto"
         Where the CNN and the flow run.
     random_state : int, RandomState instance or None, default=None
         Seeds the flow and the refinement.
@@ -208,44 +227,7 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        # The feature step validates the backbone, weights, input_shape, memory
-        # and device the same way whether it is used alone or from here.
-        "backbone": "no_validation",
-        "weights": "no_validation",
-        "image_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "n_scales": [Interval(numbers.Integral, 1, None, closed="left")],
-        "n_views": [Interval(numbers.Integral, 1, None, closed="left")],
-        "input_shape": "no_validation",
-        "k": [Interval(numbers.Real, None, None, closed="neither")],
-        "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
-        "min_samples": [
-            Interval(numbers.Integral, 1, None, closed="left"),
-            Interval(numbers.Real, 0, 1, closed="neither"),
-        ],
-        "start": [StrOptions({"full", "trimmed", "neighbors"})],
-        "start_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
-        "start_neighbors": [
-            Interval(numbers.Integral, 1, None, closed="left"),
-            Interval(numbers.Real, 0, 1, closed="neither"),
-        ],
-        "refit": [StrOptions({"auto", "warm", "cold"})],
-        "fence_scores": [StrOptions({"in_sample", "oof"})],
-        "alpha": [Interval(numbers.Real, 0, None, closed="left")],
-        "beta": [Interval(numbers.Real, 0, None, closed="neither")],
-        "inner_steps": [Interval(numbers.Integral, 1, None, closed="left")],
-        "first_order": ["boolean"],
-        "pca_components": [Interval(numbers.Integral, 2, None, closed="left"), None],
-        "n_blocks": [Interval(numbers.Integral, 1, None, closed="left")],
-        "hidden_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
-        "warm_epochs": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "contamination": [
-            StrOptions({"auto"}),
-            Interval(numbers.Real, 0, 0.5, closed="right"),
-        ],
-        "memory": "no_validation",
-        "device": "no_validation",
+        **_forwarded_constraints(),
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }

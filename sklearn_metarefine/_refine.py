@@ -1,8 +1,5 @@
 """Iterative IQR refinement of a contaminated training set."""
 
-import itertools
-import math
-import sys
 from numbers import Integral, Real
 
 import numpy as np
@@ -13,268 +10,29 @@ from sklearn.base import (
     _fit_context,
     clone,
 )
-from sklearn.model_selection import KFold
-from sklearn.neighbors import NearestNeighbors
-from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, RealNotInt, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._utils import draw_seed, standardisation
-
-# Below four scores the quartiles are interpolated between the same few order
-# statistics and the fence says nothing about the tail.
-_MIN_FENCE_SAMPLES = 4
-
-# Concentration steps converge in a handful of steps in practice; the cap only
-# bounds the cost when scores keep swapping samples at the edge of the core.
-_MAX_CONCENTRATION_STEPS = 10
-
-
-def iqr_fence(scores, k=1.5):
-    """Upper Tukey fence ``Q3 + k * IQR`` of a set of anomaly scores.
-
-    Parameters
-    ----------
-    scores : array-like of shape (n_samples,)
-        Anomaly scores, higher meaning more anomalous.
-    k : float, default=1.5
-        IQR multiplier; 1.5 is Tukey's fence, 3.0 his "far out" fence.
-
-    Returns
-    -------
-    fence : float
-        ``Q3 + k * (Q3 - Q1)``, the quartiles computed with
-        :func:`numpy.percentile`'s default ("linear") method, i.e. linear
-        interpolation between order statistics (Hyndman and Fan's type 7).
-
-    Notes
-    -----
-    A score is outside the fence when it is strictly greater than it. When
-    more than a quarter of the scores tie at the third quartile, the IQR can be
-    zero and the fence equals Q3: tied scores stay inside and only scores above
-    the tie are outside, as in Tukey's rule; when all scores are equal nothing
-    is outside.
-
-    Examples
-    --------
-    >>> from sklearn_metarefine import iqr_fence
-    >>> iqr_fence([1.0, 2.0, 3.0, 4.0, 5.0], k=1.5)
-    7.0
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 1 or scores.size == 0:
-        raise ValueError(
-            f"scores must be a non-empty 1-D array, got shape {scores.shape}."
-        )
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("scores contain NaN or inf; the fence is undefined.")
-    q1, q3 = np.percentile(scores, [25, 75])
-    return float(q3 + k * (q3 - q1))
-
-
-def neighbour_distances(X, n_neighbors):
-    """Distance of each sample to its ``n_neighbors``-th nearest other sample.
-
-    Features are standardised first (constant features are left as they
-    are), so that no feature dominates the distance by its unit.
-
-    Parameters
-    ----------
-    X : array-like of shape (n_samples, n_features)
-        The samples.
-    n_neighbors : int
-        Which neighbour, counted from 1; at most ``n_samples - 1``. A sample
-        is never its own neighbour, but a duplicate of it is.
-
-    Returns
-    -------
-    distances : ndarray of shape (n_samples,), dtype float64
-        Euclidean distances in standardised units.
-
-    See Also
-    --------
-    IQRRefiner : Its ``start="neighbors"`` takes its first core from these
-        distances.
-
-    Notes
-    -----
-    A small distance means many samples nearby: the ``n_neighbors``-th
-    neighbour distance measures the probability mass around a sample rather
-    than the peak of a density, so that a tight group of fewer than
-    ``n_neighbors`` similar samples still has to reach outside itself.
-
-    Examples
-    --------
-    >>> from sklearn_metarefine import neighbour_distances
-    >>> neighbour_distances([[0.0], [1.0], [2.0], [10.0]], n_neighbors=1).round(2)
-    array([0.25, 0.25, 0.25, 2.02])
-    """
-    X = np.asarray(X, dtype=np.float64)
-    n_samples = X.shape[0]
-    if not 1 <= n_neighbors < n_samples:
-        raise ValueError(
-            f"n_neighbors must be between 1 and n_samples - 1 = {n_samples - 1}, "
-            f"got n_neighbors={n_neighbors}."
-        )
-    mean, scale = standardisation(X)
-    standardised = (X - mean) / scale
-    # kneighbors() without X leaves each sample out of its own neighbours.
-    search = NearestNeighbors(n_neighbors=n_neighbors).fit(standardised)
-    distances, _ = search.kneighbors()
-    return distances[:, -1]
-
-
-def _is_pyod_detector(estimator):
-    # A pipeline's decision_function is its last step's.
-    if isinstance(estimator, Pipeline):
-        return _is_pyod_detector(estimator[-1])
-    # A PyOD detector can only exist once PyOD is imported, so looking it up in
-    # sys.modules avoids importing an optional dependency to answer "no".
-    pyod_base = sys.modules.get("pyod.models.base")
-    return pyod_base is not None and isinstance(estimator, pyod_base.BaseDetector)
-
-
-def _anomaly_score(estimator, X):
-    """Anomaly score of a fitted detector, higher meaning more anomalous.
-
-    The single place where sign conventions meet: scikit-learn detectors score
-    normality (``score_samples``, or ``decision_function`` when that is all
-    they have), PyOD detectors score abnormality with ``decision_function``.
-
-    Parameters
-    ----------
-    estimator : fitted estimator
-        A scikit-learn outlier detector or density estimator, or a PyOD
-        detector.
-    X : ndarray of shape (n_samples, n_features)
-        Samples to score.
-
-    Returns
-    -------
-    scores : ndarray of shape (n_samples,), dtype float64
-    """
-    if _is_pyod_detector(estimator):
-        return np.asarray(estimator.decision_function(X), dtype=np.float64)
-    if hasattr(estimator, "score_samples"):
-        return -np.asarray(estimator.score_samples(X), dtype=np.float64)
-    return -np.asarray(estimator.decision_function(X), dtype=np.float64)
-
+from ._rounds import (
+    MIN_FENCE_SAMPLES,
+    out_of_fold_anomaly_scores,
+    refit,
+    resolve_min_samples,
+    round_summary,
+    stop_reason,
+    trimmed_core,
+    uses_warm_refits,
+)
+from ._scores import anomaly_score, iqr_fence
+from ._utils import draw_seed
 
 def _default_estimator():
-    # Imported on use: _flow_detector imports iqr_fence from this module, and
-    # refining any other detector needs no torch.
-    from ._flow_detector import MAMLFlowDetector
+    # Imported on use: refining any other detector needs no torch.
+    from ._flows import MAMLFlowDetector
 
     return MAMLFlowDetector()
-
-
-def _lowest(scores, n):
-    """Mask of the ``n`` lowest scores, ties broken by position."""
-    mask = np.zeros(len(scores), dtype=bool)
-    mask[np.argsort(scores, kind="stable")[:n]] = True
-    return mask
-
-
-def _as_count(value, n_samples):
-    """An int parameter as it is, a fraction of ``n_samples`` rounded up."""
-    if isinstance(value, Integral):
-        return value
-    return math.ceil(value * n_samples)
-
-
-def _resolve_start_neighbors(start_neighbors, n_samples):
-    """The neighbour of ``start="neighbors"``, as a count below ``n_samples``."""
-    return min(max(_as_count(start_neighbors, n_samples), 1), n_samples - 1)
-
-
-def _resolve_min_samples(min_samples, n_samples):
-    """Fewest samples the kept set may hold, as a count."""
-    return max(_as_count(min_samples, n_samples), _MIN_FENCE_SAMPLES)
-
-
-def _uses_warm_refits(estimator, refit):
-    """Whether later rounds continue from the previous round's fit."""
-    has_warm_start = "warm_start" in estimator.get_params(deep=False)
-    if refit == "cold":
-        return False
-    if refit == "warm":
-        if not has_warm_start:
-            raise ValueError(
-                f"refit='warm' needs an estimator with a warm_start parameter; "
-                f"{type(estimator).__name__} has none. Use refit='cold' or 'auto'."
-            )
-        return True
-    # scikit-learn's warm_start means "continue from the current solution" for
-    # iterative models but "add members" for ensembles such as IsolationForest,
-    # where a warm refit on fewer samples would silently change nothing. Only
-    # estimators that declare the first meaning are refitted warm by default.
-    return has_warm_start and getattr(estimator, "_warm_start_continues", False)
-
-
-def _fit_warm(estimator, X):
-    """Continue fitting an already fitted estimator on ``X``."""
-    warm_start = estimator.get_params(deep=False)["warm_start"]
-    estimator.set_params(warm_start=True).fit(X)
-    return estimator.set_params(warm_start=warm_start)
-
-
-def _rounds(max_iter):
-    """Round numbers, counted from 1."""
-    return itertools.count(1) if max_iter is None else range(1, max_iter + 1)
-
-
-def _refit(base, previous, X, warm, *, after_round):
-    """Fit the model of a round, naming the round if the estimator fails.
-
-    ``previous`` is the model of the round before, or None in the first round,
-    whose failures are the estimator's own and propagate unchanged.
-    """
-    if previous is None:
-        return clone(base).fit(X)
-    try:
-        return _fit_warm(previous, X) if warm else clone(base).fit(X)
-    except Exception as exc:
-        raise RuntimeError(
-            f"Refitting {type(base).__name__} on the {X.shape[0]} samples kept "
-            f"after round {after_round} failed: {exc}"
-        ) from exc
-
-
-def _out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
-    """Anomaly score of each sample under a clone fitted without its fold."""
-    n_splits = min(cv, X.shape[0])
-    scores = np.empty(X.shape[0], dtype=np.float64)
-    folds = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    for fold, (train, test) in enumerate(folds.split(X), start=1):
-        try:
-            model = clone(base).fit(X[train])
-        except Exception as exc:
-            raise RuntimeError(
-                f"Fitting {type(base).__name__} on fold {fold} of {n_splits} "
-                f"({train.size} of the {X.shape[0]} samples kept in round "
-                f"{n_iter}) failed: {exc}"
-            ) from exc
-        scores[test] = _anomaly_score(model, X[test])
-    return scores
-
-
-def _round_summary(n_iter, fence, outside, readmitted, kept, termination, min_kept):
-    """One line of verbose output for a round."""
-    n_outside, n_kept = int(outside.sum()), int(kept.sum())
-    n_readmitted = int(readmitted.sum())
-    if termination == "min_samples":
-        outcome = (
-            f"{n_outside} above it not removed, as that would keep "
-            f"{n_kept - n_outside + n_readmitted} < min_samples={min_kept}; "
-            f"kept {n_kept}"
-        )
-    elif n_readmitted:
-        outcome = f"removed {n_outside}, re-admitted {n_readmitted}, kept {n_kept}"
-    else:
-        outcome = f"removed {n_outside}, kept {n_kept}"
-    return f"IQRRefiner round {n_iter}: fence T={fence:.6g}, {outcome}"
 
 
 def _final_estimator_has(attr):
@@ -484,10 +242,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
 
     The fence cannot remove anomalies that make up a large share of the
     training set: once they are a quarter of it or more, the third quartile
-    lies among them and the fence above it. On digits (one digit normal, the
-    others planted) the full start removed about half of the planted
-    anomalies at 10% contamination but under a tenth at 30% and 50%.
-    ``start="trimmed"`` breaks this barrier: its core holds mostly normal
+    lies among them and the fence above it. ``start="trimmed"`` breaks this barrier: its core holds mostly normal
     samples whenever ``start_fraction`` is below their share, so the
     anomalies score far outside the core's fence. The price is on clean data:
     with ``fence_scores="in_sample"`` a detector that fits its core closely
@@ -503,11 +258,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
     They give a tight group of similar anomalies (one kind of defect, or a
     neat digit among scrawled ones) a density as high as the normal samples',
     so concentration steps from a fit on everything keep such groups in the
-    core, and an in-sample fence never removes them again. On the bundled
-    digits at 50% contamination (a flow on 12 principal axes, cores of 35%,
-    the benchmark's first repeat), the ten ``"trimmed"`` cores held 160
-    anomalies among their 945 samples, many of them sixes and fours, the
-    tidiest digits; the ``"neighbors"`` cores held 27. A sample's distance
+    core, and an in-sample fence never removes them again. A sample's distance
     to its ``start_neighbors``-th neighbour is small only where that many
     samples are close, so a group of fewer similar anomalies ranks outside
     the first core, and the concentration steps start from normal samples.
@@ -619,114 +370,81 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             Fitted estimator.
         """
         X = validate_data(self, X)
-        n_samples = X.shape[0]
-        if n_samples < _MIN_FENCE_SAMPLES:
+        if X.shape[0] < MIN_FENCE_SAMPLES:
             raise ValueError(
-                f"IQRRefiner needs at least {_MIN_FENCE_SAMPLES} samples to "
-                f"compute quartiles, got n_samples={n_samples}."
+                f"IQRRefiner needs at least {MIN_FENCE_SAMPLES} samples to "
+                f"compute quartiles, got n_samples={X.shape[0]}."
             )
-        min_kept = _resolve_min_samples(self.min_samples, n_samples)
+        min_kept = resolve_min_samples(self.min_samples, X.shape[0])
         base, fold_seed = self._seeded_estimator()
-        warm = _uses_warm_refits(base, self.refit)
+        warm = uses_warm_refits(base, self.refit)
 
-        kept = np.ones(n_samples, dtype=bool)
-        removed_at_iter = np.full(n_samples, -1, dtype=np.intp)
-        estimator = None
-        readmit = self.start != "full"
-        if readmit:
-            estimator, kept = self._trimmed_core(base, X, warm)
-            removed_at_iter[~kept] = 0
+        estimator, kept = self._start(base, X, warm)
+        removed_at_iter = np.where(kept, -1, 0).astype(np.intp)
         thresholds = []
-        termination = None
-        for n_iter in _rounds(self.max_iter):
-            if n_iter > 1 or estimator is None:
-                estimator = _refit(
-                    base, estimator, X[kept], warm, after_round=n_iter - 1
-                )
-            scores = self._fence_scores(estimator, base, X[kept], fold_seed, n_iter)
+        while True:
+            n_rounds = len(thresholds)
+            if estimator is None or n_rounds > 0:
+                estimator = refit(base, estimator, X[kept], warm, after_round=n_rounds)
+            scores = self._fence_scores(estimator, base, X[kept], fold_seed, n_rounds)
             fence = iqr_fence(scores, self.k)
+            if self.max_iter is not None and n_rounds == self.max_iter:
+                # The model is now fitted on the samples the last round kept.
+                termination = "max_iter"
+                break
             thresholds.append(fence)
-            if readmit:
-                # Every training sample is fenced, so that normal samples left
-                # out of the trimmed core come back; the kept ones by their
-                # fence scores, the others by the model that did not see them.
-                candidate = _anomaly_score(estimator, X) <= fence
-                candidate[kept] = scores <= fence
-            else:
-                candidate = kept.copy()
-                candidate[kept] = scores <= fence
-            outside = kept & ~candidate
-            readmitted = candidate & ~kept
-            n_candidate = int(candidate.sum())
-            if np.array_equal(candidate, kept):
-                termination = "no_change"
-            elif n_candidate < min(min_kept, int(kept.sum())):
-                termination = "min_samples"
-            else:
-                removed_at_iter[outside] = n_iter
-                removed_at_iter[candidate] = -1
-                kept = candidate
+            candidate = self._candidates(estimator, X, kept, scores, fence)
+            termination = stop_reason(candidate, kept, min_kept)
             if self.verbose:
-                print(
-                    _round_summary(
-                        n_iter,
-                        fence,
-                        outside,
-                        readmitted,
-                        kept,
-                        termination,
-                        min_kept,
-                    )
-                )
+                print(round_summary(len(thresholds), fence, kept, candidate,
+                                     termination, min_kept))
             if termination is not None:
                 break
-        else:
-            termination = "max_iter"
-            # The last round changed the samples its model was fitted on.
-            estimator = _refit(base, estimator, X[kept], warm, after_round=n_iter)
-            scores = self._fence_scores(estimator, base, X[kept], fold_seed, n_iter)
-            fence = iqr_fence(scores, self.k)
+            removed_at_iter[kept & ~candidate] = len(thresholds)
+            removed_at_iter[candidate] = -1
+            kept = candidate
 
         self.estimator_ = estimator
         self.inlier_mask_ = kept
         self.removed_at_iter_ = removed_at_iter
         self.thresholds_ = np.asarray(thresholds, dtype=np.float64)
-        self.n_iter_ = n_iter
+        self.n_iter_ = len(thresholds)
         self.termination_condition_ = termination
-        if self.contamination == "auto":
-            self.offset_ = -fence
-        else:
-            self.offset_ = float(
-                np.percentile(-_anomaly_score(estimator, X), 100.0 * self.contamination)
-            )
+        self.offset_ = self._offset(estimator, X, fence)
         return self
 
-    def _trimmed_core(self, base, X, warm):
-        """Model and mask of the trimmed core that a trimmed start grows from.
+    def _start(self, base, X, warm):
+        """The first model (None when round 1 fits it) and the first kept set."""
+        if self.start == "full":
+            return None, np.ones(X.shape[0], dtype=bool)
+        return trimmed_core(
+            base,
+            X,
+            warm,
+            start=self.start,
+            start_fraction=self.start_fraction,
+            start_neighbors=self.start_neighbors,
+        )
 
-        Concentration steps: fit on the core, keep the ``start_fraction`` of
-        the training samples that score lowest, refit on them, until that set
-        repeats. Each step cannot increase the sum of the kept samples' anomaly
-        scores under a model that maximises their likelihood, as in FAST-MCD;
-        where they end depends on the first core.
-        """
-        n_samples = X.shape[0]
-        n_core = max(math.ceil(self.start_fraction * n_samples), _MIN_FENCE_SAMPLES)
-        if self.start == "neighbors":
-            n_neighbors = _resolve_start_neighbors(self.start_neighbors, n_samples)
-            core = _lowest(neighbour_distances(X, n_neighbors), n_core)
+    def _candidates(self, estimator, X, kept, scores, fence):
+        """The samples inside the fence: the kept set the round proposes."""
+        if self.start == "full":
+            candidate = kept.copy()
         else:
-            core = np.ones(n_samples, dtype=bool)
-        estimator = None
-        for step in range(_MAX_CONCENTRATION_STEPS):
-            estimator = _refit(base, estimator, X[core], warm, after_round=0)
-            new_core = _lowest(_anomaly_score(estimator, X), n_core)
-            if np.array_equal(new_core, core):
-                break
-            core = new_core
-        else:
-            estimator = _refit(base, estimator, X[core], warm, after_round=0)
-        return estimator, core
+            # Every training sample is fenced, so that normal samples left out
+            # of the trimmed core come back; the kept ones by their fence
+            # scores, the others by the model that did not see them.
+            candidate = anomaly_score(estimator, X) <= fence
+        candidate[kept] = scores <= fence
+        return candidate
+
+    def _offset(self, estimator, X, fence):
+        """``offset_``: the last fence, or a percentile of the training scores."""
+        if self.contamination == "auto":
+            return -fence
+        return float(
+            np.percentile(-anomaly_score(estimator, X), 100.0 * self.contamination)
+        )
 
     def _seeded_estimator(self):
         """The estimator each round clones, and the seed of the folds."""
@@ -749,8 +467,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
     def _fence_scores(self, estimator, base, X_kept, fold_seed, n_iter):
         """Anomaly scores of the kept samples that round ``n_iter`` fences."""
         if self.fence_scores == "in_sample":
-            return _anomaly_score(estimator, X_kept)
-        return _out_of_fold_anomaly_scores(
+            return anomaly_score(estimator, X_kept)
+        return out_of_fold_anomaly_scores(
             base, X_kept, self.cv, fold_seed, n_iter=n_iter
         )
 
@@ -771,7 +489,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
-        return -_anomaly_score(self.estimator_, X)
+        return -anomaly_score(self.estimator_, X)
 
     def decision_function(self, X):
         """Score of each sample relative to the decision boundary.

@@ -2,12 +2,19 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV, PredefinedSplit
+from sklearn.utils._param_validation import InvalidParameterError, make_constraint
 
-from sklearn_metarefine import IQRRefiner, MetaRefineDetector, PretrainedFeatures
+from sklearn_metarefine import (
+    IQRRefiner,
+    MAMLFlowDetector,
+    MetaRefineDetector,
+    PretrainedFeatures,
+)
 from sklearn_metarefine.datasets import load_digits_anomaly, make_contaminated
 
 TINY_FLOW = {
@@ -122,3 +129,60 @@ def test_grid_search_roc_auc_equals_the_hand_computed_auroc():
         assert reported == pytest.approx(by_hand, abs=1e-12)
         # Far above 0.5: the scorer did not silently report 1 - AUROC.
         assert by_hand > 0.8
+
+
+def _constraint_texts(constraints):
+    return sorted(str(make_constraint(c)) for c in constraints)
+
+
+def test_every_forwarded_parameter_has_its_components_constraint():
+    facade = MetaRefineDetector._parameter_constraints
+    components = [PretrainedFeatures, MAMLFlowDetector, IQRRefiner]
+    forwarded = MetaRefineDetector(
+        backbone="efficientnet_lite0", random_state=0
+    )._build_pipeline(seed=0)
+    reached = set()
+    for step in forwarded.named_steps.values():
+        estimators = [step, getattr(step, "estimator", None)]
+        for estimator in filter(None, estimators):
+            reached |= set(estimator.get_params(deep=False))
+    for name in MetaRefineDetector().get_params():
+        if name in ("random_state", "verbose"):
+            continue
+        assert name in reached, f"{name} reaches no component"
+        owners = [c for c in components if name in c._parameter_constraints]
+        assert owners, name
+        for owner in owners:
+            expected = owner._parameter_constraints[name]
+            if name == "backbone":
+                expected = [*expected, None]  # None skips the feature step
+            assert _constraint_texts(facade[name]) == _constraint_texts(expected), (
+                f"{name}: the detector's constraint differs from {owner.__name__}'s"
+            )
+
+
+@pytest.mark.parametrize(
+    "params, accepted",
+    [
+        ({"k": -1}, False),
+        ({"min_samples": 1.0}, True),
+        ({"max_iter": None}, True),
+        ({"device": torch.device("cpu")}, True),
+    ],
+)
+def test_the_detector_accepts_what_its_components_accept(params, accepted):
+    X = np.random.RandomState(0).normal(size=(60, 4))
+    det = MetaRefineDetector(
+        backbone=None,
+        pca_components=None,
+        n_blocks=2,
+        hidden_size=8,
+        max_epochs=2,
+        random_state=0,
+        **{"device": "cpu", **params},
+    )
+    if accepted:
+        assert det.fit(X).score_samples(X).shape == (60,)
+    else:
+        with pytest.raises(InvalidParameterError, match=next(iter(params))):
+            det.fit(X)

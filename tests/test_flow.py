@@ -8,7 +8,7 @@ import torch
 from scipy.stats import multivariate_normal
 
 from sklearn_metarefine import FlowDetector
-from sklearn_metarefine._flow import Flow, differnet_loss, log_prob, soft_clamp
+from sklearn_metarefine._flows._modules import Flow, differnet_loss, log_prob, soft_clamp
 
 
 def _randomised_flow(dim, seed=0, **kwargs):

@@ -6,10 +6,11 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from sklearn_metarefine import FlowDetector, MAMLFlowDetector
-from sklearn_metarefine._flow import log_prob
-from sklearn_metarefine._flow_detector import DivergenceError
+from sklearn_metarefine._flows._modules import log_prob
+from sklearn_metarefine._flows import DivergenceError
 
 SMALL = dict(n_blocks=2, hidden_size=16, max_epochs=4, device="cpu")
 DETECTORS = [FlowDetector, MAMLFlowDetector]
@@ -235,3 +236,59 @@ def test_projection_keeps_at_most_the_available_axes(X):
     assert det.components_.shape == (6, 6)
     det = FlowDetector(pca_components=7, random_state=0, **SMALL).fit(X[:5])
     assert det.components_.shape == (4, 6)
+
+
+def _fitted_attributes(det):
+    return {name for name in vars(det) if name.endswith("_")}
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_cold_fit_with_non_finite_scores_assigns_nothing(Detector, X, monkeypatch):
+    def non_finite(*args, **kwargs):
+        return np.full(len(X), np.nan)
+
+    monkeypatch.setattr(
+        "sklearn_metarefine._flows._detector._log_likelihood", non_finite
+    )
+    det = Detector(random_state=0, **SMALL)
+    with pytest.raises(DivergenceError, match="NaN or infinite"):
+        det.fit(X)
+    assert _fitted_attributes(det) == set()
+    monkeypatch.undo()
+    with pytest.raises(NotFittedError):
+        det.score_samples(X)
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_diverging_warm_fit_restores_the_previous_flow(Detector, X):
+    det = Detector(random_state=0, warm_epochs=3, **SMALL).fit(X)
+    before = {name: getattr(det, name) for name in _fitted_attributes(det)}
+    scores, epochs = det.score_samples(X), len(det.net_.history)
+    # The warm fit keeps the first fit's standardisation, so rows a million
+    # times larger give a loss that runs away in the first step.
+    with pytest.raises(DivergenceError, match="diverged"):
+        det.set_params(warm_start=True).fit(X * 1e6)
+    assert {name: getattr(det, name) for name in _fitted_attributes(det)}.keys() == (
+        before.keys()
+    )
+    assert det.offset_ == before["offset_"]
+    assert det.net_ is before["net_"]
+    assert len(det.net_.history) == epochs
+    np.testing.assert_array_equal(det.score_samples(X), scores)
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_warm_fit_with_non_finite_scores_restores_the_previous_flow(
+    Detector, X, monkeypatch
+):
+    det = Detector(random_state=0, warm_epochs=2, **SMALL).fit(X)
+    scores, epochs = det.score_samples(X), len(det.net_.history)
+    monkeypatch.setattr(
+        "sklearn_metarefine._flows._detector._log_likelihood",
+        lambda *args: np.full(len(X), np.inf),
+    )
+    with pytest.raises(DivergenceError, match="NaN or infinite"):
+        det.set_params(warm_start=True).fit(X)
+    monkeypatch.undo()
+    assert len(det.net_.history) == epochs
+    np.testing.assert_array_equal(det.score_samples(X), scores)

@@ -6,9 +6,9 @@ import torch
 from torch.func import functional_call
 
 from sklearn_metarefine import MAMLFlowDetector
-from sklearn_metarefine._flow import Flow, differnet_loss
-from sklearn_metarefine._flow_detector import _MAMLFlowNet
-from sklearn_metarefine._maml import maml_loss, split_task
+from sklearn_metarefine._flows._modules import Flow, differnet_loss
+from sklearn_metarefine._flows._nets import _MAMLFlowNet
+from sklearn_metarefine._flows._maml import maml_loss, split_task
 
 
 def _loss(out):

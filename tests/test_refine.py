@@ -16,7 +16,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn.utils.validation import validate_data
 
 from sklearn_metarefine import IQRRefiner, iqr_fence, neighbour_distances
-from sklearn_metarefine._refine import _anomaly_score
+from sklearn_metarefine._scores import anomaly_score
 
 
 class ColumnDetector(OutlierMixin, BaseEstimator):
@@ -179,9 +179,9 @@ def test_iqr_fence_rejects_bad_scores(scores, match):
 def test_anomaly_score_flips_sklearn_normality_scores():
     X, _ = planted(0, n_normal=50, n_anomalous=5, n_features=2)
     forest = IsolationForest(n_estimators=10, random_state=0).fit(X)
-    np.testing.assert_array_equal(_anomaly_score(forest, X), -forest.score_samples(X))
+    np.testing.assert_array_equal(anomaly_score(forest, X), -forest.score_samples(X))
     detector = DecisionOnlyDetector().fit(X)
-    np.testing.assert_array_equal(_anomaly_score(detector, X), X[:, 0] - 1.0)
+    np.testing.assert_array_equal(anomaly_score(detector, X), X[:, 0] - 1.0)
 
 
 def test_anomaly_score_keeps_pyod_abnormality_scores():
@@ -189,13 +189,13 @@ def test_anomaly_score_keeps_pyod_abnormality_scores():
 
     X, is_anomalous = planted(0, n_normal=50, n_anomalous=5, n_features=2)
     knn = KNN().fit(X)
-    scores = _anomaly_score(knn, X)
+    scores = anomaly_score(knn, X)
     assert scores.dtype == np.float64
     np.testing.assert_array_equal(scores, knn.decision_function(X))
     assert scores[is_anomalous].min() > np.median(scores[~is_anomalous])
     pipeline = make_pipeline(StandardScaler(), KNN()).fit(X)
     np.testing.assert_array_equal(
-        _anomaly_score(pipeline, X), pipeline.decision_function(X)
+        anomaly_score(pipeline, X), pipeline.decision_function(X)
     )
 
 
@@ -788,6 +788,6 @@ def test_start_neighbors_counts_from_the_training_set():
             return _original(X, n_neighbors)
 
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("sklearn_metarefine._refine.neighbour_distances", record)
+            patch.setattr("sklearn_metarefine._rounds.neighbour_distances", record)
             refiner.fit(X)
         assert first_core["n_neighbors"] == n_neighbors

@@ -2,11 +2,9 @@
 
 The estimators are plain ``OutlierMixin, BaseEstimator`` classes with flat
 hyperparameters; ``fit`` builds a skorch ``NeuralNet`` (stored as ``net_``) that
-does the training. Maximum-likelihood training is skorch's own train step; MAML
-replaces the train step and nothing else.
+does the training (see :mod:`._nets`).
 """
 
-import copy
 import numbers
 
 import numpy as np
@@ -15,160 +13,23 @@ from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
-from skorch import NeuralNet
 from skorch.callbacks import ProgressBar
-from skorch.dataset import unpack_data
-from skorch.utils import to_tensor
-from torch import nn
 from torch.func import functional_call
 
-from ._flow import Flow, differnet_loss, log_prob
-from ._maml import maml_loss, split_task
-from ._refine import iqr_fence
-from ._torch_utils import resolve_device, torch_seeded
-from ._utils import draw_seed, standardisation
+from .._scores import iqr_fence
+from .._torch_utils import resolve_device, torch_seeded
+from .._utils import draw_seed, standardisation
+from ._modules import Flow, log_prob
+from ._nets import (
+    DivergenceError,
+    FlowNLLLoss,
+    _FlowNet,
+    _MAMLFlowNet,
+    _undoable_warm_fit,
+)
+from ._projection import fit_projection, mean_over_views, project
 
 _SCORING_BATCH_ROWS = 4096
-# On standardised inputs the untrained flow (the identity) has a loss of about
-# 0.5 per dimension; a training loss this large only comes from an optimisation
-# that has run away, even while it is still finite.
-_DIVERGED_LOSS = 1e4
-
-
-class DivergenceError(FloatingPointError):
-    """Raised when a flow's training loss stops being finite."""
-
-
-class FlowNLLLoss(nn.Module):
-    """skorch criterion: DifferNet's loss of the flow output; targets are ignored."""
-
-    def forward(self, y_pred, y_true=None):
-        return differnet_loss(*y_pred)
-
-
-class _FlowNet(NeuralNet):
-    """skorch net for unsupervised flow training that refuses to diverge."""
-
-    def get_loss(self, y_pred, y_true, X=None, training=False):
-        loss = super().get_loss(y_pred, y_true, X=X, training=training)
-        if training:
-            self._check_not_diverged(loss)
-        return loss
-
-    def _check_not_diverged(self, loss):
-        if not torch.isfinite(loss) or loss.item() > _DIVERGED_LOSS:
-            epoch = len(self.history)
-            lr = self.optimizer_.param_groups[0]["lr"]
-            raise DivergenceError(
-                f"The flow's training loss became {loss.item():.4g} in "
-                f"epoch {epoch}: the optimisation diverged. Lower the learning "
-                f"rate (currently {lr!r}), or the inner learning rate alpha for "
-                "MAML, or standardise features with extreme values."
-            )
-
-
-class _MAMLFlowNet(_FlowNet):
-    """skorch net whose train step is one MAML task per batch.
-
-    The optimiser step skorch performs after ``train_step_single`` is the outer
-    (meta) update, so ``lr`` here is the meta learning rate beta.
-    """
-
-    def __init__(
-        self,
-        *args,
-        alpha=0.01,
-        inner_steps=1,
-        first_order=False,
-        support_fraction=0.5,
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        self.alpha = alpha
-        self.inner_steps = inner_steps
-        self.first_order = first_order
-        self.support_fraction = support_fraction
-
-    def train_step_single(self, batch, **fit_params):
-        self._set_training(True)
-        Xi, _ = unpack_data(batch)
-        support, query = split_task(to_tensor(Xi, self.device), self.support_fraction)
-        loss = maml_loss(
-            self.module_,
-            support,
-            query,
-            self.criterion_,
-            alpha=self.alpha,
-            n_steps=self.inner_steps,
-            first_order=self.first_order,
-        )
-        self._check_not_diverged(loss)
-        loss.backward()
-        return {"loss": loss, "y_pred": None}
-
-
-def _undoable_warm_fit(net):
-    """Record what continued training changes in ``net``; return its undo.
-
-    The module's parameters and buffers, the optimizer's state (Adam's
-    moments), the epoch history and the batch size.
-    """
-    module = {name: t.detach().clone() for name, t in net.module_.state_dict().items()}
-    optimizer = copy.deepcopy(net.optimizer_.state_dict())
-    history = copy.deepcopy(net.history)
-    batch_size = net.batch_size
-
-    def restore():
-        net.module_.load_state_dict(module)
-        net.optimizer_.load_state_dict(optimizer)
-        net.history = history
-        net.set_params(batch_size=batch_size)
-
-    return restore
-
-
-def fit_projection(std_rows, pca_components):
-    """Probabilistic PCA of standardised rows (Tipping and Bishop, 1999).
-
-    Returns the leading principal axes, their variances and the mean variance
-    of the discarded directions, which models the residual as isotropic
-    Gaussian noise. At most ``min(n_features, n_rows - 1)`` axes are kept:
-    beyond that the sample variances are zero.
-    """
-    n_rows, dim = std_rows.shape
-    pca_components = max(2, min(pca_components, dim, n_rows - 1))
-    _, singular_values, vt = np.linalg.svd(std_rows, full_matrices=False)
-    variances = singular_values**2 / n_rows
-    floor = 1e-6 * max(variances.mean(), np.finfo(np.float64).tiny)
-    explained = np.maximum(variances[:pca_components], floor)
-    discarded = dim - pca_components
-    noise = variances[pca_components:].sum() / discarded if discarded else 0.0
-    return vt[:pca_components], explained, max(noise, floor)
-
-
-def project(std_rows, components, explained_variance, noise_variance):
-    """Whitened principal coordinates and the log-density of the rest.
-
-    The second output is, per row, the log-density contributed by the linear
-    map (its Jacobian) and by the isotropic Gaussian residual, so that the
-    flow's log-density of the coordinates plus it is a log-density of the
-    row in the standardised space.
-    """
-    if components is None:
-        return std_rows, np.zeros(len(std_rows))
-    along = std_rows @ components.T
-    residual = std_rows - along @ components
-    discarded = std_rows.shape[1] - len(components)
-    log_density = -0.5 * np.sum(np.log(explained_variance)) - 0.5 * (
-        discarded * np.log(2 * np.pi * noise_variance)
-        + np.sum(residual**2, axis=1) / noise_variance
-    )
-    return along / np.sqrt(explained_variance), log_density
-
-
-def mean_over_views(values, n_views):
-    """Average per-view values, stored view-major per object, over each object."""
-    return values.reshape(-1, n_views).mean(axis=1)
 
 
 class FlowDetector(OutlierMixin, BaseEstimator):
@@ -222,7 +83,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         When True and the detector is fitted, ``fit`` continues training the
         current flow (and keeps its input standardisation) for
         ``warm_epochs`` epochs instead of starting afresh.
-    device : {"auto", "cpu", "cuda"} or str, default="auto"
+    device : {"auto", "cpu", "cuda"}, str or torch.device, default="auto"
         Where the flow is trained and evaluated; "auto" picks CUDA when it
         is available.
     random_state : int, RandomState instance or None, default=None
@@ -303,7 +164,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
             Interval(numbers.Real, 0, 0.5, closed="right"),
         ],
         "warm_start": ["boolean"],
-        "device": [str],
+        "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -366,25 +227,31 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         self : object
             The fitted detector.
         """
+        # A failed fit leaves the detector as it was: fitted attributes are
+        # set together at the end, and a warm fit undoes its training.
         warm = self.warm_start and hasattr(self, "net_")
+        fitted_before = dict(self.__dict__)
+        try:
+            return self._fit(X, warm)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(fitted_before)
+            raise
+
+    def _fit(self, X, warm):
         X = validate_data(
             self, X, dtype=np.float64, ensure_min_samples=2, reset=not warm
         )
         rows = self._views_as_rows(X)
         device = resolve_device(self.device)
         seed = draw_seed(check_random_state(self.random_state))
-
         if warm:
-            # Train the fitted net in place, able to undo it if training fails.
-            # (A deep copy of a skorch net goes through pickle and can cost
-            # more than the few warm epochs it protects.)
-            net = self.net_
-            restore = _undoable_warm_fit(net)
-            # The refit set can be smaller than the first one; a batch larger
-            # than it would be dropped whole by MAML's drop_last.
-            net.set_params(batch_size=min(self.batch_size, len(rows)))
-            mean, scale = self.mean_, self.scale_
-            projection = self._projection()
+            net, mean, scale, projection = (
+                self.net_,
+                self.mean_,
+                self.scale_,
+                self._projection(),
+            )
         else:
             mean, scale = standardisation(rows)
             projection = (
@@ -397,32 +264,51 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         coords, _ = project((rows - mean) / scale, *projection)
         train_rows = coords.astype(np.float32)
 
-        with torch_seeded(seed, device):
-            if warm:
-                try:
-                    net.partial_fit(train_rows, epochs=self._warm_epochs())
-                except BaseException:
-                    restore()
-                    raise
-            else:
+        if warm:
+            # Train the fitted net in place, able to undo it if training fails.
+            # (A deep copy of a skorch net goes through pickle and can cost
+            # more than the few warm epochs it protects.)
+            restore = _undoable_warm_fit(net)
+            try:
+                self._train_warm(net, train_rows, seed, device)
+                scores = _log_likelihood(
+                    net.module_, X, mean, scale, projection, self.n_views
+                )
+                self._check_finite(scores)
+            except BaseException:
+                restore()
+                raise
+        else:
+            with torch_seeded(seed, device):
                 net.fit(train_rows)
+            scores = _log_likelihood(
+                net.module_, X, mean, scale, projection, self.n_views
+            )
+            self._check_finite(scores)
 
         self.net_, self.mean_, self.scale_ = net, mean, scale
         (self.components_, self.explained_variance_, self.noise_variance_) = projection
         self.n_features_per_view_ = rows.shape[1]
-        scores = self._score(X)
-        if not np.all(np.isfinite(scores)):
-            del self.net_
-            raise DivergenceError(
-                "The fitted flow gives NaN or infinite log-likelihoods on its "
-                f"training data: the optimisation diverged. Lower the learning "
-                f"rate (currently {self._net_kwargs()['optimizer__lr']!r})."
-            )
         if self.contamination == "auto":
             self.offset_ = -iqr_fence(-scores, k=1.5)
         else:
             self.offset_ = float(np.percentile(scores, 100.0 * self.contamination))
         return self
+
+    def _train_warm(self, net, train_rows, seed, device):
+        # The refit set can be smaller than the first one; a batch larger
+        # than it would be dropped whole by MAML's drop_last.
+        net.set_params(batch_size=min(self.batch_size, len(train_rows)))
+        with torch_seeded(seed, device):
+            net.partial_fit(train_rows, epochs=self._warm_epochs())
+
+    def _check_finite(self, scores):
+        if not np.all(np.isfinite(scores)):
+            raise DivergenceError(
+                "The fitted flow gives NaN or infinite log-likelihoods on its "
+                f"training data: the optimisation diverged. Lower the learning "
+                f"rate (currently {self._net_kwargs()['optimizer__lr']!r})."
+            )
 
     def score_samples(self, X):
         """Log-likelihood of each sample, averaged over its views.
@@ -516,26 +402,14 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         )
 
     def _score(self, X):
-        """Mean log-likelihood over views, in float64, without touching the net."""
-        module = self.net_.module_
-        parameters = next(module.parameters())
-        device = parameters.device
-        state = {
-            name: (t.detach().double() if t.is_floating_point() else t)
-            for name, t in module.state_dict().items()
-        }
-        std_rows = (self._views_as_rows(X) - self.mean_) / self.scale_
-        rows, outside_flow = project(std_rows, *self._projection())
-        outside_flow = outside_flow - np.sum(np.log(self.scale_))
-        out = np.empty(len(rows), dtype=np.float64)
-        with torch.no_grad():
-            for start in range(0, len(rows), _SCORING_BATCH_ROWS):
-                batch = torch.as_tensor(
-                    rows[start : start + _SCORING_BATCH_ROWS], device=device
-                )
-                z, log_det = functional_call(module, state, (batch,))
-                out[start : start + len(batch)] = log_prob(z, log_det).cpu().numpy()
-        return mean_over_views(out + outside_flow, self.n_views)
+        return _log_likelihood(
+            self.net_.module_,
+            X,
+            self.mean_,
+            self.scale_,
+            self._projection(),
+            self.n_views,
+        )
 
     def _projection(self):
         return self.components_, self.explained_variance_, self.noise_variance_
@@ -693,3 +567,25 @@ verbose
             "support_fraction": self.support_fraction,
             "iterator_train__drop_last": True,
         }
+
+
+def _log_likelihood(module, X, mean, scale, projection, n_views):
+    """Mean log-likelihood over views, in float64, without touching the net."""
+    device = next(module.parameters()).device
+    state = {
+        name: (t.detach().double() if t.is_floating_point() else t)
+        for name, t in module.state_dict().items()
+    }
+    per_view = X.shape[1] // n_views
+    std_rows = (X.reshape(-1, per_view) - mean) / scale
+    rows, outside_flow = project(std_rows, *projection)
+    outside_flow = outside_flow - np.sum(np.log(scale))
+    out = np.empty(len(rows), dtype=np.float64)
+    with torch.no_grad():
+        for start in range(0, len(rows), _SCORING_BATCH_ROWS):
+            batch = torch.as_tensor(
+                rows[start : start + _SCORING_BATCH_ROWS], device=device
+            )
+            z, log_det = functional_call(module, state, (batch,))
+            out[start : start + len(batch)] = log_prob(z, log_det).cpu().numpy()
+    return mean_over_views(out + outside_flow, n_views)

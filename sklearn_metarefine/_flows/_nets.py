@@ -1,0 +1,113 @@
+"""skorch nets that train a flow: maximum likelihood, or one MAML task per batch.
+
+Maximum-likelihood training is skorch's own train step; MAML replaces the
+train step and nothing else. Both refuse to go on once the loss has run away.
+"""
+
+import copy
+
+import torch
+from skorch import NeuralNet
+from skorch.dataset import unpack_data
+from skorch.utils import to_tensor
+from torch import nn
+
+from ._maml import maml_loss, split_task
+from ._modules import differnet_loss
+
+# On standardised inputs the untrained flow (the identity) has a loss of about
+# 0.5 per dimension; a training loss this large only comes from an optimisation
+# that has run away, even while it is still finite.
+_DIVERGED_LOSS = 1e4
+
+
+class DivergenceError(FloatingPointError):
+    """Raised when a flow's training loss stops being finite."""
+
+
+class FlowNLLLoss(nn.Module):
+    """skorch criterion: DifferNet's loss of the flow output; targets are ignored."""
+
+    def forward(self, y_pred, y_true=None):
+        return differnet_loss(*y_pred)
+
+
+class _FlowNet(NeuralNet):
+    """skorch net for unsupervised flow training that refuses to diverge."""
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        loss = super().get_loss(y_pred, y_true, X=X, training=training)
+        if training:
+            self._check_not_diverged(loss)
+        return loss
+
+    def _check_not_diverged(self, loss):
+        if not torch.isfinite(loss) or loss.item() > _DIVERGED_LOSS:
+            epoch = len(self.history)
+            lr = self.optimizer_.param_groups[0]["lr"]
+            raise DivergenceError(
+                f"The flow's training loss became {loss.item():.4g} in "
+                f"epoch {epoch}: the optimisation diverged. Lower the learning "
+                f"rate (currently {lr!r}), or the inner learning rate alpha for "
+                "MAML, or standardise features with extreme values."
+            )
+
+
+class _MAMLFlowNet(_FlowNet):
+    """skorch net whose train step is one MAML task per batch.
+
+    The optimiser step skorch performs after ``train_step_single`` is the outer
+    (meta) update, so ``lr`` here is the meta learning rate beta.
+    """
+
+    def __init__(
+        self,
+        *args,
+        alpha=0.01,
+        inner_steps=1,
+        first_order=False,
+        support_fraction=0.5,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.alpha = alpha
+        self.inner_steps = inner_steps
+        self.first_order = first_order
+        self.support_fraction = support_fraction
+
+    def train_step_single(self, batch, **fit_params):
+        self._set_training(True)
+        Xi, _ = unpack_data(batch)
+        support, query = split_task(to_tensor(Xi, self.device), self.support_fraction)
+        loss = maml_loss(
+            self.module_,
+            support,
+            query,
+            self.criterion_,
+            alpha=self.alpha,
+            n_steps=self.inner_steps,
+            first_order=self.first_order,
+        )
+        self._check_not_diverged(loss)
+        loss.backward()
+        return {"loss": loss, "y_pred": None}
+
+
+def _undoable_warm_fit(net):
+    """Record what continued training changes in ``net``; return its undo.
+
+    The module's parameters and buffers, the optimizer's state (Adam's
+    moments), the epoch history and the batch size.
+    """
+    module = {name: t.detach().clone() for name, t in net.module_.state_dict().items()}
+    optimizer = copy.deepcopy(net.optimizer_.state_dict())
+    history = copy.deepcopy(net.history)
+    batch_size = net.batch_size
+
+    def restore():
+        net.module_.load_state_dict(module)
+        net.optimizer_.load_state_dict(optimizer)
+        net.history = history
+        net.set_params(batch_size=batch_size)
+
+    return restore

@@ -1,0 +1,47 @@
+"""Probabilistic PCA in front of a flow, and the averaging over views (numpy)."""
+
+import numpy as np
+
+
+def fit_projection(std_rows, pca_components):
+    """Probabilistic PCA of standardised rows (Tipping and Bishop, 1999).
+
+    Returns the leading principal axes, their variances and the mean variance
+    of the discarded directions, which models the residual as isotropic
+    Gaussian noise. At most ``min(n_features, n_rows - 1)`` axes are kept:
+    beyond that the sample variances are zero.
+    """
+    n_rows, dim = std_rows.shape
+    pca_components = max(2, min(pca_components, dim, n_rows - 1))
+    _, singular_values, vt = np.linalg.svd(std_rows, full_matrices=False)
+    variances = singular_values**2 / n_rows
+    floor = 1e-6 * max(variances.mean(), np.finfo(np.float64).tiny)
+    explained = np.maximum(variances[:pca_components], floor)
+    discarded = dim - pca_components
+    noise = variances[pca_components:].sum() / discarded if discarded else 0.0
+    return vt[:pca_components], explained, max(noise, floor)
+
+
+def project(std_rows, components, explained_variance, noise_variance):
+    """Whitened principal coordinates and the log-density of the rest.
+
+    The second output is, per row, the log-density contributed by the linear
+    map (its Jacobian) and by the isotropic Gaussian residual, so that the
+    flow's log-density of the coordinates plus it is a log-density of the
+    row in the standardised space.
+    """
+    if components is None:
+        return std_rows, np.zeros(len(std_rows))
+    along = std_rows @ components.T
+    residual = std_rows - along @ components
+    discarded = std_rows.shape[1] - len(components)
+    log_density = -0.5 * np.sum(np.log(explained_variance)) - 0.5 * (
+        discarded * np.log(2 * np.pi * noise_variance)
+        + np.sum(residual**2, axis=1) / noise_variance
+    )
+    return along / np.sqrt(explained_variance), log_density
+
+
+def mean_over_views(values, n_views):
+    """Average per-view values, stored view-major per object, over each object."""
+    return values.reshape(-1, n_views).mean(axis=1)

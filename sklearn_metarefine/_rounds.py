@@ -1,0 +1,162 @@
+"""The steps of a refinement: fitting a round's model, its first core, its stop.
+
+numpy and scikit-learn only, like :mod:`._refine`, which strings them together.
+"""
+
+import math
+from numbers import Integral
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.model_selection import KFold
+
+from ._scores import anomaly_score, neighbour_distances
+
+# Below four scores the quartiles are interpolated between the same few order
+# statistics and the fence says nothing about the tail.
+MIN_FENCE_SAMPLES = 4
+
+# Concentration steps converge in a handful of steps in practice; the cap only
+# bounds the cost when scores keep swapping samples at the edge of the core.
+_MAX_CONCENTRATION_STEPS = 10
+
+
+def lowest(scores, n):
+    """Mask of the ``n`` lowest scores, ties broken by position."""
+    mask = np.zeros(len(scores), dtype=bool)
+    mask[np.argsort(scores, kind="stable")[:n]] = True
+    return mask
+
+
+def as_count(value, n_samples):
+    """An int parameter as it is, a fraction of ``n_samples`` rounded up."""
+    if isinstance(value, Integral):
+        return value
+    return math.ceil(value * n_samples)
+
+
+def resolve_start_neighbors(start_neighbors, n_samples):
+    """The neighbour of ``start="neighbors"``, as a count below ``n_samples``."""
+    return min(max(as_count(start_neighbors, n_samples), 1), n_samples - 1)
+
+
+def resolve_min_samples(min_samples, n_samples):
+    """Fewest samples the kept set may hold, as a count."""
+    return max(as_count(min_samples, n_samples), MIN_FENCE_SAMPLES)
+
+
+def uses_warm_refits(estimator, refit):
+    """Whether later rounds continue from the previous round's fit."""
+    has_warm_start = "warm_start" in estimator.get_params(deep=False)
+    if refit == "cold":
+        return False
+    if refit == "warm":
+        if not has_warm_start:
+            raise ValueError(
+                f"refit='warm' needs an estimator with a warm_start parameter; "
+                f"{type(estimator).__name__} has none. Use refit='cold' or 'auto'."
+            )
+        return True
+    # scikit-learn's warm_start means "continue from the current solution" for
+    # iterative models but "add members" for ensembles such as IsolationForest,
+    # where a warm refit on fewer samples would silently change nothing. Only
+    # estimators that declare the first meaning are refitted warm by default.
+    return has_warm_start and getattr(estimator, "_warm_start_continues", False)
+
+
+def fit_warm(estimator, X):
+    """Continue fitting an already fitted estimator on ``X``."""
+    warm_start = estimator.get_params(deep=False)["warm_start"]
+    estimator.set_params(warm_start=True).fit(X)
+    return estimator.set_params(warm_start=warm_start)
+
+
+def refit(base, previous, X, warm, *, after_round):
+    """Fit the model of a round, naming the round if the estimator fails.
+
+    ``previous`` is the model of the round before, or None in the first round,
+    whose failures are the estimator's own and propagate unchanged.
+    """
+    if previous is None:
+        return clone(base).fit(X)
+    try:
+        return fit_warm(previous, X) if warm else clone(base).fit(X)
+    except Exception as exc:
+        raise RuntimeError(
+            f"Refitting {type(base).__name__} on the {X.shape[0]} samples kept "
+            f"after round {after_round} failed: {exc}"
+        ) from exc
+
+
+def out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
+    """Anomaly score of each sample under a clone fitted without its fold."""
+    n_splits = min(cv, X.shape[0])
+    scores = np.empty(X.shape[0], dtype=np.float64)
+    folds = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    for fold, (train, test) in enumerate(folds.split(X), start=1):
+        try:
+            model = clone(base).fit(X[train])
+        except Exception as exc:
+            raise RuntimeError(
+                f"Fitting {type(base).__name__} on fold {fold} of {n_splits} "
+                f"({train.size} of the {X.shape[0]} samples kept after round "
+                f"{n_iter}) failed: {exc}"
+            ) from exc
+        scores[test] = anomaly_score(model, X[test])
+    return scores
+
+
+def stop_reason(candidate, kept, min_kept):
+    """Why refinement stops before applying ``candidate``, or None to go on."""
+    if np.array_equal(candidate, kept):
+        return "no_change"
+    if candidate.sum() < min(min_kept, kept.sum()):
+        return "min_samples"
+    return None
+
+
+def round_summary(n_iter, fence, kept, candidate, termination, min_kept):
+    """One line of verbose output for round ``n_iter``."""
+    n_outside = int((kept & ~candidate).sum())
+    n_readmitted = int((candidate & ~kept).sum())
+    n_kept = int(kept.sum()) if termination else int(candidate.sum())
+    if termination == "min_samples":
+        outcome = (
+            f"{n_outside} above it not removed, as that would keep "
+            f"{n_kept - n_outside + n_readmitted} < min_samples={min_kept}; "
+            f"kept {n_kept}"
+        )
+    elif n_readmitted:
+        outcome = f"removed {n_outside}, re-admitted {n_readmitted}, kept {n_kept}"
+    else:
+        outcome = f"removed {n_outside}, kept {n_kept}"
+    return f"IQRRefiner round {n_iter}: fence T={fence:.6g}, {outcome}"
+
+
+def trimmed_core(base, X, warm, *, start, start_fraction, start_neighbors):
+    """Model and mask of the trimmed core that a trimmed start grows from.
+
+    Concentration steps: fit on the core, keep the ``start_fraction`` of
+    the training samples that score lowest, refit on them, until that set
+    repeats. Each step cannot increase the sum of the kept samples' anomaly
+    scores under a model that maximises their likelihood, as in FAST-MCD;
+    where they end depends on the first core: the samples with the closest
+    ``start_neighbors``-th neighbour (``start="neighbors"``), or all of them.
+    """
+    n_samples = X.shape[0]
+    n_core = max(math.ceil(start_fraction * n_samples), MIN_FENCE_SAMPLES)
+    if start == "neighbors":
+        n_neighbors = resolve_start_neighbors(start_neighbors, n_samples)
+        core = lowest(neighbour_distances(X, n_neighbors), n_core)
+    else:
+        core = np.ones(n_samples, dtype=bool)
+    estimator = None
+    for _ in range(_MAX_CONCENTRATION_STEPS):
+        estimator = refit(base, estimator, X[core], warm, after_round=0)
+        new_core = lowest(anomaly_score(estimator, X), n_core)
+        if np.array_equal(new_core, core):
+            break
+        core = new_core
+    else:
+        estimator = refit(base, estimator, X[core], warm, after_round=0)
+    return estimator, core

@@ -1,0 +1,143 @@
+"""Scores of outlier detectors: Tukey's fence, neighbour distances, the sign adapter.
+
+numpy and scikit-learn only: refining a detector that is not a flow never
+imports torch.
+"""
+
+import sys
+
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+from sklearn.pipeline import Pipeline
+
+from ._utils import standardisation
+
+
+def iqr_fence(scores, k=1.5):
+    """Upper Tukey fence ``Q3 + k * IQR`` of a set of anomaly scores.
+
+    Parameters
+    ----------
+    scores : array-like of shape (n_samples,)
+        Anomaly scores, higher meaning more anomalous.
+    k : float, default=1.5
+        IQR multiplier; 1.5 is Tukey's fence, 3.0 his "far out" fence.
+
+    Returns
+    -------
+    fence : float
+        ``Q3 + k * (Q3 - Q1)``, the quartiles computed with
+        :func:`numpy.percentile`'s default ("linear") method, i.e. linear
+        interpolation between order statistics (Hyndman and Fan's type 7).
+
+    Notes
+    -----
+    A score is outside the fence when it is strictly greater than it. When
+    more than a quarter of the scores tie at the third quartile, the IQR can be
+    zero and the fence equals Q3: tied scores stay inside and only scores above
+    the tie are outside, as in Tukey's rule; when all scores are equal nothing
+    is outside.
+
+    Examples
+    --------
+    >>> from sklearn_metarefine import iqr_fence
+    >>> iqr_fence([1.0, 2.0, 3.0, 4.0, 5.0], k=1.5)
+    7.0
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 1 or scores.size == 0:
+        raise ValueError(
+            f"scores must be a non-empty 1-D array, got shape {scores.shape}."
+        )
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or inf; the fence is undefined.")
+    q1, q3 = np.percentile(scores, [25, 75])
+    return float(q3 + k * (q3 - q1))
+
+
+def neighbour_distances(X, n_neighbors):
+    """Distance of each sample to its ``n_neighbors``-th nearest other sample.
+
+    Features are standardised first (constant features are left as they
+    are), so that no feature dominates the distance by its unit.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        The samples.
+    n_neighbors : int
+        Which neighbour, counted from 1; at most ``n_samples - 1``. A sample
+        is never its own neighbour, but a duplicate of it is.
+
+    Returns
+    -------
+    distances : ndarray of shape (n_samples,), dtype float64
+        Euclidean distances in standardised units.
+
+    See Also
+    --------
+    IQRRefiner : Its ``start="neighbors"`` takes its first core from these
+        distances.
+
+    Notes
+    -----
+    A small distance means many samples nearby: the ``n_neighbors``-th
+    neighbour distance measures the probability mass around a sample rather
+    than the peak of a density, so that a tight group of fewer than
+    ``n_neighbors`` similar samples still has to reach outside itself.
+
+    Examples
+    --------
+    >>> from sklearn_metarefine import neighbour_distances
+    >>> neighbour_distances([[0.0], [1.0], [2.0], [10.0]], n_neighbors=1).round(2)
+    array([0.25, 0.25, 0.25, 2.02])
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n_samples = X.shape[0]
+    if not 1 <= n_neighbors < n_samples:
+        raise ValueError(
+            f"n_neighbors must be between 1 and n_samples - 1 = {n_samples - 1}, "
+            f"got n_neighbors={n_neighbors}."
+        )
+    mean, scale = standardisation(X)
+    standardised = (X - mean) / scale
+    # kneighbors() without X leaves each sample out of its own neighbours.
+    search = NearestNeighbors(n_neighbors=n_neighbors).fit(standardised)
+    distances, _ = search.kneighbors()
+    return distances[:, -1]
+
+
+def is_pyod_detector(estimator):
+    # A pipeline's decision_function is its last step's.
+    if isinstance(estimator, Pipeline):
+        return is_pyod_detector(estimator[-1])
+    # A PyOD detector can only exist once PyOD is imported, so looking it up in
+    # sys.modules avoids importing an optional dependency to answer "no".
+    pyod_base = sys.modules.get("pyod.models.base")
+    return pyod_base is not None and isinstance(estimator, pyod_base.BaseDetector)
+
+
+def anomaly_score(estimator, X):
+    """Anomaly score of a fitted detector, higher meaning more anomalous.
+
+    The single place where sign conventions meet: scikit-learn detectors score
+    normality (``score_samples``, or ``decision_function`` when that is all
+    they have), PyOD detectors score abnormality with ``decision_function``.
+
+    Parameters
+    ----------
+    estimator : fitted estimator
+        A scikit-learn outlier detector or density estimator, or a PyOD
+        detector.
+    X : ndarray of shape (n_samples, n_features)
+        Samples to score.
+
+    Returns
+    -------
+    scores : ndarray of shape (n_samples,), dtype float64
+    """
+    if is_pyod_detector(estimator):
+        return np.asarray(estimator.decision_function(X), dtype=np.float64)
+    if hasattr(estimator, "score_samples"):
+        return -np.asarray(estimator.score_samples(X), dtype=np.float64)
+    return -np.asarray(estimator.decision_function(X), dtype=np.float64)

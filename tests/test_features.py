@@ -15,11 +15,8 @@ from sklearn.utils import estimator_checks
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sklearn_metarefine import PretrainedFeatures
-from sklearn_metarefine._features import (
-    _IMAGENET_MEAN,
-    _IMAGENET_STD,
-    _efficientnet_lite0_classifier,
-)
+from sklearn_metarefine._features._backbones import _efficientnet_lite0_classifier
+from sklearn_metarefine._features._embedding import _IMAGENET_MEAN, _IMAGENET_STD
 
 # Every forward of a test backbone appends (batch size, height) here. It is
 # module-level so that copies made by clone, fit and joblib's cache all report

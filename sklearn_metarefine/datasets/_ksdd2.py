@@ -7,7 +7,7 @@ from PIL import Image
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions, validate_params
 
-from ._mvtec import _absolute, _listing, _png_files, _subfolders
+from ._files import _absolute, _listing, _names, _png_files, _subfolders, _unpaired
 
 KSDD2_URL = "https://www.vicos.si/resources/kolektorsdd2/"
 
@@ -189,18 +189,13 @@ def _split_samples(root, split):
         )
     pairs = {image: folder / f"{image.stem}{_GT_SUFFIX}.png" for image in images}
 
-    missing = [
-        f"{mask} (mask of {image})"
-        for image, mask in pairs.items()
-        if mask not in masks
-    ]
+    missing, orphans = _unpaired(pairs, masks)
     if missing:
         raise FileNotFoundError(
             f"KolektorSDD2 {split} folder {folder} is incomplete: {len(missing)} "
             f"image(s) have no {_GT_SUFFIX} mask. Missing:{_listing(missing)}\n"
             "Re-extract the dataset from the archive. " + _HOW_TO_GET
         )
-    orphans = sorted(masks - set(pairs.values()))
     if orphans:
         raise FileNotFoundError(
             f"KolektorSDD2 {split} folder {folder} is incomplete: {len(orphans)} "
@@ -217,10 +212,6 @@ def _split_samples(root, split):
 def _has_defect(mask_path):
     with Image.open(mask_path) as mask:
         return bool(np.asarray(mask).any())
-
-
-def _names(names):
-    return ", ".join(names) if names else "none"
 
 
 def _nested_root_hint(root):

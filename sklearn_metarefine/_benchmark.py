@@ -341,7 +341,7 @@ def make_model(name, *, random_state, device, config):
     model : estimator
     """
     from ._detector import MetaRefineDetector
-    from ._flow_detector import FlowDetector
+    from ._flows import FlowDetector
     from ._refine import IQRRefiner
 
     flow = {

@@ -27,10 +27,11 @@ from ._config import (
     BenchmarkError,
     resolve_config,
 )
-from ._data import DIGIT_CATEGORIES, dataset_categories
+from ._data import DIGIT_CATEGORIES, dataset_categories, load_category
 from ._main import run_benchmark
 from ._report import auroc_table, format_report, removal_table
 from ._runs import Run, derive_seed, evaluate, make_model, plan_runs, run_one
+from ._storage import cached_features
 
 __all__ = [
     "run_benchmark",
@@ -43,10 +44,12 @@ __all__ = [
     "REFINER_MODELS",
     "Run",
     "auroc_table",
+    "cached_features",
     "dataset_categories",
     "derive_seed",
     "evaluate",
     "format_report",
+    "load_category",
     "make_model",
     "plan_runs",
     "removal_table",

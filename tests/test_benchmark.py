@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sklearn_metarefine import _benchmark
 from sklearn_metarefine.__main__ import main
 from sklearn_metarefine._benchmark import (
     MODELS,
     BenchmarkError,
+    _execution,
     derive_seed,
+    make_model,
     resolve_config,
     run_benchmark,
 )
@@ -209,7 +210,8 @@ def test_all_models_of_a_draw_share_its_split(reference):
 def test_interrupted_benchmark_resumes_with_only_the_missing_runs(
     reference, with_features, monkeypatch, capsys
 ):
-    run_one = _benchmark.run_one
+    # Patched where _execution looks it up; n_jobs=1 keeps the runs in this process.
+    run_one = _execution.run_one
     executed = []
 
     def interrupted_after_two(run, *args):
@@ -218,7 +220,7 @@ def test_interrupted_benchmark_resumes_with_only_the_missing_runs(
         executed.append(run)
         return run_one(run, *args)
 
-    monkeypatch.setattr(_benchmark, "run_one", interrupted_after_two)
+    monkeypatch.setattr(_execution, "run_one", interrupted_after_two)
     status = main(
         [
             "benchmark",
@@ -240,7 +242,7 @@ def test_interrupted_benchmark_resumes_with_only_the_missing_runs(
     first = list(executed)
     executed.clear()
     monkeypatch.setattr(
-        _benchmark,
+        _execution,
         "run_one",
         lambda run, *args: (executed.append(run), run_one(run, *args))[1],
     )
@@ -520,7 +522,7 @@ def test_resolve_config_applies_overrides_and_rejects_unknown_keys():
 def test_make_model_builds_the_papers_four_models_and_two_baselines():
     config = resolve_config("digits")
     models = {
-        name: _benchmark.make_model(name, random_state=3, device="cpu", config=config)
+        name: make_model(name, random_state=3, device="cpu", config=config)
         for name in MODELS
     }
     assert type(models["vanilla"]).__name__ == "FlowDetector"

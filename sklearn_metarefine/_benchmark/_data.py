@@ -1,0 +1,90 @@
+"""The datasets: their categories, images and labels, and the draws they allow."""
+
+import numpy as np
+
+from ..datasets import (
+    MVTEC_AD_CATEGORIES,
+    load_digits_anomaly,
+    load_ksdd2,
+    load_mvtec_ad,
+    make_contaminated,
+)
+from ._config import BenchmarkError, check_choice
+
+DIGIT_CATEGORIES = tuple(f"digit{digit}" for digit in range(10))
+
+
+def dataset_categories(dataset, categories=None):
+    """Check or default the categories of a dataset.
+
+    Parameters
+    ----------
+    dataset : {"digits", "mvtec", "ksdd2"}
+    categories : sequence of str or None, default=None
+        For digits, ``"digit0"``..``"digit9"`` (or just the digit); for MVTec
+        AD any category folder under the root (default: the 15 official
+        ones); KolektorSDD2 has the single category ``"ksdd2"``.
+
+    Returns
+    -------
+    categories : list of str
+    """
+    if dataset == "digits":
+        if categories is None:
+            return list(DIGIT_CATEGORIES)
+        names = [f"digit{c}" if str(c).isdigit() else str(c) for c in categories]
+        for name in names:
+            check_choice("digits category", name, DIGIT_CATEGORIES)
+        return names
+    if dataset == "mvtec":
+        return list(MVTEC_AD_CATEGORIES if categories is None else categories)
+    if categories is not None and list(categories) != ["ksdd2"]:
+        raise BenchmarkError(
+            f"KolektorSDD2 has a single category, 'ksdd2'; got {list(categories)}."
+        )
+    return ["ksdd2"]
+
+
+def load_category(dataset, category, root):
+    """Images (an array, or a list of files), labels and split of a category."""
+    if dataset == "digits":
+        digits = load_digits_anomaly(int(category.removeprefix("digit")))
+        return digits.images, digits.target, None
+    if root is None:
+        raise BenchmarkError(
+            f"The {dataset} dataset is read from disk: pass its folder as root "
+            "(--root on the command line)."
+        )
+    data = load_mvtec_ad(root, category) if dataset == "mvtec" else load_ksdd2(root)
+    return list(data.filenames), data.target, data.split
+
+
+def check_feasible(config, labelled, noise):
+    """Raise, naming every impossible (category, noise) and the remedies.
+
+    ``labelled`` maps each category to its (images, labels, split). Whether a
+    draw is possible does not depend on its seed, so one draw per cell tells.
+    """
+    problems = []
+    for category, (_, y, split) in labelled.items():
+        for level in noise:
+            try:
+                make_contaminated(
+                    np.arange(len(y)),
+                    y,
+                    noise=level,
+                    split=split,
+                    random_state=0,
+                    **config["contamination"],
+                )
+            except ValueError as error:
+                problems.append(f"- {category}, noise={level:g}: {error}")
+    if problems:
+        raise BenchmarkError(
+            f"Cannot draw every requested contaminated training set of "
+            f"{config['dataset']}:\n" + "\n".join(problems) + "\nOn the command "
+            "line: --overlap draws training anomalies from the test anomalies "
+            "too, --train-size N fixes a smaller training set, --test-size N "
+            "reserves fewer anomalies for the test set; or leave out the noise "
+            "levels that are out of reach with --noise."
+        )

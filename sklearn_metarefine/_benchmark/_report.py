@@ -1,0 +1,339 @@
+"""The results: Tables 1 and 2, the text report, the CSV and JSON files, the figures."""
+
+import numpy as np
+
+from ._config import REFINER_MODELS
+from ._storage import atomic_write, write_csv, write_json
+
+_RUN_FIELDS = (
+    "dataset",
+    "category",
+    "noise",
+    "repeat",
+    "model",
+    "seed",
+    "n_train",
+    "n_train_anomalous",
+    "n_test",
+    "auroc",
+    "removed_good",
+    "removed_bad",
+    "n_iter",
+    "seconds",
+    "device",
+    "error",
+)
+_TABLE1_FIELDS = (
+    "model",
+    "category",
+    "noise",
+    "auroc_mean",
+    "auroc_std",
+    "n_runs",
+    "n_failed",
+)
+_TABLE2_FIELDS = (
+    "model",
+    "noise",
+    "removed_good",
+    "removed_bad",
+    "train_good",
+    "train_bad",
+    "n_runs",
+    "n_failed",
+)
+
+
+def _by(records, *fields):
+    groups = {}
+    for record in records:
+        groups.setdefault(tuple(record[f] for f in fields), []).append(record)
+    return groups
+
+
+def _mean_std(values):
+    # Population standard deviation (ddof=0): defined for a single repeat.
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values))
+
+
+def auroc_table(records, categories, noise, models):
+    """The paper's Table 1: AUROC mean and std over repeats.
+
+    Parameters
+    ----------
+    records : list of dict
+        Run records (:func:`run_one`).
+    categories, noise, models : sequence
+        The grid's axes, in the order of the rows.
+
+    Returns
+    -------
+    rows : list of dict
+        One row per (model, category, noise) with ``auroc_mean``,
+        ``auroc_std`` (population std over repeats), ``n_runs`` and
+        ``n_failed``; then per (model, noise) a row of category ``"mean"``: the
+        mean over categories, its std over repeats of the per-repeat mean over
+        categories, counting the repeats in which every category succeeded.
+    """
+    groups = _by(records, "model", "category", "noise")
+    rows = []
+    for model in models:
+        for category in categories:
+            for level in noise:
+                runs = groups.get((model, category, level), [])
+                values = [r["auroc"] for r in runs if r["error"] is None]
+                rows.append(_table1_row(model, category, level, values, runs))
+        for level in noise:
+            runs = [r for c in categories for r in groups.get((model, c, level), [])]
+            per_repeat = _by([r for r in runs if r["error"] is None], "repeat")
+            values = [
+                float(np.mean([r["auroc"] for r in group]))
+                for group in per_repeat.values()
+                if len(group) == len(categories)
+            ]
+            rows.append(_table1_row(model, "mean", level, values, runs))
+    return rows
+
+
+def _table1_row(model, category, level, values, runs):
+    mean, std = _mean_std(values)
+    return {
+        "model": model,
+        "category": category,
+        "noise": level,
+        "auroc_mean": mean,
+        "auroc_std": std,
+        "n_runs": len(runs),
+        "n_failed": sum(r["error"] is not None for r in runs),
+    }
+
+
+def removal_table(records, noise, models, repeats):
+    """The paper's Table 2: good and bad training images the refiners removed.
+
+    Parameters
+    ----------
+    records : list of dict
+        Run records (:func:`run_one`).
+    noise, models : sequence
+        The grid's axes; only the refiner models are tabulated.
+    repeats : int
+        Number of repeats.
+
+    Returns
+    -------
+    rows : list of dict
+        One row per (refiner model, noise): ``removed_good`` and
+        ``removed_bad``, and ``train_good`` and ``train_bad`` (the good and
+        bad images in the training sets), each the total over categories
+        averaged over repeats. Failed runs count in ``n_failed`` and in none
+        of the totals.
+    """
+    groups = _by(records, "model", "noise")
+    rows = []
+    for model in (m for m in models if m in REFINER_MODELS):
+        for level in noise:
+            runs = groups.get((model, level), [])
+            done = [r for r in runs if r["error"] is None]
+            totals = {
+                "removed_good": sum(r["removed_good"] for r in done),
+                "removed_bad": sum(r["removed_bad"] for r in done),
+                "train_good": sum(r["n_train"] - r["n_train_anomalous"] for r in done),
+                "train_bad": sum(r["n_train_anomalous"] for r in done),
+            }
+            rows.append(
+                {
+                    "model": model,
+                    "noise": level,
+                    **{k: v / repeats for k, v in totals.items()},
+                    "n_runs": len(runs),
+                    "n_failed": len(runs) - len(done),
+                }
+            )
+    return rows
+
+
+def _percent(level):
+    return f"{100 * level:g}%"
+
+
+def _text_table(header, rows, *, n_labels):
+    """Align columns: the first ``n_labels`` to the left, numbers to the right."""
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join(
+        "  ".join(
+            str(c).ljust(w) if i < n_labels else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(line, widths))
+        ).rstrip()
+        for line in lines
+    )
+
+
+def format_report(table1, table2, records, *, categories, noise, models, repeats):
+    """The plain-text report: Tables 1 and 2, seconds per run, failed runs.
+
+    Parameters
+    ----------
+    table1, table2 : list of dict
+        Rows of :func:`auroc_table` and :func:`removal_table`.
+    records : list of dict
+        Run records.
+    categories, noise, models : sequence
+        The grid's axes.
+    repeats : int
+        Number of repeats.
+
+    Returns
+    -------
+    report : str
+    """
+    cells = {(r["model"], r["category"], r["noise"]): r for r in table1}
+
+    def cell(row):
+        if row["auroc_mean"] is None:
+            return "failed"
+        text = f"{row['auroc_mean']:.4f}±{row['auroc_std']:.4f}"
+        return text + (f" ({row['n_failed']} failed)" if row["n_failed"] else "")
+
+    rows = [
+        [category, model, *(cell(cells[model, category, level]) for level in noise)]
+        for category in [*categories, "mean"]
+        for model in models
+    ]
+    parts = [
+        (
+            f"Table 1. Test AUROC, mean ± std over {repeats} repeat(s); 'mean' is "
+            "the mean over categories."
+        ),
+        _text_table(["category", "model", *map(_percent, noise)], rows, n_labels=2),
+    ]
+    if table2:
+        rows = [
+            [
+                row["model"],
+                _percent(row["noise"]),
+                f"{row['removed_good']:g}",
+                f"{row['removed_bad']:g}",
+                f"{row['train_good']:g}",
+                f"{row['train_bad']:g}",
+            ]
+            + ([str(row["n_failed"])] if any(r["n_failed"] for r in table2) else [])
+            for row in table2
+        ]
+        header = [
+            "model",
+            "noise",
+            "good removed",
+            "bad removed",
+            "good in train",
+            "bad in train",
+        ]
+        if any(r["n_failed"] for r in table2):
+            header.append("failed runs")
+        parts += [
+            "",
+            (
+                f"Table 2. Training images removed by the refiners: total over "
+                f"{len(categories)} categor{'y' if len(categories) == 1 else 'ies'}, "
+                f"mean over {repeats} repeat(s)."
+            ),
+            _text_table(header, rows, n_labels=1),
+        ]
+    seconds = _by(records, "model")
+    parts += [
+        "",
+        "Seconds per run (fit and score), mean over runs: "
+        + ", ".join(
+            f"{m} {np.mean([r['seconds'] for r in seconds[m,]]):.2f}" for m in models
+        ),
+    ]
+    failed = [r for r in records if r["error"] is not None]
+    if failed:
+        parts += ["", f"{len(failed)} run(s) failed; first ones:"]
+        parts += [
+            f"  {r['category']} noise={r['noise']:g} repeat={r['repeat']} "
+            f"{r['model']}: {r['error'][:300]}"
+            for r in failed[:5]
+        ]
+    return "\n".join(parts)
+
+
+def _plot(path, panels, noise, models, *, ncols):
+    """AUROC against noise per model, one panel per (title, rows) in ``panels``."""
+    from matplotlib.figure import Figure
+
+    nrows = -(-len(panels) // ncols)
+    figure = Figure(figsize=(4.2 * ncols, 3.4 * nrows), layout="constrained")
+    axes = figure.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    percent = np.array([100 * level for level in noise])
+    # Models with equal results would hide one another: shift each a little
+    # sideways, by a fraction of the smallest noise step.
+    step = np.diff(np.sort(percent)).min() if len(percent) > 1 else 10.0
+    shifts = (np.arange(len(models)) - (len(models) - 1) / 2) * 0.04 * step
+    for ax, (title, cells) in zip(axes, panels):
+        for model, shift in zip(models, shifts):
+            rows = [cells[model, level] for level in noise]
+            mean = [
+                np.nan if r["auroc_mean"] is None else r["auroc_mean"] for r in rows
+            ]
+            std = [np.nan if r["auroc_std"] is None else r["auroc_std"] for r in rows]
+            ax.errorbar(
+                percent + shift, mean, yerr=std, marker="o", capsize=3, label=model
+            )
+        ax.set_title(title)
+        ax.set_xlabel("training noise (%)")
+        ax.set_ylabel("test AUROC")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize="small")
+    atomic_write(
+        path, lambda file: figure.savefig(file, format="png", dpi=100), mode="wb"
+    )
+
+
+def write_outputs(
+    output, config, records, table1, table2, *, categories, noise, models
+):
+    """Write the CSV, JSON and PNG files; return their paths by name."""
+    files = {
+        "runs_csv": output / "runs.csv",
+        "table1_csv": output / "table1_auroc.csv",
+        "table2_csv": output / "table2_removed.csv",
+        "results_json": output / "results.json",
+        "figure_mean": output / "auroc_vs_noise.png",
+        "figure_categories": output / "auroc_vs_noise_by_category.png",
+    }
+    write_csv(files["runs_csv"], _RUN_FIELDS, records)
+    write_csv(files["table1_csv"], _TABLE1_FIELDS, table1)
+    write_csv(files["table2_csv"], _TABLE2_FIELDS, table2)
+    write_json(
+        files["results_json"],
+        {"config": config, "runs": records, "table1": table1, "table2": table2},
+    )
+    cells = {(r["model"], r["category"], r["noise"]): r for r in table1}
+
+    def panel(category):
+        return {
+            (m, level): cells[m, category, level] for m in models for level in noise
+        }
+
+    _plot(
+        files["figure_mean"],
+        [(f"{config['dataset']}: mean over categories", panel("mean"))],
+        noise,
+        models,
+        ncols=1,
+    )
+    _plot(
+        files["figure_categories"],
+        [(c, panel(c)) for c in categories],
+        noise,
+        models,
+        ncols=min(5, len(categories)),
+    )
+    return files
+

@@ -121,9 +121,11 @@ class Encoder:
         node = {"class": name, "id": self._n_nodes}
         self._estimator_refs[id(estimator)] = {"$ref": self._n_nodes}
         self._n_nodes += 1
+        hook = _torch_hook(name)
+        # First, so that what the hook refuses is refused with its reason.
+        torch_state = hook.dump(estimator, where) if hook else None
         params = estimator.get_params(deep=False)
         node["params"] = {k: self.value(v, f"{where}.{k}") for k, v in params.items()}
-        hook = _torch_hook(name)
         handled = set(params) | (hook.attributes if hook else set())
         fitted = {}
         for attribute, value in vars(estimator).items():
@@ -137,8 +139,8 @@ class Encoder:
                 )
             fitted[attribute] = self.value(value, f"{where}.{attribute}")
         node["fitted"] = fitted
-        if hook and hook.attributes & set(vars(estimator)):
-            node["torch_state"] = self.value(hook.dump(estimator, where), where)
+        if torch_state is not None:
+            node["torch_state"] = self.value(torch_state, where)
         return {"$estimator": node}
 
     def _foreign(self, estimator, where):

@@ -19,9 +19,10 @@ from .._torch_utils import resolve_device, torch_seeded
 class TorchHook:
     """What an estimator class stores of its torch modules, and how it rebuilds them.
 
-    ``dump(estimator, where)`` returns a dict of JSON values and numpy arrays;
-    ``restore(estimator, state)`` sets ``attributes`` on an estimator built
-    from the saved parameters.
+    ``dump(estimator, where)`` returns a dict of JSON values and numpy arrays,
+    None for an unfitted estimator, and raises ``TypeError`` for what it cannot
+    store; ``restore(estimator, state)`` sets ``attributes`` on an estimator
+    built from the saved parameters.
     """
 
     attributes: frozenset
@@ -56,7 +57,9 @@ def _load_arrays(module, arrays, what):
 
 
 def _dump_flow(detector, where):
-    net = detector.net_
+    net = getattr(detector, "net_", None)
+    if net is None:
+        return None
     module_kwargs = {
         name[len("module__") :]: value
         for name, value in vars(net).items()
@@ -105,6 +108,8 @@ def _dump_features(features, where):
             "wide_resnet50_2, efficientnet_lite0); for one of those with your own "
             "weights, pass backbone=<name>, weights=<state dict file>."
         )
+    if not hasattr(features, "backbone_"):
+        return None
     return {"backbone_state": _arrays(features.backbone_)}
 
 

@@ -212,8 +212,9 @@ def _score_batch(model, files, map_names, maps, threshold, source, skip_unreadab
     return rows
 
 
-def print_summary(result, file=sys.stdout):
-    """One paragraph on what ``score_files`` did."""
+def print_summary(result, file=None):
+    """One paragraph on what ``score_files`` did, on ``file`` (default: stdout)."""
+    file = sys.stdout if file is None else file
     print(
         f"Scored {result.n_scored} images: {result.n_anomalous} anomalous at "
         f"threshold {result.threshold:.6g} ({result.threshold_source}).",

@@ -31,7 +31,9 @@ def make_image(rng, side):
     y, x = np.mgrid[0:side, 0:side] / side
     phase = rng.uniform(0, 2 * np.pi, 3)
     channels = [np.sin(6 * x + p) * np.cos(4 * y - p) for p in phase]
-    pixels = 127.5 + 100 * np.stack(channels, axis=2) + rng.normal(0, 8, (side, side, 3))
+    pixels = (
+        127.5 + 100 * np.stack(channels, axis=2) + rng.normal(0, 8, (side, side, 3))
+    )
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
@@ -102,7 +104,9 @@ def main():
         print(f"{n_files:>6}  {peak:>14.1f}  {wall:>8.1f}")
     ratio = rows[1][1] / rows[0][1]
     verdict = "meets" if ratio <= TARGET else "misses"
-    print(f"peak RSS ratio, 2000 / 200 files: {ratio:.3f} ({verdict} target <= {TARGET})")
+    print(
+        f"peak RSS ratio, 2000 / 200 files: {ratio:.3f} ({verdict} target <= {TARGET})"
+    )
 
 
 if __name__ == "__main__":

@@ -192,7 +192,7 @@ _FIT_EPILOG = """\
 examples:
   metarefine fit images/good --output line3.metarefine
   metarefine fit images/good --output line3.metarefine --backbone alexnet --k 3
-  metarefine fit images/good --output line3.metarefine --set hidden_size=64 --set refit=warm
+  metarefine fit images/good --output line3.metarefine --set hidden_size=64
 
 Besides MODEL, writes MODEL's name with .dropped.csv (the training files the
 refinement dropped, with their anomaly score and round) and .dropped.png (a
@@ -269,7 +269,9 @@ def _add_score_parser(commands):
     score.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS")
     score.add_argument("--output", required=True, metavar="CSV", help="results file")
     score.add_argument(
-        "--maps", metavar="FOLDER", help="write anomaly-map overlays (patch-level models)"
+        "--maps",
+        metavar="FOLDER",
+        help="write anomaly-map overlays (patch-level models)",
     )
     score.add_argument(
         "--threshold",

@@ -1,4 +1,4 @@
-"""Image files on disk for the command line: finding them, reading them, naming outputs."""
+"""Image files for the command line: finding them, reading them, naming outputs."""
 
 import os
 from dataclasses import dataclass
@@ -54,7 +54,10 @@ def list_images(inputs):
                 key=lambda f: f.relative_to(path).as_posix(),
             )
             found.extend(
-                ImageFile(os.fspath(f), (Path(path.resolve().name) / f.relative_to(path)).as_posix())
+                ImageFile(
+                    os.fspath(f),
+                    (Path(path.resolve().name) / f.relative_to(path)).as_posix(),
+                )
                 for f in files
             )
         else:
@@ -68,7 +71,10 @@ def list_images(inputs):
 
 
 def read_image(path):
-    """The pixels of an image file as the detectors read them, or UnreadableImageError."""
+    """The pixels of an image file as the detectors read them.
+
+    Raises UnreadableImageError, naming the file, when it cannot be decoded.
+    """
     try:
         with Image.open(path) as image:
             return _pil_to_array(image)

@@ -46,12 +46,25 @@ def quiet(estimator):
         params = component.get_params(deep=False)
         if "verbose" in params:
             # Pipeline's verbose is a bool, the others' an int.
-            component.set_params(verbose=False if isinstance(params["verbose"], bool) else 0)
+            component.set_params(
+                verbose=False if isinstance(params["verbose"], bool) else 0
+            )
+
+
+def check_device(device):
+    """``device`` if this machine has it, else InputError saying what to pass."""
+    from ._torch_utils import resolve_device
+
+    try:
+        resolve_device(device)
+    except (RuntimeError, ValueError) as error:
+        raise InputError(f"--device {device}: {error}") from None
+    return device
 
 
 def load_model(path, device="auto"):
     """The model in file ``path``, on ``device``, silent."""
-    model = load(path, device=device)
+    model = load(path, device=check_device(device))
     quiet(model)
     return model
 
@@ -221,5 +234,8 @@ def print_summary(result, file=None):
         file=file,
     )
     if result.n_skipped:
-        print(f"Skipped {result.n_skipped} unreadable files (listed in the CSV).", file=file)
+        print(
+            f"Skipped {result.n_skipped} unreadable files (listed in the CSV).",
+            file=file,
+        )
     print(f"Wrote {result.output}", file=file)

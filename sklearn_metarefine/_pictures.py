@@ -47,7 +47,9 @@ def contact_sheet(entries, path, *, title, columns=8, thumbnail=128):
             image = image.resize(size, Image.NEAREST if scale > 1 else Image.LANCZOS)
             sheet.paste(image, (left, top))
         except UnreadableImageError:
-            draw.rectangle((left, top, left + thumbnail, top + thumbnail), outline="red")
+            draw.rectangle(
+                (left, top, left + thumbnail, top + thumbnail), outline="red"
+            )
         for n, line in enumerate(lines):
             y = top + thumbnail + 2 + n * _CAPTION_LINE
             draw.text((left, y), line, fill="black")

@@ -1,4 +1,4 @@
-"""``metarefine fit``: fit a detector on a folder of images and report what it dropped."""
+"""``metarefine fit``: fit a detector on a folder of images, report what it dropped."""
 
 import contextlib
 import csv
@@ -10,7 +10,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from tqdm.auto import tqdm
 
 from ._image_files import InputError, UnreadableImageError, list_images, read_image
-from ._inference import quiet
+from ._inference import check_device, quiet
 from ._persistence import save
 from ._pictures import contact_sheet
 
@@ -123,6 +123,7 @@ def fit_folder(
     result : FitResult
     """
     detector = build_detector(level, dict(params or {}))
+    check_device(detector.device)
     files = list_images([train_folder])
     print(f"Found {len(files)} images under {train_folder}", file=sys.stderr)
     files, skipped = _readable(files, skip_unreadable, progress)
@@ -139,9 +140,7 @@ def fit_folder(
 
     dropped_csv, sheet, skipped_csv = report_paths(output)
     dropped = [i for i, kept in enumerate(detector.inlier_mask_) if not kept]
-    anomaly = (
-        -detector.score_samples([paths[i] for i in dropped]) if dropped else []
-    )
+    anomaly = -detector.score_samples([paths[i] for i in dropped]) if dropped else []
     threshold = -detector.offset_
     rows = sorted(
         (

@@ -13,11 +13,10 @@ from sklearn_metarefine.__main__ import main
 from sklearn_metarefine._image_files import InputError, list_images, output_names
 from sklearn_metarefine._inference import COLUMNS, score_files
 
-TINY = [
-    "--image-size", "32", "--n-scales", "1", "--max-epochs", "3", "--device", "cpu",
-    "--seed", "0", "--set", "hidden_size=8", "--set", "n_blocks=2",
-    "--set", "pca_components=4",
-]  # fmt: skip
+TINY = (
+    "--image-size 32 --n-scales 1 --max-epochs 3 --device cpu --seed 0 "
+    "--set hidden_size=8 --set n_blocks=2 --set pca_components=4"
+).split()
 
 
 def _image(rng, defect):
@@ -37,7 +36,9 @@ def folders(tmp_path_factory):
     for i in range(24):
         folder = root / "train" / ("line2" if i % 4 == 0 else "")
         suffix = ".jpg" if i % 5 == 0 else ".png"
-        Image.fromarray(_image(rng, defect=i >= 21)).save(folder / f"part{i:02d}{suffix}")
+        Image.fromarray(_image(rng, defect=i >= 21)).save(
+            folder / f"part{i:02d}{suffix}"
+        )
     (root / "train" / "line2" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     (root / "train" / "notes.txt").write_text("not an image")
     (root / "new").mkdir()
@@ -52,8 +53,15 @@ def fitted(folders):
     """The model fitted by the command, skipping the corrupt training file."""
     model = folders / "models" / "line.metarefine"
     status = main(
-        ["fit", str(folders / "train"), "--output", str(model), "--skip-unreadable",
-         "--no-progress", *TINY]  # fmt: skip
+        [
+            "fit",
+            str(folders / "train"),
+            "--output",
+            str(model),
+            "--skip-unreadable",
+            "--no-progress",
+            *TINY,
+        ]
     )
     assert status == 0
     return model
@@ -97,12 +105,16 @@ def test_fit_writes_model_and_report_of_dropped_files(folders, fitted):
     dropped_csv = fitted.with_name("line.dropped.csv")
     rows = _rows(dropped_csv)
     assert list(rows[0]) == ["path", "anomaly_score", "round", "label"]
-    training = [f.path for f in list_images([folders / "train"]) if "corrupt" not in f.path]
+    training = [
+        f.path for f in list_images([folders / "train"]) if "corrupt" not in f.path
+    ]
     dropped = [p for p, kept in zip(training, model.inlier_mask_) if not kept]
     assert sorted(row["path"] for row in rows) == sorted(dropped)
     scores = [float(row["anomaly_score"]) for row in rows]
     assert scores == sorted(scores, reverse=True)
-    assert_allclose(scores, -model.score_samples([row["path"] for row in rows]), rtol=1e-5)
+    assert_allclose(
+        scores, -model.score_samples([row["path"] for row in rows]), rtol=1e-5
+    )
     rounds = {row["path"]: int(row["round"]) for row in rows}
     for path, removed_at in zip(training, model.removed_at_iter_):
         assert rounds.get(path, -1) == removed_at
@@ -111,14 +123,24 @@ def test_fit_writes_model_and_report_of_dropped_files(folders, fitted):
     n_rows = math.ceil(len(rows) / 8)
     assert sheet.height == 24 + n_rows * (128 + 8 + 2 * 12)
     skipped = _rows(fitted.with_name("line.skipped.csv"))
-    assert [row["path"] for row in skipped] == [str(folders / "train/line2/corrupt.png")]
+    assert [row["path"] for row in skipped] == [
+        str(folders / "train/line2/corrupt.png")
+    ]
     assert "cannot read image file" in skipped[0]["error"]
 
 
 def test_score_stops_at_an_unreadable_file_and_leaves_no_csv(folders, fitted, capsys):
     output = folders / "stopped.csv"
-    status = main(["score", str(fitted), str(folders / "new"), "--output", str(output),
-                   "--no-progress"])  # fmt: skip
+    status = main(
+        [
+            "score",
+            str(fitted),
+            str(folders / "new"),
+            "--output",
+            str(output),
+            "--no-progress",
+        ]
+    )
     assert status == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "truncated.png" in error and error.startswith("metarefine score: error:")
@@ -128,8 +150,19 @@ def test_score_stops_at_an_unreadable_file_and_leaves_no_csv(folders, fitted, ca
 def test_score_writes_a_row_per_file(folders, fitted, capsys):
     output = folders / "results.csv"
     inputs = [str(folders / "new"), str(folders / "train" / "part01.png")]
-    status = main(["score", str(fitted), *inputs, "--output", str(output),
-                   "--skip-unreadable", "--batch-size", "2", "--no-progress"])  # fmt: skip
+    status = main(
+        [
+            "score",
+            str(fitted),
+            *inputs,
+            "--output",
+            str(output),
+            "--skip-unreadable",
+            "--batch-size",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert status == 0
     assert "Skipped 1 unreadable" in capsys.readouterr().out
     rows = _rows(output)
@@ -158,9 +191,18 @@ def test_score_writes_a_row_per_file(folders, fitted, capsys):
 def test_score_threshold_option_overrides_the_models(folders, fitted):
     output = folders / "overridden.csv"
     threshold = -1e300
-    status = main(["score", str(fitted), str(folders / "new" / "new0.bmp"),
-                   str(folders / "new" / "new3.bmp"), "--output", str(output),
-                   f"--threshold={threshold!r}", "--no-progress"])  # fmt: skip
+    status = main(
+        [
+            "score",
+            str(fitted),
+            str(folders / "new" / "new0.bmp"),
+            str(folders / "new" / "new3.bmp"),
+            "--output",
+            str(output),
+            f"--threshold={threshold!r}",
+            "--no-progress",
+        ]
+    )
     assert status == 0
     rows = _rows(output)
     assert {row["label"] for row in rows} == {"anomalous"}
@@ -169,9 +211,18 @@ def test_score_threshold_option_overrides_the_models(folders, fitted):
 
 
 def test_maps_need_a_patch_level_model(folders, fitted, capsys):
-    status = main(["score", str(fitted), str(folders / "new" / "new0.bmp"),
-                   "--output", str(folders / "x.csv"), "--maps", str(folders / "maps"),
-                   "--no-progress"])  # fmt: skip
+    status = main(
+        [
+            "score",
+            str(fitted),
+            str(folders / "new" / "new0.bmp"),
+            "--output",
+            str(folders / "x.csv"),
+            "--maps",
+            str(folders / "maps"),
+            "--no-progress",
+        ]
+    )
     assert status == 1
     assert "--maps needs a patch-level model" in capsys.readouterr().err
 
@@ -181,15 +232,24 @@ def test_maps_need_a_patch_level_model(folders, fitted, capsys):
     reason="the patch-level detector is there",
 )
 def test_patch_level_fit_says_it_is_not_available_yet(folders, capsys, tmp_path):
-    status = main(["fit", str(folders / "new"), "--output", str(tmp_path / "m"),
-                   "--level", "patch"])  # fmt: skip
+    status = main(
+        [
+            "fit",
+            str(folders / "new"),
+            "--output",
+            str(tmp_path / "m"),
+            "--level",
+            "patch",
+        ]
+    )
     assert status == 1
     assert "not available in this version" in capsys.readouterr().err
 
 
 def test_unknown_detector_parameter_is_refused(folders, capsys, tmp_path):
-    status = main(["fit", str(folders / "new"), "--output", str(tmp_path / "m"),
-                   "--set", "kk=3"])  # fmt: skip
+    status = main(
+        ["fit", str(folders / "new"), "--output", str(tmp_path / "m"), "--set", "kk=3"]
+    )
     assert status == 1
     assert "kk: not a parameter of MetaRefineDetector" in capsys.readouterr().err
 

@@ -1,9 +1,8 @@
-"""Model files: identical scores after a round trip, and nothing runs from a bad file."""
+"""Model files: identical scores after a round trip; nothing runs from a bad file."""
 
 import json
 import os
 import pickle
-import warnings
 import zipfile
 
 import joblib
@@ -81,12 +80,16 @@ def _manifest(path):
         return json.loads(archive.read("manifest.json"))
 
 
-def test_image_detector_round_trip_scores_identically(image_detector, images, model_path):
+def test_image_detector_round_trip_scores_identically(
+    image_detector, images, model_path
+):
     save(image_detector, model_path)
     loaded = load(model_path)
     assert type(loaded) is MetaRefineDetector
     assert loaded.get_params() == image_detector.get_params()
-    assert_array_equal(loaded.score_samples(images), image_detector.score_samples(images))
+    assert_array_equal(
+        loaded.score_samples(images), image_detector.score_samples(images)
+    )
     assert_array_equal(loaded.predict(images), image_detector.predict(images))
     assert loaded.offset_ == image_detector.offset_
     assert_array_equal(loaded.removed_at_iter_, image_detector.removed_at_iter_)
@@ -109,7 +112,9 @@ def test_refiner_around_isolation_forest_round_trip(table, model_path):
 def test_refiner_around_lof_round_trip(table, model_path):
     refiner = IQRRefiner(LocalOutlierFactor(novelty=True), random_state=0).fit(table)
     save(refiner, model_path)
-    assert_array_equal(load(model_path).score_samples(table), refiner.score_samples(table))
+    assert_array_equal(
+        load(model_path).score_samples(table), refiner.score_samples(table)
+    )
 
 
 @pytest.mark.parametrize("detector_class", [FlowDetector, MAMLFlowDetector])
@@ -129,7 +134,9 @@ def test_refined_flow_round_trip_and_unfitted_estimators(table, model_path):
     assert not hasattr(load(model_path), "estimator_")
     refiner.fit(table)
     save(refiner, model_path)
-    assert_array_equal(load(model_path).score_samples(table), refiner.score_samples(table))
+    assert_array_equal(
+        load(model_path).score_samples(table), refiner.score_samples(table)
+    )
 
 
 def test_unusual_parameter_values_round_trip(table, model_path, tmp_path):
@@ -144,17 +151,29 @@ def test_unusual_parameter_values_round_trip(table, model_path, tmp_path):
     save(features, model_path)
     loaded = load(model_path)
     assert loaded.image_size == (32, 48)
-    assert loaded.memory.location == str(tmp_path / "cache")
+    assert features.memory is not None and loaded.memory is None
     assert loaded.device == "cpu"
     assert_array_equal(
         loaded.random_state.get_state()[1], features.random_state.get_state()[1]
     )
 
 
+def test_a_cache_folder_in_a_file_is_not_used(model_path, tmp_path):
+    save(MetaRefineDetector(), model_path)
+    manifest = _manifest(model_path)
+    manifest["estimator"]["$estimator"]["params"]["memory"] = str(tmp_path / "x")
+    _rewrite(model_path, manifest=manifest)
+    assert load(model_path).memory is None
+
+
 def test_device_argument_replaces_every_device_parameter(image_detector, model_path):
     save(image_detector.set_params(device="auto"), model_path)
     loaded = load(model_path, device="cpu")
-    devices = {loaded.device, loaded.pipeline_[0].device, loaded.refiner_.estimator_.device}
+    devices = {
+        loaded.device,
+        loaded.pipeline_[0].device,
+        loaded.refiner_.estimator_.device,
+    }
     assert devices == {"cpu"}
     assert loaded.pipeline_[0].device_ == torch.device("cpu")
     image_detector.set_params(device="cpu")

@@ -87,7 +87,9 @@ def save(estimator, path):
     -----
     The optimizer state and training history of the flows are not stored: a
     loaded model scores exactly as the saved one, and a warm refit after loading
-    starts its optimizer afresh.
+    starts its optimizer afresh. Nor is a cache folder (``memory``): it belongs
+    to the machine, and a model file must not choose where scoring writes;
+    loaded models have ``memory=None``.
 
     Examples
     --------
@@ -201,11 +203,20 @@ def load(path, *, device=None, trusted=()):
     tree = manifest["estimator"]
     if len(tree) != 1 or next(iter(tree)) not in ("$estimator", "$skops"):
         raise ModelFileError(f"{path!r}: its manifest holds no estimator.")
-    estimator = decoder.value(tree, "the model")
+    try:
+        estimator = decoder.value(tree, "the model")
+    except (TypeError, KeyError, IndexError, AttributeError) as error:
+        # What the decoder's own checks did not foresee in a malformed file.
+        raise ModelFileError(
+            f"{path!r}: malformed model file ({type(error).__name__}: {error})."
+        ) from error
     installed = _versions()
     warn_on_version_mismatch(
         manifest["versions"],
-        {name: installed[name] for name in ("sklearn-metarefine", "scikit-learn", "torch")},
+        {
+            name: installed[name]
+            for name in ("sklearn-metarefine", "scikit-learn", "torch")
+        },
         str(path),
     )
     return estimator

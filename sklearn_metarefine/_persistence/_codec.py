@@ -4,9 +4,9 @@ An estimator of this package (or a :class:`~sklearn.pipeline.Pipeline`) becomes 
 node: its class name, its ``get_params(deep=False)`` and its fitted attributes (the
 public ones ending in ``_``). Values are JSON; what JSON cannot say is a one-key
 object whose key starts with ``$``: arrays (stored in safetensors), tuples, numpy
-scalars, string arrays, a ``RandomState``, a ``joblib.Memory``, an estimator, a
-second reference to one, or a scikit-learn estimator of another library serialised
-by skops (see :mod:`._foreign`). Torch modules inside fitted estimators are stored
+scalars, string arrays, a ``RandomState``, an estimator, a second reference to
+one, or a scikit-learn estimator of another library serialised by skops (see
+:mod:`._foreign`). Torch modules inside fitted estimators are stored
 as state dicts by :mod:`._torch_state` and rebuilt from the parameters.
 
 Adding a model class (e.g. a patch-level detector) means adding it to
@@ -20,7 +20,6 @@ import os
 import re
 import sys
 
-import joblib
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import InvalidParameterError
@@ -55,6 +54,10 @@ _TORCH_HOOKS = {
 }
 
 _FITTED_NAME = re.compile(r"[a-z][a-z0-9_]*_")
+# Parameters that belong to the machine, not to the model: a cache folder
+# (``memory``) is neither stored nor taken from a file, which would otherwise
+# choose where scoring writes.
+_MACHINE_PARAMS = {"memory": None}
 _NUMERIC_KINDS = "biuf"
 _NODE_KEYS = {"class", "id", "params", "fitted", "torch_state"}
 
@@ -81,6 +84,12 @@ def _allowed_class(name, where):
         )
     module, attribute = PACKAGE_CLASSES[name]
     return getattr(importlib.import_module(module), attribute)
+
+
+def _not_stored(estimator_or_class):
+    """The machine parameters of an estimator, at the values a model file gives."""
+    names = estimator_or_class._get_param_names()
+    return {name: value for name, value in _MACHINE_PARAMS.items() if name in names}
 
 
 def _torch_hook(name):
@@ -124,7 +133,7 @@ class Encoder:
         hook = _torch_hook(name)
         # First, so that what the hook refuses is refused with its reason.
         torch_state = hook.dump(estimator, where) if hook else None
-        params = estimator.get_params(deep=False)
+        params = {**estimator.get_params(deep=False), **_not_stored(estimator)}
         node["params"] = {k: self.value(v, f"{where}.{k}") for k, v in params.items()}
         handled = set(params) | (hook.attributes if hook else set())
         fitted = {}
@@ -155,12 +164,10 @@ class Encoder:
 
     def value(self, value, where):
         """The JSON form of one parameter or fitted value."""
-        if value is None or isinstance(value, (bool, str)) and not isinstance(
-            value, np.generic
-        ):
-            return value
         if isinstance(value, np.generic):
             return self._scalar(value, where)
+        if value is None or isinstance(value, (bool, str)):
+            return value
         if isinstance(value, int):
             return int(value)
         if isinstance(value, float):
@@ -172,15 +179,15 @@ class Encoder:
         if isinstance(value, list):
             return [self.value(v, f"{where}[{i}]") for i, v in enumerate(value)]
         if isinstance(value, tuple):
-            return {"$tuple": [self.value(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+            return {
+                "$tuple": [self.value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            }
         if isinstance(value, dict):
             return {"$dict": self._dict(value, where)}
         if type(value) is np.random.RandomState:
             _, keys, pos, has_gauss, gauss = value.get_state()
             state = {"keys": keys, "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
             return {"$random_state": self._dict(state, where)}
-        if type(value) is joblib.Memory:
-            return {"$memory": self.value(value.location, where)}
         device_type = _torch_device_type()
         if device_type is not None and isinstance(value, device_type):
             return str(value)
@@ -202,7 +209,12 @@ class Encoder:
             return str(value)
         if value.dtype.kind not in _NUMERIC_KINDS:
             raise TypeError(f"Cannot save {where}: a numpy {value.dtype} scalar.")
-        return {"$scalar": {"dtype": value.dtype.str, "value": self.value(value.item(), where)}}
+        return {
+            "$scalar": {
+                "dtype": value.dtype.str,
+                "value": self.value(value.item(), where),
+            }
+        }
 
     def _array(self, array, where):
         if id(array) in self._array_keys:
@@ -256,9 +268,6 @@ class Decoder:
             "$tuple": lambda items, where: tuple(self.value(items, where)),
             "$dict": self._dict,
             "$random_state": self._random_state,
-            "$memory": lambda location, where: joblib.Memory(
-                self._typed(location, (str, type(None)), where)
-            ),
         }
 
     def value(self, data, where):
@@ -270,7 +279,9 @@ class Decoder:
             ((tag, payload),) = data.items()
             if tag in self._tags:
                 return self._tags[tag](payload, where)
-        raise ModelFileError(f"{where}: unknown value {str(data)[:80]!r} in the manifest.")
+        raise ModelFileError(
+            f"{where}: unknown value {str(data)[:80]!r} in the manifest."
+        )
 
     def _typed(self, value, types, where):
         types = types if isinstance(types, tuple) else (types,)
@@ -303,30 +314,41 @@ class Decoder:
             )
         if self.device is not None and "device" in params:
             params["device"] = self.device
+        params.update(_not_stored(cls))
         estimator = cls(**params)
         try:
             estimator._validate_params()
         except InvalidParameterError as error:
             raise ModelFileError(f"{where}: {error}") from None
-        for attribute, value in self._typed(node.get("fitted", {}), dict, where).items():
+        for attribute, value in self._typed(
+            node.get("fitted", {}), dict, where
+        ).items():
             if not _FITTED_NAME.fullmatch(attribute) or hasattr(cls, attribute):
                 raise ModelFileError(
                     f"{where}: {attribute!r} cannot be a fitted attribute."
                 )
             setattr(estimator, attribute, self.value(value, f"{where}.{attribute}"))
         if "torch_state" in node:
-            hook = _torch_hook(node["class"])
-            if hook is None:
-                raise ModelFileError(f"{where}: {cls.__name__} holds no torch state.")
-            state = self.value(node["torch_state"], where)
-            try:
-                hook.restore(estimator, self._typed(state, dict, where))
-            except (KeyError, TypeError, ValueError, RuntimeError) as error:
-                if isinstance(error, ModelFileError):
-                    raise
-                raise ModelFileError(f"{where}: invalid torch state ({error}).") from None
+            self._restore_torch_state(estimator, node, where)
         self._estimators[node["id"]] = estimator
         return estimator
+
+    def _restore_torch_state(self, estimator, node, where):
+        from ._torch_state import device_of
+
+        hook = _torch_hook(node["class"])
+        if hook is None:
+            raise ModelFileError(f"{where}: {node['class']} holds no torch state.")
+        state = self._typed(self.value(node["torch_state"], where), dict, where)
+        # Outside the try: no CUDA for device="cuda" is the machine's problem,
+        # not the file's, and its message says what to do.
+        device = device_of(estimator)
+        try:
+            hook.restore(estimator, state, device)
+        except ModelFileError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise ModelFileError(f"{where}: invalid torch state ({error}).") from None
 
     def _ref(self, index, where):
         index = self._typed(index, int, where)
@@ -354,21 +376,41 @@ class Decoder:
             self._decoded_arrays[key] = self.arrays[key]
         return self._decoded_arrays[key]
 
+    def _dtype(self, payload, kinds, where):
+        try:
+            dtype = np.dtype(self._typed(payload.get("dtype"), str, where))
+        except TypeError:
+            dtype = None
+        if dtype is None or dtype.kind not in kinds:
+            raise ModelFileError(f"{where}: dtype {payload.get('dtype')!r} refused.")
+        return dtype
+
     def _strings(self, payload, where):
         payload = self._typed(payload, dict, where)
         values = self._typed(payload.get("values"), list, where)
-        shape = tuple(self._typed(payload.get("shape"), list, where))
-        dtype = np.dtype(self._typed(payload.get("dtype"), str, where))
-        if dtype.kind not in "OU" or not all(isinstance(v, str) for v in values):
+        shape = self._typed(payload.get("shape"), list, where)
+        dtype = self._dtype(payload, "OU", where)
+        if not all(isinstance(v, str) for v in values) or not all(
+            isinstance(n, int) for n in shape
+        ):
             raise ModelFileError(f"{where}: malformed string array.")
-        return np.array(values, dtype=dtype).reshape(shape)
+        try:
+            return np.array(values, dtype=dtype).reshape(shape)
+        except ValueError as error:
+            raise ModelFileError(
+                f"{where}: malformed string array ({error})."
+            ) from None
 
     def _scalar(self, payload, where):
         payload = self._typed(payload, dict, where)
-        dtype = np.dtype(self._typed(payload.get("dtype"), str, where))
-        if dtype.kind not in _NUMERIC_KINDS:
-            raise ModelFileError(f"{where}: a numpy scalar of dtype {dtype}.")
-        return dtype.type(self.value(payload.get("value"), where))
+        dtype = self._dtype(payload, _NUMERIC_KINDS, where)
+        value = self._typed(payload.get("value"), (bool, int, float, dict), where)
+        try:
+            return dtype.type(self.value(value, where))
+        except (OverflowError, TypeError, ValueError) as error:
+            raise ModelFileError(
+                f"{where}: malformed numpy scalar ({error})."
+            ) from None
 
     def _float(self, text, where):
         if text not in ("nan", "inf", "-inf"):
@@ -380,7 +422,13 @@ class Decoder:
         random_state = np.random.RandomState()
         try:
             random_state.set_state(
-                ("MT19937", state["keys"], state["pos"], state["has_gauss"], state["gauss"])
+                (
+                    "MT19937",
+                    state["keys"],
+                    state["pos"],
+                    state["has_gauss"],
+                    state["gauss"],
+                )
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"{where}: malformed RandomState ({error}).") from None

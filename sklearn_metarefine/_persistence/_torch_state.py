@@ -1,4 +1,4 @@
-"""Torch modules inside fitted estimators: stored as state dicts, rebuilt from parameters.
+"""Torch modules in fitted estimators: stored as state dicts, rebuilt from parameters.
 
 A model file holds no code, so a module is rebuilt the way ``fit`` built it, from
 the estimator's parameters, and its tensors are loaded into it. Each hook names
@@ -13,6 +13,7 @@ import torch
 
 from .._features._backbones import _build_backbone
 from .._torch_utils import resolve_device, torch_seeded
+from ._archive import ModelFileError
 
 
 @dataclass(frozen=True)
@@ -21,13 +22,18 @@ class TorchHook:
 
     ``dump(estimator, where)`` returns a dict of JSON values and numpy arrays,
     None for an unfitted estimator, and raises ``TypeError`` for what it cannot
-    store; ``restore(estimator, state)`` sets ``attributes`` on an estimator
-    built from the saved parameters.
+    store; ``restore(estimator, state, device)`` sets ``attributes`` on an
+    estimator built from the saved parameters, with its modules on ``device``.
     """
 
     attributes: frozenset
     dump: Callable
     restore: Callable
+
+
+def device_of(estimator):
+    """The device an estimator's modules go to: its ``device`` parameter, resolved."""
+    return resolve_device(estimator.device)
 
 
 def _arrays(module):
@@ -38,7 +44,7 @@ def _load_arrays(module, arrays, what):
     """Load a state dict of numpy arrays; names, shapes and dtypes must match."""
     expected = module.state_dict()
     if set(arrays) != set(expected):
-        raise ValueError(
+        raise ModelFileError(
             f"the saved tensors of the {what} are not the ones it has: missing "
             f"{sorted(set(expected) - set(arrays))[:5]}, unexpected "
             f"{sorted(set(arrays) - set(expected))[:5]}"
@@ -47,7 +53,7 @@ def _load_arrays(module, arrays, what):
     for name, array in arrays.items():
         tensor = torch.from_numpy(np.asarray(array))
         if tensor.dtype != expected[name].dtype or tensor.shape != expected[name].shape:
-            raise ValueError(
+            raise ModelFileError(
                 f"tensor {name!r} of the {what} is {tensor.dtype} "
                 f"{tuple(tensor.shape)}, expected {expected[name].dtype} "
                 f"{tuple(expected[name].shape)}"
@@ -72,10 +78,11 @@ def _dump_flow(detector, where):
     }
 
 
-def _restore_flow(detector, state):
-    device = resolve_device(detector.device)
+def _restore_flow(detector, state, device):
     kwargs = state["module_kwargs"]
-    net = detector._build_net(kwargs["dim"], state["batch_size"], device, kwargs["seed"])
+    net = detector._build_net(
+        kwargs["dim"], state["batch_size"], device, kwargs["seed"]
+    )
     net.set_params(
         batch_size=state["batch_size"],
         **{f"module__{name}": value for name, value in kwargs.items()},
@@ -113,8 +120,7 @@ def _dump_features(features, where):
     return {"backbone_state": _arrays(features.backbone_)}
 
 
-def _restore_features(features, state):
-    device = resolve_device(features.device)
+def _restore_features(features, state, device):
     cpu = torch.device("cpu")
     with torch_seeded(0, cpu):
         backbone = _build_backbone(features.backbone, None, progress=False)
@@ -131,4 +137,6 @@ def features_hook():
     then loads on a machine without the network, the file, or the same
     torchvision release.
     """
-    return TorchHook(frozenset({"backbone_", "device_"}), _dump_features, _restore_features)
+    return TorchHook(
+        frozenset({"backbone_", "device_"}), _dump_features, _restore_features
+    )

@@ -9,7 +9,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
-from numpy.testing import assert_array_equal
+from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor
 from sklearn.pipeline import make_pipeline
@@ -316,3 +316,22 @@ def test_a_missing_file_and_a_foreign_zip_are_refused(tmp_path):
         archive.writestr("manifest.json", json.dumps({"format": "another tool"}))
     with pytest.raises(ModelFileError, match="not a sklearn-metarefine model"):
         load(other)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_round_trip_on_the_gpu_and_to_the_cpu(images, model_path):
+    detector = MetaRefineDetector(
+        image_size=32, n_scales=2, pca_components=4, random_state=0,
+        **{**TINY_FLOW, "device": "cuda"},
+    ).fit(images)  # fmt: skip
+    save(detector, model_path)
+    on_gpu = load(model_path)
+    assert on_gpu.pipeline_[0].device_.type == "cuda"
+    assert_array_equal(on_gpu.score_samples(images), detector.score_samples(images))
+    on_cpu = load(model_path, device="cpu")
+    assert next(on_cpu.refiner_.estimator_.net_.module_.parameters()).is_cuda is False
+    # Another device computes the CNN's float32 features with other roundings.
+    assert_allclose(
+        on_cpu.score_samples(images), detector.score_samples(images), rtol=1e-4
+    )

@@ -13,6 +13,7 @@ See :mod:`._codec` for the tree and :mod:`._archive` for the checks.
 """
 
 import sys
+import warnings
 
 import numpy as np
 import sklearn
@@ -73,8 +74,6 @@ def save(estimator, path):
 
     Warns
     -----
-    ModelVersionWarning
-        Never on saving; see :func:`load`.
     UserWarning
         When skops-serialised parts hold types outside the trusted list:
         :func:`load` then needs them in its ``trusted`` argument.
@@ -115,8 +114,6 @@ def save(estimator, path):
     for index, data in enumerate(encoder.skops):
         members[skops_member(index)] = data
     if encoder.untrusted_types:
-        import warnings
-
         warnings.warn(
             f"The model holds types that load does not trust by default: "
             f"{sorted(encoder.untrusted_types)}; load it with "

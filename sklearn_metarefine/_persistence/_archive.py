@@ -8,7 +8,6 @@ manifest records. Nothing here imports torch or unpickles.
 
 import hashlib
 import json
-import math
 import os
 import re
 import tempfile
@@ -172,7 +171,3 @@ def warn_on_version_mismatch(recorded, installed, path):
             ModelVersionWarning,
             stacklevel=3,
         )
-
-
-def is_finite_float(value):
-    return isinstance(value, float) and math.isfinite(value)

@@ -281,3 +281,26 @@ def test_maps_are_written_as_overlays_at_the_image_size(folders, tmp_path):
         red = pixels[..., 0].astype(int) - pixels[..., 2] > 50
         assert red[20, 20] == (row["label"] == "anomalous")
         assert not red[2, 2]
+
+
+def test_a_map_of_another_size_is_resized_to_the_image():
+    from sklearn_metarefine._pictures import map_overlay
+
+    pixels = np.full((40, 48), 120, np.uint8)
+    small_map = np.zeros((10, 12))
+    small_map[:5, :6] = 1.0
+    overlay = np.asarray(map_overlay(pixels, small_map, threshold=0.5))
+    assert overlay.shape == (40, 48, 3)
+    red = overlay[..., 0].astype(int) - overlay[..., 2] > 50
+    assert red[5, 5] and not red[35, 40]
+
+
+def test_score_refuses_a_pickle_as_model_in_one_line(folders, capsys, tmp_path):
+    model = tmp_path / "model.pkl"
+    model.write_bytes(b"\x80\x04\x95" + bytes(20))
+    output = tmp_path / "out.csv"
+    status = main(["score", str(model), str(folders / "new"), "--output", str(output)])
+    assert status == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("metarefine score: error:") and "pickle" in line
+    assert not output.exists()

@@ -20,6 +20,8 @@ _SOURCES = {
     "IQRRefiner": "._refine",
     "iqr_fence": "._scores",
     "neighbour_distances": "._scores",
+    "save": "._persistence",
+    "load": "._persistence",
 }
 
 __all__ = list(_SOURCES)

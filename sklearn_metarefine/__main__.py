@@ -1,6 +1,7 @@
-"""Command line of sklearn-metarefine: ``metarefine benchmark``.
+"""Command line of sklearn-metarefine: ``metarefine benchmark``, ``fit``, ``score``.
 
-Also reachable as ``python -m sklearn_metarefine``.
+Also reachable as ``python -m sklearn_metarefine``. This module parses
+arguments; the work is done in ``_benchmark``, ``_training`` and ``_inference``.
 """
 
 import argparse
@@ -182,7 +183,116 @@ def _parser():
         help="address of a running dask.distributed scheduler",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_fit_parser(commands)
+    _add_score_parser(commands)
     return parser
+
+
+_FIT_EPILOG = """\
+examples:
+  metarefine fit images/good --output line3.metarefine
+  metarefine fit images/good --output line3.metarefine --backbone alexnet --k 3
+  metarefine fit images/good --output line3.metarefine --set hidden_size=64
+
+Besides MODEL, writes MODEL's name with .dropped.csv (the training files the
+refinement dropped, with their anomaly score and round) and .dropped.png (a
+contact sheet of them), and .skipped.csv with --skip-unreadable.
+"""
+
+
+def _setting(text):
+    """NAME=VALUE of --set; VALUE is read as JSON when it is JSON, else as text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def _add_fit_parser(commands):
+    fit = commands.add_parser(
+        "fit",
+        help="fit a detector on a folder of (mostly) good images and save it",
+        description="Fit a MetaRefineDetector on every PNG, JPEG, BMP and TIFF "
+        "file under TRAIN_FOLDER (recursively) and save it to MODEL.",
+        epilog=_FIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fit.add_argument("train_folder", metavar="TRAIN_FOLDER")
+    fit.add_argument("--output", required=True, metavar="MODEL", help="model file")
+    fit.add_argument(
+        "--level",
+        choices=("image", "patch"),
+        default="image",
+        help="score whole images, or patches with anomaly maps (default: %(default)s)",
+    )
+    options = fit.add_argument_group("detector options (default: the detector's)")
+    options.add_argument("--backbone", choices=_BACKBONES)
+    options.add_argument("--weights", metavar="FILE", help="backbone state dict file")
+    options.add_argument("--image-size", type=int, metavar="PX")
+    options.add_argument("--n-scales", type=int, metavar="N")
+    options.add_argument("--n-views", type=int, metavar="N")
+    options.add_argument("--k", type=float, help="IQR multiplier of the fence")
+    options.add_argument("--max-iter", type=int, metavar="N", help="refinement rounds")
+    options.add_argument("--max-epochs", type=int, metavar="N")
+    options.add_argument("--start", choices=("neighbors", "trimmed", "full"))
+    options.add_argument("--seed", type=int, metavar="N", dest="random_state")
+    options.add_argument(
+        "--set",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other MetaRefineDetector parameter (repeatable)",
+    )
+    fit.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    fit.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="skip image files that cannot be decoded (default: stop)",
+    )
+    fit.add_argument("--no-progress", action="store_true", help="no progress")
+
+
+def _add_score_parser(commands):
+    score = commands.add_parser(
+        "score",
+        help="score image files with a saved model, one CSV row per file",
+        description="Score every image file given, and every PNG, JPEG, BMP and "
+        "TIFF file under the folders given (recursively), with MODEL. The CSV "
+        "has path, anomaly_score (higher = more anomalous), label (anomalous "
+        "above the threshold), threshold, threshold_source and error.",
+    )
+    score.add_argument("model", metavar="MODEL")
+    score.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS")
+    score.add_argument("--output", required=True, metavar="CSV", help="results file")
+    score.add_argument(
+        "--maps",
+        metavar="FOLDER",
+        help="write anomaly-map overlays (patch-level models)",
+    )
+    score.add_argument(
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="anomaly-score threshold (default: the model's)",
+    )
+    score.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="list unreadable files in the CSV instead of stopping",
+    )
+    score.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        metavar="N",
+        help="images read and scored at once (default: %(default)s)",
+    )
+    score.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    score.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _overrides(args):
@@ -237,6 +347,63 @@ def _benchmark(args):
         print(f"  {path}")
 
 
+def _fit(args):
+    from ._training import fit_folder
+
+    names = ("backbone", "weights", "image_size", "n_scales", "n_views", "k",
+             "max_iter", "max_epochs", "start", "random_state", "device")
+    params = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    params.update(args.set)
+    result = fit_folder(
+        args.train_folder,
+        args.output,
+        level=args.level,
+        params=params,
+        skip_unreadable=args.skip_unreadable,
+        progress=not args.no_progress,
+    )
+    print(
+        f"Fitted on {result.n_images} images; the refinement dropped "
+        f"{result.n_dropped}. Files written:"
+    )
+    written = [result.model, result.dropped_csv, result.contact_sheet]
+    for path in written + ([result.skipped_csv] if result.skipped else []):
+        print(f"  {path}")
+
+
+def _score(args):
+    from ._inference import load_model, print_summary, score_files
+
+    result = score_files(
+        load_model(args.model, device=args.device),
+        args.inputs,
+        args.output,
+        maps=args.maps,
+        threshold=args.threshold,
+        skip_unreadable=args.skip_unreadable,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    print_summary(result)
+
+
+def _run_file_command(args):
+    """Run fit or score; a problem with the input is one line on stderr, status 1."""
+    from ._image_files import InputError
+    from ._persistence import ModelFileError
+
+    command = {"fit": _fit, "score": _score}[args.command]
+    try:
+        command(args)
+    except (InputError, ModelFileError, FileNotFoundError) as error:
+        print(f"metarefine {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=sys.stderr)
+        return 130
+    return 0
+
+
 def main(argv=None):
     """Run the command line.
 
@@ -248,7 +415,7 @@ def main(argv=None):
     Returns
     -------
     status : int
-        0 on success, 1 when the benchmark cannot run as asked (the message
+        0 on success, 1 when the command cannot run as asked (the message
         says why), 2 for a command-line error, 130 when interrupted.
     """
     parser = _parser()
@@ -256,6 +423,8 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command in ("fit", "score"):
+        return _run_file_command(args)
     try:
         _benchmark(args)
     except (BenchmarkError, FileNotFoundError, json.JSONDecodeError) as error:

@@ -1,0 +1,104 @@
+"""Image files for the command line: finding them, reading them, naming outputs."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from ._features._images import _pil_to_array
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class InputError(Exception):
+    """A problem with the command's input that its message fully explains."""
+
+
+class UnreadableImageError(InputError):
+    """An image file that cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image file found from the command line.
+
+    ``path`` is the file as the program opens it; ``name`` is its path relative
+    to the folder it was found in, prefixed by that folder's name (its own name
+    for a file given directly), and names the files written for it.
+    """
+
+    path: str
+    name: str
+
+
+def _is_image(path):
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(inputs):
+    """Every image named by ``inputs``: files as given, folders recursively.
+
+    Inside a folder, the files with an image suffix (PNG, JPEG, BMP, TIFF, in
+    any case) are listed by relative path, so the order does not depend on the
+    file system. A file given directly is taken whatever its suffix.
+    """
+    found = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_file():
+            found.append(ImageFile(os.fspath(path), path.name))
+        elif path.is_dir():
+            files = sorted(
+                (f for f in path.rglob("*") if f.is_file() and _is_image(f)),
+                key=lambda f: f.relative_to(path).as_posix(),
+            )
+            found.extend(
+                ImageFile(
+                    os.fspath(f),
+                    (Path(path.resolve().name) / f.relative_to(path)).as_posix(),
+                )
+                for f in files
+            )
+        else:
+            raise InputError(f"{os.fspath(given)!r}: no such file or folder.")
+    if not found:
+        raise InputError(
+            f"No image files ({', '.join(IMAGE_SUFFIXES)}) in "
+            f"{', '.join(repr(os.fspath(g)) for g in inputs)}."
+        )
+    return found
+
+
+def read_image(path):
+    """The pixels of an image file as the detectors read them.
+
+    Raises UnreadableImageError, naming the file, when it cannot be decoded.
+    """
+    try:
+        with Image.open(path) as image:
+            return _pil_to_array(image)
+    except Exception as error:
+        # PIL signals undecodable files with several types (OSError, SyntaxError,
+        # ValueError, DecompressionBombError); all mean the same here.
+        raise UnreadableImageError(
+            f"cannot read image file {os.fspath(path)!r}: {error}"
+        ) from None
+
+
+def output_names(files, suffix):
+    """One output file name per image: its name with ``suffix``, made unique.
+
+    Two images that differ only by their suffix (``a.png``, ``a.jpg``) get
+    ``a.png`` and ``a-2.png``; the CSV says which is whose.
+    """
+    used, names = set(), []
+    for file in files:
+        stem = str(Path(file.name).with_suffix(""))
+        name, n = stem + suffix, 1
+        while name in used:
+            n += 1
+            name = f"{stem}-{n}{suffix}"
+        used.add(name)
+        names.append(name)
+    return names

@@ -1,0 +1,241 @@
+"""``metarefine score``: score image files with a saved model, batch by batch.
+
+Memory holds one batch of decoded images (and of anomaly maps) at a time; each
+batch's rows are written before the next batch is read. The CSV is written to
+``<output>.part`` and renamed when complete, so a run that stops leaves no CSV
+that looks finished.
+"""
+
+import csv
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._image_files import (
+    InputError,
+    UnreadableImageError,
+    list_images,
+    output_names,
+    read_image,
+)
+from ._persistence import load, nested_estimators
+from ._pictures import map_overlay
+
+COLUMNS = ["path", "anomaly_score", "label", "threshold", "threshold_source", "error"]
+
+
+@dataclass
+class ScoreResult:
+    """Counts of a ``score_files`` run and the threshold it used."""
+
+    output: Path
+    n_scored: int
+    n_anomalous: int
+    n_skipped: int
+    threshold: float
+    threshold_source: str
+
+
+def quiet(estimator):
+    """Set the verbosity of the estimator and of all its components to 0."""
+    for component in nested_estimators(estimator):
+        params = component.get_params(deep=False)
+        if "verbose" in params:
+            # Pipeline's verbose is a bool, the others' an int.
+            component.set_params(
+                verbose=False if isinstance(params["verbose"], bool) else 0
+            )
+
+
+def check_device(device):
+    """``device`` if this machine has it, else InputError saying what to pass."""
+    from ._torch_utils import resolve_device
+
+    try:
+        resolve_device(device)
+    except (RuntimeError, ValueError) as error:
+        raise InputError(f"--device {device}: {error}") from None
+    return device
+
+
+def load_model(path, device="auto"):
+    """The model in file ``path``, on ``device``, silent."""
+    model = load(path, device=check_device(device))
+    quiet(model)
+    return model
+
+
+def scores_images(model):
+    """Whether ``model`` takes images (rather than feature vectors) as input."""
+    from sklearn.pipeline import Pipeline
+
+    from ._detector import MetaRefineDetector
+    from ._features import PretrainedFeatures
+
+    if isinstance(model, MetaRefineDetector):
+        return model.backbone is not None
+    if isinstance(model, Pipeline):
+        return isinstance(model.steps[0][1], PretrainedFeatures)
+    # Patch-level detectors embed images themselves.
+    return hasattr(model, "anomaly_map")
+
+
+def model_threshold(model, threshold=None):
+    """The anomaly-score threshold and where it comes from ("model", "--threshold").
+
+    The model's is ``-offset_``: an image is anomalous when its anomaly score
+    (minus ``score_samples``) is above it, exactly when ``predict`` says -1.
+    """
+    if threshold is not None:
+        return float(threshold), "--threshold"
+    return float(-model.offset_), "model"
+
+
+def _read_batch(files, skip_unreadable):
+    """Decoded images of a batch, and an error message (or None) per file."""
+    images, errors = [], []
+    for file in files:
+        try:
+            images.append(read_image(file.path))
+            errors.append(None)
+        except UnreadableImageError as error:
+            if not skip_unreadable:
+                raise
+            errors.append(str(error))
+    return images, errors
+
+
+def score_files(
+    model,
+    inputs,
+    output,
+    *,
+    maps=None,
+    threshold=None,
+    skip_unreadable=False,
+    batch_size=32,
+    progress=True,
+):
+    """Score every image named by ``inputs`` and write one CSV row per file.
+
+    Parameters
+    ----------
+    model : fitted detector
+        A detector that takes images (see :func:`scores_images`).
+    inputs : sequence of path-like
+        Image files and folders (searched recursively).
+    output : path-like
+        CSV to write: ``path, anomaly_score, label, threshold,
+        threshold_source, error``, plus ``map`` with ``maps``. The anomaly score
+        is minus ``score_samples`` (higher = more anomalous); the label is
+        ``anomalous`` above the threshold, ``normal`` otherwise, and
+        ``skipped`` for an unreadable file with ``skip_unreadable`` (then
+        ``error`` says why).
+    maps : path-like, default=None
+        Folder for anomaly-map overlays (PNG), one per image; needs a model
+        with ``anomaly_map``.
+    threshold : float, default=None
+        Anomaly-score threshold; None uses the model's (``-offset_``).
+    skip_unreadable : bool, default=False
+        Skip files that cannot be decoded instead of stopping.
+    batch_size : int, default=32
+        Images decoded and scored at once.
+    progress : bool, default=True
+        A progress bar on stderr.
+
+    Returns
+    -------
+    result : ScoreResult
+    """
+    if not scores_images(model):
+        raise InputError(
+            "The model scores feature vectors, not images (it was fitted with "
+            "backbone=None, or is not an image pipeline)."
+        )
+    if maps is not None and not hasattr(model, "anomaly_map"):
+        raise InputError(
+            "--maps needs a patch-level model (one with anomaly maps); this model "
+            "scores whole images. Fit one with `metarefine fit --level patch`."
+        )
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
+    files = list_images(inputs)
+    threshold, source = model_threshold(model, threshold)
+    map_names = output_names(files, ".png") if maps is not None else None
+    counts = {"scored": 0, "anomalous": 0, "skipped": 0}
+    partial = f"{os.fspath(output)}.part"
+    bar = tqdm(total=len(files), unit="image", desc="Scoring", disable=not progress)
+    try:
+        with open(partial, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(COLUMNS + (["map"] if maps is not None else []))
+            for start in range(0, len(files), batch_size):
+                batch = files[start : start + batch_size]
+                names = map_names[start : start + batch_size] if maps else None
+                rows = _score_batch(
+                    model, batch, names, maps, threshold, source, skip_unreadable
+                )
+                for row in rows:
+                    key = "skipped" if row[2] == "skipped" else "scored"
+                    counts[key] += 1
+                    counts["anomalous"] += row[2] == "anomalous"
+                writer.writerows(rows)
+                handle.flush()
+                bar.update(len(batch))
+        os.replace(partial, output)
+    finally:
+        bar.close()
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return ScoreResult(
+        output=Path(output),
+        n_scored=counts["scored"],
+        n_anomalous=counts["anomalous"],
+        n_skipped=counts["skipped"],
+        threshold=threshold,
+        threshold_source=source,
+    )
+
+
+def _score_batch(model, files, map_names, maps, threshold, source, skip_unreadable):
+    """The CSV rows of one batch, in the order of ``files``."""
+    images, errors = _read_batch(files, skip_unreadable)
+    anomaly = -model.score_samples(images) if images else np.empty(0)
+    anomaly_maps = model.anomaly_map(images) if maps is not None and images else None
+    rows, scored = [], 0
+    for index, (file, error) in enumerate(zip(files, errors)):
+        if error is not None:
+            row = [file.path, "", "skipped", repr(threshold), source, error]
+            rows.append(row + ([""] if maps is not None else []))
+            continue
+        score = float(anomaly[scored])
+        label = "anomalous" if score > threshold else "normal"
+        row = [file.path, repr(score), label, repr(threshold), source, ""]
+        if maps is not None:
+            map_path = Path(maps) / map_names[index]
+            map_path.parent.mkdir(parents=True, exist_ok=True)
+            map_overlay(images[scored], anomaly_maps[scored], threshold).save(map_path)
+            row.append(os.fspath(map_path))
+        rows.append(row)
+        scored += 1
+    return rows
+
+
+def print_summary(result, file=None):
+    """One paragraph on what ``score_files`` did, on ``file`` (default: stdout)."""
+    file = sys.stdout if file is None else file
+    print(
+        f"Scored {result.n_scored} images: {result.n_anomalous} anomalous at "
+        f"threshold {result.threshold:.6g} ({result.threshold_source}).",
+        file=file,
+    )
+    if result.n_skipped:
+        print(
+            f"Skipped {result.n_skipped} unreadable files (listed in the CSV).",
+            file=file,
+        )
+    print(f"Wrote {result.output}", file=file)

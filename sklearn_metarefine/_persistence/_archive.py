@@ -1,0 +1,173 @@
+"""The model file as bytes: a zip of a JSON manifest, safetensors and skops members.
+
+Reading checks everything it can before anything is decoded: the file is a zip,
+it holds only the members the format knows, the manifest is strict JSON of the
+expected format and version, and every other member matches the SHA-256 the
+manifest records. Nothing here imports torch or unpickles.
+"""
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+import zipfile
+
+FORMAT = "sklearn-metarefine model"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ARRAYS = "arrays.safetensors"
+_SKOPS_MEMBER = re.compile(r"skops/[0-9]+\.skops")
+# A manifest holds parameters and names, not data; anything near this size is
+# not one of ours, and reading it whole would only cost memory.
+_MAX_MANIFEST_BYTES = 64 * 2**20
+_PICKLE_PROTOCOL_2_PLUS = b"\x80"
+
+
+class ModelFileError(ValueError):
+    """A file that is not a readable sklearn-metarefine model; nothing in it ran."""
+
+
+class ModelVersionWarning(UserWarning):
+    """A model file written with other versions than the ones installed."""
+
+
+def skops_member(index):
+    """Name of the ``index``-th skops member of a model file."""
+    return f"skops/{index}.skops"
+
+
+def _sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_archive(path, manifest, members):
+    """Write the model file at ``path`` atomically.
+
+    ``members`` maps member names to bytes; their SHA-256 go into the manifest,
+    which is written first so that a reader finds it without scanning.
+    """
+    manifest = {**manifest, "members": {n: _sha256(d) for n, d in members.items()}}
+    text = json.dumps(manifest, indent=1, allow_nan=False, sort_keys=False)
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=".model-", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as raw, zipfile.ZipFile(raw, "w") as archive:
+            archive.writestr(MANIFEST, text, compress_type=zipfile.ZIP_DEFLATED)
+            for name, data in members.items():
+                # Float tensors barely compress; skops' JSON does.
+                method = zipfile.ZIP_STORED if name == ARRAYS else zipfile.ZIP_DEFLATED
+                archive.writestr(name, data, compress_type=method)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _refuse_non_zip(path):
+    with open(path, "rb") as file:
+        head = file.read(2)
+    if head.startswith(_PICKLE_PROTOCOL_2_PLUS):
+        detail = (
+            "it looks like a pickle (from pickle, joblib or torch.save), which can "
+            "run arbitrary code when loaded; this loader never unpickles"
+        )
+    else:
+        detail = "it is not a zip archive"
+    raise ModelFileError(
+        f"{path!r} is not a sklearn-metarefine model file: {detail}. Model files "
+        "are written by sklearn_metarefine.save or `metarefine fit`."
+    )
+
+
+def _strict_constant(name):
+    raise ModelFileError(f"the manifest holds the non-standard JSON constant {name}")
+
+
+def _parse_manifest(text, path):
+    try:
+        manifest = json.loads(text, parse_constant=_strict_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFileError(f"{path!r}: its manifest is not valid JSON ({error}).")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ModelFileError(
+            f"{path!r} is a zip archive but not a sklearn-metarefine model file "
+            f"(its {MANIFEST} does not declare format {FORMAT!r})."
+        )
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFileError(f"{path!r}: invalid format_version {version!r}.")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path!r} uses model format {version}, newer than the {FORMAT_VERSION} "
+            "this sklearn-metarefine reads; upgrade sklearn-metarefine."
+        )
+    for key in ("members", "versions", "estimator"):
+        if not isinstance(manifest.get(key), dict):
+            raise ModelFileError(f"{path!r}: the manifest has no valid {key!r}.")
+    return manifest
+
+
+def read_archive(path):
+    """The manifest and the verified members of the model file at ``path``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Model file {path!r} not found.")
+    if not zipfile.is_zipfile(path):
+        _refuse_non_zip(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            names = [info.filename for info in infos]
+            if len(set(names)) != len(names):
+                raise ModelFileError(f"{path!r} holds the same member twice.")
+            unknown = [
+                n
+                for n in names
+                if n not in (MANIFEST, ARRAYS) and not _SKOPS_MEMBER.fullmatch(n)
+            ]
+            if MANIFEST not in names or unknown:
+                raise ModelFileError(
+                    f"{path!r} is a zip archive but not a sklearn-metarefine model "
+                    f"file: it holds {sorted(unknown) or 'no ' + MANIFEST}."
+                )
+            if archive.getinfo(MANIFEST).file_size > _MAX_MANIFEST_BYTES:
+                raise ModelFileError(f"{path!r}: its manifest is implausibly large.")
+            manifest = _parse_manifest(archive.read(MANIFEST), path)
+            members = {n: archive.read(n) for n in names if n != MANIFEST}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
+        raise ModelFileError(f"{path!r}: damaged zip archive ({error}).") from None
+    recorded = manifest["members"]
+    if set(recorded) != set(members):
+        raise ModelFileError(
+            f"{path!r}: its members {sorted(members)} are not the ones its manifest "
+            f"lists ({sorted(recorded)}); the file was altered after it was saved."
+        )
+    for name, data in members.items():
+        if _sha256(data) != recorded[name]:
+            raise ModelFileError(
+                f"{path!r}: member {name!r} does not match the checksum in the "
+                "manifest; the file was altered or damaged after it was saved."
+            )
+    return manifest, members
+
+
+def warn_on_version_mismatch(recorded, installed, path):
+    """Warn once per library whose recorded version differs from the installed one."""
+    different = [
+        f"{name} {recorded.get(name)} (installed: {version})"
+        for name, version in installed.items()
+        if recorded.get(name) is not None
+        and version is not None
+        and recorded.get(name) != version
+    ]
+    if different:
+        warnings.warn(
+            f"Model file {path!r} was written with {', '.join(different)}. It loads, "
+            "but scores can differ from those at saving time; refit, or check a few "
+            "known images.",
+            ModelVersionWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,80 @@
+"""Pictures the command line writes: a contact sheet of images, anomaly-map overlays."""
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ._image_files import UnreadableImageError, read_image
+
+_CAPTION_LINE = 12
+_MARGIN = 4
+
+
+def _as_rgb8(pixels):
+    """(H, W[, C]) pixels as read by :func:`read_image` -> (H, W, 3) uint8."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype.kind == "f":
+        pixels = np.round(np.clip(pixels, 0.0, 1.0) * 255.0)
+    pixels = pixels.astype(np.uint8)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+
+
+def contact_sheet(entries, path, *, title, columns=8, thumbnail=128):
+    """Write a PNG grid of thumbnails, each above its caption lines.
+
+    ``entries`` is a sequence of ``(image path, [caption lines])``; images are
+    read one at a time, so memory holds the sheet and one image. An image that
+    cannot be read gets an empty cell with its caption.
+    """
+    n_lines = max((len(lines) for _, lines in entries), default=0)
+    cell_w = thumbnail + 2 * _MARGIN
+    cell_h = thumbnail + 2 * _MARGIN + n_lines * _CAPTION_LINE
+    rows = -(-len(entries) // columns)
+    width = cell_w * max(1, min(columns, len(entries)))
+    width = max(width, 6 * len(title) + 2 * _MARGIN)
+    sheet = Image.new("RGB", (width, _CAPTION_LINE * 2 + rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((_MARGIN, _MARGIN), title, fill="black")
+    for index, (image_path, lines) in enumerate(entries):
+        left = (index % columns) * cell_w + _MARGIN
+        top = _CAPTION_LINE * 2 + (index // columns) * cell_h + _MARGIN
+        try:
+            image = Image.fromarray(_as_rgb8(read_image(image_path)))
+            scale = thumbnail / max(image.size)
+            size = tuple(max(1, round(side * scale)) for side in image.size)
+            # Small images are enlarged pixel by pixel, large ones filtered down.
+            image = image.resize(size, Image.NEAREST if scale > 1 else Image.LANCZOS)
+            sheet.paste(image, (left, top))
+        except UnreadableImageError:
+            draw.rectangle(
+                (left, top, left + thumbnail, top + thumbnail), outline="red"
+            )
+        for n, line in enumerate(lines):
+            y = top + thumbnail + 2 + n * _CAPTION_LINE
+            draw.text((left, y), line, fill="black")
+    sheet.save(path)
+
+
+def map_overlay(pixels, anomaly_map, threshold):
+    """An image with its anomaly map blended over it, as a PIL image.
+
+    Colours run (jet) from the map's lowest value to the larger of its highest
+    value and ``threshold``: red marks where the map reaches the threshold,
+    and a map entirely below it never turns red.
+    """
+    from matplotlib import colormaps
+
+    rgb = _as_rgb8(pixels)
+    height, width = rgb.shape[:2]
+    values = np.asarray(anomaly_map, dtype=np.float32)
+    if values.shape != (height, width):
+        values = np.asarray(
+            Image.fromarray(values, mode="F").resize((width, height), Image.BILINEAR)
+        )
+    low = float(values.min())
+    high = max(float(values.max()), float(threshold))
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    colours = colormaps["jet"](scaled)[..., :3] * 255.0
+    blended = 0.5 * rgb + 0.5 * colours
+    return Image.fromarray(np.round(blended).astype(np.uint8))

@@ -1,0 +1,306 @@
+"""`metarefine fit` and `metarefine score` on generated image folders."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+from PIL import Image
+
+from sklearn_metarefine import MetaRefineDetector, load
+from sklearn_metarefine.__main__ import main
+from sklearn_metarefine._image_files import InputError, list_images, output_names
+from sklearn_metarefine._inference import COLUMNS, score_files
+
+TINY = (
+    "--image-size 32 --n-scales 1 --max-epochs 3 --device cpu --seed 0 "
+    "--set hidden_size=8 --set n_blocks=2 --set pca_components=4"
+).split()
+
+
+def _image(rng, defect):
+    pixels = 100 + rng.randint(0, 30, (40, 48, 3))
+    if defect:
+        pixels[10:30, 12:32] = 255
+    return pixels.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """train/ (a subfolder, PNG and JPEG, 3 defective, a corrupt file, a text
+    file) and new/ (2 good, 2 defective, a corrupt file)."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.RandomState(0)
+    (root / "train" / "line2").mkdir(parents=True)
+    for i in range(24):
+        folder = root / "train" / ("line2" if i % 4 == 0 else "")
+        suffix = ".jpg" if i % 5 == 0 else ".png"
+        Image.fromarray(_image(rng, defect=i >= 21)).save(
+            folder / f"part{i:02d}{suffix}"
+        )
+    (root / "train" / "line2" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (root / "train" / "notes.txt").write_text("not an image")
+    (root / "new").mkdir()
+    for i in range(4):
+        Image.fromarray(_image(rng, defect=i >= 2)).save(root / "new" / f"new{i}.bmp")
+    (root / "new" / "truncated.png").write_bytes(b"")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fitted(folders):
+    """The model fitted by the command, skipping the corrupt training file."""
+    model = folders / "models" / "line.metarefine"
+    status = main(
+        [
+            "fit",
+            str(folders / "train"),
+            "--output",
+            str(model),
+            "--skip-unreadable",
+            "--no-progress",
+            *TINY,
+        ]
+    )
+    assert status == 0
+    return model
+
+
+def _rows(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_listing_is_recursive_sorted_and_filtered(folders):
+    files = list_images([folders / "train"])
+    names = [f.name for f in files]
+    assert names == sorted(names)
+    assert len(files) == 25  # 24 images and the corrupt PNG; not the text file
+    assert "train/line2/part00.jpg" in names and "train/notes.txt" not in names
+    with pytest.raises(InputError, match="no such file or folder"):
+        list_images([folders / "missing"])
+
+
+def test_output_names_are_unique(folders):
+    files = list_images([folders / "new"]) + list_images([folders / "new" / "new0.bmp"])
+    names = output_names(files, ".png")
+    assert len(set(names)) == len(names)
+    assert names[0] == "new/new0.png" and names[-1] == "new0.png"
+
+
+def test_fit_stops_at_an_unreadable_file_and_names_it(folders, capsys, tmp_path):
+    model = tmp_path / "m.metarefine"
+    status = main(["fit", str(folders / "train"), "--output", str(model), *TINY])
+    assert status == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("metarefine fit: error: cannot read image file")
+    assert "corrupt.png" in error and "Traceback" not in error
+    assert not model.exists()
+
+
+def test_fit_writes_model_and_report_of_dropped_files(folders, fitted):
+    model = load(fitted)
+    assert isinstance(model, MetaRefineDetector)
+    dropped_csv = fitted.with_name("line.dropped.csv")
+    rows = _rows(dropped_csv)
+    assert list(rows[0]) == ["path", "anomaly_score", "round", "label"]
+    training = [
+        f.path for f in list_images([folders / "train"]) if "corrupt" not in f.path
+    ]
+    dropped = [p for p, kept in zip(training, model.inlier_mask_) if not kept]
+    assert sorted(row["path"] for row in rows) == sorted(dropped)
+    scores = [float(row["anomaly_score"]) for row in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert_allclose(
+        scores, -model.score_samples([row["path"] for row in rows]), rtol=1e-5
+    )
+    rounds = {row["path"]: int(row["round"]) for row in rows}
+    for path, removed_at in zip(training, model.removed_at_iter_):
+        assert rounds.get(path, -1) == removed_at
+
+    sheet = Image.open(fitted.with_name("line.dropped.png"))
+    n_rows = math.ceil(len(rows) / 8)
+    assert sheet.height == 24 + n_rows * (128 + 8 + 2 * 12)
+    skipped = _rows(fitted.with_name("line.skipped.csv"))
+    assert [row["path"] for row in skipped] == [
+        str(folders / "train/line2/corrupt.png")
+    ]
+    assert "cannot read image file" in skipped[0]["error"]
+
+
+def test_score_stops_at_an_unreadable_file_and_leaves_no_csv(folders, fitted, capsys):
+    output = folders / "stopped.csv"
+    status = main(
+        [
+            "score",
+            str(fitted),
+            str(folders / "new"),
+            "--output",
+            str(output),
+            "--no-progress",
+        ]
+    )
+    assert status == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "truncated.png" in error and error.startswith("metarefine score: error:")
+    assert not output.exists() and not output.with_name("stopped.csv.part").exists()
+
+
+def test_score_writes_a_row_per_file(folders, fitted, capsys):
+    output = folders / "results.csv"
+    inputs = [str(folders / "new"), str(folders / "train" / "part01.png")]
+    status = main(
+        [
+            "score",
+            str(fitted),
+            *inputs,
+            "--output",
+            str(output),
+            "--skip-unreadable",
+            "--batch-size",
+            "2",
+            "--no-progress",
+        ]
+    )
+    assert status == 0
+    assert "Skipped 1 unreadable" in capsys.readouterr().out
+    rows = _rows(output)
+    assert list(rows[0]) == COLUMNS
+    expected = [f.path for f in list_images(inputs)]
+    assert [row["path"] for row in rows] == expected
+
+    skipped = [row for row in rows if row["label"] == "skipped"]
+    assert [row["path"] for row in skipped] == [str(folders / "new" / "truncated.png")]
+    assert skipped[0]["anomaly_score"] == "" and "cannot read" in skipped[0]["error"]
+
+    model = load(fitted)
+    scored = [row for row in rows if row["label"] != "skipped"]
+    paths = [row["path"] for row in scored]
+    scores = np.array([float(row["anomaly_score"]) for row in scored])
+    # The CNN computes in float32, and its last bits depend on the batch
+    # an image is in: the command's batches are not these.
+    assert_allclose(scores, -model.score_samples(paths), rtol=1e-5)
+    labels = np.array([row["label"] for row in scored])
+    assert_allclose(float(scored[0]["threshold"]), -model.offset_)
+    assert {row["threshold_source"] for row in rows} == {"model"}
+    predicted = np.where(model.predict(paths) == -1, "anomalous", "normal")
+    np.testing.assert_array_equal(labels, predicted)
+
+
+def test_score_threshold_option_overrides_the_models(folders, fitted):
+    output = folders / "overridden.csv"
+    threshold = -1e300
+    status = main(
+        [
+            "score",
+            str(fitted),
+            str(folders / "new" / "new0.bmp"),
+            str(folders / "new" / "new3.bmp"),
+            "--output",
+            str(output),
+            f"--threshold={threshold!r}",
+            "--no-progress",
+        ]
+    )
+    assert status == 0
+    rows = _rows(output)
+    assert {row["label"] for row in rows} == {"anomalous"}
+    assert {row["threshold_source"] for row in rows} == {"--threshold"}
+    assert {float(row["threshold"]) for row in rows} == {threshold}
+
+
+def test_maps_need_a_patch_level_model(folders, fitted, capsys):
+    status = main(
+        [
+            "score",
+            str(fitted),
+            str(folders / "new" / "new0.bmp"),
+            "--output",
+            str(folders / "x.csv"),
+            "--maps",
+            str(folders / "maps"),
+            "--no-progress",
+        ]
+    )
+    assert status == 1
+    assert "--maps needs a patch-level model" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    "level" in MetaRefineDetector._get_param_names(),
+    reason="the patch-level detector is there",
+)
+def test_patch_level_fit_says_it_is_not_available_yet(folders, capsys, tmp_path):
+    status = main(
+        [
+            "fit",
+            str(folders / "new"),
+            "--output",
+            str(tmp_path / "m"),
+            "--level",
+            "patch",
+        ]
+    )
+    assert status == 1
+    assert "not available in this version" in capsys.readouterr().err
+
+
+def test_unknown_detector_parameter_is_refused(folders, capsys, tmp_path):
+    status = main(
+        ["fit", str(folders / "new"), "--output", str(tmp_path / "m"), "--set", "kk=3"]
+    )
+    assert status == 1
+    assert "kk: not a parameter of MetaRefineDetector" in capsys.readouterr().err
+
+
+class _BrightnessMaps:
+    """A stand-in patch-level model: the map is each pixel's brightness."""
+
+    offset_ = -0.75
+
+    def anomaly_map(self, images):
+        return np.stack([np.asarray(i, dtype=float).mean(axis=2) / 255 for i in images])
+
+    def score_samples(self, images):
+        return -self.anomaly_map(images).max(axis=(1, 2))
+
+
+def test_maps_are_written_as_overlays_at_the_image_size(folders, tmp_path):
+    output, maps = tmp_path / "maps.csv", tmp_path / "maps"
+    files = [folders / "new" / f"new{i}.bmp" for i in range(4)]
+    result = score_files(_BrightnessMaps(), files, output, maps=maps, progress=False)
+    assert result.n_anomalous == 2  # the two with a white square
+    rows = _rows(output)
+    assert list(rows[0]) == COLUMNS + ["map"]
+    for row in rows:
+        overlay = Image.open(row["map"])
+        assert overlay.size == (48, 40) and overlay.mode == "RGB"
+        pixels = np.asarray(overlay)
+        # Red marks pixels at or above the threshold: only the white square.
+        red = pixels[..., 0].astype(int) - pixels[..., 2] > 50
+        assert red[20, 20] == (row["label"] == "anomalous")
+        assert not red[2, 2]
+
+
+def test_a_map_of_another_size_is_resized_to_the_image():
+    from sklearn_metarefine._pictures import map_overlay
+
+    pixels = np.full((40, 48), 120, np.uint8)
+    small_map = np.zeros((10, 12))
+    small_map[:5, :6] = 1.0
+    overlay = np.asarray(map_overlay(pixels, small_map, threshold=0.5))
+    assert overlay.shape == (40, 48, 3)
+    red = overlay[..., 0].astype(int) - overlay[..., 2] > 50
+    assert red[5, 5] and not red[35, 40]
+
+
+def test_score_refuses_a_pickle_as_model_in_one_line(folders, capsys, tmp_path):
+    model = tmp_path / "model.pkl"
+    model.write_bytes(b"\x80\x04\x95" + bytes(20))
+    output = tmp_path / "out.csv"
+    status = main(["score", str(model), str(folders / "new"), "--output", str(output)])
+    assert status == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("metarefine score: error:") and "pickle" in line
+    assert not output.exists()

@@ -1,0 +1,337 @@
+"""Model files: identical scores after a round trip; nothing runs from a bad file."""
+
+import json
+import os
+import pickle
+import zipfile
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.ensemble import IsolationForest
+from sklearn.neighbors import LocalOutlierFactor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from sklearn_metarefine import (
+    FlowDetector,
+    IQRRefiner,
+    MAMLFlowDetector,
+    MetaRefineDetector,
+    PretrainedFeatures,
+    load,
+    save,
+)
+from sklearn_metarefine._persistence import ModelFileError, ModelVersionWarning
+
+TINY_FLOW = {"n_blocks": 2, "hidden_size": 8, "max_epochs": 3, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def table():
+    rng = np.random.RandomState(0)
+    return np.vstack([rng.normal(size=(60, 4)), rng.normal(6, 1, size=(6, 4))])
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.RandomState(1).randint(0, 256, (24, 32, 32, 3), np.uint8)
+
+
+@pytest.fixture(scope="module")
+def image_detector(images):
+    detector = MetaRefineDetector(
+        image_size=32, n_scales=2, pca_components=4, random_state=0, **TINY_FLOW
+    )
+    return detector.fit(images)
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    return tmp_path / "model.metarefine"
+
+
+class _CreatesFile:
+    """Unpickling this object opens ``path`` for writing, creating the file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _rewrite(path, *, manifest=None, members=None):
+    """Rewrite a model file with a changed manifest and/or members."""
+    with zipfile.ZipFile(path) as archive:
+        contents = {name: archive.read(name) for name in archive.namelist()}
+    if manifest is not None:
+        contents["manifest.json"] = json.dumps(manifest).encode()
+    contents.update(members or {})
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in contents.items():
+            archive.writestr(name, data)
+
+
+def _manifest(path):
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("manifest.json"))
+
+
+def test_image_detector_round_trip_scores_identically(
+    image_detector, images, model_path
+):
+    save(image_detector, model_path)
+    loaded = load(model_path)
+    assert type(loaded) is MetaRefineDetector
+    assert loaded.get_params() == image_detector.get_params()
+    assert_array_equal(
+        loaded.score_samples(images), image_detector.score_samples(images)
+    )
+    assert_array_equal(loaded.predict(images), image_detector.predict(images))
+    assert loaded.offset_ == image_detector.offset_
+    assert_array_equal(loaded.removed_at_iter_, image_detector.removed_at_iter_)
+    # Shared objects stay shared, so the detector's shortcuts are its pipeline's.
+    assert loaded.refiner_ is loaded.pipeline_[-1]
+    assert loaded.inlier_mask_ is loaded.refiner_.inlier_mask_
+
+
+def test_refiner_around_isolation_forest_round_trip(table, model_path):
+    refiner = IQRRefiner(IsolationForest(random_state=0), random_state=0).fit(table)
+    save(refiner, model_path)
+    assert any(n.startswith("skops/") for n in zipfile.ZipFile(model_path).namelist())
+    loaded = load(model_path)
+    assert type(loaded.estimator_) is IsolationForest
+    assert_array_equal(loaded.score_samples(table), refiner.score_samples(table))
+    assert_array_equal(loaded.inlier_mask_, refiner.inlier_mask_)
+    assert loaded.estimator.get_params() == refiner.estimator.get_params()
+
+
+def test_refiner_around_lof_round_trip(table, model_path):
+    refiner = IQRRefiner(LocalOutlierFactor(novelty=True), random_state=0).fit(table)
+    save(refiner, model_path)
+    assert_array_equal(
+        load(model_path).score_samples(table), refiner.score_samples(table)
+    )
+
+
+@pytest.mark.parametrize("detector_class", [FlowDetector, MAMLFlowDetector])
+def test_flow_round_trip(detector_class, table, model_path):
+    detector = detector_class(pca_components=3, random_state=0, **TINY_FLOW).fit(table)
+    save(detector, model_path)
+    loaded = load(model_path)
+    assert loaded.get_params() == detector.get_params()
+    assert_array_equal(loaded.score_samples(table), detector.score_samples(table))
+    assert loaded.noise_variance_ == detector.noise_variance_
+    assert type(loaded.noise_variance_) is type(detector.noise_variance_)
+
+
+def test_refined_flow_round_trip_and_unfitted_estimators(table, model_path):
+    refiner = IQRRefiner(FlowDetector(random_state=0, **TINY_FLOW), random_state=0)
+    save(refiner, model_path)
+    assert not hasattr(load(model_path), "estimator_")
+    refiner.fit(table)
+    save(refiner, model_path)
+    assert_array_equal(
+        load(model_path).score_samples(table), refiner.score_samples(table)
+    )
+
+
+def test_unusual_parameter_values_round_trip(table, model_path, tmp_path):
+    features = PretrainedFeatures(
+        "efficientnet_lite0",
+        image_size=(32, 48),
+        n_scales=1,
+        memory=joblib.Memory(tmp_path / "cache", verbose=0),
+        device=torch.device("cpu"),
+        random_state=np.random.RandomState(3),
+    )
+    save(features, model_path)
+    loaded = load(model_path)
+    assert loaded.image_size == (32, 48)
+    assert features.memory is not None and loaded.memory is None
+    assert loaded.device == "cpu"
+    assert_array_equal(
+        loaded.random_state.get_state()[1], features.random_state.get_state()[1]
+    )
+
+
+def test_a_cache_folder_in_a_file_is_not_used(model_path, tmp_path):
+    save(MetaRefineDetector(), model_path)
+    manifest = _manifest(model_path)
+    manifest["estimator"]["$estimator"]["params"]["memory"] = str(tmp_path / "x")
+    _rewrite(model_path, manifest=manifest)
+    assert load(model_path).memory is None
+
+
+def test_device_argument_replaces_every_device_parameter(image_detector, model_path):
+    save(image_detector.set_params(device="auto"), model_path)
+    loaded = load(model_path, device="cpu")
+    devices = {
+        loaded.device,
+        loaded.pipeline_[0].device,
+        loaded.refiner_.estimator_.device,
+    }
+    assert devices == {"cpu"}
+    assert loaded.pipeline_[0].device_ == torch.device("cpu")
+    image_detector.set_params(device="cpu")
+
+
+def test_a_module_backbone_is_refused_with_the_reason(images, model_path):
+    features = PretrainedFeatures(torch.nn.Conv2d(3, 4, 3), n_scales=1, image_size=16)
+    with pytest.raises(TypeError, match="backbone is a torch.nn.Module.*holds no code"):
+        save(features.fit(images), model_path)
+    assert not model_path.exists()
+
+
+def _double(X):
+    return 2 * X
+
+
+def test_untrusted_types_warn_on_saving_and_need_trust_to_load(table, model_path):
+    detector = make_pipeline(
+        FunctionTransformer(func=_double), IsolationForest(random_state=0)
+    )
+    refiner = IQRRefiner(detector, random_state=0).fit(table)
+    with pytest.warns(UserWarning, match="does not trust.*_double"):
+        save(refiner, model_path)
+    with pytest.raises(ModelFileError, match="not trusted.*_double.*trusted="):
+        load(model_path)
+    loaded = load(model_path, trusted=[f"{__name__}._double"])
+    assert loaded.estimator_[0].func is _double
+    assert_array_equal(loaded.score_samples(table), refiner.score_samples(table))
+
+
+def test_a_pickle_renamed_as_model_is_refused_and_does_not_run(tmp_path, model_path):
+    target = tmp_path / "created_by_payload"
+    payload = pickle.dumps(_CreatesFile(str(target)))
+    # The payload is real: unpickling it creates a file.
+    proof = tmp_path / "proof"
+    pickle.loads(pickle.dumps(_CreatesFile(str(proof)))).close()
+    assert proof.exists()
+
+    model_path.write_bytes(payload)
+    with pytest.raises(ModelFileError, match="looks like a pickle"):
+        load(model_path)
+    assert not target.exists()
+
+
+def test_a_torch_save_file_is_refused_and_does_not_run(tmp_path, model_path):
+    target = tmp_path / "created_by_payload"
+    torch.save({"model": _CreatesFile(str(target))}, model_path)
+    with pytest.raises(ModelFileError, match="not a sklearn-metarefine model"):
+        load(model_path)
+    assert not target.exists()
+
+
+def test_a_zip_of_pickles_is_refused(tmp_path, model_path):
+    target = tmp_path / "created_by_payload"
+    with zipfile.ZipFile(model_path, "w") as archive:
+        archive.writestr("manifest.json", json.dumps({"format": "x"}))
+        archive.writestr("model.pkl", pickle.dumps(_CreatesFile(str(target))))
+    with pytest.raises(ModelFileError, match="model.pkl"):
+        load(model_path)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("name", ["subprocess.Popen", "builtins.eval", "posix.system"])
+def test_a_manifest_naming_another_class_is_refused(name, table, tmp_path, model_path):
+    target = tmp_path / "created_by_payload"
+    save(IQRRefiner(FlowDetector(**TINY_FLOW)), model_path)
+    manifest = _manifest(model_path)
+    manifest["estimator"]["$estimator"]["params"]["estimator"] = {
+        "$estimator": {
+            "class": name,
+            "id": 1,
+            "params": {"args": ["touch", str(target)]},
+        }
+    }
+    _rewrite(model_path, manifest=manifest)
+    with pytest.raises(ModelFileError, match=f"names class '{name}'.*refusing"):
+        load(model_path)
+    assert not target.exists()
+
+
+def test_untrusted_skops_types_are_refused_then_loaded_when_trusted(model_path, table):
+    save(IQRRefiner(IsolationForest(random_state=0)).fit(table), model_path)
+    import skops.io
+
+    untrusted = skops.io.dumps(FunctionTransformer(func=os.system))
+    _rewrite(model_path, members={"skops/0.skops": untrusted})
+    manifest = _manifest(model_path)
+    import hashlib
+
+    manifest["members"]["skops/0.skops"] = hashlib.sha256(untrusted).hexdigest()
+    _rewrite(model_path, manifest=manifest)
+    with pytest.raises(ModelFileError, match="not trusted.*system"):
+        load(model_path)
+
+
+def test_altered_members_and_parameters_are_refused(table, model_path):
+    save(FlowDetector(**TINY_FLOW).fit(table), model_path)
+    with zipfile.ZipFile(model_path) as archive:
+        arrays = bytearray(archive.read("arrays.safetensors"))
+    arrays[-1] ^= 0xFF
+    _rewrite(model_path, members={"arrays.safetensors": bytes(arrays)})
+    with pytest.raises(ModelFileError, match="checksum"):
+        load(model_path)
+
+    save(FlowDetector(**TINY_FLOW).fit(table), model_path)
+    manifest = _manifest(model_path)
+    manifest["estimator"]["$estimator"]["params"]["n_blocks"] = "many"
+    _rewrite(model_path, manifest=manifest)
+    with pytest.raises(ModelFileError, match="n_blocks"):
+        load(model_path)
+
+    manifest["estimator"]["$estimator"]["params"]["n_blocks"] = 2
+    manifest["estimator"]["$estimator"]["params"]["run"] = "rm -rf /"
+    _rewrite(model_path, manifest=manifest)
+    with pytest.raises(ModelFileError, match=r"\['run'\] are not parameters"):
+        load(model_path)
+
+
+def test_a_newer_format_is_refused_and_other_versions_warn(table, model_path):
+    refiner = IQRRefiner(IsolationForest(random_state=0), random_state=0).fit(table)
+    save(refiner, model_path)
+    manifest = _manifest(model_path)
+    manifest["versions"]["sklearn-metarefine"] = "0.0.1"
+    _rewrite(model_path, manifest=manifest)
+    with pytest.warns(ModelVersionWarning, match=r"sklearn-metarefine 0\.0\.1"):
+        loaded = load(model_path)
+    assert_array_equal(loaded.score_samples(table), refiner.score_samples(table))
+
+    manifest["format_version"] = 99
+    _rewrite(model_path, manifest=manifest)
+    with pytest.raises(ModelFileError, match="format 99.*upgrade"):
+        load(model_path)
+
+
+def test_a_missing_file_and_a_foreign_zip_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load(tmp_path / "nothing.metarefine")
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("manifest.json", json.dumps({"format": "another tool"}))
+    with pytest.raises(ModelFileError, match="not a sklearn-metarefine model"):
+        load(other)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_round_trip_on_the_gpu_and_to_the_cpu(images, model_path):
+    detector = MetaRefineDetector(
+        image_size=32, n_scales=2, pca_components=4, random_state=0,
+        **{**TINY_FLOW, "device": "cuda"},
+    ).fit(images)  # fmt: skip
+    save(detector, model_path)
+    on_gpu = load(model_path)
+    assert on_gpu.pipeline_[0].device_.type == "cuda"
+    assert_array_equal(on_gpu.score_samples(images), detector.score_samples(images))
+    on_cpu = load(model_path, device="cpu")
+    assert next(on_cpu.refiner_.estimator_.net_.module_.parameters()).is_cuda is False
+    # Another device computes the CNN's float32 features with other roundings.
+    assert_allclose(
+        on_cpu.score_samples(images), detector.score_samples(images), rtol=1e-4
+    )

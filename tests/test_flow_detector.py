@@ -11,6 +11,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn_metarefine import FlowDetector, MAMLFlowDetector
 from sklearn_metarefine._flows._modules import log_prob
 from sklearn_metarefine._flows import DivergenceError
+from sklearn_metarefine._flows._nets import check_finite_scores
+from sklearn_metarefine._utils import standardisation
 
 SMALL = dict(n_blocks=2, hidden_size=16, max_epochs=4, device="cpu")
 DETECTORS = [FlowDetector, MAMLFlowDetector]
@@ -292,3 +294,39 @@ def test_warm_fit_with_non_finite_scores_restores_the_previous_flow(
     monkeypatch.undo()
     assert len(det.net_.history) == epochs
     np.testing.assert_array_equal(det.score_samples(X), scores)
+
+
+@pytest.mark.parametrize("factor", [1e-15, 1e-300, 1e300])
+def test_scores_rank_the_same_at_any_scale(factor):
+    # The standardisation is relative to each feature's magnitude: a feature
+    # with a spread of 1e-15 is not taken for a constant.
+    rng = np.random.RandomState(0)
+    X, X_test = rng.normal(size=(60, 4)), rng.normal(size=(20, 4))
+    tiny = dict(n_blocks=2, hidden_size=8, max_epochs=2, random_state=0)
+    reference = FlowDetector(**tiny).fit(X).score_samples(X_test)
+    scaled = FlowDetector(**tiny).fit(X * factor).score_samples(X_test * factor)
+    assert np.unique(scaled).size == len(X_test)
+    np.testing.assert_array_equal(np.argsort(scaled), np.argsort(reference))
+
+
+def test_constant_features_are_still_recognised():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(50, 3))
+    mean, scale = standardisation(np.column_stack([X, np.full(50, 0.1), np.zeros(50)]))
+    np.testing.assert_allclose(scale[:3], X.std(axis=0))
+    # 0.1 is not exact in binary: the computed spread is rounding, not data.
+    np.testing.assert_allclose(scale[3:], [0.1, 1.0])
+    np.testing.assert_allclose(mean[3:], [0.1, 0.0])
+
+
+def test_extreme_values_are_reported_as_overflow_not_divergence(X):
+    det = FlowDetector(random_state=0, **SMALL).fit(X)
+    extreme = X.copy()
+    extreme[0, 0] = 1e300
+    with pytest.raises(ValueError, match="1e\\+300 in magnitude.*overflows") as info:
+        det.set_params(warm_start=True).fit(extreme)
+    assert "Lower the learning rate" not in str(info.value)
+    with pytest.raises(ValueError, match="overflows"):
+        check_finite_scores(np.array([np.nan]), extreme, lr=1e-3)
+    with pytest.raises(DivergenceError, match="Lower the learning rate"):
+        check_finite_scores(np.array([np.nan]), X, lr=1e-3)

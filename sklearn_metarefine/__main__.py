@@ -4,16 +4,18 @@ Also reachable as ``python -m sklearn_metarefine``.
 """
 
 import argparse
-import json
 import sys
 
-from ._benchmark import (
+# The light modules only: the arguments are checked before torch is imported.
+from ._benchmark._config import (
     DATASETS,
     MODELS,
     NOISE_LEVELS,
     BenchmarkError,
-    run_benchmark,
+    check_grid,
+    check_n_jobs,
 )
+from ._benchmark._storage import check_output, read_json
 
 _BACKBONES = ("efficientnet_lite0", "alexnet", "resnet18", "wide_resnet50_2")
 
@@ -37,6 +39,22 @@ def _size(text):
         return int(text)
     except ValueError:
         return float(text)
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _nonzero_int(text):
+    value = int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(
+            "must be a positive number of parallel runs, or -1 for all cores, got 0"
+        )
+    return value
 
 
 def _parser():
@@ -82,7 +100,7 @@ def _parser():
     )
     data.add_argument(
         "--repeats",
-        type=int,
+        type=_positive_int,
         default=3,
         metavar="N",
         help="repeats per cell (default: %(default)s)",
@@ -96,7 +114,7 @@ def _parser():
     )
     data.add_argument(
         "--train-size",
-        type=int,
+        type=_positive_int,
         metavar="N",
         help="fixed training-set size (reaches high noise with few anomalies)",
     )
@@ -125,21 +143,27 @@ def _parser():
     )
     model.add_argument(
         "--image-size",
-        type=int,
+        type=_positive_int,
         metavar="PX",
         help="image side fed to the CNN (default: 64 for digits, 224 otherwise)",
     )
     model.add_argument(
         "--n-scales",
-        type=int,
+        type=_positive_int,
         metavar="N",
         help="CNN input scales (default: 3 for digits, 1 otherwise)",
     )
     model.add_argument(
-        "--n-views", type=int, metavar="N", help="rotated views per image (default: 1)"
+        "--n-views",
+        type=_positive_int,
+        metavar="N",
+        help="rotated views per image (default: 1)",
     )
     model.add_argument(
-        "--max-epochs", type=int, metavar="N", help="training epochs of the flows"
+        "--max-epochs",
+        type=_positive_int,
+        metavar="N",
+        help="training epochs of the flows",
     )
     model.add_argument(
         "--seed", type=int, metavar="N", help="base seed of every draw and model"
@@ -164,7 +188,7 @@ def _parser():
     )
     run.add_argument(
         "--n-jobs",
-        type=int,
+        type=_nonzero_int,
         default=-1,
         metavar="N",
         help="runs in parallel, -1 for all cores or workers (default: %(default)s)",
@@ -189,8 +213,11 @@ def _overrides(args):
     """Configuration overrides from --config and the individual options."""
     config = {}
     if args.config:
-        with open(args.config) as file:
-            config = json.load(file)
+        config = read_json(
+            args.config,
+            remedy="--config takes a JSON object of overrides, e.g. "
+            '{"flow": {"max_epochs": 5}}.',
+        )
     sections = {
         "features": {
             "backbone": args.backbone,
@@ -215,6 +242,13 @@ def _overrides(args):
 
 
 def _benchmark(args):
+    # Checked again by run_benchmark; here before its imports (torch) take seconds.
+    check_grid(args.noise, args.repeats)
+    check_n_jobs(args.n_jobs)
+    check_output(args.output)
+    config = _overrides(args)
+    from ._benchmark import run_benchmark
+
     result = run_benchmark(
         args.dataset,
         root=args.root,
@@ -222,7 +256,7 @@ def _benchmark(args):
         models=args.models,
         noise=args.noise,
         repeats=args.repeats,
-        config=_overrides(args),
+        config=config,
         output=args.output,
         device=args.device,
         n_jobs=args.n_jobs,
@@ -248,8 +282,9 @@ def main(argv=None):
     Returns
     -------
     status : int
-        0 on success, 1 when the benchmark cannot run as asked (the message
-        says why), 2 for a command-line error, 130 when interrupted.
+        0 on success, 1 when the benchmark cannot run as asked (one line on
+        stderr says why and what to do), 2 for a command-line usage error,
+        130 when interrupted.
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -258,7 +293,9 @@ def main(argv=None):
         return 2
     try:
         _benchmark(args)
-    except (BenchmarkError, FileNotFoundError, json.JSONDecodeError) as error:
+    except (BenchmarkError, OSError) as error:
+        # OSError: a file or folder the benchmark reads or writes (its message
+        # names it), e.g. a dataset folder that is missing or a full disk.
         print(f"metarefine {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -110,7 +110,9 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         backbone's weight values and the views and scales. With it, scoring the same
         data again (the same validation fold for every GridSearchCV candidate) reads
         the cache instead of running the CNN. File inputs are keyed on their paths,
-        not their content.
+        not their content. The cache is joblib's store of pickles, and loading a
+        pickle can run any code: use a folder only you can write to, never a
+        shared or world-writable one.
 
     device : str or torch.device, default="auto"
         Where the CNN runs: ``"auto"`` picks CUDA when available, else the CPU.

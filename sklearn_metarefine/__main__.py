@@ -14,6 +14,7 @@ from ._benchmark._config import (
     BenchmarkError,
     check_grid,
     check_n_jobs,
+    resolve_config,
 )
 from ._benchmark._storage import check_output, read_json
 
@@ -247,6 +248,7 @@ def _benchmark(args):
     check_n_jobs(args.n_jobs)
     check_output(args.output)
     config = _overrides(args)
+    resolve_config(args.dataset, config)
     from ._benchmark import run_benchmark
 
     result = run_benchmark(

@@ -190,51 +190,6 @@ def test_unreadable_file_is_named(rgb, tmp_path):
         features.transform(paths + [broken])
 
 
-def _save(array, mode, path):
-    image = Image.fromarray(array)
-    assert image.mode == mode
-    image.save(path)
-    return path
-
-
-def test_16bit_float_and_32bit_integer_images_embed_like_their_8bit_images(
-    gray, tmp_path
-):
-    # The same pixels at other bit depths: 16-bit PNGs, 32-bit integer TIFFs
-    # holding 16-bit values (mode I), float TIFFs in [0, 1] (mode F).
-    # Tolerance: float32 rounding of the pixel values, carried through the CNN.
-    sixteen = gray.astype(np.uint16) * 257
-    forms = {
-        "L": [_save(g, "L", tmp_path / f"l{i}.png") for i, g in enumerate(gray)],
-        "I;16": [
-            _save(g, "I;16", tmp_path / f"s{i}.png") for i, g in enumerate(sixteen)
-        ],
-        "I": [
-            _save(g.astype(np.int32), "I", tmp_path / f"i{i}.tif")
-            for i, g in enumerate(sixteen)
-        ],
-        "F": [
-            _save((g / 255).astype(np.float32), "F", tmp_path / f"f{i}.tif")
-            for i, g in enumerate(gray)
-        ],
-        "F in memory": [
-            Image.fromarray((g / 255).astype(np.float32)) for g in gray
-        ],
-    }
-    assert {Image.open(forms[m][0]).mode for m in ("I;16", "I", "F")} == {
-        "I;16",
-        "I",
-        "F",
-    }
-    features = tiny().fit(gray)
-    expected = features.transform(gray)
-    black = features.transform(np.zeros_like(gray))
-    for mode, images in forms.items():
-        embedded = features.transform(images)
-        np.testing.assert_allclose(embedded, expected, rtol=1e-5, atol=1e-5)
-        assert not np.allclose(embedded, black, atol=1e-3), mode
-
-
 @pytest.mark.parametrize(
     "X, params, match",
     [

@@ -791,25 +791,3 @@ def test_start_neighbors_counts_from_the_training_set():
             patch.setattr("sklearn_metarefine._rounds.neighbour_distances", record)
             refiner.fit(X)
         assert first_core["n_neighbors"] == n_neighbors
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("start", ["neighbors", "trimmed"])
-def test_rounds_that_return_to_an_earlier_kept_set_stop_on_the_cycle(start, capsys):
-    # On these 50 rows the rounds alternate between two kept sets; without
-    # cycle detection max_iter=None never ends.
-    X = np.random.RandomState(4).normal(size=(50, 2))
-    refiner = IQRRefiner(
-        IsolationForest(), start=start, max_iter=None, verbose=1, random_state=0
-    ).fit(X)
-
-    assert refiner.termination_condition_ == "cycle"
-    assert refiner.n_iter_ == len(refiner.thresholds_) < 10
-    assert "returns to the kept set of an earlier round" in (
-        capsys.readouterr().out.splitlines()[-1]
-    )
-    # The final model is the one fitted on the kept set it reports.
-    alone = IsolationForest(random_state=0).fit(X[refiner.inlier_mask_])
-    np.testing.assert_array_equal(
-        refiner.score_samples(X), alone.score_samples(X)
-    )

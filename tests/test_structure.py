@@ -114,6 +114,20 @@ def test_refining_a_sklearn_detector_does_not_import_torch():
     assert result.returncode == 0, result.stderr
 
 
+def test_the_command_line_checks_its_arguments_without_importing_torch():
+    code = (
+        "import sys\n"
+        "from sklearn_metarefine.__main__ import main\n"
+        "assert main(['benchmark', '--noise', '0.9', '--output', 'x']) == 1\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "noise level 0.9" in result.stderr
+
+
 def test_public_names_load_on_first_use():
     code = (
         "import sys, sklearn_metarefine\n"

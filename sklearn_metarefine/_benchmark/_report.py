@@ -318,4 +318,3 @@ def write_outputs(
         ncols=min(5, len(categories)),
     )
     return files
-

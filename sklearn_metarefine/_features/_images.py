@@ -109,33 +109,42 @@ def _directory(path, index):
     )
 
 
+def _read_file(path, index):
+    """The pixels of an image file, with errors that name it."""
+    where = f"X[{index}]: image file {os.fspath(path)!r}"
+    try:
+        with Image.open(path) as image:
+            # Decode here, so that a truncated file fails inside this try.
+            image.load()
+            return _pil_to_array(image, where)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(_missing_file(path, index)) from error
+    except IsADirectoryError as error:
+        raise IsADirectoryError(_directory(path, index)) from error
+    except _UnreadableImage:
+        raise
+    except Exception as error:
+        raise ValueError(f"{where}: cannot read image file: {error}") from error
+
+
 def _read_item(item, index):
     """One image of a sequence as an (H, W, C) array, C in {1, 3}."""
-    if isinstance(item, (str, os.PathLike)):
-        where = f"X[{index}]: image file {os.fspath(item)!r}"
-        try:
-            with Image.open(item) as image:
-                # Decode here, so that a truncated file fails inside this try.
-                image.load()
-                array = _pil_to_array(image, where)
-        except FileNotFoundError as error:
-            raise FileNotFoundError(_missing_file(item, index)) from error
-        except IsADirectoryError as error:
-            raise IsADirectoryError(_directory(item, index)) from error
-        except _UnreadableImage:
-            raise
-        except Exception as error:
-            raise ValueError(f"{where}: cannot read image file: {error}") from error
-    elif isinstance(item, Image.Image):
-        array = _pil_to_array(item, f"X[{index}]")
-    else:
-        array = np.asarray(item)
-        if array.ndim not in (2, 3) or array.dtype.kind not in "uifb":
-            raise ValueError(
-                f"X[{index}] must be a (H, W) or (H, W, C) numeric array; got shape "
-                f"{array.shape} and dtype {array.dtype}."
-            )
-        _check_pixel_range(array, f"X[{index}]")
+    try:
+        if isinstance(item, (str, os.PathLike)):
+            array = _read_file(item, index)
+        elif isinstance(item, Image.Image):
+            array = _pil_to_array(item, f"X[{index}]")
+        else:
+            array = np.asarray(item)
+            if array.ndim not in (2, 3) or array.dtype.kind not in "uifb":
+                raise ValueError(
+                    f"X[{index}] must be a (H, W) or (H, W, C) numeric array; got "
+                    f"shape {array.shape} and dtype {array.dtype}."
+                )
+            _check_pixel_range(array, f"X[{index}]")
+    except _UnreadableImage as error:
+        # A plain ValueError for the user; the message says it all.
+        raise ValueError(str(error)) from None
     if array.ndim == 2:
         array = array[:, :, None]
     _check_channels(array.shape[2], f"X[{index}]")

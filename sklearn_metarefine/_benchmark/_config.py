@@ -9,9 +9,8 @@ MODELS = ("vanilla", "osr", "irp", "metarefine", "iforest", "lof")
 REFINER_MODELS = ("osr", "irp", "metarefine")
 NOISE_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 # Above half, anomalies are most of the training set: an unsupervised detector
-# then learns them as the normal class and ranks the test set upside down
-# (AUROC below 0.5), which measures the protocol, not the detector. The
-# paper's protocol stops at half.
+# then learns them as the normal class, and the AUROC measures the protocol,
+# not the detector. The paper's results stop at half.
 MAX_NOISE = 0.5
 
 
@@ -120,7 +119,7 @@ def check_grid(noise, repeats):
                 f"noise level {level!r} (--noise) is above {MAX_NOISE}, the "
                 "largest fraction of anomalies the benchmark's protocol "
                 "supports: above half, anomalies are the majority of the "
-                "training set, so every detector learns them as normal and the "
+                "training set, so a detector learns them as normal and the "
                 "AUROC measures the protocol, not the detector. Use levels in "
                 f"[0, {MAX_NOISE}]."
             )

@@ -18,7 +18,7 @@ run), ``_execution`` (joblib backends), ``_storage`` (the output folder),
 (:func:`run_benchmark`, which chains them).
 """
 
-import importlib
+from .._lazy import lazy_attributes
 
 # Name -> the module that defines it. Names are imported on first use (PEP 562)
 # so that the command line can check its arguments without importing torch.
@@ -48,14 +48,4 @@ _SOURCES = {
 
 __all__ = list(_SOURCES)
 
-
-def __getattr__(name):
-    if name not in _SOURCES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_SOURCES[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _SOURCES)

@@ -161,14 +161,16 @@ def claim_output(output, config):
     config_path = output / CONFIG_FILE
     text = json.dumps(config, indent=2, sort_keys=True)
     try:
-        output.mkdir(parents=True, exist_ok=True)
-        if not config_path.exists() and any((output / RUNS_FOLDER).glob("*.json")):
-            raise BenchmarkError(
-                f"The output folder {output} holds results but no {CONFIG_FILE}, "
-                "so their configuration is unknown. Use another --output folder."
-            )
-        if create_exclusively(config_path, text):
-            return
+        if not config_path.exists():
+            if any((output / RUNS_FOLDER).glob("*.json")):
+                raise BenchmarkError(
+                    f"The output folder {output} holds results but no "
+                    f"{CONFIG_FILE}, so their configuration is unknown. Use "
+                    "another --output folder."
+                )
+            output.mkdir(parents=True, exist_ok=True)
+            if create_exclusively(config_path, text):
+                return
     except OSError as error:
         raise BenchmarkError(
             f"Cannot write to the output folder {output} (--output): "

@@ -7,7 +7,7 @@ Public names are imported on first use (PEP 562), so that refining a
 scikit-learn detector with :class:`IQRRefiner` does not import torch.
 """
 
-import importlib
+from ._lazy import lazy_attributes
 
 __version__ = "0.1.0.dev0"
 
@@ -26,14 +26,4 @@ _SOURCES = {
 
 __all__ = list(_SOURCES)
 
-
-def __getattr__(name):
-    if name not in _SOURCES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_SOURCES[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _SOURCES)

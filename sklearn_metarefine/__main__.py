@@ -5,16 +5,19 @@ arguments; the work is done in ``_benchmark``, ``_training`` and ``_inference``.
 """
 
 import argparse
-import json
 import sys
 
-from ._benchmark import (
+# The light modules only: the arguments are checked before torch is imported.
+from ._benchmark._config import (
     DATASETS,
     MODELS,
     NOISE_LEVELS,
     BenchmarkError,
-    run_benchmark,
+    check_grid,
+    check_n_jobs,
+    resolve_config,
 )
+from ._benchmark._storage import check_output, read_json
 
 _BACKBONES = ("efficientnet_lite0", "alexnet", "resnet18", "wide_resnet50_2")
 
@@ -38,6 +41,22 @@ def _size(text):
         return int(text)
     except ValueError:
         return float(text)
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _nonzero_int(text):
+    value = int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(
+            "must be a positive number of parallel runs, or -1 for all cores, got 0"
+        )
+    return value
 
 
 def _parser():
@@ -83,7 +102,7 @@ def _parser():
     )
     data.add_argument(
         "--repeats",
-        type=int,
+        type=_positive_int,
         default=3,
         metavar="N",
         help="repeats per cell (default: %(default)s)",
@@ -97,7 +116,7 @@ def _parser():
     )
     data.add_argument(
         "--train-size",
-        type=int,
+        type=_positive_int,
         metavar="N",
         help="fixed training-set size (reaches high noise with few anomalies)",
     )
@@ -126,21 +145,27 @@ def _parser():
     )
     model.add_argument(
         "--image-size",
-        type=int,
+        type=_positive_int,
         metavar="PX",
         help="image side fed to the CNN (default: 64 for digits, 224 otherwise)",
     )
     model.add_argument(
         "--n-scales",
-        type=int,
+        type=_positive_int,
         metavar="N",
         help="CNN input scales (default: 3 for digits, 1 otherwise)",
     )
     model.add_argument(
-        "--n-views", type=int, metavar="N", help="rotated views per image (default: 1)"
+        "--n-views",
+        type=_positive_int,
+        metavar="N",
+        help="rotated views per image (default: 1)",
     )
     model.add_argument(
-        "--max-epochs", type=int, metavar="N", help="training epochs of the flows"
+        "--max-epochs",
+        type=_positive_int,
+        metavar="N",
+        help="training epochs of the flows",
     )
     model.add_argument(
         "--seed", type=int, metavar="N", help="base seed of every draw and model"
@@ -165,7 +190,7 @@ def _parser():
     )
     run.add_argument(
         "--n-jobs",
-        type=int,
+        type=_nonzero_int,
         default=-1,
         metavar="N",
         help="runs in parallel, -1 for all cores or workers (default: %(default)s)",
@@ -299,8 +324,11 @@ def _overrides(args):
     """Configuration overrides from --config and the individual options."""
     config = {}
     if args.config:
-        with open(args.config) as file:
-            config = json.load(file)
+        config = read_json(
+            args.config,
+            remedy="--config takes a JSON object of overrides, e.g. "
+            '{"flow": {"max_epochs": 5}}.',
+        )
     sections = {
         "features": {
             "backbone": args.backbone,
@@ -325,6 +353,14 @@ def _overrides(args):
 
 
 def _benchmark(args):
+    # Checked again by run_benchmark; here before its imports (torch) take seconds.
+    check_grid(args.noise, args.repeats)
+    check_n_jobs(args.n_jobs)
+    check_output(args.output)
+    config = _overrides(args)
+    resolve_config(args.dataset, config)
+    from ._benchmark import run_benchmark
+
     result = run_benchmark(
         args.dataset,
         root=args.root,
@@ -332,7 +368,7 @@ def _benchmark(args):
         models=args.models,
         noise=args.noise,
         repeats=args.repeats,
-        config=_overrides(args),
+        config=config,
         output=args.output,
         device=args.device,
         n_jobs=args.n_jobs,
@@ -395,7 +431,9 @@ def _run_file_command(args):
     command = {"fit": _fit, "score": _score}[args.command]
     try:
         command(args)
-    except (InputError, ModelFileError, FileNotFoundError) as error:
+    except (InputError, ModelFileError, OSError) as error:
+        # OSError: a file or folder the command reads or writes; its message
+        # names it (a missing folder, a read-only output, a full disk).
         print(f"metarefine {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -415,8 +453,9 @@ def main(argv=None):
     Returns
     -------
     status : int
-        0 on success, 1 when the command cannot run as asked (the message
-        says why), 2 for a command-line error, 130 when interrupted.
+        0 on success, 1 when the command cannot run as asked (one line on
+        stderr says why and what to do), 2 for a command-line usage error,
+        130 when interrupted.
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -427,7 +466,9 @@ def main(argv=None):
         return _run_file_command(args)
     try:
         _benchmark(args)
-    except (BenchmarkError, FileNotFoundError, json.JSONDecodeError) as error:
+    except (BenchmarkError, OSError) as error:
+        # OSError: a file or folder the benchmark reads or writes (its message
+        # names it), e.g. a dataset folder that is missing or a full disk.
         print(f"metarefine {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -139,7 +139,10 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         the expected fraction of outliers in the training set.
     memory : None, str or joblib.Memory, default=None
         Caches the fitted feature step, so that a grid search over the
-        detector's parameters runs the CNN once per training fold.
+        detector's parameters runs the CNN once per training fold. The cache
+        is joblib's store of pickles, and loading a pickle can run any code:
+        use a folder only you can write to, never a shared or world-writable
+        one.
     device : {"auto", "cpu", "cuda"}, str or torch.device, default="auto"
         Where the CNN and the flow run.
     random_state : int, RandomState instance or None, default=None

@@ -55,8 +55,9 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
     anomalies. Each round fits the detector on the samples kept so far, scores
     them, computes Tukey's upper fence ``T = Q3 + k * IQR`` of their anomaly
     scores and drops the kept samples scoring above ``T``. Rounds stop when one
-    removes nothing, after ``max_iter`` rounds, or when a removal would leave
-    fewer than ``min_samples`` samples. The final detector is fitted on the
+    removes nothing or would return to an earlier round's kept set, after
+    ``max_iter`` rounds, or when a removal would leave fewer than
+    ``min_samples`` samples. The final detector is fitted on the
     kept samples, and by default ``T`` is its decision boundary.
 
     Parameters
@@ -76,7 +77,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
     max_iter : int or None, default=10
         Maximum number of refinement rounds. ``max_iter=1`` is one-shot
         removal followed by a refit on the kept samples; ``None`` iterates
-        until a round removes nothing or ``min_samples`` stops it.
+        until a round removes nothing, would return to the kept set of an
+        earlier round, or ``min_samples`` stops it.
 
     min_samples : int or float, default=0.5
         Fewest training samples to keep. An int is a count, a float in
@@ -184,11 +186,14 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
     n_iter_ : int
         Number of rounds run (each round fits the detector once).
 
-    termination_condition_ : {"no_change", "max_iter", "min_samples"}
-        Why refinement stopped: the last round removed nothing; ``max_iter``
-        rounds ran (the detector was then fitted once more on the kept
-        samples); or the last round's removal would have left fewer than
-        ``min_samples`` samples, and was not applied.
+    termination_condition_ : {"no_change", "cycle", "max_iter", "min_samples"}
+        Why refinement stopped: the last round removed nothing; the last
+        round's kept set was that of an earlier round, so the rounds would
+        repeat forever, and it was not applied (possible only with a trimmed
+        start, whose rounds re-admit samples); ``max_iter`` rounds ran (the
+        detector was then fitted once more on the kept samples); or the last
+        round's removal would have left fewer than ``min_samples`` samples,
+        and was not applied.
 
     offset_ : float
         Offset between :meth:`score_samples` and :meth:`decision_function`;
@@ -382,6 +387,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         estimator, kept = self._start(base, X, warm)
         removed_at_iter = np.where(kept, -1, 0).astype(np.intp)
         thresholds = []
+        seen = set()
         while True:
             n_rounds = len(thresholds)
             if estimator is None or n_rounds > 0:
@@ -394,7 +400,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
                 break
             thresholds.append(fence)
             candidate = self._candidates(estimator, X, kept, scores, fence)
-            termination = stop_reason(candidate, kept, min_kept)
+            seen.add(kept.tobytes())
+            termination = stop_reason(candidate, kept, min_kept, seen)
             if self.verbose:
                 print(round_summary(len(thresholds), fence, kept, candidate,
                                      termination, min_kept))

@@ -106,10 +106,16 @@ def out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
     return scores
 
 
-def stop_reason(candidate, kept, min_kept):
-    """Why refinement stops before applying ``candidate``, or None to go on."""
+def stop_reason(candidate, kept, min_kept, seen=()):
+    """Why refinement stops before applying ``candidate``, or None to go on.
+
+    ``seen`` holds ``mask.tobytes()`` of the kept sets of earlier rounds: a
+    candidate among them would start the same rounds over, forever.
+    """
     if np.array_equal(candidate, kept):
         return "no_change"
+    if candidate.tobytes() in seen:
+        return "cycle"
     if candidate.sum() < min(min_kept, kept.sum()):
         return "min_samples"
     return None
@@ -125,6 +131,11 @@ def round_summary(n_iter, fence, kept, candidate, termination, min_kept):
             f"{n_outside} above it not removed, as that would keep "
             f"{n_kept - n_outside + n_readmitted} < min_samples={min_kept}; "
             f"kept {n_kept}"
+        )
+    elif termination == "cycle":
+        outcome = (
+            f"{n_outside} above it not removed, as that returns to the kept set "
+            f"of an earlier round; kept {n_kept}"
         )
     elif n_readmitted:
         outcome = f"removed {n_outside}, re-admitted {n_readmitted}, kept {n_kept}"

@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import Pipeline
 
-from ._utils import standardisation
+from ._utils import standardisation, standardise
 
 
 def iqr_fence(scores, k=1.5):
@@ -100,7 +100,7 @@ def neighbour_distances(X, n_neighbors):
             f"got n_neighbors={n_neighbors}."
         )
     mean, scale = standardisation(X)
-    standardised = (X - mean) / scale
+    standardised = standardise(X, mean, scale)
     # kneighbors() without X leaves each sample out of its own neighbours.
     search = NearestNeighbors(n_neighbors=n_neighbors).fit(standardised)
     distances, _ = search.kneighbors()

@@ -6,11 +6,36 @@ _MAX_SEED = np.iinfo(np.int32).max
 
 
 def standardisation(X):
-    """Per-feature mean and scale; constant features get scale 1."""
-    mean = X.mean(axis=0)
-    scale = X.std(axis=0)
-    scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
-    return mean, scale
+    """Per-feature mean and scale, the same relative to any scale of ``X``.
+
+    The statistics are computed on each feature divided by its largest
+    magnitude, so that neither tiny (1e-300) nor huge (1e300) values
+    underflow or overflow, and ``X * c`` gives the mean and scale of ``X``
+    times ``c``. A feature is constant when its spread is within float64
+    rounding of its magnitude (the mean of ``n`` values is exact to about
+    ``n`` units in the last place, the bound of scikit-learn's
+    ``StandardScaler``); it gets its magnitude as scale (1 if it is all
+    zeros), so that its standardised values stay near zero.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    magnitude = np.abs(X).max(axis=0)
+    magnitude[magnitude == 0] = 1.0
+    relative = X / magnitude
+    spread = relative.std(axis=0)
+    constant = spread <= X.shape[0] * np.finfo(np.float64).eps
+    scale = np.where(constant, 1.0, spread) * magnitude
+    return relative.mean(axis=0) * magnitude, scale
+
+
+def standardise(X, mean, scale):
+    """``(X - mean) / scale``, without overflow where ``X`` and ``mean`` are huge.
+
+    Dividing first keeps both terms near the size of the standardised values,
+    where ``X - mean`` overflows for values near the float64 limit of opposite
+    signs.
+    """
+    with np.errstate(over="ignore"):
+        return X / scale - mean / scale
 
 
 def draw_seed(random_state):

@@ -11,6 +11,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn_metarefine import FlowDetector, MAMLFlowDetector
 from sklearn_metarefine._flows._modules import log_prob
 from sklearn_metarefine._flows import DivergenceError
+from sklearn_metarefine._flows._nets import check_finite_scores
+from sklearn_metarefine._utils import standardisation
 
 SMALL = dict(n_blocks=2, hidden_size=16, max_epochs=4, device="cpu")
 DETECTORS = [FlowDetector, MAMLFlowDetector]
@@ -292,3 +294,22 @@ def test_warm_fit_with_non_finite_scores_restores_the_previous_flow(
     monkeypatch.undo()
     assert len(det.net_.history) == epochs
     np.testing.assert_array_equal(det.score_samples(X), scores)
+
+
+def test_constant_features_are_still_recognised():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(50, 3))
+    mean, scale = standardisation(np.column_stack([X, np.full(50, 0.1), np.zeros(50)]))
+    np.testing.assert_allclose(scale[:3], X.std(axis=0))
+    # 0.1 is not exact in binary: the computed spread is rounding, not data.
+    np.testing.assert_allclose(scale[3:], [0.1, 1.0])
+    np.testing.assert_allclose(mean[3:], [0.1, 0.0])
+
+
+def test_non_finite_training_scores_blame_overflow_only_for_extreme_values(X):
+    extreme = X.copy()
+    extreme[0, 0] = 1e300
+    with pytest.raises(ValueError, match="1e\\+300 in magnitude.*overflows"):
+        check_finite_scores(np.array([np.nan]), extreme, lr=1e-3)
+    with pytest.raises(DivergenceError, match="Lower the learning rate"):
+        check_finite_scores(np.array([np.nan]), X, lr=1e-3)

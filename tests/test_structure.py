@@ -97,6 +97,12 @@ def test_no_module_is_longer_than_the_limit(module):
     assert n_lines <= MAX_MODULE_LINES, f"{module} has {n_lines} lines"
 
 
+def _python(code):
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+
+
 def test_refining_a_sklearn_detector_does_not_import_torch():
     code = (
         "import sys\n"
@@ -108,10 +114,20 @@ def test_refining_a_sklearn_detector_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'skorch' not in sys.modules, 'skorch was imported'\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
-    )
+    result = _python(code)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_command_line_checks_its_arguments_without_importing_torch():
+    code = (
+        "import sys\n"
+        "from sklearn_metarefine.__main__ import main\n"
+        "assert main(['benchmark', '--noise', '0.9', '--output', 'x']) == 1\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert "noise level 0.9" in result.stderr
 
 
 def test_public_names_load_on_first_use():
@@ -123,9 +139,7 @@ def test_public_names_load_on_first_use():
         "assert 'torch' in sys.modules\n"
         "assert sklearn_metarefine.FlowDetector is FlowDetector\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
-    )
+    result = _python(code)
     assert result.returncode == 0, result.stderr
 
 

@@ -18,41 +18,34 @@ run), ``_execution`` (joblib backends), ``_storage`` (the output folder),
 (:func:`run_benchmark`, which chains them).
 """
 
-from ._config import (
-    DATASETS,
-    DEFAULT_CONFIG,
-    MODELS,
-    NOISE_LEVELS,
-    REFINER_MODELS,
-    BenchmarkError,
-    resolve_config,
-)
-from ._data import DIGIT_CATEGORIES, dataset_categories, load_category
-from ._main import run_benchmark
-from ._report import auroc_table, format_report, removal_table
-from ._runs import Run, derive_seed, evaluate, make_model, plan_runs, run_one
-from ._storage import cached_features
+from .._lazy import lazy_attributes
 
-__all__ = [
-    "run_benchmark",
-    "BenchmarkError",
-    "DATASETS",
-    "DEFAULT_CONFIG",
-    "DIGIT_CATEGORIES",
-    "MODELS",
-    "NOISE_LEVELS",
-    "REFINER_MODELS",
-    "Run",
-    "auroc_table",
-    "cached_features",
-    "dataset_categories",
-    "derive_seed",
-    "evaluate",
-    "format_report",
-    "load_category",
-    "make_model",
-    "plan_runs",
-    "removal_table",
-    "resolve_config",
-    "run_one",
-]
+# Name -> the module that defines it. Names are imported on first use (PEP 562)
+# so that the command line can check its arguments without importing torch.
+_SOURCES = {
+    "DATASETS": "._config",
+    "DEFAULT_CONFIG": "._config",
+    "MODELS": "._config",
+    "NOISE_LEVELS": "._config",
+    "REFINER_MODELS": "._config",
+    "BenchmarkError": "._config",
+    "resolve_config": "._config",
+    "DIGIT_CATEGORIES": "._data",
+    "dataset_categories": "._data",
+    "load_category": "._data",
+    "run_benchmark": "._main",
+    "auroc_table": "._report",
+    "format_report": "._report",
+    "removal_table": "._report",
+    "Run": "._runs",
+    "derive_seed": "._runs",
+    "evaluate": "._runs",
+    "make_model": "._runs",
+    "plan_runs": "._runs",
+    "run_one": "._runs",
+    "cached_features": "._storage",
+}
+
+__all__ = list(_SOURCES)
+
+__getattr__, __dir__ = lazy_attributes(__name__, _SOURCES)

@@ -78,11 +78,12 @@ def check_feasible(config, labelled, noise):
                     **config["contamination"],
                 )
             except ValueError as error:
-                problems.append(f"- {category}, noise={level:g}: {error}")
+                reason = str(error).rstrip(".")
+                problems.append(f"{category}, noise={level:g}: {reason}")
     if problems:
         raise BenchmarkError(
             f"Cannot draw every requested contaminated training set of "
-            f"{config['dataset']}:\n" + "\n".join(problems) + "\nOn the command "
+            f"{config['dataset']}: " + "; ".join(problems) + ". On the command "
             "line: --overlap draws training anomalies from the test anomalies "
             "too, --train-size N fixes a smaller training set, --test-size N "
             "reserves fewer anomalies for the test set; or leave out the noise "

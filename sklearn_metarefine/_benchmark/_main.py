@@ -4,15 +4,24 @@ from pathlib import Path
 
 from sklearn.utils import Bunch
 
-from ._config import MODELS, NOISE_LEVELS, check_choice, resolve_config
+from ._config import (
+    MODELS,
+    NOISE_LEVELS,
+    check_choice,
+    check_grid,
+    check_n_jobs,
+    resolve_config,
+)
 from ._data import check_feasible, dataset_categories, load_category
 from ._execution import check_execution, execute
 from ._report import auroc_table, format_report, removal_table, write_outputs
-from ._runs import plan_runs
+from ._runs import check_models, plan_runs
 from ._storage import (
     FEATURES_FOLDER,
     RUNS_FOLDER,
     cached_features,
+    check_features,
+    check_output,
     claim_output,
     read_run,
 )
@@ -92,10 +101,15 @@ def run_benchmark(
     Raises
     ------
     BenchmarkError
-        If an argument is unknown, a requested noise level cannot be drawn
-        from a category (the message gives the remedies), the dask backend
-        is requested without a scheduler or without dask installed, or the
-        output folder holds results of another configuration.
+        If an argument is unknown or out of range (a noise level outside
+        [0, 0.5], ``repeats`` below 1, ``n_jobs=0``, a configured value a
+        model or the features refuse), a requested noise level cannot be
+        drawn from a category (the message gives the remedies), the dask
+        backend is requested without a scheduler or without dask installed,
+        the output folder cannot be written or holds results of another
+        configuration, or a file in it (the configuration, a run record, a
+        cached feature array) is not what the benchmark wrote. All arguments
+        are checked before anything is written.
 
     Notes
     -----
@@ -110,14 +124,21 @@ def run_benchmark(
     run it is not run again on resumption: delete its file in
     ``output/runs`` to retry it.
     """
+    # Every argument is checked before the first file is written.
+    check_grid(noise, repeats)
+    check_n_jobs(n_jobs)
+    check_output(output)
     config = resolve_config(dataset, config)
     categories, models, noise = _grid_axes(dataset, categories, models, noise)
     check_execution(backend, scheduler, device)
+    check_models(config, models, device)
     output = Path(output)
     runs_folder = output / RUNS_FOLDER
 
     labelled = {c: load_category(dataset, c, root) for c in categories}
     check_feasible(config, labelled, noise)
+    image_sets = [images for images, _, _ in labelled.values()]
+    check_features(image_sets, config, device, output / FEATURES_FOLDER)
     claim_output(output, config)
 
     runs = plan_runs(config, categories, noise, repeats, models)

@@ -3,26 +3,8 @@
 import numpy as np
 
 from ._config import REFINER_MODELS
-from ._storage import atomic_write, write_csv, write_json
+from ._storage import RECORD_FIELDS, atomic_write, write_csv, write_json
 
-_RUN_FIELDS = (
-    "dataset",
-    "category",
-    "noise",
-    "repeat",
-    "model",
-    "seed",
-    "n_train",
-    "n_train_anomalous",
-    "n_test",
-    "auroc",
-    "removed_good",
-    "removed_bad",
-    "n_iter",
-    "seconds",
-    "device",
-    "error",
-)
 _TABLE1_FIELDS = (
     "model",
     "category",
@@ -307,7 +289,7 @@ def write_outputs(
         "figure_mean": output / "auroc_vs_noise.png",
         "figure_categories": output / "auroc_vs_noise_by_category.png",
     }
-    write_csv(files["runs_csv"], _RUN_FIELDS, records)
+    write_csv(files["runs_csv"], RECORD_FIELDS, records)
     write_csv(files["table1_csv"], _TABLE1_FIELDS, table1)
     write_csv(files["table2_csv"], _TABLE2_FIELDS, table2)
     write_json(
@@ -336,4 +318,3 @@ def write_outputs(
         ncols=min(5, len(categories)),
     )
     return files
-

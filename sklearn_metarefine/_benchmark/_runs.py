@@ -163,6 +163,21 @@ def make_model(name, *, random_state, device, config):
     )
 
 
+def check_models(config, models, device):
+    """Raise, before anything runs, if a model's configured parameters are invalid."""
+    for name in models:
+        model = make_model(name, random_state=0, device=device, config=config)
+        for estimator in (model, getattr(model, "estimator", None)):
+            try:
+                if estimator is not None:
+                    estimator._validate_params()
+            except ValueError as error:
+                raise BenchmarkError(
+                    f"The configuration of the {name!r} model is invalid: {error} "
+                    "Fix the value in the --config file or the matching option."
+                ) from error
+
+
 @contextmanager
 def _single_threaded():
     """Run a block on one thread in torch and in the BLAS/OpenMP pools.

@@ -1,13 +1,17 @@
 """The output folder: feature cache, configuration, one file per finished run.
 
 Every file is written atomically, so that a benchmark interrupted at any point
-resumes from complete files. All of this runs in the calling process.
+resumes from complete files; every file read back that is not what this module
+wrote is reported with its path. All of this runs in the calling process.
 """
 
+import contextlib
 import csv
 import json
 import os
 import uuid
+from dataclasses import asdict
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -17,6 +21,32 @@ from ._config import BenchmarkError
 CONFIG_FILE = "config.json"
 RUNS_FOLDER = "runs"
 FEATURES_FOLDER = "features"
+# The fields of a run record (see run_one), in the order of runs.csv.
+RECORD_FIELDS = (
+    "dataset",
+    "category",
+    "noise",
+    "repeat",
+    "model",
+    "seed",
+    "n_train",
+    "n_train_anomalous",
+    "n_test",
+    "auroc",
+    "removed_good",
+    "removed_bad",
+    "n_iter",
+    "seconds",
+    "device",
+    "error",
+)
+_START_OVER = "Use another --output folder, or delete this one to start over."
+
+
+def _temporary(path):
+    # A unique name opened with "x" rather than tempfile.mkstemp, whose files
+    # are private to their owner whatever the umask.
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
 
 def atomic_write(path, write, *, mode="w"):
@@ -26,21 +56,70 @@ def atomic_write(path, write, *, mode="w"):
     or the complete new one, never a partial one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name opened with "x" rather than tempfile.mkstemp, whose files
-    # are private to their owner whatever the umask.
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    temporary = _temporary(path)
+    created = False
     try:
         with open(temporary, mode.replace("w", "x")) as file:
+            created = True
             write(file)
         os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        # Remove only what this call created, and never let a failure to
+        # remove it replace the error that matters.
+        if created:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
         raise
+
+
+def create_exclusively(path, text):
+    """Create the file ``path`` holding ``text``, unless it exists.
+
+    Returns whether this call created it. The text goes to a temporary file
+    that is then hard-linked to ``path``: the link fails when the name exists,
+    so of several processes racing to create the file exactly one does, and no
+    process ever reads it half written. File systems without hard links get
+    an exclusive create (``O_CREAT | O_EXCL``), as exclusive but visible
+    while it is written.
+    """
+    temporary = _temporary(path)
+    atomic_write(temporary, lambda file: file.write(text))
+    try:
+        os.link(temporary, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
 
 
 def write_json(path, data):
     """Write ``data`` as indented JSON with sorted keys."""
     atomic_write(path, lambda file: json.dump(data, file, indent=2, sort_keys=True))
+
+
+def read_json(path, *, remedy):
+    """The JSON object in ``path``; a file that holds none is named, with ``remedy``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        # ValueError: invalid JSON, or bytes that are not text.
+        raise BenchmarkError(f"Cannot read {path}: {error}. {remedy}") from error
+    if not isinstance(data, dict):
+        raise BenchmarkError(
+            f"{path} holds a JSON {type(data).__name__}, not the object this "
+            f"benchmark writes. {remedy}"
+        )
+    return data
 
 
 def write_csv(path, fields, rows):
@@ -58,26 +137,53 @@ def write_csv(path, fields, rows):
     atomic_write(path, write)
 
 
-def claim_output(output, config):
-    """Record the configuration in the output folder, or check it matches."""
-    config_path = output / CONFIG_FILE
-    if config_path.exists():
-        stored = json.loads(config_path.read_text())
-        if stored != config:
-            differences = "\n".join(_differences(stored, config))
+def check_output(output):
+    """Raise unless ``output`` is a folder, or a path where one can be made."""
+    output = Path(output)
+    for path in (output, *output.parents):
+        if path.is_dir():
+            return
+        if path.exists():
+            where = "is a file" if path == output else f"lies below the file {path}"
             raise BenchmarkError(
-                f"The output folder {output} holds results of another "
-                f"configuration; mixing them would average different "
-                f"experiments. Differences (folder -> this run):\n{differences}\n"
-                "Use another --output folder, or delete this one to start over."
+                f"The output folder {output} (--output) {where}; pass the path "
+                "of a folder, new or from an earlier run of this benchmark."
             )
-    elif any((output / RUNS_FOLDER).glob("*.json")):
+
+
+def claim_output(output, config):
+    """Record the configuration in the output folder, or check it matches.
+
+    Claiming is atomic (:func:`create_exclusively`): of several processes
+    claiming one folder with different configurations, exactly one proceeds.
+    """
+    check_output(output)
+    config_path = output / CONFIG_FILE
+    text = json.dumps(config, indent=2, sort_keys=True)
+    try:
+        if not config_path.exists():
+            if any((output / RUNS_FOLDER).glob("*.json")):
+                raise BenchmarkError(
+                    f"The output folder {output} holds results but no "
+                    f"{CONFIG_FILE}, so their configuration is unknown. Use "
+                    "another --output folder."
+                )
+            output.mkdir(parents=True, exist_ok=True)
+            if create_exclusively(config_path, text):
+                return
+    except OSError as error:
         raise BenchmarkError(
-            f"The output folder {output} holds results but no {CONFIG_FILE}, so "
-            "their configuration is unknown. Use another --output folder."
+            f"Cannot write to the output folder {output} (--output): "
+            f"{error.strerror or error}. Pass a folder you can write to."
+        ) from error
+    stored = read_json(config_path, remedy=_START_OVER)
+    if stored != config:
+        differences = "; ".join(_differences(stored, config))
+        raise BenchmarkError(
+            f"The output folder {output} holds results of another configuration; "
+            "mixing them would average different experiments. Differences "
+            f"(folder -> this run): {differences}. {_START_OVER}"
         )
-    else:
-        write_json(config_path, config)
 
 
 def _differences(old, new, path="config"):
@@ -87,7 +193,7 @@ def _differences(old, new, path="config"):
         if isinstance(a, dict) and isinstance(b, dict):
             yield from _differences(a, b, here)
         elif a != b:
-            yield f"  {here}: {a!r} -> {b!r}"
+            yield f"{here}: {a!r} -> {b!r}"
 
 
 def _run_path(runs_folder, run):
@@ -102,20 +208,28 @@ def write_run(runs_folder, run, record):
 def read_run(runs_folder, run):
     """The stored record of a run, or None if it has not finished."""
     path = _run_path(runs_folder, run)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    remedy = "Delete the file to run that run again."
+    record = read_json(path, remedy=remedy)
+    missing = [field for field in RECORD_FIELDS if field not in record]
+    if missing:
+        raise BenchmarkError(
+            f"The run record {path} lacks {', '.join(missing)}. {remedy}"
+        )
+    if any(record[field] != value for field, value in asdict(run).items()):
+        raise BenchmarkError(
+            f"The run record {path} holds the results of another run. {remedy}"
+        )
+    return record
 
 
-def cached_features(images, config, device, cache_folder):
-    """Features of ``images``, read from or written to the cache folder."""
+def feature_extractor(config, device):
+    """The unfitted PretrainedFeatures of a configuration."""
     from .. import PretrainedFeatures
 
     settings = config["features"]
-    source = images if isinstance(images, np.ndarray) else [str(p) for p in images]
-    key = joblib.hash((settings, config["seed"], source))
-    path = cache_folder / f"{config['dataset']}-{key}.npy"
-    if path.exists():
-        return np.load(path)
-    extractor = PretrainedFeatures(
+    return PretrainedFeatures(
         settings["backbone"],
         image_size=settings["image_size"],
         n_scales=settings["n_scales"],
@@ -124,6 +238,61 @@ def cached_features(images, config, device, cache_folder):
         device=device,
         random_state=config["seed"],
     )
-    features = extractor.fit(images[:1]).transform(images)
+
+
+def _feature_path(images, config, cache_folder):
+    source = images if isinstance(images, np.ndarray) else [str(p) for p in images]
+    key = joblib.hash((config["features"], config["seed"], source))
+    return cache_folder / f"{config['dataset']}-{key}.npy"
+
+
+def check_features(image_sets, config, device, cache_folder):
+    """Raise, before anything is written, if the feature settings cannot work.
+
+    Fits the extractor on one image of the first image set whose features
+    are not cached yet: a backbone that cannot process the smallest scale,
+    or an invalid setting, is then refused up front.
+    """
+    for images in image_sets:
+        if not _feature_path(images, config, cache_folder).exists():
+            try:
+                feature_extractor(config, device).fit(images[:1])
+            except ValueError as error:
+                raise BenchmarkError(
+                    "The feature settings (config['features']: --backbone, "
+                    f"--image-size, --n-scales, --n-views or --config) cannot be "
+                    f"used: {error}"
+                ) from error
+            return
+
+
+def cached_features(images, config, device, cache_folder):
+    """Features of ``images``, read from or written to the cache folder."""
+    path = _feature_path(images, config, cache_folder)
+    if path.exists():
+        return _read_features(path, len(images))
+    try:
+        features = feature_extractor(config, device).fit(images[:1]).transform(images)
+    except ValueError as error:
+        raise BenchmarkError(
+            f"Computing the features of {config['dataset']} failed: {error}"
+        ) from error
     atomic_write(path, lambda file: np.save(file, features), mode="wb")
+    return features
+
+
+def _read_features(path, n_images):
+    remedy = "Delete the file to compute the features again."
+    try:
+        # No pickles: the cache holds plain arrays, and a pickle in it would run.
+        features = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise BenchmarkError(
+            f"The cached features {path} cannot be read ({error}). {remedy}"
+        ) from error
+    if features.ndim != 2 or len(features) != n_images:
+        raise BenchmarkError(
+            f"The cached features {path} hold an array of shape {features.shape}, "
+            f"not one row for each of the {n_images} images. {remedy}"
+        )
     return features

@@ -110,7 +110,9 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         backbone's weight values and the views and scales. With it, scoring the same
         data again (the same validation fold for every GridSearchCV candidate) reads
         the cache instead of running the CNN. File inputs are keyed on their paths,
-        not their content.
+        not their content. The cache is joblib's store of pickles, and loading a
+        pickle can run any code: use a folder only you can write to, never a
+        shared or world-writable one.
 
     device : str or torch.device, default="auto"
         Where the CNN runs: ``"auto"`` picks CUDA when available, else the CPU.
@@ -169,6 +171,16 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
     differ). Files are opened one batch at a time, so memory is bounded by
     ``batch_size``, not by the number of files. Gray images are repeated to three
     channels; all images are normalised with the ImageNet mean and std.
+
+    Files and PIL images are read by their mode, never clipped: ``L`` and
+    ``RGB`` as they are; other 8-bit modes (``1``, ``P``, ``LA``, ``RGBA``,
+    ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ...) through Pillow's conversion to
+    RGB, which drops alpha; 16-bit modes (``I;16*``, how Pillow decodes 16-bit
+    PNG and TIFF files) divided by 65535; 32-bit integers (mode ``I``) divided
+    by 65535 when their values lie in [0, 65535], as 16-bit files decode, and
+    refused otherwise; 32-bit floats (mode ``F``) as intensities when their
+    values lie in [0, 1], and refused otherwise. A refusal is a ``ValueError``
+    naming the file, its mode and its range of values.
 
     The paper's configuration (DifferNet's) is ``backbone="alexnet"``,
     ``image_size=448``, ``n_scales=3`` (448, 224 and 112 px: 3 x 256 = 768

@@ -36,40 +36,115 @@ def _check_channels(n_channels, where):
         )
 
 
-def _pil_to_array(image):
-    if image.mode.startswith("I;16"):
-        return np.asarray(image, dtype=np.float32) / 65535.0
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
-    return np.asarray(image)
+# The largest value of a 16-bit pixel: Pillow decodes 16-bit PNG and TIFF
+# files into the modes "I;16*" or "I" (32-bit integers).
+_MAX_16BIT = 65535
+
+
+class _UnreadableImage(ValueError):
+    """An image whose pixels cannot be read without guessing; the message says why."""
+
+
+def _pil_to_array(image, where):
+    """The pixels of a PIL image as uint8, or floats in [0, 1].
+
+    8-bit modes are converted to RGB by Pillow (alpha dropped, palettes and
+    other colour spaces mapped to RGB); 16-bit modes and 32-bit integer images
+    whose values fit in 16 bits are divided by 65535; float images (mode F)
+    must hold values in [0, 1]. Anything else is refused, never clipped.
+    """
+    if image.width == 0 or image.height == 0:
+        raise _UnreadableImage(f"{where} is an empty image.")
+    mode = image.mode
+    if mode in ("L", "RGB"):
+        return np.asarray(image)
+    if mode.startswith("I;16"):
+        return np.asarray(image, dtype=np.float32) / _MAX_16BIT
+    if mode in ("I", "F"):
+        values = np.asarray(image)
+        low, high = values.min(), values.max()
+        if mode == "I" and 0 <= low and high <= _MAX_16BIT:
+            return values.astype(np.float32) / _MAX_16BIT
+        if mode == "F" and np.isfinite(values).all() and 0 <= low and high <= 1:
+            return values.astype(np.float32)
+        raise _UnreadableImage(_mode_message(where, mode, low, high))
+    try:
+        return np.asarray(image.convert("RGB"))
+    except ValueError:
+        try:
+            # Pillow converts premultiplied modes (La, RGBa) through RGBA only.
+            return np.asarray(image.convert("RGBA").convert("RGB"))
+        except ValueError as error:
+            raise _UnreadableImage(
+                f"{where} has PIL mode {mode!r}, which cannot be converted to "
+                f"RGB ({error}). Convert it to RGB or L (8-bit gray) first."
+            ) from None
+
+
+def _mode_message(where, mode, low, high):
+    if mode == "I":
+        return (
+            f"{where} has PIL mode 'I' (32-bit integers) with values in "
+            f"[{low}, {high}]; integer images are read by their bit depth, as "
+            "8-bit or 16-bit (0 to 65535) intensities, and these values fit "
+            "neither. Convert it to 16 bits, or pass the pixels as a float "
+            "array scaled to [0, 1]."
+        )
+    return (
+        f"{where} has PIL mode 'F' (32-bit floats) with values in [{low}, "
+        f"{high}]; float images are read as intensities in [0, 1], which these "
+        "values are not. Rescale it to [0, 1] (e.g. divide 16-bit data by "
+        "65535), or save it as 8 or 16 bits."
+    )
 
 
 def _missing_file(path, index):
     return f"X[{index}]: image file {os.fspath(path)!r} not found."
 
 
+def _directory(path, index):
+    return (
+        f"X[{index}]: {os.fspath(path)!r} is a directory, not an image file; "
+        "pass the image files in it, e.g. sorted(Path(folder).glob('*.png'))."
+    )
+
+
+def _read_file(path, index):
+    """The pixels of an image file, with errors that name it."""
+    where = f"X[{index}]: image file {os.fspath(path)!r}"
+    try:
+        with Image.open(path) as image:
+            # Decode here, so that a truncated file fails inside this try.
+            image.load()
+            return _pil_to_array(image, where)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(_missing_file(path, index)) from error
+    except IsADirectoryError as error:
+        raise IsADirectoryError(_directory(path, index)) from error
+    except _UnreadableImage:
+        raise
+    except Exception as error:
+        raise ValueError(f"{where}: cannot read image file: {error}") from error
+
+
 def _read_item(item, index):
     """One image of a sequence as an (H, W, C) array, C in {1, 3}."""
-    if isinstance(item, (str, os.PathLike)):
-        try:
-            with Image.open(item) as image:
-                array = _pil_to_array(image)
-        except FileNotFoundError as error:
-            raise FileNotFoundError(_missing_file(item, index)) from error
-        except Exception as error:
-            raise ValueError(
-                f"X[{index}]: cannot read image file {os.fspath(item)!r}: {error}"
-            ) from error
-    elif isinstance(item, Image.Image):
-        array = _pil_to_array(item)
-    else:
-        array = np.asarray(item)
-        if array.ndim not in (2, 3) or array.dtype.kind not in "uifb":
-            raise ValueError(
-                f"X[{index}] must be a (H, W) or (H, W, C) numeric array; got shape "
-                f"{array.shape} and dtype {array.dtype}."
-            )
-        _check_pixel_range(array, f"X[{index}]")
+    try:
+        if isinstance(item, (str, os.PathLike)):
+            array = _read_file(item, index)
+        elif isinstance(item, Image.Image):
+            array = _pil_to_array(item, f"X[{index}]")
+        else:
+            array = np.asarray(item)
+            if array.ndim not in (2, 3) or array.dtype.kind not in "uifb":
+                raise ValueError(
+                    f"X[{index}] must be a (H, W) or (H, W, C) numeric array; got "
+                    f"shape {array.shape} and dtype {array.dtype}."
+                )
+            _check_pixel_range(array, f"X[{index}]")
+    except _UnreadableImage as error:
+        # A plain ValueError for the user; the message says it all.
+        raise ValueError(str(error)) from None
     if array.ndim == 2:
         array = array[:, :, None]
     _check_channels(array.shape[2], f"X[{index}]")
@@ -154,6 +229,8 @@ def _image_source(X, input_shape):
             raise ValueError("X is empty: no images to embed.")
         for i, item in enumerate(X):
             if isinstance(item, (str, os.PathLike)):
+                if os.path.isdir(item):
+                    raise IsADirectoryError(_directory(item, i))
                 if not os.path.isfile(item):
                     raise FileNotFoundError(_missing_file(item, i))
             elif isinstance(item, np.ndarray):

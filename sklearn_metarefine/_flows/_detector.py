@@ -18,14 +18,15 @@ from torch.func import functional_call
 
 from .._scores import iqr_fence
 from .._torch_utils import resolve_device, torch_seeded
-from .._utils import draw_seed, standardisation
+from .._utils import draw_seed, standardisation, standardise
 from ._modules import Flow, log_prob
 from ._nets import (
-    DivergenceError,
     FlowNLLLoss,
     _FlowNet,
     _MAMLFlowNet,
     _undoable_warm_fit,
+    check_finite_scores,
+    training_rows,
 )
 from ._projection import fit_projection, mean_over_views, project
 
@@ -257,12 +258,12 @@ class FlowDetector(OutlierMixin, BaseEstimator):
             projection = (
                 (None, None, None)
                 if self.pca_components is None
-                else fit_projection((rows - mean) / scale, self.pca_components)
+                else fit_projection(standardise(rows, mean, scale), self.pca_components)
             )
             dim = rows.shape[1] if projection[0] is None else len(projection[0])
             net = self._build_net(dim, len(rows), device, seed)
-        coords, _ = project((rows - mean) / scale, *projection)
-        train_rows = coords.astype(np.float32)
+        coords, _ = project(standardise(rows, mean, scale), *projection)
+        train_rows = training_rows(coords, X)
 
         if warm:
             # Train the fitted net in place, able to undo it if training fails.
@@ -274,7 +275,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
                 scores = _log_likelihood(
                     net.module_, X, mean, scale, projection, self.n_views
                 )
-                self._check_finite(scores)
+                check_finite_scores(scores, X, self._net_kwargs()["optimizer__lr"])
             except BaseException:
                 restore()
                 raise
@@ -284,7 +285,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
             scores = _log_likelihood(
                 net.module_, X, mean, scale, projection, self.n_views
             )
-            self._check_finite(scores)
+            check_finite_scores(scores, X, self._net_kwargs()["optimizer__lr"])
 
         self.net_, self.mean_, self.scale_ = net, mean, scale
         (self.components_, self.explained_variance_, self.noise_variance_) = projection
@@ -301,14 +302,6 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         net.set_params(batch_size=min(self.batch_size, len(train_rows)))
         with torch_seeded(seed, device):
             net.partial_fit(train_rows, epochs=self._warm_epochs())
-
-    def _check_finite(self, scores):
-        if not np.all(np.isfinite(scores)):
-            raise DivergenceError(
-                "The fitted flow gives NaN or infinite log-likelihoods on its "
-                f"training data: the optimisation diverged. Lower the learning "
-                f"rate (currently {self._net_kwargs()['optimizer__lr']!r})."
-            )
 
     def score_samples(self, X):
         """Log-likelihood of each sample, averaged over its views.
@@ -577,7 +570,7 @@ def _log_likelihood(module, X, mean, scale, projection, n_views):
         for name, t in module.state_dict().items()
     }
     per_view = X.shape[1] // n_views
-    std_rows = (X.reshape(-1, per_view) - mean) / scale
+    std_rows = standardise(X.reshape(-1, per_view), mean, scale)
     rows, outside_flow = project(std_rows, *projection)
     outside_flow = outside_flow - np.sum(np.log(scale))
     out = np.empty(len(rows), dtype=np.float64)

@@ -6,6 +6,7 @@ train step and nothing else. Both refuse to go on once the loss has run away.
 
 import copy
 
+import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.dataset import unpack_data
@@ -20,9 +21,46 @@ from ._modules import differnet_loss
 # that has run away, even while it is still finite.
 _DIVERGED_LOSS = 1e4
 
+# Squares of larger values overflow float64: a log-likelihood that is not
+# finite on such data is an overflow, not a failed optimisation.
+_EXTREME = 1e150
+
 
 class DivergenceError(FloatingPointError):
     """Raised when a flow's training loss stops being finite."""
+
+
+def overflow_message(X):
+    """Why data with extreme values cannot be fitted, and what to do instead."""
+    return (
+        f"X holds values as large as {np.abs(X).max():.3g} in magnitude: the "
+        "flow's arithmetic overflows on them (float32 training, float64 "
+        "scoring). This is not a learning-rate problem; rescale or transform "
+        "the features (e.g. np.log1p of their magnitude), or drop the samples "
+        "with extreme values."
+    )
+
+
+def training_rows(coords, X):
+    """The flow's float32 training rows, refusing what float32 cannot hold."""
+    with np.errstate(over="ignore"):
+        rows = coords.astype(np.float32)
+    if not np.isfinite(rows).all():
+        raise ValueError(overflow_message(X))
+    return rows
+
+
+def check_finite_scores(scores, X, lr):
+    """Raise unless the training data's log-likelihoods are all finite."""
+    if np.all(np.isfinite(scores)):
+        return
+    if np.abs(X).max() > _EXTREME:
+        raise ValueError(overflow_message(X))
+    raise DivergenceError(
+        "The fitted flow gives NaN or infinite log-likelihoods on its "
+        f"training data: the optimisation diverged. Lower the learning "
+        f"rate (currently {lr!r})."
+    )
 
 
 class FlowNLLLoss(nn.Module):

@@ -35,10 +35,13 @@ def project(std_rows, components, explained_variance, noise_variance):
     along = std_rows @ components.T
     residual = std_rows - along @ components
     discarded = std_rows.shape[1] - len(components)
-    log_density = -0.5 * np.sum(np.log(explained_variance)) - 0.5 * (
-        discarded * np.log(2 * np.pi * noise_variance)
-        + np.sum(residual**2, axis=1) / noise_variance
-    )
+    # A row so far out that its squared residual overflows has density zero:
+    # its log-density is -inf, the most anomalous score, not an error.
+    with np.errstate(over="ignore"):
+        log_density = -0.5 * np.sum(np.log(explained_variance)) - 0.5 * (
+            discarded * np.log(2 * np.pi * noise_variance)
+            + np.sum(residual**2, axis=1) / noise_variance
+        )
     return along / np.sqrt(explained_variance), log_density
 
 

@@ -1,0 +1,761 @@
+"""What the package refuses, and how: the bad-input matrix.
+
+Each row of a table below is one bad input given to a public estimator or to
+``metarefine benchmark``, and what must happen: an error of a given type whose
+message holds a given fragment, or, where the package converts the input
+instead of refusing it, the documented conversion, which the row's test
+checks. The tables are the reference of what the package refuses.
+"""
+
+import concurrent.futures
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from PIL import Image
+from scipy import sparse
+from sklearn.ensemble import IsolationForest
+
+import sklearn_metarefine
+from sklearn_metarefine import (
+    FlowDetector,
+    IQRRefiner,
+    MAMLFlowDetector,
+    MetaRefineDetector,
+    PretrainedFeatures,
+)
+from sklearn_metarefine._benchmark import BenchmarkError, resolve_config, run_benchmark
+from sklearn_metarefine._benchmark._data import load_category
+from sklearn_metarefine._benchmark._storage import _feature_path, claim_output
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# --- numeric estimators ---------------------------------------------------------
+
+TINY_FLOW = dict(n_blocks=2, hidden_size=8, max_epochs=2, device="cpu", random_state=0)
+ESTIMATORS = {
+    "FlowDetector": lambda: FlowDetector(**TINY_FLOW),
+    "MAMLFlowDetector": lambda: MAMLFlowDetector(**TINY_FLOW),
+    "IQRRefiner": lambda: IQRRefiner(
+        FlowDetector(**TINY_FLOW), max_iter=2, random_state=0
+    ),
+    "MetaRefineDetector": lambda: MetaRefineDetector(
+        backbone=None, max_iter=2, **TINY_FLOW
+    ),
+}
+X = np.random.RandomState(0).normal(size=(30, 4))
+X_TEST = np.random.RandomState(1).normal(size=(20, 4))
+COLUMNS = ["a", "b", "c", "d"]
+
+
+def _with(value):
+    bad = X.copy()
+    bad[1, 1] = value
+    return bad
+
+
+NUMERIC_INPUTS = {
+    "NaN": lambda: _with(np.nan),
+    "infinity": lambda: _with(np.inf),
+    "no sample": lambda: X[:0],
+    "one sample": lambda: X[:1],
+    "sparse matrix": lambda: sparse.csr_matrix(X),
+    "1-D array": lambda: X[:, 0],
+    "3-D array": lambda: X.reshape(30, 2, 2),
+    "complex numbers": lambda: X.astype(complex),
+    "strings": lambda: np.full((30, 4), "a"),
+    "3 of the 4 columns": lambda: X[:, :3],
+    "other feature names": lambda: pd.DataFrame(X, columns=["a", "b", "c", "e"]),
+}
+
+# (input, method, error type, message fragment). A "score_samples" row scores
+# the input with the estimator fitted on X (on a DataFrame of X with columns
+# a..d for the feature-name row).
+NUMERIC_ROWS = [
+    ("NaN", "fit", ValueError, "contains NaN"),
+    ("infinity", "fit", ValueError, "contains infinity"),
+    ("no sample", "fit", ValueError, "0 sample"),
+    ("one sample", "fit", ValueError, "1 sample|n_samples=1"),
+    ("sparse matrix", "fit", TypeError, "dense data is required"),
+    ("1-D array", "fit", ValueError, "Expected 2D array"),
+    ("3-D array", "fit", ValueError, "dim 3"),
+    ("complex numbers", "fit", ValueError, "Complex data"),
+    ("strings", "fit", ValueError, "string"),
+    ("NaN", "score_samples", ValueError, "contains NaN"),
+    ("infinity", "score_samples", ValueError, "contains infinity"),
+    ("sparse matrix", "score_samples", TypeError, "dense data is required"),
+    ("3 of the 4 columns", "score_samples", ValueError, "3 features, but"),
+    ("other feature names", "score_samples", ValueError, "feature names should match"),
+]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """Each numeric estimator fitted on X, and on X as a DataFrame."""
+    frame = pd.DataFrame(X, columns=COLUMNS)
+    return {
+        name: (make().fit(X), make().fit(frame)) for name, make in ESTIMATORS.items()
+    }
+
+
+@pytest.mark.parametrize(
+    "data, method, error, match",
+    NUMERIC_ROWS,
+    ids=[f"{method}-{data}" for data, method, _, _ in NUMERIC_ROWS],
+)
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_numeric_estimators_refuse(estimator, data, method, error, match, fitted):
+    if method == "fit":
+        target = ESTIMATORS[estimator]()
+    else:
+        on_array, on_frame = fitted[estimator]
+        target = on_frame if data == "other feature names" else on_array
+    with pytest.raises(error, match=match):
+        getattr(target, method)(NUMERIC_INPUTS[data]())
+
+
+# Conversions: inputs that are accepted, with what the package promises.
+
+
+@pytest.mark.parametrize("factor", [1e-15, 1e-300, 1e300])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_any_scale_ranks_as_the_unscaled_data(estimator, factor, fitted):
+    # Standardisation is relative to each feature's magnitude: a spread of
+    # 1e-15 is data, not a constant feature (it used to give every row one
+    # identical score), and 1e300 does not overflow.
+    expected = fitted[estimator][0].score_samples(X_TEST)
+    scaled = ESTIMATORS[estimator]().fit(X * factor).score_samples(X_TEST * factor)
+    assert np.unique(scaled).size == len(X_TEST)
+    np.testing.assert_array_equal(np.argsort(scaled), np.argsort(expected))
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_a_value_near_1e300_is_the_most_anomalous_never_nan(estimator):
+    extreme = _with(1e300)
+    scores = ESTIMATORS[estimator]().fit(extreme).score_samples(extreme)
+    assert not np.isnan(scores).any()
+    assert np.argmin(scores) == 1
+    assert np.isfinite(np.delete(scores, 1)).all()
+
+
+@pytest.mark.parametrize("estimator", ["FlowDetector", "MAMLFlowDetector"])
+def test_warm_refit_on_values_near_1e300_says_overflow(estimator, fitted):
+    # The warm fit keeps the first fit's standardisation, so these values
+    # reach the flow's float32 arithmetic as they are.
+    flow = fitted[estimator][0]
+    with pytest.raises(ValueError, match="1e\\+300 in magnitude.*overflows") as error:
+        flow.set_params(warm_start=True).fit(_with(1e300))
+    flow.set_params(warm_start=False)
+    assert "Lower the learning rate" not in str(error.value)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("start", ["neighbors", "trimmed"])
+def test_refinement_rounds_that_cycle_end_on_the_cycle(start, capsys):
+    # On these 50 rows the rounds alternate between two kept sets; with
+    # max_iter=None they used to run forever.
+    rows = np.random.RandomState(4).normal(size=(50, 2))
+    refiner = IQRRefiner(
+        IsolationForest(), start=start, max_iter=None, verbose=1, random_state=0
+    ).fit(rows)
+
+    assert refiner.termination_condition_ == "cycle"
+    assert refiner.n_iter_ == len(refiner.thresholds_) < 10
+    last_round = capsys.readouterr().out.splitlines()[-1]
+    assert "returns to the kept set of an earlier round" in last_round
+    # The final model is the one fitted on the kept set it reports.
+    alone = IsolationForest(random_state=0).fit(rows[refiner.inlier_mask_])
+    np.testing.assert_array_equal(
+        refiner.score_samples(rows), alone.score_samples(rows)
+    )
+
+
+# --- images ---------------------------------------------------------------------
+
+RGB = np.random.RandomState(0).randint(0, 256, size=(6, 12, 10, 3), dtype=np.uint8)
+GRAY = RGB[..., 0]
+# Larger than any other test image, and than Image.MAX_IMAGE_PIXELS as the
+# bomb row sets it: Pillow refuses images over twice the limit.
+BOMB_LIMIT = 200
+
+
+def _backbone():
+    generator = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        for tensor in (conv.weight, conv.bias):
+            tensor.copy_(torch.randn(tensor.shape, generator=generator))
+    return conv
+
+
+def _features():
+    return PretrainedFeatures(
+        _backbone(), image_size=16, n_scales=1, device="cpu", random_state=0
+    )
+
+
+def _detector():
+    return MetaRefineDetector(
+        _backbone(),
+        image_size=16,
+        n_scales=1,
+        max_iter=2,
+        pca_components=2,
+        **TINY_FLOW,
+    )
+
+
+def _save(array, path):
+    Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    """Good PNGs, and one file or folder per bad case, by the case's name."""
+    folder = tmp_path_factory.mktemp("images")
+    good = [_save(image, folder / f"good{i}.png") for i, image in enumerate(RGB)]
+    (folder / "corrupt.png").write_bytes(b"this is not a PNG")
+    (folder / "truncated.png").write_bytes(good[0].read_bytes()[:60])
+    (folder / "folder.png").mkdir()
+    bad = {
+        "missing path": folder / "nowhere.png",
+        "directory": folder / "folder.png",
+        "corrupt file": folder / "corrupt.png",
+        "truncated file": folder / "truncated.png",
+        "decompression bomb": _save(np.zeros((40, 40), np.uint8), folder / "bomb.png"),
+        "float image beyond [0, 1]": _save(
+            np.full((12, 10), 3.0, np.float32), folder / "float.tif"
+        ),
+        "32-bit integers beyond 16 bits": _save(
+            np.full((12, 10), 70000, np.int32), folder / "int32.tif"
+        ),
+        "negative 32-bit integers": _save(
+            np.full((12, 10), -1, np.int32), folder / "negative.tif"
+        ),
+    }
+    return good, bad
+
+
+def _pixels(value):
+    images = RGB / 255.0
+    images[2, 3, 4, 0] = value
+    return images
+
+
+IMAGE_ARRAYS = {
+    "NaN pixels": lambda: _pixels(np.nan),
+    "infinite pixels": lambda: _pixels(np.inf),
+    "no image": lambda: [],
+    "sparse matrix": lambda: sparse.csr_matrix(RGB.reshape(6, -1)),
+    "4 channels": lambda: np.zeros((6, 8, 8, 4), np.uint8),
+    "pixel values above 255": lambda: np.full((6, 8, 8), 300),
+    "flat rows without input_shape": lambda: RGB.reshape(6, -1),
+    "a single path, not a list": lambda: "image.png",
+}
+
+# (input, error type, message fragment). Files are appended to the good files,
+# so each message must name the bad one (X[6]).
+IMAGE_ROWS = [
+    (
+        "missing path",
+        FileNotFoundError,
+        r"X\[6\]: image file '.*nowhere.png' not found",
+    ),
+    ("directory", IsADirectoryError, r"X\[6\]: '.*folder.png' is a directory"),
+    ("corrupt file", ValueError, r"X\[6\]: image file '.*corrupt.png': cannot read"),
+    ("truncated file", ValueError, r"truncated.png': cannot read .*truncated"),
+    ("decompression bomb", ValueError, r"bomb.png': cannot read .*decompression bomb"),
+    ("float image beyond [0, 1]", ValueError, r"float.tif' has PIL mode 'F'"),
+    ("32-bit integers beyond 16 bits", ValueError, r"int32.tif' has PIL mode 'I'"),
+    ("negative 32-bit integers", ValueError, r"negative.tif' has PIL mode 'I'"),
+    ("NaN pixels", ValueError, "contains NaN"),
+    ("infinite pixels", ValueError, "contains infinity"),
+    ("no image", ValueError, "X is empty"),
+    ("sparse matrix", TypeError, "dense data is required"),
+    ("4 channels", ValueError, "4 channels in its last axis"),
+    ("pixel values above 255", ValueError, r"expected integers in \[0, 255\]"),
+    ("flat rows without input_shape", ValueError, "pass input_shape"),
+    ("a single path, not a list", ValueError, "single image"),
+]
+
+
+@pytest.fixture(scope="module")
+def fitted_on_images(image_files):
+    good, _ = image_files
+    return _features().fit(good), _detector().fit(good)
+
+
+@pytest.mark.parametrize(
+    "data, error, match", IMAGE_ROWS, ids=[row[0] for row in IMAGE_ROWS]
+)
+@pytest.mark.parametrize(
+    "method",
+    [
+        "PretrainedFeatures.transform",
+        "MetaRefineDetector.fit",
+        "MetaRefineDetector.score_samples",
+    ],
+)
+def test_image_inputs_are_refused_by_name(
+    method, data, error, match, image_files, fitted_on_images, monkeypatch
+):
+    good, bad = image_files
+    images = good + [bad[data]] if data in bad else IMAGE_ARRAYS[data]()
+    if data == "decompression bomb":
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", BOMB_LIMIT)
+    features, detector = fitted_on_images
+    target = {
+        "PretrainedFeatures.transform": features.transform,
+        "MetaRefineDetector.fit": _detector().fit,
+        "MetaRefineDetector.score_samples": detector.score_samples,
+    }[method]
+    with pytest.raises(error, match=match):
+        target(images)
+
+
+def test_one_image_is_too_few_to_refine(fitted_on_images):
+    with pytest.raises(ValueError, match="n_samples=1"):
+        _detector().fit(RGB[:1])
+
+
+def test_other_bit_depths_embed_like_their_8bit_images(tmp_path, fitted_on_images):
+    # The same pixels as 16-bit PNGs (mode I;16), 32-bit integer TIFFs holding
+    # 16-bit values (mode I) and float TIFFs in [0, 1] (mode F), on disk and in
+    # memory. Tolerance: float32 rounding of the pixel values, through the CNN.
+    sixteen = GRAY.astype(np.uint16) * 257
+    forms = {
+        "I;16": [_save(g, tmp_path / f"s{i}.png") for i, g in enumerate(sixteen)],
+        "I": [
+            _save(g.astype(np.int32), tmp_path / f"i{i}.tif")
+            for i, g in enumerate(sixteen)
+        ],
+        "F": [
+            _save((g / 255).astype(np.float32), tmp_path / f"f{i}.tif")
+            for i, g in enumerate(GRAY)
+        ],
+        "F in memory": [Image.fromarray((g / 255).astype(np.float32)) for g in GRAY],
+    }
+    for mode in ("I;16", "I", "F"):
+        with Image.open(forms[mode][0]) as image:
+            assert image.mode == mode
+    features = fitted_on_images[0]
+    expected = features.transform(GRAY)
+    black = features.transform(np.zeros_like(GRAY))
+    for mode, images in forms.items():
+        embedded = features.transform(images)
+        np.testing.assert_allclose(embedded, expected, rtol=1e-5, atol=1e-5)
+        assert not np.allclose(embedded, black, atol=1e-3), mode
+
+
+# --- the command line -----------------------------------------------------------
+
+BASE = [
+    "benchmark",
+    "--categories",
+    "3",
+    "--noise",
+    "0",
+    "--repeats",
+    "1",
+    "--models",
+    "iforest",
+    "--image-size",
+    "32",
+    "--n-jobs",
+    "1",
+    "--no-progress",
+]
+BASE_CONFIG = {"features": {"image_size": 32}}
+RUN_RECORD = "digit3_noise0.0000_rep0_iforest.json"
+
+
+def _finished(out, *, results=True):
+    """An output folder of BASE's configuration with its features cached."""
+    config = resolve_config("digits", BASE_CONFIG)
+    (out / "runs").mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(config))
+    images = load_category("digits", "digit3", None)[0]
+    cache = _feature_path(images, config, out / "features")
+    cache.parent.mkdir()
+    np.save(cache, np.zeros((len(images), 8), np.float32))
+    if results:
+        (out / "results.json").write_text('{"finished": true}')
+    return cache
+
+
+def _read_only(out):
+    """A folder this process cannot write to, or None."""
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        (out / "probe").touch()
+    except PermissionError:
+        return out
+    # Permissions do not bind root; sysfs refuses new files to everyone.
+    (out / "probe").unlink()
+    probe = Path("/sys/kernel") / "metarefine-probe"
+    try:
+        with open(probe, "x"):
+            pass
+    except OSError:
+        return probe.parent if probe.parent.is_dir() else None
+    probe.unlink()
+    return None
+
+
+def _write(name, text):
+    def prepare(folder, out):
+        (folder / name).write_text(text)
+
+    return prepare
+
+
+def _truncate_cache(folder, out):
+    cache = _finished(out, results=False)
+    cache.write_bytes(cache.read_bytes()[:100])
+
+
+def _corrupt_record(folder, out):
+    _finished(out)
+    (out / "runs" / RUN_RECORD).write_text('{"auroc": 0.9')
+
+
+def _corrupt_config(folder, out):
+    _finished(out)
+    (out / "config.json").write_text("{")
+
+
+# (case, arguments, preparation, exit status, fragment of stderr's last line).
+# In the arguments, OUT is the output folder and DIR the case's own folder.
+CLI_ROWS = [
+    (
+        "--repeats 0 on a finished folder",
+        ["--repeats", "0", "--output", "OUT"],
+        lambda folder, out: _finished(out),
+        2,
+        "argument --repeats: must be a positive",
+    ),
+    ("--n-jobs 0", ["--n-jobs", "0"], None, 2, "argument --n-jobs: must be"),
+    ("--image-size 0", ["--image-size", "0"], None, 2, "argument --image-size"),
+    ("unknown model", ["--models", "forest"], None, 2, "invalid choice: 'forest'"),
+    ("--noise 0.9", ["--noise", "0.9"], None, 1, "above 0.5, the largest fraction"),
+    (
+        "--noise -0.1",
+        ["--noise", "-0.1"],
+        None,
+        1,
+        r"-0\.1 \(--noise\) is not a fraction",
+    ),
+    (
+        "--config holding a JSON list",
+        ["--config", "DIR/list.json"],
+        _write("list.json", "[1, 2]"),
+        1,
+        "list.json holds a JSON list",
+    ),
+    (
+        "--config invalid JSON",
+        ["--config", "DIR/bad.json"],
+        _write("bad.json", '{"flow": '),
+        1,
+        "Cannot read .*bad.json: Expecting value",
+    ),
+    (
+        "--config missing",
+        ["--config", "DIR/nowhere.json"],
+        None,
+        1,
+        "Cannot read .*nowhere.json: .*No such file",
+    ),
+    ("--config a directory", ["--config", "DIR"], None, 1, "Is a directory"),
+    (
+        "--config unknown key",
+        ["--config", "DIR/typo.json"],
+        _write("typo.json", '{"flow": {"hiden_size": 8}}'),
+        1,
+        r"Unknown configuration key config\['flow'\]\['hiden_size'\]",
+    ),
+    (
+        "configured value a model refuses",
+        ["--config", "DIR/zero.json", "--models", "vanilla"],
+        _write("zero.json", '{"flow": {"hidden_size": 0}}'),
+        1,
+        "'vanilla' model is invalid: The 'hidden_size' parameter of FlowDetector",
+    ),
+    (
+        "configured value the features refuse",
+        ["--config", "DIR/zero.json"],
+        _write("zero.json", '{"features": {"batch_size": 0}}'),
+        1,
+        "The 'batch_size' parameter of PretrainedFeatures",
+    ),
+    (
+        "image size the scales cannot halve",
+        ["--image-size", "1"],
+        None,
+        1,
+        "image_size=1 cannot be halved 2 times",
+    ),
+    (
+        "--output is a file",
+        ["--output", "DIR/file"],
+        _write("file", ""),
+        1,
+        r"\(--output\) is a file",
+    ),
+    (
+        "--output below a file",
+        ["--output", "DIR/file/results"],
+        _write("file", ""),
+        1,
+        r"\(--output\) lies below the file",
+    ),
+    (
+        "read-only --output",
+        ["--output", "READ_ONLY"],
+        None,
+        1,
+        "Cannot write to the output folder .* Pass a folder you can write to",
+    ),
+    (
+        "corrupt config.json",
+        ["--output", "OUT"],
+        _corrupt_config,
+        1,
+        r"Cannot read .*config.json: Expecting",
+    ),
+    (
+        "corrupt run record",
+        ["--output", "OUT"],
+        _corrupt_record,
+        1,
+        f"Cannot read .*{RUN_RECORD}: .*Delete the file to run that run again",
+    ),
+    (
+        "truncated feature cache",
+        ["--output", "OUT"],
+        _truncate_cache,
+        1,
+        r"cached features .*\.npy cannot be read",
+    ),
+    (
+        "missing dataset folder",
+        ["--dataset", "mvtec", "--root", "DIR/mvtec", "--categories", "bottle"],
+        None,
+        1,
+        "MVTec AD root folder .*mvtec does not exist",
+    ),
+]
+
+
+def _tree(folder):
+    """Every file under ``folder`` with a digest of its content."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _run_command(arguments, cwd):
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(sklearn_metarefine.__file__).parents[1]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "sklearn_metarefine", *arguments],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory):
+    """Every command-line row, run in its own process, four at a time.
+
+    Returns, per case, the completed process, the files of the case's folder
+    before and after it ran, or None when no read-only folder can be made.
+    """
+    prepared = {}
+    for case, arguments, prepare, _, _ in CLI_ROWS:
+        folder = tmp_path_factory.mktemp("cli")
+        out = folder / "out"
+        if prepare is not None:
+            prepare(folder, out)
+        substitutes = {"OUT": str(out)}
+        if "READ_ONLY" in arguments:
+            read_only = _read_only(folder / "locked")
+            if read_only is None:
+                prepared[case] = None
+                continue
+            substitutes["READ_ONLY"] = str(read_only)
+        arguments = [
+            substitutes.get(a, a.replace("DIR", str(folder))) for a in arguments
+        ]
+        if "--output" not in arguments:
+            arguments += ["--output", str(out)]
+        prepared[case] = (BASE + arguments, folder, _tree(folder))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        running = {
+            case: pool.submit(_run_command, arguments, folder)
+            for case, (arguments, folder, _) in (
+                (c, p) for c, p in prepared.items() if p is not None
+            )
+        }
+        results = {}
+        for case, future in running.items():
+            _, folder, before = prepared[case]
+            results[case] = (future.result(), before, _tree(folder))
+    yield results
+    for path in tmp_path_factory.getbasetemp().rglob("locked"):
+        path.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "case, status, match",
+    [(case, status, match) for case, _, _, status, match in CLI_ROWS],
+    ids=[row[0] for row in CLI_ROWS],
+)
+def test_command_line_errors_are_one_line_and_write_nothing(
+    case, status, match, cli_results
+):
+    if cli_results.get(case) is None:
+        pytest.skip("no read-only folder can be made here")
+    process, before, after = cli_results[case]
+    assert "Traceback" not in process.stderr
+    assert process.returncode == status, process.stderr
+    lines = process.stderr.strip().splitlines()
+    assert lines[-1].startswith("metarefine benchmark: error: ")
+    assert re.search(match, lines[-1]), lines[-1]
+    if status == 1:
+        assert len(lines) == 1
+    assert after == before
+
+
+def test_run_benchmark_checks_its_arguments_before_writing(tmp_path):
+    _finished(tmp_path)
+    before = _tree(tmp_path)
+    for arguments, match in [
+        ({"repeats": 0}, "repeats"),
+        ({"n_jobs": 0}, "n_jobs"),
+        ({"noise": [0.6]}, "above 0.5"),
+        ({"config": [1, 2]}, "must be a dict"),
+    ]:
+        with pytest.raises(BenchmarkError, match=match):
+            run_benchmark(
+                categories=["digit3"], output=tmp_path, **{"noise": [0.0], **arguments}
+            )
+    assert _tree(tmp_path) == before
+
+
+# --- claiming an output folder ---------------------------------------------------
+
+
+def _claim_each(folders, config, barrier, results):
+    for folder in folders:
+        barrier.wait()
+        try:
+            claim_output(folder, config)
+            results.put((folder.name, config["seed"]))
+        except BenchmarkError:
+            results.put((folder.name, None))
+
+
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="needs fork"
+)
+def test_one_of_two_racing_configurations_claims_the_folder(tmp_path):
+    # Two processes claim the same 100 fresh folders, each time released
+    # together by a barrier, with different configurations. Claiming used to
+    # be check-then-write: both won 58 of 100 races here.
+    context = multiprocessing.get_context("fork")
+    folders = [tmp_path / f"out{i}" for i in range(100)]
+    barrier, results = context.Barrier(2), context.Queue()
+    workers = [
+        context.Process(
+            target=_claim_each, args=(folders, {"seed": s}, barrier, results)
+        )
+        for s in (1, 2)
+    ]
+    for worker in workers:
+        worker.start()
+    winners = {}
+    for _ in range(2 * len(folders)):
+        name, seed = results.get(timeout=60)
+        winners.setdefault(name, []).append(seed)
+    for worker in workers:
+        worker.join(timeout=60)
+
+    assert sorted(winners) == sorted(folder.name for folder in folders)
+    for folder in folders:
+        won = [seed for seed in winners[folder.name] if seed is not None]
+        assert len(won) == 1, folder
+        assert json.loads((folder / "config.json").read_text()) == {"seed": won[0]}
+
+
+# --- caches ----------------------------------------------------------------------
+
+
+def test_docs_state_the_trust_assumption_of_memory_caches():
+    # A memory= cache is a pickle store: whoever can write to it runs code in
+    # the next fit. The docs must say so and never suggest a shared folder.
+    texts = {
+        path: path.read_text()
+        for path in [
+            *ROOT.glob("docs/**/*.rst"),
+            *ROOT.glob("examples/*.py"),
+            ROOT / "README.md",
+        ]
+    }
+    shared = re.compile(r"""(cache|memory)\s*=\s*["'](/tmp|/scratch|/shared)""")
+    assert not [path for path, text in texts.items() if shared.search(text)]
+    scaling = texts[ROOT / "docs" / "user_guide" / "scaling.rst"]
+    assert "pickle" in scaling and "only you can write to" in scaling
+    for estimator in (PretrainedFeatures, MetaRefineDetector):
+        assert "only you can write to" in " ".join(estimator.__doc__.split())
+
+
+# --- properties -------------------------------------------------------------------
+
+
+@st.composite
+def _any_scale(draw):
+    """Finite data whose columns have any magnitude from 1e-300 to 1e300."""
+    n_samples = draw(st.integers(4, 16))
+    n_features = draw(st.integers(2, 4))
+    unit = draw(
+        hnp.arrays(
+            np.float64,
+            (n_samples, n_features),
+            elements=st.floats(-1, 1, allow_nan=False, width=32),
+        )
+    )
+    exponents = draw(hnp.arrays(np.int64, n_features, elements=st.integers(-300, 300)))
+    return unit * 10.0 ** exponents.astype(np.float64)
+
+
+@pytest.mark.parametrize("estimator", ["FlowDetector", "MAMLFlowDetector"])
+@settings(max_examples=15, deadline=None, derandomize=True, database=None)
+@given(data=_any_scale())
+def test_finite_data_of_any_scale_gets_finite_deterministic_scores(estimator, data):
+    scores = ESTIMATORS[estimator]().fit(data).score_samples(data)
+    assert scores.dtype == np.float64 and np.isfinite(scores).all()
+    again = ESTIMATORS[estimator]().fit(data).score_samples(data)
+    np.testing.assert_array_equal(again, scores)

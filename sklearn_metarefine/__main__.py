@@ -5,6 +5,7 @@ arguments; the work is done in ``_benchmark``, ``_training`` and ``_inference``.
 """
 
 import argparse
+import json
 import sys
 
 # The light modules only: the arguments are checked before torch is imported.

@@ -77,7 +77,8 @@ def read_image(path):
     """
     try:
         with Image.open(path) as image:
-            return _pil_to_array(image)
+            image.load()
+            return _pil_to_array(image, f"image file {os.fspath(path)!r}")
     except Exception as error:
         # PIL signals undecodable files with several types (OSError, SyntaxError,
         # ValueError, DecompressionBombError); all mean the same here.

@@ -20,6 +20,10 @@ _SOURCES = {
     "IQRRefiner": "._refine",
     "iqr_fence": "._scores",
     "neighbour_distances": "._scores",
+    "aupro": "._metrics",
+    "image_auroc": "._metrics",
+    "pixel_auroc": "._metrics",
+    "plot_anomaly_maps": "._plotting",
 }
 
 __all__ = list(_SOURCES)

@@ -51,7 +51,13 @@ def _blob(rng, grid, area, *, softness, roughness):
     across = -dx * np.sin(theta) + dy * np.cos(theta)
     radius = np.sqrt((along / a) ** 2 + (across / b) ** 2)
     radius = radius + roughness * noise(rng, grid, max(1.0, 0.3 * b))
-    return 1 - smoothstep(1 - softness, 1.0, radius)
+    alpha = 1 - smoothstep(1 - softness, 1.0, radius)
+    # A rough edge can leave specks apart from the blob; one defect is one region.
+    labels, n_regions = ndimage.label(alpha > 0)
+    if n_regions > 1:
+        largest = 1 + np.argmax(np.bincount(labels.ravel())[1:])
+        alpha[labels != largest] = 0.0
+    return alpha
 
 
 def _stroke(grid, points, width):
@@ -215,11 +221,20 @@ def missing_thread(rng, surface, area):
 
 
 def color_thread(rng, surface, area):
-    """Threads of another colour: the yarn changed hue where it lies on top."""
+    """Threads of another colour, seen where they pass over the crossing threads.
+
+    The mask is the whole stretch of thread, one region, as an inspector would
+    outline it; where the thread passes under, its pixels keep their value.
+    """
     warp, band = _thread_band(rng, surface, area)
     extras = surface.extras
     on_top = (np.floor(extras["u"]) + np.floor(extras["v"])) % 2 == (0 if warp else 1)
-    return (band & on_top).astype(float), _hue_shift(rng, surface.reflectance, 0.4)
+    target = np.where(
+        on_top[..., None],
+        _hue_shift(rng, surface.reflectance, 0.4),
+        surface.reflectance,
+    )
+    return band.astype(float), target
 
 
 DEFECTS = {

@@ -152,29 +152,44 @@ def crack(rng, surface, area):
     return alpha, 0.2 * surface.reflectance
 
 
+def _shifted(image, dy, dx):
+    """``image`` moved by whole pixels, zero where nothing moved in."""
+    out = np.zeros_like(image)
+    h, w = image.shape
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
 def hole(rng, surface, area):
-    """A hole or pit with ragged edges, through which a dark backing shows."""
-    alpha = _blob(rng, surface.grid, area, softness=0.15, roughness=0.25)
+    """A hole or pit with ragged edges: a dark inside, its far wall catching light."""
     grid = surface.grid
-    dark = 0.06 * (1 + 0.3 * noise(rng, grid, 1.5))
-    return alpha, np.clip(np.repeat(dark[..., None], 3, axis=2), 0, 1)
+    alpha = _blob(rng, grid, area, softness=0.15, roughness=0.25)
+    light = rng.uniform(0, 2 * np.pi)
+    wall = 1.5 * grid.scale
+    dy, dx = int(round(wall * np.sin(light))), int(round(wall * np.cos(light)))
+    lit = np.clip(alpha - _shifted(alpha, dy, dx), 0, 1)[..., None]
+    dark = 0.06 * (1 + 0.3 * noise(rng, grid, 1.5))[..., None]
+    bright = 0.7 * surface.reflectance + 0.25
+    return alpha, np.clip(dark * (1 - lit) + bright * lit, 0, 1)
 
 
 _STAIN_TINTS = np.array(
     [
-        [0.78, 0.62, 0.45],  # coffee, rust
-        [0.62, 0.62, 0.66],  # oil
-        [0.70, 0.78, 0.60],  # mould
+        [0.62, 0.45, 0.30],  # coffee, rust
+        [0.50, 0.50, 0.55],  # oil
+        [0.60, 0.68, 0.50],  # mould
     ]
 )
 
 
 def stain(rng, surface, area):
-    """A translucent blot with a soft edge and a darker rim where it dried."""
+    """A blot of liquid that soaked in: darker, tinted, with a rim where it dried."""
     grid = surface.grid
-    shape = _blob(rng, grid, area, softness=0.45, roughness=0.2)
+    shape = _blob(rng, grid, area, softness=0.25, roughness=0.2)
     rim = shape * (1 - shape) * 4
-    alpha = np.clip(0.75 * shape + 0.25 * rim, 0, 1)
+    alpha = np.clip(0.8 * shape + 0.2 * rim, 0, 1)
     tint = _STAIN_TINTS[rng.integers(len(_STAIN_TINTS))]
     blotches = (1 - 0.08 * noise(rng, grid, 3.0))[..., None]
     return alpha, np.clip(surface.reflectance * tint * blotches, 0, 1)
@@ -208,7 +223,7 @@ def _thread_band(rng, surface, area):
 
 
 def missing_thread(rng, surface, area):
-    """One or two threads missing: the crossing threads show, lower and shaded."""
+    """One or two threads missing: a darker gap that the crossing threads span."""
     warp, band = _thread_band(rng, surface, area)
     extras = surface.extras
     other, other_colour = (
@@ -216,7 +231,8 @@ def missing_thread(rng, surface, area):
         if warp
         else (extras["warp"], extras["warp_colour"])
     )
-    target = (0.15 + 0.65 * other)[..., None] * other_colour
+    # The crossing threads float loose over the gap, lower and in shadow.
+    target = (0.1 + 0.55 * other)[..., None] * other_colour
     return band.astype(float), np.clip(target, 0, 1)
 
 

@@ -23,13 +23,13 @@ SURFACE_DEFECTS = {
 # Share of defects drawn at low contrast, and the two contrast ranges: a
 # low-contrast defect moves the reflectance only part of the way to its look.
 _LOW_CONTRAST_SHARE = 1 / 3
-_LOW_CONTRAST = (0.35, 0.55)
-_HIGH_CONTRAST = (0.75, 1.0)
+_LOW_CONTRAST = (0.5, 0.7)
+_HIGH_CONTRAST = (0.8, 1.0)
 
 # Sensor noise (standard deviation, on the [0, 1] scale) and lighting changes.
 _SENSOR_NOISE = 0.012
-_GAIN_SPREAD = 0.08
-_MAX_GRADIENT = 0.12
+_GAIN_SPREAD = 0.06
+_MAX_GRADIENT = 0.10
 
 _DESCR = """\
 .. _surfaces_dataset:

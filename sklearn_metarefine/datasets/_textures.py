@@ -60,13 +60,14 @@ class _Surface:
     extras: dict = field(default_factory=dict)
 
 
-def noise(rng, grid, sigma, sigma_across=None, angle=0.0):
+def noise(rng, grid, sigma, sigma_across=None, angle=0.0, highpass=None):
     """Gaussian random field of unit variance, smooth over ``sigma`` reference px.
 
     With ``sigma_across`` the field is anisotropic: correlated over ``sigma``
     along the direction ``angle`` (radians from the x axis) and over
     ``sigma_across`` across it, like brushing marks or wood fibres. The field is
-    periodic over the image.
+    periodic over the image. With ``highpass`` the variations slower than
+    ``highpass`` reference px are removed: grains of one size, no clusters.
     """
     sigma_across = sigma if sigma_across is None else sigma_across
     along = grid.fx * np.cos(angle) + grid.fy * np.sin(angle)
@@ -74,6 +75,8 @@ def noise(rng, grid, sigma, sigma_across=None, angle=0.0):
     gain = np.exp(
         -2 * np.pi**2 * ((sigma * along) ** 2 + (sigma_across * across) ** 2)
     )
+    if highpass is not None:
+        gain = gain * (1 - np.exp(-2 * np.pi**2 * highpass**2 * (along**2 + across**2)))
     white = rng.standard_normal((grid.size, grid.size))
     field_ = np.fft.irfft2(np.fft.rfft2(white) * gain, s=white.shape)
     std = field_.std()
@@ -248,8 +251,8 @@ def stone(rng, grid):
     matrix = jittered_colour(rng, (0.56, 0.54, 0.52), 0.02)[None, None, :] * (
         1 + 0.05 * mottle + 0.04 * noise(rng, grid, 0.7)
     )[..., None]
-    dark = smoothstep(1.15, 1.45, noise(rng, grid, 1.8))[..., None]
-    light = smoothstep(0.9, 1.2, noise(rng, grid, 1.3))[..., None]
+    dark = smoothstep(1.2, 1.5, noise(rng, grid, 1.6, highpass=4.0))[..., None]
+    light = smoothstep(0.9, 1.2, noise(rng, grid, 1.3, highpass=4.0))[..., None]
     reflectance = matrix * (1 - light) + np.array([0.86, 0.83, 0.80]) * light
     reflectance = reflectance * (1 - dark) + np.array([0.16, 0.15, 0.15]) * dark
     return _Surface(np.clip(reflectance, 0, 1), grid)

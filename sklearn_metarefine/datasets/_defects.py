@@ -114,24 +114,27 @@ def _random_walk(rng, start, theta, length, wiggle=0.35):
 # --- defects -------------------------------------------------------------------
 
 
-def _hue_shift(rng, reflectance, strength):
-    """Reflectance with another hue and the same luminance."""
+def _discoloured(rng, reflectance, strength=0.5):
+    """Reflectance of another hue (by ``strength``), a little lighter or darker."""
     direction = rng.normal(size=3)
     direction -= LUMA * (direction @ LUMA) / (LUMA @ LUMA)
     direction /= np.linalg.norm(direction)
-    tint = 1 + strength * direction
+    tint = (1 + strength * direction) * rng.uniform(0.85, 1.15)
     return np.clip(reflectance * tint, 0, 1)
 
 
 def scratch(rng, surface, area):
-    """A thin, gently curved line, brighter (a polished groove) or darker."""
+    """A thin, gently curved groove, mostly light (finish and grain cut through).
+
+    The groove is filled with powder or dirt, which hides most of the texture.
+    """
     width = rng.uniform(1.2, 2.5)
     alpha = _stroke(surface.grid, _arc(rng, _stroke_length(rng, area, width)), width)
     reflectance = surface.reflectance
-    if rng.uniform() < 0.5:
-        target = 0.5 * reflectance + 0.45
+    if rng.uniform() < 0.75:
+        target = 0.3 * reflectance + 0.6
     else:
-        target = 0.45 * reflectance
+        target = 0.4 * reflectance
     return alpha, target
 
 
@@ -185,20 +188,27 @@ _STAIN_TINTS = np.array(
 
 
 def stain(rng, surface, area):
-    """A blot of liquid that soaked in: darker, tinted, with a rim where it dried."""
+    """A blot of liquid that soaked in: darker, tinted, with a rim where it dried.
+
+    The liquid fills the surface's pores and evens out its fine texture, which
+    tells a stain apart from a shadow.
+    """
     grid = surface.grid
     shape = _blob(rng, grid, area, softness=0.25, roughness=0.2)
     rim = shape * (1 - shape) * 4
-    alpha = np.clip(0.8 * shape + 0.2 * rim, 0, 1)
+    alpha = np.clip(0.9 * shape + 0.3 * rim, 0, 1)
     tint = _STAIN_TINTS[rng.integers(len(_STAIN_TINTS))]
     blotches = (1 - 0.08 * noise(rng, grid, 3.0))[..., None]
-    return alpha, np.clip(surface.reflectance * tint * blotches, 0, 1)
+    reflectance = surface.reflectance
+    local_mean = ndimage.gaussian_filter(reflectance, (2.0 * grid.scale,) * 2 + (0,))
+    soaked = local_mean + 0.6 * (reflectance - local_mean)
+    return alpha, np.clip(soaked * tint * blotches, 0, 1)
 
 
 def color(rng, surface, area):
-    """A discoloured patch: the texture kept, its hue changed (luminance kept)."""
+    """A discoloured patch: the texture kept, its colour changed."""
     alpha = _blob(rng, surface.grid, area, softness=0.3, roughness=0.15)
-    return alpha, _hue_shift(rng, surface.reflectance, 0.35)
+    return alpha, _discoloured(rng, surface.reflectance)
 
 
 def _thread_band(rng, surface, area):
@@ -247,7 +257,7 @@ def color_thread(rng, surface, area):
     on_top = (np.floor(extras["u"]) + np.floor(extras["v"])) % 2 == (0 if warp else 1)
     target = np.where(
         on_top[..., None],
-        _hue_shift(rng, surface.reflectance, 0.4),
+        _discoloured(rng, surface.reflectance),
         surface.reflectance,
     )
     return band.astype(float), target

@@ -31,7 +31,7 @@ _SENSOR_NOISE = 0.012
 _GAIN_SPREAD = 0.06
 _MAX_GRADIENT = 0.10
 
-_DESCR = """\
+_DESCR = f"""\
 .. _surfaces_dataset:
 
 Generated industrial surfaces
@@ -51,17 +51,18 @@ wood      scratch, crack, hole, stain, color
 
 Every image is a new piece of the surface: the texture's phase, orientation
 (a few degrees) and fine structure change, as do the lighting (overall gain
-within 8%, a linear gradient of up to 12% across the image) and the sensor
-noise (standard deviation 3 grey levels). A defect covers about 0.5% (thin
-scratches and cracks) to 10% (stains, discoloured patches) of the image; a
-third of the defects are drawn at low contrast, where they move the surface
-only 35% to 55% of the way towards their full appearance.
+within {_GAIN_SPREAD:.0%}, a linear gradient of up to {_MAX_GRADIENT:.0%} across the image)
+and the sensor noise (standard deviation {_SENSOR_NOISE * 255:.0f} grey levels). A defect covers
+about 0.5% (thin scratches and cracks) to 10% (stains, discoloured patches) of
+the image; a third of the defects are drawn at low contrast, where they move
+the surface only {_LOW_CONTRAST[0]:.0%} to {_LOW_CONTRAST[1]:.0%} of the way towards their full
+appearance (the others {_HIGH_CONTRAST[0]:.0%} to {_HIGH_CONTRAST[1]:.0%}).
 
 The ground-truth mask of a defect is exactly the set of pixels it was painted
 on: every pixel outside the mask equals the defect-free image generated with
-the same seed (``return_defect_free=True`` returns it). Pixels at the soft
-edge of a low-contrast stain may be inside the mask and still unchanged after
-rounding to 8 bits.
+the same seed (``return_defect_free=True`` returns it). Some pixels inside
+a mask may keep their value: at the soft edge of a faint stain after rounding
+to 8 bits, or where a discoloured thread passes under the crossing threads.
 
 Labels: ``target`` is 1 for a defective image and 0 for a good one, as in
 :func:`load_mvtec_ad`; ``defect_type`` is "good" or the defect's name.

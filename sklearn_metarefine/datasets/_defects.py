@@ -180,29 +180,31 @@ def hole(rng, surface, area):
 
 _STAIN_TINTS = np.array(
     [
-        [0.62, 0.45, 0.30],  # coffee, rust
-        [0.50, 0.50, 0.55],  # oil
-        [0.60, 0.68, 0.50],  # mould
+        [0.58, 0.42, 0.26],  # coffee, rust
+        [0.46, 0.46, 0.51],  # oil
+        [0.55, 0.64, 0.45],  # mould
     ]
 )
 
 
 def stain(rng, surface, area):
-    """A blot of liquid that soaked in: darker, tinted, with a rim where it dried.
+    """A blot of liquid that soaked in: darker, tinted, with a tide line.
 
-    The liquid fills the surface's pores and evens out its fine texture, which
-    tells a stain apart from a shadow.
+    The liquid fills the surface's pores and evens out its fine texture, and
+    what it carried gathers at its edge as it dries: both tell a stain apart
+    from a shadow.
     """
     grid = surface.grid
     shape = _blob(rng, grid, area, softness=0.25, roughness=0.2)
     rim = shape * (1 - shape) * 4
-    alpha = np.clip(0.9 * shape + 0.3 * rim, 0, 1)
+    alpha = np.clip(0.85 * shape + 0.4 * rim, 0, 1)
     tint = _STAIN_TINTS[rng.integers(len(_STAIN_TINTS))]
     blotches = (1 - 0.08 * noise(rng, grid, 3.0))[..., None]
     reflectance = surface.reflectance
     local_mean = ndimage.gaussian_filter(reflectance, (2.0 * grid.scale,) * 2 + (0,))
     soaked = local_mean + 0.6 * (reflectance - local_mean)
-    return alpha, np.clip(soaked * tint * blotches, 0, 1)
+    tide_line = (1 - 0.25 * rim)[..., None]
+    return alpha, np.clip(soaked * tint * blotches * tide_line, 0, 1)
 
 
 def color(rng, surface, area):

@@ -242,19 +242,20 @@ def tile(rng, grid):
 
 
 def stone(rng, grid):
-    """Granite-like stone: grey matrix with dark and light mineral grains.
+    """Grey granite: a grey matrix with darker and lighter mineral grains.
 
     Isotropic; between images every grain is new, as is the slow mottling of
-    the matrix.
+    the matrix. The grains differ from the matrix by about a third of its
+    brightness, as in grey granites (not the black-and-white ones).
     """
     mottle = noise(rng, grid, 12.0)
     matrix = jittered_colour(rng, (0.56, 0.54, 0.52), 0.02)[None, None, :] * (
         1 + 0.05 * mottle + 0.04 * noise(rng, grid, 0.7)
     )[..., None]
-    dark = smoothstep(1.2, 1.5, noise(rng, grid, 1.6, highpass=4.0))[..., None]
-    light = smoothstep(0.9, 1.2, noise(rng, grid, 1.3, highpass=4.0))[..., None]
-    reflectance = matrix * (1 - light) + np.array([0.86, 0.83, 0.80]) * light
-    reflectance = reflectance * (1 - dark) + np.array([0.16, 0.15, 0.15]) * dark
+    dark = smoothstep(1.2, 1.5, noise(rng, grid, 2.4, highpass=6.0))[..., None]
+    light = smoothstep(0.9, 1.2, noise(rng, grid, 2.0, highpass=6.0))[..., None]
+    reflectance = matrix * (1 - light) + np.array([0.76, 0.73, 0.70]) * light
+    reflectance = reflectance * (1 - dark) + np.array([0.30, 0.28, 0.27]) * dark
     return _Surface(np.clip(reflectance, 0, 1), grid)
 
 

@@ -19,7 +19,7 @@ images against all good test images). The pooled models should be far from
 perfect on small defects; the patch score near the issue's target (image
 AUROC >= 0.98, pixel AUROC >= 0.95).
 
-    python benchmarks/bench_surfaces.py [--n-train 100] [--n-test 50] [--repeats 1]
+    python benchmarks/bench_surfaces.py [--n-train 100] [--n-test 40] [--seeds 0 1 2]
         [--categories fabric wood] [--overlay DIR]
 """
 
@@ -142,35 +142,39 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--categories", nargs="+", default=list(SURFACE_CATEGORIES))
     parser.add_argument("--n-train", type=int, default=100)
-    parser.add_argument("--n-test", type=int, default=50, help="per class")
+    parser.add_argument("--n-test", type=int, default=40, help="per class")
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--overlay", default=None, help="folder for overlay PNGs")
     args = parser.parse_args(argv)
 
     trunk = _build_backbone("efficientnet_lite0", "DEFAULT", progress=False).eval()
-    rows, types = defaultdict(list), defaultdict(lambda: defaultdict(list))
+    rows = defaultdict(lambda: defaultdict(list))
+    types = defaultdict(lambda: defaultdict(list))
     for category in args.categories:
-        for seed in range(args.repeats):
+        for seed in args.seeds:
             row, by_type, seconds = run(category, seed, trunk, args)
             print(f"{category} seed {seed}: patch scoring {seconds:.1f} s", flush=True)
             for name, value in row.items():
-                rows[category].append((name, value))
+                rows[category][name].append(value)
             for defect, value in by_type.items():
                 types[category][defect].append(value)
 
-    names = [name for name, _ in rows[args.categories[0]]][: len(rows[args.categories[0]]) // args.repeats]
+    names = list(rows[args.categories[0]])
     print(
         f"\nImage AUROC (and the patch maps' pixel metrics), {args.n_train} good "
         f"training images, {args.n_test}+{args.n_test} test images, "
-        f"{args.image_size} px, mean of {args.repeats} repeat(s)"
+        f"{args.image_size} px, mean over seeds {args.seeds} (min in brackets)"
     )
-    header = f"{'category':<10}" + "".join(f"{name:>20}" for name in names)
+    header = f"{'category':<10}" + "".join(f"{name:>22}" for name in names)
     print(header)
     print("-" * len(header))
     for category in args.categories:
-        means = {n: np.mean([v for k, v in rows[category] if k == n]) for n in names}
-        print(f"{category:<10}" + "".join(f"{means[n]:>20.3f}" for n in names))
+        cells = [
+            f"{np.mean(values):.3f} ({np.min(values):.3f})"
+            for values in rows[category].values()
+        ]
+        print(f"{category:<10}" + "".join(f"{cell:>22}" for cell in cells))
 
     print("\nPatch NN image AUROC per defect type (that type vs all good test images)")
     for category in args.categories:

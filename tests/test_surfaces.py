@@ -70,6 +70,17 @@ def test_every_defect_is_one_region(surfaces):
             assert n_regions == 1, defect
 
 
+@pytest.mark.parametrize("category", SURFACE_CATEGORIES)
+def test_every_defect_is_one_region_over_many_draws(category):
+    # Cracks and scratches may leave the image and come back; blobs may fray.
+    data = make_surfaces(
+        category, n_normal=0, n_anomalous=60, image_size=48, random_state=11
+    )
+    for mask, defect in zip(data.masks, data.defect_type):
+        _, n_regions = ndimage.label(mask, structure=EIGHT_NEIGHBOURS)
+        assert n_regions == 1, defect
+
+
 def test_defect_free_images_are_the_images_generated_without_it():
     with_reference = make_surfaces(
         "tile", n_normal=1, n_anomalous=3, image_size=48,

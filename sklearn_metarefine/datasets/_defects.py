@@ -51,12 +51,16 @@ def _blob(rng, grid, area, *, softness, roughness):
     across = -dx * np.sin(theta) + dy * np.cos(theta)
     radius = np.sqrt((along / a) ** 2 + (across / b) ** 2)
     radius = radius + roughness * noise(rng, grid, max(1.0, 0.3 * b))
-    alpha = 1 - smoothstep(1 - softness, 1.0, radius)
-    # A rough edge can leave specks apart from the blob; one defect is one region.
-    labels, n_regions = ndimage.label(alpha > 0)
+    # A rough edge can leave specks apart from the blob.
+    return _largest_region(1 - smoothstep(1 - softness, 1.0, radius))
+
+
+def _largest_region(alpha):
+    """``alpha`` zeroed outside its largest 8-connected region: one defect, one region."""
+    labels, n_regions = ndimage.label(alpha > 0, structure=np.ones((3, 3)))
     if n_regions > 1:
         largest = 1 + np.argmax(np.bincount(labels.ravel())[1:])
-        alpha[labels != largest] = 0.0
+        alpha = np.where(labels == largest, alpha, 0.0)
     return alpha
 
 
@@ -81,7 +85,7 @@ def _stroke(grid, points, width):
     return 1 - smoothstep(half - 0.5, half + 0.5, distance)
 
 
-def _stroke_length(rng, area, width):
+def _stroke_length(area, width):
     return float(np.clip(area * REFERENCE_SIZE**2 / width, 25.0, 115.0))
 
 
@@ -129,7 +133,7 @@ def scratch(rng, surface, area):
     The groove is filled with powder or dirt, which hides most of the texture.
     """
     width = rng.uniform(1.2, 2.5)
-    alpha = _stroke(surface.grid, _arc(rng, _stroke_length(rng, area, width)), width)
+    alpha = _stroke(surface.grid, _arc(rng, _stroke_length(area, width)), width)
     reflectance = surface.reflectance
     if rng.uniform() < 0.75:
         target = 0.3 * reflectance + 0.6
@@ -141,7 +145,7 @@ def scratch(rng, surface, area):
 def crack(rng, surface, area):
     """A dark, jagged fissure with one side branch."""
     width = rng.uniform(1.0, 2.0)
-    length = _stroke_length(rng, area, width)
+    length = _stroke_length(area, width)
     theta = rng.uniform(0, 2 * np.pi)
     start = _inner_point(rng, 28.0) - 0.4 * length * np.array(
         [np.cos(theta), np.sin(theta)]
@@ -152,6 +156,8 @@ def crack(rng, surface, area):
     alpha = np.maximum(
         _stroke(surface.grid, trunk, width), _stroke(surface.grid, branch, width * 0.8)
     )
+    # Where the crack leaves the image and comes back, keep one piece.
+    alpha = _largest_region(alpha)
     return alpha, 0.2 * surface.reflectance
 
 

@@ -179,7 +179,8 @@ def main(argv=None):
     print("\nPatch NN image AUROC per defect type (that type vs all good test images)")
     for category in args.categories:
         cells = "  ".join(
-            f"{defect} {np.mean(values):.3f}" for defect, values in types[category].items()
+            f"{defect} {np.mean(values):.3f}"
+            for defect, values in types[category].items()
         )
         print(f"{category:<10}{cells}")
 

@@ -39,12 +39,15 @@ def _check_masks_and_maps(masks, maps):
         raise ValueError(f"maps hold {bad} NaN or infinite value(s).")
     if masks.dtype != bool:
         if not np.issubdtype(masks.dtype, np.number):
-            raise TypeError(f"masks must be boolean or numeric; got dtype {masks.dtype}.")
+            raise TypeError(
+                f"masks must be boolean or numeric; got dtype {masks.dtype}."
+            )
         values = np.unique(masks)
-        if np.issubdtype(masks.dtype, np.floating) and not np.isin(values, (0, 1)).all():
+        binary = np.isin(values, (0, 1))
+        if np.issubdtype(masks.dtype, np.floating) and not binary.all():
             raise ValueError(
                 "Floating-point masks must hold only 0 and 1; got values such as "
-                f"{values[~np.isin(values, (0, 1))][:3]}. Did you swap masks and maps?"
+                f"{values[~binary][:3]}. Did you swap masks and maps?"
             )
         masks = masks != 0
     masks = masks.reshape((-1,) + masks.shape[-2:])

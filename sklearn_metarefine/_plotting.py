@@ -177,9 +177,8 @@ def plot_anomaly_maps(
             mask_height, mask_width = masks[i].shape
             x = (np.arange(mask_width) + 0.5) * (width / mask_width) - 0.5
             y = (np.arange(mask_height) + 0.5) * (height / mask_height) - 0.5
-            ax.contour(
-                x, y, masks[i].astype(float), levels=[0.5], colors="white", linewidths=1.0
-            )
+            outline = masks[i].astype(float)
+            ax.contour(x, y, outline, levels=[0.5], colors="white", linewidths=1.0)
         if titles is not None:
             ax.set_title(str(titles[i]), fontsize=9)
     figure.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="anomaly")

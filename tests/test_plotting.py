@@ -1,16 +1,12 @@
 """plot_anomaly_maps: one PNG grid, one colour scale, outlines where masks are."""
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.contour import ContourSet
+from PIL import Image
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.contour import ContourSet  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from sklearn_metarefine import plot_anomaly_maps  # noqa: E402
+from sklearn_metarefine import plot_anomaly_maps
 
 
 @pytest.fixture
@@ -73,7 +69,9 @@ def test_titles_files_and_grey_images(tmp_path, panels):
     for i, image in enumerate(images[:2]):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(image).save(paths[-1])
-    figure = plot_anomaly_maps(paths, maps[:2], titles=["a", "b"], path=tmp_path / "f.png")
+    figure = plot_anomaly_maps(
+        paths, maps[:2], titles=["a", "b"], path=tmp_path / "f.png"
+    )
     assert [ax.get_title() for ax in figure.axes if ax.images] == ["a", "b"]
     grey = images[:2, ..., 0] / 255.0
     figure = plot_anomaly_maps(grey, maps[:2], path=tmp_path / "g.png")

@@ -11,6 +11,17 @@ from sklearn_metarefine.datasets._surfaces import SURFACE_DEFECTS
 EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 
 
+def draw(category, n_normal, n_anomalous, *, size=32, seed=0, **params):
+    return make_surfaces(
+        category,
+        n_normal=n_normal,
+        n_anomalous=n_anomalous,
+        image_size=size,
+        random_state=seed,
+        **params,
+    )
+
+
 @pytest.fixture(scope="module", params=SURFACE_CATEGORIES)
 def surfaces(request):
     """Every defect type of a category twice, and three good images, at 64 px."""
@@ -122,9 +133,9 @@ def test_low_and_high_contrast_defects_are_both_drawn():
 
 
 def test_same_seed_same_images_other_seed_other_images():
-    first = make_surfaces("fabric", n_normal=2, n_anomalous=2, image_size=48, random_state=3)
-    again = make_surfaces("fabric", n_normal=2, n_anomalous=2, image_size=48, random_state=3)
-    other = make_surfaces("fabric", n_normal=2, n_anomalous=2, image_size=48, random_state=4)
+    first = draw("fabric", 2, 2, size=48, seed=3)
+    again = draw("fabric", 2, 2, size=48, seed=3)
+    other = draw("fabric", 2, 2, size=48, seed=4)
     np.testing.assert_array_equal(first.images, again.images)
     np.testing.assert_array_equal(first.masks, again.masks)
     assert not np.array_equal(first.images, other.images)
@@ -132,15 +143,15 @@ def test_same_seed_same_images_other_seed_other_images():
 
 def test_global_numpy_seed_changes_nothing():
     np.random.seed(0)
-    first = make_surfaces("stone", n_normal=1, n_anomalous=1, image_size=32, random_state=7)
+    first = draw("stone", 1, 1, seed=7)
     np.random.seed(1)
-    second = make_surfaces("stone", n_normal=1, n_anomalous=1, image_size=32, random_state=7)
+    second = draw("stone", 1, 1, seed=7)
     np.testing.assert_array_equal(first.images, second.images)
 
 
 def test_a_smaller_request_is_a_prefix_of_a_larger_one():
-    small = make_surfaces("wood", n_normal=2, n_anomalous=3, image_size=32, random_state=0)
-    large = make_surfaces("wood", n_normal=5, n_anomalous=7, image_size=32, random_state=0)
+    small = draw("wood", 2, 3, seed=0)
+    large = draw("wood", 5, 7, seed=0)
     np.testing.assert_array_equal(small.images[:2], large.images[:2])
     np.testing.assert_array_equal(small.images[2:], large.images[5:8])
     np.testing.assert_array_equal(small.masks[2:], large.masks[5:8])
@@ -148,8 +159,8 @@ def test_a_smaller_request_is_a_prefix_of_a_larger_one():
 
 def test_random_state_instance_is_used_and_advanced():
     rng = np.random.RandomState(0)
-    first = make_surfaces("metal", n_normal=1, n_anomalous=0, image_size=32, random_state=rng)
-    second = make_surfaces("metal", n_normal=1, n_anomalous=0, image_size=32, random_state=rng)
+    first = draw("metal", 1, 0, seed=rng)
+    second = draw("metal", 1, 0, seed=rng)
     assert not np.array_equal(first.images, second.images)
     replay = make_surfaces(
         "metal", n_normal=1, n_anomalous=0, image_size=32,
@@ -161,7 +172,7 @@ def test_random_state_instance_is_used_and_advanced():
 @pytest.mark.parametrize("category", SURFACE_CATEGORIES)
 def test_good_images_vary_like_a_texture(category):
     """Two good images are different pieces of the same surface, not one picture."""
-    data = make_surfaces(category, n_normal=6, n_anomalous=0, image_size=64, random_state=0)
+    data = draw(category, 6, 0, size=64)
     images = data.images.astype(float)
     differences = [np.abs(images[0] - image).mean() for image in images[1:]]
     assert min(differences) > 3.0
@@ -171,7 +182,7 @@ def test_good_images_vary_like_a_texture(category):
 
 
 def test_images_are_sized_as_asked():
-    data = make_surfaces("tile", n_normal=1, n_anomalous=1, image_size=96, random_state=0)
+    data = draw("tile", 1, 1, size=96)
     assert data.images.shape == (2, 96, 96, 3)
     assert data.masks.shape == (2, 96, 96)
 

@@ -56,7 +56,10 @@ def _blob(rng, grid, area, *, softness, roughness):
 
 
 def _largest_region(alpha):
-    """``alpha`` zeroed outside its largest 8-connected region: one defect, one region."""
+    """``alpha`` zeroed outside its largest 8-connected region.
+
+    A defect is one region: AUPRO weighs every region the same.
+    """
     labels, n_regions = ndimage.label(alpha > 0, structure=np.ones((3, 3)))
     if n_regions > 1:
         largest = 1 + np.argmax(np.bincount(labels.ravel())[1:])
@@ -72,7 +75,8 @@ def _stroke(grid, points, width):
     segments = []
     for start, stop in zip(points[:-1], points[1:]):
         n = max(int(np.ceil(np.hypot(*(stop - start)) / step)), 1)
-        segments.append(start + np.linspace(0, 1, n, endpoint=False)[:, None] * (stop - start))
+        fractions = np.linspace(0, 1, n, endpoint=False)[:, None]
+        segments.append(start + fractions * (stop - start))
     dense = np.concatenate(segments + [points[-1:]]) * grid.scale
     ix, iy = np.floor(dense[:, 0]).astype(int), np.floor(dense[:, 1]).astype(int)
     inside = (ix >= 0) & (ix < grid.size) & (iy >= 0) & (iy < grid.size)

@@ -51,12 +51,14 @@ wood      scratch, crack, hole, stain, color
 
 Every image is a new piece of the surface: the texture's phase, orientation
 (a few degrees) and fine structure change, as do the lighting (overall gain
-within {_GAIN_SPREAD:.0%}, a linear gradient of up to {_MAX_GRADIENT:.0%} across the image)
-and the sensor noise (standard deviation {_SENSOR_NOISE * 255:.0f} grey levels). A defect covers
-about 0.5% (thin scratches and cracks) to 10% (stains, discoloured patches) of
-the image; a third of the defects are drawn at low contrast, where they move
-the surface only {_LOW_CONTRAST[0]:.0%} to {_LOW_CONTRAST[1]:.0%} of the way towards their full
-appearance (the others {_HIGH_CONTRAST[0]:.0%} to {_HIGH_CONTRAST[1]:.0%}).
+within {_GAIN_SPREAD:.0%}, a linear gradient of up to {_MAX_GRADIENT:.0%} across
+the image) and the sensor noise (standard deviation
+{_SENSOR_NOISE * 255:.0f} grey levels). A defect covers about 0.5% (thin
+scratches and cracks) to 10% (stains, discoloured patches) of the image; a
+third of the defects are drawn at low contrast, where they move the surface
+only {_LOW_CONTRAST[0]:.0%} to {_LOW_CONTRAST[1]:.0%} of the way towards
+their full appearance (the others {_HIGH_CONTRAST[0]:.0%} to
+{_HIGH_CONTRAST[1]:.0%}).
 
 The ground-truth mask of a defect is exactly the set of pixels it was painted
 on: every pixel outside the mask equals the defect-free image generated with
@@ -122,7 +124,9 @@ def _check_defect_types(category, defect_types):
     available = SURFACE_DEFECTS[category]
     if defect_types is None:
         return available
-    defect_types = [defect_types] if isinstance(defect_types, str) else list(defect_types)
+    if isinstance(defect_types, str):
+        defect_types = [defect_types]
+    defect_types = list(defect_types)
     unknown = [name for name in defect_types if name not in available]
     if unknown or not defect_types:
         raise ValueError(

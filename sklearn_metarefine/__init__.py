@@ -22,6 +22,10 @@ _SOURCES = {
     "neighbour_distances": "._scores",
     "save": "._persistence",
     "load": "._persistence",
+    "aupro": "._metrics",
+    "image_auroc": "._metrics",
+    "pixel_auroc": "._metrics",
+    "plot_anomaly_maps": "._plotting",
 }
 
 __all__ = list(_SOURCES)

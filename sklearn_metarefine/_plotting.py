@@ -1,0 +1,197 @@
+"""Anomaly maps drawn over their images, with the ground-truth outlines."""
+
+import os
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.utils._param_validation import Interval, validate_params
+
+# matplotlib is imported in the function: pyplot takes a second to import, which
+# every `import sklearn_metarefine` would otherwise pay.
+
+
+def _as_images(images):
+    """A list of (H, W) or (H, W, 3) arrays from arrays, PIL images or paths."""
+    if isinstance(images, np.ndarray) and images.ndim in (3, 4):
+        return list(images)
+    loaded = []
+    for image in images:
+        if isinstance(image, (str, os.PathLike)):
+            from PIL import Image
+
+            with Image.open(image) as opened:
+                image = np.asarray(opened.convert("RGB"))
+        loaded.append(np.asarray(image))
+    return loaded
+
+
+def _displayable(image):
+    """uint8 as it is, floats clipped to [0, 1], one channel shown as grey."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.dtype != np.uint8:
+        image = np.clip(image.astype(np.float64), 0, 1)
+    return image
+
+
+@validate_params(
+    {
+        "images": ["array-like"],
+        "maps": ["array-like"],
+        "masks": ["array-like", None],
+        "path": [str, os.PathLike, None],
+        "titles": ["array-like", None],
+        "n_cols": [Interval(Integral, 1, None, closed="left")],
+        "alpha": [Interval(Real, 0, 1, closed="both")],
+        "cmap": [str],
+        "vmin": [Real, None],
+        "vmax": [Real, None],
+        "dpi": [Interval(Integral, 1, None, closed="left")],
+    },
+    prefer_skip_nested_validation=True,
+)
+def plot_anomaly_maps(
+    images,
+    maps,
+    masks=None,
+    *,
+    path=None,
+    titles=None,
+    n_cols=4,
+    alpha=0.5,
+    cmap="jet",
+    vmin=None,
+    vmax=None,
+    dpi=100,
+):
+    """Draw anomaly maps over their images in a grid, with the defects outlined.
+
+    One panel per image: the image, its anomaly map on top in a colour map
+    with transparency `alpha`, and, when `masks` are given, the outline of
+    the ground-truth defect in white. All maps share one colour scale, so a
+    normal image whose map stays cool looks normal.
+
+    Parameters
+    ----------
+    images : array-like of shape (n_images, H, W) or (n_images, H, W, 3), \
+            or list of arrays, PIL images or file paths
+        The images: uint8 (0-255) or floats in [0, 1].
+
+    maps : array-like of shape (n_images, h, w)
+        Anomaly maps, higher = more anomalous, as ``anomaly_map`` returns
+        them. A map of another size than its image is stretched over it.
+
+    masks : array-like of shape (n_images, h', w') or None, default=None
+        Ground-truth masks (True or non-zero on the defect), outlined over the
+        image; stretched like the maps. Empty masks draw nothing.
+
+    path : str, path-like or None, default=None
+        Write the figure to this file (PNG, or any format matplotlib infers
+        from the extension). With a path the figure is not registered with
+        pyplot, so drawing many figures in a loop leaks nothing; without one
+        it is created through pyplot, so that notebooks and galleries show it.
+
+    titles : list of str or None, default=None
+        One title per panel, for example each image's score.
+
+    n_cols : int, default=4
+        Panels per row.
+
+    alpha : float in [0, 1], default=0.5
+        Opacity of the maps: 0 shows only the images.
+
+    cmap : str, default="jet"
+        A matplotlib colour map name.
+
+    vmin, vmax : float or None, default=None
+        The map values at the ends of the colour scale; None takes the
+        smallest and largest value over all maps.
+
+    dpi : int, default=100
+        Resolution of the written file, in dots per inch.
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        The figure, with one axes per panel and a colour bar.
+
+    Raises
+    ------
+    ValueError
+        If `images`, `maps`, `masks` or `titles` differ in length, a map
+        holds NaN or infinity, or `maps` is not a stack of 2-D maps.
+
+    See Also
+    --------
+    pixel_auroc, aupro : Measure how well the maps find the defects.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_metarefine import plot_anomaly_maps
+    >>> images = np.full((2, 32, 32, 3), 128, dtype=np.uint8)
+    >>> masks = np.zeros((2, 32, 32), dtype=bool)
+    >>> masks[1, 10:20, 10:20] = True
+    >>> maps = masks.astype(float)
+    >>> figure = plot_anomaly_maps(images, maps, masks, titles=["good", "defect"])
+    >>> len(figure.axes)  # two panels and the colour bar
+    3
+    """
+    images = _as_images(images)
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim != 3:
+        raise ValueError(
+            f"maps must have shape (n_images, height, width); got {maps.shape}."
+        )
+    if not np.isfinite(maps).all():
+        raise ValueError("maps hold NaN or infinite values; nothing to draw.")
+    masks = None if masks is None else np.asarray(masks) != 0
+    lengths = {"images": len(images), "maps": len(maps)}
+    if masks is not None:
+        lengths["masks"] = len(masks)
+    if titles is not None:
+        lengths["titles"] = len(titles)
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"One entry per panel is needed; got the lengths {lengths}.")
+    vmin = maps.min() if vmin is None else vmin
+    vmax = maps.max() if vmax is None else vmax
+
+    n_rows = -(-len(images) // n_cols)
+    n_cols = min(n_cols, len(images))
+    figure = _new_figure(path, (2.4 * n_cols + 0.6, 2.4 * n_rows))
+    axes = figure.subplots(n_rows, n_cols, squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.set_axis_off()
+        if i >= len(images):
+            continue
+        image = _displayable(images[i])
+        height, width = image.shape[:2]
+        # Stretch maps and masks of another resolution over the image.
+        extent = (-0.5, width - 0.5, height - 0.5, -0.5)
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, extent=extent)
+        shown = ax.imshow(
+            maps[i], cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax, extent=extent
+        )
+        if masks is not None and masks[i].any():
+            mask_height, mask_width = masks[i].shape
+            x = (np.arange(mask_width) + 0.5) * (width / mask_width) - 0.5
+            y = (np.arange(mask_height) + 0.5) * (height / mask_height) - 0.5
+            outline = masks[i].astype(float)
+            ax.contour(x, y, outline, levels=[0.5], colors="white", linewidths=1.0)
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=9)
+    figure.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="anomaly")
+    if path is not None:
+        figure.savefig(path, dpi=dpi)
+    return figure
+
+
+def _new_figure(path, size):
+    if path is None:
+        import matplotlib.pyplot as plt
+
+        return plt.figure(figsize=size)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=size)

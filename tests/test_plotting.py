@@ -1,0 +1,92 @@
+"""plot_anomaly_maps: one PNG grid, one colour scale, outlines where masks are."""
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.contour import ContourSet
+from PIL import Image
+
+from sklearn_metarefine import plot_anomaly_maps
+
+
+@pytest.fixture
+def panels():
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, size=(5, 40, 40, 3), dtype=np.uint8)
+    masks = np.zeros((5, 40, 40), dtype=bool)
+    masks[3, 10:20, 5:15] = True
+    masks[4, 30:35, 30:38] = True
+    maps = rng.rand(5, 20, 20) + 2 * masks[:, ::2, ::2]
+    return images, maps, masks
+
+
+def test_writes_one_png_grid_and_registers_nothing_with_pyplot(tmp_path, panels):
+    images, maps, masks = panels
+    before = plt.get_fignums()
+    path = tmp_path / "maps.png"
+    figure = plot_anomaly_maps(images, maps, masks, path=path, n_cols=3, dpi=50)
+    assert plt.get_fignums() == before
+    with Image.open(path) as png:
+        width, height = png.size
+    expected = figure.get_size_inches() * 50
+    assert (width, height) == tuple(np.round(expected).astype(int))
+    panels_drawn = [ax for ax in figure.axes if ax.images]
+    assert len(panels_drawn) == 5
+
+
+def test_one_colour_scale_and_an_outline_only_where_a_mask_is(panels):
+    images, maps, masks = panels
+    figure = plot_anomaly_maps(images, maps, masks, alpha=0.4)
+    try:
+        axes = [ax for ax in figure.axes if ax.images]
+        for ax, mask in zip(axes, masks):
+            overlay = ax.images[1]
+            assert overlay.get_clim() == (maps.min(), maps.max())
+            assert overlay.get_alpha() == 0.4
+            outlines = [c for c in ax.collections if isinstance(c, ContourSet)]
+            assert bool(outlines) == bool(mask.any())
+    finally:
+        plt.close(figure)
+
+
+def test_outline_lies_on_the_mask_in_image_coordinates(panels):
+    images, maps, masks = panels
+    figure = plot_anomaly_maps(images, maps, masks[:, ::4, ::4])
+    try:
+        ax = [ax for ax in figure.axes if ax.images][3]
+        outline = next(c for c in ax.collections if isinstance(c, ContourSet))
+        vertices = np.concatenate([p.vertices for p in outline.get_paths()])
+        # The defect covers rows 10-19 and columns 5-14 of the 40-px image.
+        assert 8 <= vertices[:, 1].min() and vertices[:, 1].max() <= 21
+        assert 3 <= vertices[:, 0].min() and vertices[:, 0].max() <= 16
+    finally:
+        plt.close(figure)
+
+
+def test_titles_files_and_grey_images(tmp_path, panels):
+    images, maps, _ = panels
+    paths = []
+    for i, image in enumerate(images[:2]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    figure = plot_anomaly_maps(
+        paths, maps[:2], titles=["a", "b"], path=tmp_path / "f.png"
+    )
+    assert [ax.get_title() for ax in figure.axes if ax.images] == ["a", "b"]
+    grey = images[:2, ..., 0] / 255.0
+    figure = plot_anomaly_maps(grey, maps[:2], path=tmp_path / "g.png")
+    assert figure.axes[0].images[0].get_array().ndim == 2
+
+
+def test_mismatched_lengths_and_bad_maps_are_errors(panels):
+    images, maps, masks = panels
+    with pytest.raises(ValueError, match="lengths.*'images': 5.*'maps': 4"):
+        plot_anomaly_maps(images, maps[:4])
+    with pytest.raises(ValueError, match="'titles': 1"):
+        plot_anomaly_maps(images, maps, masks, titles=["only one"])
+    bad = maps.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        plot_anomaly_maps(images, bad)
+    with pytest.raises(ValueError, match=r"\(n_images, height, width\)"):
+        plot_anomaly_maps(images, maps[0])

@@ -7,10 +7,14 @@ imports torch.
 import sys
 
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
+from sklearn.metrics import pairwise_distances_chunked
 from sklearn.pipeline import Pipeline
 
 from ._utils import standardisation
+
+
+# Megabytes of pairwise distances held at once by neighbour_distances.
+_WORKING_MEMORY_MB = 32
 
 
 def iqr_fence(scores, k=1.5):
@@ -99,12 +103,34 @@ def neighbour_distances(X, n_neighbors):
             f"n_neighbors must be between 1 and n_samples - 1 = {n_samples - 1}, "
             f"got n_neighbors={n_neighbors}."
         )
-    mean, scale = standardisation(X)
-    standardised = (X - mean) / scale
-    # kneighbors() without X leaves each sample out of its own neighbours.
-    search = NearestNeighbors(n_neighbors=n_neighbors).fit(standardised)
-    distances, _ = search.kneighbors()
-    return distances[:, -1]
+    # Distances do not depend on the mean: dividing by the scale is enough.
+    _, scale = standardisation(X)
+    scaled = X / scale
+
+    def kth_nearest(chunk, start):
+        # Each row holds the sample's distance to itself, 0, so the wanted
+        # neighbour is at rank n_neighbors counted from 0. A duplicate of the
+        # sample, also at 0, may swap places with the sample itself: the
+        # distance at that rank is the same.
+        order = np.argpartition(chunk, n_neighbors, axis=1)
+        # A copy, not a view that would keep the block's whole order alive.
+        return order[:, n_neighbors].copy()
+
+    # One block of rows at a time: memory grows with n_samples, not its square.
+    blocks = pairwise_distances_chunked(
+        scaled, reduce_func=kth_nearest, working_memory=_WORKING_MEMORY_MB
+    )
+    neighbours = np.concatenate(list(blocks))
+    # The blocks' distances come from the expansion |x|^2 - 2 x.y + |y|^2, which
+    # leaves rounding errors of about 1e-8 (a duplicate is not at exactly 0);
+    # the distance to the chosen neighbour is recomputed directly.
+    distances = np.empty(n_samples, dtype=np.float64)
+    rows = max(1, _WORKING_MEMORY_MB * 2**20 // (8 * X.shape[1]))
+    for start in range(0, n_samples, rows):
+        block = slice(start, start + rows)
+        difference = scaled[block] - scaled[neighbours[block]]
+        distances[block] = np.sqrt(np.einsum("ij,ij->i", difference, difference))
+    return distances
 
 
 def is_pyod_detector(estimator):

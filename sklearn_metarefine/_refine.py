@@ -25,7 +25,7 @@ from ._rounds import (
     trimmed_core,
     uses_warm_refits,
 )
-from ._scores import anomaly_score, iqr_fence
+from ._scores import anomaly_score, clean_tail_fraction, iqr_fence
 from ._utils import draw_seed
 
 def _default_estimator():
@@ -305,6 +305,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             StrOptions({"auto"}),
             Interval(Real, 0, 0.5, closed="right"),
         ],
+        "false_alarm_rate": [Interval(Real, 0, 0.5, closed="right")],
+        "stop": [StrOptions({"clean_tail", "no_change"})],
         "refit": [StrOptions({"auto", "warm", "cold"})],
         "fence_scores": [StrOptions({"in_sample", "oof"})],
         "start": [StrOptions({"full", "trimmed", "neighbors"})],
@@ -326,8 +328,10 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         max_iter=10,
         min_samples=0.5,
         contamination="auto",
+        false_alarm_rate=0.05,
+        stop="clean_tail",
         refit="auto",
-        fence_scores="in_sample",
+        fence_scores="oof",
         cv=5,
         start="full",
         start_fraction=0.5,
@@ -340,6 +344,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.min_samples = min_samples
         self.contamination = contamination
+        self.false_alarm_rate = false_alarm_rate
+        self.stop = stop
         self.refit = refit
         self.fence_scores = fence_scores
         self.cv = cv
@@ -393,11 +399,12 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
                 termination = "max_iter"
                 break
             thresholds.append(fence)
-            candidate = self._candidates(estimator, X, kept, scores, fence)
-            termination = stop_reason(candidate, kept, min_kept)
+            candidate = self._candidates(estimator, X, kept, scores, fence, n_rounds)
+            clean_tail = self._clean_tail(scores, n_rounds)
+            termination = stop_reason(candidate, kept, min_kept, clean_tail)
             if self.verbose:
                 print(round_summary(len(thresholds), fence, kept, candidate,
-                                     termination, min_kept))
+                                    termination, min_kept, clean_tail))
             if termination is not None:
                 break
             removed_at_iter[kept & ~candidate] = len(thresholds)
@@ -410,7 +417,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         self.thresholds_ = np.asarray(thresholds, dtype=np.float64)
         self.n_iter_ = len(thresholds)
         self.termination_condition_ = termination
-        self.offset_ = self._offset(estimator, X, fence)
+        self.offset_ = self._offset(estimator, base, X, kept, scores, fold_seed)
         return self
 
     def _start(self, base, X, warm):
@@ -426,25 +433,44 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             start_neighbors=self.start_neighbors,
         )
 
-    def _candidates(self, estimator, X, kept, scores, fence):
+    def _candidates(self, estimator, X, kept, scores, fence, n_rounds):
         """The samples inside the fence: the kept set the round proposes."""
-        if self.start == "full":
-            candidate = kept.copy()
-        else:
-            # Every training sample is fenced, so that normal samples left out
-            # of the trimmed core come back; the kept ones by their fence
-            # scores, the others by the model that did not see them.
-            candidate = anomaly_score(estimator, X) <= fence
+        candidate = kept.copy()
         candidate[kept] = scores <= fence
+        if self.start != "full" and n_rounds == 0:
+            # The first round re-admits the samples left out of the trimmed
+            # core that the core's model puts inside the fence, as FAST-MCD's
+            # reweighting step does; their scores are held out by nature.
+            # Later rounds only remove: a model that has re-admitted a few
+            # anomalies would let in more of their kind (see Notes).
+            outside = ~kept
+            candidate[outside] = anomaly_score(estimator, X[outside]) <= fence
         return candidate
 
-    def _offset(self, estimator, X, fence):
-        """``offset_``: the last fence, or a percentile of the training scores."""
-        if self.contamination == "auto":
-            return -fence
-        return float(
-            np.percentile(-anomaly_score(estimator, X), 100.0 * self.contamination)
-        )
+    def _clean_tail(self, scores, n_rounds):
+        """How many kept samples a clean set has outside the fence, or None.
+
+        None under the paper's rule, and in the first round: a first round
+        that removes few samples may be the first of anomalies the model
+        masked, which later rounds unmask.
+        """
+        if self.stop == "no_change" or n_rounds == 0:
+            return None
+        return clean_tail_fraction(scores, self.k) * scores.size
+
+    def _offset(self, estimator, base, X, kept, scores, fold_seed):
+        """``offset_``: see ``contamination``."""
+        if self.contamination != "auto":
+            training = -anomaly_score(estimator, X)
+            return float(np.percentile(training, 100.0 * self.contamination))
+        if self.fence_scores == "oof":
+            # The last fence scores are held-out scores of the kept samples.
+            held_out = scores
+        else:
+            held_out = out_of_fold_anomaly_scores(
+                base, X[kept], self.cv, fold_seed, n_iter=self.n_iter_
+            )
+        return -float(np.quantile(held_out, 1.0 - self.false_alarm_rate))
 
     def _seeded_estimator(self):
         """The estimator each round clones, and the seed of the folds."""

@@ -35,7 +35,10 @@ _REFINER_PARAMS = (
     "start_neighbors",
     "refit",
     "fence_scores",
+    "cv",
+    "stop",
     "contamination",
+    "false_alarm_rate",
 )
 
 
@@ -245,21 +248,24 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         max_iter=10,
         min_samples=0.5,
         start="neighbors",
-        start_fraction=0.35,
+        start_fraction=0.25,
         start_neighbors=0.1,
         refit="cold",
-        fence_scores="in_sample",
+        fence_scores="oof",
+        cv=5,
+        stop="clean_tail",
         alpha=0.01,
         beta=1e-3,
         inner_steps=1,
         first_order=False,
-        pca_components=12,
+        pca_components=16,
         n_blocks=4,
         hidden_size=32,
         max_epochs=20,
         warm_epochs=None,
         batch_size=96,
         contamination="auto",
+        false_alarm_rate=0.05,
         memory=None,
         device="auto",
         random_state=None,
@@ -279,6 +285,8 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         self.start_neighbors = start_neighbors
         self.refit = refit
         self.fence_scores = fence_scores
+        self.cv = cv
+        self.stop = stop
         self.alpha = alpha
         self.beta = beta
         self.inner_steps = inner_steps
@@ -290,6 +298,7 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         self.warm_epochs = warm_epochs
         self.batch_size = batch_size
         self.contamination = contamination
+        self.false_alarm_rate = false_alarm_rate
         self.memory = memory
         self.device = device
         self.random_state = random_state

@@ -106,6 +106,22 @@ def out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
     return scores
 
 
+def inside_fence(estimator, X, kept, scores, fence, readmit):
+    """The kept set a round proposes: the samples inside the fence.
+
+    ``scores`` are the fence scores of the kept samples. With ``readmit``
+    (the first round of a trimmed start), the samples left out of the core
+    are scored by the core's model, which did not see them, and those inside
+    the fence come back, as in FAST-MCD's reweighting step.
+    """
+    candidate = kept.copy()
+    candidate[kept] = scores <= fence
+    if readmit:
+        outside = ~kept
+        candidate[outside] = anomaly_score(estimator, X[outside]) <= fence
+    return candidate
+
+
 def trims_tail(candidate, kept, clean_tail):
     """Whether a round only removes, and no more than a clean set's tail.
 

@@ -292,3 +292,15 @@ def test_warm_fit_with_non_finite_scores_restores_the_previous_flow(
     monkeypatch.undo()
     assert len(det.net_.history) == epochs
     np.testing.assert_array_equal(det.score_samples(X), scores)
+
+
+def test_alpha_zero_is_maximum_likelihood_on_whole_batches():
+    # Without an inner step there is no support set: the split is irrelevant.
+    X = np.random.RandomState(0).normal(size=(200, 4))
+    params = {"alpha": 0.0, "n_blocks": 2, "hidden_size": 8, "max_epochs": 2,
+              "random_state": 0, "device": "cpu"}
+    a = MAMLFlowDetector(support_fraction=0.3, **params).fit(X)
+    b = MAMLFlowDetector(support_fraction=0.7, **params).fit(X)
+    np.testing.assert_array_equal(a.score_samples(X), b.score_samples(X))
+    maml = MAMLFlowDetector(**{**params, "alpha": 0.01}).fit(X)
+    assert not np.allclose(maml.score_samples(X), a.score_samples(X))

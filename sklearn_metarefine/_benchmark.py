@@ -100,8 +100,10 @@ DEFAULT_CONFIG = {
         "warm_epochs": None,
         "lr": 1e-3,
     },
-    # MAML's parameters (the "metarefine" model only).
-    "maml": {"alpha": 0.01, "beta": 1e-3, "inner_steps": 1, "first_order": False},
+    # MAML's parameters (the "metarefine" model only). alpha=0 turns MAML off,
+    # MetaRefineDetector's default: MAML measured no gain on this benchmark
+    # (benchmarks/bench_maml_ablation.py); paper_config.json turns it on.
+    "maml": {"alpha": 0.0, "beta": 1e-3, "inner_steps": 1, "first_order": False},
     # IQRRefiner parameters of osr and irp, the paper's procedure (osr sets
     # max_iter=1): warm refits, fences of in-sample scores, iterate until
     # nothing changes (the paper sets no max_iter; 10 bounds the CPU time).

@@ -95,9 +95,9 @@ def clean_tail_fraction(scores, k=1.5):
     Examples
     --------
     >>> import numpy as np
-    >>> from sklearn_metarefine._scores import clean_tail_fraction
-    >>> round(clean_tail_fraction(np.random.RandomState(0).exponential(size=10_000)), 3)
-    0.048
+    >>> from sklearn_metarefine import clean_tail_fraction
+    >>> round(clean_tail_fraction(np.random.RandomState(0).exponential(size=10_000)), 2)
+    0.05
     """
     scores = np.asarray(scores, dtype=np.float64)
     q1, median, q3 = np.percentile(scores, [25, 50, 75])

@@ -10,17 +10,19 @@ with the default benchmark's features and flow sizes: the plain
 
 Targets: metarefine >= vanilla - 0.01 at 0% noise, > vanilla at 30% noise.
 
-    python benchmarks/bench_two_modes.py [--repeats 3] [--n-jobs -1]
+    python benchmarks/bench_two_modes.py [--repeats 3] [--n-jobs -1] [--cache DIR]
 """
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import joblib
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from sklearn_metarefine import PretrainedFeatures
 from sklearn_metarefine._benchmark import (
+    _features,
     _single_threaded,
     derive_seed,
     make_model,
@@ -33,19 +35,10 @@ NOISE = (0.0, 0.3)
 MODELS = ("vanilla", "metarefine")
 
 
-def features(config):
-    settings = config["features"]
+def features(config, cache_folder):
+    """The default benchmark's digits features, cached as the benchmark does."""
     digits = load_digits_anomaly(0)
-    extractor = PretrainedFeatures(
-        settings["backbone"],
-        image_size=settings["image_size"],
-        n_scales=settings["n_scales"],
-        n_views=settings["n_views"],
-        batch_size=settings["batch_size"],
-        device="cpu",
-        random_state=config["seed"],
-    )
-    return extractor.fit(digits.images[:1]).transform(digits.images), digits.digit
+    return _features(digits.images, config, "cpu", Path(cache_folder)), digits.digit
 
 
 def two_mode_draw(digit, share, noise, seed):
@@ -75,10 +68,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-jobs", type=int, default=-1)
+    parser.add_argument("--cache", default=None, help="folder of the cached features")
     args = parser.parse_args(argv)
 
     config = resolve_config("digits")
-    X, digit = features(config)
+    X, digit = features(config, args.cache or tempfile.mkdtemp(prefix="two_modes_"))
     results = joblib.Parallel(n_jobs=args.n_jobs)(
         joblib.delayed(run)(X, digit, config, share, noise, repeat)
         for share in SHARES

@@ -65,8 +65,9 @@ print(
 
 # %%
 # Predictions follow scikit-learn's convention: +1 for normal, -1 for
-# anomalous. ``decision_function`` is negative for anomalies; its zero is the
-# fence of the last round.
+# anomalous. ``decision_function`` is negative for anomalies; its zero is set
+# so that 5% of normal images like the kept ones, unseen by the flow, fall
+# below it (``false_alarm_rate``).
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
@@ -77,7 +78,7 @@ print(confusion_matrix(data.y_test, predicted_anomalous, labels=[0, 1]))
 # Scores of the test images
 # -------------------------
 # The anomaly score is minus ``score_samples``, the flow's negative
-# log-likelihood; the detector flags images above the fence.
+# log-likelihood; the detector flags images above the decision threshold.
 import matplotlib.pyplot as plt
 
 anomaly_score = -detector.score_samples(data.X_test)

@@ -5,8 +5,8 @@ Refining any detector
 
 :class:`~sklearn_metarefine.IQRRefiner` is a meta-estimator: it wraps any
 outlier detector, fits it, removes the training samples whose anomaly score
-lies above the fence ``Q3 + k * IQR``, and refits on the rest until the kept
-set stops changing. Here it refines scikit-learn's
+lies above the fence ``Q3 + k * IQR`` of held-out scores, and refits on the
+rest until a round changes nothing or only trims the tail a clean set has. Here it refines scikit-learn's
 :class:`~sklearn.ensemble.IsolationForest` and PyOD's k-nearest-neighbours
 detector on CNN features of contaminated digits, and compares each with the
 bare detector.

@@ -14,9 +14,11 @@ one CPU core.
 The four models, as the benchmark names them:
 
 * ``vanilla``: :class:`~sklearn_metarefine.FlowDetector`, DifferNet's flow;
-* ``osr``: one-shot removal, ``IQRRefiner(FlowDetector(), max_iter=1)``;
-* ``irp``: iterative refinement, ``IQRRefiner(FlowDetector())``;
-* ``metarefine``: ``IQRRefiner(MAMLFlowDetector())``, the paper's method.
+* ``osr``: one-shot removal, ``IQRRefiner(FlowDetector(), max_iter=1)`` with
+  the paper's refinement (in-sample fences);
+* ``irp``: iterative refinement, the same with more rounds;
+* ``metarefine``: :class:`~sklearn_metarefine.MetaRefineDetector` with this
+  package's defaults (the paper's method with ``--config paper_config.json``).
 
 Features are computed once per dataset and shared by every run.
 """

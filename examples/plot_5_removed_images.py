@@ -94,8 +94,8 @@ else:
 # Removals per round
 # ------------------
 # Round 0 stands for the images left out of the trimmed core that the
-# detector's default ``start="neighbors"`` begins from (and never re-admitted);
-# the other rounds are the fence's removals.
+# detector's default ``start="neighbors"`` begins from and that its first
+# round did not re-admit; the other rounds are the fence's removals.
 rounds = np.unique(detector.removed_at_iter_[removed])
 fig, ax = plt.subplots(figsize=(5, 3), layout="constrained")
 ax.bar(

@@ -19,6 +19,7 @@ _SOURCES = {
     "MAMLFlowDetector": "._flows",
     "IQRRefiner": "._refine",
     "iqr_fence": "._scores",
+    "clean_tail_fraction": "._scores",
     "neighbour_distances": "._scores",
     "save": "._persistence",
     "load": "._persistence",

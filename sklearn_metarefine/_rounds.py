@@ -106,22 +106,57 @@ def out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
     return scores
 
 
-def stop_reason(candidate, kept, min_kept, seen=()):
+def inside_fence(estimator, X, kept, scores, fence, readmit):
+    """The kept set a round proposes: the samples inside the fence.
+
+    ``scores`` are the fence scores of the kept samples. With ``readmit``
+    (the first round of a trimmed start), the samples left out of the core
+    are scored by the core's model, which did not see them, and those inside
+    the fence come back, as in FAST-MCD's reweighting step.
+    """
+    candidate = kept.copy()
+    candidate[kept] = scores <= fence
+    if readmit:
+        outside = ~kept
+        candidate[outside] = anomaly_score(estimator, X[outside]) <= fence
+    return candidate
+
+
+def trims_tail(candidate, kept, clean_tail):
+    """Whether a round only removes, and no more than a clean set's tail.
+
+    ``clean_tail`` is the expected number of clean samples outside the fence;
+    the count of a clean set scatters around it like a Poisson count, so up
+    to two standard deviations above it still count as the tail.
+    """
+    if clean_tail is None or np.any(candidate & ~kept):
+        return False
+    return np.sum(kept & ~candidate) <= clean_tail + 2.0 * math.sqrt(clean_tail)
+
+
+def stop_reason(candidate, kept, min_kept, clean_tail=None, seen=()):
     """Why refinement stops before applying ``candidate``, or None to go on.
 
     ``seen`` holds ``mask.tobytes()`` of the kept sets of earlier rounds: a
     candidate among them would start the same rounds over, forever.
+
+    ``clean_tail`` is the number of kept samples a clean kept set has outside
+    the fence, or None where that rule does not apply: a round that only
+    removes, and no more than that (:func:`trims_tail`), trims the tail of a
+    clean set, and applying it would erode the training set round after round.
     """
     if np.array_equal(candidate, kept):
         return "no_change"
     if candidate.tobytes() in seen:
         return "cycle"
+    if trims_tail(candidate, kept, clean_tail):
+        return "clean_tail"
     if candidate.sum() < min(min_kept, kept.sum()):
         return "min_samples"
     return None
 
 
-def round_summary(n_iter, fence, kept, candidate, termination, min_kept):
+def round_summary(n_iter, fence, kept, candidate, termination, min_kept, clean_tail):
     """One line of verbose output for round ``n_iter``."""
     n_outside = int((kept & ~candidate).sum())
     n_readmitted = int((candidate & ~kept).sum())
@@ -136,6 +171,11 @@ def round_summary(n_iter, fence, kept, candidate, termination, min_kept):
         outcome = (
             f"{n_outside} above it not removed, as that returns to the kept set "
             f"of an earlier round; kept {n_kept}"
+        )
+    elif termination == "clean_tail":
+        outcome = (
+            f"{n_outside} above it not removed, no more than the "
+            f"{clean_tail:.1f} a clean set has there; kept {n_kept}"
         )
     elif n_readmitted:
         outcome = f"removed {n_outside}, re-admitted {n_readmitted}, kept {n_kept}"

@@ -101,6 +101,7 @@ def test_command_writes_tables_files_and_figures(reference):
     fields, runs = _read_csv(output / "runs.csv")
     assert fields[:5] == ["dataset", "category", "noise", "repeat", "model"]
     assert {"auroc", "removed_good", "removed_bad", "seed", "error"} <= set(fields)
+    assert {"false_alarm", "detection"} <= set(fields)
     assert len(runs) == N_RUNS
     assert {(r["category"], float(r["noise"]), r["model"]) for r in runs} == {
         (c, n, m) for c in GRID["categories"] for n in GRID["noise"] for m in MODELS
@@ -108,6 +109,8 @@ def test_command_writes_tables_files_and_figures(reference):
     for run in runs:
         assert run["error"] == ""
         assert 0.0 <= float(run["auroc"]) <= 1.0
+        assert 0.0 <= float(run["false_alarm"]) <= 1.0
+        assert 0.0 <= float(run["detection"]) <= 1.0
         refiner = run["model"] in ("osr", "irp", "metarefine")
         assert (run["removed_good"] != "") == refiner
         if refiner:
@@ -145,8 +148,31 @@ def test_command_writes_tables_files_and_figures(reference):
         "metarefine",
     ]
 
+    fields, table3 = _read_csv(output / "table3_threshold.csv")
+    assert fields == [
+        "model",
+        "noise",
+        "false_alarm_mean",
+        "false_alarm_std",
+        "detection_mean",
+        "detection_std",
+        "n_runs",
+        "n_failed",
+    ]
+    assert [(r["model"], float(r["noise"])) for r in table3] == [
+        (m, n) for m in MODELS for n in GRID["noise"]
+    ]
+
     results = json.loads((output / "results.json").read_text())
     assert results["config"] == config
+    # Table 3 is the mean over categories of the runs' rates.
+    lof_clean = [
+        r for r in results["runs"] if r["model"] == "lof" and r["noise"] == 0.0
+    ]
+    row = next(r for r in results["table3"] if r["model"] == "lof" and r["noise"] == 0.0)
+    assert row["false_alarm_mean"] == pytest.approx(
+        np.mean([r["false_alarm"] for r in lof_clean])
+    )
     assert len(results["runs"]) == N_RUNS
     assert results["table1"][0].keys() >= {"auroc_mean", "auroc_std"}
     # Table 2 totals over the two categories.
@@ -178,6 +204,10 @@ def test_command_writes_tables_files_and_figures(reference):
             image.verify()
 
     table1_text, table2_text = printed.split("Table 2.")
+    table2_text, table3_text = table2_text.split("Table 3.")
+    for model in MODELS:
+        assert model in table3_text
+    assert "false alarms" in table3_text
     for model in MODELS:
         assert model in table1_text
     for model in ("osr", "irp", "metarefine"):
@@ -544,6 +574,64 @@ def test_make_model_builds_the_papers_four_models_and_two_baselines():
     assert models["lof"].novelty is True
     for name in ("vanilla", "osr", "irp", "metarefine", "iforest"):
         assert models[name].random_state == 3
+
+
+PAPER_CONFIG = Path(__file__).parents[1] / "docs" / "_static" / "paper_config.json"
+
+# The paper's models (Aqeel et al., ECCV 2024 workshops, on DifferNet): AlexNet
+# features at 448 px, 3 scales, rotated views; a flow of 8 coupling blocks with
+# 2048 hidden units on every feature (no PCA), Adam at 2e-4, batch 96, 240
+# epochs; the refinement starts from every image, refits warm, fences
+# in-sample scores with Tukey's k = 1.5 and iterates until nothing changes.
+PAPER_FLOW = {
+    "pca_components": None,
+    "n_blocks": 8,
+    "hidden_size": 2048,
+    "batch_size": 96,
+    "max_epochs": 240,
+    "n_views": 4,
+}
+PAPER_REFINEMENT = {
+    "start": "full",
+    "refit": "warm",
+    "fence_scores": "in_sample",
+    "stop": "no_change",
+    "k": 1.5,
+}
+
+
+@pytest.mark.parametrize("dataset", ["digits", "mvtec", "ksdd2"])
+def test_paper_config_gives_the_papers_four_models(dataset):
+    config = resolve_config(dataset, json.loads(PAPER_CONFIG.read_text()))
+    assert config["features"] == {
+        **config["features"],
+        "backbone": "alexnet",
+        "image_size": 448,
+        "n_scales": 3,
+        "n_views": 4,
+    }
+    models = {
+        name: _benchmark.make_model(name, random_state=0, device="cpu", config=config)
+        for name in ("vanilla", "osr", "irp", "metarefine")
+    }
+    flows = {
+        "vanilla": models["vanilla"],
+        "osr": models["osr"].estimator,
+        "irp": models["irp"].estimator,
+        "metarefine": models["metarefine"],
+    }
+    for name, flow in flows.items():
+        params = flow.get_params()
+        assert {key: params[key] for key in PAPER_FLOW} == PAPER_FLOW, name
+    for name in ("vanilla", "osr", "irp"):
+        assert flows[name].lr == 2e-4
+    metarefine = models["metarefine"]
+    assert metarefine.beta == 2e-4 and metarefine.alpha > 0  # MAML on
+    for name in ("osr", "irp", "metarefine"):
+        params = models[name].get_params()
+        assert {key: params[key] for key in PAPER_REFINEMENT} == PAPER_REFINEMENT
+    assert models["osr"].max_iter == 1
+    assert models["irp"].max_iter is None and metarefine.max_iter is None
 
 
 def test_unknown_model_and_category_are_refused(tmp_path):

@@ -313,3 +313,15 @@ def test_non_finite_training_scores_blame_overflow_only_for_extreme_values(X):
         check_finite_scores(np.array([np.nan]), extreme, lr=1e-3)
     with pytest.raises(DivergenceError, match="Lower the learning rate"):
         check_finite_scores(np.array([np.nan]), X, lr=1e-3)
+
+
+def test_alpha_zero_is_maximum_likelihood_on_whole_batches():
+    # Without an inner step there is no support set: the split is irrelevant.
+    X = np.random.RandomState(0).normal(size=(200, 4))
+    params = {"alpha": 0.0, "n_blocks": 2, "hidden_size": 8, "max_epochs": 2,
+              "random_state": 0, "device": "cpu"}
+    a = MAMLFlowDetector(support_fraction=0.3, **params).fit(X)
+    b = MAMLFlowDetector(support_fraction=0.7, **params).fit(X)
+    np.testing.assert_array_equal(a.score_samples(X), b.score_samples(X))
+    maml = MAMLFlowDetector(**{**params, "alpha": 0.01}).fit(X)
+    assert not np.allclose(maml.score_samples(X), a.score_samples(X))

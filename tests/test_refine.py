@@ -1,5 +1,6 @@
 import re
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn.utils.validation import validate_data
 
 from sklearn_metarefine import IQRRefiner, iqr_fence, neighbour_distances
+from sklearn_metarefine._rounds import stop_reason, trims_tail
 from sklearn_metarefine._scores import anomaly_score
 
 
@@ -86,6 +88,10 @@ def planted(seed, n_normal=360, n_anomalous=40, n_features=8, shift=12.0):
     X[n_normal:, 0] += shift
     is_anomalous = np.arange(n_normal + n_anomalous) >= n_normal
     return X, is_anomalous
+
+
+# The paper's procedure: in-sample fence scores, iterate until nothing changes.
+PAPER = {"fence_scores": "in_sample", "stop": "no_change"}
 
 
 def normal_label(is_anomalous):
@@ -211,6 +217,66 @@ def test_removes_planted_outliers(support_fraction):
     assert removed[~is_anomalous].mean() <= 0.05
 
 
+def gaussian_with_far_outliers(n_features, seed):
+    """300 standard normal inliers and 30 outliers far out in random directions."""
+    rng = np.random.RandomState(seed)
+    inliers = rng.normal(size=(300, n_features))
+    directions = rng.normal(size=(30, n_features))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    outliers = rng.normal(size=(30, n_features)) + (8 + 2 * np.sqrt(n_features)) * directions
+    return np.vstack([inliers, outliers]), np.arange(330) >= 300
+
+
+def test_refinement_does_not_erode_clean_tails():
+    # Tukey's fence rejects a share of any clean sample (4.8% of the squared
+    # Mahalanobis distances in two dimensions): refitting on what it keeps and
+    # fencing again would trim the tail round after round (the paper's rule
+    # removes 5.4% of the inliers on this grid).
+    removed_inliers, removed_outliers = [], []
+    for n_features in [2, 3, 5, 10]:
+        for seed in range(6):
+            X, is_outlier = gaussian_with_far_outliers(n_features, seed)
+            kept = IQRRefiner(EllipticEnvelope(), random_state=seed).fit(X).inlier_mask_
+            removed_inliers.append((~kept[~is_outlier]).mean())
+            removed_outliers.append((~kept[is_outlier]).mean())
+    assert np.mean(removed_inliers) <= 0.02
+    assert np.mean(removed_outliers) >= 0.95
+
+
+def test_stops_once_a_round_only_trims_a_clean_tail(capsys):
+    # Clean exponential scores: every round trims the 4.8% beyond the fence.
+    values = np.random.RandomState(0).exponential(size=1000)
+    paper = IQRRefiner(ColumnDetector(), **PAPER).fit(column(values))
+    refiner = IQRRefiner(ColumnDetector(), verbose=1).fit(column(values))
+    assert paper.inlier_mask_.mean() < 0.95
+    # The first round may be the first of masked anomalies: it is applied.
+    assert refiner.termination_condition_ == "clean_tail"
+    assert refiner.n_iter_ == 2
+    assert set(np.unique(refiner.removed_at_iter_)) == {-1, 1}
+    assert refiner.inlier_mask_.mean() > 0.93
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "a clean set has there; kept" in last
+
+
+def test_a_tail_sized_round_stops_from_the_second_round_on():
+    kept = np.ones(100, dtype=bool)
+    candidate = kept.copy()
+    candidate[:3] = False
+    clean_tail = 0.048 * 100
+    assert trims_tail(candidate, kept, clean_tail)
+    assert not trims_tail(candidate, kept, None)
+    assert stop_reason(candidate, kept, 50, clean_tail) == "clean_tail"
+    assert stop_reason(candidate, kept, 50, None) is None
+    # A round that also re-admits does more than trim.
+    partly_kept = np.arange(100) > 0
+    assert not trims_tail(candidate | ~partly_kept, partly_kept, clean_tail)
+    # Two standard deviations above the expected count still trim; more do not.
+    candidate[:9] = False
+    assert trims_tail(candidate, kept, clean_tail)
+    candidate[:10] = False
+    assert not trims_tail(candidate, kept, clean_tail)
+
+
 def test_ranks_held_out_samples_better_than_the_bare_estimator():
     # support_fraction=1 turns off the minimum covariance determinant's own
     # robustness: like a flow fitted by maximum likelihood, the bare estimator
@@ -228,8 +294,8 @@ def test_ranks_held_out_samples_better_than_the_bare_estimator():
 def test_iterating_removes_what_one_shot_removal_misses():
     X, is_anomalous = planted(0)
     estimator = EllipticEnvelope(support_fraction=1.0)
-    one_shot = IQRRefiner(estimator, max_iter=1).fit(X)
-    iterative = IQRRefiner(estimator).fit(X)
+    one_shot = IQRRefiner(estimator, max_iter=1, **PAPER).fit(X)
+    iterative = IQRRefiner(estimator, **PAPER).fit(X)
 
     assert one_shot.n_iter_ == 1
     assert one_shot.termination_condition_ == "max_iter"
@@ -248,7 +314,7 @@ def test_iterating_removes_what_one_shot_removal_misses():
 
 def test_rounds_by_hand():
     # Scores 0..99 and k=0 remove everything above Q3 in each round.
-    refiner = IQRRefiner(ColumnDetector(), k=0.0, min_samples=50).fit(
+    refiner = IQRRefiner(ColumnDetector(), k=0.0, min_samples=50, **PAPER).fit(
         column(np.arange(100))
     )
     np.testing.assert_allclose(refiner.thresholds_, [74.25, 55.5, 41.25])
@@ -260,14 +326,15 @@ def test_rounds_by_hand():
         [np.arange(100) > 74, np.arange(100) > 55], [1, 2], default=-1
     )
     np.testing.assert_array_equal(refiner.removed_at_iter_, expected_round)
-    # The boundary is the fence that min_samples kept from being applied.
-    assert refiner.offset_ == -41.25
+    # The boundary lets 5% of the kept samples' held-out scores (which for
+    # this detector are its in-sample scores, 0..55) fall outside.
+    assert refiner.offset_ == -np.quantile(np.arange(56), 0.95)
     assert refiner.estimator_.fit_sizes_ == [56]
 
 
 def test_attributes_are_consistent():
     X, _ = planted(0)
-    refiner = IQRRefiner(ColumnDetector(), random_state=0).fit(X)
+    refiner = IQRRefiner(ColumnDetector(), random_state=0, **PAPER).fit(X)
     scores = X[:, 0]
     removed_at = refiner.removed_at_iter_
     assert refiner.inlier_mask_.dtype == bool
@@ -284,13 +351,15 @@ def test_attributes_are_consistent():
 
 @pytest.mark.parametrize("min_samples", [50, 0.5])
 def test_min_samples_count_or_fraction(min_samples):
-    refiner = IQRRefiner(ColumnDetector(), k=0.0, min_samples=min_samples)
+    refiner = IQRRefiner(ColumnDetector(), k=0.0, min_samples=min_samples, **PAPER)
     refiner.fit(column(np.arange(100)))
     assert refiner.inlier_mask_.sum() == 56
 
 
 def test_never_keeps_fewer_than_four_samples():
-    refiner = IQRRefiner(ColumnDetector(), k=0.0, min_samples=1, max_iter=None)
+    refiner = IQRRefiner(
+        ColumnDetector(), k=0.0, min_samples=1, max_iter=None, **PAPER
+    )
     refiner.fit(column(np.arange(8)))
     # Rounds keep 6, then 4; the third would keep 3.
     assert refiner.termination_condition_ == "min_samples"
@@ -298,14 +367,14 @@ def test_never_keeps_fewer_than_four_samples():
 
 
 def test_max_iter_refits_on_the_kept_samples():
-    refiner = IQRRefiner(ColumnDetector(), k=0.0, min_samples=1, max_iter=2)
+    refiner = IQRRefiner(ColumnDetector(), k=0.0, min_samples=1, max_iter=2, **PAPER)
     refiner.fit(column(np.arange(100)))
     assert refiner.termination_condition_ == "max_iter"
     np.testing.assert_allclose(refiner.thresholds_, [74.25, 55.5])
     assert refiner.inlier_mask_.sum() == 56
     assert refiner.estimator_.fit_sizes_ == [56]
-    # The decision boundary is the fence of the final model.
-    assert refiner.offset_ == -41.25
+    # The decision boundary comes from the final model's scores of 0..55.
+    assert refiner.offset_ == -np.quantile(np.arange(56), 0.95)
 
 
 def test_all_scores_equal_removes_nothing():
@@ -359,7 +428,7 @@ def test_failed_fold_fit_names_the_fold():
 
 
 def test_verbose_prints_one_line_per_round(capsys):
-    IQRRefiner(ColumnDetector(), k=0.0, min_samples=50, verbose=1).fit(
+    IQRRefiner(ColumnDetector(), k=0.0, min_samples=50, verbose=1, **PAPER).fit(
         column(np.arange(100))
     )
     lines = capsys.readouterr().out.splitlines()
@@ -380,7 +449,7 @@ def test_silent_by_default(capsys):
 
 
 def test_warm_refits_continue_the_same_model():
-    refiner = IQRRefiner(ContinuingColumnDetector(), k=0.0, min_samples=50)
+    refiner = IQRRefiner(ContinuingColumnDetector(), k=0.0, min_samples=50, **PAPER)
     refiner.fit(column(np.arange(100)))
     assert refiner.estimator_.fit_sizes_ == [100, 75, 56]
     assert refiner.estimator_.warm_start is False
@@ -388,7 +457,7 @@ def test_warm_refits_continue_the_same_model():
 
 def test_warm_refits_include_the_final_refit():
     refiner = IQRRefiner(
-        ContinuingColumnDetector(), k=0.0, min_samples=1, max_iter=2
+        ContinuingColumnDetector(), k=0.0, min_samples=1, max_iter=2, **PAPER
     ).fit(column(np.arange(100)))
     assert refiner.estimator_.fit_sizes_ == [100, 75, 56]
 
@@ -409,9 +478,11 @@ def test_auto_refits_undeclared_warm_start_cold():
     assert refiner.n_iter_ > 1
     assert refiner.estimator_.max_samples_ == refiner.inlier_mask_.sum()
     # A warm start that merely declares the parameter is honoured on request.
-    warm = IQRRefiner(ColumnDetector(), k=0.0, min_samples=50, refit="warm")
+    warm = IQRRefiner(
+        ColumnDetector(), k=0.0, min_samples=50, refit="warm", **PAPER
+    )
     assert warm.fit(column(np.arange(100))).estimator_.fit_sizes_ == [100, 75, 56]
-    cold = IQRRefiner(ColumnDetector(), k=0.0, min_samples=50)
+    cold = IQRRefiner(ColumnDetector(), k=0.0, min_samples=50, **PAPER)
     assert cold.fit(column(np.arange(100))).estimator_.fit_sizes_ == [56]
 
 
@@ -435,7 +506,9 @@ def test_out_of_fold_scores_unmask_a_memorising_detector():
     is_anomalous = np.arange(200) >= 180
     memoriser = LocalOutlierFactor(novelty=True, n_neighbors=1)
 
-    in_sample = IQRRefiner(memoriser, max_iter=1, random_state=0).fit(X)
+    in_sample = IQRRefiner(
+        memoriser, max_iter=1, fence_scores="in_sample", random_state=0
+    ).fit(X)
     assert in_sample.termination_condition_ == "no_change"
     assert in_sample.inlier_mask_.all()
 
@@ -481,14 +554,32 @@ def test_signs_follow_sklearn():
     assert roc_auc_score(normal_label(is_anomalous), scores) > 0.8
 
 
-def test_auto_contamination_puts_the_boundary_at_the_fence():
-    X, _ = planted(0, n_normal=180, n_anomalous=20)
-    refiner = IQRRefiner(EllipticEnvelope(), random_state=0).fit(X)
-    assert refiner.termination_condition_ == "no_change"
-    assert refiner.offset_ == -refiner.thresholds_[-1]
-    # The last round removed nothing, so every kept sample is an inlier.
-    assert (refiner.predict(X[refiner.inlier_mask_]) == 1).all()
-    assert (refiner.predict(X[~refiner.inlier_mask_]) == -1).mean() > 0.9
+@pytest.mark.parametrize("fence_scores", ["oof", "in_sample"])
+def test_auto_contamination_flags_the_false_alarm_rate_of_unseen_normals(fence_scores):
+    # Normal samples the model never saw are flagged at about the target
+    # rate, whichever scores the fence used; the planted anomalies all are.
+    X, is_anomalous = planted(0, n_normal=360, n_anomalous=40)
+    X_new, _ = planted(1, n_normal=20_000, n_anomalous=0)
+    for rate in [0.05, 0.2]:
+        refiner = IQRRefiner(
+            EllipticEnvelope(),
+            false_alarm_rate=rate,
+            fence_scores=fence_scores,
+            random_state=0,
+        ).fit(X)
+        flagged = (refiner.predict(X_new) == -1).mean()
+        assert rate / 2 < flagged < 2 * rate
+        assert (refiner.predict(X[is_anomalous]) == -1).all()
+
+
+def test_auto_contamination_is_a_quantile_of_held_out_scores():
+    # This detector's scores ignore its training set: held-out scores are
+    # its in-sample scores, and the boundary is their quantile.
+    values = np.arange(100.0)
+    refiner = IQRRefiner(ColumnDetector(), false_alarm_rate=0.1).fit(column(values))
+    assert refiner.inlier_mask_.all()
+    assert refiner.offset_ == -np.quantile(values, 0.9)
+    assert (refiner.predict(column(values)) == -1).sum() == 10
 
 
 def test_float_contamination_is_a_fraction_of_the_full_training_set():
@@ -653,18 +744,17 @@ def test_trimmed_rounds_by_hand(capsys):
     refiner = IQRRefiner(ColumnDetector(), start="trimmed", verbose=1)
     refiner.fit(column(values))
 
-    # Core 0..64: Q1 16, Q3 48, T = 96; kept 0..96: Q1 24, Q3 72, T = 144;
-    # kept 0..99: T = 148.5 changes nothing.
-    np.testing.assert_allclose(refiner.thresholds_, [96.0, 144.0, 148.5])
-    np.testing.assert_array_equal(refiner.inlier_mask_, values < 100)
+    # Core 0..64: Q1 16, Q3 48, T = 96 re-admits 65..96. Only the first round
+    # re-admits: kept 0..96, T = 144 removes nothing and 97..99 stay out.
+    np.testing.assert_allclose(refiner.thresholds_, [96.0, 144.0])
+    np.testing.assert_array_equal(refiner.inlier_mask_, values <= 96)
     np.testing.assert_array_equal(
-        refiner.removed_at_iter_, np.where(values < 100, -1, 0)
+        refiner.removed_at_iter_, np.where(values <= 96, -1, 0)
     )
     assert refiner.termination_condition_ == "no_change"
     assert capsys.readouterr().out.splitlines() == [
         "IQRRefiner round 1: fence T=96, removed 0, re-admitted 32, kept 97",
-        "IQRRefiner round 2: fence T=144, removed 0, re-admitted 3, kept 100",
-        "IQRRefiner round 3: fence T=148.5, removed 0, kept 100",
+        "IQRRefiner round 2: fence T=144, removed 0, kept 97",
     ]
 
 

@@ -37,6 +37,7 @@ _SOURCES = {
     "auroc_table": "._report",
     "format_report": "._report",
     "removal_table": "._report",
+    "threshold_table": "._report",
     "Run": "._runs",
     "derive_seed": "._runs",
     "evaluate": "._runs",

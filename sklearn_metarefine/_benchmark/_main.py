@@ -14,7 +14,13 @@ from ._config import (
 )
 from ._data import check_feasible, dataset_categories, load_category
 from ._execution import check_execution, execute
-from ._report import auroc_table, format_report, removal_table, write_outputs
+from ._report import (
+    auroc_table,
+    format_report,
+    removal_table,
+    threshold_table,
+    write_outputs,
+)
 from ._runs import check_models, plan_runs
 from ._storage import (
     FEATURES_FOLDER,
@@ -94,6 +100,7 @@ def run_benchmark(
     result : :class:`~sklearn.utils.Bunch`
         ``runs`` (one record per run of the grid, see :func:`run_one`),
         ``table1`` (:func:`auroc_table`), ``table2`` (:func:`removal_table`),
+        ``table3`` (:func:`threshold_table`),
         ``report`` (the tables as text), ``config``, ``files`` (paths of the
         files written, by name) and ``n_executed`` (runs executed by this
         call; the others were read from ``output``).
@@ -160,13 +167,19 @@ def run_benchmark(
     records = [read_run(runs_folder, run) for run in runs]
     table1 = auroc_table(records, categories, noise, models)
     table2 = removal_table(records, noise, models, repeats)
+    table3 = threshold_table(records, noise, models)
     axes = {"categories": categories, "noise": noise, "models": models}
-    files = write_outputs(output, config, records, table1, table2, **axes)
-    report = format_report(table1, table2, records, **axes, repeats=repeats)
+    files = write_outputs(
+        output, config, records, table1, table2, **axes, table3=table3
+    )
+    report = format_report(
+        table1, table2, records, **axes, repeats=repeats, table3=table3
+    )
     return Bunch(
         runs=records,
         table1=table1,
         table2=table2,
+        table3=table3,
         report=report,
         config=config,
         files=files,

@@ -1,4 +1,4 @@
-"""The results: Tables 1 and 2, the text report, the CSV and JSON files, the figures."""
+"""The results: Tables 1 to 3, the text report, the CSV and JSON files, the figures."""
 
 import numpy as np
 
@@ -21,6 +21,16 @@ _TABLE2_FIELDS = (
     "removed_bad",
     "train_good",
     "train_bad",
+    "n_runs",
+    "n_failed",
+)
+_TABLE3_FIELDS = (
+    "model",
+    "noise",
+    "false_alarm_mean",
+    "false_alarm_std",
+    "detection_mean",
+    "detection_std",
     "n_runs",
     "n_failed",
 )
@@ -137,6 +147,44 @@ def removal_table(records, noise, models, repeats):
     return rows
 
 
+def threshold_table(records, noise, models):
+    """False alarms and detections at each model's own threshold.
+
+    Parameters
+    ----------
+    records : list of dict
+        Run records (:func:`run_one`).
+    noise, models : sequence
+        The grid's axes.
+
+    Returns
+    -------
+    rows : list of dict
+        One row per (model, noise): ``false_alarm_mean`` and
+        ``detection_mean``, the shares of normal and of anomalous test
+        samples that ``predict`` flags, as the mean over categories, with
+        their std over repeats of that mean (repeats in which every category
+        succeeded, as in :func:`auroc_table`).
+    """
+    groups = _by(records, "model", "noise")
+    rows = []
+    for model in models:
+        for level in noise:
+            runs = groups.get((model, level), [])
+            done = [r for r in runs if r["error"] is None]
+            n_categories = len({r["category"] for r in runs})
+            row = {"model": model, "noise": level}
+            for rate in ("false_alarm", "detection"):
+                per_repeat = [
+                    float(np.mean([r[rate] for r in group]))
+                    for group in _by(done, "repeat").values()
+                    if len(group) == n_categories
+                ]
+                row[f"{rate}_mean"], row[f"{rate}_std"] = _mean_std(per_repeat)
+            rows.append({**row, "n_runs": len(runs), "n_failed": len(runs) - len(done)})
+    return rows
+
+
 def _percent(level):
     return f"{100 * level:g}%"
 
@@ -154,8 +202,10 @@ def _text_table(header, rows, *, n_labels):
     )
 
 
-def format_report(table1, table2, records, *, categories, noise, models, repeats):
-    """The plain-text report: Tables 1 and 2, seconds per run, failed runs.
+def format_report(
+    table1, table2, records, *, categories, noise, models, repeats, table3=None
+):
+    """The plain-text report: Tables 1 to 3, seconds per run, failed runs.
 
     Parameters
     ----------
@@ -167,6 +217,8 @@ def format_report(table1, table2, records, *, categories, noise, models, repeats
         The grid's axes.
     repeats : int
         Number of repeats.
+    table3 : list of dict, default=None
+        Rows of :func:`threshold_table`; None leaves Table 3 out.
 
     Returns
     -------
@@ -224,6 +276,8 @@ def format_report(table1, table2, records, *, categories, noise, models, repeats
             ),
             _text_table(header, rows, n_labels=1),
         ]
+    if table3:
+        parts += ["", *_threshold_text(table3, noise, models, len(categories))]
     seconds = _by(records, "model")
     parts += [
         "",
@@ -241,6 +295,27 @@ def format_report(table1, table2, records, *, categories, noise, models, repeats
             for r in failed[:5]
         ]
     return "\n".join(parts)
+
+
+def _threshold_text(table3, noise, models, n_categories):
+    """Table 3 as lines of text: false alarms / detections per noise level."""
+    cells = {(r["model"], r["noise"]): r for r in table3}
+
+    def cell(row):
+        if row["false_alarm_mean"] is None:
+            return "failed"
+        return f"{row['false_alarm_mean']:.3f} / {row['detection_mean']:.3f}"
+
+    rows = [[m, *(cell(cells[m, level]) for level in noise)] for m in models]
+    return [
+        (
+            "Table 3. At each model's own threshold (predict): share of normal "
+            "test images flagged (false alarms) / share of anomalous ones flagged "
+            f"(detections), mean over {n_categories} "
+            f"categor{'y' if n_categories == 1 else 'ies'} and the repeats."
+        ),
+        _text_table(["model", *map(_percent, noise)], rows, n_labels=1),
+    ]
 
 
 def _plot(path, panels, noise, models, *, ncols):
@@ -278,13 +353,14 @@ def _plot(path, panels, noise, models, *, ncols):
 
 
 def write_outputs(
-    output, config, records, table1, table2, *, categories, noise, models
+    output, config, records, table1, table2, *, categories, noise, models, table3
 ):
     """Write the CSV, JSON and PNG files; return their paths by name."""
     files = {
         "runs_csv": output / "runs.csv",
         "table1_csv": output / "table1_auroc.csv",
         "table2_csv": output / "table2_removed.csv",
+        "table3_csv": output / "table3_threshold.csv",
         "results_json": output / "results.json",
         "figure_mean": output / "auroc_vs_noise.png",
         "figure_categories": output / "auroc_vs_noise_by_category.png",
@@ -292,9 +368,16 @@ def write_outputs(
     write_csv(files["runs_csv"], RECORD_FIELDS, records)
     write_csv(files["table1_csv"], _TABLE1_FIELDS, table1)
     write_csv(files["table2_csv"], _TABLE2_FIELDS, table2)
+    write_csv(files["table3_csv"], _TABLE3_FIELDS, table3)
     write_json(
         files["results_json"],
-        {"config": config, "runs": records, "table1": table1, "table2": table2},
+        {
+            "config": config,
+            "runs": records,
+            "table1": table1,
+            "table2": table2,
+            "table3": table3,
+        },
     )
     cells = {(r["model"], r["category"], r["noise"]): r for r in table1}
 

@@ -217,7 +217,9 @@ def run_one(run, X, y, split, config, device):
     -------
     record : dict
         The run's identity, the sizes of its training and test sets, the test
-        AUROC (anomaly score = minus ``score_samples``), for refiners the
+        AUROC (anomaly score = minus ``score_samples``), the false-alarm rate
+        (share of normal test samples) and detection rate (share of anomalous
+        test samples) that the model's own ``predict`` flags, for refiners the
         numbers of good and bad training samples removed and the rounds run,
         the seconds spent fitting and scoring, and ``error``: None, or the
         exception that made the model fail (the other results are then None,
@@ -265,6 +267,8 @@ def evaluate(model, run, X, y, split, config, device):
         "n_train_anomalous": int(data.y_train.sum()),
         "n_test": len(data.y_test),
         "auroc": None,
+        "false_alarm": None,
+        "detection": None,
         "removed_good": None,
         "removed_bad": None,
         "n_iter": None,
@@ -281,6 +285,9 @@ def evaluate(model, run, X, y, split, config, device):
             model.fit(data.X_train)
             anomaly_score = -model.score_samples(data.X_test)
             record["auroc"] = float(roc_auc_score(data.y_test, anomaly_score))
+            flagged = model.predict(data.X_test) == -1
+            record["false_alarm"] = float(flagged[data.y_test == 0].mean())
+            record["detection"] = float(flagged[data.y_test == 1].mean())
         except Exception as error:
             record["error"] = f"{type(error).__name__}: {error}"
             record["traceback"] = traceback.format_exc()

@@ -33,6 +33,8 @@ RECORD_FIELDS = (
     "n_train_anomalous",
     "n_test",
     "auroc",
+    "false_alarm",
+    "detection",
     "removed_good",
     "removed_bad",
     "n_iter",

@@ -426,6 +426,9 @@ class MAMLFlowDetector(FlowDetector):
         Number of views per object, see :class:`FlowDetector`.
     alpha : float, default=0.01
         Inner (task-adaptation) learning rate of the plain gradient step.
+        ``alpha=0`` turns MAML off: each batch is then one maximum-likelihood
+        step on all its rows (as in :class:`FlowDetector` with ``lr=beta``,
+        except that an incomplete last batch is dropped).
     beta : float, default=1e-3
         Meta learning rate: Adam's learning rate for the outer update.
     inner_steps : int, default=1

@@ -116,7 +116,16 @@ class _MAMLFlowNet(_FlowNet):
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
         Xi, _ = unpack_data(batch)
-        support, query = split_task(to_tensor(Xi, self.device), self.support_fraction)
+        rows = to_tensor(Xi, self.device)
+        if self.alpha == 0:
+            # The inner step would change nothing: the meta-objective is then
+            # the loss of the whole batch, i.e. maximum likelihood, without
+            # setting half of the batch aside as a support set.
+            loss = self.criterion_(self.module_(rows))
+            self._check_not_diverged(loss)
+            loss.backward()
+            return {"loss": loss, "y_pred": None}
+        support, query = split_task(rows, self.support_fraction)
         loss = maml_loss(
             self.module_,
             support,

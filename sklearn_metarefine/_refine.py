@@ -10,7 +10,6 @@ from sklearn.base import (
     _fit_context,
     clone,
 )
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, RealNotInt, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -21,13 +20,16 @@ from ._rounds import (
     out_of_fold_anomaly_scores,
     refit,
     resolve_min_samples,
+    seeded_clone,
     round_summary,
     stop_reason,
     trimmed_core,
     uses_warm_refits,
 )
 from ._scores import anomaly_score, clean_tail_fraction, iqr_fence
-from ._utils import draw_seed
+
+_START_PARAMS = ("start", "start_fraction", "start_neighbors")
+
 
 def _default_estimator():
     # Imported on use: refining any other detector needs no torch.
@@ -458,9 +460,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             candidate = inside_fence(estimator, X, kept, scores, fence, readmit)
             clean_tail = self._clean_tail(scores, n_rounds)
             seen.add(kept.tobytes())
-            termination = stop_reason(
-                candidate, kept, min_kept, clean_tail, seen
-            )
+            termination = stop_reason(candidate, kept, min_kept, clean_tail, seen)
             if self.verbose:
                 print(round_summary(len(thresholds), fence, kept, candidate,
                                     termination, min_kept, clean_tail))
@@ -483,21 +483,13 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         """The first model (None when round 1 fits it) and the first kept set."""
         if self.start == "full":
             return None, np.ones(X.shape[0], dtype=bool)
-        return trimmed_core(
-            base,
-            X,
-            warm,
-            start=self.start,
-            start_fraction=self.start_fraction,
-            start_neighbors=self.start_neighbors,
-        )
+        start = {name: getattr(self, name) for name in _START_PARAMS}
+        return trimmed_core(base, X, warm, **start)
 
     def _clean_tail(self, scores, n_rounds):
         """Kept samples a clean set has outside the fence; None: no such stop.
 
-        Not in the first round, which may remove the first of the anomalies
-        that the model masks.
-        """
+        Not in round 1, which may remove the first anomalies the model masks."""
         if self.stop == "no_change" or n_rounds == 0:
             return None
         return clean_tail_fraction(scores, self.k) * scores.size
@@ -514,25 +506,13 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
                 base, X[kept], self.cv, fold_seed, n_iter=self.n_iter_
             )
         )
-        return -float(np.quantile(held_out, 1.0 - self.false_alarm_rate))
+        finite = held_out[np.isfinite(held_out)]  # inf: above any quantile
+        return -float(np.quantile(finite, 1.0 - self.false_alarm_rate))
 
     def _seeded_estimator(self):
         """The estimator each round clones, and the seed of the folds."""
-        estimator = clone(
-            _default_estimator() if self.estimator is None else self.estimator
-        )
-        random_state = check_random_state(self.random_state)
-        has_random_state = "random_state" in estimator.get_params(deep=False)
-        if self.random_state is not None and has_random_state:
-            # An int goes down as it is, so that the first round fits exactly
-            # the detector a user would fit alone with that seed: refined and
-            # bare detectors then differ only by the refinement.
-            if isinstance(self.random_state, Integral):
-                seed = int(self.random_state)
-            else:
-                seed = draw_seed(random_state)
-            estimator.set_params(random_state=seed)
-        return estimator, draw_seed(random_state)
+        estimator = _default_estimator() if self.estimator is None else self.estimator
+        return seeded_clone(estimator, self.random_state)
 
     def _fence_scores(self, estimator, base, X_kept, fold_seed, n_iter):
         """Anomaly scores of the kept samples that round ``n_iter`` fences."""

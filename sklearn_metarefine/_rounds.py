@@ -9,7 +9,9 @@ from numbers import Integral
 import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import KFold
+from sklearn.utils import check_random_state
 
+from ._utils import draw_seed
 from ._scores import anomaly_score, neighbour_distances
 
 # Below four scores the quartiles are interpolated between the same few order
@@ -211,3 +213,19 @@ def trimmed_core(base, X, warm, *, start, start_fraction, start_neighbors):
     else:
         estimator = refit(base, estimator, X[core], warm, after_round=0)
     return estimator, core
+
+
+def seeded_clone(estimator, random_state):
+    """A clone of ``estimator`` seeded from ``random_state``, and a seed for folds.
+
+    An int goes down as it is, so that the first round fits exactly the
+    detector a user would fit alone with that seed: refined and bare detectors
+    then differ only by the refinement. A ``RandomState`` gives a drawn int;
+    None leaves the detector's own ``random_state`` as given.
+    """
+    estimator = clone(estimator)
+    rng = check_random_state(random_state)
+    if random_state is not None and "random_state" in estimator.get_params(deep=False):
+        seed = int(random_state) if isinstance(random_state, Integral) else draw_seed(rng)
+        estimator.set_params(random_state=seed)
+    return estimator, draw_seed(rng)

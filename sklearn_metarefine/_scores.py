@@ -42,6 +42,10 @@ def iqr_fence(scores, k=1.5):
     the tie are outside, as in Tukey's rule; when all scores are equal nothing
     is outside.
 
+    An infinite anomaly score (a sample the model gives zero likelihood, such
+    as a value near the float64 limit) is outside any fence: the quartiles
+    are those of the finite scores. NaN scores raise a ``ValueError``.
+
     Examples
     --------
     >>> from sklearn_metarefine import iqr_fence
@@ -53,9 +57,12 @@ def iqr_fence(scores, k=1.5):
         raise ValueError(
             f"scores must be a non-empty 1-D array, got shape {scores.shape}."
         )
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("scores contain NaN or inf; the fence is undefined.")
-    q1, q3 = np.percentile(scores, [25, 75])
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN; the fence is undefined.")
+    finite = scores[np.isfinite(scores)]
+    if finite.size == 0:
+        raise ValueError("scores are all infinite; the fence is undefined.")
+    q1, q3 = np.percentile(finite, [25, 75])
     return float(q3 + k * (q3 - q1))
 
 

@@ -611,7 +611,7 @@ def test_paper_config_gives_the_papers_four_models(dataset):
         "n_views": 4,
     }
     models = {
-        name: _benchmark.make_model(name, random_state=0, device="cpu", config=config)
+        name: make_model(name, random_state=0, device="cpu", config=config)
         for name in ("vanilla", "osr", "irp", "metarefine")
     }
     flows = {

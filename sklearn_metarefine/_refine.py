@@ -251,9 +251,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
     (IRP) ``max_iter=None``. Held-out fence scores, the clean-tail stop, the
     trimmed starts and the false-alarm boundary are this package's.
 
-    To count how many good and bad training samples were removed (the paper's
-    Table 2), compare ``~inlier_mask_`` with the ground-truth contamination
-    mask; ``removed_at_iter_`` splits the counts by round.
+    The paper's Table 2 (good and bad training samples removed) compares
+    ``~inlier_mask_`` with the ground truth; ``removed_at_iter_`` splits it.
 
     A sample is outside the fence when its score is strictly greater than
     ``T``. When the scores of more than a quarter of the kept samples tie at
@@ -261,10 +260,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
     samples scoring above it are removed, and when all scores are equal a
     round removes nothing.
 
-    ``X`` is validated as a dense, finite 2-D array with at least 4 samples,
-    the fewest whose quartiles are not interpolated between the same pair of
-    scores. When fitting the detector fails after the first round, on the
-    kept set or a fold of it, a ``RuntimeError`` names the round and the
+    ``X`` must be a dense, finite 2-D array of at least 4 samples. When a fit
+    after the first round fails, a ``RuntimeError`` names the round and the
     number of samples, with the detector's exception as its ``__cause__``.
 
     Why held-out scores: a model scores the samples it was fitted on as more
@@ -288,35 +285,27 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
 
     The fence cannot remove anomalies that make up a large share of the
     training set: once they are a quarter of it or more, the third quartile
-    lies among them and the fence above it. ``start="trimmed"`` breaks this
-    barrier: its core holds mostly normal samples whenever
-    ``start_fraction`` is below their share, so the
-    anomalies score far outside the core's fence. The first round then
+    lies among them and the fence above it. A trimmed start breaks this
+    barrier: its core holds mostly normal samples whenever ``start_fraction``
+    is below their share. The first round then
     re-admits the samples left out of the core that its model puts inside
     the fence of the core's held-out scores, as the reweighting step of
     FAST-MCD [3]_ extends its trimmed estimate to the samples consistent with
-    it. With in-sample scores a detector that fits its core closely fences
-    out most samples left outside it, and the kept set stays near the core.
-    Only the first round re-admits: a model that has re-admitted a few
-    anomalies of one kind scores the others of that kind as normal, and
-    re-admitting in every round let them in (on the digits benchmark at 50%
-    noise, 42% of the anomalies ended in the training set, against 5% with
-    one re-admission round). The price is on clean data: the normal samples
-    farthest from the core stay out. Trimmed starts should refit cold
-    (``refit="cold"``): warm refits of a few epochs barely move the model away
-    from its fit to the contaminated full set, and the core then reproduces
-    the full start.
+    it. Only the first round re-admits: a model that has re-admitted a few
+    anomalies of one kind scores the others of that kind as normal (see the
+    user guide's measurements). The price is on clean data: the normal
+    samples farthest from the core, and any mode without a sample in the
+    core, stay out. Trimmed starts should refit cold: warm refits barely move
+    the model away from its fit to the contaminated full set.
 
     ``start="neighbors"`` is for flexible density models such as the flows.
     They give a tight group of similar anomalies (one kind of defect, or a
     neat digit among scrawled ones) a density as high as the normal samples',
     so concentration steps from a fit on everything keep such groups in the
-    core, and an in-sample fence never removes them again. A sample's distance
-    to its ``start_neighbors``-th neighbour is small only where that many
-    samples are close, so a group of fewer similar anomalies ranks outside
-    the first core, and the concentration steps start from normal samples.
-    It costs one nearest-neighbour search over the training set and no extra
-    fit.
+    core. A sample's distance to its ``start_neighbors``-th neighbour is
+    small only where that many samples are close, so a group of fewer
+    similar anomalies ranks outside the first core. It costs one
+    nearest-neighbour search and no extra fit.
 
     References
     ----------

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import BaseEstimator
 import pandas as pd
 import pytest
 import torch
@@ -29,6 +30,7 @@ from scipy import sparse
 from sklearn.ensemble import IsolationForest
 
 import sklearn_metarefine
+from sklearn_metarefine._rounds import stop_reason
 from sklearn_metarefine import (
     FlowDetector,
     IQRRefiner,
@@ -163,20 +165,44 @@ def test_warm_refit_on_values_near_1e300_says_overflow(estimator, fitted):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("start", ["neighbors", "trimmed"])
-def test_refinement_rounds_that_cycle_end_on_the_cycle(start, capsys):
-    # On these 50 rows the rounds alternate between two kept sets; with
-    # max_iter=None they used to run forever.
+def test_the_rows_that_used_to_cycle_forever_end(start):
+    # On these 50 rows the rounds of a trimmed start used to alternate between
+    # two kept sets forever (max_iter=None). Only the first round re-admits
+    # now, so the kept sets shrink after it and the refinement ends.
     rows = np.random.RandomState(4).normal(size=(50, 2))
     refiner = IQRRefiner(
-        IsolationForest(), start=start, max_iter=None, verbose=1, random_state=0
+        IsolationForest(), start=start, max_iter=None, random_state=0
     ).fit(rows)
-
-    assert refiner.termination_condition_ == "cycle"
+    assert refiner.termination_condition_ in {"no_change", "clean_tail", "cycle"}
     assert refiner.n_iter_ == len(refiner.thresholds_) < 10
-    last_round = capsys.readouterr().out.splitlines()[-1]
-    assert "returns to the kept set of an earlier round" in last_round
-    # The final model is the one fitted on the kept set it reports.
-    alone = IsolationForest(random_state=0).fit(rows[refiner.inlier_mask_])
+
+
+class _Alternating(BaseEstimator):
+    """Scores whichever half of the rows it was not fitted on as anomalous."""
+
+    def fit(self, X, y=None):
+        self.first_half_ = bool(X[0, 0] < 0)
+        return self
+
+    def score_samples(self, X):
+        in_first_half = X[:, 0] < 0
+        return np.where(in_first_half == self.first_half_, 0.0, -1e6)
+
+
+def test_a_refinement_that_returns_to_an_earlier_kept_set_ends_on_the_cycle(capsys):
+    # The guard that makes any re-admitting refinement end: the stop rule
+    # itself, and a refiner whose stop rule is fed a kept set seen before.
+    kept = np.array([True, True, False, False])
+    earlier = np.array([False, True, True, True])
+    assert stop_reason(earlier, kept, 1, seen={earlier.tobytes()}) == "cycle"
+    assert stop_reason(earlier, kept, 1, seen=set()) is None
+    rows = np.linspace(-1, 1, 40)[:, None]
+    refiner = IQRRefiner(
+        _Alternating(), start="trimmed", start_fraction=0.5, max_iter=None,
+        fence_scores="in_sample", stop="no_change", verbose=1,
+    ).fit(rows)
+    assert refiner.termination_condition_ in {"cycle", "no_change"}
+    alone = _Alternating().fit(rows[refiner.inlier_mask_])
     np.testing.assert_array_equal(
         refiner.score_samples(rows), alone.score_samples(rows)
     )

@@ -15,6 +15,7 @@ __version__ = "0.1.0.dev0"
 _SOURCES = {
     "MetaRefineDetector": "._detector",
     "PretrainedFeatures": "._features",
+    "PatchFeatures": "._features",
     "FlowDetector": "._flows",
     "MAMLFlowDetector": "._flows",
     "IQRRefiner": "._refine",

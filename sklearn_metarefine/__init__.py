@@ -16,6 +16,7 @@ _SOURCES = {
     "MetaRefineDetector": "._detector",
     "PretrainedFeatures": "._features",
     "PatchFeatures": "._features",
+    "PatchCoreDetector": "._patch",
     "FlowDetector": "._flows",
     "MAMLFlowDetector": "._flows",
     "IQRRefiner": "._refine",

@@ -109,6 +109,125 @@ def nearest_distances(queries, bank, query_groups=None, bank_groups=None):
     return distances, nearest
 
 
+def support_distances(bank, bank_groups, references, reference_groups, rank):
+    """How far each bank row is from the ``rank``-th closest other image.
+
+    For every bank row, the distance to its nearest patch in each reference
+    image (a ``(n_references, n_cells, n_features)`` tensor), leaving out the
+    row's own image; returns the ``rank``-th smallest of these distances
+    (float64), inf when fewer than ``rank`` other images are left.
+    """
+    n_references, n_cells, _ = references.shape
+    flat = references.reshape(n_references * n_cells, -1)
+    center = flat.mean(0)
+    flat = flat - center
+    flat_squared = (flat * flat).sum(1)
+    chunk = max(1, _BLOCK_ENTRIES // len(flat))
+    closest = torch.empty(len(bank), dtype=torch.long, device=bank.device)
+    for start in range(0, len(bank), chunk):
+        rows = bank[start : start + chunk] - center
+        scores = torch.addmm(flat_squared, rows, flat.T, alpha=-2)
+        per_image, where = scores.view(len(rows), n_references, n_cells).min(2)
+        own = bank_groups[start : start + chunk, None] == reference_groups[None, :]
+        per_image.masked_fill_(own, math.inf)
+        if rank > n_references:
+            closest[start : start + chunk] = -1
+            continue
+        image = per_image.kthvalue(rank, dim=1).indices
+        patch = where.gather(1, image[:, None])[:, 0]
+        closest[start : start + chunk] = image * n_cells + patch
+    difference = bank.double() - (flat[closest] + center).double()
+    distances = difference.norm(dim=1)
+    own = bank_groups == reference_groups[closest // n_cells]
+    distances[own | (closest < 0)] = math.inf
+    return distances
+
+
+def kmeans_cells(bank, n_cells, generator, n_iter=10):
+    """Cut the bank into ``n_cells`` k-means cells for :func:`probed_distances`.
+
+    Lloyd's iterations from ``n_cells`` random bank rows. Returns ``order`` (the
+    bank rows sorted by cell), ``offsets`` (cell ``c`` is
+    ``order[offsets[c]:offsets[c + 1]]``) and the cell ``centers``.
+    """
+    start = torch.randperm(len(bank), generator=generator)[:n_cells]
+    centers = bank[start.to(bank.device)].clone()
+    for _ in range(n_iter):
+        cell = nearest_distances(bank, centers)[1]
+        sums = torch.zeros_like(centers).index_add_(0, cell, bank)
+        counts = torch.bincount(cell, minlength=n_cells)
+        filled = counts > 0
+        centers[filled] = sums[filled] / counts[filled, None]
+    cell = nearest_distances(bank, centers)[1]
+    offsets = torch.zeros(n_cells + 1, dtype=torch.long, device=bank.device)
+    offsets[1:] = torch.cumsum(torch.bincount(cell, minlength=n_cells), 0)
+    return torch.argsort(cell, stable=True), offsets, centers
+
+
+def probed_distances(queries, bank, offsets, centers, n_probe):
+    """Distance of every query to its nearest bank row within the ``n_probe``
+    cells whose centers are nearest to it (an inverted-file search).
+
+    ``bank`` is sorted by cell as :func:`kmeans_cells` describes. The result is
+    a distance to a real bank row, so it is never below the exact nearest
+    distance; it equals it unless the nearest row lies in an unprobed cell.
+    Returns float64 distances and the indices of the rows found.
+    """
+    center = bank.mean(0)
+    bank = bank - center
+    queries = queries - center
+    bank_squared = (bank * bank).sum(1)
+    centers = centers - center
+    to_centers = torch.addmm((centers * centers).sum(1), queries, centers.T, alpha=-2)
+    probes = to_centers.topk(n_probe, dim=1, largest=False).indices.reshape(-1)
+    # (query, cell) pairs grouped by cell: each cell is searched once, by all
+    # the queries that probe it, with one small matrix product.
+    by_cell = torch.argsort(probes, stable=True)
+    asking = by_cell // n_probe
+    bounds = torch.cumsum(torch.bincount(probes, minlength=len(centers)), 0).tolist()
+    offsets = offsets.tolist()
+    found = torch.full((len(probes),), math.inf, device=bank.device)
+    where = torch.zeros(len(probes), dtype=torch.long, device=bank.device)
+    first = 0
+    for cell, last in enumerate(bounds):
+        low, high = offsets[cell], offsets[cell + 1]
+        if last > first and high > low:
+            scores = torch.addmm(
+                bank_squared[low:high],
+                queries[asking[first:last]],
+                bank[low:high].T,
+                alpha=-2,
+            )
+            torch.min(scores, 1, out=(found[first:last], where[first:last]))
+            where[first:last] += low
+        first = last
+    pair = torch.empty_like(by_cell)
+    pair[by_cell] = torch.arange(len(by_cell), device=bank.device)
+    best = found[pair].view(-1, n_probe).argmin(1)
+    nearest = where[pair].view(-1, n_probe).gather(1, best[:, None])[:, 0]
+    distances = (queries.double() - bank[nearest].double()).norm(dim=1)
+    return distances, nearest
+
+
+def exact_maxima(upper, queries, bank):
+    """Make the largest entry of each row of ``upper`` exact.
+
+    ``upper`` holds upper bounds of the patches' exact nearest distances. The
+    patch with the largest bound is searched exactly; only patches whose bound
+    exceeds that exact value can hold the true maximum, and they are searched
+    exactly too (usually none or a few).
+    """
+    n_images, n_cells = upper.shape
+    top = upper.argmax(1) + torch.arange(n_images, device=upper.device) * n_cells
+    flat = upper.reshape(-1).clone()
+    flat[top] = nearest_distances(queries[top], bank)[0]
+    exact_top = flat[top].repeat_interleave(n_cells)
+    rivals = torch.nonzero(upper.reshape(-1) > exact_top)[:, 0]
+    if len(rivals):
+        flat[rivals] = nearest_distances(queries[rivals], bank)[0]
+    return flat.view(n_images, n_cells)
+
+
 def gaussian_blur(maps, sigma):
     """Smooth ``(n, H, W)`` maps with a Gaussian of ``sigma`` pixels (reflected
     borders, kernel truncated at 4 sigma)."""

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .._torch_utils import resolve_device, torch_seeded
 from .._utils import draw_seed
-from ._backbones import _LITE0_NAME, _build_backbone, _fingerprint
+from ._backbones import _PATCH_TAPS, _build_backbone, _fingerprint
 from ._embedding import _Plan, _global_average_pool
 from ._images import _image_source
 
@@ -54,6 +54,11 @@ def _extract_features(
                 output = np.empty((n_images, features.shape[1]), dtype=np.float32)
             output[start:stop] = features
     return output
+
+
+# The ``backbone`` constraint of the feature transformers: a named CNN (each has
+# taps for patch features too) or a module.
+_BACKBONES = [StrOptions(set(_PATCH_TAPS)), torch.nn.Module]
 
 
 def _size_pair(image_size):
@@ -311,10 +316,7 @@ class PretrainedFeatures(_BackboneTransformer):
     """
 
     _parameter_constraints: dict = {
-        "backbone": [
-            StrOptions({"alexnet", "resnet18", "wide_resnet50_2", _LITE0_NAME}),
-            torch.nn.Module,
-        ],
+        "backbone": _BACKBONES,
         "weights": [StrOptions({"DEFAULT"}), str, os.PathLike, None],
         "image_size": [Interval(Integral, 1, None, closed="left"), tuple, list],
         "n_scales": [Interval(Integral, 1, None, closed="left")],

@@ -1,18 +1,13 @@
 """PatchFeatures: one grid of local feature vectors per image."""
 
-import os
-from numbers import Integral
-
 import numpy as np
-import torch
 from sklearn.base import _fit_context
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._backbones import _LITE0_NAME, _PATCH_TAPS, _build_patch_backbone
+from ._backbones import _LITE0_NAME, _build_patch_backbone
 from ._embedding import _embed_patches, _PatchPlan
-from ._estimator import _BackboneTransformer, _size_pair
+from ._estimator import PretrainedFeatures, _BackboneTransformer, _size_pair
 from ._images import _image_source
 
 
@@ -122,16 +117,20 @@ class PatchFeatures(_BackboneTransformer):
     ((2, 7680), (8, 8), 120)
     """
 
+    # The shared parameters accept what PretrainedFeatures accepts.
     _parameter_constraints: dict = {
-        "backbone": [StrOptions(set(_PATCH_TAPS)), torch.nn.Module],
-        "weights": [StrOptions({"DEFAULT"}), str, os.PathLike, None],
-        "image_size": [Interval(Integral, 1, None, closed="left"), tuple, list],
-        "input_shape": [tuple, list, None],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "memory": [None, str, os.PathLike, HasMethods(["cache"])],
-        "device": [str, torch.device],
-        "verbose": ["verbose"],
-        "random_state": ["random_state"],
+        name: PretrainedFeatures._parameter_constraints[name]
+        for name in (
+            "backbone",
+            "weights",
+            "image_size",
+            "input_shape",
+            "batch_size",
+            "memory",
+            "device",
+            "verbose",
+            "random_state",
+        )
     }
 
     def __init__(

@@ -12,7 +12,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._features import PatchFeatures
-from .._features._backbones import _LITE0_NAME, _PATCH_TAPS
+from .._features._backbones import _LITE0_NAME
 from .._features._images import _image_source
 from .._scores import iqr_fence
 from .._torch_utils import resolve_device
@@ -201,7 +201,7 @@ class PatchCoreDetector(OutlierMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "backbone": [StrOptions(set(_PATCH_TAPS)), torch.nn.Module, None],
+        "backbone": [*PatchFeatures._parameter_constraints["backbone"], None],
         "weights": PatchFeatures._parameter_constraints["weights"],
         "image_size": PatchFeatures._parameter_constraints["image_size"],
         "input_shape": PatchFeatures._parameter_constraints["input_shape"],

@@ -199,7 +199,7 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     thresholds_ : ndarray of shape (n_iter_,)
         Fence of each round (image level).
     n_iter_ : int
-        Refinement rounds run (image level).
+        Refinement rounds run (1 at the patch level, which cleans once).
     termination_condition_ : str
         Why the refinement stopped (image level).
     offset_ : float
@@ -363,6 +363,7 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         if self.level == "patch":
             self.detector_ = self._build_patch_detector(seed).fit(X)
             self.inlier_mask_ = self.detector_.inlier_mask_
+            self.n_iter_ = 1  # the bank is cleaned once
             self.offset_ = self.detector_.offset_
             return self
         self.pipeline_ = self._build_pipeline(seed).fit(X)

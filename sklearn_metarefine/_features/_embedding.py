@@ -111,6 +111,25 @@ def _embed_batch(backbone, images, plan, memory_format=torch.contiguous_format):
     return features.reshape(n_views, n_images, -1).transpose(0, 1).reshape(n_images, -1)
 
 
+def resample(maps, size, first, step):
+    """Bilinear samples of ``maps`` ``(N, C, h, w)`` on a ``size = (H, W)`` grid.
+
+    Output row ``r`` samples the input at row coordinate
+    ``first[0] + step[0] * r`` (cell centres at integers), columns likewise;
+    coordinates beyond the edges take the edge values.
+    """
+    axes = []
+    for n_out, n_in, start, stride in zip(size, maps.shape[-2:], first, step):
+        coordinate = start + stride * torch.arange(n_out, device=maps.device)
+        # grid_sample's align_corners=True puts -1 and 1 on the edge cell centres
+        axes.append(2 * coordinate.to(maps.dtype) / max(n_in - 1, 1) - 1)
+    rows, columns = torch.meshgrid(axes[0], axes[1], indexing="ij")
+    grid = torch.stack([columns, rows], dim=-1).expand(len(maps), -1, -1, -1)
+    return F.grid_sample(
+        maps, grid, mode="bilinear", padding_mode="border", align_corners=True
+    )
+
+
 def _feature_maps(output):
     """The backbone's output as a list of (N, C, h, w) maps."""
     maps = list(output) if isinstance(output, (list, tuple)) else [output]
@@ -144,9 +163,11 @@ def _embed_patches(backbone, images, memory_format=torch.contiguous_format):
             feature_map.float(), 3, stride=1, padding=1, count_include_pad=False
         )
         if pooled.shape[-2:] != grid:
-            pooled = F.interpolate(
-                pooled, size=tuple(grid), mode="bilinear", align_corners=False
-            )
+            # Cell 0 of every map sits on the image's first pixel (convolutions
+            # padded to keep the size), so fine cell j lies at coarse cell
+            # j * coarse / fine.
+            steps = [c / f for c, f in zip(pooled.shape[-2:], grid)]
+            pooled = resample(pooled, grid, (0.0, 0.0), steps)
         aligned.append(pooled)
     patches = torch.cat(aligned, dim=1).permute(0, 2, 3, 1)
     return patches.reshape(images.shape[0], -1), tuple(grid)

@@ -10,6 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._features._embedding import resample
+
 # Distances of one query chunk to the whole bank are materialised; this bounds
 # that block (in float32 entries) so memory stays flat for any bank size.
 _BLOCK_ENTRIES = 2**23
@@ -246,10 +248,19 @@ def gaussian_blur(maps, sigma):
     return out[:, 0]
 
 
-def anomaly_maps(patch_scores, size, sigma):
-    """Patch scores ``(n, h, w)`` resized bilinearly to ``size = (H, W)`` and
-    smoothed with a Gaussian of ``sigma`` pixels of that size."""
+def anomaly_maps(patch_scores, size, sigma, input_size, cell_offset=0.5):
+    """Patch scores ``(n, h, w)`` resampled bilinearly to ``size = (H, W)`` and
+    smoothed with a Gaussian of ``sigma`` pixels of that size.
+
+    The images were resized from ``size`` to ``input_size`` for the CNN, whose
+    grid cell ``i`` is centred on CNN-input pixel ``stride * (i - cell_offset)``.
+    """
     maps = patch_scores[:, None].float()
-    if tuple(maps.shape[-2:]) != tuple(size):
-        maps = F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+    first, step = [], []
+    for n_out, n_cells, n_input in zip(size, maps.shape[-2:], input_size):
+        # output pixel p -> CNN-input pixel (p + 1/2) * n_input / n_out - 1/2
+        # -> cell (that pixel) / stride + cell_offset, stride = n_input / n_cells
+        step.append(n_cells / n_out)
+        first.append(0.5 * n_cells / n_out - 0.5 * n_cells / n_input + cell_offset)
+    maps = resample(maps, size, first, step)
     return gaussian_blur(maps[:, 0], sigma)

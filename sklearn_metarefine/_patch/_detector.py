@@ -34,6 +34,12 @@ _MAX_REFERENCES = 32
 # and probes this fraction of the cells for every query patch.
 _CELL_SIZE = 128
 _PROBED_FRACTION = 1 / 8
+# Where a grid cell's features are centred: cell i on CNN-input pixel
+# stride * (i - 0.75). Measured for efficientnet_lite0 as the offset that
+# centres the maps' peaks on planted defects (median error under 1.5 px at 96
+# and 224 px; cell centres at stride * i, the geometry of size-keeping
+# convolutions, put them 5-7 px down and right).
+_CELL_OFFSET = 0.75
 
 
 def _fence_keep(scores, k):
@@ -383,8 +389,9 @@ shape (n_samples, n_features) when ``backbone=None``
                 "(height, width). Pass the images of each size separately."
             )
         size = sizes.pop()
-        sigma = self.sigma * size[0] / self.features_.image_size_[0]
-        return anomaly_maps(scores, size, sigma).numpy()
+        input_size = self.features_.image_size_
+        sigma = self.sigma * size[0] / input_size[0]
+        return anomaly_maps(scores, size, sigma, input_size, _CELL_OFFSET).numpy()
 
     def _fit_patches(self, X, seed):
         """Patch vectors ``(n_images, n_cells, n_channels)`` of the training set."""

@@ -10,8 +10,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._features._embedding import resample
-
 # Distances of one query chunk to the whole bank are materialised; this bounds
 # that block (in float32 entries) so memory stays flat for any bank size.
 _BLOCK_ENTRIES = 2**23
@@ -177,21 +175,35 @@ def probed_distances(queries, bank, offsets, centers, n_probe):
     """
     center = bank.mean(0)
     bank = bank - center
-    queries = queries - center
-    bank_squared = (bank * bank).sum(1)
     centers = centers - center
-    to_centers = torch.addmm((centers * centers).sum(1), queries, centers.T, alpha=-2)
-    probes = to_centers.topk(n_probe, dim=1, largest=False).indices.reshape(-1)
+    bank_squared = (bank * bank).sum(1)
+    centers_squared = (centers * centers).sum(1)
+    offsets = offsets.tolist()
+    nearest = torch.empty(len(queries), dtype=torch.long, device=bank.device)
+    chunk = max(1, _BLOCK_ENTRIES // len(centers))
+    for start in range(0, len(queries), chunk):
+        block = queries[start : start + chunk] - center
+        to_centers = torch.addmm(centers_squared, block, centers.T, alpha=-2)
+        probes = to_centers.topk(n_probe, dim=1, largest=False).indices.reshape(-1)
+        nearest[start : start + chunk] = _search_cells(
+            block, probes, bank, bank_squared, offsets, n_probe
+        )
+    distances = (queries.double() - (bank[nearest] + center).double()).norm(dim=1)
+    return distances, nearest
+
+
+def _search_cells(queries, probes, bank, bank_squared, offsets, n_probe):
+    """Nearest bank row of each query among its probed cells (``probes`` holds
+    ``n_probe`` cells per query, query-major)."""
     # (query, cell) pairs grouped by cell: each cell is searched once, by all
     # the queries that probe it, with one small matrix product.
     by_cell = torch.argsort(probes, stable=True)
     asking = by_cell // n_probe
-    bounds = torch.cumsum(torch.bincount(probes, minlength=len(centers)), 0).tolist()
-    offsets = offsets.tolist()
+    bounds = torch.cumsum(torch.bincount(probes, minlength=len(offsets) - 1), 0)
     found = torch.full((len(probes),), math.inf, device=bank.device)
     where = torch.zeros(len(probes), dtype=torch.long, device=bank.device)
     first = 0
-    for cell, last in enumerate(bounds):
+    for cell, last in enumerate(bounds.tolist()):
         low, high = offsets[cell], offsets[cell + 1]
         if last > first and high > low:
             scores = torch.addmm(
@@ -206,9 +218,7 @@ def probed_distances(queries, bank, offsets, centers, n_probe):
     pair = torch.empty_like(by_cell)
     pair[by_cell] = torch.arange(len(by_cell), device=bank.device)
     best = found[pair].view(-1, n_probe).argmin(1)
-    nearest = where[pair].view(-1, n_probe).gather(1, best[:, None])[:, 0]
-    distances = (queries.double() - bank[nearest].double()).norm(dim=1)
-    return distances, nearest
+    return where[pair].view(-1, n_probe).gather(1, best[:, None])[:, 0]
 
 
 def exact_maxima(upper, queries, bank):
@@ -230,22 +240,42 @@ def exact_maxima(upper, queries, bank):
     return flat.view(n_images, n_cells)
 
 
-def gaussian_blur(maps, sigma):
-    """Smooth ``(n, H, W)`` maps with a Gaussian of ``sigma`` pixels (reflected
-    borders, kernel truncated at 4 sigma)."""
+def _interpolation_matrix(n_out, n_cells, first, step):
+    """``(n_out, n_cells)`` weights of bilinear interpolation at coordinates
+    ``first + step * o`` (cell centres at integers), clamped to the edge cells."""
+    coordinate = (first + step * torch.arange(n_out, dtype=torch.float64)).clamp(
+        0, n_cells - 1
+    )
+    low = coordinate.floor().long().clamp(max=n_cells - 1)
+    high = (low + 1).clamp(max=n_cells - 1)
+    weight = coordinate - low
+    matrix = torch.zeros(n_out, n_cells, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    matrix.index_put_((rows, low), 1 - weight, accumulate=True)
+    matrix.index_put_((rows, high), weight, accumulate=True)
+    return matrix
+
+
+def _gaussian_matrix(n, sigma):
+    """``(n, n)`` Gaussian smoothing of ``sigma`` samples, borders reflected
+    (without repeating the edge), kernel truncated at 4 sigma."""
     if sigma <= 0:
-        return maps
+        return torch.eye(n, dtype=torch.float64)
     radius = max(1, int(math.ceil(4 * sigma)))
-    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    out = maps[:, None]
-    # reflect padding needs a border narrower than the map; replicate is the fallback
-    for dim, shape in ((3, (1, 1, 1, -1)), (2, (1, 1, -1, 1))):
-        pad = (radius, radius, 0, 0) if dim == 3 else (0, 0, radius, radius)
-        mode = "reflect" if out.shape[dim] > radius else "replicate"
-        out = F.conv2d(F.pad(out, pad, mode=mode), kernel.view(shape))
-    return out[:, 0]
+    kernel /= kernel.sum()
+    rows = torch.arange(n)[:, None]
+    columns = rows + offsets.long()[None]
+    # reflect until inside: a period of 2 (n - 1)
+    period = max(2 * (n - 1), 1)
+    columns = columns % period
+    columns = torch.where(columns >= n, period - columns, columns)
+    matrix = torch.zeros(n, n, dtype=torch.float64)
+    matrix.index_put_(
+        (rows.expand_as(columns), columns), kernel.expand_as(columns), accumulate=True
+    )
+    return matrix
 
 
 def anomaly_maps(patch_scores, size, sigma, input_size, cell_offset=0.5):
@@ -254,13 +284,15 @@ def anomaly_maps(patch_scores, size, sigma, input_size, cell_offset=0.5):
 
     The images were resized from ``size`` to ``input_size`` for the CNN, whose
     grid cell ``i`` is centred on CNN-input pixel ``stride * (i - cell_offset)``.
+    Both steps are linear and separable: one ``(size, cells)`` matrix per axis.
     """
-    maps = patch_scores[:, None].float()
-    first, step = [], []
-    for n_out, n_cells, n_input in zip(size, maps.shape[-2:], input_size):
+    axes = []
+    for n_out, n_cells, n_input in zip(size, patch_scores.shape[-2:], input_size):
         # output pixel p -> CNN-input pixel (p + 1/2) * n_input / n_out - 1/2
         # -> cell (that pixel) / stride + cell_offset, stride = n_input / n_cells
-        step.append(n_cells / n_out)
-        first.append(0.5 * n_cells / n_out - 0.5 * n_cells / n_input + cell_offset)
-    maps = resample(maps, size, first, step)
-    return gaussian_blur(maps[:, 0], sigma)
+        step = n_cells / n_out
+        first = 0.5 * step - 0.5 * n_cells / n_input + cell_offset
+        resize = _interpolation_matrix(n_out, n_cells, first, step)
+        axes.append(_gaussian_matrix(n_out, sigma) @ resize)
+    rows, columns = (a.to(patch_scores.device, torch.float32) for a in axes)
+    return torch.einsum("ij,njk,lk->nil", rows, patch_scores.float(), columns)

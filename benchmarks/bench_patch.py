@@ -36,6 +36,7 @@ from sklearn_metarefine import PatchCoreDetector
 from sklearn_metarefine._patch._bank import anomaly_maps, greedy_coreset
 
 SIZE = 224
+WIDTHS = (8, 11, 8, 6, 9, 6)
 
 
 def brick_crops(n, seed):
@@ -74,7 +75,8 @@ def part_a(args, cache):
     params = dict(coreset_fraction=0.1, memory=cache, device="cpu", random_state=0)
     start = time.perf_counter()
     ivf = PatchCoreDetector(**params).fit(train)
-    print(f"fit on 200 images (extraction, coreset, cells): {time.perf_counter() - start:.1f} s")
+    elapsed = time.perf_counter() - start
+    print(f"fit on 200 images (extraction, coreset, cells): {elapsed:.1f} s")
     brute = PatchCoreDetector(algorithm="brute", **params).fit(train)  # cached rows
     print(
         f"bank: {len(ivf.memory_bank_)} patches of {ivf.memory_bank_.shape[1]} values, "
@@ -83,17 +85,22 @@ def part_a(args, cache):
     rows = ivf.features_.transform(test)
     exact = brute._patch_scores_of(brute._as_patches(rows))
     fast = ivf._patch_scores_of(ivf._as_patches(rows))
+    equal = np.isclose(fast, exact, rtol=1e-6).mean()
     print(
-        f"ivf vs brute patch distances: {np.isclose(fast, exact, rtol=1e-6).mean():.4f} "
-        f"equal, mean excess {np.mean(fast / exact - 1):.2e}, image scores max "
-        f"|diff| {np.abs(fast.max(1) - exact.max(1)).max():.1e}"
+        f"ivf vs brute patch distances: {equal:.4f} equal, mean excess "
+        f"{np.mean(fast / exact - 1):.2e}, image scores max |diff| "
+        f"{np.abs(fast.max(1) - exact.max(1)).max():.1e}"
     )
 
     # a feature step without the cache, so that every run embeds the images
     features = clone(ivf.features_).set_params(memory=None).fit(test[:1])
     default_threads = torch.get_num_threads()
-    print(f"\n(a) per test image, {args.n_test} images at {SIZE} px, median of {args.repeats}")
-    print(f"{'threads':>8} {'extract ms':>11} {'ivf ms':>8} {'ratio':>6} {'brute ms':>9} {'ratio':>6}")
+    print(
+        f"\n(a) per test image, {args.n_test} images at {SIZE} px, "
+        f"median of {args.repeats}"
+    )
+    header = ("threads", "extract ms", "ivf ms", "ratio", "brute ms", "ratio")
+    print(" ".join(f"{name:>{width}}" for name, width in zip(header, WIDTHS)))
     for threads in (default_threads, 1):
         torch.set_num_threads(threads)
         extract = median_time(lambda: features.transform(test), args.repeats)
@@ -134,7 +141,8 @@ def _select(rows_path, n_images, fraction, queue):
     )
     elapsed = time.perf_counter() - start
     peak = _memory_kib("VmHWM")
-    queue.put((len(points), len(picks), elapsed, (peak - before) / 1024, patches.nbytes))
+    extra = (peak - before) / 1024
+    queue.put((len(points), len(picks), elapsed, extra, patches.nbytes))
 
 
 def part_b(train_rows, cache):
@@ -142,7 +150,9 @@ def part_b(train_rows, cache):
     np.save(path, train_rows)
     context = multiprocessing.get_context("spawn")
     print("\n(b) coreset selection, 10%, each in a fresh process")
-    print(f"{'images':>7} {'patches':>10} {'picked':>8} {'seconds':>8} {'peak MiB':>9} {'rows MiB':>9}  data")
+    header = ("images", "patches", "picked", "seconds", "peak MiB", "rows MiB")
+    widths = (7, 10, 8, 8, 9, 9)
+    print(" ".join(f"{name:>{width}}" for name, width in zip(header, widths)), " data")
     for n_images, source in ((200, path), (2000, None)):
         queue = context.Queue()
         child = context.Process(target=_select, args=(source, n_images, 0.1, queue))
@@ -172,7 +182,8 @@ def part_c(args, cache):
     def defective(kind):
         image, (cy, cx) = crop().copy(), rng.uniform(0.2 * SIZE, 0.8 * SIZE, 2)
         if kind == 0:  # dark disc
-            disc = (yy - cy) ** 2 + (xx - cx) ** 2 < (rng.uniform(0.06, 0.15) * SIZE) ** 2
+            radius = rng.uniform(0.06, 0.15) * SIZE
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
             image[disc] *= rng.uniform(0.2, 0.6)
         elif kind == 1:  # scratch
             angle, length = rng.uniform(0, np.pi), rng.uniform(0.3, 0.6) * SIZE
@@ -192,12 +203,20 @@ def part_c(args, cache):
     from sklearn_metarefine import PatchFeatures
 
     features = PatchFeatures(memory=cache, device="cpu").fit(normal[:1])
-    normal_rows, anomalous_rows = features.transform(normal), features.transform(anomalous)
+    normal_rows = features.transform(normal)
+    anomalous_rows = features.transform(anomalous)
     test = np.vstack([normal_rows[100:], anomalous_rows[50:]])
     is_anomalous = np.r_[np.zeros(40), np.ones(40)]
-    cleanings = {"none (PatchCore)": None, "drop images": "images", "clean patches": "patches"}
+    cleanings = {
+        "none (PatchCore)": None,
+        "drop images": "images",
+        "clean patches": "patches",
+    }
     noises = (0.0, 0.1, 0.3, 0.5)
-    print(f"\n(c) test AUROC, brick crops, 100 training images, {args.quality_repeats} repeats")
+    print(
+        "\n(c) test AUROC, brick crops, 100 training images, "
+        f"{args.quality_repeats} repeats"
+    )
     print(f"{'bank_cleaning':>18} " + " ".join(f"{noise:>6.0%}" for noise in noises))
     for name, cleaning in cleanings.items():
         means = []
@@ -219,7 +238,8 @@ def part_c(args, cache):
                     device="cpu",
                     random_state=seed,
                 ).fit(train)
-                aurocs.append(roc_auc_score(is_anomalous, -detector.score_samples(test)))
+                scores = detector.score_samples(test)
+                aurocs.append(roc_auc_score(is_anomalous, -scores))
             means.append(np.mean(aurocs))
         print(f"{name:>18} " + " ".join(f"{m:>6.3f}" for m in means))
 

@@ -425,7 +425,8 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
 
         Parameters
         ----------
-        X : images of one size (height, width), or array-like of shape (n_samples, n_features_in_)
+        X : images of one size (height, width), or array-like of shape \
+(n_samples, n_features_in_)
 
         Returns
         -------

@@ -321,7 +321,9 @@ def test_ivf_and_brute_force_give_the_same_image_scores():
     rng = np.random.RandomState(0)
     X = rng.normal(size=(60, 4 * 4 * 6)).astype(np.float32)
     X_test = rng.normal(size=(20, 4 * 4 * 6)) * 1.3
-    params = dict(backbone=None, grid_shape=(4, 4), coreset_fraction=0.5, random_state=0)
+    params = dict(
+        backbone=None, grid_shape=(4, 4), coreset_fraction=0.5, random_state=0
+    )
     ivf = PatchCoreDetector(**params).fit(X)
     brute = PatchCoreDetector(algorithm="brute", **params).fit(X)
     assert len(ivf.cell_centers_) == 480 // 128 and len(brute.cell_centers_) == 1
@@ -342,7 +344,8 @@ def _contaminated_rows(seed, n_normal=40, n_defective=10):
     def grids(n, defective):
         cells = prototypes[rng.randint(0, 4, (n, 9))] + rng.normal(0, 0.3, (n, 9, 5))
         if defective:
-            cells[np.arange(n), rng.randint(0, 9, n)] = defect + rng.normal(0, 0.3, (n, 5))
+            where = rng.randint(0, 9, n)
+            cells[np.arange(n), where] = defect + rng.normal(0, 0.3, (n, 5))
         return cells.reshape(n, -1)
 
     train = np.vstack([grids(n_normal, False), grids(n_defective, True)])
@@ -352,7 +355,9 @@ def _contaminated_rows(seed, n_normal=40, n_defective=10):
 
 def test_patch_cleaning_removes_a_defect_shared_by_a_fifth_of_the_images():
     train, test, is_anomalous = _contaminated_rows(0)
-    params = dict(backbone=None, grid_shape=(3, 3), coreset_fraction=0.5, random_state=0)
+    params = dict(
+        backbone=None, grid_shape=(3, 3), coreset_fraction=0.5, random_state=0
+    )
     plain = PatchCoreDetector(**params).fit(train)
     cleaned = PatchCoreDetector(bank_cleaning="patches", **params).fit(train)
 
@@ -454,8 +459,12 @@ def test_cuda_search_matches_cpu():
     cpu = PatchCoreDetector(device="cpu", **params).fit(train)
     gpu = PatchCoreDetector(device="cuda", **params).fit(train)
     assert gpu.device_.type == "cuda"
-    np.testing.assert_allclose(gpu.score_samples(test), cpu.score_samples(test), rtol=1e-4)
-    np.testing.assert_allclose(gpu.anomaly_map(test), cpu.anomaly_map(test), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        gpu.score_samples(test), cpu.score_samples(test), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        gpu.anomaly_map(test), cpu.anomaly_map(test), rtol=1e-4, atol=1e-5
+    )
 
     images = textures(6, seed=0)
     defective, masks = plant_discs(textures(2, seed=2), seed=3)

@@ -175,7 +175,8 @@ class PatchFeatures(_BackboneTransformer):
         """
         _image_source(X, self.input_shape)
         size = tuple(_size_pair(self.image_size))
-        self._load_backbone(_build_patch_backbone, check_random_state(self.random_state))
+        rng = check_random_state(self.random_state)
+        self._load_backbone(_build_patch_backbone, rng)
         row, grid = self._probe(_embed_patches, size, f"image_size={self.image_size!r}")
         self.image_size_ = size
         self.grid_shape_ = grid

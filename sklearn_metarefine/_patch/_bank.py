@@ -35,7 +35,9 @@ def _farthest_first(points, n_select):
     for i in range(n_select):
         picks[i] = current
         # |p - c|^2 = |p|^2 + |c|^2 - 2 p.c, one matrix-vector product per pick
-        distances = torch.addmv(squared + squared[current], points, points[current], alpha=-2)
+        distances = torch.addmv(
+            squared + squared[current], points, points[current], alpha=-2
+        )
         torch.minimum(nearest, distances, out=nearest)
         # a taken row never comes back, even among exact duplicates
         nearest[current] = -math.inf
@@ -57,10 +59,9 @@ def greedy_coreset(points, n_select, generator, block_size=_CORESET_BLOCK):
     order = torch.randperm(n_points, generator=generator).to(points.device)
     n_blocks = max(1, math.ceil(n_points / block_size))
     bounds = [round(b * n_points / n_blocks) for b in range(n_blocks + 1)]
-    quotas = [
-        round(bounds[b + 1] * n_select / n_points) - round(bounds[b] * n_select / n_points)
-        for b in range(n_blocks)
-    ]
+    # block b's share: the rounded cumulative quota, so the shares sum to n_select
+    cumulative = [round(bound * n_select / n_points) for bound in bounds]
+    quotas = [cumulative[b + 1] - cumulative[b] for b in range(n_blocks)]
     selected = []
     for b, quota in enumerate(quotas):
         block = order[bounds[b] : bounds[b + 1]]

@@ -15,6 +15,8 @@ __version__ = "0.1.0.dev0"
 _SOURCES = {
     "MetaRefineDetector": "._detector",
     "PretrainedFeatures": "._features",
+    "PatchFeatures": "._features",
+    "PatchCoreDetector": "._patch",
     "FlowDetector": "._flows",
     "MAMLFlowDetector": "._flows",
     "IQRRefiner": "._refine",

@@ -1,13 +1,17 @@
-"""MetaRefineDetector: pretrained features, a MAML flow and IQR refinement."""
+"""MetaRefineDetector: pretrained features, a MAML flow and IQR refinement,
+or, at the patch level, a memory bank of patches cleaned of defects."""
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._features import PretrainedFeatures
 from ._flows import MAMLFlowDetector
+from ._patch import PatchCoreDetector
 from ._refine import IQRRefiner
 from ._utils import draw_seed
 
@@ -40,6 +44,17 @@ _REFINER_PARAMS = (
     "contamination",
     "false_alarm_rate",
 )
+# What the patch level forwards to PatchCoreDetector, beyond device, memory,
+# verbose and random_state.
+_PATCH_PARAMS = (
+    "backbone",
+    "weights",
+    "image_size",
+    "input_shape",
+    "coreset_fraction",
+    "k",
+    "contamination",
+)
 
 
 def _forwarded_constraints():
@@ -51,7 +66,9 @@ def _forwarded_constraints():
     features = PretrainedFeatures._parameter_constraints
     flow = MAMLFlowDetector._parameter_constraints
     refiner = IQRRefiner._parameter_constraints
+    patch = PatchCoreDetector._parameter_constraints
     return {
+        "coreset_fraction": patch["coreset_fraction"],
         "backbone": [*features["backbone"], None],
         "memory": features["memory"],
         "n_views": flow["n_views"],
@@ -76,12 +93,26 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     on normal images the flow did not see; the paper's own procedure is
     reachable by parameters (see Notes).
 
+    With ``level="patch"`` it is the robust detector of local defects
+    instead: a :class:`PatchCoreDetector` whose memory bank of training
+    patches is cleaned, patch by patch, of what too few training images show
+    (``bank_cleaning="patches"``), with :meth:`anomaly_map`.
+
     Parameters
     ----------
     backbone : str, torch.nn.Module or None, default="efficientnet_lite0"
-        The CNN of :class:`PretrainedFeatures`. The default has ImageNet
-        weights that ship with the package and need no network. None skips
-        the CNN: ``X`` is then a 2-D array of feature vectors.
+        The CNN of :class:`PretrainedFeatures` (of :class:`PatchFeatures` at
+        the patch level). The default has ImageNet weights that ship with the
+        package and need no network. None skips the CNN: ``X`` is then a 2-D
+        array of feature vectors (at the patch level, each row one patch).
+    level : {"image", "patch"}, default="image"
+        ``"image"``: one pooled vector per image, the meta-learned flow and
+        the refinement of training images (the paper). ``"patch"``: the
+        cleaned patch memory bank, for defects that cover a small part of the
+        image; it uses ``backbone``, ``weights``, ``image_size``,
+        ``input_shape``, ``coreset_fraction``, ``k``, ``contamination``,
+        ``memory``, ``device``, ``random_state`` and ``verbose``, and ignores
+        the other parameters.
     weights : "DEFAULT", None or path-like, default="DEFAULT"
         Weights of the backbone, see :class:`PretrainedFeatures`.
     image_size : int, default=224
@@ -153,12 +184,16 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         Epochs of each warm refit after a removal.
     batch_size : int, default=96
         Rows per MAML task (the paper: 96).
+    coreset_fraction : float, default=0.1
+        Fraction of the training patches kept in the memory bank (patch level
+        only).
     contamination : "auto" or float, default="auto"
         "auto" sets the decision boundary so that :meth:`predict` flags a
         fraction ``false_alarm_rate`` of normal images like the kept ones
         that the flow did not see (the quantile of the kept images' held-out
         scores); a float is scikit-learn's meaning, the fraction of the
-        training images to flag.
+        training images to flag. At the patch level "auto" is the fence of
+        the training images' leave-one-image-out scores.
     false_alarm_rate : float, default=0.05
         The false-alarm rate that ``contamination="auto"`` aims at.
     memory : None, str or joblib.Memory, default=None
@@ -177,19 +212,23 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     Attributes
     ----------
     pipeline_ : sklearn.pipeline.Pipeline
-        The fitted ``[features,] refiner`` pipeline.
+        The fitted ``[features,] refiner`` pipeline (image level).
     refiner_ : IQRRefiner
-        Its last step.
+        Its last step (image level).
+    detector_ : PatchCoreDetector
+        The fitted patch detector (patch level).
     inlier_mask_ : ndarray of shape (n_samples,), dtype bool
-        Training images kept by the refinement.
+        Training images kept by the refinement (at the patch level, which
+        cleans patches, not images: all True).
     removed_at_iter_ : ndarray of shape (n_samples,), dtype int
-        Round in which each training image was dropped, -1 if kept.
+        Round in which each training image was dropped, -1 if kept (image
+        level).
     thresholds_ : ndarray of shape (n_iter_,)
-        Fence of each round.
+        Fence of each round (image level).
     n_iter_ : int
-        Refinement rounds run.
+        Refinement rounds run (1 at the patch level, which cleans once).
     termination_condition_ : str
-        Why the refinement stopped.
+        Why the refinement stopped (image level).
     offset_ : float
         ``decision_function = score_samples - offset_``.
     n_features_in_ : int
@@ -203,6 +242,7 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     IQRRefiner : The refinement around any outlier detector.
     MAMLFlowDetector : The meta-learned flow alone.
     PretrainedFeatures : The CNN embedding alone.
+    PatchCoreDetector : The patch memory bank of ``level="patch"``.
 
     Notes
     -----
@@ -259,6 +299,7 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
 
     _parameter_constraints = {
         **_forwarded_constraints(),
+        "level": [StrOptions({"image", "patch"})],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -267,6 +308,7 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         self,
         backbone="efficientnet_lite0",
         *,
+        level="image",
         weights="DEFAULT",
         image_size=224,
         n_scales=3,
@@ -292,6 +334,7 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         max_epochs=20,
         warm_epochs=None,
         batch_size=96,
+        coreset_fraction=0.1,
         contamination="auto",
         false_alarm_rate=0.05,
         memory=None,
@@ -300,6 +343,7 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         verbose=0,
     ):
         self.backbone = backbone
+        self.level = level
         self.weights = weights
         self.image_size = image_size
         self.n_scales = n_scales
@@ -325,6 +369,7 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.warm_epochs = warm_epochs
         self.batch_size = batch_size
+        self.coreset_fraction = coreset_fraction
         self.contamination = contamination
         self.false_alarm_rate = false_alarm_rate
         self.memory = memory
@@ -352,6 +397,12 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         if self.backbone is None:
             X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         seed = draw_seed(check_random_state(self.random_state))
+        if self.level == "patch":
+            self.detector_ = self._build_patch_detector(seed).fit(X)
+            self.inlier_mask_ = self.detector_.inlier_mask_
+            self.n_iter_ = 1  # the bank is cleaned once
+            self.offset_ = self.detector_.offset_
+            return self
         self.pipeline_ = self._build_pipeline(seed).fit(X)
         refiner = self.pipeline_[-1]
         self.refiner_ = refiner
@@ -375,6 +426,8 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         scores : ndarray of shape (n_samples,), dtype float64
         """
         features = self._features(X)
+        if self.level == "patch":
+            return self.detector_.score_samples(features)
         return self.pipeline_[-1].score_samples(features)
 
     def decision_function(self, X):
@@ -403,11 +456,40 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         """
         return np.where(self.decision_function(X) < 0, -1, 1)
 
+    @available_if(lambda self: self.level == "patch")
+    def anomaly_map(self, X):
+        """Where each image looks anomalous (only with ``level="patch"``).
+
+        Parameters
+        ----------
+        X : images of one size (height, width), or array-like of shape \
+(n_samples, n_features_in_)
+
+        Returns
+        -------
+        maps : ndarray of shape (n_samples, height, width), dtype float32
+            Higher is more anomalous; see
+            :meth:`PatchCoreDetector.anomaly_map`.
+        """
+        return self.detector_.anomaly_map(self._features(X))
+
     def _features(self, X):
         check_is_fitted(self)
         if self.backbone is None:
             return validate_data(self, X, dtype=np.float64, reset=False)
+        if self.level == "patch":
+            return X
         return self.pipeline_[:-1].transform(X)
+
+    def _build_patch_detector(self, seed):
+        return PatchCoreDetector(
+            bank_cleaning="patches",
+            memory=self.memory,
+            device=self.device,
+            verbose=self.verbose,
+            random_state=seed,
+            **{name: getattr(self, name) for name in _PATCH_PARAMS},
+        )
 
     def _build_pipeline(self, seed):
         flow = MAMLFlowDetector(

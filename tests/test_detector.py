@@ -13,6 +13,7 @@ from sklearn_metarefine import (
     IQRRefiner,
     MAMLFlowDetector,
     MetaRefineDetector,
+    PatchCoreDetector,
     PretrainedFeatures,
 )
 from sklearn_metarefine.datasets import load_digits_anomaly, make_contaminated
@@ -137,24 +138,24 @@ def _constraint_texts(constraints):
 
 def test_every_forwarded_parameter_has_its_components_constraint():
     facade = MetaRefineDetector._parameter_constraints
-    components = [PretrainedFeatures, MAMLFlowDetector, IQRRefiner]
-    forwarded = MetaRefineDetector(
-        backbone="efficientnet_lite0", random_state=0
-    )._build_pipeline(seed=0)
-    reached = set()
+    components = [PretrainedFeatures, MAMLFlowDetector, IQRRefiner, PatchCoreDetector]
+    det = MetaRefineDetector(backbone="efficientnet_lite0", random_state=0)
+    forwarded = det._build_pipeline(seed=0)
+    reached = set(det._build_patch_detector(seed=0).get_params(deep=False))
     for step in forwarded.named_steps.values():
         estimators = [step, getattr(step, "estimator", None)]
         for estimator in filter(None, estimators):
             reached |= set(estimator.get_params(deep=False))
     for name in MetaRefineDetector().get_params():
-        if name in ("random_state", "verbose"):
+        # level chooses the components; it is the detector's own parameter
+        if name in ("random_state", "verbose", "level"):
             continue
         assert name in reached, f"{name} reaches no component"
         owners = [c for c in components if name in c._parameter_constraints]
         assert owners, name
         for owner in owners:
             expected = owner._parameter_constraints[name]
-            if name == "backbone":
+            if name == "backbone" and None not in expected:
                 expected = [*expected, None]  # None skips the feature step
             assert _constraint_texts(facade[name]) == _constraint_texts(expected), (
                 f"{name}: the detector's constraint differs from {owner.__name__}'s"

@@ -1,5 +1,6 @@
-"""Multi-scale embeddings of images from a frozen, pretrained CNN."""
+"""Embeddings of images from a frozen, pretrained CNN: pooled or patch by patch."""
 
 from ._estimator import PretrainedFeatures
+from ._patches import PatchFeatures
 
-__all__ = ["PretrainedFeatures"]
+__all__ = ["PatchFeatures", "PretrainedFeatures"]

@@ -196,3 +196,45 @@ def _fingerprint(module):
 
 def _tensor_bytes(tensor):
     return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
+# For patch features: the trunk layers (indices into what _build_backbone returns)
+# whose outputs are tapped, a mid-level map at stride 8 and one at stride 16, as in
+# PatchCore. Earlier maps are too local, later ones too ImageNet-specific.
+_PATCH_TAPS = {
+    # blocks[2] (40 channels) and blocks[3] (80 channels)
+    _LITE0_NAME: (4, 5),
+    # layer2 and layer3: 128 + 256 channels (resnet18), 512 + 1024 (wide_resnet50_2)
+    "resnet18": (5, 6),
+    "wide_resnet50_2": (5, 6),
+    # the ReLUs after conv2 (192 channels) and conv5 (256 channels)
+    "alexnet": (4, 11),
+}
+
+
+class _Taps(torch.nn.Module):
+    """Run the layers of a sequential trunk and return the outputs at ``taps``."""
+
+    def __init__(self, trunk, taps):
+        super().__init__()
+        self.trunk = trunk[: max(taps) + 1]
+        self.taps = tuple(taps)
+
+    def forward(self, x):
+        maps = []
+        for index, layer in enumerate(self.trunk):
+            x = layer(x)
+            if index in self.taps:
+                maps.append(x)
+        return maps
+
+
+def _build_patch_backbone(backbone, weights, *, progress):
+    """A module returning the mid-level maps that patch features are made of.
+
+    A user's module is used as is: it returns one map or a list of maps.
+    """
+    module = _build_backbone(backbone, weights, progress=progress)
+    if isinstance(backbone, torch.nn.Module):
+        return module
+    return _Taps(module, _PATCH_TAPS[backbone])

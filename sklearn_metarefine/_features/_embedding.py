@@ -1,7 +1,8 @@
 """Tensor operations that embed a batch of images with a backbone.
 
 Torch only, on batches of (N, 3, H, W) float images in [0, 1]: the views (colour
-change, rotation), the scales, ImageNet normalisation and pooling.
+change, rotation), the scales, ImageNet normalisation, global pooling for one
+vector per image and local pooling for a grid of patch vectors per image.
 """
 
 from dataclasses import dataclass
@@ -79,6 +80,13 @@ class _Plan:
     brightness: tuple
     contrast: tuple
 
+    @property
+    def input_size(self):
+        return self.scale_sizes[0]
+
+    def embed(self, backbone, images, memory_format):
+        return _embed_batch(backbone, images, self, memory_format)
+
 
 def _embed_batch(backbone, images, plan, memory_format=torch.contiguous_format):
     """Embed a batch of [0, 1] images into rows of view-major, scale-major features.
@@ -101,3 +109,75 @@ def _embed_batch(backbone, images, plan, memory_format=torch.contiguous_format):
     features = torch.cat(per_scale, dim=1)
     n_views, n_images = len(plan.angles), images.shape[0]
     return features.reshape(n_views, n_images, -1).transpose(0, 1).reshape(n_images, -1)
+
+
+def resample(maps, size, first, step):
+    """Bilinear samples of ``maps`` ``(N, C, h, w)`` on a ``size = (H, W)`` grid.
+
+    Output row ``r`` samples the input at row coordinate
+    ``first[0] + step[0] * r`` (cell centres at integers), columns likewise;
+    coordinates beyond the edges take the edge values.
+    """
+    axes = []
+    for n_out, n_in, start, stride in zip(size, maps.shape[-2:], first, step):
+        coordinate = start + stride * torch.arange(n_out, device=maps.device)
+        # grid_sample's align_corners=True puts -1 and 1 on the edge cell centres
+        axes.append(2 * coordinate.to(maps.dtype) / max(n_in - 1, 1) - 1)
+    rows, columns = torch.meshgrid(axes[0], axes[1], indexing="ij")
+    grid = torch.stack([columns, rows], dim=-1).expand(len(maps), -1, -1, -1)
+    return F.grid_sample(
+        maps, grid, mode="bilinear", padding_mode="border", align_corners=True
+    )
+
+
+def _feature_maps(output):
+    """The backbone's output as a list of (N, C, h, w) maps."""
+    maps = list(output) if isinstance(output, (list, tuple)) else [output]
+    for feature_map in maps:
+        if not isinstance(feature_map, torch.Tensor) or feature_map.ndim != 4:
+            raise TypeError(
+                "For patch features the backbone must return a feature map of shape "
+                "(N, C, h, w), or a list of them; got "
+                f"{type(feature_map).__name__} "
+                f"{tuple(getattr(feature_map, 'shape', ()))}."
+            )
+    return maps
+
+
+def _embed_patches(backbone, images, memory_format=torch.contiguous_format):
+    """Embed a batch of [0, 1] images into rows of patch vectors on one grid.
+
+    Each map the backbone returns is averaged over 3x3 neighbourhoods (a patch
+    then describes its surroundings, not one receptive-field centre), resized
+    bilinearly to the finest map's grid and concatenated along the channels.
+    Returns ``(B, h * w * C)``: row ``i`` is image ``i``'s ``(h, w, C)`` grid,
+    row-major, so ``row.reshape(h * w, C)`` lists its patches.
+    """
+    images = _normalize(images).contiguous(memory_format=memory_format)
+    maps = _feature_maps(backbone(images))
+    grid = max((m.shape[-2:] for m in maps), key=lambda shape: shape[0] * shape[1])
+    aligned = []
+    for feature_map in maps:
+        # Borders average the cells they have; zero padding would darken them.
+        pooled = F.avg_pool2d(
+            feature_map.float(), 3, stride=1, padding=1, count_include_pad=False
+        )
+        if pooled.shape[-2:] != grid:
+            # Cell 0 of every map sits on the image's first pixel (convolutions
+            # padded to keep the size), so fine cell j lies at coarse cell
+            # j * coarse / fine.
+            steps = [c / f for c, f in zip(pooled.shape[-2:], grid)]
+            pooled = resample(pooled, grid, (0.0, 0.0), steps)
+        aligned.append(pooled)
+    patches = torch.cat(aligned, dim=1).permute(0, 2, 3, 1)
+    return patches.reshape(images.shape[0], -1), tuple(grid)
+
+
+@dataclass(frozen=True)
+class _PatchPlan:
+    """Patch features: every image is resized to ``input_size`` only."""
+
+    input_size: tuple
+
+    def embed(self, backbone, images, memory_format):
+        return _embed_patches(backbone, images, memory_format)[0]

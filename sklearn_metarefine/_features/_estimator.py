@@ -14,19 +14,32 @@ from tqdm.auto import tqdm
 
 from .._torch_utils import resolve_device, torch_seeded
 from .._utils import draw_seed
-from ._backbones import _LITE0_NAME, _build_backbone, _fingerprint
-from ._embedding import _Plan, _embed_batch, _global_average_pool
+from ._backbones import _PATCH_TAPS, _build_backbone, _fingerprint
+from ._embedding import _Plan, _global_average_pool
 from ._images import _image_source
 
 
 def _extract_features(
-    backbone, source, plan, *, batch_size, device, memory_format, verbose, fingerprint
+    backbone,
+    source,
+    plan,
+    *,
+    batch_size,
+    device,
+    memory_format,
+    verbose,
+    fingerprint,
+    desc="PretrainedFeatures",
 ):
-    """Embed every image of ``source``; ``fingerprint`` only keys the cache."""
+    """Embed every image of ``source`` as ``plan`` says, one batch at a time.
+
+    ``fingerprint`` (of the backbone's weights) only keys the cache; ``desc``
+    names the progress bar.
+    """
     n_images = len(source)
     starts = tqdm(
         range(0, n_images, batch_size),
-        desc="PretrainedFeatures",
+        desc=desc,
         unit="batch",
         disable=not verbose,
     )
@@ -34,10 +47,8 @@ def _extract_features(
     with torch.inference_mode():
         for start in starts:
             stop = min(start + batch_size, n_images)
-            images = source.load(
-                start, stop, plan.scale_sizes[0], device, memory_format
-            )
-            features = _embed_batch(backbone, images, plan, memory_format)
+            images = source.load(start, stop, plan.input_size, device, memory_format)
+            features = plan.embed(backbone, images, memory_format)
             features = features.float().cpu().numpy()
             if output is None:
                 output = np.empty((n_images, features.shape[1]), dtype=np.float32)
@@ -45,7 +56,109 @@ def _extract_features(
     return output
 
 
-class PretrainedFeatures(TransformerMixin, BaseEstimator):
+# The ``backbone`` constraint of the feature transformers: a named CNN (each has
+# taps for patch features too) or a module.
+_BACKBONES = [StrOptions(set(_PATCH_TAPS)), torch.nn.Module]
+
+
+def _size_pair(image_size):
+    """``image_size`` as ``[height, width]``."""
+    size = np.ravel(image_size).astype(int).tolist()
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(
+            f"image_size must be an int or (height, width); got {image_size!r}."
+        )
+    return size
+
+
+class _BackboneTransformer(TransformerMixin, BaseEstimator):
+    """What the feature transformers share: loading the frozen backbone,
+    embedding batches with the cache, cloning with a shared module backbone."""
+
+    def _load_backbone(self, build, rng):
+        """Build the frozen backbone, seeded by ``rng``, on the device; set
+        ``backbone_`` and ``device_``."""
+        device = resolve_device(self.device)
+        with torch_seeded(draw_seed(rng), torch.device("cpu")):
+            backbone = build(self.backbone, self.weights, progress=bool(self.verbose))
+        self.backbone_ = backbone.eval().requires_grad_(False).to(device)
+        self.device_ = device
+        return self.backbone_
+
+    def _probe(self, embed, size, context, remedy="Use a larger image_size."):
+        """Run ``embed`` on one black image of ``size``: the backbone must accept
+        it, and its output fixes the number of features."""
+        probe = torch.zeros((1, 3) + tuple(size), device=self.device_)
+        try:
+            with torch.inference_mode():
+                return embed(self.backbone_, probe)
+        except RuntimeError as error:
+            name = self.backbone
+            if not isinstance(name, str):
+                name = type(name).__name__
+            raise ValueError(
+                f"backbone={name!r} cannot process {size[0]}x{size[1]} px images "
+                f"({context}): {error} {remedy}"
+            ) from error
+
+    def _embed(self, X, plan):
+        source = _image_source(X, self.input_shape)
+        memory = self.memory
+        if isinstance(memory, os.PathLike):
+            memory = os.fspath(memory)
+        extract = check_memory(memory).cache(
+            _extract_features,
+            ignore=[
+                "backbone",
+                "batch_size",
+                "device",
+                "memory_format",
+                "verbose",
+                "desc",
+            ],
+        )
+        return extract(
+            self.backbone_,
+            source,
+            plan,
+            batch_size=self.batch_size,
+            device=self.device_,
+            memory_format=self._memory_format(),
+            verbose=self.verbose,
+            fingerprint=None if memory is None else _fingerprint(self.backbone_),
+            desc=type(self).__name__,
+        )
+
+    def __sklearn_clone__(self):
+        # See Notes: a shared module keeps clones hash-equal for joblib.Memory.
+        if not isinstance(self.backbone, torch.nn.Module):
+            return super().__sklearn_clone__()
+        template = copy.copy(self)
+        template.backbone = None
+        cloned = super(_BackboneTransformer, template).__sklearn_clone__()
+        cloned.backbone = self.backbone
+        return cloned
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Tables reach this transformer only as flattened images with input_shape;
+        # sklearn's generic checks feed arbitrary tables, which it must reject.
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+    def _memory_format(self):
+        # Channels-last runs the named CNNs up to 2x faster on CPUs (oneDNN) and suits
+        # cuDNN; a user's module gets the standard layout, which any code accepts.
+        if isinstance(self.backbone, torch.nn.Module):
+            return torch.contiguous_format
+        return torch.channels_last
+
+
+class PretrainedFeatures(_BackboneTransformer):
     """Embed images with a frozen pretrained CNN at several scales and views.
 
     Each image is resized to ``image_size``; each view of it (a rotation, optionally
@@ -215,10 +328,7 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "backbone": [
-            StrOptions({"alexnet", "resnet18", "wide_resnet50_2", _LITE0_NAME}),
-            torch.nn.Module,
-        ],
+        "backbone": _BACKBONES,
         "weights": [StrOptions({"DEFAULT"}), str, os.PathLike, None],
         "image_size": [Interval(Integral, 1, None, closed="left"), tuple, list],
         "n_scales": [Interval(Integral, 1, None, closed="left")],
@@ -280,17 +390,17 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         """
         _image_source(X, self.input_shape)
         scale_sizes = self._scale_sizes()
-        device = resolve_device(self.device)
         rng = check_random_state(self.random_state)
-        with torch_seeded(draw_seed(rng), torch.device("cpu")):
-            backbone = _build_backbone(
-                self.backbone, self.weights, progress=bool(self.verbose)
-            )
-        backbone = backbone.eval().requires_grad_(False).to(device)
-        n_channels = self._probe_channels(backbone, scale_sizes[-1], device)
+        self._load_backbone(_build_backbone, rng)
+        pooled = self._probe(
+            lambda backbone, probe: _global_average_pool(backbone(probe)),
+            scale_sizes[-1],
+            f"the smallest scale of image_size={self.image_size!r}, "
+            f"n_scales={self.n_scales}",
+            "Use a larger image_size or fewer n_scales.",
+        )
+        n_channels = int(pooled.shape[1])
 
-        self.backbone_ = backbone
-        self.device_ = device
         self.scale_sizes_ = np.array(scale_sizes, dtype=int)
         self.view_angles_ = np.arange(self.n_views) * 360.0 / self.n_views
         low, high = 1.0 - self.color_jitter, 1.0 + self.color_jitter
@@ -315,30 +425,13 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
             One row per image: ``n_views_`` blocks of ``n_features_per_view_``.
         """
         check_is_fitted(self)
-        source = _image_source(X, self.input_shape)
         plan = _Plan(
             scale_sizes=tuple(map(tuple, self.scale_sizes_.tolist())),
             angles=tuple(self.view_angles_.tolist()),
             brightness=tuple(self.view_brightness_.tolist()),
             contrast=tuple(self.view_contrast_.tolist()),
         )
-        memory = self.memory
-        if isinstance(memory, os.PathLike):
-            memory = os.fspath(memory)
-        extract = check_memory(memory).cache(
-            _extract_features,
-            ignore=["backbone", "batch_size", "device", "memory_format", "verbose"],
-        )
-        return extract(
-            self.backbone_,
-            source,
-            plan,
-            batch_size=self.batch_size,
-            device=self.device_,
-            memory_format=self._memory_format(),
-            verbose=self.verbose,
-            fingerprint=None if memory is None else _fingerprint(self.backbone_),
-        )
+        return self._embed(X, plan)
 
     def get_feature_names_out(self, input_features=None):
         """Names of the output features: ``view{v}_scale{s}_ch{c}``.
@@ -364,41 +457,8 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
             dtype=object,
         )
 
-    def __sklearn_clone__(self):
-        # See Notes: a shared module keeps clones hash-equal for joblib.Memory.
-        if not isinstance(self.backbone, torch.nn.Module):
-            return super().__sklearn_clone__()
-        template = copy.copy(self)
-        template.backbone = None
-        cloned = super(PretrainedFeatures, template).__sklearn_clone__()
-        cloned.backbone = self.backbone
-        return cloned
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        # Tables reach this transformer only as flattened images with input_shape;
-        # sklearn's generic checks feed arbitrary tables, which it must reject.
-        tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True
-        tags.transformer_tags.preserves_dtype = ["float32"]
-        return tags
-
-    def _memory_format(self):
-        # Channels-last runs the named CNNs up to 2x faster on CPUs (oneDNN) and suits
-        # cuDNN; a user's module gets the standard layout, which any code accepts.
-        if isinstance(self.backbone, torch.nn.Module):
-            return torch.contiguous_format
-        return torch.channels_last
-
     def _scale_sizes(self):
-        size = np.ravel(self.image_size).astype(int).tolist()
-        if len(size) == 1:
-            size = size * 2
-        if len(size) != 2 or min(size) < 1:
-            raise ValueError(
-                "image_size must be an int or (height, width); got "
-                f"{self.image_size!r}."
-            )
+        size = _size_pair(self.image_size)
         sizes = [(size[0] // 2**i, size[1] // 2**i) for i in range(self.n_scales)]
         if min(sizes[-1]) < 1:
             raise ValueError(
@@ -406,22 +466,3 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
                 "times; use a larger image_size or fewer n_scales."
             )
         return sizes
-
-    def _probe_channels(self, backbone, smallest, device):
-        """Run the backbone once at the smallest scale: it must accept it, and its
-        output width fixes the number of features."""
-        probe = torch.zeros((1, 3) + tuple(smallest), device=device)
-        try:
-            with torch.inference_mode():
-                pooled = _global_average_pool(backbone(probe))
-        except RuntimeError as error:
-            name = self.backbone
-            if not isinstance(name, str):
-                name = type(name).__name__
-            raise ValueError(
-                f"backbone={name!r} cannot process the smallest scale, "
-                f"{smallest[0]}x{smallest[1]} px (image_size={self.image_size!r}, "
-                f"n_scales={self.n_scales}): {error} Use a larger image_size or fewer "
-                "n_scales."
-            ) from error
-        return int(pooled.shape[1])

@@ -181,6 +181,10 @@ class _ArrayImages:
         batch = _resize(_to_unit_tensor(self.images[start:stop], device), size)
         return batch.contiguous(memory_format=memory_format)
 
+    def sizes(self):
+        """``(height, width)`` of every image."""
+        return [tuple(self.images.shape[1:3])] * len(self.images)
+
 
 class _ImageSequence:
     """Images given one by one: file paths (decoded only when their batch is due),
@@ -199,6 +203,26 @@ class _ImageSequence:
             image = _read_item(self.items[index], index)[None]
             batch[row] = _resize(_to_unit_tensor(image, device), size)[0]
         return batch
+
+    def sizes(self):
+        """``(height, width)`` of every image; files are read up to their header."""
+        sizes = []
+        for index, item in enumerate(self.items):
+            if isinstance(item, (str, os.PathLike)):
+                try:
+                    with Image.open(item) as image:
+                        width, height = image.size
+                except Exception as error:
+                    raise ValueError(
+                        f"X[{index}]: cannot read image file {os.fspath(item)!r}: "
+                        f"{error}"
+                    ) from error
+            elif isinstance(item, Image.Image):
+                width, height = item.size
+            else:
+                height, width = np.shape(item)[:2]
+            sizes.append((int(height), int(width)))
+        return sizes
 
 
 def _check_input_shape(input_shape):

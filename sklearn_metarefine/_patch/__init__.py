@@ -1,0 +1,5 @@
+"""Patch-level detection: memory banks of local features and anomaly maps."""
+
+from ._detector import PatchCoreDetector
+
+__all__ = ["PatchCoreDetector"]

@@ -1,0 +1,476 @@
+"""Patch level: PatchFeatures, the memory-bank math, PatchCoreDetector, the switch."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.base import clone
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV, PredefinedSplit
+from sklearn.utils import estimator_checks
+
+from sklearn_metarefine import MetaRefineDetector, PatchCoreDetector, PatchFeatures
+from sklearn_metarefine._features._embedding import _IMAGENET_MEAN, _IMAGENET_STD
+from sklearn_metarefine._patch._bank import (
+    anomaly_maps,
+    exact_maxima,
+    greedy_coreset,
+    kmeans_cells,
+    nearest_distances,
+    probed_distances,
+    support_distances,
+)
+
+SIZE = 96  # a 12 x 12 patch grid with the default backbone
+
+
+def textures(n, seed, size=SIZE):
+    """Gray grating with random phase and noise: every image the same texture."""
+    rng = np.random.RandomState(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images = []
+    for _ in range(n):
+        phase = rng.uniform(0, 2 * np.pi, 2)
+        image = 0.5 + 0.2 * np.sin(2 * np.pi * xx / 8 + phase[0])
+        image += 0.2 * np.sin(2 * np.pi * yy / 8 + phase[1])
+        image += rng.normal(0, 0.03, image.shape)
+        images.append(np.clip(image * 255, 0, 255).astype(np.uint8))
+    return np.stack(images)
+
+
+def plant_discs(images, seed):
+    """A dark disc of radius size / 8 away from the borders; returns masks."""
+    rng = np.random.RandomState(seed)
+    size = images.shape[1]
+    yy, xx = np.mgrid[:size, :size]
+    images, masks = images.copy(), []
+    for image in images:
+        cy, cx = rng.uniform(0.35 * size, 0.65 * size, 2)
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < (size / 8) ** 2
+        image[mask] = 20
+        masks.append(mask)
+    return images, np.stack(masks)
+
+
+@pytest.fixture(scope="module")
+def surfaces():
+    train = textures(12, seed=0)
+    normal_test = textures(4, seed=1)
+    defective, masks = plant_discs(textures(4, seed=2), seed=3)
+    return train, normal_test, defective, masks
+
+
+@pytest.fixture(scope="module")
+def fitted(surfaces):
+    det = PatchCoreDetector(image_size=SIZE, device="cpu", random_state=0)
+    return det.fit(surfaces[0])
+
+
+class TwoMaps(torch.nn.Module):
+    """Returns a map at stride 2 and one at stride 4, like a CNN trunk's taps."""
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.fine = torch.nn.Conv2d(3, 2, 3, stride=2, padding=1)
+        self.coarse = torch.nn.Conv2d(2, 3, 3, stride=2, padding=1)
+        with torch.no_grad():
+            for tensor in self.parameters():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator))
+
+    def forward(self, x):
+        fine = self.fine(x)
+        return [fine, self.coarse(fine)]
+
+
+# --- PatchFeatures --------------------------------------------------------------
+def test_patch_rows_are_pooled_aligned_and_concatenated_maps():
+    images = np.random.RandomState(0).randint(0, 256, (3, 16, 16, 3), np.uint8)
+    module = TwoMaps()
+    features = PatchFeatures(module, image_size=16, device="cpu").fit(images)
+    assert features.grid_shape_ == (8, 8) and features.n_channels_ == 5
+    X = features.transform(images)
+    assert X.shape == (3, 8 * 8 * 5) and X.dtype == np.float32
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        fine, coarse = module((x - mean) / std)
+        pool = torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+        fine, coarse = pool(fine).numpy(), pool(coarse).numpy()
+    # Fine cell j lies at coarse cell j / 2 (both grids start on the first
+    # pixel); beyond the last coarse cell its value is kept.
+    at = np.arange(8) / 2
+    coarse = np.apply_along_axis(lambda v: np.interp(at, np.arange(4), v), 2, coarse)
+    coarse = np.apply_along_axis(lambda v: np.interp(at, np.arange(4), v), 3, coarse)
+    expected = np.concatenate([fine, coarse], 1).transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(X.reshape(3, 8, 8, 5), expected, rtol=1e-5, atol=1e-5)
+    assert list(features.get_feature_names_out()[:2]) == [
+        "patchfeatures_row0_col0_ch0",
+        "patchfeatures_row0_col0_ch1",
+    ]
+
+
+@pytest.mark.parametrize(
+    "backbone, grid, channels",
+    [
+        ("efficientnet_lite0", (28, 28), 40 + 80),
+        ("resnet18", (28, 28), 128 + 256),
+    ],
+)
+def test_named_backbones_give_the_stride_8_grid(backbone, grid, channels):
+    images = np.zeros((1, 224, 224, 3), np.uint8)
+    weights = "DEFAULT" if backbone == "efficientnet_lite0" else None
+    features = PatchFeatures(backbone, weights=weights, device="cpu").fit(images)
+    assert (features.grid_shape_, features.n_channels_) == (grid, channels)
+
+
+def test_a_backbone_that_returns_vectors_is_rejected():
+    class Pooled(torch.nn.Module):
+        def forward(self, x):
+            return x.mean((2, 3))
+
+    with pytest.raises(TypeError, match=r"\(N, C, h, w\)"):
+        PatchFeatures(Pooled(), image_size=8, device="cpu").fit(np.zeros((1, 8, 8)))
+
+
+def test_patch_features_cache_with_memory(tmp_path):
+    images = np.random.RandomState(0).randint(0, 256, (3, 16, 16, 3), np.uint8)
+    features = PatchFeatures(TwoMaps(), image_size=16, memory=tmp_path, device="cpu")
+    first = features.fit(images).transform(images)
+    assert any(tmp_path.rglob("output.pkl"))
+    np.testing.assert_array_equal(features.transform(images), first)
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        estimator_checks.check_estimator_cloneable,
+        estimator_checks.check_estimator_repr,
+        estimator_checks.check_no_attributes_set_in_init,
+        estimator_checks.check_estimators_unfitted,
+        estimator_checks.check_do_not_raise_errors_in_init_or_set_params,
+        estimator_checks.check_mixin_order,
+        estimator_checks.check_parameters_default_constructible,
+        estimator_checks.check_get_params_invariance,
+        estimator_checks.check_set_params,
+    ],
+    ids=lambda check: check.__name__,
+)
+def test_patch_features_sklearn_api_checks(check):
+    # As for PretrainedFeatures: an image transformer rejects sklearn's tables.
+    check("PatchFeatures", PatchFeatures(weights=None, device="cpu"))
+
+
+# --- the memory-bank math -------------------------------------------------------
+def test_nearest_distances_match_a_direct_computation():
+    rng = np.random.RandomState(0)
+    queries, bank = rng.normal(size=(50, 6)), rng.normal(size=(40, 6))
+    query_groups, bank_groups = rng.randint(0, 4, 50), rng.randint(0, 4, 40)
+    full = np.linalg.norm(queries[:, None] - bank[None], axis=2)
+    distances, nearest = nearest_distances(
+        torch.from_numpy(queries).float(), torch.from_numpy(bank).float()
+    )
+    np.testing.assert_allclose(distances.numpy(), full.min(1), rtol=1e-5)
+    np.testing.assert_array_equal(nearest.numpy(), full.argmin(1))
+
+    masked = np.where(query_groups[:, None] == bank_groups[None], np.inf, full)
+    distances, _ = nearest_distances(
+        torch.from_numpy(queries).float(),
+        torch.from_numpy(bank).float(),
+        torch.from_numpy(query_groups),
+        torch.from_numpy(bank_groups),
+    )
+    np.testing.assert_allclose(distances.numpy(), masked.min(1), rtol=1e-5)
+    alone = torch.zeros(3, dtype=torch.long)
+    distances, nearest = nearest_distances(
+        torch.zeros(3, 2), torch.ones(3, 2), alone, alone
+    )
+    assert torch.isinf(distances).all() and (nearest == -1).all()
+
+
+def test_greedy_coreset_takes_isolated_points_and_never_repeats():
+    rng = np.random.RandomState(0)
+    points = np.vstack([rng.normal(size=(500, 3)), 50 + np.eye(3) * 10])
+    points = torch.from_numpy(points).float()
+    picks = greedy_coreset(points, 20, torch.Generator().manual_seed(0))
+    assert len(picks) == 20 and len(set(picks.tolist())) == 20
+    assert {500, 501, 502} <= set(picks.tolist())
+    # Exact duplicates are never taken twice.
+    picks = greedy_coreset(torch.zeros(10, 2), 10, torch.Generator().manual_seed(0))
+    assert sorted(picks.tolist()) == list(range(10))
+
+
+def test_blocked_coreset_covers_like_the_single_block():
+    points = torch.from_numpy(np.random.RandomState(0).normal(size=(2000, 4))).float()
+    radius = []
+    for block_size in (2000, 250):
+        picks = greedy_coreset(
+            points, 200, torch.Generator().manual_seed(0), block_size=block_size
+        )
+        assert len(picks) == 200 and len(set(picks.tolist())) == 200
+        radius.append(nearest_distances(points, points[picks])[0].max().item())
+    single, blocked = radius
+    assert blocked < 1.5 * single
+
+
+def test_support_distance_is_the_rank_th_closest_other_image():
+    rng = np.random.RandomState(0)
+    grids = rng.normal(size=(5, 6, 3))
+    bank, bank_images = grids[[0, 2, 4], [1, 2, 3]], np.array([0, 2, 4])
+    per_image = np.linalg.norm(bank[:, None, None] - grids[None], axis=3).min(2)
+    per_image[np.arange(3), bank_images] = np.inf
+    for rank in (1, 2, 4):
+        distances = support_distances(
+            torch.from_numpy(bank).float(),
+            torch.from_numpy(bank_images),
+            torch.from_numpy(grids).float(),
+            torch.arange(5),
+            rank,
+        )
+        np.testing.assert_allclose(
+            distances.numpy(), np.sort(per_image, 1)[:, rank - 1], rtol=1e-5
+        )
+    too_far = support_distances(
+        torch.from_numpy(bank).float(),
+        torch.from_numpy(bank_images),
+        torch.from_numpy(grids).float(),
+        torch.arange(5),
+        5,
+    )
+    assert torch.isinf(too_far).all()
+
+
+def test_probed_search_bounds_the_exact_one_and_exact_maxima_fix_the_top():
+    rng = np.random.RandomState(0)
+    bank = torch.from_numpy(rng.normal(size=(1024, 8))).float()
+    queries = torch.from_numpy(rng.normal(size=(300, 8))).float()
+    order, offsets, centers = kmeans_cells(bank, 8, torch.Generator().manual_seed(0))
+    bank = bank[order]
+    exact = nearest_distances(queries, bank)[0]
+    probed = probed_distances(queries, bank, offsets, centers, 2)[0]
+    assert torch.all(probed >= exact - 1e-6)
+    assert 0.5 < torch.isclose(probed, exact).double().mean() < 1
+    everything = probed_distances(queries, bank, offsets, centers, 8)[0]
+    torch.testing.assert_close(everything, exact)
+
+    fixed = exact_maxima(probed.view(30, 10), queries, bank)
+    torch.testing.assert_close(fixed.max(1).values, exact.view(30, 10).max(1).values)
+
+
+@pytest.mark.parametrize("cell_offset", [0.0, 0.75])
+def test_maps_put_cells_where_their_features_are_centred(cell_offset):
+    scores = torch.zeros(1, 8, 8, dtype=torch.float64)
+    scores[0, 4, 3] = 1.0
+    # images of 128 px were resized to 64 px for the CNN: stride 8 there
+    sharp = anomaly_maps(scores, (128, 128), 0, (64, 64), cell_offset)
+    smooth = anomaly_maps(scores, (128, 128), 4, (64, 64), cell_offset)
+    assert sharp.shape == smooth.shape == (1, 128, 128)
+    on_cnn_input = 8 * (np.array([4, 3]) - cell_offset)
+    centre = (on_cnn_input + 0.5) * 2 - 0.5
+    for image_map in (sharp, smooth):
+        peak = np.unravel_index(int(image_map[0].argmax()), (128, 128))
+        assert np.all(np.abs(np.array(peak) - centre) <= 1)
+    assert smooth.max() < sharp.max()
+    # reflected borders keep the mass up to what crosses the border
+    torch.testing.assert_close(smooth.sum(), sharp.sum(), rtol=1e-2, atol=0)
+
+
+# --- PatchCoreDetector ----------------------------------------------------------
+def test_map_maximum_lies_in_the_planted_defect(surfaces, fitted):
+    train, normal_test, defective, masks = surfaces
+    maps = fitted.anomaly_map(defective)
+    assert maps.shape == (4, SIZE, SIZE) and maps.dtype == np.float32
+    for image_map, mask in zip(maps, masks):
+        assert mask.ravel()[image_map.argmax()]
+    scores = fitted.score_samples(np.concatenate([normal_test, defective]))
+    assert scores.dtype == np.float64
+    assert roc_auc_score([0] * 4 + [1] * 4, -scores) == 1.0
+    np.testing.assert_array_equal(fitted.predict(defective), -1)
+    # the 'auto' fence of only 12 leave-one-image-out scores is a rough one
+    assert (fitted.predict(normal_test) == 1).mean() >= 0.75
+
+
+def test_maps_from_files_and_arrays_agree(surfaces, fitted, tmp_path):
+    defective = surfaces[2]
+    paths = []
+    for i, image in enumerate(defective):
+        paths.append(str(tmp_path / f"defect_{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    np.testing.assert_allclose(
+        fitted.anomaly_map(paths), fitted.anomaly_map(defective), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        fitted.score_samples(paths), fitted.score_samples(defective), rtol=1e-6
+    )
+
+
+def test_maps_come_at_the_input_resolution(surfaces, fitted):
+    wide = np.stack(
+        [np.asarray(Image.fromarray(im).resize((150, 120))) for im in surfaces[2]]
+    )
+    maps = fitted.anomaly_map(wide)
+    assert maps.shape == (4, 120, 150)
+    sizes = [wide[0], wide[1][:100]]
+    with pytest.raises(ValueError, match="one size"):
+        fitted.anomaly_map(sizes)
+
+
+def test_ivf_and_brute_force_give_the_same_image_scores():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(60, 4 * 4 * 6)).astype(np.float32)
+    X_test = rng.normal(size=(20, 4 * 4 * 6)) * 1.3
+    params = dict(
+        backbone=None, grid_shape=(4, 4), coreset_fraction=0.5, random_state=0
+    )
+    ivf = PatchCoreDetector(**params).fit(X)
+    brute = PatchCoreDetector(algorithm="brute", **params).fit(X)
+    assert len(ivf.cell_centers_) == 480 // 128 and len(brute.cell_centers_) == 1
+    np.testing.assert_allclose(ivf.score_samples(X_test), brute.score_samples(X_test))
+    fast, exact = ivf.anomaly_map(X_test), brute.anomaly_map(X_test)
+    assert fast.shape == (20, 4, 4)
+    assert np.all(fast >= exact - 1e-5)
+    np.testing.assert_allclose(fast.max((1, 2)), exact.max((1, 2)), rtol=1e-6)
+
+
+def _contaminated_rows(seed, n_normal=40, n_defective=10):
+    """Grids of 3 x 3 patches: normal patches near one of four prototypes;
+    defective images carry one patch near a shared defect prototype."""
+    rng = np.random.RandomState(seed)
+    prototypes = rng.normal(size=(4, 5)) * 3
+    defect = np.full(5, 6.0)
+
+    def grids(n, defective):
+        cells = prototypes[rng.randint(0, 4, (n, 9))] + rng.normal(0, 0.3, (n, 9, 5))
+        if defective:
+            where = rng.randint(0, 9, n)
+            cells[np.arange(n), where] = defect + rng.normal(0, 0.3, (n, 5))
+        return cells.reshape(n, -1)
+
+    train = np.vstack([grids(n_normal, False), grids(n_defective, True)])
+    test = np.vstack([grids(20, False), grids(20, True)])
+    return train, test, np.r_[np.zeros(20), np.ones(20)]
+
+
+def test_patch_cleaning_removes_a_defect_shared_by_a_fifth_of_the_images():
+    train, test, is_anomalous = _contaminated_rows(0)
+    params = dict(
+        backbone=None, grid_shape=(3, 3), coreset_fraction=0.5, random_state=0
+    )
+    plain = PatchCoreDetector(**params).fit(train)
+    cleaned = PatchCoreDetector(bank_cleaning="patches", **params).fit(train)
+
+    def defect_rows(det):
+        return int((np.abs(det.memory_bank_ - 6.0).max(1) < 1.5).sum())
+
+    assert defect_rows(plain) > 0 and defect_rows(cleaned) == 0
+    assert roc_auc_score(is_anomalous, -plain.score_samples(test)) < 0.8
+    assert roc_auc_score(is_anomalous, -cleaned.score_samples(test)) > 0.95
+    # Leave-one-image-out training scores: the defective images stand out.
+    assert cleaned.train_scores_[40:].min() > np.median(cleaned.train_scores_[:40])
+    assert cleaned.inlier_mask_.all()
+
+
+def test_image_cleaning_drops_whole_images():
+    train, _, _ = _contaminated_rows(0, n_defective=4)
+    # each defective image with its own defect, which no other image matches
+    train[40:, :5] = np.random.RandomState(1).normal(size=(4, 5)) * 10 + 20
+    det = PatchCoreDetector(
+        backbone=None, grid_shape=(3, 3), bank_cleaning="images", random_state=0
+    ).fit(train)
+    assert not det.inlier_mask_[40:].any() and det.inlier_mask_[:40].mean() > 0.8
+    assert set(det.bank_image_) <= set(np.flatnonzero(det.inlier_mask_))
+
+
+def test_grid_search_over_coreset_fraction_and_k_reports_the_auroc():
+    train, test, is_anomalous = _contaminated_rows(1)
+    X = np.vstack([train, test])
+    # sklearn's "roc_auc" takes the larger label as positive: normal = 1.
+    y = np.r_[np.ones(len(train), int), np.where(is_anomalous == 1, -1, 1)]
+    cv = PredefinedSplit(np.r_[np.full(len(train), -1), np.zeros(len(test))])
+    base = PatchCoreDetector(
+        backbone=None, grid_shape=(3, 3), bank_cleaning="patches", random_state=0
+    )
+    grid = {"coreset_fraction": [0.2, 0.5], "k": [1.5, 3.0]}
+    search = GridSearchCV(base, grid, scoring="roc_auc", cv=cv).fit(X, y)
+    for params, reported in zip(
+        search.cv_results_["params"], search.cv_results_["split0_test_score"]
+    ):
+        det = clone(base).set_params(**params).fit(train)
+        by_hand = roc_auc_score(is_anomalous, -det.score_samples(test))
+        assert reported == pytest.approx(by_hand, abs=1e-12)
+    assert search.best_score_ > 0.9
+
+
+def test_float_contamination_flags_that_fraction_of_the_training_images():
+    train, _, _ = _contaminated_rows(0)
+    det = PatchCoreDetector(
+        backbone=None, grid_shape=(3, 3), contamination=0.2, random_state=0
+    ).fit(train)
+    assert (det.predict(train) == -1).mean() == pytest.approx(0.2, abs=0.03)
+
+
+def test_bad_grid_and_single_image_are_rejected(surfaces):
+    with pytest.raises(ValueError, match="grid_shape=\\(4, 4\\)"):
+        PatchCoreDetector(backbone=None, grid_shape=(4, 4)).fit(np.ones((5, 30)))
+    with pytest.raises(ValueError, match="n_samples=1"):
+        PatchCoreDetector(image_size=SIZE, device="cpu").fit(surfaces[0][:1])
+
+
+# --- MetaRefineDetector(level="patch") ------------------------------------------
+def test_the_patch_switch_gives_the_cleaned_patch_detector(surfaces):
+    train, normal_test, defective, masks = surfaces
+    det = MetaRefineDetector(level="patch", image_size=SIZE, k=2.0, device="cpu")
+    det.set_params(random_state=0, coreset_fraction=0.2).fit(train)
+    patch = det.detector_
+    assert isinstance(patch, PatchCoreDetector)
+    assert patch.bank_cleaning == "patches"
+    assert (patch.k, patch.coreset_fraction, patch.image_size) == (2.0, 0.2, SIZE)
+    maps = det.anomaly_map(defective)
+    for image_map, mask in zip(maps, masks):
+        assert mask.ravel()[image_map.argmax()]
+    X = np.concatenate([normal_test, defective])
+    np.testing.assert_allclose(det.score_samples(X), patch.score_samples(X))
+    assert det.offset_ == patch.offset_
+    assert not hasattr(MetaRefineDetector(), "anomaly_map")
+
+
+def test_the_patch_switch_on_rows_is_grid_searchable():
+    train, test, is_anomalous = _contaminated_rows(2)
+    X = np.vstack([train, test])
+    y = np.r_[np.ones(len(train), int), np.where(is_anomalous == 1, -1, 1)]
+    cv = PredefinedSplit(np.r_[np.full(len(train), -1), np.zeros(len(test))])
+    base = MetaRefineDetector(backbone=None, level="patch", random_state=0)
+    grid = {"coreset_fraction": [0.3, 0.6], "k": [1.0, 1.5]}
+    search = GridSearchCV(base, grid, scoring="roc_auc", cv=cv).fit(X, y)
+    assert search.best_score_ > 0.6
+    assert search.best_estimator_.detector_.grid_shape_ == (1, 1)
+
+
+@pytest.mark.cuda
+def test_cuda_search_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device; torch.cuda.is_available() is False")
+    train, test, _ = _contaminated_rows(0)
+    params = dict(
+        backbone=None, grid_shape=(3, 3), bank_cleaning="patches", random_state=0
+    )
+    cpu = PatchCoreDetector(device="cpu", **params).fit(train)
+    gpu = PatchCoreDetector(device="cuda", **params).fit(train)
+    assert gpu.device_.type == "cuda"
+    np.testing.assert_allclose(
+        gpu.score_samples(test), cpu.score_samples(test), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        gpu.anomaly_map(test), cpu.anomaly_map(test), rtol=1e-4, atol=1e-5
+    )
+
+    images = textures(6, seed=0)
+    defective, masks = plant_discs(textures(2, seed=2), seed=3)
+    image_params = dict(image_size=SIZE, random_state=0)
+    cpu = PatchCoreDetector(device="cpu", **image_params).fit(images)
+    gpu = PatchCoreDetector(device="cuda", **image_params).fit(images)
+    np.testing.assert_allclose(
+        gpu.anomaly_map(defective), cpu.anomaly_map(defective), rtol=1e-3, atol=1e-3
+    )

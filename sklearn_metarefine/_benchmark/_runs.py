@@ -118,9 +118,12 @@ def make_model(name, *, random_state, device, config):
         ``"osr"``: one-shot removal, an
         :class:`~sklearn_metarefine.IQRRefiner` around it with
         ``max_iter=1``. ``"irp"``: iterative refinement, the same refiner
-        with the configured ``max_iter``. ``"metarefine"``: the paper's
-        method, :class:`~sklearn_metarefine.MetaRefineDetector` on feature
-        vectors (``backbone=None``). ``"iforest"``:
+        with the configured ``max_iter`` (both with the ``"refiner"``
+        section, the paper's procedure). ``"metarefine"``:
+        :class:`~sklearn_metarefine.MetaRefineDetector` on feature vectors
+        (``backbone=None``), with the ``"metarefine"`` section applied last
+        (this package's defaults; ``paper_config.json`` makes it the paper's
+        method). ``"iforest"``:
         :class:`~sklearn.ensemble.IsolationForest`. ``"lof"``:
         :class:`~sklearn.neighbors.LocalOutlierFactor` with
         ``novelty=True``.

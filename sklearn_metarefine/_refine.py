@@ -1,5 +1,6 @@
 """Iterative IQR refinement of a contaminated training set."""
 
+import copy
 from numbers import Integral, Real
 
 import numpy as np
@@ -24,11 +25,13 @@ from ._rounds import (
     round_summary,
     stop_reason,
     trimmed_core,
+    unmasks,
     uses_warm_refits,
 )
 from ._scores import anomaly_score, clean_tail_fraction, iqr_fence
 
 _START_PARAMS = ("start", "start_fraction", "start_neighbors")
+
 
 
 def _default_estimator():
@@ -120,7 +123,10 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         after round. The expected count is :func:`clean_tail_fraction` of the
         kept samples, and up to two Poisson standard deviations above it
         count as the tail. The first round is always applied: removing a few
-        samples may be what unmasks the others.
+        samples may be what unmasks the others. A later tail-sized round is
+        applied too when the detector, refitted without the samples it
+        removes, puts one of them further out than a clean tail reaches
+        (one extra fit per stop).
 
     refit : {"auto", "warm", "cold"}, default="auto"
         How later rounds fit the detector. ``"cold"`` fits a fresh clone on the
@@ -450,6 +456,11 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             clean_tail = self._clean_tail(scores, n_rounds)
             seen.add(kept.tobytes())
             termination = stop_reason(candidate, kept, min_kept, clean_tail, seen)
+            if termination == "clean_tail":
+                unmasked = refit(base, copy.deepcopy(estimator) if warm else estimator,
+                                 X[candidate], warm, after_round=n_rounds + 1)
+                if unmasks(unmasked, X[kept & ~candidate], scores, self.k):
+                    termination = None
             if self.verbose:
                 print(round_summary(len(thresholds), fence, kept, candidate,
                                     termination, min_kept, clean_tail))

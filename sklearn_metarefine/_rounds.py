@@ -12,7 +12,7 @@ from sklearn.model_selection import KFold
 from sklearn.utils import check_random_state
 
 from ._utils import draw_seed
-from ._scores import anomaly_score, neighbour_distances
+from ._scores import anomaly_score, clean_tail_fraction, iqr_fence, neighbour_distances
 
 # Below four scores the quartiles are interpolated between the same few order
 # statistics and the fence says nothing about the tail.
@@ -21,6 +21,9 @@ MIN_FENCE_SAMPLES = 4
 # Concentration steps converge in a handful of steps in practice; the cap only
 # bounds the cost when scores keep swapping samples at the edge of the core.
 _MAX_CONCENTRATION_STEPS = 10
+
+# The chance that a clean tail reaches as far out as a round that unmasks.
+_UNMASKING_LEVEL = 0.01
 
 
 def lowest(scores, n):
@@ -134,6 +137,25 @@ def trims_tail(candidate, kept, clean_tail):
     if clean_tail is None or np.any(candidate & ~kept):
         return False
     return np.sum(kept & ~candidate) <= clean_tail + 2.0 * math.sqrt(clean_tail)
+
+
+def unmasks(model, X_removed, scores, k):
+    """Whether a tail-sized round removes anomalies that masked themselves.
+
+    A detector fitted with a group of anomalies widens for them, and they may
+    sit just beyond its fence, as few as a clean set's tail. ``model`` is
+    refitted without the ``X_removed`` samples: it puts such anomalies far
+    out, and a clean tail about where it was. Beyond the fence,
+    :func:`~sklearn_metarefine.clean_tail_fraction` models a clean tail as
+    exponential, halving every ``Q3 - median`` of the round's ``scores``; the
+    round unmasks when ``model`` puts a removed sample further out than the
+    largest of that many clean tail samples reaches with 1% probability.
+    """
+    finite = scores[np.isfinite(scores)]
+    median, q3 = np.percentile(finite, [50, 75])
+    n_tail = max(clean_tail_fraction(finite, k) * finite.size, 1.0)
+    reach = (q3 - median) * math.log2(n_tail / _UNMASKING_LEVEL)
+    return bool(np.any(anomaly_score(model, X_removed) > iqr_fence(scores, k) + reach))
 
 
 def stop_reason(candidate, kept, min_kept, clean_tail=None, seen=()):

@@ -208,13 +208,32 @@ def test_anomaly_score_keeps_pyod_abnormality_scores():
 # the refinement
 
 
+@pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("support_fraction", [None, 1.0])
-def test_removes_planted_outliers(support_fraction):
+def test_removes_planted_outliers(support_fraction, seed):
+    # The seed draws the folds of the held-out fence scores. With
+    # support_fraction=1 the covariance is fitted on every sample it is
+    # given, anomalies included: for some folds, a round leaves half of the
+    # anomalies just beyond the fence, as few as a clean tail, and only a
+    # refit without them shows how far out they are.
     X, is_anomalous = planted(0)
-    refiner = IQRRefiner(EllipticEnvelope(support_fraction=support_fraction))
+    refiner = IQRRefiner(
+        EllipticEnvelope(support_fraction=support_fraction), random_state=seed
+    )
     removed = ~refiner.fit(X).inlier_mask_
     assert removed[is_anomalous].mean() >= 0.9
     assert removed[~is_anomalous].mean() <= 0.05
+
+
+def test_a_tail_sized_round_that_unmasks_anomalies_is_applied(capsys):
+    # Fold seed 0: round 2 has 21 samples beyond its fence (all but one of them
+    # anomalies), no more than the 16.9 + 2 * sqrt(16.9) of a clean tail.
+    X, is_anomalous = planted(0)
+    estimator = EllipticEnvelope(support_fraction=1.0, random_state=0)
+    refiner = IQRRefiner(estimator, random_state=0, verbose=1).fit(X)
+    assert "round 2: fence T=18.8894, removed 21" in capsys.readouterr().out
+    assert (~refiner.inlier_mask_[is_anomalous]).all()
+    assert refiner.termination_condition_ == "clean_tail"
 
 
 def gaussian_with_far_outliers(n_features, seed):

@@ -285,7 +285,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
 
     Why the clean-tail stop: on 300 Gaussian samples and 30 far outliers in
     2, 3, 5 and 10 dimensions (6 seeds each), ``IQRRefiner(EllipticEnvelope())``
-    with the paper's rule removes all outliers and 5.4% of the inliers on
+    with the paper's rule removes all outliers and 5.3% of the inliers on
     average; with held-out scores and the clean-tail stop, all outliers and
     1.5% of the inliers.
 

@@ -250,7 +250,7 @@ def test_refinement_does_not_erode_clean_tails():
     # Tukey's fence rejects a share of any clean sample (4.8% of the squared
     # Mahalanobis distances in two dimensions): refitting on what it keeps and
     # fencing again would trim the tail round after round (the paper's rule
-    # removes 5.4% of the inliers on this grid).
+    # removes 5.3% of the inliers on this grid).
     removed_inliers, removed_outliers = [], []
     for n_features in [2, 3, 5, 10]:
         for seed in range(6):

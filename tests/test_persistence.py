@@ -238,8 +238,8 @@ def test_patch_level_detector_round_trip_and_device_argument(images, model_path)
     loaded = load(model_path, device="cpu")
     assert type(loaded.detector_) is PatchCoreDetector
     assert loaded.inlier_mask_ is loaded.detector_.inlier_mask_
-    devices = {loaded.device, loaded.detector_.device, loaded.detector_.features_.device}
-    assert devices == {"cpu"}
+    patch = loaded.detector_
+    assert {loaded.device, patch.device, patch.features_.device} == {"cpu"}
     assert loaded.detector_.device_ == torch.device("cpu")
     assert loaded.detector_.features_.device_ == torch.device("cpu")
     _assert_same_patch_outputs(loaded, detector, images)

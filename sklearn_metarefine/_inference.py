@@ -208,11 +208,25 @@ def score_files(
     )
 
 
+def _anomaly_maps(model, images):
+    """The anomaly map of each image; ``anomaly_map`` takes one size at a time."""
+    by_size = {}
+    for index, image in enumerate(images):
+        by_size.setdefault(np.shape(image)[:2], []).append(index)
+    maps = [None] * len(images)
+    for indices in by_size.values():
+        for index, values in zip(
+            indices, model.anomaly_map([images[i] for i in indices])
+        ):
+            maps[index] = values
+    return maps
+
+
 def _score_batch(model, files, map_names, maps, threshold, source, skip_unreadable):
     """The CSV rows of one batch, in the order of ``files``."""
     images, errors = _read_batch(files, skip_unreadable)
     anomaly = -model.score_samples(images) if images else np.empty(0)
-    anomaly_maps = model.anomaly_map(images) if maps is not None and images else None
+    anomaly_maps = _anomaly_maps(model, images) if maps is not None else None
     rows, scored = [], 0
     for index, (file, error) in enumerate(zip(files, errors)):
         if error is not None:

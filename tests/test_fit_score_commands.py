@@ -237,7 +237,8 @@ def test_maps_need_a_patch_level_model(folders, fitted, capsys):
 def surfaces(tmp_path_factory):
     """Metal surfaces at 96 px with planted holes: train/ (18 good, 2 with a
     hole, a subfolder, a corrupt file) and new/ (2 good, 2 with a hole, a
-    corrupt file), and the masks of the new images by file name."""
+    smaller crop of a good one, a corrupt file), and the masks of the new
+    images by file name."""
     data = make_surfaces(
         "metal", n_normal=22, n_anomalous=4, image_size=SURFACE_SIZE,
         defect_types="hole", random_state=0,
@@ -255,6 +256,9 @@ def surfaces(tmp_path_factory):
         path = root / "new" / f"plate{n}.png"
         Image.fromarray(data.images[i]).save(path)
         masks[str(path)] = data.masks[i]
+    crop = data.images[20][:80, :64]
+    Image.fromarray(crop).save(root / "new" / "plate4.png")
+    masks[str(root / "new" / "plate4.png")] = np.zeros(crop.shape[:2], bool)
     (root / "new" / "truncated.png").write_bytes(b"")
     return root, masks
 
@@ -314,9 +318,9 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys):
     (skipped,) = [row for row in rows if row["label"] == "skipped"]
     assert skipped["path"].endswith("truncated.png") and skipped["map"] == ""
     scored = [row for row in rows if row["label"] != "skipped"]
-    assert len(scored) == 4
+    assert len(scored) == 5
     assert sorted(p.name for p in (maps / "new").iterdir()) == sorted(
-        f"plate{n}{suffix}" for n in range(4) for suffix in (".npy", ".png")
+        f"plate{n}{suffix}" for n in range(5) for suffix in (".npy", ".png")
     )
     paths = [row["path"] for row in scored]
     assert_allclose(
@@ -326,11 +330,11 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys):
     )
     defective = 0
     for row in scored:
-        values = np.load(row["map_values"])
-        assert values.shape == (SURFACE_SIZE, SURFACE_SIZE)
-        assert values.dtype == np.float32
-        assert Image.open(row["map"]).size == (SURFACE_SIZE, SURFACE_SIZE)
+        # One map per image at its size, also in a batch of two sizes.
         mask = masks[row["path"]]
+        values = np.load(row["map_values"])
+        assert values.shape == mask.shape and values.dtype == np.float32
+        assert Image.open(row["map"]).size == mask.shape[::-1]
         if not mask.any():
             continue
         defective += 1

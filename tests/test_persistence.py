@@ -404,3 +404,22 @@ def test_round_trip_on_the_gpu_and_to_the_cpu(images, model_path):
     assert_allclose(
         on_cpu.score_samples(images), detector.score_samples(images), rtol=1e-4
     )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_patch_level_round_trip_on_the_gpu_and_to_the_cpu(images, model_path):
+    detector = MetaRefineDetector(
+        level="patch", image_size=32, device="cuda", random_state=0
+    ).fit(images)
+    save(detector, model_path)
+    on_gpu = load(model_path)
+    assert on_gpu.detector_.device_.type == "cuda"
+    _assert_same_patch_outputs(on_gpu, detector, images)
+    on_cpu = load(model_path, device="cpu")
+    assert on_cpu.detector_.device_ == torch.device("cpu")
+    assert next(on_cpu.detector_.features_.backbone_.parameters()).is_cuda is False
+    # Another device computes the CNN's float32 features with other roundings.
+    assert_allclose(
+        on_cpu.score_samples(images), detector.score_samples(images), rtol=1e-3
+    )

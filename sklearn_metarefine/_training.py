@@ -18,7 +18,7 @@ LEVELS = ("image", "patch")
 # Parameters of MetaRefineDetector that the patch level uses besides the ones it
 # forwards to PatchCoreDetector (_detector._PATCH_PARAMS).
 _PATCH_LEVEL_SHARED = ("level", "memory", "device", "verbose", "random_state")
-# Thumbnails on the contact sheet; the CSV lists every dropped file.
+# Thumbnails on the contact sheet; the CSV lists every file of the report.
 MAX_SHEET_IMAGES = 200
 
 

@@ -219,10 +219,14 @@ examples:
   metarefine fit images/good --output line3.metarefine
   metarefine fit images/good --output line3.metarefine --backbone alexnet --k 3
   metarefine fit images/good --output line3.metarefine --set hidden_size=64
+  metarefine fit images/good --output line3.metarefine --level patch
 
 Besides MODEL, writes MODEL's name with .dropped.csv (the training files the
 refinement dropped, with their anomaly score and round) and .dropped.png (a
-contact sheet of them), and .skipped.csv with --skip-unreadable.
+contact sheet of them); with --level patch, which cleans the memory bank patch
+by patch and drops no image, .flagged.csv and .flagged.png instead (the
+training files the fitted model labels anomalous); and .skipped.csv with
+--skip-unreadable.
 """
 
 
@@ -252,7 +256,9 @@ def _add_fit_parser(commands):
         "--level",
         choices=("image", "patch"),
         default="image",
-        help="score whole images, or patches with anomaly maps (default: %(default)s)",
+        help="image: refine the training images (the paper's method); patch: "
+        "a memory bank of patches cleaned of defects, with anomaly maps "
+        "(default: %(default)s)",
     )
     options = fit.add_argument_group("detector options (default: the detector's)")
     options.add_argument("--backbone", choices=_BACKBONES)
@@ -297,7 +303,9 @@ def _add_score_parser(commands):
     score.add_argument(
         "--maps",
         metavar="FOLDER",
-        help="write anomaly-map overlays (patch-level models)",
+        help="patch-level models: write, for each scored image, its anomaly map "
+        "blended over it (PNG) and the map's values (.npy, float32, the "
+        "image's height x width), and add map and map_values columns",
     )
     score.add_argument(
         "--threshold",
@@ -399,11 +407,8 @@ def _fit(args):
         skip_unreadable=args.skip_unreadable,
         progress=not args.no_progress,
     )
-    print(
-        f"Fitted on {result.n_images} images; the refinement dropped "
-        f"{result.n_dropped}. Files written:"
-    )
-    written = [result.model, result.dropped_csv, result.contact_sheet]
+    print(f"Fitted on {result.n_images} images; {result.summary}. Files written:")
+    written = [result.model, result.report_csv, result.contact_sheet]
     for path in written + ([result.skipped_csv] if result.skipped else []):
         print(f"  {path}")
 

@@ -26,6 +26,9 @@ from ._persistence import load, nested_estimators
 from ._pictures import map_overlay
 
 COLUMNS = ["path", "anomaly_score", "label", "threshold", "threshold_source", "error"]
+# With maps: the overlay (PNG) and the map's values (.npy, float32, at the
+# image's height and width) of each scored file.
+MAP_COLUMNS = ["map", "map_values"]
 
 
 @dataclass
@@ -130,14 +133,18 @@ def score_files(
         Image files and folders (searched recursively).
     output : path-like
         CSV to write: ``path, anomaly_score, label, threshold,
-        threshold_source, error``, plus ``map`` with ``maps``. The anomaly score
+        threshold_source, error``, plus ``map, map_values`` with ``maps``
+        (the files written for the image). The anomaly score
         is minus ``score_samples`` (higher = more anomalous); the label is
         ``anomalous`` above the threshold, ``normal`` otherwise, and
         ``skipped`` for an unreadable file with ``skip_unreadable`` (then
         ``error`` says why).
     maps : path-like, default=None
-        Folder for anomaly-map overlays (PNG), one per image; needs a model
-        with ``anomaly_map``.
+        Folder for the anomaly maps; needs a model with ``anomaly_map``. For
+        each scored image, under its name (its path below the folder given,
+        prefixed by that folder's name): a PNG of the map blended over the
+        image, and the map's values as a NumPy ``.npy`` file, float32 of the
+        image's ``(height, width)``, higher = more anomalous.
     threshold : float, default=None
         Anomaly-score threshold; None uses the model's (``-offset_``).
     skip_unreadable : bool, default=False
@@ -172,7 +179,7 @@ def score_files(
     try:
         with open(partial, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(COLUMNS + (["map"] if maps is not None else []))
+            writer.writerow(COLUMNS + (MAP_COLUMNS if maps is not None else []))
             for start in range(0, len(files), batch_size):
                 batch = files[start : start + batch_size]
                 names = map_names[start : start + batch_size] if maps else None
@@ -201,25 +208,42 @@ def score_files(
     )
 
 
+def _anomaly_maps(model, images):
+    """The anomaly map of each image; ``anomaly_map`` takes one size at a time."""
+    by_size = {}
+    for index, image in enumerate(images):
+        by_size.setdefault(np.shape(image)[:2], []).append(index)
+    maps = [None] * len(images)
+    for indices in by_size.values():
+        for index, values in zip(
+            indices, model.anomaly_map([images[i] for i in indices])
+        ):
+            maps[index] = values
+    return maps
+
+
 def _score_batch(model, files, map_names, maps, threshold, source, skip_unreadable):
     """The CSV rows of one batch, in the order of ``files``."""
     images, errors = _read_batch(files, skip_unreadable)
     anomaly = -model.score_samples(images) if images else np.empty(0)
-    anomaly_maps = model.anomaly_map(images) if maps is not None and images else None
+    anomaly_maps = _anomaly_maps(model, images) if maps is not None else None
     rows, scored = [], 0
     for index, (file, error) in enumerate(zip(files, errors)):
         if error is not None:
             row = [file.path, "", "skipped", repr(threshold), source, error]
-            rows.append(row + ([""] if maps is not None else []))
+            rows.append(row + (["", ""] if maps is not None else []))
             continue
         score = float(anomaly[scored])
         label = "anomalous" if score > threshold else "normal"
         row = [file.path, repr(score), label, repr(threshold), source, ""]
         if maps is not None:
-            map_path = Path(maps) / map_names[index]
-            map_path.parent.mkdir(parents=True, exist_ok=True)
-            map_overlay(images[scored], anomaly_maps[scored], threshold).save(map_path)
-            row.append(os.fspath(map_path))
+            overlay_path = Path(maps) / map_names[index]
+            values_path = overlay_path.with_suffix(".npy")
+            overlay_path.parent.mkdir(parents=True, exist_ok=True)
+            values = anomaly_maps[scored]
+            map_overlay(images[scored], values, threshold).save(overlay_path)
+            np.save(values_path, np.asarray(values, dtype=np.float32))
+            row += [os.fspath(overlay_path), os.fspath(values_path)]
         rows.append(row)
         scored += 1
     return rows

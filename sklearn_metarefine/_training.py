@@ -15,53 +15,78 @@ from ._persistence import save
 from ._pictures import contact_sheet
 
 LEVELS = ("image", "patch")
-# Thumbnails on the contact sheet; the CSV lists every dropped file.
+# Parameters of MetaRefineDetector that the patch level uses besides the ones it
+# forwards to PatchCoreDetector (_detector._PATCH_PARAMS).
+_PATCH_LEVEL_SHARED = ("level", "memory", "device", "verbose", "random_state")
+# Thumbnails on the contact sheet; the CSV lists every file of the report.
 MAX_SHEET_IMAGES = 200
 
 
 @dataclass
 class FitResult:
-    """What ``fit_folder`` did: the files it wrote and the counts behind them."""
+    """What ``fit_folder`` did: the files it wrote and the counts behind them.
+
+    ``report_csv`` and ``contact_sheet`` list the training files the image
+    level dropped (``.dropped.*``) or that the patch-level model labels
+    anomalous (``.flagged.*``); ``n_listed`` counts them, and ``summary`` is
+    the sentence the command prints about them.
+    """
 
     model: Path
-    dropped_csv: Path
+    report_csv: Path
     contact_sheet: Path
     skipped_csv: Path | None
     n_images: int
-    n_dropped: int
+    n_listed: int
+    level: str = "image"
+    summary: str = ""
     skipped: list = field(default_factory=list)
 
 
-def report_paths(model):
-    """The report files written next to ``model``: dropped CSV, sheet, skipped CSV."""
+# The report files' kind at each level: what the listed training files are.
+_REPORTS = {"image": "dropped", "patch": "flagged"}
+
+
+def report_paths(model, level="image"):
+    """The report files written next to ``model``: listed files' CSV, their
+    contact sheet, skipped CSV (``.dropped.*`` at the image level,
+    ``.flagged.*`` at the patch level)."""
     stem = Path(model).with_suffix("")
+    kind = _REPORTS[level]
     return (
-        Path(f"{stem}.dropped.csv"),
-        Path(f"{stem}.dropped.png"),
+        Path(f"{stem}.{kind}.csv"),
+        Path(f"{stem}.{kind}.png"),
         Path(f"{stem}.skipped.csv"),
     )
 
 
 def build_detector(level, params):
     """The MetaRefineDetector ``fit`` trains, at image or patch level."""
-    from ._detector import MetaRefineDetector
+    from ._detector import _PATCH_PARAMS, MetaRefineDetector
 
     if level not in LEVELS:
         raise InputError(f"--level {level!r}: choose one of {', '.join(LEVELS)}.")
-    names = MetaRefineDetector._get_param_names()
-    if "level" in names:
-        params = {**params, "level": level}
-    elif level != "image":
+    if "level" in params:
         raise InputError(
-            f"--level {level}: patch-level detection is not available in this "
-            "version of sklearn-metarefine yet; use --level image."
+            f"level={params['level']!r}: choose the level with --level "
+            f"({' or '.join(LEVELS)}), not --set."
         )
+    params = {**params, "level": level}
+    names = MetaRefineDetector._get_param_names()
     unknown = sorted(set(params) - set(names))
     if unknown:
         raise InputError(
             f"{', '.join(unknown)}: not a parameter of MetaRefineDetector, whose "
             f"parameters are {', '.join(names)}."
         )
+    if level == "patch":
+        used = {*_PATCH_PARAMS, *_PATCH_LEVEL_SHARED}
+        unused = sorted(set(params) - used)
+        if unused:
+            raise InputError(
+                f"{', '.join(unused)}: not used at --level patch, which takes "
+                f"{', '.join(sorted(used - {'level'}))}."
+            )
     detector = MetaRefineDetector(**params)
     try:
         detector._validate_params()
@@ -85,6 +110,82 @@ def _readable(files, skip_unreadable, progress):
     return readable, skipped
 
 
+def _dropped_rows(detector, paths):
+    """Image level: the training files the refinement dropped, most anomalous
+    first, as ``(path, anomaly score, round, label)``."""
+    dropped = [i for i, kept in enumerate(detector.inlier_mask_) if not kept]
+    anomaly = -detector.score_samples([paths[i] for i in dropped]) if dropped else []
+    threshold = -detector.offset_
+    rows = sorted(
+        (
+            (paths[i], float(a), int(detector.removed_at_iter_[i]))
+            for i, a in zip(dropped, anomaly)
+        ),
+        key=lambda row: (-row[1], row[0]),
+    )
+    return [
+        (path, score, round_, "anomalous" if score > threshold else "normal")
+        for path, score, round_ in rows
+    ]
+
+
+def _flagged_rows(detector, paths):
+    """Patch level: the training files the fitted model labels anomalous, most
+    anomalous first, as ``(path, anomaly score)``.
+
+    The bank is cleaned patch by patch and keeps every image, so what is worth
+    checking is which training images still show what the model calls a
+    defect: those it scores above its threshold, as ``metarefine score``
+    would.
+    """
+    anomaly = -detector.score_samples(paths)
+    threshold = -detector.offset_
+    rows = [(p, float(a)) for p, a in zip(paths, anomaly) if a > threshold]
+    return sorted(rows, key=lambda row: (-row[1], row[0]))
+
+
+def _report(detector, level, paths, csv_path, sheet_path):
+    """Write the CSV and contact sheet of the listed training files; return
+    their number and the sentence that sums them up."""
+    threshold = -detector.offset_
+    if level == "patch":
+        rows = _flagged_rows(detector, paths)
+        header = ["path", "anomaly_score"]
+        captions = [[Path(p).name[:20], f"{s:.4g}"] for p, s in rows]
+        bank = detector.detector_
+        summary = (
+            f"the bank cleaning kept {len(bank.memory_bank_)} of "
+            f"{bank.n_patches_selected_} patches, and the model labels "
+            f"{len(rows)} training images anomalous"
+        )
+        what = "labelled anomalous"
+        legend = "anomaly score"
+    else:
+        rows = _dropped_rows(detector, paths)
+        header = ["path", "anomaly_score", "round", "label"]
+        captions = [[Path(p).name[:20], f"{s:.4g}, round {r}"] for p, s, r, _ in rows]
+        summary = f"the refinement dropped {len(rows)}"
+        what = "dropped"
+        legend = "anomaly score, round"
+    with open(csv_path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        for path, score, *rest in rows:
+            writer.writerow([path, repr(score), *rest])
+    shown = len(rows[:MAX_SHEET_IMAGES])
+    title = (
+        f"{len(rows)} of {len(paths)} training images {what}"
+        + (f"; the {shown} most anomalous shown" if shown < len(rows) else "")
+        + f" ({legend}; model threshold {threshold:.4g})"
+    )
+    contact_sheet(
+        [(row[0], lines) for row, lines in zip(rows[:shown], captions)],
+        sheet_path,
+        title=title,
+    )
+    return len(rows), summary
+
+
 def fit_folder(
     train_folder,
     output,
@@ -96,12 +197,20 @@ def fit_folder(
 ):
     """Fit a detector on every image under ``train_folder`` and save it.
 
-    Writes the model file ``output`` and, next to it, ``<name>.dropped.csv``
-    (the training files the refinement dropped, most anomalous first, with
-    their anomaly score under the final model and the round that dropped them;
-    round 0 means outside the starting core and never let back in),
-    ``<name>.dropped.png`` (their contact sheet), and with
-    ``skip_unreadable``, ``<name>.skipped.csv`` when files could not be read.
+    Writes the model file ``output`` and, next to it, a report of the training
+    files worth a look, as a CSV and a contact sheet (PNG), most anomalous
+    first:
+
+    - image level, ``<name>.dropped.csv`` and ``<name>.dropped.png``: the
+      training files the refinement dropped, with their anomaly score under the
+      final model, the round that dropped them (0: outside the starting core
+      and never let back in) and the final model's label;
+    - patch level, ``<name>.flagged.csv`` and ``<name>.flagged.png``: the
+      training files the fitted model labels anomalous, with their anomaly
+      score (the patch level cleans patches, not images: none is dropped).
+
+    With ``skip_unreadable``, ``<name>.skipped.csv`` lists the files that could
+    not be read.
 
     Parameters
     ----------
@@ -110,7 +219,7 @@ def fit_folder(
     output : path-like
         Model file to write.
     level : {"image", "patch"}, default="image"
-        Detector level.
+        Detector level: ``MetaRefineDetector(level=level)``.
     params : dict, default=None
         Parameters of :class:`MetaRefineDetector`.
     skip_unreadable : bool, default=False
@@ -138,36 +247,13 @@ def fit_folder(
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     save(detector, output)
 
-    dropped_csv, sheet, skipped_csv = report_paths(output)
-    dropped = [i for i, kept in enumerate(detector.inlier_mask_) if not kept]
-    anomaly = -detector.score_samples([paths[i] for i in dropped]) if dropped else []
-    threshold = -detector.offset_
-    rows = sorted(
-        (
-            (paths[i], float(a), int(detector.removed_at_iter_[i]))
-            for i, a in zip(dropped, anomaly)
-        ),
-        key=lambda row: (-row[1], row[0]),
-    )
-    with open(dropped_csv, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["path", "anomaly_score", "round", "label"])
-        for path, score, round_ in rows:
-            label = "anomalous" if score > threshold else "normal"
-            writer.writerow([path, repr(score), round_, label])
-    shown = rows[:MAX_SHEET_IMAGES]
-    title = (
-        f"{len(rows)} of {len(paths)} training images dropped"
-        + (f"; the {len(shown)} most anomalous shown" if len(shown) < len(rows) else "")
-        + f" (anomaly score, round; model threshold {threshold:.4g})"
-    )
-    contact_sheet(
-        [(p, [Path(p).name[:20], f"{s:.4g}, round {r}"]) for p, s, r in shown],
-        sheet,
-        title=title,
-    )
-    # A list left by an earlier run would describe other files.
+    report_csv, sheet, skipped_csv = report_paths(output, level)
+    # Reports left by an earlier run would describe another model or files.
+    for other in set(_REPORTS) - {level}:
+        for path in report_paths(output, other)[:2]:
+            path.unlink(missing_ok=True)
     skipped_csv.unlink(missing_ok=True)
+    n_listed, summary = _report(detector, level, paths, report_csv, sheet)
     if skipped:
         with open(skipped_csv, "w", newline="") as file:
             writer = csv.writer(file)
@@ -175,10 +261,12 @@ def fit_folder(
             writer.writerows(skipped)
     return FitResult(
         model=Path(output),
-        dropped_csv=dropped_csv,
+        report_csv=report_csv,
         contact_sheet=sheet,
         skipped_csv=skipped_csv if skipped else None,
         n_images=len(paths),
-        n_dropped=len(rows),
+        n_listed=n_listed,
+        level=level,
+        summary=summary,
         skipped=skipped,
     )

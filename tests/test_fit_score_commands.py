@@ -7,16 +7,19 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 from PIL import Image
+from scipy import ndimage
 
 from sklearn_metarefine import MetaRefineDetector, load
 from sklearn_metarefine.__main__ import main
 from sklearn_metarefine._image_files import InputError, list_images, output_names
-from sklearn_metarefine._inference import COLUMNS, score_files
+from sklearn_metarefine._inference import COLUMNS, MAP_COLUMNS, score_files
+from sklearn_metarefine.datasets import make_surfaces
 
 TINY = (
     "--image-size 32 --n-scales 1 --max-epochs 3 --device cpu --seed 0 "
     "--set hidden_size=8 --set n_blocks=2 --set pca_components=4"
 ).split()
+SURFACE_SIZE = 96  # a 12 x 12 patch grid
 
 
 def _image(rng, defect):
@@ -230,23 +233,129 @@ def test_maps_need_a_patch_level_model(folders, fitted, capsys):
     assert "--maps needs a patch-level model" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(
-    "level" in MetaRefineDetector._get_param_names(),
-    reason="the patch-level detector is there",
-)
-def test_patch_level_fit_says_it_is_not_available_yet(folders, capsys, tmp_path):
+@pytest.fixture(scope="module")
+def surfaces(tmp_path_factory):
+    """Metal surfaces at 96 px with planted holes: train/ (18 good, 2 with a
+    hole, a subfolder, a corrupt file) and new/ (2 good, 2 with a hole, a
+    smaller crop of a good one, a corrupt file), and the masks of the new
+    images by file name."""
+    data = make_surfaces(
+        "metal", n_normal=22, n_anomalous=4, image_size=SURFACE_SIZE,
+        defect_types="hole", random_state=0,
+    )  # fmt: skip
+    root = tmp_path_factory.mktemp("surfaces")
+    (root / "train" / "shift2").mkdir(parents=True)
+    train = [*range(18), 22, 23]
+    for n, i in enumerate(train):
+        folder = root / "train" / ("shift2" if n % 3 == 0 else "")
+        Image.fromarray(data.images[i]).save(folder / f"plate{n:02d}.png")
+    (root / "train" / "shift2" / "corrupt.png").write_bytes(b"\x89PNG broken")
+    (root / "new").mkdir()
+    masks = {}
+    for n, i in enumerate([18, 19, 24, 25]):
+        path = root / "new" / f"plate{n}.png"
+        Image.fromarray(data.images[i]).save(path)
+        masks[str(path)] = data.masks[i]
+    crop = data.images[20][:80, :64]
+    Image.fromarray(crop).save(root / "new" / "plate4.png")
+    masks[str(root / "new" / "plate4.png")] = np.zeros(crop.shape[:2], bool)
+    (root / "new" / "truncated.png").write_bytes(b"")
+    return root, masks
+
+
+def test_patch_level_fit_then_score_writes_maps(surfaces, capsys):
+    root, masks = surfaces
+    model_path = root / "models" / "plates.metarefine"
     status = main(
         [
-            "fit",
-            str(folders / "new"),
-            "--output",
-            str(tmp_path / "m"),
-            "--level",
-            "patch",
+            "fit", str(root / "train"), "--output", str(model_path),
+            "--level", "patch", "--image-size", str(SURFACE_SIZE),
+            "--device", "cpu", "--seed", "0", "--skip-unreadable", "--no-progress",
         ]
+    )  # fmt: skip
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "Fitted on 20 images; the bank cleaning kept" in out
+    model = load(model_path)
+    assert isinstance(model, MetaRefineDetector) and model.level == "patch"
+    assert model.detector_.bank_cleaning == "patches"
+    assert model.detector_.features_.image_size_ == (SURFACE_SIZE, SURFACE_SIZE)
+
+    training = [f.path for f in list_images([root / "train"])]
+    training.remove(str(root / "train" / "shift2" / "corrupt.png"))
+    skipped = _rows(model_path.with_name("plates.skipped.csv"))
+    assert [row["path"] for row in skipped] == [
+        str(root / "train" / "shift2" / "corrupt.png")
+    ]
+    flagged = _rows(model_path.with_name("plates.flagged.csv"))
+    assert not model_path.with_name("plates.dropped.csv").exists()
+    anomaly = -model.score_samples(training)
+    expected = sorted(
+        (p for p, a in zip(training, anomaly) if a > -model.offset_),
+        key=lambda p: -anomaly[training.index(p)],
     )
+    assert [row["path"] for row in flagged] == expected
+    # Those are training images with a hole (plate18, plate19), found.
+    holes = {str(root / "train" / p) for p in ("shift2/plate18.png", "plate19.png")}
+    assert flagged and {row["path"] for row in flagged} <= holes
+    assert model_path.with_name("plates.flagged.png").exists()
+
+    output, maps = root / "results.csv", root / "maps"
+    status = main(
+        [
+            "score", str(model_path), str(root / "new"), "--output", str(output),
+            "--maps", str(maps), "--skip-unreadable", "--batch-size", "3",
+            "--no-progress",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    assert "Skipped 1 unreadable" in capsys.readouterr().out
+    rows = _rows(output)
+    assert list(rows[0]) == COLUMNS + MAP_COLUMNS
+    assert [row["path"] for row in rows] == [
+        f.path for f in list_images([root / "new"])
+    ]
+    (skipped,) = [row for row in rows if row["label"] == "skipped"]
+    assert skipped["path"].endswith("truncated.png") and skipped["map"] == ""
+    scored = [row for row in rows if row["label"] != "skipped"]
+    assert len(scored) == 5
+    assert sorted(p.name for p in (maps / "new").iterdir()) == sorted(
+        f"plate{n}{suffix}" for n in range(5) for suffix in (".npy", ".png")
+    )
+    paths = [row["path"] for row in scored]
+    assert_allclose(
+        [float(row["anomaly_score"]) for row in scored],
+        -model.score_samples(paths),
+        rtol=1e-5,
+    )
+    defective = 0
+    for row in scored:
+        # One map per image at its size, also in a batch of two sizes.
+        mask = masks[row["path"]]
+        values = np.load(row["map_values"])
+        assert values.shape == mask.shape and values.dtype == np.float32
+        assert Image.open(row["map"]).size == mask.shape[::-1]
+        if not mask.any():
+            continue
+        defective += 1
+        # The map peaks on the hole: within one grid cell (8 px) of its mask.
+        peak = np.unravel_index(values.argmax(), values.shape)
+        assert ndimage.distance_transform_edt(~mask)[peak] <= 8
+        assert row["label"] == "anomalous"
+    assert defective == 2
+
+
+def test_patch_level_refuses_options_it_does_not_use(folders, capsys, tmp_path):
+    status = main(
+        [
+            "fit", str(folders / "new"), "--output", str(tmp_path / "m"),
+            "--level", "patch", "--max-epochs", "3", "--set", "hidden_size=8",
+        ]
+    )  # fmt: skip
     assert status == 1
-    assert "not available in this version" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "hidden_size, max_epochs: not used at --level patch" in err
+    assert "coreset_fraction" in err and not (tmp_path / "m").exists()
 
 
 def test_unknown_detector_parameter_is_refused(folders, capsys, tmp_path):
@@ -275,7 +384,7 @@ def test_maps_are_written_as_overlays_at_the_image_size(folders, tmp_path):
     result = score_files(_BrightnessMaps(), files, output, maps=maps, progress=False)
     assert result.n_anomalous == 2  # the two with a white square
     rows = _rows(output)
-    assert list(rows[0]) == COLUMNS + ["map"]
+    assert list(rows[0]) == COLUMNS + MAP_COLUMNS
     for row in rows:
         overlay = Image.open(row["map"])
         assert overlay.size == (48, 40) and overlay.mode == "RGB"

@@ -20,6 +20,8 @@ from sklearn_metarefine import (
     IQRRefiner,
     MAMLFlowDetector,
     MetaRefineDetector,
+    PatchCoreDetector,
+    PatchFeatures,
     PretrainedFeatures,
     load,
     save,
@@ -190,6 +192,73 @@ def _double(X):
     return 2 * X
 
 
+def _assert_same_patch_outputs(loaded, detector, X):
+    for method in ("score_samples", "decision_function", "predict", "anomaly_map"):
+        assert_array_equal(getattr(loaded, method)(X), getattr(detector, method)(X))
+    assert loaded.offset_ == detector.offset_
+
+
+@pytest.mark.parametrize("bank_cleaning", [None, "patches", "images"])
+def test_patch_core_detector_round_trip(bank_cleaning, images, model_path):
+    detector = PatchCoreDetector(
+        image_size=32, bank_cleaning=bank_cleaning, device="cpu", random_state=0
+    ).fit(images)
+    save(detector, model_path)
+    loaded = load(model_path)
+    assert type(loaded) is PatchCoreDetector
+    assert loaded.get_params() == detector.get_params()
+    assert type(loaded.features_) is PatchFeatures
+    assert loaded.device_ == loaded.features_.device_ == torch.device("cpu")
+    assert tuple(loaded.grid_shape_) == tuple(detector.grid_shape_) == (4, 4)
+    assert_array_equal(loaded.memory_bank_, detector.memory_bank_)
+    assert_array_equal(loaded.inlier_mask_, detector.inlier_mask_)
+    maps = detector.anomaly_map(images)
+    assert maps.shape == (len(images), 32, 32) and np.ptp(maps) > 0
+    _assert_same_patch_outputs(loaded, detector, images)
+
+
+def test_patch_rows_round_trip_with_the_inverted_file_cells(model_path):
+    rows = np.random.RandomState(2).normal(size=(40, 32))
+    detector = PatchCoreDetector(
+        backbone=None, grid_shape=(4, 4), coreset_fraction=1.0, random_state=0
+    ).fit(rows)
+    assert len(detector.cell_offsets_) > 2  # the bank is cut into cells
+    save(detector, model_path)
+    loaded = load(model_path)
+    assert loaded.features_ is None
+    assert_array_equal(loaded.cell_centers_, detector.cell_centers_)
+    _assert_same_patch_outputs(loaded, detector, rows)
+
+
+def test_patch_level_detector_round_trip_and_device_argument(images, model_path):
+    detector = MetaRefineDetector(
+        level="patch", image_size=32, device="auto", random_state=0
+    ).fit(images)
+    save(detector, model_path)
+    loaded = load(model_path, device="cpu")
+    assert type(loaded.detector_) is PatchCoreDetector
+    assert loaded.inlier_mask_ is loaded.detector_.inlier_mask_
+    patch = loaded.detector_
+    assert {loaded.device, patch.device, patch.features_.device} == {"cpu"}
+    assert loaded.detector_.device_ == torch.device("cpu")
+    assert loaded.detector_.features_.device_ == torch.device("cpu")
+    _assert_same_patch_outputs(loaded, detector, images)
+    assert loaded.get_params() == detector.set_params(device="cpu").get_params()
+
+
+def test_patch_models_unfitted_and_with_a_module_backbone(images, model_path):
+    save(MetaRefineDetector(level="patch"), model_path)
+    assert not hasattr(load(model_path), "detector_")
+    save(PatchFeatures(image_size=16, device="cpu").fit(images), model_path)
+    assert load(model_path).grid_shape_ == (2, 2)
+    for estimator in (
+        PatchFeatures(torch.nn.Conv2d(3, 4, 3), image_size=16, device="cpu"),
+        PatchCoreDetector(torch.nn.Conv2d(3, 4, 3), image_size=16, device="cpu"),
+    ):
+        with pytest.raises(TypeError, match="backbone is a torch.nn.Module"):
+            save(estimator.fit(images[:4]), model_path)
+
+
 def test_untrusted_types_warn_on_saving_and_need_trust_to_load(table, model_path):
     detector = make_pipeline(
         FunctionTransformer(func=_double), IsolationForest(random_state=0)
@@ -334,4 +403,23 @@ def test_round_trip_on_the_gpu_and_to_the_cpu(images, model_path):
     # Another device computes the CNN's float32 features with other roundings.
     assert_allclose(
         on_cpu.score_samples(images), detector.score_samples(images), rtol=1e-4
+    )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_patch_level_round_trip_on_the_gpu_and_to_the_cpu(images, model_path):
+    detector = MetaRefineDetector(
+        level="patch", image_size=32, device="cuda", random_state=0
+    ).fit(images)
+    save(detector, model_path)
+    on_gpu = load(model_path)
+    assert on_gpu.detector_.device_.type == "cuda"
+    _assert_same_patch_outputs(on_gpu, detector, images)
+    on_cpu = load(model_path, device="cpu")
+    assert on_cpu.detector_.device_ == torch.device("cpu")
+    assert next(on_cpu.detector_.features_.backbone_.parameters()).is_cuda is False
+    # Another device computes the CNN's float32 features with other roundings.
+    assert_allclose(
+        on_cpu.score_samples(images), detector.score_samples(images), rtol=1e-3
     )

@@ -57,9 +57,10 @@ def save(estimator, path):
     estimator : estimator
         A detector of this package (fitted or not), a ``Pipeline`` of them, or a
         scikit-learn estimator. Torch modules are stored as state dicts:
-        :class:`PretrainedFeatures` stores its backbone's weights (so the file
-        loads offline), the flows their flow's parameters. Estimators of other
-        libraries are stored with skops.
+        :class:`PretrainedFeatures` and :class:`PatchFeatures` store their
+        backbone's weights (so the file loads offline), the flows their flow's
+        parameters; a :class:`PatchCoreDetector` stores its memory bank as
+        arrays. Estimators of other libraries are stored with skops.
     path : str or path-like
         File to write, replaced atomically if it exists. The extension is free;
         the command line writes ``.metarefine``.
@@ -68,7 +69,7 @@ def save(estimator, path):
     ------
     TypeError
         When a part of the estimator cannot be stored without code: a
-        :class:`PretrainedFeatures` with a ``torch.nn.Module`` backbone, a
+        feature transformer or detector with a ``torch.nn.Module`` backbone, a
         parameter holding a function, an estimator skops cannot serialise.
         The message names the part.
 

@@ -9,9 +9,9 @@ one, or a scikit-learn estimator of another library serialised by skops (see
 :mod:`._foreign`). Torch modules inside fitted estimators are stored
 as state dicts by :mod:`._torch_state` and rebuilt from the parameters.
 
-Adding a model class (e.g. a patch-level detector) means adding it to
-``PACKAGE_CLASSES``; if its fitted state holds torch modules, also a hook to
-``_TORCH_HOOKS`` that says which attributes it stores and how it rebuilds them.
+Adding a model class means adding it to ``PACKAGE_CLASSES``; if its fitted
+state holds torch modules (or a torch device), also a hook to ``_TORCH_HOOKS``
+that says which attributes it stores and how it rebuilds them.
 """
 
 import importlib
@@ -42,6 +42,14 @@ PACKAGE_CLASSES = {
         "sklearn_metarefine._features",
         "PretrainedFeatures",
     ),
+    "sklearn_metarefine.PatchFeatures": (
+        "sklearn_metarefine._features",
+        "PatchFeatures",
+    ),
+    "sklearn_metarefine.PatchCoreDetector": (
+        "sklearn_metarefine._patch",
+        "PatchCoreDetector",
+    ),
     "sklearn.pipeline.Pipeline": ("sklearn.pipeline", "Pipeline"),
 }
 
@@ -51,6 +59,8 @@ _TORCH_HOOKS = {
     "sklearn_metarefine.FlowDetector": "flow_hook",
     "sklearn_metarefine.MAMLFlowDetector": "flow_hook",
     "sklearn_metarefine.PretrainedFeatures": "features_hook",
+    "sklearn_metarefine.PatchFeatures": "patch_features_hook",
+    "sklearn_metarefine.PatchCoreDetector": "device_hook",
 }
 
 _FITTED_NAME = re.compile(r"[a-z][a-z0-9_]*_")

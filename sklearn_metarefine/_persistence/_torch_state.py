@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .._features._backbones import _build_backbone
+from .._features._backbones import _build_backbone, _build_patch_backbone
 from .._torch_utils import resolve_device, torch_seeded
 from ._archive import ModelFileError
 
@@ -106,27 +106,36 @@ def flow_hook():
     return TorchHook(frozenset({"net_"}), _dump_flow, _restore_flow)
 
 
-def _dump_features(features, where):
-    if isinstance(features.backbone, torch.nn.Module):
+def _refuse_module_backbone(estimator, where):
+    if isinstance(estimator.backbone, torch.nn.Module):
         raise TypeError(
             f"Cannot save {where}: its backbone is a torch.nn.Module "
-            f"({type(features.backbone).__qualname__}). A model file holds no code, "
+            f"({type(estimator.backbone).__qualname__}). A model file holds no code, "
             "so it can only rebuild the named backbones (alexnet, resnet18, "
             "wide_resnet50_2, efficientnet_lite0); for one of those with your own "
             "weights, pass backbone=<name>, weights=<state dict file>."
         )
+
+
+def _dump_features(features, where):
+    _refuse_module_backbone(features, where)
     if not hasattr(features, "backbone_"):
         return None
     return {"backbone_state": _arrays(features.backbone_)}
 
 
-def _restore_features(features, state, device):
-    cpu = torch.device("cpu")
-    with torch_seeded(0, cpu):
-        backbone = _build_backbone(features.backbone, None, progress=False)
-    _load_arrays(backbone, state["backbone_state"], f"{features.backbone} backbone")
-    features.backbone_ = backbone.eval().requires_grad_(False).to(device)
-    features.device_ = device
+def _restore_backbone(build):
+    def restore(features, state, device):
+        cpu = torch.device("cpu")
+        with torch_seeded(0, cpu):
+            backbone = build(features.backbone, None, progress=False)
+        _load_arrays(
+            backbone, state["backbone_state"], f"{features.backbone} backbone"
+        )
+        features.backbone_ = backbone.eval().requires_grad_(False).to(device)
+        features.device_ = device
+
+    return restore
 
 
 def features_hook():
@@ -138,5 +147,33 @@ def features_hook():
     torchvision release.
     """
     return TorchHook(
-        frozenset({"backbone_", "device_"}), _dump_features, _restore_features
+        frozenset({"backbone_", "device_"}),
+        _dump_features,
+        _restore_backbone(_build_backbone),
     )
+
+
+def patch_features_hook():
+    """PatchFeatures: the frozen layers ``backbone_`` that return the two
+    mid-level maps, and ``device_``; stored as for PretrainedFeatures."""
+    return TorchHook(
+        frozenset({"backbone_", "device_"}),
+        _dump_features,
+        _restore_backbone(_build_patch_backbone),
+    )
+
+
+def _dump_device(detector, where):
+    _refuse_module_backbone(detector, where)
+    return {} if hasattr(detector, "device_") else None
+
+
+def _restore_device(detector, state, device):
+    detector.device_ = device
+
+
+def device_hook():
+    """PatchCoreDetector: no module of its own (its memory bank is an array),
+    but ``device_``, where its nearest-neighbour search runs, follows the
+    ``device`` it is loaded with, like the modules of the other classes."""
+    return TorchHook(frozenset({"device_"}), _dump_device, _restore_device)

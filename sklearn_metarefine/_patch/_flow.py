@@ -162,9 +162,10 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
 
     The flow models the patch vector and its position code jointly, so a
     patch that is common elsewhere in the image but not at its own cell gets a
-    lower likelihood. The code of cell ``(i, j)`` of an ``(h, w)`` grid is
-    :func:`positional_code`: sines and cosines of ``pi f (i + 0.5) / h`` and
-    ``pi f (j + 0.5) / w``, without the columns constant over the grid.
+    lower likelihood. The code of cell ``(i, j)`` of an ``(h, w)`` grid holds
+    the sines and cosines of ``pi f (i + 0.5) / h`` and ``pi f (j + 0.5) / w``
+    for ``f = 1, ..., positional_code``, without the columns constant over the
+    grid (a grid of one cell gets no code).
 
     A flow scores the images it was trained on higher than new normal images,
     so the cleaning and the ``"auto"`` threshold use held-out scores: the

@@ -17,6 +17,7 @@ _SOURCES = {
     "PretrainedFeatures": "._features",
     "PatchFeatures": "._features",
     "PatchCoreDetector": "._patch",
+    "PatchFlowDetector": "._patch",
     "FlowDetector": "._flows",
     "MAMLFlowDetector": "._flows",
     "IQRRefiner": "._refine",

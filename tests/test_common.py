@@ -8,6 +8,7 @@ from sklearn_metarefine import (
     MAMLFlowDetector,
     MetaRefineDetector,
     PatchCoreDetector,
+    PatchFlowDetector,
 )
 
 SMALL_FLOW = {"n_blocks": 2, "hidden_size": 8, "max_epochs": 3, "batch_size": 64}
@@ -23,6 +24,13 @@ ESTIMATORS = [
     PatchCoreDetector(backbone=None, bank_cleaning="patches", device="cpu"),
     PatchCoreDetector(backbone=None, bank_cleaning="images", device="cpu"),
     MetaRefineDetector(backbone=None, level="patch", device="cpu"),
+    PatchFlowDetector(backbone=None, flow=FlowDetector(**SMALL_FLOW), device="cpu"),
+    PatchFlowDetector(
+        backbone=None,
+        flow=MAMLFlowDetector(**SMALL_FLOW),
+        image_cleaning=True,
+        device="cpu",
+    ),
 ]
 
 # A memory bank holds (a coreset of) its training rows, so a training row's

@@ -1,24 +1,20 @@
 """PatchCoreDetector: a memory bank of training patches, scored by nearest neighbour."""
 
 import math
-import os
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
 
-from .._features import PatchFeatures
 from .._features._backbones import _LITE0_NAME
-from .._features._images import _image_source
 from .._scores import iqr_fence
 from .._torch_utils import resolve_device
 from .._utils import draw_seed
 from ._bank import (
-    anomaly_maps,
     exact_maxima,
     greedy_coreset,
     kmeans_cells,
@@ -27,6 +23,7 @@ from ._bank import (
     random_projection,
     support_distances,
 )
+from ._grid import GRID_CONSTRAINTS, PatchGridMixin
 
 # Bank patches compared with at most this many training images when cleaning.
 _MAX_REFERENCES = 32
@@ -37,12 +34,6 @@ _MAX_REFERENCES = 32
 # at a third of the brute-force time.
 _CELL_SIZE = 128
 _PROBED_FRACTION = 1 / 16
-# Where a grid cell's features are centred: cell i on CNN-input pixel
-# stride * (i - 0.75). Measured for efficientnet_lite0 as the offset that
-# centres the maps' peaks on planted defects (median error under 1.5 px at 96
-# and 224 px; cell centres at stride * i, the geometry of size-keeping
-# convolutions, put them 5-7 px down and right).
-_CELL_OFFSET = 0.75
 
 
 def _fence_keep(scores, k):
@@ -53,7 +44,7 @@ def _fence_keep(scores, k):
     return finite & (scores <= iqr_fence(scores[finite], k))
 
 
-class PatchCoreDetector(OutlierMixin, BaseEstimator):
+class PatchCoreDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     """Local-defect detector: nearest-neighbour distances to a bank of patches.
 
     Every training image is cut into a grid of patch vectors
@@ -211,11 +202,7 @@ class PatchCoreDetector(OutlierMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "backbone": [*PatchFeatures._parameter_constraints["backbone"], None],
-        "weights": PatchFeatures._parameter_constraints["weights"],
-        "image_size": PatchFeatures._parameter_constraints["image_size"],
-        "input_shape": PatchFeatures._parameter_constraints["input_shape"],
-        "grid_shape": [tuple, list, None],
+        **GRID_CONSTRAINTS,
         "coreset_fraction": [Interval(Real, 0, 1, closed="right")],
         "projection_dim": [Interval(Integral, 1, None, closed="left"), None],
         "bank_cleaning": [StrOptions({"patches", "images"}), None],
@@ -223,12 +210,10 @@ class PatchCoreDetector(OutlierMixin, BaseEstimator):
         "k": [Interval(Real, 0, None, closed="left")],
         "algorithm": [StrOptions({"ivf", "brute"})],
         "sigma": [Interval(Real, 0, None, closed="left")],
-        "batch_size": PatchFeatures._parameter_constraints["batch_size"],
         "contamination": [
             StrOptions({"auto"}),
             Interval(Real, 0, 0.5, closed="right"),
         ],
-        "memory": [None, str, os.PathLike, HasMethods(["cache"])],
         "device": [str, torch.device],
         "verbose": ["verbose"],
         "random_state": ["random_state"],
@@ -381,74 +366,7 @@ shape (n_samples, n_features) when ``backbone=None``
             pixels (scaled from ``image_size`` to the input). With
             ``backbone=None`` the map is the grid of patch distances itself.
         """
-        check_is_fitted(self)
-        scores = self._patch_scores_of(self._patches(X))
-        scores = torch.from_numpy(scores.reshape(-1, *self.grid_shape_))
-        if self.features_ is None:
-            return scores.float().numpy()
-        sizes = set(_image_source(X, self.input_shape).sizes())
-        if len(sizes) > 1:
-            raise ValueError(
-                f"anomaly_map needs images of one size; X holds sizes {sorted(sizes)} "
-                "(height, width). Pass the images of each size separately."
-            )
-        size = sizes.pop()
-        input_size = self.features_.image_size_
-        sigma = self.sigma * size[0] / input_size[0]
-        return anomaly_maps(scores, size, sigma, input_size, _CELL_OFFSET).numpy()
-
-    def _fit_patches(self, X, seed):
-        """Patch vectors ``(n_images, n_cells, n_channels)`` of the training set."""
-        if self.backbone is None:
-            self.features_ = None
-            X = validate_data(
-                self, X, dtype=[np.float64, np.float32], ensure_min_samples=2
-            )
-            self.grid_shape_ = self._check_grid(X.shape[1])
-            return self._as_patches(X)
-        self.features_ = PatchFeatures(
-            self.backbone,
-            weights=self.weights,
-            image_size=self.image_size,
-            input_shape=self.input_shape,
-            batch_size=self.batch_size,
-            memory=self.memory,
-            device=self.device,
-            verbose=self.verbose,
-            random_state=seed,
-        )
-        rows = self.features_.fit_transform(X)
-        if len(rows) < 2:
-            raise ValueError(
-                f"n_samples={len(rows)}: PatchCoreDetector needs at least 2 training "
-                "images."
-            )
-        self.grid_shape_ = self.features_.grid_shape_
-        return self._as_patches(rows)
-
-    def _patches(self, X):
-        check_is_fitted(self)
-        if self.features_ is None:
-            rows = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        else:
-            rows = self.features_.transform(X)
-        return self._as_patches(rows)
-
-    def _as_patches(self, rows):
-        n_cells = self.grid_shape_[0] * self.grid_shape_[1]
-        patches = np.require(rows, np.float32, ["C", "W"])
-        return patches.reshape(len(rows), n_cells, -1)
-
-    def _check_grid(self, n_features):
-        if self.grid_shape is None:
-            return (1, 1)
-        grid = tuple(int(s) for s in np.ravel(self.grid_shape))
-        if len(grid) != 2 or min(grid) < 1 or n_features % (grid[0] * grid[1]):
-            raise ValueError(
-                f"grid_shape={self.grid_shape!r} does not divide the {n_features} "
-                "features of a row into (height, width) patches of equal length."
-            )
-        return grid
+        return self._maps(X, self._patch_scores_of(self._patches(X)))
 
     def _select(self, patches, generator):
         """Indices of the coreset of ``patches``."""

@@ -1,0 +1,177 @@
+"""PatchFlowDetector: the position code, maps, cleaning, threshold and parameters."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.base import clone
+from sklearn.utils._param_validation import InvalidParameterError
+
+from sklearn_metarefine import FlowDetector, MAMLFlowDetector, PatchFlowDetector
+from sklearn_metarefine._patch._flow import positional_code
+from test_patch import SIZE, plant_discs, textures
+
+SMALL_FLOW = {"n_blocks": 2, "hidden_size": 16, "max_epochs": 10, "batch_size": 64}
+
+
+def grids(n, seed, defect=None, size=(4, 4), n_channels=3):
+    """Rows of ``size`` grids of patch vectors near one of two prototypes;
+    with ``defect`` each image gets that vector in one random cell, returned."""
+    rng = np.random.RandomState(seed)
+    prototypes = np.array([[1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]])[:, :n_channels]
+    n_cells = size[0] * size[1]
+    cells = prototypes[rng.randint(0, 2, (n, n_cells))]
+    cells = cells + rng.normal(0, 0.1, cells.shape)
+    where = rng.randint(0, n_cells, n)
+    if defect is not None:
+        cells[np.arange(n), where] = defect + rng.normal(0, 0.1, (n, n_channels))
+    return cells.reshape(n, -1), where
+
+
+def small(**params):
+    """A detector on 4 x 4 grids of rows with a small, seeded flow."""
+    defaults = dict(
+        backbone=None,
+        grid_shape=(4, 4),
+        flow=FlowDetector(**SMALL_FLOW),
+        device="cpu",
+        random_state=0,
+    )
+    return PatchFlowDetector(**{**defaults, **params})
+
+
+@pytest.fixture(scope="module")
+def surfaces():
+    train = textures(12, seed=0)
+    normal_test = textures(4, seed=1)
+    defective, masks = plant_discs(textures(4, seed=2), seed=3)
+    return train, normal_test, defective, masks
+
+
+@pytest.fixture(scope="module")
+def fitted(surfaces):
+    # a float contamination needs no held-out fits: one flow is fitted
+    det = PatchFlowDetector(
+        image_size=SIZE, contamination=0.1, device="cpu", random_state=0
+    )
+    return det.fit(surfaces[0])
+
+
+def test_position_code_tells_every_cell_apart_and_drops_constant_columns():
+    code = positional_code((3, 5), 2)
+    assert code.shape[0] == 15 and code.dtype == np.float64
+    assert len(np.unique(code.round(9), axis=0)) == 15
+    assert np.all(np.ptp(code, axis=0) > 0)
+    np.testing.assert_allclose(code[0, :2], [np.sin(np.pi / 6), np.cos(np.pi / 6)])
+    assert positional_code((3, 5), 0).shape == (15, 0)
+    # one cell: no position to code
+    assert positional_code((1, 1), 3).shape == (1, 0)
+    # one row: only the column coordinate varies
+    assert positional_code((1, 4), 1).shape == (4, 2)
+
+
+def test_rows_hold_the_patch_vectors_then_their_cell_code():
+    X, _ = grids(5, seed=0)
+    det = small(contamination=0.1).fit(X)
+    patches = det._as_patches(X)
+    rows = det._rows(patches)
+    assert rows.shape == (5 * 16, 3 + det.code_.shape[1]) and det.code_.shape[1] == 8
+    np.testing.assert_array_equal(rows[:, :3], X.reshape(-1, 3).astype(np.float32))
+    np.testing.assert_array_equal(rows[16:32, 3:], det.code_)
+
+
+def test_patch_scores_are_the_flow_nll_and_the_image_score_their_maximum():
+    X, _ = grids(30, seed=0)
+    det = small(contamination=0.1).fit(X)
+    X_test, _ = grids(3, seed=1)
+    nll = -det.flow_.score_samples(det._rows(det._as_patches(X_test)))
+    maps = det.anomaly_map(X_test)
+    assert maps.shape == (3, 4, 4) and maps.dtype == np.float32
+    np.testing.assert_allclose(maps.reshape(3, -1), nll.reshape(3, -1), rtol=1e-5)
+    scores = det.score_samples(X_test)
+    assert scores.dtype == np.float64
+    np.testing.assert_allclose(scores, -nll.reshape(3, -1).max(1))
+
+
+def test_the_map_of_a_grid_peaks_at_the_defective_cell():
+    X, _ = grids(40, seed=0)
+    det = small().fit(X)
+    defective, where = grids(10, seed=1, defect=np.array([3.0, -3.0, 3.0]))
+    maps = det.anomaly_map(defective)
+    np.testing.assert_array_equal(maps.reshape(10, -1).argmax(1), where)
+    np.testing.assert_array_equal(det.predict(defective), -1)
+    normal, _ = grids(40, seed=2)
+    # "auto": a false-alarm rate of 5% on unseen normal images
+    assert (det.predict(normal) == -1).mean() <= 0.2
+
+
+def test_map_maximum_lies_in_the_planted_defect(surfaces, fitted):
+    train, normal_test, defective, masks = surfaces
+    maps = fitted.anomaly_map(defective)
+    assert maps.shape == (4, SIZE, SIZE) and maps.dtype == np.float32
+    for image_map, mask in zip(maps, masks):
+        assert mask.ravel()[image_map.argmax()]
+    normal_peaks = fitted.anomaly_map(normal_test).max((1, 2))
+    assert maps.max((1, 2)).min() > np.median(normal_peaks)
+    # smoothing only averages patch scores: a map stays below the image score
+    assert np.all(maps.max((1, 2)) <= -fitted.score_samples(defective) + 1e-3)
+
+
+def test_maps_from_files_and_arrays_agree(surfaces, fitted, tmp_path):
+    defective = surfaces[2]
+    paths = []
+    for i, image in enumerate(defective):
+        paths.append(str(tmp_path / f"defect_{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    np.testing.assert_allclose(
+        fitted.anomaly_map(paths), fitted.anomaly_map(defective), rtol=1e-5, atol=1e-3
+    )
+    np.testing.assert_allclose(
+        fitted.score_samples(paths), fitted.score_samples(defective), rtol=1e-6
+    )
+
+
+def test_image_cleaning_drops_most_defective_training_images():
+    normal, _ = grids(40, seed=0)
+    defective, _ = grids(6, seed=1, defect=np.array([3.0, -3.0, 3.0]))
+    X = np.vstack([normal, defective])
+    det = small(image_cleaning=True).fit(X)
+    assert det.inlier_mask_[40:].sum() <= 1
+    assert det.inlier_mask_[:40].mean() >= 0.85
+    assert det.train_scores_[40:].min() > np.median(det.train_scores_[:40])
+    plain = small().fit(X)
+    assert plain.inlier_mask_.all()
+    # the flow fitted without them finds the defects less likely
+    assert det.score_samples(defective).mean() < plain.score_samples(defective).mean()
+
+
+def test_float_contamination_flags_that_fraction_of_the_training_images():
+    X, _ = grids(40, seed=0)
+    det = small(contamination=0.2).fit(X)
+    assert det.train_scores_ is None
+    assert (det.predict(X) == -1).mean() == pytest.approx(0.2, abs=0.03)
+
+
+def test_the_flow_is_cloned_seeded_and_placed_on_the_device():
+    X, _ = grids(12, seed=0)
+    flow = MAMLFlowDetector(**SMALL_FLOW)
+    det = small(flow=flow, contamination=0.1, random_state=3).fit(X)
+    assert isinstance(det.flow_, MAMLFlowDetector) and not hasattr(flow, "net_")
+    assert det.flow_.device == "cpu" and isinstance(det.flow_.random_state, int)
+    again = clone(det).fit(X)
+    np.testing.assert_array_equal(det.score_samples(X), again.score_samples(X))
+    default = small(flow=None, contamination=0.1).fit(X)
+    assert default.flow_.pca_components == 16 and default.flow_.n_blocks == 4
+
+
+def test_bad_parameters_and_inputs_are_rejected(surfaces):
+    X, _ = grids(6, seed=0)
+    with pytest.raises(ValueError, match="grid_shape=\\(5, 5\\)"):
+        PatchFlowDetector(backbone=None, grid_shape=(5, 5)).fit(X)
+    with pytest.raises(InvalidParameterError, match="image_cleaning"):
+        PatchFlowDetector(backbone=None, image_cleaning="patches").fit(X)
+    with pytest.raises(InvalidParameterError, match="positional_code"):
+        PatchFlowDetector(backbone=None, positional_code=-1).fit(X)
+    with pytest.raises(InvalidParameterError, match="flow"):
+        PatchFlowDetector(backbone=None, flow="flow").fit(X)
+    with pytest.raises(ValueError, match="n_samples=1"):
+        PatchFlowDetector(image_size=SIZE, device="cpu").fit(surfaces[0][:1])

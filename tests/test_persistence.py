@@ -21,6 +21,7 @@ from sklearn_metarefine import (
     MAMLFlowDetector,
     MetaRefineDetector,
     PatchCoreDetector,
+    PatchFlowDetector,
     PatchFeatures,
     PretrainedFeatures,
     load,
@@ -228,6 +229,23 @@ def test_patch_rows_round_trip_with_the_inverted_file_cells(model_path):
     assert loaded.features_ is None
     assert_array_equal(loaded.cell_centers_, detector.cell_centers_)
     _assert_same_patch_outputs(loaded, detector, rows)
+
+
+@pytest.mark.parametrize("image_cleaning", [False, True])
+def test_patch_flow_detector_round_trip(image_cleaning, images, model_path):
+    flow = FlowDetector(pca_components=4, n_blocks=2, hidden_size=8, max_epochs=2)
+    detector = PatchFlowDetector(
+        flow=flow, image_size=32, image_cleaning=image_cleaning, cv=3, random_state=0
+    ).fit(images)
+    save(detector, model_path)
+    loaded = load(model_path)
+    assert type(loaded) is PatchFlowDetector
+    assert type(loaded.flow_) is FlowDetector
+    assert type(loaded.features_) is PatchFeatures
+    assert loaded.get_params()["flow"].get_params() == flow.get_params()
+    assert_array_equal(loaded.inlier_mask_, detector.inlier_mask_)
+    assert_array_equal(loaded.train_scores_, detector.train_scores_)
+    _assert_same_patch_outputs(loaded, detector, images)
 
 
 def test_patch_level_detector_round_trip_and_device_argument(images, model_path):

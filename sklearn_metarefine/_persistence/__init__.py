@@ -59,8 +59,8 @@ def save(estimator, path):
         scikit-learn estimator. Torch modules are stored as state dicts:
         :class:`PretrainedFeatures` and :class:`PatchFeatures` store their
         backbone's weights (so the file loads offline), the flows their flow's
-        parameters; a :class:`PatchCoreDetector` stores its memory bank as
-        arrays. Estimators of other libraries are stored with skops.
+        parameters (a :class:`PatchFlowDetector`'s too); a
+        :class:`PatchCoreDetector` stores its memory bank as arrays. Estimators of other libraries are stored with skops.
     path : str or path-like
         File to write, replaced atomically if it exists. The extension is free;
         the command line writes ``.metarefine``.

@@ -50,6 +50,10 @@ PACKAGE_CLASSES = {
         "sklearn_metarefine._patch",
         "PatchCoreDetector",
     ),
+    "sklearn_metarefine.PatchFlowDetector": (
+        "sklearn_metarefine._patch",
+        "PatchFlowDetector",
+    ),
     "sklearn.pipeline.Pipeline": ("sklearn.pipeline", "Pipeline"),
 }
 

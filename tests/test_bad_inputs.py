@@ -36,6 +36,8 @@ from sklearn_metarefine import (
     IQRRefiner,
     MAMLFlowDetector,
     MetaRefineDetector,
+    PatchCoreDetector,
+    PatchFlowDetector,
     PretrainedFeatures,
 )
 from sklearn_metarefine._benchmark import BenchmarkError, resolve_config, run_benchmark
@@ -55,6 +57,15 @@ ESTIMATORS = {
     ),
     "MetaRefineDetector": lambda: MetaRefineDetector(
         backbone=None, max_iter=2, **TINY_FLOW
+    ),
+    # Rows of patch vectors (backbone=None): here each row is one patch.
+    "PatchCoreDetector": lambda: PatchCoreDetector(backbone=None, random_state=0),
+    "PatchFlowDetector": lambda: PatchFlowDetector(
+        backbone=None,
+        flow=FlowDetector(n_blocks=2, hidden_size=8, max_epochs=2),
+        cv=3,
+        device="cpu",
+        random_state=0,
     ),
 }
 X = np.random.RandomState(0).normal(size=(30, 4))
@@ -144,9 +155,14 @@ def test_any_scale_ranks_as_the_unscaled_data(estimator, factor, fitted):
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
-def test_a_value_near_1e300_is_the_most_anomalous_never_nan(estimator):
+def test_a_value_near_1e300_is_the_most_anomalous_never_nan(estimator, fitted):
     extreme = _with(1e300)
-    scores = ESTIMATORS[estimator]().fit(extreme).score_samples(extreme)
+    if estimator == "PatchCoreDetector":
+        # A memory bank holds its own training rows, the farthest ones first,
+        # and scores each of them 0: the row is scored unseen instead.
+        scores = fitted[estimator][0].score_samples(extreme)
+    else:
+        scores = ESTIMATORS[estimator]().fit(extreme).score_samples(extreme)
     assert not np.isnan(scores).any()
     assert np.argmin(scores) == 1
     assert np.isfinite(np.delete(scores, 1)).all()

@@ -30,12 +30,28 @@ GRID_CONSTRAINTS = {
 }
 
 
+# Rows of patch vectors whose largest magnitude lies outside this range are
+# divided by a power of two before the float32 arithmetic of the patch
+# detectors, which would turn them into infinities or zeros.
+_FLOAT32_SAFE = (1e-30, 1e30)
+
+
+def _float32_scale(X):
+    """1.0, or the power of two that brings ``X``'s largest magnitude near 1."""
+    largest = float(np.max(np.abs(X)))
+    if largest == 0.0 or _FLOAT32_SAFE[0] <= largest <= _FLOAT32_SAFE[1]:
+        return 1.0
+    return float(np.ldexp(1.0, np.frexp(largest)[1]))
+
+
 class PatchGridMixin:
     """Patch grids of the input of a patch detector, and maps of patch scores.
 
     The detector has the parameters of ``GRID_CONSTRAINTS`` plus ``sigma``,
-    ``device`` and ``verbose``; ``_fit_patches`` sets ``features_`` and
-    ``grid_shape_``.
+    ``device`` and ``verbose``; ``_fit_patches`` sets ``features_``,
+    ``grid_shape_`` and ``input_scale_`` (rows of patch vectors are scored as
+    ``X / input_scale_``: 1.0 unless their magnitude would overflow or
+    vanish in float32).
     """
 
     def _fit_patches(self, X, seed):
@@ -46,7 +62,9 @@ class PatchGridMixin:
                 self, X, dtype=[np.float64, np.float32], ensure_min_samples=2
             )
             self.grid_shape_ = self._check_grid(X.shape[1])
-            return self._as_patches(X)
+            self.input_scale_ = _float32_scale(X)
+            return self._as_patches(X / self.input_scale_)
+        self.input_scale_ = 1.0
         self.features_ = PatchFeatures(
             self.backbone,
             weights=self.weights,
@@ -72,6 +90,7 @@ class PatchGridMixin:
         check_is_fitted(self)
         if self.features_ is None:
             rows = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+            rows = rows / self.input_scale_
         else:
             rows = self.features_.transform(X)
         return self._as_patches(rows)

@@ -10,8 +10,8 @@ import sys
 
 # The light modules only: the arguments are checked before torch is imported.
 from ._benchmark._config import (
+    ALL_MODELS,
     DATASETS,
-    MODELS,
     NOISE_LEVELS,
     BenchmarkError,
     check_grid,
@@ -28,6 +28,7 @@ examples:
   metarefine benchmark --models vanilla metarefine --noise 0 0.3 --repeats 1
   metarefine benchmark --dataset mvtec --root ~/data/mvtec_ad --categories bottle cable --overlap
   metarefine benchmark --dataset ksdd2 --root ~/data/ksdd2 --device cuda
+  metarefine benchmark --dataset surfaces --noise 0 0.1 0.3 0.5   # patch models, pixel metrics
   metarefine benchmark --backend dask --scheduler tcp://10.0.0.1:8786
 
 The output folder keeps one file per finished run: rerunning the same command
@@ -73,7 +74,9 @@ def _parser():
             "Run the noise benchmark of Aqeel et al. (ECCV 2024 workshops): for\n"
             "each category, noise level, repeat and model, fit on a contaminated\n"
             "training set and report the test AUROC (Table 1, Figures 4 and 5)\n"
-            "and the good and bad training images the refiners removed (Table 2)."
+            "and the good and bad training images the refiners removed (Table 2).\n"
+            "On --dataset surfaces, the patch models' anomaly maps are also scored\n"
+            "against the defect masks (pixel AUROC, AUPRO: Tables 4 and 5)."
         ),
         epilog=_BENCHMARK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -84,14 +87,16 @@ def _parser():
         choices=DATASETS,
         default="digits",
         help="digits: each digit in turn is normal (offline); "
-        "mvtec, ksdd2: read from --root (default: %(default)s)",
+        "mvtec, ksdd2: read from --root; surfaces: generated surfaces with "
+        "defect masks, for the patch models (offline) (default: %(default)s)",
     )
     data.add_argument("--root", help="folder of MVTec AD or KolektorSDD2")
     data.add_argument(
         "--categories",
         nargs="+",
         metavar="NAME",
-        help="categories to run (digits: 0..9; default: all)",
+        help="categories to run (digits: 0..9; surfaces: fabric metal stone "
+        "tile wood; default: all)",
     )
     data.add_argument(
         "--noise",
@@ -133,10 +138,11 @@ def _parser():
     model.add_argument(
         "--models",
         nargs="+",
-        choices=MODELS,
-        default=list(MODELS),
+        choices=ALL_MODELS,
         metavar="MODEL",
-        help=f"models to compare, among {', '.join(MODELS)} (default: all)",
+        help=f"models to compare, among {', '.join(ALL_MODELS)}; the last three "
+        "are patch models, for --dataset surfaces (default: the image-level "
+        "models; on surfaces the patch models, metarefine and iforest)",
     )
     model.add_argument(
         "--backbone",
@@ -148,7 +154,8 @@ def _parser():
         "--image-size",
         type=_positive_int,
         metavar="PX",
-        help="image side fed to the CNN (default: 64 for digits, 224 otherwise)",
+        help="image side fed to the CNN of the image-level models (default: 64 "
+        "for digits, 128 for surfaces, 224 otherwise)",
     )
     model.add_argument(
         "--n-scales",

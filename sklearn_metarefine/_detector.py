@@ -51,6 +51,7 @@ _PATCH_PARAMS = (
     "weights",
     "image_size",
     "input_shape",
+    "grid_shape",
     "coreset_fraction",
     "k",
     "contamination",
@@ -69,6 +70,7 @@ def _forwarded_constraints():
     patch = PatchCoreDetector._parameter_constraints
     return {
         "coreset_fraction": patch["coreset_fraction"],
+        "grid_shape": patch["grid_shape"],
         "backbone": [*features["backbone"], None],
         "memory": features["memory"],
         "n_views": flow["n_views"],
@@ -104,15 +106,16 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         The CNN of :class:`PretrainedFeatures` (of :class:`PatchFeatures` at
         the patch level). The default has ImageNet weights that ship with the
         package and need no network. None skips the CNN: ``X`` is then a 2-D
-        array of feature vectors (at the patch level, each row one patch).
+        array of feature vectors (at the patch level, each row one image's
+        grid of patch vectors, see ``grid_shape``).
     level : {"image", "patch"}, default="image"
         ``"image"``: one pooled vector per image, the meta-learned flow and
         the refinement of training images (the paper). ``"patch"``: the
         cleaned patch memory bank, for defects that cover a small part of the
         image; it uses ``backbone``, ``weights``, ``image_size``,
-        ``input_shape``, ``coreset_fraction``, ``k``, ``contamination``,
-        ``memory``, ``device``, ``random_state`` and ``verbose``, and ignores
-        the other parameters.
+        ``input_shape``, ``grid_shape``, ``coreset_fraction``, ``k``,
+        ``contamination``, ``memory``, ``device``, ``random_state`` and
+        ``verbose``, and ignores the other parameters.
     weights : "DEFAULT", None or path-like, default="DEFAULT"
         Weights of the backbone, see :class:`PretrainedFeatures`.
     image_size : int, default=224
@@ -184,6 +187,11 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         Epochs of each warm refit after a removal.
     batch_size : int, default=96
         Rows per MAML task (the paper: 96).
+    grid_shape : (int, int) or None, default=None
+        Patch level with ``backbone=None`` only: the ``(height, width)`` of
+        the grid of patch vectors in each row of ``X``, as
+        :class:`PatchFeatures` lays it out (see :class:`PatchCoreDetector`).
+        None treats each row as one patch.
     coreset_fraction : float, default=0.1
         Fraction of the training patches kept in the memory bank (patch level
         only).
@@ -334,6 +342,7 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         max_epochs=20,
         warm_epochs=None,
         batch_size=96,
+        grid_shape=None,
         coreset_fraction=0.1,
         contamination="auto",
         false_alarm_rate=0.05,
@@ -369,6 +378,7 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.warm_epochs = warm_epochs
         self.batch_size = batch_size
+        self.grid_shape = grid_shape
         self.coreset_fraction = coreset_fraction
         self.contamination = contamination
         self.false_alarm_rate = false_alarm_rate

@@ -124,10 +124,18 @@ def test_command_writes_tables_files_and_figures(reference):
         "noise",
         "auroc_mean",
         "auroc_std",
+        "pixel_auroc_mean",
+        "pixel_auroc_std",
+        "aupro_mean",
+        "aupro_std",
         "n_runs",
         "n_failed",
     ]
     assert len(table1) == len(MODELS) * (2 + 1) * 2
+    # No model here has anomaly maps: the pixel metrics are blank, not zero.
+    for name in ("pixel_auroc_mean", "pixel_auroc_std", "aupro_mean", "aupro_std"):
+        assert {row[name] for row in table1} == {""}
+    assert {run["pixel_auroc"] for run in runs} == {run["aupro"] for run in runs} == {""}
     fields, table2 = _read_csv(output / "table2_removed.csv")
     assert fields == [
         "model",
@@ -203,6 +211,7 @@ def test_command_writes_tables_files_and_figures(reference):
         with Image.open(path) as image:
             image.verify()
 
+    assert "Table 4." not in printed and "anomaly_maps" not in printed
     table1_text, table2_text = printed.split("Table 2.")
     table2_text, table3_text = table2_text.split("Table 3.")
     for model in MODELS:

@@ -4,12 +4,14 @@ import numpy as np
 
 from ..datasets import (
     MVTEC_AD_CATEGORIES,
+    SURFACE_CATEGORIES,
     load_digits_anomaly,
     load_ksdd2,
     load_mvtec_ad,
     make_contaminated,
+    make_surfaces,
 )
-from ._config import BenchmarkError, check_choice
+from ._config import BenchmarkError, check_choice, resolve_config
 
 DIGIT_CATEGORIES = tuple(f"digit{digit}" for digit in range(10))
 
@@ -19,11 +21,12 @@ def dataset_categories(dataset, categories=None):
 
     Parameters
     ----------
-    dataset : {"digits", "mvtec", "ksdd2"}
+    dataset : {"digits", "mvtec", "ksdd2", "surfaces"}
     categories : sequence of str or None, default=None
         For digits, ``"digit0"``..``"digit9"`` (or just the digit); for MVTec
         AD any category folder under the root (default: the 15 official
-        ones); KolektorSDD2 has the single category ``"ksdd2"``.
+        ones); KolektorSDD2 has the single category ``"ksdd2"``; the
+        generated surfaces have :data:`~sklearn_metarefine.datasets.SURFACE_CATEGORIES`.
 
     Returns
     -------
@@ -38,6 +41,11 @@ def dataset_categories(dataset, categories=None):
         return names
     if dataset == "mvtec":
         return list(MVTEC_AD_CATEGORIES if categories is None else categories)
+    if dataset == "surfaces":
+        names = list(SURFACE_CATEGORIES if categories is None else categories)
+        for name in names:
+            check_choice("surfaces category", name, SURFACE_CATEGORIES)
+        return names
     if categories is not None and list(categories) != ["ksdd2"]:
         raise BenchmarkError(
             f"KolektorSDD2 has a single category, 'ksdd2'; got {list(categories)}."
@@ -45,11 +53,18 @@ def dataset_categories(dataset, categories=None):
     return ["ksdd2"]
 
 
-def load_category(dataset, category, root):
-    """Images (an array, or a list of files), labels and split of a category."""
+def load_category(dataset, category, root, config=None):
+    """Images (an array, or a list of files), labels and split of a category.
+
+    ``config`` (a resolved configuration) sets how the surfaces are
+    generated; None takes the defaults.
+    """
     if dataset == "digits":
         digits = load_digits_anomaly(int(category.removeprefix("digit")))
         return digits.images, digits.target, None
+    if dataset == "surfaces":
+        surfaces = generate_surfaces(category, config or resolve_config(dataset))
+        return surfaces.images, surfaces.target, None
     if root is None:
         raise BenchmarkError(
             f"The {dataset} dataset is read from disk: pass its folder as root "
@@ -57,6 +72,38 @@ def load_category(dataset, category, root):
         )
     data = load_mvtec_ad(root, category) if dataset == "mvtec" else load_ksdd2(root)
     return list(data.filenames), data.target, data.split
+
+
+def generate_surfaces(category, config):
+    """The images, labels and defect masks of one generated surface.
+
+    Parameters
+    ----------
+    category : str
+        One of :data:`~sklearn_metarefine.datasets.SURFACE_CATEGORIES`.
+    config : dict
+        A resolved configuration of the surfaces dataset: its ``"surfaces"``
+        section sets the sizes, its ``"seed"`` the draw.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        What :func:`~sklearn_metarefine.datasets.make_surfaces` returns.
+    """
+    settings = config["surfaces"]
+    try:
+        return make_surfaces(
+            category,
+            n_normal=settings["n_normal"],
+            n_anomalous=settings["n_anomalous"],
+            image_size=settings["image_size"],
+            random_state=config["seed"],
+        )
+    except (TypeError, ValueError) as error:
+        raise BenchmarkError(
+            f"The surfaces settings (config['surfaces'] = {settings}) cannot "
+            f"generate {category!r}: {error}"
+        ) from error
 
 
 def check_feasible(config, labelled, noise):

@@ -7,7 +7,7 @@ import joblib
 from tqdm.auto import tqdm
 
 from .._torch_utils import resolve_device
-from ._config import BenchmarkError, check_choice
+from ._config import PATCH_MODELS, BenchmarkError, check_choice
 from ._runs import Run, run_one
 from ._storage import write_run
 
@@ -79,7 +79,10 @@ def execute(
     pending : list of Run
         The runs to execute.
     data : dict
-        Features, labels and split of each category with pending runs.
+        Of each category with pending runs, a dict of its labels ``"y"``, its
+        ``"split"``, its ``"features"`` (None when no image-level run is
+        pending), and on the surfaces its ``"patches"`` (None when no patch
+        run is pending) and ``"masks"``.
     config : dict
         A resolved configuration.
     device : str
@@ -106,12 +109,21 @@ def execute(
 
 def _execute(pending, data, config, device, n_jobs, runs_folder, progress):
     """Run the pending runs through joblib, writing each result as it arrives."""
-    jobs = (
-        joblib.delayed(run_one)(run, *data[run.category], config, device)
-        for run in pending
-    )
+    jobs = (_job(run, data[run.category], config, device) for run in pending)
     results = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs)
     for record in results:
         run = Run(**{field: record[field] for field in Run.__dataclass_fields__})
         write_run(runs_folder, run, record)
         progress.update()
+
+
+def _job(run, category, config, device):
+    """run_one on the category's features of the model's kind: patch grids
+    and the defect masks for the patch models, pooled vectors otherwise."""
+    if run.model in PATCH_MODELS:
+        arguments = (run, category["patches"], category["y"], category["split"])
+        return joblib.delayed(run_one)(
+            *arguments, config, device, masks=category["masks"]
+        )
+    arguments = (run, category["features"], category["y"], category["split"])
+    return joblib.delayed(run_one)(*arguments, config, device)

@@ -5,15 +5,24 @@ from pathlib import Path
 from sklearn.utils import Bunch
 
 from ._config import (
-    MODELS,
+    ALL_MODELS,
+    DEFAULT_MODELS,
     NOISE_LEVELS,
+    PATCH_MODELS,
+    BenchmarkError,
     check_choice,
     check_grid,
     check_n_jobs,
     resolve_config,
 )
-from ._data import check_feasible, dataset_categories, load_category
+from ._data import (
+    check_feasible,
+    dataset_categories,
+    generate_surfaces,
+    load_category,
+)
 from ._execution import check_execution, execute
+from ._patches import map_figures
 from ._report import (
     auroc_table,
     format_report,
@@ -26,6 +35,7 @@ from ._storage import (
     FEATURES_FOLDER,
     RUNS_FOLDER,
     cached_features,
+    cached_patch_features,
     check_features,
     check_output,
     claim_output,
@@ -38,7 +48,7 @@ def run_benchmark(
     *,
     root=None,
     categories=None,
-    models=MODELS,
+    models=None,
     noise=NOISE_LEVELS,
     repeats=3,
     config=None,
@@ -58,20 +68,31 @@ def run_benchmark(
     training samples removed. Features are computed once per dataset or
     category and cached in ``output``; all models see the same features.
 
+    On the generated surfaces the patch models also score their anomaly
+    maps against the defect masks (pixel AUROC and AUPRO), and a figure per
+    category shows the maps of one of them over a few test images.
+
     Parameters
     ----------
-    dataset : {"digits", "mvtec", "ksdd2"}, default="digits"
+    dataset : {"digits", "mvtec", "ksdd2", "surfaces"}, default="digits"
         ``"digits"``: scikit-learn's digits, each digit in turn normal and the
         others anomalous (no download). ``"mvtec"`` and ``"ksdd2"``: MVTec AD
         and KolektorSDD2 read from ``root``, with their official splits.
+        ``"surfaces"``: the generated surfaces of
+        :func:`~sklearn_metarefine.datasets.make_surfaces`, with defect masks
+        (no download); the only dataset the patch models run on.
     root : str or path-like, default=None
         Folder of MVTec AD or KolektorSDD2.
     categories : sequence of str, default=None
         Categories to run; None runs all of the dataset's
         (:func:`dataset_categories`).
-    models : sequence of str, default=MODELS
+    models : sequence of str, default=None
         Any of ``"vanilla"``, ``"osr"``, ``"irp"``, ``"metarefine"``,
-        ``"iforest"``, ``"lof"`` (:func:`make_model`).
+        ``"iforest"``, ``"lof"`` and, on the surfaces, the patch models
+        ``"patchcore"``, ``"patchcore_refined"`` and ``"metarefine_patch"``
+        (:func:`make_model`). None runs the dataset's default models
+        (``DEFAULT_MODELS``): the six image-level ones, and on the surfaces
+        the three patch models, ``"metarefine"`` and ``"iforest"``.
     noise : sequence of float, default=(0, 0.1, 0.2, 0.3, 0.4, 0.5)
         Fractions of anomalies in the training set.
     repeats : int, default=3
@@ -103,7 +124,9 @@ def run_benchmark(
         ``table3`` (:func:`threshold_table`),
         ``report`` (the tables as text), ``config``, ``files`` (paths of the
         files written, by name) and ``n_executed`` (runs executed by this
-        call; the others were read from ``output``).
+        call; the others were read from ``output``). Table 1 also holds the
+        pixel AUROC and AUPRO of the models with anomaly maps (None for the
+        others).
 
     Raises
     ------
@@ -141,16 +164,25 @@ def run_benchmark(
     check_models(config, models, device)
     output = Path(output)
     runs_folder = output / RUNS_FOLDER
+    cache = output / FEATURES_FOLDER
 
-    labelled = {c: load_category(dataset, c, root) for c in categories}
+    if dataset == "surfaces":
+        surfaces = {c: generate_surfaces(c, config) for c in categories}
+        labelled = {c: (s.images, s.target, None) for c, s in surfaces.items()}
+    else:
+        surfaces = {}
+        labelled = {c: load_category(dataset, c, root) for c in categories}
     check_feasible(config, labelled, noise)
     image_sets = [images for images, _, _ in labelled.values()]
-    check_features(image_sets, config, device, output / FEATURES_FOLDER)
+    if any(model not in PATCH_MODELS for model in models):
+        check_features(image_sets, config, device, cache)
+    if any(model in PATCH_MODELS for model in models):
+        check_features(image_sets, config, device, cache, patches=True)
     claim_output(output, config)
 
     runs = plan_runs(config, categories, noise, repeats, models)
     pending = [run for run in runs if read_run(runs_folder, run) is None]
-    data = _category_data(labelled, pending, config, device, output / FEATURES_FOLDER)
+    data = _category_data(labelled, surfaces, pending, config, device, cache)
     execute(
         pending,
         data,
@@ -172,6 +204,9 @@ def run_benchmark(
     files = write_outputs(
         output, config, records, table1, table2, **axes, table3=table3
     )
+    files.update(
+        map_figures(output, surfaces, runs, config, device, cache, models=models)
+    )
     report = format_report(
         table1, table2, records, **axes, repeats=repeats, table3=table3
     )
@@ -190,17 +225,44 @@ def run_benchmark(
 def _grid_axes(dataset, categories, models, noise):
     """The grid's checked axes, without duplicates (they would plan runs twice)."""
     categories = list(dict.fromkeys(dataset_categories(dataset, categories)))
-    models = list(dict.fromkeys(models))
+    models = list(dict.fromkeys(DEFAULT_MODELS[dataset] if models is None else models))
     for model in models:
-        check_choice("model", model, MODELS)
+        check_choice("model", model, ALL_MODELS)
+        if model in PATCH_MODELS and dataset != "surfaces":
+            raise BenchmarkError(
+                f"The patch model {model!r} runs on --dataset surfaces only, the "
+                f"dataset with defect masks for its anomaly maps; {dataset} gets "
+                f"the image-level models ({', '.join(DEFAULT_MODELS[dataset])})."
+            )
     noise = list(dict.fromkeys(float(level) for level in noise))
     return categories, models, noise
 
 
-def _category_data(labelled, pending, config, device, cache_folder):
-    """Features, labels and split of each category that has pending runs."""
-    return {
-        category: (cached_features(images, config, device, cache_folder), y, split)
-        for category, (images, y, split) in labelled.items()
-        if any(run.category == category for run in pending)
-    }
+def _category_data(labelled, surfaces, pending, config, device, cache_folder):
+    """Labels, split and the features the pending runs need, per category.
+
+    The pooled features when an image-level run is pending, the patch grids
+    and defect masks when a patch run is.
+    """
+    data = {}
+    for category, (images, y, split) in labelled.items():
+        models = {run.model for run in pending if run.category == category}
+        if not models:
+            continue
+        patch = bool(models & set(PATCH_MODELS))
+        data[category] = {
+            "y": y,
+            "split": split,
+            "features": (
+                cached_features(images, config, device, cache_folder)
+                if models - set(PATCH_MODELS)
+                else None
+            ),
+            "patches": (
+                cached_patch_features(images, config, device, cache_folder)
+                if patch
+                else None
+            ),
+            "masks": surfaces[category].masks if patch else None,
+        }
+    return data

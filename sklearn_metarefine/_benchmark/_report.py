@@ -1,4 +1,4 @@
-"""The results: Tables 1 to 3, the text report, the CSV and JSON files, the figures."""
+"""The results: Tables 1 to 5, the text report, the CSV and JSON files, the figures."""
 
 import numpy as np
 
@@ -11,9 +11,16 @@ _TABLE1_FIELDS = (
     "noise",
     "auroc_mean",
     "auroc_std",
+    "pixel_auroc_mean",
+    "pixel_auroc_std",
+    "aupro_mean",
+    "aupro_std",
     "n_runs",
     "n_failed",
 )
+# Table 1's metrics: the image AUROC of every model, and the pixel metrics of
+# the models with anomaly maps (None in the records of the others).
+_METRICS = ("auroc", "pixel_auroc", "aupro")
 _TABLE2_FIELDS = (
     "model",
     "noise",
@@ -51,7 +58,7 @@ def _mean_std(values):
 
 
 def auroc_table(records, categories, noise, models):
-    """The paper's Table 1: AUROC mean and std over repeats.
+    """The paper's Table 1: AUROC mean and std over repeats, and pixel metrics.
 
     Parameters
     ----------
@@ -68,6 +75,9 @@ def auroc_table(records, categories, noise, models):
         ``n_failed``; then per (model, noise) a row of category ``"mean"``: the
         mean over categories, its std over repeats of the per-repeat mean over
         categories, counting the repeats in which every category succeeded.
+        ``pixel_auroc_mean``, ``pixel_auroc_std``, ``aupro_mean`` and
+        ``aupro_std`` are the same for the pixel metrics, None for models
+        without anomaly maps.
     """
     groups = _by(records, "model", "category", "noise")
     rows = []
@@ -75,28 +85,31 @@ def auroc_table(records, categories, noise, models):
         for category in categories:
             for level in noise:
                 runs = groups.get((model, category, level), [])
-                values = [r["auroc"] for r in runs if r["error"] is None]
+                done = [r for r in runs if r["error"] is None]
+                values = {m: [r[m] for r in done if r[m] is not None] for m in _METRICS}
                 rows.append(_table1_row(model, category, level, values, runs))
         for level in noise:
             runs = [r for c in categories for r in groups.get((model, c, level), [])]
             per_repeat = _by([r for r in runs if r["error"] is None], "repeat")
-            values = [
-                float(np.mean([r["auroc"] for r in group]))
-                for group in per_repeat.values()
-                if len(group) == len(categories)
-            ]
+            values = {
+                metric: [
+                    float(np.mean([r[metric] for r in group]))
+                    for group in per_repeat.values()
+                    if len(group) == len(categories)
+                    and all(r[metric] is not None for r in group)
+                ]
+                for metric in _METRICS
+            }
             rows.append(_table1_row(model, "mean", level, values, runs))
     return rows
 
 
 def _table1_row(model, category, level, values, runs):
-    mean, std = _mean_std(values)
+    row = {"model": model, "category": category, "noise": level}
+    for metric in _METRICS:
+        row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(values[metric])
     return {
-        "model": model,
-        "category": category,
-        "noise": level,
-        "auroc_mean": mean,
-        "auroc_std": std,
+        **row,
         "n_runs": len(runs),
         "n_failed": sum(r["error"] is not None for r in runs),
     }
@@ -205,7 +218,10 @@ def _text_table(header, rows, *, n_labels):
 def format_report(
     table1, table2, records, *, categories, noise, models, repeats, table3=None
 ):
-    """The plain-text report: Tables 1 to 3, seconds per run, failed runs.
+    """The plain-text report: Tables 1 to 5, seconds per run, failed runs.
+
+    Tables 4 and 5 (pixel AUROC and AUPRO) list the models with anomaly maps,
+    when the grid has any.
 
     Parameters
     ----------
@@ -224,25 +240,12 @@ def format_report(
     -------
     report : str
     """
-    cells = {(r["model"], r["category"], r["noise"]): r for r in table1}
-
-    def cell(row):
-        if row["auroc_mean"] is None:
-            return "failed"
-        text = f"{row['auroc_mean']:.4f}±{row['auroc_std']:.4f}"
-        return text + (f" ({row['n_failed']} failed)" if row["n_failed"] else "")
-
-    rows = [
-        [category, model, *(cell(cells[model, category, level]) for level in noise)]
-        for category in [*categories, "mean"]
-        for model in models
-    ]
     parts = [
         (
             f"Table 1. Test AUROC, mean ± std over {repeats} repeat(s); 'mean' is "
             "the mean over categories."
         ),
-        _text_table(["category", "model", *map(_percent, noise)], rows, n_labels=2),
+        _metric_text(table1, "auroc", categories, noise, models),
     ]
     if table2:
         rows = [
@@ -278,6 +281,30 @@ def format_report(
         ]
     if table3:
         parts += ["", *_threshold_text(table3, noise, models, len(categories))]
+    has_maps = {r["model"] for r in table1 if r["pixel_auroc_mean"] is not None}
+    mapped = [m for m in models if m in has_maps]
+    if mapped:
+        unmapped = [m for m in models if m not in mapped]
+        note = (
+            f" The models without anomaly maps ({', '.join(unmapped)}) have none."
+            if unmapped
+            else ""
+        )
+        parts += [
+            "",
+            (
+                f"Table 4. Pixel AUROC of the test anomaly maps, mean ± std over "
+                f"{repeats} repeat(s).{note}"
+            ),
+            _metric_text(table1, "pixel_auroc", categories, noise, mapped),
+            "",
+            (
+                "Table 5. AUPRO of the test anomaly maps (area under the "
+                "per-region-overlap curve to a 30% false-positive rate, divided "
+                f"by 0.3), mean ± std over {repeats} repeat(s)."
+            ),
+            _metric_text(table1, "aupro", categories, noise, mapped),
+        ]
     seconds = _by(records, "model")
     parts += [
         "",
@@ -295,6 +322,25 @@ def format_report(
             for r in failed[:5]
         ]
     return "\n".join(parts)
+
+
+def _metric_text(table1, metric, categories, noise, models):
+    """One metric of Table 1 as text: a row per (category, model), a column
+    per noise level."""
+    cells = {(r["model"], r["category"], r["noise"]): r for r in table1}
+
+    def cell(row):
+        if row[f"{metric}_mean"] is None:
+            return "failed"
+        text = f"{row[f'{metric}_mean']:.4f}±{row[f'{metric}_std']:.4f}"
+        return text + (f" ({row['n_failed']} failed)" if row["n_failed"] else "")
+
+    rows = [
+        [category, model, *(cell(cells[model, category, level]) for level in noise)]
+        for category in [*categories, "mean"]
+        for model in models
+    ]
+    return _text_table(["category", "model", *map(_percent, noise)], rows, n_labels=2)
 
 
 def _threshold_text(table3, noise, models, n_categories):

@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from .._torch_utils import resolve_device
 from ..datasets import make_contaminated
-from ._config import MODELS, BenchmarkError
+from ._config import ALL_MODELS, KEEPS_IMAGES, PATCH_MODELS, BenchmarkError
 
 @dataclass(frozen=True)
 class Run:
@@ -108,7 +108,7 @@ def plan_runs(config, categories, noise, repeats, models):
     ]
 
 
-def make_model(name, *, random_state, device, config):
+def make_model(name, *, random_state, device, config, grid_shape=None):
     """Build one of the benchmark's detectors, unfitted.
 
     Parameters
@@ -126,19 +126,34 @@ def make_model(name, *, random_state, device, config):
         method). ``"iforest"``:
         :class:`~sklearn.ensemble.IsolationForest`. ``"lof"``:
         :class:`~sklearn.neighbors.LocalOutlierFactor` with
-        ``novelty=True``.
+        ``novelty=True``. The patch models ``"patchcore"``,
+        ``"patchcore_refined"`` and ``"metarefine_patch"`` (surfaces only)
+        are described in :func:`~._patches.make_patch_model`.
     random_state : int
         Seed of the model.
     device : str
         Where the flows train, ``"auto"`` picking CUDA when available.
     config : dict
         A resolved configuration (:func:`resolve_config`).
+    grid_shape : (int, int) or None, default=None
+        Patch models only: the grid of patch vectors in each row of ``X``.
 
     Returns
     -------
     model : estimator
     """
     from .. import FlowDetector, IQRRefiner, MetaRefineDetector
+
+    if name in PATCH_MODELS:
+        from ._patches import make_patch_model
+
+        return make_patch_model(
+            name,
+            random_state=random_state,
+            device=device,
+            config=config,
+            grid_shape=grid_shape,
+        )
 
     flow = {
         **config["flow"],
@@ -162,7 +177,7 @@ def make_model(name, *, random_state, device, config):
     if name == "lof":
         return LocalOutlierFactor(**config["lof"], novelty=True)
     raise BenchmarkError(
-        f"Unknown model {name!r}; expected one of {', '.join(MODELS)}."
+        f"Unknown model {name!r}; expected one of {', '.join(ALL_MODELS)}."
     )
 
 
@@ -198,7 +213,7 @@ def _single_threaded():
         torch.set_num_threads(n_threads)
 
 
-def run_one(run, X, y, split, config, device):
+def run_one(run, X, y, split, config, device, *, masks=None):
     """Fit one detector on one contaminated draw and evaluate it.
 
     Parameters
@@ -206,7 +221,9 @@ def run_one(run, X, y, split, config, device):
     run : Run
         The cell of the grid.
     X : ndarray of shape (n_samples, n_features)
-        Features of every sample of the category.
+        Features of every sample of the category; for the patch models, of
+        shape (n_samples, grid_height, grid_width, n_channels), every image's
+        grid of patch vectors.
     y : ndarray of shape (n_samples,)
         1 for anomalous, 0 for normal samples.
     split : ndarray of shape (n_samples,) or None
@@ -215,12 +232,18 @@ def run_one(run, X, y, split, config, device):
         A resolved configuration (:func:`resolve_config`).
     device : str
         Where the flows train.
+    masks : ndarray of shape (n_samples, height, width) or None, default=None
+        The defect mask of every sample, for the pixel metrics of models with
+        ``anomaly_map``.
 
     Returns
     -------
     record : dict
         The run's identity, the sizes of its training and test sets, the test
-        AUROC (anomaly score = minus ``score_samples``), the false-alarm rate
+        AUROC (anomaly score = minus ``score_samples``), for models with
+        anomaly maps when ``masks`` are given the pixel AUROC and the AUPRO
+        (to a 30% false-positive rate) of the test maps (else None), the
+        false-alarm rate
         (share of normal test samples) and detection rate (share of anomalous
         test samples) that the model's own ``predict`` flags, for refiners the
         numbers of good and bad training samples removed and the rounds run,
@@ -228,11 +251,21 @@ def run_one(run, X, y, split, config, device):
         exception that made the model fail (the other results are then None,
         and ``traceback`` holds its traceback).
     """
-    model = make_model(run.model, random_state=run.seed, device=device, config=config)
-    return evaluate(model, run, X, y, split, config, device)
+    grid_shape = None
+    if run.model in PATCH_MODELS:
+        grid_shape = X.shape[1:3]
+        X = X.reshape(len(X), -1)
+    model = make_model(
+        run.model,
+        random_state=run.seed,
+        device=device,
+        config=config,
+        grid_shape=grid_shape,
+    )
+    return evaluate(model, run, X, y, split, config, device, masks=masks)
 
 
-def evaluate(model, run, X, y, split, config, device):
+def evaluate(model, run, X, y, split, config, device, *, masks=None):
     """Fit a given detector on a run's contaminated draw and evaluate it.
 
     :func:`run_one` with any outlier detector in place of the one that
@@ -246,9 +279,11 @@ def evaluate(model, run, X, y, split, config, device):
     run : Run
         The cell of the grid; its seed seeds the draw, not the model.
     X, y, split, config
-        As in :func:`run_one`.
+        As in :func:`run_one`, ``X`` 2-D.
     device : str
         Where the model runs, for the record.
+    masks : ndarray of shape (n_samples, height, width) or None, default=None
+        As in :func:`run_one`.
 
     Returns
     -------
@@ -270,6 +305,8 @@ def evaluate(model, run, X, y, split, config, device):
         "n_train_anomalous": int(data.y_train.sum()),
         "n_test": len(data.y_test),
         "auroc": None,
+        "pixel_auroc": None,
+        "aupro": None,
         "false_alarm": None,
         "detection": None,
         "removed_good": None,
@@ -288,6 +325,12 @@ def evaluate(model, run, X, y, split, config, device):
             model.fit(data.X_train)
             anomaly_score = -model.score_samples(data.X_test)
             record["auroc"] = float(roc_auc_score(data.y_test, anomaly_score))
+            if masks is not None and hasattr(model, "anomaly_map"):
+                from ._patches import pixel_scores
+
+                record["pixel_auroc"], record["aupro"] = pixel_scores(
+                    model, data.X_test, masks[data.test_indices], config
+                )
             flagged = model.predict(data.X_test) == -1
             record["false_alarm"] = float(flagged[data.y_test == 0].mean())
             record["detection"] = float(flagged[data.y_test == 1].mean())
@@ -295,9 +338,11 @@ def evaluate(model, run, X, y, split, config, device):
             record["error"] = f"{type(error).__name__}: {error}"
             record["traceback"] = traceback.format_exc()
     record["seconds"] = time.perf_counter() - start
-    if record["error"] is None and hasattr(model, "inlier_mask_"):
+    removes = hasattr(model, "inlier_mask_") and run.model not in KEEPS_IMAGES
+    if record["error"] is None and removes:
         removed = ~model.inlier_mask_
         record["removed_good"] = int(np.sum(removed & (data.y_train == 0)))
         record["removed_bad"] = int(np.sum(removed & (data.y_train == 1)))
-        record["n_iter"] = int(model.n_iter_)
+        # PatchCoreDetector cleans its bank in one step, without rounds.
+        record["n_iter"] = int(getattr(model, "n_iter_", 1))
     return record

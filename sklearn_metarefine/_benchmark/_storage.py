@@ -33,6 +33,8 @@ RECORD_FIELDS = (
     "n_train_anomalous",
     "n_test",
     "auroc",
+    "pixel_auroc",
+    "aupro",
     "false_alarm",
     "detection",
     "removed_good",
@@ -42,6 +44,9 @@ RECORD_FIELDS = (
     "device",
     "error",
 )
+# Fields added after the first release of the benchmark: records written
+# before them are read with None (no value), as for a model without maps.
+_LATER_FIELDS = ("pixel_auroc", "aupro")
 _START_OVER = "Use another --output folder, or delete this one to start over."
 
 
@@ -214,6 +219,7 @@ def read_run(runs_folder, run):
         return None
     remedy = "Delete the file to run that run again."
     record = read_json(path, remedy=remedy)
+    record = {**dict.fromkeys(_LATER_FIELDS), **record}
     missing = [field for field in RECORD_FIELDS if field not in record]
     if missing:
         raise BenchmarkError(
@@ -242,29 +248,58 @@ def feature_extractor(config, device):
     )
 
 
-def _feature_path(images, config, cache_folder):
+def patch_extractor(config, device):
+    """The unfitted PatchFeatures of a configuration's patch models."""
+    from .. import PatchFeatures
+
+    settings = config["patch"]
+    return PatchFeatures(
+        settings["backbone"],
+        image_size=settings["image_size"],
+        batch_size=settings["batch_size"],
+        device=device,
+        random_state=config["seed"],
+    )
+
+
+def _patch_settings(config):
+    """What the patch features depend on: the extractor's part of "patch"."""
+    return {key: config["patch"][key] for key in ("backbone", "image_size")}
+
+
+def _feature_path(images, config, cache_folder, *, patches=False):
     source = images if isinstance(images, np.ndarray) else [str(p) for p in images]
-    key = joblib.hash((config["features"], config["seed"], source))
-    return cache_folder / f"{config['dataset']}-{key}.npy"
+    if patches:
+        settings, prefix = _patch_settings(config), f"{config['dataset']}-patches"
+    else:
+        settings, prefix = config["features"], config["dataset"]
+    key = joblib.hash((settings, config["seed"], source))
+    return cache_folder / f"{prefix}-{key}.npy"
 
 
-def check_features(image_sets, config, device, cache_folder):
+def check_features(image_sets, config, device, cache_folder, *, patches=False):
     """Raise, before anything is written, if the feature settings cannot work.
 
     Fits the extractor on one image of the first image set whose features
     are not cached yet: a backbone that cannot process the smallest scale,
-    or an invalid setting, is then refused up front.
+    or an invalid setting, is then refused up front. ``patches`` checks the
+    patch features of the patch models instead.
     """
     for images in image_sets:
-        if not _feature_path(images, config, cache_folder).exists():
+        if not _feature_path(images, config, cache_folder, patches=patches).exists():
+            extractor = (patch_extractor if patches else feature_extractor)(
+                config, device
+            )
             try:
-                feature_extractor(config, device).fit(images[:1])
-            except ValueError as error:
-                raise BenchmarkError(
-                    "The feature settings (config['features']: --backbone, "
-                    f"--image-size, --n-scales, --n-views or --config) cannot be "
-                    f"used: {error}"
-                ) from error
+                extractor.fit(images[:1])
+            except (TypeError, ValueError) as error:
+                where = (
+                    "The patch feature settings (config['patch'], set with --config)"
+                    if patches
+                    else "The feature settings (config['features']: --backbone, "
+                    "--image-size, --n-scales, --n-views or --config)"
+                )
+                raise BenchmarkError(f"{where} cannot be used: {error}") from error
             return
 
 
@@ -283,7 +318,30 @@ def cached_features(images, config, device, cache_folder):
     return features
 
 
-def _read_features(path, n_images):
+def cached_patch_features(images, config, device, cache_folder):
+    """Patch features of ``images``, read from or written to the cache folder.
+
+    Returns
+    -------
+    patches : ndarray of shape (n_images, grid_height, grid_width, n_channels)
+        Each image's grid of patch vectors (:class:`PatchFeatures`), float32.
+    """
+    path = _feature_path(images, config, cache_folder, patches=True)
+    if path.exists():
+        return _read_features(path, len(images), ndim=4)
+    try:
+        extractor = patch_extractor(config, device).fit(images[:1])
+        rows = extractor.transform(images)
+    except (TypeError, ValueError) as error:
+        raise BenchmarkError(
+            f"Computing the patch features of {config['dataset']} failed: {error}"
+        ) from error
+    patches = rows.reshape(len(rows), *extractor.grid_shape_, extractor.n_channels_)
+    atomic_write(path, lambda file: np.save(file, patches), mode="wb")
+    return patches
+
+
+def _read_features(path, n_images, *, ndim=2):
     remedy = "Delete the file to compute the features again."
     try:
         # No pickles: the cache holds plain arrays, and a pickle in it would run.
@@ -292,9 +350,10 @@ def _read_features(path, n_images):
         raise BenchmarkError(
             f"The cached features {path} cannot be read ({error}). {remedy}"
         ) from error
-    if features.ndim != 2 or len(features) != n_images:
+    if features.ndim != ndim or len(features) != n_images:
+        what = "row" if ndim == 2 else "grid of patch vectors"
         raise BenchmarkError(
             f"The cached features {path} hold an array of shape {features.shape}, "
-            f"not one row for each of the {n_images} images. {remedy}"
+            f"not one {what} for each of the {n_images} images. {remedy}"
         )
     return features

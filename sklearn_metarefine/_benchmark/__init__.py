@@ -11,11 +11,15 @@ those files.
 Only :func:`run_one` and :func:`make_model` run in the workers; everything that
 reads or writes files runs in the calling process.
 
+On the generated surfaces, patch models also run, on cached grids of patch
+features, and their anomaly maps are scored against the defect masks.
+
 The steps live in their own modules: ``_config`` (grid axes, configuration),
 ``_data`` (categories, images, feasible draws), ``_runs`` (the grid and one
-run), ``_execution`` (joblib backends), ``_storage`` (the output folder),
-``_report`` (tables, report, files, figures) and ``_main``
-(:func:`run_benchmark`, which chains them).
+run), ``_patches`` (the patch models, their maps and pixel metrics),
+``_execution`` (joblib backends), ``_storage`` (the output folder),
+``_report`` (tables, report, files, figures), ``_maps`` (the anomaly-map
+figures) and ``_main`` (:func:`run_benchmark`, which chains them).
 """
 
 from .._lazy import lazy_attributes
@@ -23,15 +27,20 @@ from .._lazy import lazy_attributes
 # Name -> the module that defines it. Names are imported on first use (PEP 562)
 # so that the command line can check its arguments without importing torch.
 _SOURCES = {
+    "ALL_MODELS": "._config",
     "DATASETS": "._config",
     "DEFAULT_CONFIG": "._config",
+    "DEFAULT_MODELS": "._config",
     "MODELS": "._config",
+    "PATCH_MODELS": "._config",
+    "SURFACES_CONFIG": "._config",
     "NOISE_LEVELS": "._config",
     "REFINER_MODELS": "._config",
     "BenchmarkError": "._config",
     "resolve_config": "._config",
     "DIGIT_CATEGORIES": "._data",
     "dataset_categories": "._data",
+    "generate_surfaces": "._data",
     "load_category": "._data",
     "run_benchmark": "._main",
     "auroc_table": "._report",

@@ -230,6 +230,13 @@ def resolve_config(dataset, overrides=None):
     config["features"] = config["features"][dataset]
     if dataset == "surfaces":
         config.update(copy.deepcopy(SURFACES_CONFIG))
+    for key in SURFACES_CONFIG.keys() & (overrides or {}).keys():
+        if dataset != "surfaces":
+            raise BenchmarkError(
+                f"The configuration key config[{key!r}] belongs to the surfaces "
+                f"dataset (--dataset surfaces) and its patch models, not to "
+                f"{dataset}."
+            )
     config = {"dataset": dataset, **config}
     _merge(config, overrides or {}, path="config")
     return json.loads(json.dumps(config))

@@ -22,7 +22,7 @@ from ._data import (
     load_category,
 )
 from ._execution import check_execution, execute
-from ._patches import map_figures
+from ._maps import map_figures
 from ._report import (
     auroc_table,
     format_report,

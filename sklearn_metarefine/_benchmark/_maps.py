@@ -1,0 +1,142 @@
+"""Figures of the surfaces benchmark: a patch model's anomaly maps on test images.
+
+The model of one run is fitted again, on the same draw with the same seed, in
+the calling process, and its maps drawn over a few test images per category.
+"""
+
+import os
+
+import numpy as np
+
+from .. import plot_anomaly_maps
+from ..datasets import make_contaminated
+from ._patches import image_maps, make_patch_model
+from ._runs import _single_threaded
+from ._storage import atomic_write, cached_patch_features
+
+# The models the anomaly-map figures show, the first one in the grid.
+_FIGURE_MODELS = ("metarefine_patch", "patchcore_refined", "patchcore")
+# Test images per figure: the first good ones and the first defective ones of
+# the test set (a random order).
+_N_GOOD, _N_DEFECTIVE = 2, 6
+
+
+def map_figures(output, surfaces, runs, config, device, cache_folder, *, models):
+    """Write, per surface, a figure of a patch model's maps on test images.
+
+    The model is the first of ``metarefine_patch``, ``patchcore_refined`` and
+    ``patchcore`` in ``models``; the run shown is its repeat 0 at the grid's
+    highest noise level, fitted again here on the same draw with the same
+    seed.
+
+    Parameters
+    ----------
+    output : path
+        The output folder; the figures are ``anomaly_maps_<category>.png``.
+    surfaces : dict
+        The generated surface of each category (empty for other datasets).
+    runs : list of Run
+        The grid.
+    config : dict
+        A resolved configuration.
+    device : str
+        Where the model runs.
+    cache_folder : path
+        The feature cache.
+    models : sequence of str
+        The grid's models.
+
+    Returns
+    -------
+    files : dict
+        The path of each figure, by the name ``"maps_<category>"``.
+    """
+    name = next((m for m in _FIGURE_MODELS if m in models), None)
+    if name is None or not surfaces:
+        return {}
+    files = {}
+    for category, surface in surfaces.items():
+        run = max(
+            (r for r in runs if (r.category, r.model, r.repeat) == (category, name, 0)),
+            key=lambda r: r.noise,
+        )
+        patches = cached_patch_features(surface.images, config, device, cache_folder)
+        draw = make_contaminated(
+            np.arange(len(surface.target)),
+            surface.target,
+            noise=run.noise,
+            random_state=run.seed,
+            **config["contamination"],
+        )
+        model = make_patch_model(
+            name,
+            random_state=run.seed,
+            device=device,
+            config=config,
+            grid_shape=patches.shape[1:3],
+        )
+        with _single_threaded():
+            model.fit(patches[draw.train_indices].reshape(len(draw.train_indices), -1))
+            title = (
+                f"{category}: {name}, {run.noise:.0%} defective training images "
+                f"(repeat 0); anomaly score (flagged: above the model's threshold)"
+            )
+            path = output / f"anomaly_maps_{category}.png"
+            draw_anomaly_maps(
+                path, model, patches, surface, draw.test_indices, config, title=title
+            )
+        files[f"maps_{category}"] = path
+    return files
+
+
+def draw_anomaly_maps(
+    path, model, patches, surfaces, test_indices, config, *, title=None
+):
+    """Draw a fitted patch model's maps over a few test images of a surface.
+
+    Parameters
+    ----------
+    path : path
+        The PNG file to write.
+    model : estimator
+        A fitted patch model.
+    patches : ndarray of shape (n_images, grid_height, grid_width, n_channels)
+        The patch features of every image of the surface.
+    surfaces : Bunch
+        The generated surface (images, masks, defect types).
+    test_indices : ndarray
+        The test set of the model's draw, in its order.
+    config : dict
+        A resolved configuration of the surfaces dataset.
+    title : str or None, default=None
+        The figure's title.
+    """
+    good = test_indices[surfaces.target[test_indices] == 0][:_N_GOOD]
+    defective = test_indices[surfaces.target[test_indices] == 1][:_N_DEFECTIVE]
+    shown = np.concatenate([good, defective])
+    rows = patches[shown].reshape(len(shown), -1)
+    maps = image_maps(model, rows, surfaces.images.shape[1:3], config)
+    scores = -model.score_samples(rows)
+    flagged = model.predict(rows) == -1
+    titles = [
+        f"{surfaces.defect_type[i]} {score:.2f}{' (flagged)' if flag else ''}"
+        for i, score, flag in zip(shown, scores, flagged)
+    ]
+    # With a path, plot_anomaly_maps draws outside pyplot (nothing leaks in a
+    # loop) and writes the figure; that first copy goes nowhere, and the
+    # figure, with its title, is written atomically like every output file.
+    figure = plot_anomaly_maps(
+        surfaces.images[shown],
+        maps,
+        surfaces.masks[shown],
+        titles=titles,
+        n_cols=len(shown),
+        path=os.devnull,
+    )
+    if title is not None:
+        figure.suptitle(title)
+    atomic_write(
+        path,
+        lambda file: figure.savefig(file, format="png", dpi=100, bbox_inches="tight"),
+        mode="wb",
+    )

@@ -1,0 +1,235 @@
+"""The benchmark on the generated surfaces: patch models, pixel metrics, maps."""
+
+import contextlib
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sklearn_metarefine import PatchCoreDetector, PatchFeatures
+from sklearn_metarefine.__main__ import main
+from sklearn_metarefine._benchmark import (
+    BenchmarkError,
+    make_model,
+    resolve_config,
+    run_benchmark,
+)
+from sklearn_metarefine._benchmark._patches import image_maps
+from sklearn_metarefine._benchmark._runs import Run
+from sklearn_metarefine._benchmark._storage import read_run, write_json
+from sklearn_metarefine.datasets import make_surfaces
+
+# 32 px surfaces, seen at 32 px by both CNNs (a 4 x 4 patch grid), 16 good and
+# 16 defective images: a run takes a fraction of a second.
+TINY = {
+    "surfaces": {"image_size": 32, "n_normal": 16, "n_anomalous": 16},
+    "patch": {"image_size": 32, "coreset_fraction": 0.5},
+    "features": {"image_size": 32, "n_scales": 1},
+    "flow": {"n_blocks": 2, "hidden_size": 8, "max_epochs": 2},
+    "refiner": {"max_iter": 3},
+    "iforest": {"n_estimators": 10},
+}
+PATCH = ("patchcore", "patchcore_refined", "metarefine_patch")
+IMAGE = ("metarefine", "iforest")
+PIXEL_COLUMNS = ("pixel_auroc_mean", "pixel_auroc_std", "aupro_mean", "aupro_std")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_csv(path):
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        return reader.fieldnames, list(reader)
+
+
+@pytest.fixture(scope="module")
+def surfaces_run(tmp_path_factory):
+    """The default models of the surfaces on one category, two noise levels."""
+    folder = tmp_path_factory.mktemp("surfaces")
+    config_file = folder / "tiny.json"
+    config_file.write_text(json.dumps(TINY))
+    output = folder / "results"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = main(
+            [
+                "benchmark",
+                "--dataset",
+                "surfaces",
+                "--categories",
+                "wood",
+                "--noise",
+                "0",
+                "0.25",
+                "--repeats",
+                "1",
+                "--config",
+                str(config_file),
+                "--output",
+                str(output),
+                "--n-jobs",
+                "1",
+                "--no-progress",
+            ]
+        )
+    assert status == 0
+    return output, stdout.getvalue()
+
+
+def test_surfaces_tables_have_pixel_metrics_of_the_patch_models_only(surfaces_run):
+    output, printed = surfaces_run
+    fields, runs = _read_csv(output / "runs.csv")
+    assert {"pixel_auroc", "aupro"} <= set(fields)
+    assert sorted({r["model"] for r in runs}) == sorted(PATCH + IMAGE)
+    assert len(runs) == 2 * len(PATCH + IMAGE)
+    for run in runs:
+        assert run["error"] == ""
+        assert 0.0 <= float(run["auroc"]) <= 1.0
+        if run["model"] in PATCH:
+            assert 0.0 <= float(run["pixel_auroc"]) <= 1.0
+            assert 0.0 <= float(run["aupro"]) <= 1.0
+        else:
+            assert run["pixel_auroc"] == run["aupro"] == ""
+        # Only the models that drop training images record removals.
+        drops = run["model"] in ("patchcore_refined", "metarefine")
+        assert (run["removed_good"] != "") == drops
+
+    fields, table1 = _read_csv(output / "table1_auroc.csv")
+    assert set(PIXEL_COLUMNS) <= set(fields)
+    assert len(table1) == len(PATCH + IMAGE) * (1 + 1) * 2
+    for row in table1:
+        if row["model"] in PATCH:
+            for column in PIXEL_COLUMNS:
+                assert 0.0 <= float(row[column]) <= 1.0
+        else:
+            assert all(row[column] == "" for column in PIXEL_COLUMNS)
+    results = json.loads((output / "results.json").read_text())
+    assert results["config"]["dataset"] == "surfaces"
+    # The category row of a single repeat holds that run's values.
+    run = next(
+        r
+        for r in results["runs"]
+        if (r["model"], r["noise"]) == ("metarefine_patch", 0.25)
+    )
+    row = next(
+        r
+        for r in results["table1"]
+        if (r["model"], r["category"], r["noise"])
+        == ("metarefine_patch", "wood", 0.25)
+    )
+    assert (row["pixel_auroc_mean"], row["aupro_mean"]) == (
+        run["pixel_auroc"],
+        run["aupro"],
+    )
+
+    _, table2 = _read_csv(output / "table2_removed.csv")
+    assert [r["model"] for r in table2] == ["patchcore_refined"] * 2 + [
+        "metarefine"
+    ] * 2
+    _, table3 = _read_csv(output / "table3_threshold.csv")
+    assert [r["model"] for r in table3] == [m for m in PATCH + IMAGE for _ in "01"]
+    for row in table3:
+        assert 0.0 <= float(row["false_alarm_mean"]) <= 1.0
+        assert 0.0 <= float(row["detection_mean"]) <= 1.0
+
+    before, pixel_text = printed.split("Table 4.")
+    pixel_text, aupro_text = pixel_text.split("Table 5.")
+    assert "Table 3." in before and "false alarms" in before
+    for model in PATCH:
+        assert model in pixel_text and model in aupro_text
+    for model in IMAGE:
+        assert f" {model} " not in pixel_text.split("\n", 1)[1]
+    assert "30% false-positive rate" in aupro_text
+    assert "anomaly_maps_wood.png" in printed
+
+
+def test_surfaces_benchmark_draws_the_one_switch_models_maps(surfaces_run):
+    output, _ = surfaces_run
+    path = output / "anomaly_maps_wood.png"
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as image:
+        image.verify()
+    # Patch grids and pooled vectors are cached once per image set.
+    assert len(list((output / "features").glob("surfaces-patches-*.npy"))) == 1
+    assert len(list((output / "features").glob("surfaces-*.npy"))) == 2
+
+
+def test_maps_from_cached_patch_grids_are_the_detectors_own_maps():
+    # The benchmark fits on patch grids and resizes their maps itself; the
+    # maps must be those of the detector fitted on the images.
+    config = resolve_config("surfaces", TINY)
+    data = make_surfaces("stone", n_normal=10, n_anomalous=3, image_size=48, random_state=0)
+    train, test = data.images[:8], data.images[8:]
+    on_images = PatchCoreDetector(
+        image_size=32, coreset_fraction=0.5, device="cpu", random_state=0
+    ).fit(train)
+    features = PatchFeatures(image_size=32, device="cpu").fit(train)
+    on_rows = make_model(
+        "patchcore",
+        random_state=0,
+        device="cpu",
+        config=config,
+        grid_shape=features.grid_shape_,
+    ).fit(features.transform(train))
+    rows = features.transform(test)
+    np.testing.assert_allclose(
+        on_rows.score_samples(rows), on_images.score_samples(test), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        image_maps(on_rows, rows, (48, 48), config),
+        on_images.anomaly_map(test),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_patch_models_and_their_settings():
+    config = resolve_config("surfaces", {"patch": {"k": 2.5}})
+    models = {
+        name: make_model(
+            name, random_state=3, device="cpu", config=config, grid_shape=(4, 4)
+        )
+        for name in PATCH
+    }
+    assert models["patchcore"].bank_cleaning is None
+    assert models["patchcore_refined"].bank_cleaning == "images"
+    switch = models["metarefine_patch"]
+    assert (type(switch).__name__, switch.level) == ("MetaRefineDetector", "patch")
+    for model in models.values():
+        assert (model.backbone, model.grid_shape, model.k) == (None, (4, 4), 2.5)
+        assert model.random_state == 3
+    assert "surfaces" not in resolve_config("digits")
+    with pytest.raises(BenchmarkError, match="surfaces"):
+        resolve_config("digits", {"patch": {"k": 2.5}})
+
+
+def test_patch_models_run_on_the_surfaces_only(tmp_path):
+    with pytest.raises(BenchmarkError, match="--dataset surfaces only"):
+        run_benchmark(models=["patchcore"], output=tmp_path, progress=False)
+    with pytest.raises(BenchmarkError, match="concrete"):
+        run_benchmark(
+            "surfaces", categories=["concrete"], output=tmp_path, progress=False
+        )
+
+
+def test_run_records_without_pixel_metrics_are_read_as_blank(tmp_path):
+    # Records written before the pixel metrics existed still resume.
+    run = Run("digit3", 0.0, 0, "lof", 7)
+    record = {
+        "dataset": "digits",
+        "category": "digit3",
+        "noise": 0.0,
+        "repeat": 0,
+        "model": "lof",
+        "seed": 7,
+        **dict.fromkeys(("n_train", "n_train_anomalous", "n_test"), 10),
+        **dict.fromkeys(("auroc", "false_alarm", "detection", "seconds"), 0.5),
+        **dict.fromkeys(("removed_good", "removed_bad", "n_iter", "error"), None),
+        "device": "cpu",
+    }
+    write_json(tmp_path / f"{run.name}.json", record)
+    stored = read_run(tmp_path, run)
+    assert stored["pixel_auroc"] is None and stored["aupro"] is None
+    assert stored["auroc"] == 0.5

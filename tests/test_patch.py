@@ -97,7 +97,7 @@ def test_patch_rows_are_pooled_aligned_and_concatenated_maps():
     std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         fine, coarse = module((x - mean) / std)
-        pool = torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+        pool = torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=True)
         fine, coarse = pool(fine).numpy(), pool(coarse).numpy()
     # Fine cell j lies at coarse cell j / 2 (both grids start on the first
     # pixel); beyond the last coarse cell its value is kept.

@@ -158,9 +158,15 @@ def _embed_patches(backbone, images, memory_format=torch.contiguous_format):
     grid = max((m.shape[-2:] for m in maps), key=lambda shape: shape[0] * shape[1])
     aligned = []
     for feature_map in maps:
-        # Borders average the cells they have; zero padding would darken them.
+        # Zero padding counts in the border averages, as in PatchCore's own
+        # code: it pulls the border cells towards zero. Averaging only the
+        # cells a border has instead leaves border patches noisier than the
+        # others, and the noisiest patch sets a normal image's score: on the
+        # generated surfaces (90 good training images, 30 + 30 test images,
+        # seed 1) it cost PatchCore's image AUROC 0.11 on stone and 0.07 on
+        # wood at 128 px, 0.23 on stone at 224 px.
         pooled = F.avg_pool2d(
-            feature_map.float(), 3, stride=1, padding=1, count_include_pad=False
+            feature_map.float(), 3, stride=1, padding=1, count_include_pad=True
         )
         if pooled.shape[-2:] != grid:
             # Cell 0 of every map sits on the image's first pixel (convolutions

@@ -15,7 +15,8 @@ class PatchFeatures(_BackboneTransformer):
     """Embed images as grids of local patch vectors from a frozen pretrained CNN.
 
     Two mid-level maps of the CNN, at strides 8 and 16, are each averaged over
-    3x3 neighbourhoods, the deeper one is resized bilinearly to the finer grid,
+    3x3 neighbourhoods (zero padding counted at the borders, as in PatchCore's
+    code), the deeper one is resized bilinearly to the finer grid,
     and the two are concatenated along the channels: every cell of the grid is
     one patch vector describing a neighbourhood of the image (the features of
     PatchCore [1]_). The output keeps one row per image, the flattened grid, so
@@ -100,6 +101,13 @@ class PatchFeatures(_BackboneTransformer):
     grids and ``X.reshape(-1, n_channels_)`` lists every patch. ``transform``
     returns float32. Inputs are those of :class:`PretrainedFeatures`; files are
     read one batch at a time.
+
+    Counting the zero padding pulls the border cells towards zero. Averaging
+    only the cells a border has leaves border patches noisier than the others,
+    and the noisiest patch sets a normal image's score in a nearest-neighbour
+    detector: on the generated surfaces it cost :class:`PatchCoreDetector`
+    0.07 to 0.23 image AUROC on stone and wood, and under contamination on
+    brick crops up to 0.19 (see :class:`PatchCoreDetector`).
 
     References
     ----------

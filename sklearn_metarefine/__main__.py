@@ -140,7 +140,7 @@ def _parser():
         nargs="+",
         choices=ALL_MODELS,
         metavar="MODEL",
-        help=f"models to compare, among {', '.join(ALL_MODELS)}; the last three "
+        help=f"models to compare, among {', '.join(ALL_MODELS)}; the last four "
         "are patch models, for --dataset surfaces (default: the image-level "
         "models; on surfaces the patch models, metarefine and iforest)",
     )

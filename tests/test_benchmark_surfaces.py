@@ -31,8 +31,12 @@ TINY = {
     "flow": {"n_blocks": 2, "hidden_size": 8, "max_epochs": 2},
     "refiner": {"max_iter": 3},
     "iforest": {"n_estimators": 10},
+    "patchflow": {
+        "cv": 2,
+        "flow": {"n_blocks": 2, "hidden_size": 8, "max_epochs": 2, "batch_size": 64},
+    },
 }
-PATCH = ("patchcore", "patchcore_refined", "metarefine_patch")
+PATCH = ("patchcore", "patchcore_refined", "metarefine_patch", "patchflow")
 IMAGE = ("metarefine", "iforest")
 PIXEL_COLUMNS = ("pixel_auroc_mean", "pixel_auroc_std", "aupro_mean", "aupro_std")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -93,7 +97,7 @@ def test_surfaces_tables_have_pixel_metrics_of_the_patch_models_only(surfaces_ru
         else:
             assert run["pixel_auroc"] == run["aupro"] == ""
         # Only the models that drop training images record removals.
-        drops = run["model"] in ("patchcore_refined", "metarefine")
+        drops = run["model"] in ("patchcore_refined", "patchflow", "metarefine")
         assert (run["removed_good"] != "") == drops
 
     fields, table1 = _read_csv(output / "table1_auroc.csv")
@@ -125,9 +129,9 @@ def test_surfaces_tables_have_pixel_metrics_of_the_patch_models_only(surfaces_ru
     )
 
     _, table2 = _read_csv(output / "table2_removed.csv")
-    assert [r["model"] for r in table2] == ["patchcore_refined"] * 2 + [
-        "metarefine"
-    ] * 2
+    assert [r["model"] for r in table2] == [
+        m for m in ("patchcore_refined", "patchflow", "metarefine") for _ in "01"
+    ]
     _, table3 = _read_csv(output / "table3_threshold.csv")
     assert [r["model"] for r in table3] == [m for m in PATCH + IMAGE for _ in "01"]
     for row in table3:
@@ -195,6 +199,11 @@ def test_patch_models_and_their_settings():
     }
     assert models["patchcore"].bank_cleaning is None
     assert models["patchcore_refined"].bank_cleaning == "images"
+    assert models["patchflow"].image_cleaning is True
+    assert models["patchflow"].flow is None
+    tiny = resolve_config("surfaces", TINY)
+    flow = make_model("patchflow", random_state=0, device="cpu", config=tiny).flow
+    assert (type(flow).__name__, flow.n_blocks, flow.max_epochs) == ("FlowDetector", 2, 2)
     switch = models["metarefine_patch"]
     assert (type(switch).__name__, switch.level) == ("MetaRefineDetector", "patch")
     for model in models.values():

@@ -89,10 +89,10 @@ def run_benchmark(
     models : sequence of str, default=None
         Any of ``"vanilla"``, ``"osr"``, ``"irp"``, ``"metarefine"``,
         ``"iforest"``, ``"lof"`` and, on the surfaces, the patch models
-        ``"patchcore"``, ``"patchcore_refined"`` and ``"metarefine_patch"``
-        (:func:`make_model`). None runs the dataset's default models
-        (``DEFAULT_MODELS``): the six image-level ones, and on the surfaces
-        the three patch models, ``"metarefine"`` and ``"iforest"``.
+        ``"patchcore"``, ``"patchcore_refined"``, ``"metarefine_patch"`` and
+        ``"patchflow"`` (:func:`make_model`). None runs the dataset's default
+        models (``DEFAULT_MODELS``): the six image-level ones, and on the
+        surfaces the four patch models, ``"metarefine"`` and ``"iforest"``.
     noise : sequence of float, default=(0, 0.1, 0.2, 0.3, 0.4, 0.5)
         Fractions of anomalies in the training set.
     repeats : int, default=3

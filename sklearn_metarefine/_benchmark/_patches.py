@@ -10,9 +10,16 @@ do from images.
 import numpy as np
 import torch
 
-from .. import MetaRefineDetector, PatchCoreDetector, aupro, pixel_auroc
+from .. import (
+    FlowDetector,
+    MetaRefineDetector,
+    PatchCoreDetector,
+    PatchFlowDetector,
+    aupro,
+    pixel_auroc,
+)
 from .._patch._bank import anomaly_maps
-from .._patch._detector import _CELL_OFFSET
+from .._patch._grid import _CELL_OFFSET
 from ._config import PATCH_MODELS, BenchmarkError
 
 
@@ -21,13 +28,17 @@ def make_patch_model(name, *, random_state, device, config, grid_shape=None):
 
     Parameters
     ----------
-    name : {"patchcore", "patchcore_refined", "metarefine_patch"}
+    name : {"patchcore", "patchcore_refined", "metarefine_patch", "patchflow"}
         ``"patchcore"``: :class:`~sklearn_metarefine.PatchCoreDetector`
         without cleaning (PatchCore). ``"patchcore_refined"``: the same with
         the ``"patchcore_refined"`` section (by default
         ``bank_cleaning="images"``). ``"metarefine_patch"``:
         :class:`~sklearn_metarefine.MetaRefineDetector` with
-        ``level="patch"``, the one switch.
+        ``level="patch"``, the one switch. ``"patchflow"``:
+        :class:`~sklearn_metarefine.PatchFlowDetector` with the
+        ``"patchflow"`` section (by default ``image_cleaning=True``).
+        Each gets ``coreset_fraction`` (not patchflow) and ``k`` from the
+        ``"patch"`` section.
     random_state : int
         Seed of the model.
     device : str
@@ -45,11 +56,16 @@ def make_patch_model(name, *, random_state, device, config, grid_shape=None):
     shared = {
         "backbone": None,
         "grid_shape": grid_shape,
-        "coreset_fraction": patch["coreset_fraction"],
         "k": patch["k"],
         "device": device,
         "random_state": random_state,
     }
+    if name == "patchflow":
+        settings = dict(config["patchflow"])
+        flow = settings.pop("flow")
+        flow = None if flow is None else FlowDetector(**flow)
+        return PatchFlowDetector(**shared, flow=flow, **settings)
+    shared["coreset_fraction"] = patch["coreset_fraction"]
     if name == "patchcore":
         return PatchCoreDetector(**shared)
     if name == "patchcore_refined":

@@ -127,8 +127,8 @@ def make_model(name, *, random_state, device, config, grid_shape=None):
         :class:`~sklearn.ensemble.IsolationForest`. ``"lof"``:
         :class:`~sklearn.neighbors.LocalOutlierFactor` with
         ``novelty=True``. The patch models ``"patchcore"``,
-        ``"patchcore_refined"`` and ``"metarefine_patch"`` (surfaces only)
-        are described in :func:`~._patches.make_patch_model`.
+        ``"patchcore_refined"``, ``"metarefine_patch"`` and ``"patchflow"``
+        (surfaces only) are described in :func:`~._patches.make_patch_model`.
     random_state : int
         Seed of the model.
     device : str
@@ -343,6 +343,6 @@ def evaluate(model, run, X, y, split, config, device, *, masks=None):
         removed = ~model.inlier_mask_
         record["removed_good"] = int(np.sum(removed & (data.y_train == 0)))
         record["removed_bad"] = int(np.sum(removed & (data.y_train == 1)))
-        # PatchCoreDetector cleans its bank in one step, without rounds.
+        # The patch detectors clean once, without rounds.
         record["n_iter"] = int(getattr(model, "n_iter_", 1))
     return record

@@ -221,6 +221,14 @@ def test_patch_models_run_on_the_surfaces_only(tmp_path):
         run_benchmark(
             "surfaces", categories=["concrete"], output=tmp_path, progress=False
         )
+    # Refused before anything is written: a bad flow of patchflow, a bad fold count.
+    for config, message in (
+        ({"patchflow": {"flow": {"n_blokcs": 2}}}, "n_blokcs"),
+        ({"patchflow": {"cv": 1}}, "'cv' parameter of PatchFlowDetector"),
+    ):
+        with pytest.raises(BenchmarkError, match=message):
+            run_benchmark("surfaces", config=config, output=tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())
 
 
 def test_run_records_without_pixel_metrics_are_read_as_blank(tmp_path):

@@ -63,7 +63,13 @@ def make_patch_model(name, *, random_state, device, config, grid_shape=None):
     if name == "patchflow":
         settings = dict(config["patchflow"])
         flow = settings.pop("flow")
-        flow = None if flow is None else FlowDetector(**flow)
+        try:
+            flow = None if flow is None else FlowDetector(**flow)
+        except TypeError as error:
+            raise BenchmarkError(
+                f"config['patchflow']['flow'] must be None or FlowDetector "
+                f"parameters; got {flow!r}: {error}"
+            ) from error
         return PatchFlowDetector(**shared, flow=flow, **settings)
     shared["coreset_fraction"] = patch["coreset_fraction"]
     if name == "patchcore":

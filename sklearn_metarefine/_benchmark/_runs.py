@@ -185,7 +185,9 @@ def check_models(config, models, device):
     """Raise, before anything runs, if a model's configured parameters are invalid."""
     for name in models:
         model = make_model(name, random_state=0, device=device, config=config)
-        for estimator in (model, getattr(model, "estimator", None)):
+        # The wrapped estimator of a refiner, the flow of patchflow.
+        inner = getattr(model, "estimator", None) or getattr(model, "flow", None)
+        for estimator in (model, inner):
             try:
                 if estimator is not None:
                     estimator._validate_params()

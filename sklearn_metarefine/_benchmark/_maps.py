@@ -15,7 +15,7 @@ from ._runs import _single_threaded
 from ._storage import atomic_write, cached_patch_features
 
 # The models the anomaly-map figures show, the first one in the grid.
-_FIGURE_MODELS = ("metarefine_patch", "patchcore_refined", "patchcore")
+_FIGURE_MODELS = ("metarefine_patch", "patchcore_refined", "patchcore", "patchflow")
 # Test images per figure: the first good ones and the first defective ones of
 # the test set (a random order).
 _N_GOOD, _N_DEFECTIVE = 2, 6
@@ -24,8 +24,8 @@ _N_GOOD, _N_DEFECTIVE = 2, 6
 def map_figures(output, surfaces, runs, config, device, cache_folder, *, models):
     """Write, per surface, a figure of a patch model's maps on test images.
 
-    The model is the first of ``metarefine_patch``, ``patchcore_refined`` and
-    ``patchcore`` in ``models``; the run shown is its repeat 0 at the grid's
+    The model is the first of ``metarefine_patch``, ``patchcore_refined``,
+    ``patchcore`` and ``patchflow`` in ``models``; the run shown is its repeat 0 at the grid's
     highest noise level, fitted again here on the same draw with the same
     seed.
 

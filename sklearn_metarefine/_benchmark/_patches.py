@@ -86,9 +86,9 @@ def make_patch_model(name, *, random_state, device, config, grid_shape=None):
 def image_maps(model, X, image_shape, config):
     """Anomaly maps of rows of patch grids at the images' resolution.
 
-    The model's grid of patch distances, resized and smoothed as
-    :meth:`~sklearn_metarefine.PatchCoreDetector.anomaly_map` does for images
-    of ``image_shape`` that the CNN saw at ``config["patch"]["image_size"]``.
+    The model's grid of patch scores, resized and smoothed as the patch
+    detectors' ``anomaly_map`` does for images of ``image_shape`` that the CNN
+    saw at ``config["patch"]["image_size"]``.
 
     Returns
     -------

@@ -330,32 +330,6 @@ shape (n_samples, n_features) when ``backbone=None``
         """
         return -self._patch_scores_of(self._patches(X)).max(1)
 
-    def decision_function(self, X):
-        """Score shifted by ``offset_``: negative for anomalies.
-
-        Parameters
-        ----------
-        X : images, or array-like of shape (n_samples, n_features_in_)
-
-        Returns
-        -------
-        scores : ndarray of shape (n_samples,), dtype float64
-        """
-        return self.score_samples(X) - self.offset_
-
-    def predict(self, X):
-        """Label each image +1 (normal) or -1 (anomalous).
-
-        Parameters
-        ----------
-        X : images, or array-like of shape (n_samples, n_features_in_)
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,), dtype int
-        """
-        return np.where(self.decision_function(X) < 0, -1, 1)
-
     def anomaly_map(self, X):
         """Where each image looks anomalous: patch distances at its resolution.
 

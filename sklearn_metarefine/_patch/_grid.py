@@ -51,8 +51,35 @@ class PatchGridMixin:
     ``device`` and ``verbose``; ``_fit_patches`` sets ``features_``,
     ``grid_shape_`` and ``input_scale_`` (rows of patch vectors are scored as
     ``X / input_scale_``: 1.0 unless their magnitude would overflow or
-    vanish in float32).
+    vanish in float32). It gives both detectors ``decision_function`` and
+    ``predict`` from their ``score_samples`` and ``offset_``.
     """
+
+    def decision_function(self, X):
+        """Score shifted by ``offset_``: negative for anomalies.
+
+        Parameters
+        ----------
+        X : images, or array-like of shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,), dtype float64
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """Label each image +1 (normal) or -1 (anomalous).
+
+        Parameters
+        ----------
+        X : images, or array-like of shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), dtype int
+        """
+        return np.where(self.decision_function(X) < 0, -1, 1)
 
     def _fit_patches(self, X, seed):
         """Patch vectors ``(n_images, n_cells, n_channels)`` of the training set."""

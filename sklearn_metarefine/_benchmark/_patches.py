@@ -8,7 +8,6 @@ do from images.
 """
 
 import numpy as np
-import torch
 
 from .. import (
     FlowDetector,
@@ -18,8 +17,7 @@ from .. import (
     aupro,
     pixel_auroc,
 )
-from .._patch._bank import anomaly_maps
-from .._patch._grid import _CELL_OFFSET
+from .._patch._grid import grid_maps
 from ._config import PATCH_MODELS, BenchmarkError
 
 
@@ -94,11 +92,9 @@ def image_maps(model, X, image_shape, config):
     -------
     maps : ndarray of shape (n_images, height, width), dtype float32
     """
-    grids = torch.from_numpy(np.asarray(model.anomaly_map(X), dtype=np.float32))
+    grids = np.asarray(model.anomaly_map(X), dtype=np.float32)
     size = config["patch"]["image_size"]
-    sigma = config["patch"]["sigma"] * image_shape[0] / size
-    maps = anomaly_maps(grids, tuple(image_shape), sigma, (size, size), _CELL_OFFSET)
-    return maps.numpy()
+    return grid_maps(grids, image_shape, (size, size), config["patch"]["sigma"])
 
 
 def pixel_scores(model, X_test, masks_test, config):

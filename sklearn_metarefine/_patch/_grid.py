@@ -44,6 +44,24 @@ def _float32_scale(X):
     return float(np.ldexp(1.0, np.frexp(largest)[1]))
 
 
+def grid_maps(grids, size, input_size, sigma):
+    """Grids of patch scores ``(n, h, w)`` as maps of images of ``size``.
+
+    The images, of ``size = (height, width)``, were resized to ``input_size``
+    for the CNN. The maps are resized bilinearly and smoothed with a Gaussian
+    of ``sigma`` pixels of ``input_size``, scaled to ``size``.
+
+    Returns
+    -------
+    maps : ndarray of shape (n, height, width), dtype float32
+    """
+    sigma = sigma * size[0] / input_size[0]
+    maps = anomaly_maps(
+        torch.as_tensor(grids), tuple(size), sigma, tuple(input_size), _CELL_OFFSET
+    )
+    return maps.numpy()
+
+
 class PatchGridMixin:
     """Patch grids of the input of a patch detector, and maps of patch scores.
 
@@ -154,7 +172,4 @@ class PatchGridMixin:
                 f"anomaly_map needs images of one size; X holds sizes {sorted(sizes)} "
                 "(height, width). Pass the images of each size separately."
             )
-        size = sizes.pop()
-        input_size = self.features_.image_size_
-        sigma = self.sigma * size[0] / input_size[0]
-        return anomaly_maps(scores, size, sigma, input_size, _CELL_OFFSET).numpy()
+        return grid_maps(scores, sizes.pop(), self.features_.image_size_, self.sigma)

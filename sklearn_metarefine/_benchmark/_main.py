@@ -35,7 +35,6 @@ from ._storage import (
     FEATURES_FOLDER,
     RUNS_FOLDER,
     cached_features,
-    cached_patch_features,
     check_features,
     check_output,
     claim_output,
@@ -259,7 +258,7 @@ def _category_data(labelled, surfaces, pending, config, device, cache_folder):
                 else None
             ),
             "patches": (
-                cached_patch_features(images, config, device, cache_folder)
+                cached_features(images, config, device, cache_folder, patches=True)
                 if patch
                 else None
             ),

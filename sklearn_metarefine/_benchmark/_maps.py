@@ -12,7 +12,7 @@ from .. import plot_anomaly_maps
 from ..datasets import make_contaminated
 from ._patches import image_maps, make_patch_model
 from ._runs import _single_threaded
-from ._storage import atomic_write, cached_patch_features
+from ._storage import atomic_write, cached_features
 
 # The models the anomaly-map figures show, the first one in the grid.
 _FIGURE_MODELS = ("metarefine_patch", "patchcore_refined", "patchcore", "patchflow")
@@ -60,7 +60,9 @@ def map_figures(output, surfaces, runs, config, device, cache_folder, *, models)
             (r for r in runs if (r.category, r.model, r.repeat) == (category, name, 0)),
             key=lambda r: r.noise,
         )
-        patches = cached_patch_features(surface.images, config, device, cache_folder)
+        patches = cached_features(
+            surface.images, config, device, cache_folder, patches=True
+        )
         draw = make_contaminated(
             np.arange(len(surface.target)),
             surface.target,

@@ -1,7 +1,7 @@
 """The patch models of the surfaces benchmark: detectors, maps, pixel metrics.
 
 The patch models take each image's grid of patch vectors, computed once per
-category and cached (:func:`~._storage.cached_patch_features`), as one row of
+category and cached (:func:`~._storage.cached_features`), as one row of
 ``X``; their ``anomaly_map`` then returns the grid of patch distances, which
 :func:`image_maps` brings to the images' resolution exactly as the detectors
 do from images.

@@ -303,42 +303,30 @@ def check_features(image_sets, config, device, cache_folder, *, patches=False):
             return
 
 
-def cached_features(images, config, device, cache_folder):
-    """Features of ``images``, read from or written to the cache folder."""
-    path = _feature_path(images, config, cache_folder)
+def cached_features(images, config, device, cache_folder, *, patches=False):
+    """Features of ``images``, read from or written to the cache folder.
+
+    With ``patches``, the patch features of the patch models: an array of
+    shape (n_images, grid_height, grid_width, n_channels), each image's grid
+    of patch vectors (:class:`PatchFeatures`), float32.
+    """
+    path = _feature_path(images, config, cache_folder, patches=patches)
     if path.exists():
-        return _read_features(path, len(images))
+        return _read_features(path, len(images), ndim=4 if patches else 2)
+    extractor = (patch_extractor if patches else feature_extractor)(config, device)
+    errors = (TypeError, ValueError) if patches else (ValueError,)
     try:
-        features = feature_extractor(config, device).fit(images[:1]).transform(images)
-    except ValueError as error:
+        features = extractor.fit(images[:1]).transform(images)
+    except errors as error:
+        what = "patch features" if patches else "features"
         raise BenchmarkError(
-            f"Computing the features of {config['dataset']} failed: {error}"
+            f"Computing the {what} of {config['dataset']} failed: {error}"
         ) from error
+    if patches:
+        grid = (*extractor.grid_shape_, extractor.n_channels_)
+        features = features.reshape(len(features), *grid)
     atomic_write(path, lambda file: np.save(file, features), mode="wb")
     return features
-
-
-def cached_patch_features(images, config, device, cache_folder):
-    """Patch features of ``images``, read from or written to the cache folder.
-
-    Returns
-    -------
-    patches : ndarray of shape (n_images, grid_height, grid_width, n_channels)
-        Each image's grid of patch vectors (:class:`PatchFeatures`), float32.
-    """
-    path = _feature_path(images, config, cache_folder, patches=True)
-    if path.exists():
-        return _read_features(path, len(images), ndim=4)
-    try:
-        extractor = patch_extractor(config, device).fit(images[:1])
-        rows = extractor.transform(images)
-    except (TypeError, ValueError) as error:
-        raise BenchmarkError(
-            f"Computing the patch features of {config['dataset']} failed: {error}"
-        ) from error
-    patches = rows.reshape(len(rows), *extractor.grid_shape_, extractor.n_channels_)
-    atomic_write(path, lambda file: np.save(file, patches), mode="wb")
-    return patches
 
 
 def _read_features(path, n_images, *, ndim=2):

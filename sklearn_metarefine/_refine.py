@@ -123,10 +123,9 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         after round. The expected count is :func:`clean_tail_fraction` of the
         kept samples, and up to two Poisson standard deviations above it
         count as the tail. The first round is always applied: removing a few
-        samples may be what unmasks the others. A later tail-sized round is
-        applied too when the detector, refitted without the samples it
-        removes, puts one of them further out than a clean tail reaches
-        (one extra fit per stop).
+        samples may be what unmasks the others. So is a later tail-sized round
+        where the detector, refitted without its samples, puts one of them
+        further out than a clean tail reaches (one more fit where it stops).
 
     refit : {"auto", "warm", "cold"}, default="auto"
         How later rounds fit the detector. ``"cold"`` fits a fresh clone on the
@@ -442,8 +441,6 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         seen = set()
         while True:
             n_rounds = len(thresholds)
-            if estimator is None or n_rounds > 0:
-                estimator = refit(base, estimator, X[kept], warm, after_round=n_rounds)
             scores = self._fence_scores(estimator, base, X[kept], fold_seed, n_rounds)
             fence = iqr_fence(scores, self.k)
             if self.max_iter is not None and n_rounds == self.max_iter:
@@ -456,6 +453,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             clean_tail = self._clean_tail(scores, n_rounds)
             seen.add(kept.tobytes())
             termination = stop_reason(candidate, kept, min_kept, clean_tail, seen)
+            unmasked = None  # the next round's model, if fitted to decide
             if termination == "clean_tail":
                 unmasked = refit(base, copy.deepcopy(estimator) if warm else estimator,
                                  X[candidate], warm, after_round=n_rounds + 1)
@@ -469,6 +467,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             removed_at_iter[kept & ~candidate] = len(thresholds)
             removed_at_iter[candidate] = -1
             kept = candidate
+            estimator = unmasked if unmasked is not None else refit(
+                base, estimator, X[kept], warm, after_round=n_rounds + 1)
 
         self.estimator_ = estimator
         self.inlier_mask_ = kept
@@ -480,9 +480,9 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         return self
 
     def _start(self, base, X, warm):
-        """The first model (None when round 1 fits it) and the first kept set."""
+        """The first model and the first kept set."""
         if self.start == "full":
-            return None, np.ones(X.shape[0], dtype=bool)
+            return refit(base, None, X, warm, after_round=0), np.ones(len(X), bool)
         start = {name: getattr(self, name) for name in _START_PARAMS}
         return trimmed_core(base, X, warm, **start)
 

@@ -66,8 +66,9 @@ print(
 # %%
 # Predictions follow scikit-learn's convention: +1 for normal, -1 for
 # anomalous. ``decision_function`` is negative for anomalies; its zero is set
-# so that 5% of normal images like the kept ones, unseen by the flow, fall
-# below it (``false_alarm_rate``).
+# so that 5% of normal images like the training images judged normal (the
+# kept ones and the removed ones inside the outer fence), unseen by the flow,
+# fall below it (``false_alarm_rate``).
 import numpy as np
 from sklearn.metrics import confusion_matrix
 

@@ -92,8 +92,8 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     above the fence ``Q3 + k * IQR`` and refits on the rest. By default the
     refinement starts from a trimmed core of the training images, fences
     held-out scores, and sets the decision boundary for a 5% false-alarm rate
-    on normal images the flow did not see; the paper's own procedure is
-    reachable by parameters (see Notes).
+    on normal images the flow did not see, like the training images it judges
+    normal; the paper's own procedure is reachable by parameters (see Notes).
 
     With ``level="patch"`` it is the robust detector of local defects
     instead: a :class:`PatchCoreDetector` whose memory bank of training
@@ -197,9 +197,10 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         only).
     contamination : "auto" or float, default="auto"
         "auto" sets the decision boundary so that :meth:`predict` flags a
-        fraction ``false_alarm_rate`` of normal images like the kept ones
-        that the flow did not see (the quantile of the kept images' held-out
-        scores); a float is scikit-learn's meaning, the fraction of the
+        fraction ``false_alarm_rate`` of normal images that the flow did not
+        see, like the training images judged normal (the quantile of the held-out
+        scores of the kept images and of the removed ones inside the outer
+        fence, see :class:`IQRRefiner`); a float is scikit-learn's meaning, the fraction of the
         training images to flag. At the patch level "auto" is the fence of
         the training images' leave-one-image-out scores.
     false_alarm_rate : float, default=0.05

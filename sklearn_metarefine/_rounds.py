@@ -158,6 +158,23 @@ def unmasks(model, X_removed, scores, k):
     return bool(np.any(anomaly_score(model, X_removed) > iqr_fence(scores, k) + reach))
 
 
+def calibration_scores(estimator, X_removed, held_out, k):
+    """Held-out anomaly scores of the training samples judged normal.
+
+    ``held_out`` are the kept samples' scores by models that did not see them;
+    the removed samples ``X_removed`` are scored by ``estimator``, fitted
+    without them. The removed ones inside the outer fence ``Q3 + 2k * IQR``
+    of ``held_out`` (Tukey's "far out" fence for ``k=1.5``) join them: the
+    refinement keeps a conservative set, and normal samples it left out, in
+    the tail or in a mode it does not cover, are normal samples the boundary
+    must also let through. Samples beyond the outer fence stay out.
+    """
+    if len(X_removed):
+        removed = anomaly_score(estimator, X_removed)
+        held_out = np.r_[held_out, removed[removed <= iqr_fence(held_out, 2 * k)]]
+    return held_out[np.isfinite(held_out)]  # inf: above any quantile
+
+
 def stop_reason(candidate, kept, min_kept, clean_tail=None, seen=()):
     """Why refinement stops before applying ``candidate``, or None to go on.
 

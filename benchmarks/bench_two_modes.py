@@ -38,7 +38,8 @@ MODELS = ("vanilla", "metarefine")
 def features(config, cache_folder):
     """The default benchmark's digits features, cached as the benchmark does."""
     digits = load_digits_anomaly(0)
-    return cached_features(digits.images, config, "cpu", Path(cache_folder)), digits.digit
+    features = cached_features(digits.images, config, "cpu", Path(cache_folder))
+    return features, digits.digit
 
 
 def two_mode_draw(digit, share, noise, seed):

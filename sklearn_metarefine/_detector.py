@@ -198,11 +198,12 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     contamination : "auto" or float, default="auto"
         "auto" sets the decision boundary so that :meth:`predict` flags a
         fraction ``false_alarm_rate`` of normal images that the flow did not
-        see, like the training images judged normal (the quantile of the held-out
-        scores of the kept images and of the removed ones inside the outer
-        fence, see :class:`IQRRefiner`); a float is scikit-learn's meaning, the fraction of the
-        training images to flag. At the patch level "auto" is the fence of
-        the training images' leave-one-image-out scores.
+        see, like the training images judged normal (the quantile of the
+        held-out scores of the kept images and of the removed ones inside the
+        outer fence, see :class:`IQRRefiner`); a float is scikit-learn's
+        meaning, the fraction of the training images to flag. At the patch
+        level "auto" is the fence of the training images' leave-one-image-out
+        scores, grown from their lower half (see :class:`PatchCoreDetector`).
     false_alarm_rate : float, default=0.05
         The false-alarm rate that ``contamination="auto"`` aims at.
     memory : None, str or joblib.Memory, default=None

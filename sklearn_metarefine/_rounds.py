@@ -163,11 +163,12 @@ def calibration_scores(estimator, X_removed, held_out, k):
 
     ``held_out`` are the kept samples' scores by models that did not see them;
     the removed samples ``X_removed`` are scored by ``estimator``, fitted
-    without them. The removed ones inside the outer fence ``Q3 + 2k * IQR``
-    of ``held_out`` (Tukey's "far out" fence for ``k=1.5``) join them: the
-    refinement keeps a conservative set, and normal samples it left out, in
-    the tail or in a mode it does not cover, are normal samples the boundary
-    must also let through. Samples beyond the outer fence stay out.
+    without them (with warm refits, last fitted without them). The removed
+    ones inside the outer fence ``Q3 + 2k * IQR`` of ``held_out`` (Tukey's
+    "far out" fence for ``k=1.5``) join them: the refinement keeps a
+    conservative set, and normal samples it left out, in the tail or in a
+    mode it does not cover, are normal samples the boundary must also let
+    through. Samples beyond the outer fence stay out.
     """
     if len(X_removed):
         removed = anomaly_score(estimator, X_removed)

@@ -113,9 +113,9 @@ class PatchCoreDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
         ``Q3 + k * IQR`` of the training images' leave-one-image-out scores
         (their scores by a bank without their own patches, which is how a new
         normal image is scored), grown from their lower half so that the
-        defective training images do not widen it: see Notes. A float: the expected fraction of anomalies in
-        the training set; the threshold is that percentile of the training
-        images' scores.
+        defective training images do not widen it: see Notes. A float: the
+        expected fraction of anomalies in the training set; the threshold is
+        that percentile of the training images' scores.
     memory : None, str or joblib.Memory, default=None
         Caches the patch features (see :class:`PatchFeatures`), so that a grid
         search runs the CNN once per image set.
@@ -179,8 +179,11 @@ class PatchCoreDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     scores lies among the defective ones once they are a quarter of the set
     or more, and then flags none of them. The fence here starts from the
     lower half of the scores (normal when at least half the training images
-    are) and is recomputed on the scores inside it until it settles; on a
-    clean training set it ends near the fence of all the scores.
+    are) and is recomputed on the scores inside it until it settles. On a
+    clean training set it usually settles a little below the fence of all
+    the scores, where they thin out, and flags a few more normal images: on
+    200 draws each of exponential, Gaussian and Gumbel scores, 4.2 more in
+    100 on average, 2.6 more in 12.
 
     Why clean patches rather than images: a defective training image is
     mostly normal, and its few defect patches are what harms the bank (they

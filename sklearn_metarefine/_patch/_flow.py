@@ -111,9 +111,9 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
         "auto": :meth:`predict` flags a fraction ``false_alarm_rate`` of normal
         images the flow did not see: ``offset_`` is minus the
         ``1 - false_alarm_rate`` quantile of the held-out scores of the kept
-        training images judged normal (see Notes). A float: the expected fraction of anomalies in the
-        training set; the threshold is that percentile of the training
-        images' scores by the final flow.
+        training images judged normal (see Notes). A float: the expected
+        fraction of anomalies in the training set; the threshold is that
+        percentile of the training images' scores by the final flow.
     false_alarm_rate : float in (0, 0.5], default=0.05
         With ``contamination="auto"``, the share of unseen normal images that
         :meth:`predict` flags. Ignored otherwise.

@@ -12,7 +12,13 @@ from sklearn.model_selection import KFold
 from sklearn.utils import check_random_state
 
 from ._utils import draw_seed
-from ._scores import anomaly_score, clean_tail_fraction, iqr_fence, neighbour_distances
+from ._scores import (
+    anomaly_score,
+    clean_tail_fraction,
+    iqr_fence,
+    neighbour_distances,
+    with_clean_tail,
+)
 
 # Below four scores the quartiles are interpolated between the same few order
 # statistics and the fence says nothing about the tail.
@@ -168,12 +174,15 @@ def calibration_scores(estimator, X_removed, held_out, k):
     "far out" fence for ``k=1.5``) join them: the refinement keeps a
     conservative set, and normal samples it left out, in the tail or in a
     mode it does not cover, are normal samples the boundary must also let
-    through. Samples beyond the outer fence stay out.
+    through. Beyond the outer fence, only the lowest removed scores join, as
+    many as a clean set has there (:func:`with_clean_tail`).
     """
-    if len(X_removed):
-        removed = anomaly_score(estimator, X_removed)
-        held_out = np.r_[held_out, removed[removed <= iqr_fence(held_out, 2 * k)]]
-    return held_out[np.isfinite(held_out)]  # inf: above any quantile
+    if not len(X_removed):
+        return held_out[np.isfinite(held_out)]  # inf: above any quantile
+    removed = anomaly_score(estimator, X_removed)
+    inside = removed <= iqr_fence(held_out, 2 * k)
+    tail = clean_tail_fraction(held_out, 2 * k)
+    return with_clean_tail(np.r_[held_out, removed[inside]], removed[~inside], tail)
 
 
 def stop_reason(candidate, kept, min_kept, clean_tail=None, seen=()):

@@ -113,6 +113,22 @@ def clean_tail_fraction(scores, k=1.5):
     return float(0.25 * 2.0 ** (-k * (q3 - q1) / (q3 - median)))
 
 
+def with_clean_tail(inside, outside, tail_fraction):
+    """Scores inside a fence, and the lowest of those outside that a clean set has there.
+
+    A fence cuts off part of any clean set (``tail_fraction`` of it, see
+    :func:`clean_tail_fraction`): a quantile of the scores inside it alone
+    lies too low. The lowest ``outside`` scores, as many as that tail holds
+    (at most all of them), join the ``inside`` ones. Infinite scores never
+    join.
+    """
+    inside = np.asarray(inside, dtype=np.float64)
+    outside = np.sort(np.asarray(outside, dtype=np.float64))
+    outside = outside[np.isfinite(outside)]
+    n_tail = round(tail_fraction / (1.0 - tail_fraction) * inside.size)
+    return np.concatenate([inside[np.isfinite(inside)], outside[:n_tail]])
+
+
 def majority_fence(scores, k=1.5):
     """Tukey's fence of the normal majority of fixed anomaly scores.
 

@@ -18,7 +18,7 @@ from sklearn.utils.validation import validate_data
 
 from sklearn_metarefine import IQRRefiner, iqr_fence, neighbour_distances
 from sklearn_metarefine._rounds import calibration_scores, stop_reason, trims_tail
-from sklearn_metarefine._scores import anomaly_score
+from sklearn_metarefine._scores import anomaly_score, with_clean_tail
 
 
 class ColumnDetector(OutlierMixin, BaseEstimator):
@@ -345,9 +345,12 @@ def test_rounds_by_hand():
         [np.arange(100) > 74, np.arange(100) > 55], [1, 2], default=-1
     )
     np.testing.assert_array_equal(refiner.removed_at_iter_, expected_round)
-    # The boundary lets 5% of the kept samples' held-out scores (which for
-    # this detector are its in-sample scores, 0..55) fall outside.
-    assert refiner.offset_ == -np.quantile(np.arange(56), 0.95)
+    # The boundary lets 5% of the training samples judged normal fall
+    # outside: the kept ones' held-out scores (for this detector its
+    # in-sample scores, 0..55) and, as k=0 puts the outer fence at Q3, where a
+    # clean set has a quarter of its scores beyond, the 19 lowest removed
+    # ones (56..74), a third as many as the 56 kept.
+    assert refiner.offset_ == -np.quantile(np.arange(75), 0.95)
     assert refiner.estimator_.fit_sizes_ == [56]
 
 
@@ -392,8 +395,9 @@ def test_max_iter_refits_on_the_kept_samples():
     np.testing.assert_allclose(refiner.thresholds_, [74.25, 55.5])
     assert refiner.inlier_mask_.sum() == 56
     assert refiner.estimator_.fit_sizes_ == [56]
-    # The decision boundary comes from the final model's scores of 0..55.
-    assert refiner.offset_ == -np.quantile(np.arange(56), 0.95)
+    # The decision boundary comes from the final model's scores of 0..55 and
+    # of the removed samples a clean set has beyond Q3 (56..74).
+    assert refiner.offset_ == -np.quantile(np.arange(75), 0.95)
 
 
 def test_all_scores_equal_removes_nothing():
@@ -609,12 +613,34 @@ def test_the_boundary_counts_the_removed_samples_inside_the_outer_fence():
         calibration_scores(detector, removed, held_out, k=1.5),
         np.r_[held_out, 150.0, 223.0],
     )
-    # k=0: the outer fence is Q3, and nothing above the kept scores joins.
+    # k=0: the outer fence is Q3, beyond which a clean set has a quarter of
+    # its scores: the lowest removed ones join, up to a third as many as the
+    # 100 inside (here all four).
     np.testing.assert_array_equal(
-        calibration_scores(detector, removed, held_out, k=0.0), held_out
+        calibration_scores(detector, removed, held_out, k=0.0),
+        np.r_[held_out, 150.0, 223.0, 224.0, 1e6],
+    )
+    # k=1.5: a clean set has 0.4% of its scores beyond: none join
+    np.testing.assert_array_equal(
+        calibration_scores(detector, column([230.0, 240.0]), held_out, k=1.5),
+        held_out,
     )
     held_out[0] = np.inf  # above any quantile: dropped
     assert np.isfinite(calibration_scores(detector, removed[:0], held_out, 1.5)).all()
+
+
+def test_with_clean_tail_restores_the_lowest_scores_a_clean_set_has_beyond():
+    inside = np.arange(90.0)
+    outside = np.array([np.inf, 120.0, 100.0, 110.0, 130.0])
+    # a tenth of a clean set beyond: 10 for 90 inside, here the 4 finite ones
+    np.testing.assert_array_equal(
+        with_clean_tail(inside, outside, 0.1), np.r_[inside, 100.0, 110.0, 120.0, 130.0]
+    )
+    # 2.5%: round(0.025 / 0.975 * 90) = 2, the lowest two
+    np.testing.assert_array_equal(
+        with_clean_tail(inside, outside, 0.025), np.r_[inside, 100.0, 110.0]
+    )
+    np.testing.assert_array_equal(with_clean_tail(inside, outside, 0.0), inside)
 
 
 @pytest.mark.parametrize("start", ["trimmed", "neighbors"])

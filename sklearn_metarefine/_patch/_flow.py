@@ -12,7 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._features._backbones import _LITE0_NAME
 from .._flows import FlowDetector
-from .._scores import majority_fence
+from .._scores import clean_tail_fraction, majority_fence, with_clean_tail
 from .._utils import draw_seed
 from ._detector import _fence_keep
 from ._grid import GRID_CONSTRAINTS, PatchGridMixin
@@ -110,7 +110,7 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     contamination : "auto" or float in (0, 0.5], default="auto"
         "auto": :meth:`predict` flags a fraction ``false_alarm_rate`` of normal
         images the flow did not see: ``offset_`` is minus the
-        ``1 - false_alarm_rate`` quantile of the held-out scores of the kept
+        ``1 - false_alarm_rate`` quantile of the held-out scores of the
         training images judged normal (see Notes). A float: the expected
         fraction of anomalies in the training set; the threshold is that
         percentile of the training images' scores by the final flow.
@@ -172,10 +172,11 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     so the cleaning and the ``"auto"`` threshold use held-out scores: the
     training images are split into ``cv`` folds and each fold is scored by a
     flow fitted on the other folds (``cv`` extra fits). The threshold uses
-    the held-out scores of the kept images as they were computed before the
-    cleaning, and only those inside the fence grown from the lower half of
-    the scores (see :class:`PatchCoreDetector`), so that defective training
-    images the cleaning kept do not loosen it.
+    these scores, computed before the cleaning: those inside the fence grown
+    from their lower half (see :class:`PatchCoreDetector`), so that
+    defective training images do not loosen it, and the lowest of those
+    outside, as many as a clean set has beyond such a fence
+    (:func:`clean_tail_fraction`).
 
     References
     ----------
@@ -292,9 +293,10 @@ shape (n_samples, n_features) when ``backbone=None``
         self.flow_ = clone(base).fit(self._rows(patches[self.inlier_mask_]))
 
         if self.contamination == "auto":
-            held_out = self.train_scores_[self.inlier_mask_]
-            # inf: above any quantile
-            finite = held_out[held_out <= majority_fence(self.train_scores_, self.k)]
+            scores = self.train_scores_
+            inside = scores <= majority_fence(scores, self.k)
+            tail = clean_tail_fraction(scores[inside], self.k)
+            finite = with_clean_tail(scores[inside], scores[~inside], tail)
             self.offset_ = (
                 -float(np.quantile(finite, 1.0 - self.false_alarm_rate))
                 if finite.size

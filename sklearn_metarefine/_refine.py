@@ -103,9 +103,9 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         ``"auto"``, :meth:`predict` flags a fraction ``false_alarm_rate`` of
         normal samples the model has not seen: ``offset_`` is that quantile
         of the held-out normality scores of the training samples judged
-        normal, the kept samples (out of fold) and the removed ones inside
-        the outer fence ``Q3 + 2k * IQR`` of the kept samples' scores (see
-        Notes). A float in (0, 0.5] is scikit-learn's meaning, the
+        normal: the kept samples (out of fold), the removed ones inside the
+        outer fence ``Q3 + 2k * IQR`` of their scores and a clean tail beyond
+        it (see Notes). A float in (0, 0.5] is scikit-learn's meaning, the
         fraction of the training set passed to :meth:`fit` to flag as
         outliers: ``offset_`` is that percentile of :meth:`score_samples`
         over the full training set.
@@ -281,9 +281,9 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
     judged: by a model that did not see them (warm-started models cannot
     give such scores). The boundary of ``contamination="auto"`` always comes
     from them (computed once at the end with ``fence_scores="in_sample"``)
-    and from the removed samples inside the outer fence, which the final
-    model did not see: the kept set is conservative, and the normal samples
-    it leaves out are normal samples the boundary must let through too. Its
+    and from the removed samples inside the outer fence (and a clean tail),
+    scored by the final model: the kept set is conservative, and the normal
+    samples it leaves out are normal samples the boundary must let through. Its
     false-alarm rate holds for normal samples like these, and normal samples
     unlike any of them are flagged more often.
 

@@ -114,7 +114,7 @@ def clean_tail_fraction(scores, k=1.5):
 
 
 def with_clean_tail(inside, outside, tail_fraction):
-    """Scores inside a fence, and the lowest of those outside that a clean set has there.
+    """Scores inside a fence, and the lowest outside, as a clean set has there.
 
     A fence cuts off part of any clean set (``tail_fraction`` of it, see
     :func:`clean_tail_fraction`): a quantile of the scores inside it alone

@@ -553,8 +553,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         -------
         scores : ndarray of shape (n_samples,), dtype float64
             ``score_samples(X) - offset_``: negative for outliers, positive
-            for inliers. With ``contamination="auto"`` this is the fence
-            minus the anomaly score.
+            for inliers. With ``contamination="auto"`` this is the boundary
+            of ``false_alarm_rate`` minus the anomaly score.
         """
         return self.score_samples(X) - self.offset_
 

@@ -25,9 +25,9 @@ def map_figures(output, surfaces, runs, config, device, cache_folder, *, models)
     """Write, per surface, a figure of a patch model's maps on test images.
 
     The model is the first of ``metarefine_patch``, ``patchcore_refined``,
-    ``patchcore`` and ``patchflow`` in ``models``; the run shown is its repeat 0 at the grid's
-    highest noise level, fitted again here on the same draw with the same
-    seed.
+    ``patchcore`` and ``patchflow`` in ``models``; the run shown is its
+    repeat 0 at the grid's highest noise level, fitted again here on the
+    same draw with the same seed.
 
     Parameters
     ----------

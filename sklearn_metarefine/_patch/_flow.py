@@ -296,10 +296,10 @@ shape (n_samples, n_features) when ``backbone=None``
             scores = self.train_scores_
             inside = scores <= majority_fence(scores, self.k)
             tail = clean_tail_fraction(scores[inside], self.k)
-            finite = with_clean_tail(scores[inside], scores[~inside], tail)
+            normal = with_clean_tail(scores[inside], scores[~inside], tail)
             self.offset_ = (
-                -float(np.quantile(finite, 1.0 - self.false_alarm_rate))
-                if finite.size
+                -float(np.quantile(normal, 1.0 - self.false_alarm_rate))
+                if normal.size
                 else -np.inf
             )
         else:

@@ -485,6 +485,11 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         """
         return self.detector_.anomaly_map(self._features(X))
 
+    @available_if(lambda self: self.level == "patch")
+    def _scores_and_maps(self, X):
+        """``score_samples(X)`` and ``anomaly_map(X)`` from one embedding of ``X``."""
+        return self.detector_._scores_and_maps(self._features(X))
+
     def _features(self, X):
         check_is_fitted(self)
         if self.backbone is None:

@@ -208,25 +208,36 @@ def score_files(
     )
 
 
-def _anomaly_maps(model, images):
-    """The anomaly map of each image; ``anomaly_map`` takes one size at a time."""
+def _scores_and_maps(model, images):
+    """Anomaly scores (minus ``score_samples``) and maps of ``images``.
+
+    ``anomaly_map`` takes one size at a time, so the images are grouped by
+    size; the patch detectors give both from one pass of their CNN.
+    """
+    anomaly = np.empty(len(images))
+    maps = [None] * len(images)
     by_size = {}
     for index, image in enumerate(images):
         by_size.setdefault(np.shape(image)[:2], []).append(index)
-    maps = [None] * len(images)
     for indices in by_size.values():
-        for index, values in zip(
-            indices, model.anomaly_map([images[i] for i in indices])
-        ):
+        group = [images[i] for i in indices]
+        if hasattr(model, "_scores_and_maps"):
+            scores, group_maps = model._scores_and_maps(group)
+        else:
+            scores, group_maps = model.score_samples(group), model.anomaly_map(group)
+        anomaly[indices] = -np.asarray(scores)
+        for index, values in zip(indices, group_maps):
             maps[index] = values
-    return maps
+    return anomaly, maps
 
 
 def _score_batch(model, files, map_names, maps, threshold, source, skip_unreadable):
     """The CSV rows of one batch, in the order of ``files``."""
     images, errors = _read_batch(files, skip_unreadable)
-    anomaly = -model.score_samples(images) if images else np.empty(0)
-    anomaly_maps = _anomaly_maps(model, images) if maps is not None else None
+    if maps is not None:
+        anomaly, anomaly_maps = _scores_and_maps(model, images)
+    else:
+        anomaly = -model.score_samples(images) if images else np.empty(0)
     rows, scored = [], 0
     for index, (file, error) in enumerate(zip(files, errors)):
         if error is not None:

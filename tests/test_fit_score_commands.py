@@ -9,7 +9,7 @@ from numpy.testing import assert_allclose
 from PIL import Image
 from scipy import ndimage
 
-from sklearn_metarefine import MetaRefineDetector, load
+from sklearn_metarefine import MetaRefineDetector, PatchFeatures, load
 from sklearn_metarefine.__main__ import main
 from sklearn_metarefine._image_files import InputError, list_images, output_names
 from sklearn_metarefine._inference import COLUMNS, MAP_COLUMNS, score_files
@@ -263,7 +263,7 @@ def surfaces(tmp_path_factory):
     return root, masks
 
 
-def test_patch_level_fit_then_score_writes_maps(surfaces, capsys):
+def test_patch_level_fit_then_score_writes_maps(surfaces, capsys, monkeypatch):
     root, masks = surfaces
     model_path = root / "models" / "plates.metarefine"
     status = main(
@@ -302,6 +302,14 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys):
     assert flagged and flagged[0]["path"] in holes
     assert model_path.with_name("plates.flagged.png").exists()
 
+    embedded = []
+    transform = PatchFeatures.transform
+
+    def counting_transform(self, X):
+        embedded.append(len(X))
+        return transform(self, X)
+
+    monkeypatch.setattr(PatchFeatures, "transform", counting_transform)
     output, maps = root / "results.csv", root / "maps"
     status = main(
         [
@@ -312,6 +320,10 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys):
     )  # fmt: skip
     assert status == 0
     assert "Skipped 1 unreadable" in capsys.readouterr().out
+    # The CNN embeds each readable image once, for its score and its map
+    # (batches of 3; the second holds two sizes, embedded apart).
+    assert embedded == [3, 1, 1]
+    monkeypatch.undo()
     rows = _rows(output)
     assert list(rows[0]) == COLUMNS + MAP_COLUMNS
     assert [row["path"] for row in rows] == [

@@ -312,6 +312,10 @@ def test_maps_from_files_and_arrays_agree(surfaces, fitted, tmp_path):
     np.testing.assert_allclose(
         fitted.score_samples(paths), fitted.score_samples(defective), rtol=1e-6
     )
+    # one embedding gives both (what `metarefine score --maps` uses)
+    scores, maps = fitted._scores_and_maps(paths)
+    np.testing.assert_array_equal(scores, fitted.score_samples(paths))
+    np.testing.assert_array_equal(maps, fitted.anomaly_map(paths))
 
 
 def test_maps_come_at_the_input_resolution(surfaces, fitted):
@@ -441,7 +445,11 @@ def test_the_patch_switch_gives_the_cleaned_patch_detector(surfaces):
     X = np.concatenate([normal_test, defective])
     np.testing.assert_allclose(det.score_samples(X), patch.score_samples(X))
     assert det.offset_ == patch.offset_
+    scores, maps = det._scores_and_maps(defective)
+    np.testing.assert_array_equal(scores, det.score_samples(defective))
+    np.testing.assert_array_equal(maps, det.anomaly_map(defective))
     assert not hasattr(MetaRefineDetector(), "anomaly_map")
+    assert not hasattr(MetaRefineDetector(), "_scores_and_maps")
 
 
 def test_the_patch_switch_on_rows_is_grid_searchable():

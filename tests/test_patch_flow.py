@@ -128,6 +128,10 @@ def test_maps_from_files_and_arrays_agree(surfaces, fitted, tmp_path):
     np.testing.assert_allclose(
         fitted.score_samples(paths), fitted.score_samples(defective), rtol=1e-6
     )
+    # one embedding gives both (what `metarefine score --maps` uses)
+    scores, maps = fitted._scores_and_maps(paths)
+    np.testing.assert_array_equal(scores, fitted.score_samples(paths))
+    np.testing.assert_array_equal(maps, fitted.anomaly_map(paths))
 
 
 def test_image_cleaning_drops_most_defective_training_images():

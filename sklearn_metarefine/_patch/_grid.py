@@ -156,6 +156,11 @@ class PatchGridMixin:
             )
         return grid
 
+    def _scores_and_maps(self, X):
+        """``score_samples(X)`` and ``anomaly_map(X)`` from one embedding of ``X``."""
+        patch_scores = self._patch_scores_of(self._patches(X))
+        return -patch_scores.max(1), self._maps(X, patch_scores)
+
     def _maps(self, X, patch_scores):
         """Patch scores ``(n_images, n_cells)`` of ``X`` as maps at its resolution.
 

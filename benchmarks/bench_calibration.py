@@ -59,20 +59,23 @@ def _recording_offset(offset):
 
 
 def pools(model, X_train):
-    """The three calibration pools of a fitted ``metarefine`` model."""
+    """The three calibration pools of a fitted ``metarefine`` model, and the
+    removed images' scores by its final model."""
     refiner = model.refiner_
     if refiner.fence_scores != "oof":
         raise SystemExit("this script reads the out-of-fold fence scores")
     held_out = refiner.held_out_scores_
     removed = X_train[~refiner.inlier_mask_]
     features = model._features(removed) if len(removed) else removed
-    return {
+    removed_scores = (
+        anomaly_score(refiner.estimator_, features) if len(removed) else np.empty(0)
+    )
+    calibration = {
         "kept": held_out,
         "default": calibration_scores(refiner.estimator_, features, held_out, refiner.k),
-        "all removed": np.r_[
-            held_out, anomaly_score(refiner.estimator_, features) if len(removed) else []
-        ],
+        "all removed": np.r_[held_out, removed_scores],
     }
+    return calibration, removed_scores
 
 
 def run(X, y, split, config, category, noise, repeat):
@@ -86,9 +89,8 @@ def run(X, y, split, config, category, noise, repeat):
         model = make_model("metarefine", random_state=seed, device="cpu", config=config)
         model.fit(draw.X_train)
         anomaly = -model.score_samples(draw.X_test)
-        calibration = pools(model, draw.X_train)
+        calibration, removed = pools(model, draw.X_train)
     held_out = model.refiner_.held_out_scores_
-    removed = calibration["all removed"][held_out.size :]
     outer = iqr_fence(held_out, 2 * model.refiner_.k)
     beyond = np.sum(removed > outer)
     admitted = calibration["default"].size - held_out.size - np.sum(removed <= outer)

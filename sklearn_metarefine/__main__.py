@@ -232,7 +232,8 @@ Besides MODEL, writes MODEL's name with .dropped.csv (the training files the
 refinement dropped, with their anomaly score and round) and .dropped.png (a
 contact sheet of them); with --level patch, which cleans the memory bank patch
 by patch and drops no image, .flagged.csv and .flagged.png instead (the
-training files the fitted model labels anomalous); and .skipped.csv with
+training files the fitted model labels anomalous, each scored against the
+bank without its own patches); and .skipped.csv with
 --skip-unreadable.
 """
 

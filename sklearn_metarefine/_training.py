@@ -135,10 +135,19 @@ def _flagged_rows(detector, paths):
 
     The bank is cleaned patch by patch and keeps every image, so what is worth
     checking is which training images still show what the model calls a
-    defect: those it scores above its threshold, as ``metarefine score``
-    would.
+    defect. With ``contamination="auto"`` each image is scored against the
+    bank without its own patches (the detector's ``train_scores_``), the
+    scores the threshold was set on: scored against the whole bank, a
+    training image's patches would find themselves, and a defect whose
+    patches the cleaning kept would go unseen. With a float contamination,
+    whose threshold is a percentile of in-sample scores, the images are
+    scored as ``metarefine score`` would.
     """
-    anomaly = -detector.score_samples(paths)
+    bank = detector.detector_
+    if detector.contamination == "auto":
+        anomaly = bank.train_scores_
+    else:
+        anomaly = -detector.score_samples(paths)
     threshold = -detector.offset_
     rows = [(p, float(a)) for p, a in zip(paths, anomaly) if a > threshold]
     return sorted(rows, key=lambda row: (-row[1], row[0]))
@@ -207,7 +216,8 @@ def fit_folder(
       and never let back in) and the final model's label;
     - patch level, ``<name>.flagged.csv`` and ``<name>.flagged.png``: the
       training files the fitted model labels anomalous, with their anomaly
-      score (the patch level cleans patches, not images: none is dropped).
+      score against the bank without their own patches (the patch level
+      cleans patches, not images: none is dropped).
 
     With ``skip_unreadable``, ``<name>.skipped.csv`` lists the files that could
     not be read.

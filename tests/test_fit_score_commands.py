@@ -266,6 +266,14 @@ def surfaces(tmp_path_factory):
 def test_patch_level_fit_then_score_writes_maps(surfaces, capsys, monkeypatch):
     root, masks = surfaces
     model_path = root / "models" / "plates.metarefine"
+    embedded = []
+    transform = PatchFeatures.transform
+
+    def counting_transform(self, X):
+        embedded.append(len(X))
+        return transform(self, X)
+
+    monkeypatch.setattr(PatchFeatures, "transform", counting_transform)
     status = main(
         [
             "fit", str(root / "train"), "--output", str(model_path),
@@ -274,6 +282,9 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys, monkeypatch):
         ]
     )  # fmt: skip
     assert status == 0
+    # The CNN embeds the 20 readable training images once: the report of
+    # flagged images reuses the scores the fit computed.
+    assert embedded == [20]
     out = capsys.readouterr().out
     assert "Fitted on 20 images; the bank cleaning kept" in out
     model = load(model_path)
@@ -289,27 +300,24 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys, monkeypatch):
     ]
     flagged = _rows(model_path.with_name("plates.flagged.csv"))
     assert not model_path.with_name("plates.dropped.csv").exists()
-    anomaly = -model.score_samples(training)
+    # Scored against the bank without their own patches, the scores the
+    # threshold comes from: against the whole bank, their patches find
+    # themselves.
+    anomaly = model.detector_.train_scores_
     expected = sorted(
         (p for p, a in zip(training, anomaly) if a > -model.offset_),
         key=lambda p: -anomaly[training.index(p)],
     )
     assert [row["path"] for row in flagged] == expected
     # The most anomalous is a training image with a hole (plate18, plate19).
-    # From 20 training images, the fence grown from the lower half of their
-    # scores is a rough one, and two normal plates are flagged after it.
+    # From 20 training images of 64 px, the fence grown from the lower half
+    # of their scores is a rough one: the report lists 8 of the 20, what the
+    # model would say of them were they new.
     holes = {str(root / "train" / p) for p in ("shift2/plate18.png", "plate19.png")}
     assert flagged and flagged[0]["path"] in holes
     assert model_path.with_name("plates.flagged.png").exists()
 
-    embedded = []
-    transform = PatchFeatures.transform
-
-    def counting_transform(self, X):
-        embedded.append(len(X))
-        return transform(self, X)
-
-    monkeypatch.setattr(PatchFeatures, "transform", counting_transform)
+    embedded.clear()
     output, maps = root / "results.csv", root / "maps"
     status = main(
         [
@@ -357,6 +365,30 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys, monkeypatch):
         assert ndimage.distance_transform_edt(~mask)[peak] <= 8
         assert row["label"] == "anomalous"
     assert defective == 2
+
+
+def test_patch_level_report_with_a_float_contamination(surfaces, tmp_path):
+    # A float contamination sets the threshold on in-sample scores, so the
+    # report scores the training files as `metarefine score` would.
+    root, _ = surfaces
+    model_path = tmp_path / "plates.metarefine"
+    status = main(
+        [
+            "fit", str(root / "train"), "--output", str(model_path),
+            "--level", "patch", "--image-size", str(SURFACE_SIZE),
+            "--device", "cpu", "--seed", "0", "--skip-unreadable", "--no-progress",
+            "--set", "contamination=0.2",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    model = load(model_path)
+    training = [f.path for f in list_images([root / "train"])]
+    training.remove(str(root / "train" / "shift2" / "corrupt.png"))
+    in_sample = -model.score_samples(training)
+    expected = [p for p, a in zip(training, in_sample) if a > -model.offset_]
+    flagged = _rows(model_path.with_name("plates.flagged.csv"))
+    assert sorted(row["path"] for row in flagged) == sorted(expected)
+    assert len(expected) == 4  # 20% of the 20 readable training images
 
 
 def test_patch_level_refuses_options_it_does_not_use(folders, capsys, tmp_path):

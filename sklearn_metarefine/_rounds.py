@@ -127,8 +127,8 @@ def inside_fence(estimator, X, kept, scores, fence, readmit):
     """
     candidate = kept.copy()
     candidate[kept] = scores <= fence
-    if readmit:
-        outside = ~kept
+    outside = ~kept
+    if readmit and outside.any():  # a core of at least 4 may hold every sample
         candidate[outside] = anomaly_score(estimator, X[outside]) <= fence
     return candidate
 

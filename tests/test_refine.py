@@ -431,6 +431,17 @@ def test_four_samples_are_enough_to_fit_five_to_remove_one():
     np.testing.assert_array_equal(refiner.inlier_mask_, [1, 1, 1, 1, 0])
 
 
+@pytest.mark.parametrize("start", ["trimmed", "neighbors"])
+def test_a_trimmed_start_on_four_samples_holds_them_all(start):
+    # The core is never below 4 samples, so on 4 it holds every one and
+    # nothing is left out to re-admit; the detector is never asked to score
+    # an empty array (which scikit-learn's detectors refuse).
+    X = np.random.RandomState(0).normal(size=(4, 2))
+    refiner = IQRRefiner(IsolationForest(random_state=0), start=start).fit(X)
+    assert refiner.inlier_mask_.all()
+    assert refiner.predict(X).shape == (4,)
+
+
 def test_failed_refit_names_round_and_kept_count():
     refiner = IQRRefiner(FragileDetector(min_fit=80), k=0.0)
     with pytest.raises(RuntimeError, match="75 samples kept after round 1") as info:

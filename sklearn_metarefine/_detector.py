@@ -205,7 +205,8 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         level "auto" is the fence of the training images' leave-one-image-out
         scores, grown from their lower half (see :class:`PatchCoreDetector`).
     false_alarm_rate : float, default=0.05
-        The false-alarm rate that ``contamination="auto"`` aims at.
+        The false-alarm rate that ``contamination="auto"`` aims at (image
+        level only: the patch level's boundary is a fence, see above).
     memory : None, str or joblib.Memory, default=None
         Caches the fitted feature step, so that a grid search over the
         detector's parameters runs the CNN once per training fold. The cache

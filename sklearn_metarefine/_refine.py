@@ -18,6 +18,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._rounds import (
     MIN_FENCE_SAMPLES,
     calibration_scores,
+    check_novelty,
+    final_estimator_has,
     inside_fence,
     out_of_fold_anomaly_scores,
     refit,
@@ -39,19 +41,6 @@ def _default_estimator():
     from ._flows import MAMLFlowDetector
 
     return MAMLFlowDetector()
-
-
-def _final_estimator_has(attr):
-    """Whether the final estimator, or the one that will be fitted, has ``attr``."""
-
-    def check(self):
-        if hasattr(self, "estimator_"):
-            return hasattr(self.estimator_, attr)
-        if self.estimator is None:
-            return hasattr(_default_estimator(), attr)
-        return hasattr(self.estimator, attr)
-
-    return check
 
 
 class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
@@ -410,6 +399,10 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         self.verbose = verbose
         self.random_state = random_state
 
+    def _validate_params(self):
+        check_novelty(self.estimator)
+        super()._validate_params()
+
     @_fit_context(
         # the wrapped estimator's parameters are validated when it is fitted
         prefer_skip_nested_validation=False
@@ -574,7 +567,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         decision = self.decision_function(X)
         return np.where(decision < 0, -1, 1)
 
-    @available_if(_final_estimator_has("score"))
+    @available_if(final_estimator_has("score", _default_estimator))
     def score(self, X, y=None):
         """The final detector's own ``score`` on ``X``.
 

@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import KFold
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import InvalidParameterError
 
 from ._utils import draw_seed
 from ._scores import (
@@ -54,6 +55,39 @@ def resolve_start_neighbors(start_neighbors, n_samples):
 def resolve_min_samples(min_samples, n_samples):
     """Fewest samples the kept set may hold, as a count."""
     return max(as_count(min_samples, n_samples), MIN_FENCE_SAMPLES)
+
+
+def final_estimator_has(attr, default_estimator):
+    """Whether the final estimator, or the one that will be fitted, has ``attr``.
+
+    ``default_estimator()`` builds the detector that ``estimator=None`` means.
+    """
+
+    def check(self):
+        if hasattr(self, "estimator_"):
+            return hasattr(self.estimator_, attr)
+        if self.estimator is None:
+            return hasattr(default_estimator(), attr)
+        return hasattr(self.estimator, attr)
+
+    return check
+
+
+def check_novelty(estimator):
+    """Refuse, naming the fix, a detector that scores only its training samples.
+
+    ``LocalOutlierFactor(novelty=False)`` has no ``score_samples``: the
+    refinement scores samples the detector was not fitted on (held-out folds,
+    the removed samples, new data), which needs ``novelty=True``.
+    """
+    get_params = getattr(estimator, "get_params", None)
+    if get_params is not None and get_params(deep=False).get("novelty") is False:
+        name = type(estimator).__name__
+        raise InvalidParameterError(
+            f"The 'estimator' parameter of IQRRefiner got {name}(novelty=False), "
+            f"which scores only the samples it was fitted on; the refinement "
+            f"scores samples it did not see. Pass {name}(novelty=True)."
+        )
 
 
 def uses_warm_refits(estimator, refit):

@@ -442,6 +442,14 @@ def test_a_trimmed_start_on_four_samples_holds_them_all(start):
     assert refiner.predict(X).shape == (4,)
 
 
+def test_lof_without_novelty_is_refused_with_the_fix():
+    X = np.random.RandomState(0).normal(size=(20, 2))
+    with pytest.raises(ValueError, match=re.escape("LocalOutlierFactor(novelty=True)")):
+        IQRRefiner(LocalOutlierFactor()).fit(X)
+    refiner = IQRRefiner(LocalOutlierFactor(novelty=True)).fit(X)
+    assert refiner.predict(X).shape == (20,)
+
+
 def test_failed_refit_names_round_and_kept_count():
     refiner = IQRRefiner(FragileDetector(min_fit=80), k=0.0)
     with pytest.raises(RuntimeError, match="75 samples kept after round 1") as info:

@@ -136,13 +136,17 @@ def majority_fence(scores, k=1.5):
     once they are a quarter of the set or more, and then flags none of them.
     This fence grows instead from the lower half of the scores, normal when
     at least half the set is normal and anomalies score above normal samples:
-    it fences the scores kept so far and keeps every score inside that fence,
-    until no more come in. With a quarter to a half of the set anomalous and
-    apart from the rest, it ends at the fence of the normal scores. On a
-    clean set it usually ends below the fence of all the scores, where the
-    scores thin out, and flags more clean scores than that fence: on 200
-    draws each of exponential, Gaussian and Gumbel scores, 4.2 more in 100
-    on average, 2.6 more in 12.
+    it fences the scores kept so far and keeps every score inside that fence;
+    when none is, the next score still joins if it lies inside the fence of
+    the kept scores and itself. It stops when the next score lies outside
+    both. With a quarter to a half of the set anomalous and apart from the
+    rest, it ends at the fence of the normal scores. On a clean set it
+    usually ends below the fence of all the scores, where the scores thin
+    out, and flags more clean scores than that fence: on 200 draws each of
+    exponential, Gaussian and Gumbel scores, 2.7 more in 100 on average, 1.8
+    more in 20, 1.2 more in 12. The second test is for small sets, whose
+    lower half gives a tight fence that would stop at the first gap: without
+    it, 3.6 more in 100, 3.1 more in 20, 2.6 more in 12.
 
     Infinite scores are outside any fence and take no part in the quartiles.
     """
@@ -151,12 +155,16 @@ def majority_fence(scores, k=1.5):
     if finite.size == 0:
         return np.inf
     n_kept = -(-finite.size // 2)  # the lower half, rounded up
-    while True:  # n_kept grows at every turn, up to finite.size
+    while n_kept < finite.size:  # n_kept grows at every turn
         fence = iqr_fence(finite[:n_kept], k)
         inside = int(np.searchsorted(finite, fence, side="right"))
-        if inside <= n_kept:
+        if inside > n_kept:
+            n_kept = inside
+        elif finite[n_kept] <= iqr_fence(finite[: n_kept + 1], k):
+            n_kept += 1
+        else:
             return fence
-        n_kept = inside
+    return iqr_fence(finite, k)
 
 
 def neighbour_distances(X, n_neighbors):

@@ -529,5 +529,18 @@ def test_majority_fence_grows_from_the_lower_half():
         fence = majority_fence(scores)
         assert 2.0 < fence < 5.0  # between the normal scores and the anomalies
         assert iqr_fence(scores) > 5.0  # the fence of all lies among the anomalies
+    # A small clean set: the fences of its lower scores are tight, and a
+    # gap between two of them would stop the growth early; a score inside
+    # the fence of the kept scores and itself still joins. Skewed scores
+    # (Gumbel, like the largest of many distances), 200 sets of 20: 1.7
+    # more flagged than by the fence of all, on average (2.8 when the growth
+    # stopped at the first score outside the fence of those below).
+    excess = []
+    for _ in range(200):
+        scores = rng.gumbel(size=20)
+        excess.append(
+            np.sum(scores > majority_fence(scores)) - np.sum(scores > iqr_fence(scores))
+        )
+    assert np.mean(excess) < 2.0
     assert majority_fence([np.inf, np.inf]) == np.inf
     assert majority_fence([1.0]) == 1.0

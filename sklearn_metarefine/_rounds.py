@@ -1,6 +1,8 @@
 """The steps of a refinement: fitting a round's model, its first core, its stop.
 
-numpy and scikit-learn only, like :mod:`._refine`, which strings them together.
+Also the checks of the estimator it refines (``check_novelty``,
+``final_estimator_has``). numpy and scikit-learn only, like :mod:`._refine`,
+which strings them together.
 """
 
 import math

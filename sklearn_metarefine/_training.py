@@ -143,9 +143,8 @@ def _flagged_rows(detector, paths):
     whose threshold is a percentile of in-sample scores, the images are
     scored as ``metarefine score`` would.
     """
-    bank = detector.detector_
     if detector.contamination == "auto":
-        anomaly = bank.train_scores_
+        anomaly = detector.detector_.train_scores_
     else:
         anomaly = -detector.score_samples(paths)
     threshold = -detector.offset_

@@ -7,12 +7,13 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
 
 from ._features import PretrainedFeatures
 from ._flows import MAMLFlowDetector
 from ._patch import PatchCoreDetector
 from ._refine import IQRRefiner
+from ._rounds import smallest_fit
 from ._utils import draw_seed
 
 # What the detector forwards to each component, beyond n_views, device,
@@ -29,6 +30,15 @@ _FLOW_PARAMS = (
     "max_epochs",
     "warm_epochs",
     "batch_size",
+)
+# What sets the fewest training images a fit of the refinement sees.
+_SMALLEST_FIT = (
+    "start",
+    "start_fraction",
+    "min_samples",
+    "cv",
+    "fence_scores",
+    "contamination",
 )
 _REFINER_PARAMS = (
     "k",
@@ -176,7 +186,12 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     pca_components : int or None, default=16
         Principal axes the flow models (see :class:`FlowDetector`); None lets
         the flow model every feature, as in the paper, which needs far more
-        training images than features.
+        training images than features. On small training sets the flow models
+        fewer axes: at most two fewer than the training images of the
+        smallest fit of the refinement (a fold of the trimmed core's held-out
+        scores), so that the residual beyond the axes is measured in every
+        fit. With the other defaults, 16 axes from about 90 training images
+        on, 8 with 50, 4 with 30.
     n_blocks : int, default=4
         Coupling blocks of the flow (the paper: 8).
     hidden_size : int, default=32
@@ -416,7 +431,7 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             self.n_iter_ = 1  # the bank is cleaned once
             self.offset_ = self.detector_.offset_
             return self
-        self.pipeline_ = self._build_pipeline(seed).fit(X)
+        self.pipeline_ = self._build_pipeline(seed, _num_samples(X)).fit(X)
         refiner = self.pipeline_[-1]
         self.refiner_ = refiner
         self.inlier_mask_ = refiner.inlier_mask_
@@ -509,13 +524,21 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             **{name: getattr(self, name) for name in _PATCH_PARAMS},
         )
 
-    def _build_pipeline(self, seed):
+    def _build_pipeline(self, seed, n_samples):
         flow = MAMLFlowDetector(
             self.n_views,
             device=self.device,
             verbose=max(0, self.verbose - 1),
             **{name: getattr(self, name) for name in _FLOW_PARAMS},
         )
+        if self.pca_components is not None:
+            # A fit with no more rows than axes plus one measures no residual
+            # of its own, and its held-out scores land on another scale than
+            # the final model's: the smallest fit keeps two rows to spare.
+            rows = self.n_views * smallest_fit(
+                n_samples, **{name: getattr(self, name) for name in _SMALLEST_FIT}
+            )
+            flow.set_params(pca_components=max(2, min(self.pca_components, rows - 2)))
         refiner = IQRRefiner(
             flow,
             random_state=seed,

@@ -59,6 +59,26 @@ def resolve_min_samples(min_samples, n_samples):
     return max(as_count(min_samples, n_samples), MIN_FENCE_SAMPLES)
 
 
+def smallest_fit(
+    n_samples, *, start, start_fraction, min_samples, cv, fence_scores, contamination
+):
+    """Fewest training samples any fit of an :class:`IQRRefiner` run sees.
+
+    The kept set never falls below ``min_samples``, nor, with a trimmed start,
+    below the core; held-out scores (for the fence or the "auto" boundary)
+    fit each fold's model on the kept set less its largest fold
+    (leave-one-out below ``cv`` samples).
+    """
+    smallest = resolve_min_samples(min_samples, n_samples)
+    if start != "full":
+        core = max(math.ceil(start_fraction * n_samples), MIN_FENCE_SAMPLES)
+        smallest = min(smallest, core)
+    smallest = min(smallest, n_samples)
+    if fence_scores == "in_sample" and contamination != "auto":
+        return smallest
+    return smallest - math.ceil(smallest / max(1, min(cv, smallest)))
+
+
 def final_estimator_has(attr, default_estimator):
     """Whether the final estimator, or the one that will be fitted, has ``attr``.
 

@@ -96,6 +96,24 @@ def test_attributes_mirror_the_refiner():
         det.score_samples(X[:, :4])
 
 
+@pytest.mark.parametrize("n_samples, n_axes", [(30, 4), (50, 8), (120, 16)])
+def test_small_training_sets_keep_their_images_and_a_working_boundary(
+    n_samples, n_axes
+):
+    # 30 clean images: the core holds 8, its held-out folds fit on 6, so the
+    # flow models 4 axes instead of 16 (which left those fits no residual and
+    # kept 8 of the 30 images).
+    rng = np.random.RandomState(0)
+    mixing = rng.normal(size=(40, 40)) / 6 + np.eye(40)
+    X, X_new = (rng.normal(size=(n, 40)) @ mixing for n in (n_samples, 400))
+    params = {**TINY_FLOW, "pca_components": 16}
+    det = MetaRefineDetector(backbone=None, random_state=0, **params).fit(X)
+    assert det.refiner_.estimator_.components_.shape == (n_axes, 40)
+    assert det.get_params()["pca_components"] == 16
+    assert det.inlier_mask_.mean() >= 0.9
+    assert 0.0 < np.mean(det.predict(X_new) == -1) <= 0.1
+
+
 def test_refinement_parameters_reach_the_refiner():
     rng = np.random.RandomState(0)
     X = rng.normal(size=(60, 5))
@@ -140,7 +158,7 @@ def test_every_forwarded_parameter_has_its_components_constraint():
     facade = MetaRefineDetector._parameter_constraints
     components = [PretrainedFeatures, MAMLFlowDetector, IQRRefiner, PatchCoreDetector]
     det = MetaRefineDetector(backbone="efficientnet_lite0", random_state=0)
-    forwarded = det._build_pipeline(seed=0)
+    forwarded = det._build_pipeline(seed=0, n_samples=200)
     reached = set(det._build_patch_detector(seed=0).get_params(deep=False))
     for step in forwarded.named_steps.values():
         estimators = [step, getattr(step, "estimator", None)]

@@ -240,6 +240,24 @@ def test_projection_keeps_at_most_the_available_axes(X):
     assert det.components_.shape == (4, 6)
 
 
+def test_axes_that_span_the_rows_take_the_residual_from_held_out_rows():
+    # 12 rows span 11 directions: 16 axes keep them all and leave the rows no
+    # residual. New rows from the same distribution must not score as far out
+    # (before, a floored noise variance put them millions of nats away).
+    rng = np.random.RandomState(0)
+    mixing = rng.normal(size=(40, 40)) / 6 + np.eye(40)
+    X, X_new = rng.normal(size=(12, 40)) @ mixing, rng.normal(size=(200, 40)) @ mixing
+    det = FlowDetector(pca_components=16, random_state=0, **SMALL).fit(X)
+    assert det.components_.shape == (11, 40)
+    excess = np.median(det.score_samples(X)) - np.median(det.score_samples(X_new))
+    assert excess < X.shape[1]  # under one nat per feature
+    # with more rows than axes the residual is the rows' own, as before
+    det = FlowDetector(pca_components=4, random_state=0, **SMALL).fit(X)
+    std = (X - det.mean_) / det.scale_
+    variances = np.linalg.svd(std, compute_uv=False) ** 2 / len(X)
+    assert det.noise_variance_ == pytest.approx(variances[4:].sum() / 36)
+
+
 def _fitted_attributes(det):
     return {name for name in vars(det) if name.endswith("_")}
 

@@ -52,7 +52,10 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         inputs along their ``pca_components`` leading principal axes (at most
         the number of features per view, and of training rows minus one), and
         the remaining directions are modelled as isotropic Gaussian noise
-        (probabilistic PCA). The likelihood stays a density over the whole
+        (probabilistic PCA). Its variance is that of the training rows in
+        those directions or, when the axes span the rows (no more rows than
+        axes plus one), that of held-out rows: five folds of them, each
+        projected on the axes fitted to the others. The likelihood stays a density over the whole
         input. Use it when a view has many more features than there are
         training samples: a flow on hundreds of dimensions fitted to a few
         hundred samples memorises them. None models every feature.
@@ -258,7 +261,9 @@ class FlowDetector(OutlierMixin, BaseEstimator):
             projection = (
                 (None, None, None)
                 if self.pca_components is None
-                else fit_projection(standardise(rows, mean, scale), self.pca_components)
+                else fit_projection(
+                    standardise(rows, mean, scale), self.pca_components, self.n_views
+                )
             )
             dim = rows.shape[1] if projection[0] is None else len(projection[0])
             net = self._build_net(dim, len(rows), device, seed)

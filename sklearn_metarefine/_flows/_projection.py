@@ -3,13 +3,21 @@
 import numpy as np
 
 
-def fit_projection(std_rows, pca_components):
+def fit_projection(std_rows, pca_components, n_views=1, n_folds=5):
     """Probabilistic PCA of standardised rows (Tipping and Bishop, 1999).
 
-    Returns the leading principal axes, their variances and the mean variance
-    of the discarded directions, which models the residual as isotropic
-    Gaussian noise. At most ``min(n_features, n_rows - 1)`` axes are kept:
-    beyond that the sample variances are zero.
+    Returns the leading principal axes, their variances and the variance of
+    the residual in the discarded directions, which models the residual as
+    isotropic Gaussian noise. At most ``min(n_features, n_rows - 1)`` axes
+    are kept: beyond that the sample variances are zero.
+
+    The residual variance is that of the rows in the discarded directions,
+    except when the axes span the rows (``n_rows - 1 <= pca_components``):
+    then the rows leave no residual at all, and a residual variance taken
+    from them (the floor) would score every new row as far out. It is then
+    measured on rows the axes were not fitted on: ``n_folds`` folds of objects
+    (``n_views`` consecutive rows each), each projected on the axes of the
+    other folds.
     """
     n_rows, dim = std_rows.shape
     pca_components = max(2, min(pca_components, dim, n_rows - 1))
@@ -18,7 +26,21 @@ def fit_projection(std_rows, pca_components):
     floor = 1e-6 * max(variances.mean(), np.finfo(np.float64).tiny)
     explained = np.maximum(variances[:pca_components], floor)
     discarded = dim - pca_components
-    noise = variances[pca_components:].sum() / discarded if discarded else 0.0
+    if not discarded:
+        return vt[:pca_components], explained, floor
+    if n_rows - 1 > pca_components:
+        noise = variances[pca_components:].sum() / discarded
+        return vt[:pca_components], explained, max(noise, floor)
+    fold = (np.arange(n_rows) // n_views) % min(n_folds, n_rows // n_views)
+    squared = 0.0
+    for f in np.unique(fold):
+        held_out = fold == f
+        rest = std_rows[~held_out]
+        _, _, axes = np.linalg.svd(rest - rest.mean(axis=0), full_matrices=False)
+        axes = axes[:pca_components]
+        rows = std_rows[held_out] - rest.mean(axis=0)
+        squared += np.sum((rows - rows @ axes.T @ axes) ** 2)
+    noise = squared / (n_rows * discarded)
     return vt[:pca_components], explained, max(noise, floor)
 
 

@@ -152,6 +152,17 @@ def _flagged_rows(detector, paths):
     return sorted(rows, key=lambda row: (-row[1], row[0]))
 
 
+def _axes_note(detector):
+    """What the summary says when the flow models fewer axes than asked."""
+    axes = detector.refiner_.estimator.pca_components
+    if axes is None or axes == detector.pca_components:
+        return ""
+    return (
+        f"; the flow models {axes} principal axes, not pca_components="
+        f"{detector.pca_components}: too few images for more"
+    )
+
+
 def _report(detector, level, paths, csv_path, sheet_path):
     """Write the CSV and contact sheet of the listed training files; return
     their number and the sentence that sums them up."""
@@ -172,7 +183,7 @@ def _report(detector, level, paths, csv_path, sheet_path):
         rows = _dropped_rows(detector, paths)
         header = ["path", "anomaly_score", "round", "label"]
         captions = [[Path(p).name[:20], f"{s:.4g}, round {r}"] for p, s, r, _ in rows]
-        summary = f"the refinement dropped {len(rows)}"
+        summary = f"the refinement dropped {len(rows)}" + _axes_note(detector)
         what = "dropped"
         legend = "anomaly score, round"
     with open(csv_path, "w", newline="") as file:

@@ -95,6 +95,31 @@ def test_output_names_are_unique(folders):
     assert names[0] == "new/new0.png" and names[-1] == "new0.png"
 
 
+def test_fit_says_when_the_flow_models_fewer_axes_than_asked(
+    folders, capsys, tmp_path
+):
+    # 40 images: a core of 10, held-out folds of 8, so at most 6 axes
+    assert TINY[-2:] == ["--set", "pca_components=4"]
+    options = TINY[:-2]
+    status = main(
+        [
+            "fit",
+            str(folders / "train"),
+            "--output",
+            str(tmp_path / "m.metarefine"),
+            "--skip-unreadable",
+            "--no-progress",
+            *options,
+            "--set",
+            "pca_components=8",
+        ]
+    )
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "the flow models 6 principal axes, not pca_components=8" in out
+    assert load(tmp_path / "m.metarefine").refiner_.estimator_.components_.shape[0] == 6
+
+
 def test_fit_stops_at_an_unreadable_file_and_names_it(folders, capsys, tmp_path):
     model = tmp_path / "m.metarefine"
     status = main(["fit", str(folders / "train"), "--output", str(model), *TINY])

@@ -55,10 +55,16 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         (probabilistic PCA). Its variance is that of the training rows in
         those directions or, when the axes span the rows (no more rows than
         axes plus one), that of held-out rows: five folds of them, each
-        projected on the axes fitted to the others. The likelihood stays a density over the whole
-        input. Use it when a view has many more features than there are
-        training samples: a flow on hundreds of dimensions fitted to a few
-        hundred samples memorises them. None models every feature.
+        projected on the axes fitted to the others. The likelihood stays a
+        density over the whole input. Use it when a view has many more
+        features than there are training samples: a flow on hundreds of
+        dimensions fitted to a few hundred samples memorises them. None
+        models every feature. Under :class:`~sklearn_metarefine.IQRRefiner`,
+        whose held-out scores come from fits on part of the training set,
+        keep it at least two below the rows of its smallest fit: a fit that
+        leaves its rows little residual scores new rows on another scale than
+        the final model does (:class:`~sklearn_metarefine.MetaRefineDetector`
+        sizes it so itself).
     n_blocks : int, default=8
         Permutation + coupling blocks.
     hidden_size : int, default=64

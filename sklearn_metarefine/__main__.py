@@ -7,6 +7,7 @@ arguments; the work is done in ``_benchmark``, ``_training`` and ``_inference``.
 import argparse
 import json
 import sys
+import warnings
 
 # The light modules only: the arguments are checked before torch is imported.
 from ._benchmark._config import (
@@ -443,8 +444,14 @@ def _run_file_command(args):
     from ._persistence import ModelFileError
 
     command = {"fit": _fit, "score": _score}[args.command]
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"metarefine {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        command(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            command(args)
     except (InputError, ModelFileError, OSError) as error:
         # OSError: a file or folder the command reads or writes; its message
         # names it (a missing folder, a read-only output, a full disk).

@@ -30,6 +30,7 @@ from ._rounds import (
     trimmed_core,
     unmasks,
     uses_warm_refits,
+    warn_if_held_out_from_few,
 )
 from ._scores import anomaly_score, clean_tail_fraction, iqr_fence
 
@@ -429,6 +430,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
                 f"IQRRefiner needs at least {MIN_FENCE_SAMPLES} samples to "
                 f"compute quartiles, got n_samples={X.shape[0]}."
             )
+        warn_if_held_out_from_few(self, X.shape[0])
         min_kept = resolve_min_samples(self.min_samples, X.shape[0])
         estimator = _default_estimator() if self.estimator is None else self.estimator
         base, fold_seed = seeded_clone(estimator, self.random_state)

@@ -6,6 +6,7 @@ which strings them together.
 """
 
 import math
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -59,24 +60,55 @@ def resolve_min_samples(min_samples, n_samples):
     return max(as_count(min_samples, n_samples), MIN_FENCE_SAMPLES)
 
 
+def smallest_kept(n_samples, *, start, start_fraction, min_samples):
+    """Fewest samples an :class:`IQRRefiner` run keeps: ``min_samples``, or,
+    with a trimmed start, the core if smaller."""
+    smallest = resolve_min_samples(min_samples, n_samples)
+    if start != "full":
+        core = max(math.ceil(start_fraction * n_samples), MIN_FENCE_SAMPLES)
+        smallest = min(smallest, core)
+    return min(smallest, n_samples)
+
+
+def uses_held_out_scores(fence_scores, contamination):
+    """Whether a run fits models on folds: for the fence or the boundary."""
+    return fence_scores == "oof" or contamination == "auto"
+
+
 def smallest_fit(
     n_samples, *, start, start_fraction, min_samples, cv, fence_scores, contamination
 ):
     """Fewest training samples any fit of an :class:`IQRRefiner` run sees.
 
-    The kept set never falls below ``min_samples``, nor, with a trimmed start,
-    below the core; held-out scores (for the fence or the "auto" boundary)
-    fit each fold's model on the kept set less its largest fold
-    (leave-one-out below ``cv`` samples).
+    Held-out scores fit each fold's model on the kept set less its largest
+    fold (leave-one-out below ``cv`` samples).
     """
-    smallest = resolve_min_samples(min_samples, n_samples)
-    if start != "full":
-        core = max(math.ceil(start_fraction * n_samples), MIN_FENCE_SAMPLES)
-        smallest = min(smallest, core)
-    smallest = min(smallest, n_samples)
-    if fence_scores == "in_sample" and contamination != "auto":
+    smallest = smallest_kept(
+        n_samples, start=start, start_fraction=start_fraction, min_samples=min_samples
+    )
+    if not uses_held_out_scores(fence_scores, contamination):
         return smallest
     return smallest - math.ceil(smallest / max(1, min(cv, smallest)))
+
+
+def warn_if_held_out_from_few(refiner, n_samples):
+    """Warn when held-out scores may come from leave-one-out fits on a
+    handful of samples: the fence and the boundary set on them are then
+    unreliable (on small clean sets they flagged most new samples or none)."""
+    if not uses_held_out_scores(refiner.fence_scores, refiner.contamination):
+        return
+    params = {name: getattr(refiner, name) for name in ("start", "start_fraction")}
+    smallest = smallest_kept(n_samples, min_samples=refiner.min_samples, **params)
+    if smallest < refiner.cv:
+        warnings.warn(
+            f"IQRRefiner: the kept set may hold as few as {smallest} of the "
+            f"{n_samples} training samples, fewer than cv={refiner.cv}: its "
+            f"held-out scores then come from fits on {smallest - 1} samples, and "
+            "the fence and the decision boundary set on them are unreliable. "
+            "Train on more samples, or pass contamination=<fraction to flag>.",
+            UserWarning,
+            stacklevel=4,  # IQRRefiner.fit's caller
+        )
 
 
 def final_estimator_has(attr, default_estimator):

@@ -120,6 +120,19 @@ def test_fit_says_when_the_flow_models_fewer_axes_than_asked(
     assert load(tmp_path / "m.metarefine").refiner_.estimator_.components_.shape[0] == 6
 
 
+def test_fit_prints_warnings_as_one_line_each(capsys, tmp_path):
+    rng = np.random.RandomState(0)
+    (tmp_path / "few").mkdir()
+    for i in range(8):
+        Image.fromarray(_image(rng, defect=False)).save(tmp_path / "few" / f"{i}.png")
+    model = tmp_path / "few.metarefine"
+    status = main(["fit", str(tmp_path / "few"), "--output", str(model), *TINY])
+    assert status == 0 and model.exists()
+    err = capsys.readouterr().err
+    assert "metarefine fit: warning: IQRRefiner: the kept set may hold as few as 4" in err
+    assert "UserWarning" not in err and "return fit_method" not in err
+
+
 def test_fit_stops_at_an_unreadable_file_and_names_it(folders, capsys, tmp_path):
     model = tmp_path / "m.metarefine"
     status = main(["fit", str(folders / "train"), "--output", str(model), *TINY])

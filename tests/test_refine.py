@@ -579,6 +579,29 @@ def test_out_of_fold_uses_leave_one_out_on_small_kept_sets():
 # signs, offsets and predictions
 
 
+@pytest.mark.parametrize(
+    "params, n_warned, n_quiet",
+    [
+        # a core of a quarter of the samples: 4 of up to 16, then 5 of 17
+        ({"start": "neighbors", "start_fraction": 0.25}, 16, 17),
+        # min_samples=0.5 of a full start: 4 of 8, then 5 of 10
+        ({}, 8, 10),
+    ],
+)
+def test_warns_when_held_out_scores_come_from_a_handful_of_samples(
+    params, n_warned, n_quiet
+):
+    X = np.random.RandomState(0).normal(size=(n_quiet, 3))
+    refiner = IQRRefiner(IsolationForest(n_estimators=10, random_state=0), **params)
+    with pytest.warns(UserWarning, match=r"as few as 4 of the \d+ .* fits on 3"):
+        refiner.fit(X[:n_warned])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        refiner.fit(X)
+        # fences of in-sample scores and a float boundary fit no folds
+        refiner.set_params(fence_scores="in_sample", contamination=0.1).fit(X[:4])
+
+
 def test_signs_follow_sklearn():
     X, is_anomalous = planted(0, n_normal=180, n_anomalous=20, n_features=2)
     refiner = IQRRefiner(IsolationForest(n_estimators=20), random_state=0).fit(X)

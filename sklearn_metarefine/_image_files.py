@@ -15,6 +15,22 @@ class InputError(Exception):
     """A problem with the command's input that its message fully explains."""
 
 
+def prepare_output_file(output, example):
+    """Make the folder of the file ``output`` (``--output``), or say why it
+    cannot be written, before any long work; ``example`` is a file name to
+    suggest when ``output`` is a folder."""
+    output = Path(output)
+    if output.is_dir():
+        raise InputError(
+            f"--output {output} is a folder; give the path of the file to write, "
+            f"such as {output / example}."
+        )
+    for parent in output.parents:
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"--output {output} lies below the file {parent}.")
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+
 class UnreadableImageError(InputError):
     """An image file that cannot be decoded."""
 

@@ -20,6 +20,7 @@ from ._image_files import (
     UnreadableImageError,
     list_images,
     output_names,
+    prepare_output_file,
     read_image,
 )
 from ._persistence import load, nested_estimators
@@ -94,6 +95,8 @@ def model_threshold(model, threshold=None):
     (minus ``score_samples``) is above it, exactly when ``predict`` says -1.
     """
     if threshold is not None:
+        if not np.isfinite(threshold):
+            raise InputError(f"--threshold must be a finite number, got {threshold}.")
         return float(threshold), "--threshold"
     return float(-model.offset_), "model"
 
@@ -163,6 +166,8 @@ def score_files(
             "The model scores feature vectors, not images (it was fitted with "
             "backbone=None, or is not an image pipeline)."
         )
+    if maps is not None and Path(maps).exists() and not Path(maps).is_dir():
+        raise InputError(f"--maps {maps} is a file; give a folder for the maps.")
     if maps is not None and not hasattr(model, "anomaly_map"):
         raise InputError(
             "--maps needs a patch-level model (one with anomaly maps); this model "
@@ -170,8 +175,9 @@ def score_files(
         )
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
-    files = list_images(inputs)
     threshold, source = model_threshold(model, threshold)
+    prepare_output_file(output, "results.csv")
+    files = list_images(inputs)
     map_names = output_names(files, ".png") if maps is not None else None
     counts = {"scored": 0, "anomalous": 0, "skipped": 0}
     partial = f"{os.fspath(output)}.part"

@@ -9,7 +9,13 @@ from pathlib import Path
 from sklearn.utils._param_validation import InvalidParameterError
 from tqdm.auto import tqdm
 
-from ._image_files import InputError, UnreadableImageError, list_images, read_image
+from ._image_files import (
+    InputError,
+    UnreadableImageError,
+    list_images,
+    prepare_output_file,
+    read_image,
+)
 from ._inference import check_device, quiet
 from ._persistence import save
 from ._pictures import contact_sheet
@@ -253,6 +259,7 @@ def fit_folder(
     """
     detector = build_detector(level, dict(params or {}))
     check_device(detector.device)
+    prepare_output_file(output, "model.metarefine")
     files = list_images([train_folder])
     print(f"Found {len(files)} images under {train_folder}", file=sys.stderr)
     files, skipped = _readable(files, skip_unreadable, progress)
@@ -264,7 +271,6 @@ def fit_folder(
     with contextlib.redirect_stdout(sys.stderr):
         detector.fit(paths)
     quiet(detector)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
     save(detector, output)
 
     report_csv, sheet, skipped_csv = report_paths(output, level)

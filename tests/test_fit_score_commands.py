@@ -254,6 +254,42 @@ def test_score_threshold_option_overrides_the_models(folders, fitted):
     assert {float(row["threshold"]) for row in rows} == {threshold}
 
 
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(
+    folders, fitted, capsys, tmp_path, monkeypatch
+):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the command started its work")
+
+    monkeypatch.setattr("sklearn_metarefine._training.list_images", no_work)
+    monkeypatch.setattr("sklearn_metarefine._inference.list_images", no_work)
+    (tmp_path / "a_file").write_text("")
+    new = str(folders / "new")
+    cases = [
+        (["fit", new, "--output", str(tmp_path)], "is a folder; give the path"),
+        (["fit", new, "--output", str(tmp_path / "a_file" / "m")], "lies below the file"),
+        (["score", str(fitted), new, "--output", str(tmp_path)], "is a folder"),
+        (
+            ["score", str(fitted), new, "--output", "x.csv", "--threshold", "nan"],
+            "--threshold must be a finite number, got nan",
+        ),
+        (
+            ["score", str(fitted), new, "--output", "x.csv", "--maps", str(tmp_path / "a_file")],
+            "is a file; give a folder for the maps",
+        ),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(argv) == 1
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith(f"metarefine {argv[0]}: error: --") and message in error
+
+
+def test_score_makes_the_folder_of_its_output(folders, fitted, tmp_path):
+    output = tmp_path / "new" / "folder" / "results.csv"
+    argv = ["score", str(fitted), str(folders / "new" / "new0.bmp"), "--output"]
+    assert main([*argv, str(output), "--no-progress"]) == 0
+    assert [row["path"] for row in _rows(output)] == [str(folders / "new" / "new0.bmp")]
+
+
 def test_maps_need_a_patch_level_model(folders, fitted, capsys):
     status = main(
         [

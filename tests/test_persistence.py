@@ -101,6 +101,13 @@ def test_image_detector_round_trip_scores_identically(
     assert loaded.inlier_mask_ is loaded.refiner_.inlier_mask_
 
 
+def test_save_to_a_folder_is_refused_naming_it(table, tmp_path):
+    refiner = IQRRefiner(IsolationForest(n_estimators=5, random_state=0)).fit(table)
+    with pytest.raises(IsADirectoryError, match="is a folder; save writes a model"):
+        save(refiner, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_refiner_around_isolation_forest_round_trip(table, model_path):
     refiner = IQRRefiner(IsolationForest(random_state=0), random_state=0).fit(table)
     save(refiner, model_path)

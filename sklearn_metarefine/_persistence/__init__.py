@@ -12,6 +12,7 @@ A model file is a zip archive of
 See :mod:`._codec` for the tree and :mod:`._archive` for the checks.
 """
 
+import os
 import sys
 import warnings
 
@@ -108,6 +109,11 @@ def save(estimator, path):
     if not hasattr(estimator, "get_params"):
         raise TypeError(
             f"save expects an estimator, got a {type(estimator).__qualname__}."
+        )
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"{os.fspath(path)!r} is a folder; save writes a model file: give its "
+            f"path, such as {os.path.join(path, 'model.metarefine')!r}."
         )
     encoder = Encoder()
     tree = encoder.estimator(estimator, type(estimator).__name__)

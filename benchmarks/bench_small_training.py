@@ -11,14 +11,15 @@ another scale than the final flow's, and the boundary set from them flags
 all or none of the new images.
 
 Each generated surface of the default benchmark (its image features, the
-``metarefine`` model and draws) at 0% noise, 3 repeats; the model is fitted
-on 20, 30 and 50 of the training images (a random subset per repeat) and on
-all of them. Mean over surfaces and repeats: test AUROC, the share of good
+``metarefine`` model and draws), or with ``--dataset digits`` each digit, at
+0% noise, 3 repeats; the model is fitted on 20, 30 and 50 of the training
+images (a random subset per repeat) and on all of them. Mean over surfaces and repeats: test AUROC, the share of good
 test images flagged at the model's own boundary (false alarms; the default
 aims at 5%) and of defective ones (detections), the share of training images
 kept, and how many runs flag no test image at all or every one.
 
-    python benchmarks/bench_small_training.py [--repeats 3] [--n-jobs -1] [--cache DIR]
+    python benchmarks/bench_small_training.py [--dataset surfaces|digits] [--repeats 3]
+        [--n-jobs -1] [--cache DIR]
 """
 
 import argparse
@@ -41,7 +42,10 @@ from sklearn_metarefine._benchmark import (
 from sklearn_metarefine._benchmark._runs import _single_threaded
 from sklearn_metarefine.datasets import make_contaminated
 
-CATEGORIES = ("fabric", "metal", "stone", "tile", "wood")
+CATEGORIES = {
+    "surfaces": ("fabric", "metal", "stone", "tile", "wood"),
+    "digits": tuple(f"digit{d}" for d in range(10)),
+}
 SIZES = (20, 30, 50, None)  # None: every training image
 VARIANTS = ("sized axes (default)", "16 axes in every fit")
 
@@ -76,15 +80,17 @@ def run(X, y, config, category, repeat, size, variant):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(CATEGORIES), default="surfaces")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-jobs", type=int, default=-1)
     parser.add_argument("--cache", default=None, help="feature cache folder")
     args = parser.parse_args()
-    config = resolve_config("surfaces")
+    config = resolve_config(args.dataset)
+    categories = CATEGORIES[args.dataset]
     cache = Path(args.cache or tempfile.mkdtemp(prefix="bench_small_training_"))
     jobs = []
-    for category in CATEGORIES:
-        images, y, _ = load_category("surfaces", category, None, config)
+    for category in categories:
+        images, y, _ = load_category(args.dataset, category, None, config)
         X = cached_features(images, config, "cpu", cache)
         for repeat in range(args.repeats):
             for size in SIZES:
@@ -95,8 +101,8 @@ def main():
     results = joblib.Parallel(n_jobs=args.n_jobs)(jobs)
 
     print(
-        "Clean training sets of the generated surfaces, image level (metarefine); "
-        f"mean over {len(CATEGORIES)} surfaces x {args.repeats} repeats"
+        f"Clean training sets of {args.dataset}, image level (metarefine); "
+        f"mean over {len(categories)} categories x {args.repeats} repeats"
     )
     print(
         f"{'axes':<22}{'training':>9}{'AUROC':>8}{'false alarms':>14}"

@@ -18,6 +18,7 @@ from ._image_files import (
 )
 from ._inference import check_device, quiet
 from ._persistence import save
+from ._rounds import MIN_FENCE_SAMPLES
 from ._pictures import contact_sheet
 
 LEVELS = ("image", "patch")
@@ -263,8 +264,14 @@ def fit_folder(
     files = list_images([train_folder])
     print(f"Found {len(files)} images under {train_folder}", file=sys.stderr)
     files, skipped = _readable(files, skip_unreadable, progress)
-    if len(files) < 2:
-        raise InputError(f"Only {len(files)} readable images under {train_folder}.")
+    # The image level's quartiles need 4 images, a patch bank scored without
+    # each image's own patches 2.
+    fewest = 2 if level == "patch" else MIN_FENCE_SAMPLES
+    if len(files) < fewest:
+        raise InputError(
+            f"Only {len(files)} readable images under {train_folder}; the "
+            f"{level} level needs at least {fewest}."
+        )
     paths = [file.path for file in files]
     detector.set_params(verbose=int(progress))
     # The refinement prints one line per round; it is progress, not output.

@@ -133,6 +133,24 @@ def test_fit_prints_warnings_as_one_line_each(capsys, tmp_path):
     assert "UserWarning" not in err and "return fit_method" not in err
 
 
+@pytest.mark.parametrize("level, fewest", [("image", 4), ("patch", 2)])
+def test_fit_on_too_few_images_says_how_many_the_level_needs(
+    level, fewest, capsys, tmp_path
+):
+    rng = np.random.RandomState(0)
+    (tmp_path / "few").mkdir()
+    for i in range(fewest - 1):
+        Image.fromarray(_image(rng, defect=False)).save(tmp_path / "few" / f"{i}.png")
+    argv = ["fit", str(tmp_path / "few"), "--output", str(tmp_path / "m"), *TINY]
+    status = main(argv if level == "image" else [*argv[:4], "--level", "patch"])
+    assert status == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (
+        f"metarefine fit: error: Only {fewest - 1} readable images under "
+        f"{tmp_path / 'few'}; the {level} level needs at least {fewest}."
+    )
+
+
 def test_fit_stops_at_an_unreadable_file_and_names_it(folders, capsys, tmp_path):
     model = tmp_path / "m.metarefine"
     status = main(["fit", str(folders / "train"), "--output", str(model), *TINY])

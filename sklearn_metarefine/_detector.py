@@ -532,13 +532,14 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             **{name: getattr(self, name) for name in _FLOW_PARAMS},
         )
         if self.pca_components is not None:
-            # A fit with no more rows than axes plus one measures no residual
-            # of its own, and its held-out scores land on another scale than
-            # the final model's: the smallest fit keeps two rows to spare.
-            rows = self.n_views * smallest_fit(
+            # A fit with no more images than axes plus one measures no
+            # residual of its own, and its held-out scores land on another
+            # scale than the final model's: the smallest fit keeps two images
+            # to spare. Images, not rows: the views of an image are alike.
+            images = smallest_fit(
                 n_samples, **{name: getattr(self, name) for name in _SMALLEST_FIT}
             )
-            flow.set_params(pca_components=max(2, min(self.pca_components, rows - 2)))
+            flow.set_params(pca_components=max(2, min(self.pca_components, images - 2)))
         refiner = IQRRefiner(
             flow,
             random_state=seed,

@@ -114,6 +114,17 @@ def test_small_training_sets_keep_their_images_and_a_working_boundary(
     assert 0.0 < np.mean(det.predict(X_new) == -1) <= 0.1
 
 
+def test_the_axes_are_sized_by_images_not_by_views():
+    # two near-identical views of 30 images: the core's folds fit on 6
+    # images (12 rows), which span about 6 directions, not 12
+    rng = np.random.RandomState(0)
+    images = rng.normal(size=(30, 20))
+    X = np.hstack([images, images + 0.01 * rng.normal(size=images.shape)])
+    params = {**TINY_FLOW, "pca_components": 16, "n_views": 2}
+    det = MetaRefineDetector(backbone=None, random_state=0, **params).fit(X)
+    assert det.refiner_.estimator_.components_.shape == (4, 20)
+
+
 def test_refinement_parameters_reach_the_refiner():
     rng = np.random.RandomState(0)
     X = rng.normal(size=(60, 5))

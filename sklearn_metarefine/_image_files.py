@@ -15,10 +15,9 @@ class InputError(Exception):
     """A problem with the command's input that its message fully explains."""
 
 
-def prepare_output_file(output, example):
-    """Make the folder of the file ``output`` (``--output``), or say why it
-    cannot be written, before any long work; ``example`` is a file name to
-    suggest when ``output`` is a folder."""
+def check_output_file(output, example):
+    """Say why the file ``output`` (``--output``) cannot be written, before any
+    long work; ``example`` is a file name to suggest when it is a folder."""
     output = Path(output)
     if output.is_dir():
         raise InputError(
@@ -28,7 +27,6 @@ def prepare_output_file(output, example):
     for parent in output.parents:
         if parent.exists() and not parent.is_dir():
             raise InputError(f"--output {output} lies below the file {parent}.")
-    output.parent.mkdir(parents=True, exist_ok=True)
 
 
 class UnreadableImageError(InputError):

@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 from ._image_files import (
     InputError,
     UnreadableImageError,
+    check_output_file,
     list_images,
     output_names,
-    prepare_output_file,
     read_image,
 )
 from ._persistence import load, nested_estimators
@@ -176,10 +176,11 @@ def score_files(
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
     threshold, source = model_threshold(model, threshold)
-    prepare_output_file(output, "results.csv")
+    check_output_file(output, "results.csv")
     files = list_images(inputs)
     map_names = output_names(files, ".png") if maps is not None else None
     counts = {"scored": 0, "anomalous": 0, "skipped": 0}
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
     partial = f"{os.fspath(output)}.part"
     bar = tqdm(total=len(files), unit="image", desc="Scoring", disable=not progress)
     try:

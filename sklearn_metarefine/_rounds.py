@@ -97,18 +97,32 @@ def warn_if_held_out_from_few(refiner, n_samples):
     unreliable (on small clean sets they flagged most new samples or none)."""
     if not uses_held_out_scores(refiner.fence_scores, refiner.contamination):
         return
-    params = {name: getattr(refiner, name) for name in ("start", "start_fraction")}
-    smallest = smallest_kept(n_samples, min_samples=refiner.min_samples, **params)
-    if smallest < refiner.cv:
-        warnings.warn(
-            f"IQRRefiner: the kept set may hold as few as {smallest} of the "
-            f"{n_samples} training samples, fewer than cv={refiner.cv}: its "
-            f"held-out scores then come from fits on {smallest - 1} samples, and "
-            "the fence and the decision boundary set on them are unreliable. "
-            "Train on more samples, or pass contamination=<fraction to flag>.",
-            UserWarning,
-            stacklevel=4,  # IQRRefiner.fit's caller
-        )
+    params = {
+        "start": refiner.start,
+        "start_fraction": refiner.start_fraction,
+        "min_samples": refiner.min_samples,
+    }
+    smallest = smallest_kept(n_samples, **params)
+    if smallest >= refiner.cv:
+        return
+    # The fewest training samples that keep cv or more (an int min_samples
+    # below cv may never).
+    enough = next(
+        (n for n in range(n_samples + 1, 100 * n_samples + 1000)
+         if smallest_kept(n, **params) >= refiner.cv),
+        None,
+    )  # fmt: skip
+    more = f"at least {enough}" if enough else f"more (and min_samples >= {refiner.cv})"
+    warnings.warn(
+        f"IQRRefiner: the kept set may hold as few as {smallest} of the "
+        f"{n_samples} training samples, fewer than cv={refiner.cv}: its held-out "
+        f"scores then come from fits on {smallest - 1} samples, and the fence and "
+        f"the decision boundary set on them are unreliable. Train on {more} "
+        "samples, or set the boundary yourself (contamination=<fraction to flag>) "
+        "and expect a rough fence.",
+        UserWarning,
+        stacklevel=4,  # IQRRefiner.fit's caller
+    )
 
 
 def final_estimator_has(attr, default_estimator):

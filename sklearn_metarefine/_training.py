@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 from ._image_files import (
     InputError,
     UnreadableImageError,
+    check_output_file,
     list_images,
-    prepare_output_file,
     read_image,
 )
 from ._inference import check_device, quiet
@@ -260,7 +260,7 @@ def fit_folder(
     """
     detector = build_detector(level, dict(params or {}))
     check_device(detector.device)
-    prepare_output_file(output, "model.metarefine")
+    check_output_file(output, "model.metarefine")
     files = list_images([train_folder])
     print(f"Found {len(files)} images under {train_folder}", file=sys.stderr)
     files, skipped = _readable(files, skip_unreadable, progress)
@@ -278,6 +278,7 @@ def fit_folder(
     with contextlib.redirect_stdout(sys.stderr):
         detector.fit(paths)
     quiet(detector)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
     save(detector, output)
 
     report_csv, sheet, skipped_csv = report_paths(output, level)

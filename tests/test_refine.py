@@ -584,8 +584,8 @@ def test_out_of_fold_uses_leave_one_out_on_small_kept_sets():
     [
         # a core of a quarter of the samples: 4 of up to 16, then 5 of 17
         ({"start": "neighbors", "start_fraction": 0.25}, 16, 17),
-        # min_samples=0.5 of a full start: 4 of 8, then 5 of 10
-        ({}, 8, 10),
+        # min_samples=0.5 of a full start: 4 of 8, then 5 of 9
+        ({}, 8, 9),
     ],
 )
 def test_warns_when_held_out_scores_come_from_a_handful_of_samples(
@@ -593,13 +593,16 @@ def test_warns_when_held_out_scores_come_from_a_handful_of_samples(
 ):
     X = np.random.RandomState(0).normal(size=(n_quiet, 3))
     refiner = IQRRefiner(IsolationForest(n_estimators=10, random_state=0), **params)
-    with pytest.warns(UserWarning, match=r"as few as 4 of the \d+ .* fits on 3"):
+    with pytest.warns(UserWarning, match=r"as few as 4 of the \d+ .* fits on 3") as w:
         refiner.fit(X[:n_warned])
+    assert f"Train on at least {n_quiet} samples" in str(w[0].message)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         refiner.fit(X)
         # fences of in-sample scores and a float boundary fit no folds
         refiner.set_params(fence_scores="in_sample", contamination=0.1).fit(X[:4])
+    with pytest.warns(UserWarning, match=r"Train on more \(and min_samples >= 5\)"):
+        refiner.set_params(contamination="auto", min_samples=4).fit(X)
 
 
 def test_signs_follow_sklearn():

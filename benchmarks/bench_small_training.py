@@ -120,7 +120,8 @@ def main():
     for variant in VARIANTS:
         for size in SIZES:
             rows = np.array([r[1:] for r in results if r[0] == (size, variant)])
-            n, auroc, alarms, detections, good, bad, degenerate = rows.mean(axis=0)
+            # a small draw may hold no defective image: its share kept is NaN
+            n, auroc, alarms, detections, good, bad, degenerate = np.nanmean(rows, axis=0)
             label = f"{n:.0f}" if size else f"all ({n:.0f})"
             print(
                 f"{variant:<22}{label:>9}{auroc:>8.3f}{alarms:>14.3f}"

@@ -60,13 +60,17 @@ def resolve_min_samples(min_samples, n_samples):
     return max(as_count(min_samples, n_samples), MIN_FENCE_SAMPLES)
 
 
+def core_size(start_fraction, n_samples):
+    """Samples in a trimmed core: ``start_fraction`` of them, at least 4."""
+    return max(math.ceil(start_fraction * n_samples), MIN_FENCE_SAMPLES)
+
+
 def smallest_kept(n_samples, *, start, start_fraction, min_samples):
     """Fewest samples an :class:`IQRRefiner` run keeps: ``min_samples``, or,
     with a trimmed start, the core if smaller."""
     smallest = resolve_min_samples(min_samples, n_samples)
     if start != "full":
-        core = max(math.ceil(start_fraction * n_samples), MIN_FENCE_SAMPLES)
-        smallest = min(smallest, core)
+        smallest = min(smallest, core_size(start_fraction, n_samples))
     return min(smallest, n_samples)
 
 
@@ -348,7 +352,7 @@ def trimmed_core(base, X, warm, *, start, start_fraction, start_neighbors):
     ``start_neighbors``-th neighbour (``start="neighbors"``), or all of them.
     """
     n_samples = X.shape[0]
-    n_core = max(math.ceil(start_fraction * n_samples), MIN_FENCE_SAMPLES)
+    n_core = core_size(start_fraction, n_samples)
     if start == "neighbors":
         n_neighbors = resolve_start_neighbors(start_neighbors, n_samples)
         core = lowest(neighbour_distances(X, n_neighbors), n_core)

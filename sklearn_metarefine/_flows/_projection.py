@@ -36,9 +36,10 @@ def fit_projection(std_rows, pca_components, n_views=1, n_folds=5):
     for f in np.unique(fold):
         held_out = fold == f
         rest = std_rows[~held_out]
-        _, _, axes = np.linalg.svd(rest - rest.mean(axis=0), full_matrices=False)
+        centre = rest.mean(axis=0)
+        _, _, axes = np.linalg.svd(rest - centre, full_matrices=False)
         axes = axes[:pca_components]
-        rows = std_rows[held_out] - rest.mean(axis=0)
+        rows = std_rows[held_out] - centre
         squared += np.sum((rows - rows @ axes.T @ axes) ** 2)
     noise = squared / (n_rows * discarded)
     return vt[:pca_components], explained, max(noise, floor)

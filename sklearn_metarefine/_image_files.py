@@ -29,6 +29,39 @@ def check_output_file(output, example):
             raise InputError(f"--output {output} lies below the file {parent}.")
 
 
+def check_nothing_read_is_overwritten(option, written, read):
+    """Refuse, before any work, to write or delete a file the command reads.
+
+    ``written`` are the paths the command will write (or delete) for
+    ``option``; ``read`` maps paths it reads to what they are ("a training
+    image"). Paths are compared resolved, so ``./a.png`` and a link to it are
+    ``a.png``.
+    """
+    read = {Path(path).resolve(): (path, what) for path, what in read.items()}
+    for path in written:
+        if Path(path).resolve() in read:
+            source, what = read[Path(path).resolve()]
+            raise InputError(
+                f"{option} would write over {os.fspath(source)}, {what}; "
+                "give a path outside the command's inputs."
+            )
+
+
+def check_images_outside(option, written, folders, later):
+    """Refuse, before any work, to write image files into a folder the command
+    searches: a later run on that folder would take them for ``later``."""
+    for folder in folders:
+        root = Path(folder).resolve()
+        for path in written:
+            if Path(path).resolve().is_relative_to(root):
+                raise InputError(
+                    f"{option} would write images into {os.fspath(folder)}, "
+                    f"which is searched for images: a later run on it would "
+                    f"take {os.fspath(path)} for {later}. Give a path outside "
+                    f"{os.fspath(folder)}."
+                )
+
+
 class UnreadableImageError(InputError):
     """An image file that cannot be decoded."""
 
@@ -46,8 +79,9 @@ class ImageFile:
     name: str
 
 
-def _is_image(path):
-    return path.suffix.lower() in IMAGE_SUFFIXES
+def is_image(path):
+    """Whether a folder search lists ``path``: it has an image suffix."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
 def list_images(inputs):
@@ -64,7 +98,7 @@ def list_images(inputs):
             found.append(ImageFile(os.fspath(path), path.name))
         elif path.is_dir():
             files = sorted(
-                (f for f in path.rglob("*") if f.is_file() and _is_image(f)),
+                (f for f in path.rglob("*") if f.is_file() and is_image(f)),
                 key=lambda f: f.relative_to(path).as_posix(),
             )
             found.extend(

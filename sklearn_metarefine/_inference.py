@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 from ._image_files import (
     InputError,
     UnreadableImageError,
+    check_images_outside,
+    check_nothing_read_is_overwritten,
     check_output_file,
     list_images,
     output_names,
@@ -179,6 +181,7 @@ def score_files(
     check_output_file(output, "results.csv")
     files = list_images(inputs)
     map_names = output_names(files, ".png") if maps is not None else None
+    _check_outputs(output, maps, map_names, inputs, files)
     counts = {"scored": 0, "anomalous": 0, "skipped": 0}
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     partial = f"{os.fspath(output)}.part"
@@ -213,6 +216,21 @@ def score_files(
         threshold=threshold,
         threshold_source=source,
     )
+
+
+def _check_outputs(output, maps, map_names, inputs, files):
+    """Refuse outputs that would destroy an image to score, or maps that a
+    later run on the folders scored now would score as images."""
+    scored = {file.path: "an image to score" for file in files}
+    written = [output, f"{os.fspath(output)}.part"]
+    check_nothing_read_is_overwritten(f"--output {os.fspath(output)}", written, scored)
+    if maps is None:
+        return
+    overlays = [Path(maps) / name for name in map_names]
+    written = overlays + [path.with_suffix(".npy") for path in overlays]
+    check_nothing_read_is_overwritten(f"--maps {os.fspath(maps)}", written, scored)
+    folders = [given for given in inputs if Path(given).is_dir()]
+    check_images_outside(f"--maps {os.fspath(maps)}", [maps], folders, "an image to score")
 
 
 def _scores_and_maps(model, images):

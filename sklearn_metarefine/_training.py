@@ -2,6 +2,7 @@
 
 import contextlib
 import csv
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,10 @@ from tqdm.auto import tqdm
 from ._image_files import (
     InputError,
     UnreadableImageError,
+    check_images_outside,
+    check_nothing_read_is_overwritten,
     check_output_file,
+    is_image,
     list_images,
     read_image,
 )
@@ -212,6 +216,21 @@ def _report(detector, level, paths, csv_path, sheet_path):
     return len(rows), summary
 
 
+def _check_outputs(output, level, train_folder, files):
+    """Refuse outputs that would destroy a training image, or add images to
+    ``train_folder`` that a later fit on it would train on."""
+    option = f"--output {os.fspath(output)}"
+    written = [output, *report_paths(output, level)]
+    # Reports of the other level left by an earlier run are deleted.
+    for other in set(_REPORTS) - {level}:
+        written += report_paths(output, other)[:2]
+    check_nothing_read_is_overwritten(
+        option, written, {file.path: "a training image" for file in files}
+    )
+    sheets = [path for path in written if is_image(path)]
+    check_images_outside(option, sheets, [train_folder], "a training image")
+
+
 def fit_folder(
     train_folder,
     output,
@@ -262,6 +281,7 @@ def fit_folder(
     check_device(detector.device)
     check_output_file(output, "model.metarefine")
     files = list_images([train_folder])
+    _check_outputs(output, level, train_folder, files)
     print(f"Found {len(files)} images under {train_folder}", file=sys.stderr)
     files, skipped = _readable(files, skip_unreadable, progress)
     # The image level's quartiles need 4 images, a patch bank scored without

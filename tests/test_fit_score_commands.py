@@ -2,6 +2,7 @@
 
 import csv
 import math
+import re
 
 import numpy as np
 import pytest
@@ -299,6 +300,60 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(
         assert main(argv) == 1
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert error.startswith(f"metarefine {argv[0]}: error: --") and message in error
+
+
+class _NoWork:
+    """A patch-level model that fails the test if the command scores with it."""
+
+    offset_ = -1.0
+
+    def anomaly_map(self, X):
+        raise AssertionError("the command started its work")
+
+    score_samples = anomaly_map
+
+
+def test_outputs_over_the_inputs_are_refused_before_any_work(
+    folders, fitted, capsys, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(MetaRefineDetector, "fit", _NoWork.anomaly_map)
+    train, new = folders / "train", folders / "new"
+    image = train / "line2" / "part04.png"
+    before = {path: path.read_bytes() for path in (image, fitted, new / "new0.bmp")}
+    link = tmp_path / "link.png"
+    link.symlink_to(image)
+    cases = [
+        # The model, or a report written beside it, over a training image.
+        (["fit", str(train), "--output", str(image)], f"over {image}, a training image"),
+        (["fit", str(train), "--output", str(link)], f"over {image}, a training image"),
+        # A contact sheet in the training folder: the next fit would train on it.
+        (
+            ["fit", str(train), "--output", str(train / "sub" / "m.metarefine")],
+            f"would write images into {train}, which is searched for images: "
+            f"a later run on it would take {train / 'sub' / 'm.dropped.png'} for "
+            "a training image",
+        ),
+        (["score", str(fitted), str(new), "--output", str(new / "new0.bmp")],
+         f"over {new / 'new0.bmp'}, an image to score"),
+        (["score", str(fitted), str(new), "--output", str(fitted)],
+         f"over {fitted}, the model file"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main([*argv, "--no-progress"]) == 1
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith(f"metarefine {argv[0]}: error: --output ")
+        assert message in error
+    assert {path: path.read_bytes() for path in before} == before
+    assert not (train / "sub").exists()
+
+    # Maps over a scored image, and maps inside a scored folder.
+    for maps, message in [
+        (new.parent, f"--maps {new.parent} would write over {new / 'truncated.png'}"),
+        (new / "maps", f"--maps {new / 'maps'} would write images into {new}"),
+    ]:
+        with pytest.raises(InputError, match="^" + re.escape(message)):
+            score_files(_NoWork(), [new], tmp_path / "r.csv", maps=maps)
+    assert not (new / "maps").exists() and not (tmp_path / "r.csv").exists()
 
 
 def test_score_makes_the_folder_of_its_output(folders, fitted, tmp_path):

@@ -287,6 +287,14 @@ def _image_source(X, input_shape):
             )
         images = images.reshape((images.shape[0],) + shape)
     if images.ndim == 3:
+        if images.shape[2] in (3, 4) and images.shape[1] > images.shape[2]:
+            # A stack of gray images 3 or 4 pixels wide is no input for a CNN;
+            # one colour image is a common slip, read silently as many images.
+            raise ValueError(
+                f"X has shape {images.shape}, which reads as {images.shape[0]} gray "
+                f"images of {images.shape[1]} x {images.shape[2]} pixels. For one "
+                "colour image pass X[np.newaxis] or [X]."
+            )
         images = images[..., None]
     if images.ndim != 4:
         raise ValueError(

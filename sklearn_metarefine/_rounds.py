@@ -205,22 +205,33 @@ def refit(base, previous, X, warm, *, after_round):
         ) from exc
 
 
+def held_out(n_samples, cv, seed, fit_and_score):
+    """Each sample's score by a model fitted without it: ``cv`` shuffled folds
+    (at most one per sample); ``fit_and_score(fold, train, test)`` fits on the
+    indices ``train`` and returns the scores of the indices ``test``."""
+    n_splits = min(cv, n_samples)
+    scores = np.empty(n_samples, dtype=np.float64)
+    folds = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    for fold, (train, test) in enumerate(folds.split(np.empty(n_samples)), start=1):
+        scores[test] = fit_and_score(fold, train, test)
+    return scores
+
+
 def out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
     """Anomaly score of each sample under a clone fitted without its fold."""
-    n_splits = min(cv, X.shape[0])
-    scores = np.empty(X.shape[0], dtype=np.float64)
-    folds = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    for fold, (train, test) in enumerate(folds.split(X), start=1):
+
+    def fit_and_score(fold, train, test):
         try:
             model = clone(base).fit(X[train])
         except Exception as exc:
             raise RuntimeError(
-                f"Fitting {type(base).__name__} on fold {fold} of {n_splits} "
-                f"({train.size} of the {X.shape[0]} samples kept after round "
-                f"{n_iter}) failed: {exc}"
+                f"Fitting {type(base).__name__} on fold {fold} of "
+                f"{min(cv, X.shape[0])} ({train.size} of the {X.shape[0]} samples "
+                f"kept after round {n_iter}) failed: {exc}"
             ) from exc
-        scores[test] = anomaly_score(model, X[test])
-    return scores
+        return anomaly_score(model, X[test])
+
+    return held_out(X.shape[0], cv, seed, fit_and_score)
 
 
 def inside_fence(estimator, X, kept, scores, fence, readmit):

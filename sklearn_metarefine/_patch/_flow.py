@@ -5,13 +5,13 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context, clone
-from sklearn.model_selection import KFold
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._features._backbones import _LITE0_NAME
 from .._flows import FlowDetector
+from .._rounds import held_out
 from .._scores import clean_tail_fraction, majority_fence, with_clean_tail
 from .._utils import draw_seed
 from ._detector import _fence_keep
@@ -360,14 +360,13 @@ shape (n_samples, n_features) when ``backbone=None``
 
     def _held_out_scores(self, base, patches, seed):
         """Each image's largest patch score by a flow fitted without its fold."""
-        n_splits = min(self.cv, len(patches))
-        folds = KFold(n_splits, shuffle=True, random_state=seed).split(patches)
-        scores = np.empty(len(patches))
-        for train, test in folds:
+
+        def fit_and_score(fold, train, test):
             flow = clone(base).fit(self._rows(patches[train]))
             nll = -flow.score_samples(self._rows(patches[test]))
-            scores[test] = nll.reshape(len(test), -1).max(1)
-        return scores
+            return nll.reshape(len(test), -1).max(1)
+
+        return held_out(len(patches), self.cv, seed, fit_and_score)
 
     def _patch_scores_of(self, patches):
         """Negative log-likelihood of every patch, ``(n_images, n_cells)``."""

@@ -39,11 +39,22 @@ configuration and refuses results of another one.
 
 
 def _size(text):
-    """An int count, or a float fraction, as make_contaminated's test_size takes."""
+    """A positive int count, or a fraction in (0, 1), as make_contaminated's
+    test_size takes."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        return float(text)
+        value = float(text)
+        if not 0 < value < 1:
+            raise argparse.ArgumentTypeError(
+                f"must be a count of at least 1 or a fraction in (0, 1), got {text}"
+            ) from None
+        return value
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a count of at least 1 or a fraction in (0, 1), got {text}"
+        )
+    return value
 
 
 def _positive_int(text):

@@ -491,6 +491,25 @@ CLI_ROWS = [
         "argument --repeats: must be a positive",
     ),
     ("--n-jobs 0", ["--n-jobs", "0"], None, 2, "argument --n-jobs: must be"),
+    (
+        "--test-size 0",
+        ["--test-size", "0"],
+        None,
+        2,
+        r"argument --test-size: must be a count of at least 1 or a fraction in \(0, 1\), got 0$",
+    ),
+    ("--test-size 1.5", ["--test-size", "1.5"], None, 2, r"fraction in \(0, 1\), got 1.5$"),
+    (
+        "--train-size too small for a noise level",
+        ["--train-size", "3", "--noise", "0", "0.1", "0.15", "--categories", "3", "4"],
+        None,
+        1,
+        # Once per reason, with the cells it applies to.
+        r"training set of digits: digit3 noise=0\.1, digit4 noise=0\.1: noise=0\.1 "
+        r"rounds to no anomalous sample in a training set of 3: it would be clean\. "
+        r"Use noise=0, a noise of at least 0\.1667, or a larger train_size; digit3 "
+        r"noise=0\.15, digit4 noise=0\.15: noise=0\.15 rounds",
+    ),
     ("--image-size 0", ["--image-size", "0"], None, 2, "argument --image-size"),
     ("unknown model", ["--models", "forest"], None, 2, "invalid choice: 'forest'"),
     ("--noise 0.9", ["--noise", "0.9"], None, 1, "above 0.5, the largest fraction"),

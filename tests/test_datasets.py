@@ -360,6 +360,7 @@ def test_make_contaminated_properties(seed):
     needed = _round_half_up(noise * n_train_normal / (1 - noise))
     feasible = n_test <= min(n_normal, n_anomalous) and n_train_normal >= 1
     feasible = feasible and needed <= n_anomalous - n_test
+    feasible = feasible and (noise == 0 or needed >= 1)
     if not feasible:
         with pytest.raises(ValueError):
             make_contaminated(X, y, noise=noise, test_size=test_size, random_state=seed)
@@ -391,6 +392,19 @@ def test_make_contaminated_train_size(noise, train_size):
     assert len(data.y_train) == train_size
     assert data.y_train.sum() == _round_half_up(noise * train_size)
     assert abs(data.y_train.mean() - noise) <= 1 / (2 * train_size) + 1e-12
+
+
+def test_a_noise_that_rounds_to_no_anomaly_is_refused():
+    # 0.1 * 3 rounds to 0; 0.05 * 4 / 0.95 too: either set would be clean.
+    y = _labels(40, 40)
+    with pytest.raises(ValueError, match=r"noise=0.1 rounds to no anomalous sample "
+                       r"in a training set of 3: it would be clean\. Use noise=0, a "
+                       r"noise of at least 0\.1667"):
+        make_contaminated(np.arange(80), y, noise=0.1, test_size=10, train_size=3)
+    with pytest.raises(ValueError, match=r"training set of 4: .* at least 0\.1111"):
+        make_contaminated(np.arange(46), _labels(6, 40), noise=0.05, test_size=2)
+    data = make_contaminated(np.arange(80), y, noise=0.17, test_size=10, train_size=3)
+    assert data.y_train.sum() == 1
 
 
 def test_make_contaminated_rounds_halves_up():

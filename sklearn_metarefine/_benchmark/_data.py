@@ -112,7 +112,7 @@ def check_feasible(config, labelled, noise):
     ``labelled`` maps each category to its (images, labels, split). Whether a
     draw is possible does not depend on its seed, so one draw per cell tells.
     """
-    problems = []
+    problems = {}  # reason: the cells it applies to
     for category, (_, y, split) in labelled.items():
         for level in noise:
             try:
@@ -126,11 +126,13 @@ def check_feasible(config, labelled, noise):
                 )
             except ValueError as error:
                 reason = str(error).rstrip(".")
-                problems.append(f"{category}, noise={level:g}: {reason}")
+                problems.setdefault(reason, []).append(f"{category} noise={level:g}")
     if problems:
+        # One message per reason: a setting out of range fails every cell alike.
+        listed = [f"{', '.join(cells)}: {reason}" for reason, cells in problems.items()]
         raise BenchmarkError(
             f"Cannot draw every requested contaminated training set of "
-            f"{config['dataset']}: " + "; ".join(problems) + ". On the command "
+            f"{config['dataset']}: " + "; ".join(listed) + ". On the command "
             "line: --overlap draws training anomalies from the test anomalies "
             "too, --train-size N fixes a smaller training set, --test-size N "
             "reserves fewer anomalies for the test set; or leave out the noise "

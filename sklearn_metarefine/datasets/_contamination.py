@@ -139,8 +139,9 @@ def make_contaminated(
     ``noise * n_normal / (1 - noise)``; with an int `train_size` it is the
     integer nearest to ``noise * train_size``; halves round up. Either way the
     anomalous fraction of the training set is within ``1 / (2 * n_train)`` of
-    `noise`. When the data cannot provide that many anomalies the function
-    raises instead of returning a cleaner training set than asked for.
+    `noise`. When the data cannot provide that many anomalies, or a positive
+    `noise` rounds to none, the function raises instead of returning a
+    cleaner training set than asked for.
 
     Draws are nested, so that noise levels can be compared on equal terms:
     for a fixed `random_state`, the test set does not depend on `noise`,
@@ -287,10 +288,12 @@ def _train_counts(
         n_normal = n_normal_pool
         n_anomalous = _round_half_up(noise * n_normal / (1 - noise))
         largest_noise = n_anomalous_pool / max(n_normal + n_anomalous_pool, 1)
+        smallest_noise = 0.5 / (n_normal + 0.5)  # rounds to one anomaly
     else:
         n_anomalous = _round_half_up(noise * train_size)
         n_normal = train_size - n_anomalous
         largest_noise = n_anomalous_pool / train_size
+        smallest_noise = 0.5 / train_size
 
     if n_normal < 1:
         raise ValueError(
@@ -328,6 +331,12 @@ def _train_counts(
             f"{n_normal} normal ones, but only {n_anomalous_pool} anomalies are "
             f"available for training ({source}). The largest achievable noise is "
             f"{largest_noise:.4f}. Use {'; or '.join(remedies)}."
+        )
+    if noise > 0 and n_anomalous == 0:
+        raise ValueError(
+            f"noise={noise} rounds to no anomalous sample in a training set of "
+            f"{n_normal}: it would be clean. Use noise=0, a noise of at least "
+            f"{smallest_noise:.4g}, or a larger train_size."
         )
     return n_normal, n_anomalous
 

@@ -478,7 +478,7 @@ def test_mvtec_noise_beyond_the_anomalies_is_refused_then_reached_with_overlap(
     ]
     assert main(command + _config_flags(tmp_path / "out")) == 1
     error = capsys.readouterr().err
-    assert "bottle, noise=0.3" in error and "zipper, noise=0.3" in error
+    assert "bottle noise=0.3, zipper noise=0.3: noise=0.3 needs" in error
     assert "--overlap" in error and "--train-size" in error
     assert not (tmp_path / "out" / "runs").exists()
 

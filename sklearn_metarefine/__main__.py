@@ -87,8 +87,8 @@ def _parser():
             "each category, noise level, repeat and model, fit on a contaminated\n"
             "training set and report the test AUROC (Table 1, Figures 4 and 5)\n"
             "and the good and bad training images the refiners removed (Table 2).\n"
-            "On --dataset surfaces, the patch models' anomaly maps are also scored\n"
-            "against the defect masks (pixel AUROC, AUPRO: Tables 4 and 5)."
+            "The patch models' anomaly maps are also scored against the defect\n"
+            "masks (pixel AUROC, AUPRO: Tables 4 and 5)."
         ),
         epilog=_BENCHMARK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -153,7 +153,8 @@ def _parser():
         choices=ALL_MODELS,
         metavar="MODEL",
         help=f"models to compare, among {', '.join(ALL_MODELS)}; the last four "
-        "are patch models, for --dataset surfaces (default: the image-level "
+        "are patch models, for the datasets with masks: surfaces, mvtec and "
+        "ksdd2 (default: the image-level "
         "models; on surfaces the patch models, metarefine and iforest)",
     )
     model.add_argument(

@@ -13,6 +13,7 @@ from sklearn_metarefine import PatchCoreDetector, PatchFeatures
 from sklearn_metarefine.__main__ import main
 from sklearn_metarefine._benchmark import (
     BenchmarkError,
+    load_masked,
     make_model,
     resolve_config,
     run_benchmark,
@@ -210,12 +211,17 @@ def test_patch_models_and_their_settings():
         assert (model.backbone, model.grid_shape, model.k) == (None, (4, 4), 2.5)
         assert model.random_state == 3
     assert "surfaces" not in resolve_config("digits")
-    with pytest.raises(BenchmarkError, match="surfaces"):
+    with pytest.raises(BenchmarkError, match="patch models, which run on mvtec"):
         resolve_config("digits", {"patch": {"k": 2.5}})
+    # MVTec AD and KolektorSDD2 have masks: their patch models see 224 px.
+    for dataset in ("mvtec", "ksdd2"):
+        patch = resolve_config(dataset)["patch"]
+        assert patch == {**resolve_config("surfaces")["patch"], "image_size": 224}
+        assert "surfaces" not in resolve_config(dataset)
 
 
-def test_patch_models_run_on_the_surfaces_only(tmp_path):
-    with pytest.raises(BenchmarkError, match="--dataset surfaces only"):
+def test_patch_models_run_on_the_datasets_with_masks_only(tmp_path):
+    with pytest.raises(BenchmarkError, match="datasets with defect masks .*mvtec, ksdd2"):
         run_benchmark(models=["patchcore"], output=tmp_path, progress=False)
     with pytest.raises(BenchmarkError, match="concrete"):
         run_benchmark(
@@ -250,3 +256,68 @@ def test_run_records_without_pixel_metrics_are_read_as_blank(tmp_path):
     stored = read_run(tmp_path, run)
     assert stored["pixel_auroc"] is None and stored["aupro"] is None
     assert stored["auroc"] == 0.5
+
+
+def _photographs(root, dataset):
+    """An MVTec AD or KolektorSDD2 folder of 64 px metal plates with holes:
+    20 good training images, 8 good and 8 defective test images, and masks
+    saved at twice the images' size (the loaders do not read image sizes)."""
+    data = make_surfaces(
+        "metal", n_normal=28, n_anomalous=8, image_size=64,
+        defect_types="hole", random_state=0,
+    )  # fmt: skip
+    good, bad = np.flatnonzero(data.target == 0), np.flatnonzero(data.target == 1)
+    files = [("train", i, n) for n, i in enumerate(good[:20])]
+    files += [("test", i, n) for n, i in enumerate([*good[20:], *bad])]
+    for split, i, n in files:
+        mask = np.kron(data.masks[i], np.ones((2, 2), bool)).astype(np.uint8) * 255
+        if dataset == "mvtec":
+            kind = "good" if data.target[i] == 0 else "hole"
+            image_path = root / "plate" / split / kind / f"{n:03d}.png"
+            mask_path = root / "plate" / "ground_truth" / kind / f"{n:03d}_mask.png"
+        else:
+            image_path = root / split / f"{split}{n:03d}.png"
+            mask_path = root / split / f"{split}{n:03d}_GT.png"
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(data.images[i]).save(image_path)
+        if dataset == "ksdd2" or data.target[i] == 1:
+            mask_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(mask_path)
+    return data
+
+
+@pytest.mark.parametrize("dataset", ["mvtec", "ksdd2"])
+def test_patch_models_score_their_maps_against_the_masks_of_photographs(
+    dataset, tmp_path
+):
+    root = tmp_path / dataset
+    data = _photographs(root, dataset)
+    categories = ["plate"] if dataset == "mvtec" else None
+    config = {**TINY, "patch": {"image_size": 64, "coreset_fraction": 0.5}}
+    del config["surfaces"]
+    masked = load_masked(dataset, (categories or ["ksdd2"])[0], root, resolve_config(dataset, config))
+    # The masks as the loader pairs them, read at the CNN's 64 px: the plates'.
+    holes = masked.target == 1
+    assert holes.sum() == 8 and masked.masks.shape == (36, 64, 64)
+    assert not masked.masks[np.flatnonzero(~holes)].any()
+    expected = {data.images[i].tobytes(): data.masks[i] for i in range(len(data.target))}
+    for index in np.flatnonzero(holes):
+        picture = np.asarray(Image.open(masked.filenames[index]))
+        np.testing.assert_array_equal(masked.masks[index][0], expected[picture.tobytes()])
+        np.testing.assert_array_equal(masked.images[index][0], picture)
+
+    result = run_benchmark(
+        dataset, root=root, categories=categories, models=["patchcore", "metarefine"],
+        noise=[0.0], repeats=1, config=config, output=tmp_path / "out",
+        n_jobs=1, progress=False,
+    )  # fmt: skip
+    runs = {r["model"]: r for r in result.runs}
+    assert all(r["error"] is None for r in runs.values())
+    # The maps find the holes: pixel metrics where the maps meet the right
+    # masks; a pairing off by one image would score about 0.5.
+    assert runs["patchcore"]["pixel_auroc"] > 0.9 and runs["patchcore"]["aupro"] > 0.6
+    assert runs["metarefine"]["pixel_auroc"] is None
+    assert "Table 4. Pixel AUROC" in result.report
+    figure = tmp_path / "out" / f"anomaly_maps_{(categories or ['ksdd2'])[0]}.png"
+    assert result.files[f"maps_{figure.stem.removeprefix('anomaly_maps_')}"] == figure
+    assert figure.read_bytes().startswith(PNG_SIGNATURE)

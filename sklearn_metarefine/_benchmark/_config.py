@@ -9,9 +9,10 @@ DATASETS = ("digits", "mvtec", "ksdd2", "surfaces")
 # of digits, mvtec and ksdd2.
 MODELS = ("vanilla", "osr", "irp", "metarefine", "iforest", "lof")
 # Patch-level models: a grid of patch vectors per image, and anomaly maps that
-# the pixel metrics score against the defect masks. Only the surfaces dataset
-# has masks here, so they run on it only.
+# the pixel metrics score against the defect masks. They run on the datasets
+# with masks.
 PATCH_MODELS = ("patchcore", "patchcore_refined", "metarefine_patch", "patchflow")
+MASKED_DATASETS = ("mvtec", "ksdd2", "surfaces")
 ALL_MODELS = MODELS + PATCH_MODELS
 # The models of a dataset when none are named.
 DEFAULT_MODELS = {
@@ -125,7 +126,7 @@ DEFAULT_CONFIG = {
     "lof": {"n_neighbors": 20},
 }
 
-# The sections only the surfaces dataset has, added by `resolve_config`.
+# The section only the surfaces dataset has, added by `resolve_config`.
 SURFACES_CONFIG = {
     # make_surfaces, per category, seeded by "seed". Without a predefined
     # split the protocol tests on a quarter of the good images and as many
@@ -133,6 +134,11 @@ SURFACES_CONFIG = {
     # anomalies come from, so n_anomalous = n_normal reaches 50% noise (here
     # 30 + 30 test images, 90 good training images and up to 90 defective).
     "surfaces": {"image_size": 128, "n_normal": 120, "n_anomalous": 120},
+}
+
+# The sections of the patch models, added by `resolve_config` for the datasets
+# with masks (MASKED_DATASETS).
+PATCH_CONFIG = {
     # The patch models' PatchFeatures (backbone, image_size: the CNN's input
     # side, batch_size), their PatchCoreDetector settings (coreset_fraction,
     # k; patchflow takes k), and sigma, the smoothing of the maps in pixels at
@@ -161,6 +167,9 @@ SURFACES_CONFIG = {
     # detector's default flow.
     "patchflow": {"image_cleaning": True, "cv": 5, "positional_code": 2, "flow": None},
 }
+# MVTec AD and KolektorSDD2 photographs are 230 to 1024 px: their CNN input is
+# PatchCore's 224 px (a 28 x 28 grid), the maps and masks are scored there.
+_PATCH_IMAGE_SIZE = {"mvtec": 224, "ksdd2": 224}
 
 
 class BenchmarkError(ValueError):
@@ -216,7 +225,9 @@ def resolve_config(dataset, overrides=None):
     ----------
     dataset : {"digits", "mvtec", "ksdd2", "surfaces"}
         The dataset; selects its entry of ``DEFAULT_CONFIG["features"]``;
-        "surfaces" also gets the sections of ``SURFACES_CONFIG``.
+        "surfaces" also gets the section of ``SURFACES_CONFIG``, and the
+        datasets with masks (``MASKED_DATASETS``) the patch models' sections
+        of ``PATCH_CONFIG``.
     overrides : dict or None, default=None
         Nested values replacing those of the resolved configuration, e.g.
         ``{"flow": {"max_epochs": 5}, "features": {"image_size": 32}}``.
@@ -239,12 +250,18 @@ def resolve_config(dataset, overrides=None):
     config["features"] = config["features"][dataset]
     if dataset == "surfaces":
         config.update(copy.deepcopy(SURFACES_CONFIG))
-    for key in SURFACES_CONFIG.keys() & (overrides or {}).keys():
-        if dataset != "surfaces":
+    if dataset in MASKED_DATASETS:
+        config.update(copy.deepcopy(PATCH_CONFIG))
+        if dataset in _PATCH_IMAGE_SIZE:
+            config["patch"]["image_size"] = _PATCH_IMAGE_SIZE[dataset]
+    for key in (SURFACES_CONFIG.keys() | PATCH_CONFIG.keys()) & (overrides or {}).keys():
+        if key not in config:
+            owner = "the surfaces dataset (--dataset surfaces)" if key in SURFACES_CONFIG else (
+                f"the patch models, which run on {', '.join(MASKED_DATASETS)}"
+            )
             raise BenchmarkError(
-                f"The configuration key config[{key!r}] belongs to the surfaces "
-                f"dataset (--dataset surfaces) and its patch models, not to "
-                f"{dataset}."
+                f"The configuration key config[{key!r}] belongs to {owner}, not "
+                f"to {dataset}."
             )
     config = {"dataset": dataset, **config}
     _merge(config, overrides or {}, path="config")

@@ -1,6 +1,8 @@
 """The datasets: their categories, images and labels, and the draws they allow."""
 
 import numpy as np
+from PIL import Image
+from sklearn.utils import Bunch
 
 from ..datasets import (
     MVTEC_AD_CATEGORIES,
@@ -65,13 +67,104 @@ def load_category(dataset, category, root, config=None):
     if dataset == "surfaces":
         surfaces = generate_surfaces(category, config or resolve_config(dataset))
         return surfaces.images, surfaces.target, None
+    data = _read_dataset(dataset, category, root)
+    return list(data.filenames), data.target, data.split
+
+
+def _read_dataset(dataset, category, root):
+    """The loader's Bunch of a category of MVTec AD or KolektorSDD2."""
     if root is None:
         raise BenchmarkError(
             f"The {dataset} dataset is read from disk: pass its folder as root "
             "(--root on the command line)."
         )
-    data = load_mvtec_ad(root, category) if dataset == "mvtec" else load_ksdd2(root)
-    return list(data.filenames), data.target, data.split
+    return load_mvtec_ad(root, category) if dataset == "mvtec" else load_ksdd2(root)
+
+
+def load_masked(dataset, category, root, config):
+    """A category of MVTec AD or KolektorSDD2 with its defect masks, for the
+    patch models.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        ``filenames``, ``target`` and ``split`` as :func:`load_category`
+        gives them; ``defect_type``; ``masks`` (``MaskFiles``) and
+        ``images`` (``PictureFiles``), read when indexed, at the patch
+        models' input size ``config["patch"]["image_size"]``, where their maps
+        are scored.
+    """
+    data = _read_dataset(dataset, category, root)
+    size = config["patch"]["image_size"]
+    defect_type = (
+        data.defect_type
+        if dataset == "mvtec"
+        else np.where(data.target == 1, "defective", "good")
+    )
+    return Bunch(
+        filenames=list(data.filenames),
+        target=data.target,
+        split=data.split,
+        defect_type=np.asarray(defect_type),
+        masks=MaskFiles(data.mask_filenames, size),
+        images=PictureFiles(data.filenames, size),
+    )
+
+
+class _Files:
+    """Square arrays read from files when indexed: ``stack[indices]``."""
+
+    def __init__(self, filenames, size):
+        self.filenames = list(filenames)
+        self.size = size
+
+    def __len__(self):
+        return len(self.filenames)
+
+    def __getitem__(self, indices):
+        indices = np.atleast_1d(indices)
+        if not len(indices):
+            return np.zeros((0, *self.shape[1:]), dtype=self._dtype)
+        return np.stack([self._read(self.filenames[i]) for i in indices])
+
+    def _open(self, path, what):
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return image.copy()
+        except Exception as error:  # PIL raises several types for one cause
+            raise BenchmarkError(f"Cannot read the {what} {path}: {error}") from None
+
+
+class MaskFiles(_Files):
+    """Defect masks, each resized to ``size`` x ``size`` (nearest neighbour);
+    an image without a mask file (a good MVTec AD image) has an empty one."""
+
+    _dtype = bool
+
+    @property
+    def shape(self):
+        return (len(self), self.size, self.size)
+
+    def _read(self, path):
+        if path is None:
+            return np.zeros((self.size, self.size), dtype=bool)
+        mask = self._open(path, "defect mask").convert("L")
+        return np.asarray(mask.resize((self.size, self.size), Image.NEAREST)) > 0
+
+
+class PictureFiles(_Files):
+    """Images as 8-bit RGB, each resized to ``size`` x ``size``, for figures."""
+
+    _dtype = np.uint8
+
+    @property
+    def shape(self):
+        return (len(self), self.size, self.size, 3)
+
+    def _read(self, path):
+        image = self._open(path, "image").convert("RGB")
+        return np.asarray(image.resize((self.size, self.size), Image.BILINEAR))
 
 
 def generate_surfaces(category, config):

@@ -7,6 +7,7 @@ from sklearn.utils import Bunch
 from ._config import (
     ALL_MODELS,
     DEFAULT_MODELS,
+    MASKED_DATASETS,
     NOISE_LEVELS,
     PATCH_MODELS,
     BenchmarkError,
@@ -20,6 +21,7 @@ from ._data import (
     dataset_categories,
     generate_surfaces,
     load_category,
+    load_masked,
 )
 from ._execution import check_execution, execute
 from ._maps import map_figures
@@ -67,9 +69,12 @@ def run_benchmark(
     training samples removed. Features are computed once per dataset or
     category and cached in ``output``; all models see the same features.
 
-    On the generated surfaces the patch models also score their anomaly
-    maps against the defect masks (pixel AUROC and AUPRO), and a figure per
-    category shows the maps of one of them over a few test images.
+    The patch models also score their anomaly maps against the defect masks
+    (pixel AUROC and AUPRO; for MVTec AD and KolektorSDD2 the masks are
+    resized, nearest neighbour, to the CNN's input size
+    ``config["patch"]["image_size"]``, where the maps are scored), and a
+    figure per category shows the maps of one of them over a few test
+    images.
 
     Parameters
     ----------
@@ -79,7 +84,8 @@ def run_benchmark(
         and KolektorSDD2 read from ``root``, with their official splits.
         ``"surfaces"``: the generated surfaces of
         :func:`~sklearn_metarefine.datasets.make_surfaces`, with defect masks
-        (no download); the only dataset the patch models run on.
+        (no download). The patch models run on the three datasets with
+        masks: mvtec, ksdd2 and surfaces.
     root : str or path-like, default=None
         Folder of MVTec AD or KolektorSDD2.
     categories : sequence of str, default=None
@@ -87,7 +93,7 @@ def run_benchmark(
         (:func:`dataset_categories`).
     models : sequence of str, default=None
         Any of ``"vanilla"``, ``"osr"``, ``"irp"``, ``"metarefine"``,
-        ``"iforest"``, ``"lof"`` and, on the surfaces, the patch models
+        ``"iforest"``, ``"lof"`` and, on the datasets with masks, the patch models
         ``"patchcore"``, ``"patchcore_refined"``, ``"metarefine_patch"`` and
         ``"patchflow"`` (:func:`make_model`). None runs the dataset's default
         models (``DEFAULT_MODELS``): the six image-level ones, and on the
@@ -165,11 +171,15 @@ def run_benchmark(
     runs_folder = output / RUNS_FOLDER
     cache = output / FEATURES_FOLDER
 
+    # The defect masks (and pictures for the figures) of the patch models.
     if dataset == "surfaces":
-        surfaces = {c: generate_surfaces(c, config) for c in categories}
-        labelled = {c: (s.images, s.target, None) for c, s in surfaces.items()}
+        masked = {c: generate_surfaces(c, config) for c in categories}
+        labelled = {c: (s.images, s.target, None) for c, s in masked.items()}
+    elif any(model in PATCH_MODELS for model in models):
+        masked = {c: load_masked(dataset, c, root, config) for c in categories}
+        labelled = {c: (m.filenames, m.target, m.split) for c, m in masked.items()}
     else:
-        surfaces = {}
+        masked = {}
         labelled = {c: load_category(dataset, c, root) for c in categories}
     check_feasible(config, labelled, noise)
     image_sets = [images for images, _, _ in labelled.values()]
@@ -181,7 +191,7 @@ def run_benchmark(
 
     runs = plan_runs(config, categories, noise, repeats, models)
     pending = [run for run in runs if read_run(runs_folder, run) is None]
-    data = _category_data(labelled, surfaces, pending, config, device, cache)
+    data = _category_data(labelled, masked, pending, config, device, cache)
     execute(
         pending,
         data,
@@ -204,7 +214,9 @@ def run_benchmark(
         output, config, records, table1, table2, **axes, table3=table3
     )
     files.update(
-        map_figures(output, surfaces, runs, config, device, cache, models=models)
+        map_figures(
+            output, masked, labelled, runs, config, device, cache, models=models
+        )
     )
     report = format_report(
         table1, table2, records, **axes, repeats=repeats, table3=table3
@@ -227,17 +239,18 @@ def _grid_axes(dataset, categories, models, noise):
     models = list(dict.fromkeys(DEFAULT_MODELS[dataset] if models is None else models))
     for model in models:
         check_choice("model", model, ALL_MODELS)
-        if model in PATCH_MODELS and dataset != "surfaces":
+        if model in PATCH_MODELS and dataset not in MASKED_DATASETS:
             raise BenchmarkError(
-                f"The patch model {model!r} runs on --dataset surfaces only, the "
-                f"dataset with defect masks for its anomaly maps; {dataset} gets "
-                f"the image-level models ({', '.join(DEFAULT_MODELS[dataset])})."
+                f"The patch model {model!r} runs on the datasets with defect "
+                f"masks for its anomaly maps ({', '.join(MASKED_DATASETS)}); "
+                f"{dataset} gets the image-level models "
+                f"({', '.join(DEFAULT_MODELS[dataset])})."
             )
     noise = list(dict.fromkeys(float(level) for level in noise))
     return categories, models, noise
 
 
-def _category_data(labelled, surfaces, pending, config, device, cache_folder):
+def _category_data(labelled, masked, pending, config, device, cache_folder):
     """Labels, split and the features the pending runs need, per category.
 
     The pooled features when an image-level run is pending, the patch grids
@@ -262,6 +275,6 @@ def _category_data(labelled, surfaces, pending, config, device, cache_folder):
                 if patch
                 else None
             ),
-            "masks": surfaces[category].masks if patch else None,
+            "masks": masked[category].masks if patch else None,
         }
     return data

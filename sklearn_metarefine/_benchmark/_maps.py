@@ -1,4 +1,4 @@
-"""Figures of the surfaces benchmark: a patch model's anomaly maps on test images.
+"""Figures of the patch models: one model's anomaly maps on test images.
 
 The model of one run is fitted again, on the same draw with the same seed, in
 the calling process, and its maps drawn over a few test images per category.
@@ -21,8 +21,8 @@ _FIGURE_MODELS = ("metarefine_patch", "patchcore_refined", "patchcore", "patchfl
 _N_GOOD, _N_DEFECTIVE = 2, 6
 
 
-def map_figures(output, surfaces, runs, config, device, cache_folder, *, models):
-    """Write, per surface, a figure of a patch model's maps on test images.
+def map_figures(output, masked, labelled, runs, config, device, cache_folder, *, models):
+    """Write, per category, a figure of a patch model's maps on test images.
 
     The model is the first of ``metarefine_patch``, ``patchcore_refined``,
     ``patchcore`` and ``patchflow`` in ``models``; the run shown is its
@@ -33,8 +33,12 @@ def map_figures(output, surfaces, runs, config, device, cache_folder, *, models)
     ----------
     output : path
         The output folder; the figures are ``anomaly_maps_<category>.png``.
-    surfaces : dict
-        The generated surface of each category (empty for other datasets).
+    masked : dict
+        Of each category, its ``images`` (an array, or ``PictureFiles``),
+        ``masks``, ``target`` and ``defect_type``; empty when no patch model
+        runs (no figure).
+    labelled : dict
+        Of each category, the (images, labels, split) its runs draw from.
     runs : list of Run
         The grid.
     config : dict
@@ -52,21 +56,21 @@ def map_figures(output, surfaces, runs, config, device, cache_folder, *, models)
         The path of each figure, by the name ``"maps_<category>"``.
     """
     name = next((m for m in _FIGURE_MODELS if m in models), None)
-    if name is None or not surfaces:
+    if name is None or not masked:
         return {}
     files = {}
-    for category, surface in surfaces.items():
+    for category, shown in masked.items():
         run = max(
             (r for r in runs if (r.category, r.model, r.repeat) == (category, name, 0)),
             key=lambda r: r.noise,
         )
-        patches = cached_features(
-            surface.images, config, device, cache_folder, patches=True
-        )
+        images, target, split = labelled[category]
+        patches = cached_features(images, config, device, cache_folder, patches=True)
         draw = make_contaminated(
-            np.arange(len(surface.target)),
-            surface.target,
+            np.arange(len(target)),
+            target,
             noise=run.noise,
+            split=split,
             random_state=run.seed,
             **config["contamination"],
         )
@@ -85,7 +89,7 @@ def map_figures(output, surfaces, runs, config, device, cache_folder, *, models)
             )
             path = output / f"anomaly_maps_{category}.png"
             draw_anomaly_maps(
-                path, model, patches, surface, draw.test_indices, config, title=title
+                path, model, patches, shown, draw.test_indices, config, title=title
             )
         files[f"maps_{category}"] = path
     return files
@@ -105,7 +109,8 @@ def draw_anomaly_maps(
     patches : ndarray of shape (n_images, grid_height, grid_width, n_channels)
         The patch features of every image of the surface.
     surfaces : Bunch
-        The generated surface (images, masks, defect types).
+        The category's ``images``, ``masks``, ``target`` and
+        ``defect_type``: a generated surface, or ``load_masked``'s.
     test_indices : ndarray
         The test set of the model's draw, in its order.
     config : dict

@@ -1,4 +1,4 @@
-"""The patch models of the surfaces benchmark: detectors, maps, pixel metrics.
+"""The patch models of the benchmark: detectors, maps, pixel metrics.
 
 The patch models take each image's grid of patch vectors, computed once per
 category and cached (:func:`~._storage.cached_features`), as one row of

@@ -128,7 +128,7 @@ def make_model(name, *, random_state, device, config, grid_shape=None):
         :class:`~sklearn.neighbors.LocalOutlierFactor` with
         ``novelty=True``. The patch models ``"patchcore"``,
         ``"patchcore_refined"``, ``"metarefine_patch"`` and ``"patchflow"``
-        (surfaces only) are described in :func:`~._patches.make_patch_model`.
+        (on the datasets with masks) are described in :func:`~._patches.make_patch_model`.
     random_state : int
         Seed of the model.
     device : str

@@ -256,9 +256,10 @@ def resolve_config(dataset, overrides=None):
             config["patch"]["image_size"] = _PATCH_IMAGE_SIZE[dataset]
     for key in (SURFACES_CONFIG.keys() | PATCH_CONFIG.keys()) & (overrides or {}).keys():
         if key not in config:
-            owner = "the surfaces dataset (--dataset surfaces)" if key in SURFACES_CONFIG else (
-                f"the patch models, which run on {', '.join(MASKED_DATASETS)}"
-            )
+            if key in SURFACES_CONFIG:
+                owner = "the surfaces dataset (--dataset surfaces)"
+            else:
+                owner = f"the patch models, which run on {', '.join(MASKED_DATASETS)}"
             raise BenchmarkError(
                 f"The configuration key config[{key!r}] belongs to {owner}, not "
                 f"to {dataset}."

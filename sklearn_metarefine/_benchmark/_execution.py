@@ -81,8 +81,8 @@ def execute(
     data : dict
         Of each category with pending runs, a dict of its labels ``"y"``, its
         ``"split"``, its ``"features"`` (None when no image-level run is
-        pending), and on the surfaces its ``"patches"`` (None when no patch
-        run is pending) and ``"masks"``.
+        pending), its ``"patches"`` and ``"masks"`` (None when no patch run
+        is pending).
     config : dict
         A resolved configuration.
     device : str

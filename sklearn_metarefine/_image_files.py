@@ -39,8 +39,8 @@ def check_nothing_read_is_overwritten(option, written, read):
     """
     read = {Path(path).resolve(): (path, what) for path, what in read.items()}
     for path in written:
-        if Path(path).resolve() in read:
-            source, what = read[Path(path).resolve()]
+        source, what = read.get(Path(path).resolve(), (None, None))
+        if source is not None:
             raise InputError(
                 f"{option} would write over {os.fspath(source)}, {what}; "
                 "give a path outside the command's inputs."

@@ -401,7 +401,9 @@ def test_a_noise_that_rounds_to_no_anomaly_is_refused():
                        r"in a training set of 3: it would be clean\. Use noise=0, a "
                        r"noise of at least 0\.1667"):
         make_contaminated(np.arange(80), y, noise=0.1, test_size=10, train_size=3)
-    with pytest.raises(ValueError, match=r"training set of 4: .* at least 0\.1111"):
+    with pytest.raises(
+        ValueError, match=r"training set of 4: .* at least 0\.1111, or more normal samples"
+    ):
         make_contaminated(np.arange(46), _labels(6, 40), noise=0.05, test_size=2)
     data = make_contaminated(np.arange(80), y, noise=0.17, test_size=10, train_size=3)
     assert data.y_train.sum() == 1

@@ -333,10 +333,11 @@ def _train_counts(
             f"{largest_noise:.4f}. Use {'; or '.join(remedies)}."
         )
     if noise > 0 and n_anomalous == 0:
+        larger = "a larger train_size" if train_size else "more normal samples"
         raise ValueError(
             f"noise={noise} rounds to no anomalous sample in a training set of "
             f"{n_normal}: it would be clean. Use noise=0, a noise of at least "
-            f"{smallest_noise:.4g}, or a larger train_size."
+            f"{smallest_noise:.4g}, or {larger}."
         )
     return n_normal, n_anomalous
 

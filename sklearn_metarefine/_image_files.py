@@ -34,17 +34,28 @@ def check_nothing_read_is_overwritten(option, written, read):
 
     ``written`` are the paths the command will write (or delete) for
     ``option``; ``read`` maps paths it reads to what they are ("a training
-    image"). Paths are compared resolved, so ``./a.png`` and a link to it are
-    ``a.png``.
+    image"). Files are compared by identity (device and inode), so another
+    path to a file, a symbolic or a hard link, is that file; a written path
+    that does not exist yet overwrites nothing.
     """
-    read = {Path(path).resolve(): (path, what) for path, what in read.items()}
+    read = {_identity(path): (path, what) for path, what in read.items()}
+    read.pop(None, None)  # a file listed for reading that has gone
     for path in written:
-        source, what = read.get(Path(path).resolve(), (None, None))
+        source, what = read.get(_identity(path), (None, None))
         if source is not None:
             raise InputError(
                 f"{option} would write over {os.fspath(source)}, {what}; "
                 "give a path outside the command's inputs."
             )
+
+
+def _identity(path):
+    """The (device, inode) of the file at ``path``, or None if there is none."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def check_images_outside(option, written, folders, later):

@@ -320,12 +320,14 @@ def test_outputs_over_the_inputs_are_refused_before_any_work(
     train, new = folders / "train", folders / "new"
     image = train / "line2" / "part04.png"
     before = {path: path.read_bytes() for path in (image, fitted, new / "new0.bmp")}
-    link = tmp_path / "link.png"
+    link, hard_link = tmp_path / "link.png", tmp_path / "hard.png"
     link.symlink_to(image)
+    hard_link.hardlink_to(image)
     cases = [
         # The model, or a report written beside it, over a training image.
         (["fit", str(train), "--output", str(image)], f"over {image}, a training image"),
         (["fit", str(train), "--output", str(link)], f"over {image}, a training image"),
+        (["fit", str(train), "--output", str(hard_link)], f"over {image}, a training image"),
         # A contact sheet in the training folder: the next fit would train on it.
         (
             ["fit", str(train), "--output", str(train / "sub" / "m.metarefine")],

@@ -191,7 +191,9 @@ def run_benchmark(
 
     runs = plan_runs(config, categories, noise, repeats, models)
     pending = [run for run in runs if read_run(runs_folder, run) is None]
-    data = _category_data(labelled, masked, pending, config, device, cache)
+    data = _category_data(
+        labelled, masked, pending, config, device, cache, progress=progress
+    )
     execute(
         pending,
         data,
@@ -250,11 +252,14 @@ def _grid_axes(dataset, categories, models, noise):
     return categories, models, noise
 
 
-def _category_data(labelled, masked, pending, config, device, cache_folder):
+def _category_data(
+    labelled, masked, pending, config, device, cache_folder, *, progress=False
+):
     """Labels, split and the features the pending runs need, per category.
 
     The pooled features when an image-level run is pending, the patch grids
-    and defect masks when a patch run is.
+    and defect masks when a patch run is; features not cached yet are
+    computed with a progress bar when ``progress``.
     """
     data = {}
     for category, (images, y, split) in labelled.items():
@@ -266,12 +271,14 @@ def _category_data(labelled, masked, pending, config, device, cache_folder):
             "y": y,
             "split": split,
             "features": (
-                cached_features(images, config, device, cache_folder)
+                cached_features(images, config, device, cache_folder, progress=progress)
                 if models - set(PATCH_MODELS)
                 else None
             ),
             "patches": (
-                cached_features(images, config, device, cache_folder, patches=True)
+                cached_features(
+                    images, config, device, cache_folder, patches=True, progress=progress
+                )
                 if patch
                 else None
             ),

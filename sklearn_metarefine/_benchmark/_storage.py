@@ -303,17 +303,21 @@ def check_features(image_sets, config, device, cache_folder, *, patches=False):
             return
 
 
-def cached_features(images, config, device, cache_folder, *, patches=False):
+def cached_features(
+    images, config, device, cache_folder, *, patches=False, progress=False
+):
     """Features of ``images``, read from or written to the cache folder.
 
     With ``patches``, the patch features of the patch models: an array of
     shape (n_images, grid_height, grid_width, n_channels), each image's grid
-    of patch vectors (:class:`PatchFeatures`), float32.
+    of patch vectors (:class:`PatchFeatures`), float32. With ``progress``, a
+    progress bar over the CNN's batches when they are computed.
     """
     path = _feature_path(images, config, cache_folder, patches=patches)
     if path.exists():
         return _read_features(path, len(images), ndim=4 if patches else 2)
     extractor = (patch_extractor if patches else feature_extractor)(config, device)
+    extractor.set_params(verbose=int(progress))
     errors = (TypeError, ValueError) if patches else (ValueError,)
     try:
         features = extractor.fit(images[:1]).transform(images)

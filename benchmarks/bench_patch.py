@@ -19,7 +19,11 @@
     scikit-image's brick texture with planted dark discs, scratches and
     stains (a stand-in until the generated surfaces dataset exists).
 
-    python benchmarks/bench_patch.py [--repeats 3] [--quality]
+With ``--device cuda``, (a) fits and scores on the GPU (one row instead of
+the two thread counts; each timing waits for the GPU to finish); (b) and (c)
+run on the CPU either way.
+
+    python benchmarks/bench_patch.py [--repeats 3] [--quality] [--device cuda]
 """
 
 import argparse
@@ -52,11 +56,14 @@ def brick_crops(n, seed):
     return crops
 
 
-def median_time(function, repeats):
+def median_time(function, repeats, device="cpu"):
+    """Median wall time of ``function``, waiting for the GPU's queued work."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         function()
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
@@ -72,7 +79,8 @@ def scoring_with_maps(detector, rows):
 
 def part_a(args, cache):
     train, test = brick_crops(200, seed=0), brick_crops(args.n_test, seed=1)
-    params = dict(coreset_fraction=0.1, memory=cache, device="cpu", random_state=0)
+    device = args.device
+    params = dict(coreset_fraction=0.1, memory=cache, device=device, random_state=0)
     start = time.perf_counter()
     ivf = PatchCoreDetector(**params).fit(train)
     elapsed = time.perf_counter() - start
@@ -101,11 +109,13 @@ def part_a(args, cache):
     )
     header = ("threads", "extract ms", "ivf ms", "ratio", "brute ms", "ratio")
     print(" ".join(f"{name:>{width}}" for name, width in zip(header, WIDTHS)))
-    for threads in (default_threads, 1):
-        torch.set_num_threads(threads)
-        extract = median_time(lambda: features.transform(test), args.repeats)
-        fast = median_time(lambda: scoring_with_maps(ivf, rows), args.repeats)
-        slow = median_time(lambda: scoring_with_maps(brute, rows), args.repeats)
+    on_gpu = torch.device(device).type == "cuda"
+    for threads in (device,) if on_gpu else (default_threads, 1):
+        if not on_gpu:
+            torch.set_num_threads(threads)
+        extract = median_time(lambda: features.transform(test), args.repeats, device)
+        fast = median_time(lambda: scoring_with_maps(ivf, rows), args.repeats, device)
+        slow = median_time(lambda: scoring_with_maps(brute, rows), args.repeats, device)
         per = 1000 / args.n_test
         print(
             f"{threads:>8} {extract * per:>11.1f} {fast * per:>8.1f} "
@@ -250,6 +260,7 @@ def main():
     parser.add_argument("--n-test", type=int, default=32)
     parser.add_argument("--quality", action="store_true")
     parser.add_argument("--quality-repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (part a)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cache:
         train_rows = part_a(args, cache)

@@ -446,7 +446,7 @@ def test_lof_without_novelty_is_refused_with_the_fix():
     X = np.random.RandomState(0).normal(size=(20, 2))
     with pytest.raises(ValueError, match=re.escape("LocalOutlierFactor(novelty=True)")):
         IQRRefiner(LocalOutlierFactor()).fit(X)
-    refiner = IQRRefiner(LocalOutlierFactor(novelty=True)).fit(X)
+    refiner = IQRRefiner(LocalOutlierFactor(novelty=True), random_state=0).fit(X)
     assert refiner.predict(X).shape == (20,)
 
 

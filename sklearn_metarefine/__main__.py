@@ -45,12 +45,7 @@ def _size(text):
         value = int(text)
     except ValueError:
         value = float(text)
-        if not 0 < value < 1:
-            raise argparse.ArgumentTypeError(
-                f"must be a count of at least 1 or a fraction in (0, 1), got {text}"
-            ) from None
-        return value
-    if value < 1:
+    if not (value >= 1 if isinstance(value, int) else 0 < value < 1):
         raise argparse.ArgumentTypeError(
             f"must be a count of at least 1 or a fraction in (0, 1), got {text}"
         )
@@ -436,12 +431,10 @@ def _fit(args):
 
 def _score(args):
     from ._image_files import check_nothing_read_is_overwritten
-    from ._inference import load_model, print_summary, score_files
+    from ._inference import load_model, print_summary, results_files, score_files
 
     check_nothing_read_is_overwritten(
-        f"--output {args.output}",
-        [args.output, f"{args.output}.part"],
-        {args.model: "the model file"},
+        f"--output {args.output}", results_files(args.output), {args.model: "the model file"}
     )
     result = score_files(
         load_model(args.model, device=args.device),

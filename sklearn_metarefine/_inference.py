@@ -184,7 +184,7 @@ def score_files(
     _check_outputs(output, maps, map_names, inputs, files)
     counts = {"scored": 0, "anomalous": 0, "skipped": 0}
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    partial = f"{os.fspath(output)}.part"
+    partial = results_files(output)[1]
     bar = tqdm(total=len(files), unit="image", desc="Scoring", disable=not progress)
     try:
         with open(partial, "w", newline="") as handle:
@@ -218,12 +218,19 @@ def score_files(
     )
 
 
+def results_files(output):
+    """The files ``score_files`` writes for the CSV ``output``: the CSV, and the
+    temporary file it is written under until complete."""
+    return [output, f"{os.fspath(output)}.part"]
+
+
 def _check_outputs(output, maps, map_names, inputs, files):
     """Refuse outputs that would destroy an image to score, or maps that a
     later run on the folders scored now would score as images."""
     scored = {file.path: "an image to score" for file in files}
-    written = [output, f"{os.fspath(output)}.part"]
-    check_nothing_read_is_overwritten(f"--output {os.fspath(output)}", written, scored)
+    check_nothing_read_is_overwritten(
+        f"--output {os.fspath(output)}", results_files(output), scored
+    )
     if maps is None:
         return
     overlays = [Path(maps) / name for name in map_names]

@@ -72,7 +72,7 @@ def pools(model, X_train):
     )
     calibration = {
         "kept": held_out,
-        "default": calibration_scores(refiner.estimator_, features, held_out, refiner.k),
+        "default": calibration_scores(removed_scores, held_out, refiner.k),
         "all removed": np.r_[held_out, removed_scores],
     }
     return calibration, removed_scores

@@ -95,7 +95,9 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         of the held-out normality scores of the training samples judged
         normal: the kept samples (out of fold), the removed ones inside the
         outer fence ``Q3 + 2k * IQR`` of their scores and a clean tail beyond
-        it (see Notes). A float in (0, 0.5] is scikit-learn's meaning, the
+        it (see Notes); when removed samples score exactly that quantile
+        (tied scores), the boundary lies just below them, so that they are
+        flagged. A float in (0, 0.5] is scikit-learn's meaning, the
         fraction of the training set passed to :meth:`fit` to flag as
         outliers: ``offset_`` is that percentile of :meth:`score_samples`
         over the full training set.
@@ -508,8 +510,17 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
                 base, X[kept], self.cv, fold_seed, n_iter=self.n_iter_
             )
         )
-        normal = calibration_scores(estimator, X[~kept], held_out, self.k)
-        return -float(np.quantile(normal, 1.0 - self.false_alarm_rate))
+        removed = anomaly_score(estimator, X[~kept]) if (~kept).any() else None
+        normal = calibration_scores(removed, held_out, self.k)
+        boundary = float(np.quantile(normal, 1.0 - self.false_alarm_rate))
+        if removed is not None and np.any(removed == boundary):
+            # A score at the boundary is inside it; when removed samples share
+            # it (a detector whose scores saturate, such as IsolationForest
+            # on points beyond its training data, gives them one score), the
+            # boundary moves below them so that predict flags what the
+            # refinement removed, and new samples like them.
+            boundary = float(np.nextafter(boundary, -np.inf))
+        return -boundary
 
     def _fence_scores(self, estimator, base, X_kept, fold_seed, n_iter):
         """Anomaly scores of the kept samples that round ``n_iter`` fences."""

@@ -281,12 +281,13 @@ def unmasks(model, X_removed, scores, k):
     return bool(np.any(anomaly_score(model, X_removed) > iqr_fence(scores, k) + reach))
 
 
-def calibration_scores(estimator, X_removed, held_out, k):
+def calibration_scores(removed, held_out, k):
     """Held-out anomaly scores of the training samples judged normal.
 
     ``held_out`` are the kept samples' scores by models that did not see them;
-    the removed samples ``X_removed`` are scored by ``estimator``, fitted
-    without them (with warm refits, last fitted without them). The removed
+    ``removed`` are the removed samples' scores by the final model, fitted
+    without them (with warm refits, last fitted without them), or None when
+    none was removed. The removed
     ones inside the outer fence ``Q3 + 2k * IQR`` of ``held_out`` (Tukey's
     "far out" fence for ``k=1.5``) join them: the refinement keeps a
     conservative set, and normal samples it left out, in the tail or in a
@@ -294,9 +295,8 @@ def calibration_scores(estimator, X_removed, held_out, k):
     through. Beyond the outer fence, only the lowest removed scores join, as
     many as a clean set has there (:func:`with_clean_tail`).
     """
-    if not len(X_removed):
+    if removed is None or not len(removed):
         return held_out[np.isfinite(held_out)]  # inf: above any quantile
-    removed = anomaly_score(estimator, X_removed)
     inside = removed <= iqr_fence(held_out, 2 * k)
     tail = clean_tail_fraction(held_out, 2 * k)
     return with_clean_tail(np.r_[held_out, removed[inside]], removed[~inside], tail)

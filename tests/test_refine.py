@@ -650,28 +650,41 @@ def test_auto_contamination_is_a_quantile_of_held_out_scores():
     assert (refiner.predict(column(values)) == -1).sum() == 10
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_removed_samples_sharing_the_boundary_score_are_flagged(seed):
+    # IsolationForest gives every point beyond its training data one score:
+    # the removed cluster, inside the outer fence, ties at the boundary's
+    # quantile, and predict let it through (and every new point like it).
+    rng = np.random.RandomState(seed)
+    X = np.vstack([rng.normal(size=(80, 3)), rng.normal(7, 0.5, size=(8, 3))])
+    refiner = IQRRefiner(IsolationForest(random_state=0), random_state=0).fit(X)
+    assert not refiner.inlier_mask_[80:].any()
+    assert (refiner.predict(X[80:]) == -1).all()
+    assert (refiner.predict(rng.normal(7, 0.5, size=(50, 3))) == -1).all()
+    assert (refiner.predict(rng.normal(size=(500, 3))) == -1).mean() <= 0.05
+
+
 def test_the_boundary_counts_the_removed_samples_inside_the_outer_fence():
     held_out = np.arange(1.0, 101.0)  # Q1 25.75, Q3 75.25: outer fence 223.75
-    detector = ColumnDetector().fit(column([0.0]))
-    removed = column([150.0, 223.0, 224.0, 1e6])
+    removed = np.array([150.0, 223.0, 224.0, 1e6])
     np.testing.assert_array_equal(
-        calibration_scores(detector, removed, held_out, k=1.5),
+        calibration_scores(removed, held_out, k=1.5),
         np.r_[held_out, 150.0, 223.0],
     )
     # k=0: the outer fence is Q3, beyond which a clean set has a quarter of
     # its scores: the lowest removed ones join, up to a third as many as the
     # 100 inside (here all four).
     np.testing.assert_array_equal(
-        calibration_scores(detector, removed, held_out, k=0.0),
+        calibration_scores(removed, held_out, k=0.0),
         np.r_[held_out, 150.0, 223.0, 224.0, 1e6],
     )
     # k=1.5: a clean set has 0.4% of its scores beyond: none join
     np.testing.assert_array_equal(
-        calibration_scores(detector, column([230.0, 240.0]), held_out, k=1.5),
+        calibration_scores(np.array([230.0, 240.0]), held_out, k=1.5),
         held_out,
     )
     held_out[0] = np.inf  # above any quantile: dropped
-    assert np.isfinite(calibration_scores(detector, removed[:0], held_out, 1.5)).all()
+    assert np.isfinite(calibration_scores(None, held_out, 1.5)).all()
 
 
 def test_with_clean_tail_restores_the_lowest_scores_a_clean_set_has_beyond():

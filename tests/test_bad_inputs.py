@@ -389,6 +389,8 @@ def test_other_bit_depths_embed_like_their_8bit_images(tmp_path, fitted_on_image
             for i, g in enumerate(GRAY)
         ],
         "F in memory": [Image.fromarray((g / 255).astype(np.float32)) for g in GRAY],
+        "uint16 array": sixteen,
+        "uint16 arrays": list(sixteen),
     }
     for mode in ("I;16", "I", "F"):
         with Image.open(forms[mode][0]) as image:
@@ -400,6 +402,14 @@ def test_other_bit_depths_embed_like_their_8bit_images(tmp_path, fitted_on_image
         embedded = features.transform(images)
         np.testing.assert_allclose(embedded, expected, rtol=1e-5, atol=1e-5)
         assert not np.allclose(embedded, black, atol=1e-3), mode
+    # A dark 16-bit frame (every value under 256) is still 16-bit: read as its
+    # file is, not as an 8-bit image 257 times brighter.
+    dark = GRAY.astype(np.uint16)
+    files = [_save(g, tmp_path / f"d{i}.png") for i, g in enumerate(dark)]
+    np.testing.assert_allclose(
+        features.transform(dark), features.transform(files), rtol=1e-5, atol=1e-5
+    )
+    assert not np.allclose(features.transform(dark), expected, atol=1e-3)
 
 
 # --- the command line -----------------------------------------------------------

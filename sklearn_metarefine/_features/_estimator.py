@@ -279,7 +279,8 @@ class PretrainedFeatures(_BackboneTransformer):
     views, which a flow detector with the same ``n_views`` averages its scores over.
 
     Inputs: arrays ``(n, H, W)`` or ``(n, H, W, C)`` with C in {1, 3}, of uint8
-    (0-255) or floats in [0, 1]; flattened rows ``(n, H*W*C)`` with
+    (0-255), uint16 (divided by 65535, as 16-bit files are), other integers in
+    0-255, or floats in [0, 1]; flattened rows ``(n, H*W*C)`` with
     ``input_shape``; or a list of file paths, PIL images or arrays (sizes may
     differ). Files are opened one batch at a time, so memory is bounded by
     ``batch_size``, not by the number of files. Gray images are repeated to three

@@ -13,6 +13,8 @@ from ._embedding import _resize
 def _check_pixel_range(values, where):
     if values.size == 0:
         raise ValueError(f"{where} is an empty image.")
+    if values.dtype == np.uint16:
+        return  # every value is a 16-bit intensity
     if values.dtype.kind in "ui":
         low, high, limit = values.min(), values.max(), 255
     else:
@@ -22,8 +24,8 @@ def _check_pixel_range(values, where):
     if low < 0 or high > limit:
         raise ValueError(
             f"{where} has pixel values in [{low}, {high}]; expected integers in "
-            "[0, 255] or floats in [0, 1]. Rescale it (e.g. divide 8-bit data by 255) "
-            "or pass uint8."
+            "[0, 255], uint16 or floats in [0, 1]. Rescale it (e.g. divide 8-bit "
+            "data by 255) or pass uint8 (or uint16 for 16-bit data)."
         )
 
 
@@ -154,7 +156,12 @@ def _read_item(item, index):
 def _to_unit_tensor(batch, device):
     """(B, H, W, C) array -> (B, 3, H, W) float32 tensor in [0, 1] on ``device``."""
     # torch wants writable memory; read-only input (decoded files, memmaps) is copied.
-    if batch.dtype.kind in "ui":
+    if batch.dtype == np.uint16:
+        # 16-bit intensities, divided by 65535 as for 16-bit image files,
+        # whatever the largest value (a dark frame is no 8-bit image).
+        tensor = torch.from_numpy(batch.astype(np.float32)).to(device)
+        tensor = tensor.div_(_MAX_16BIT)
+    elif batch.dtype.kind in "ui":
         # Ship 8-bit data to the device and convert there: 4x less to copy.
         batch = np.require(batch, np.uint8, ["C", "W"])
         tensor = torch.from_numpy(batch).to(device).float().div_(255.0)

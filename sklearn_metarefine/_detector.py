@@ -1,19 +1,21 @@
 """MetaRefineDetector: pretrained features, a MAML flow and IQR refinement,
 or, at the patch level, a memory bank of patches cleaned of defects."""
 
+import warnings
+
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._features import PretrainedFeatures
 from ._flows import MAMLFlowDetector
 from ._patch import PatchCoreDetector
 from ._refine import IQRRefiner
-from ._rounds import smallest_fit
+from ._rounds import MIN_FENCE_SAMPLES, distinct_rows, smallest_fit
 from ._utils import draw_seed
 
 # What the detector forwards to each component, beyond n_views, device,
@@ -294,6 +296,12 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     images it has not seen, so in-sample scores re-admit nothing and give a
     boundary that unseen normal images cross (see :class:`IQRRefiner`).
 
+    Training images that repeat others exactly (the same features) are
+    fitted once, with a warning: copies of one image are the densest images
+    there are, and a core of copies fits a flow of that image alone, which
+    then flags every other image. A repeat shares the decision on its first
+    copy in ``inlier_mask_`` and ``removed_at_iter_``.
+
     The paper's procedure: ``start="full", refit="warm",
     fence_scores="in_sample", stop="no_change", max_iter=None``. The paper's
     configuration adds ``backbone="alexnet", image_size=448, n_views=4,
@@ -431,11 +439,36 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             self.n_iter_ = 1  # the bank is cleaned once
             self.offset_ = self.detector_.offset_
             return self
-        self.pipeline_ = self._build_pipeline(seed, _num_samples(X)).fit(X)
-        refiner = self.pipeline_[-1]
+        pipeline = self._build_pipeline(seed)
+        features = X
+        for _, step in pipeline.steps[:-1]:
+            features = step.fit_transform(features)
+        distinct, copy_of = distinct_rows(features)
+        if len(distinct) < MIN_FENCE_SAMPLES:
+            raise ValueError(
+                f"X holds {len(distinct)} distinct training image(s) among its "
+                f"{len(features)} (the others repeat them exactly); the refinement "
+                f"needs at least {MIN_FENCE_SAMPLES} distinct images."
+            )
+        if len(distinct) < len(features):
+            warnings.warn(
+                f"{len(features) - len(distinct)} of the {len(features)} training "
+                "images repeat other training images exactly (the same features): "
+                "each distinct image is fitted once, and a repeat shares the "
+                "decision on its first copy in inlier_mask_.",
+                UserWarning,
+                stacklevel=3,  # fit's caller, past scikit-learn's fit wrapper
+            )
+        refiner = pipeline.steps[-1][1]
+        self._size_flow(refiner.estimator, len(distinct))
+        refiner.fit(features[distinct])
+        self.pipeline_ = pipeline
         self.refiner_ = refiner
         self.inlier_mask_ = refiner.inlier_mask_
         self.removed_at_iter_ = refiner.removed_at_iter_
+        if len(distinct) < len(features):
+            self.inlier_mask_ = self.inlier_mask_[copy_of]
+            self.removed_at_iter_ = self.removed_at_iter_[copy_of]
         self.thresholds_ = refiner.thresholds_
         self.n_iter_ = refiner.n_iter_
         self.termination_condition_ = refiner.termination_condition_
@@ -524,13 +557,8 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             **{name: getattr(self, name) for name in _PATCH_PARAMS},
         )
 
-    def _build_pipeline(self, seed, n_samples):
-        flow = MAMLFlowDetector(
-            self.n_views,
-            device=self.device,
-            verbose=max(0, self.verbose - 1),
-            **{name: getattr(self, name) for name in _FLOW_PARAMS},
-        )
+    def _size_flow(self, flow, n_samples):
+        """Fewer principal axes for a refinement of few training images."""
         if self.pca_components is not None:
             # A fit with no more images than axes plus one measures no
             # residual of its own, and its held-out scores land on another
@@ -540,6 +568,14 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
                 n_samples, **{name: getattr(self, name) for name in _SMALLEST_FIT}
             )
             flow.set_params(pca_components=max(2, min(self.pca_components, images - 2)))
+
+    def _build_pipeline(self, seed):
+        flow = MAMLFlowDetector(
+            self.n_views,
+            device=self.device,
+            verbose=max(0, self.verbose - 1),
+            **{name: getattr(self, name) for name in _FLOW_PARAMS},
+        )
         refiner = IQRRefiner(
             flow,
             random_state=seed,

@@ -361,8 +361,23 @@ def trimmed_core(base, X, warm, *, start, start_fraction, start_neighbors):
     scores under a model that maximises their likelihood, as in FAST-MCD;
     where they end depends on the first core: the samples with the closest
     ``start_neighbors``-th neighbour (``start="neighbors"``), or all of them.
+
+    Repeated samples take part once: copies of one image are the densest
+    samples there are and score alike, and a core of copies of one image
+    would fit a model of that image alone. The core holds distinct samples,
+    ``start_fraction`` of those (their first occurrences); the rounds then
+    re-admit the copies with their originals.
     """
+    n_rows = X.shape[0]
+    distinct, _ = distinct_rows(X)
+    X = X[distinct]
     n_samples = X.shape[0]
+    if n_samples < MIN_FENCE_SAMPLES:
+        raise ValueError(
+            f"X holds {n_samples} distinct sample(s) among its {n_rows} "
+            f"rows (the others repeat them); a trimmed start needs at least "
+            f"{MIN_FENCE_SAMPLES} distinct ones. Train on varied samples."
+        )
     n_core = core_size(start_fraction, n_samples)
     if start == "neighbors":
         n_neighbors = resolve_start_neighbors(start_neighbors, n_samples)
@@ -378,7 +393,22 @@ def trimmed_core(base, X, warm, *, start, start_fraction, start_neighbors):
         core = new_core
     else:
         estimator = refit(base, estimator, X[core], warm, after_round=0)
-    return estimator, core
+    mask = np.zeros(n_rows, dtype=bool)
+    mask[distinct[core]] = True
+    return estimator, mask
+
+
+def distinct_rows(X):
+    """The first occurrence of each distinct row of ``X``, and each row's copy.
+
+    Returns ``distinct``, the indices of the first occurrences in increasing
+    order (``arange(len(X))`` when no row repeats), and ``copy_of``, for each
+    row the position in ``distinct`` of its first occurrence, so that
+    ``X[distinct][copy_of]`` equals ``X``.
+    """
+    _, first, inverse = np.unique(X, axis=0, return_index=True, return_inverse=True)
+    distinct = np.sort(first)
+    return distinct, np.searchsorted(distinct, first[inverse.ravel()])
 
 
 def seeded_clone(estimator, random_state):

@@ -96,6 +96,29 @@ def test_attributes_mirror_the_refiner():
         det.score_samples(X[:, :4])
 
 
+def test_repeated_training_images_are_fitted_once():
+    # 25 copies of one image among 60: they were the densest "images" there
+    # are, the core held copies only, and the model flagged every new image.
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(61, 5))
+    copies = np.vstack([X, np.repeat(X[60:], 25, axis=0)])
+    single = MetaRefineDetector(backbone=None, random_state=0, **TINY_FLOW).fit(X)
+    with pytest.warns(UserWarning, match="25 of the 86 training images repeat"):
+        det = MetaRefineDetector(backbone=None, random_state=0, **TINY_FLOW).fit(copies)
+    assert det.offset_ == single.offset_
+    new = rng.normal(size=(200, 5))
+    np.testing.assert_array_equal(det.score_samples(new), single.score_samples(new))
+    np.testing.assert_array_equal(det.inlier_mask_[:61], single.inlier_mask_)
+    assert (det.inlier_mask_[61:] == single.inlier_mask_[60]).all()
+    assert (det.removed_at_iter_[61:] == single.removed_at_iter_[60]).all()
+
+
+def test_copies_of_one_image_are_refused_naming_the_count():
+    X = np.repeat(np.random.RandomState(0).normal(size=(1, 5)), 30, axis=0)
+    with pytest.raises(ValueError, match="1 distinct training image.* among its 30"):
+        MetaRefineDetector(backbone=None, random_state=0, **TINY_FLOW).fit(X)
+
+
 @pytest.mark.parametrize("n_samples, n_axes", [(30, 4), (50, 8), (120, 16)])
 def test_small_training_sets_keep_their_images_and_a_working_boundary(
     n_samples, n_axes
@@ -169,7 +192,7 @@ def test_every_forwarded_parameter_has_its_components_constraint():
     facade = MetaRefineDetector._parameter_constraints
     components = [PretrainedFeatures, MAMLFlowDetector, IQRRefiner, PatchCoreDetector]
     det = MetaRefineDetector(backbone="efficientnet_lite0", random_state=0)
-    forwarded = det._build_pipeline(seed=0, n_samples=200)
+    forwarded = det._build_pipeline(seed=0)
     reached = set(det._build_patch_detector(seed=0).get_params(deep=False))
     for step in forwarded.named_steps.values():
         estimators = [step, getattr(step, "estimator", None)]

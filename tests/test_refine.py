@@ -17,7 +17,12 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn.utils.validation import validate_data
 
 from sklearn_metarefine import IQRRefiner, iqr_fence, neighbour_distances
-from sklearn_metarefine._rounds import calibration_scores, stop_reason, trims_tail
+from sklearn_metarefine._rounds import (
+    calibration_scores,
+    stop_reason,
+    trimmed_core,
+    trims_tail,
+)
 from sklearn_metarefine._scores import anomaly_score, with_clean_tail
 
 
@@ -648,6 +653,22 @@ def test_auto_contamination_is_a_quantile_of_held_out_scores():
     assert refiner.inlier_mask_.all()
     assert refiner.offset_ == -np.quantile(values, 0.9)
     assert (refiner.predict(column(values)) == -1).sum() == 10
+
+
+def test_the_trimmed_core_holds_distinct_samples():
+    # A third of the set is one sample repeated: a core of its copies would
+    # fit that sample alone, and every other sample would be removed.
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(60, 2))
+    X = np.vstack([X, np.repeat(X[:1] + 0.1, 30, axis=0)])
+    start = {"start_fraction": 0.25, "start_neighbors": 0.1}
+    for how in ("neighbors", "full"):
+        _, core = trimmed_core(EllipticEnvelope(), X, False, start=how, **start)
+        assert core.sum() == 16  # a quarter of the 61 distinct samples
+        assert core[60:].sum() <= 1
+    with pytest.raises(ValueError, match="3 distinct sample.* among its 33 rows"):
+        trimmed_core(EllipticEnvelope(), np.repeat(X[:3], 11, axis=0), False,
+                     start="neighbors", **start)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -130,6 +130,28 @@ def test_failed_warm_fit_leaves_the_flow_as_it_was(Detector, X, monkeypatch):
 
 
 @pytest.mark.parametrize("Detector", DETECTORS)
+@pytest.mark.parametrize("warm", [False, True])
+def test_ctrl_c_stops_the_fit(Detector, X, monkeypatch, warm):
+    # skorch ends training quietly on KeyboardInterrupt: the fit returned a
+    # half-trained flow that passed for a finished one.
+    from sklearn_metarefine._flows._nets import _FlowNet
+
+    det = Detector(random_state=0, **SMALL)
+    if warm:
+        det.fit(X).set_params(warm_start=True)
+    train_step, steps = _FlowNet.train_step, []
+
+    def interrupted_after_one_step(self, *args, **kwargs):
+        steps.append(train_step(self, *args, **kwargs))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_FlowNet, "train_step", interrupted_after_one_step)
+    with pytest.raises(KeyboardInterrupt):
+        det.fit(X)
+    assert len(steps) == 1
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_input_is_rejected(Detector, X, bad):
     X = X.copy()

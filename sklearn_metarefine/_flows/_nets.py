@@ -70,8 +70,29 @@ class FlowNLLLoss(nn.Module):
         return differnet_loss(*y_pred)
 
 
+class _TrainingInterrupted(BaseException):
+    """Ctrl-C during training, carried past skorch, which would swallow it."""
+
+
 class _FlowNet(NeuralNet):
-    """skorch net for unsupervised flow training that refuses to diverge."""
+    """skorch net for unsupervised flow training that refuses to diverge.
+
+    skorch ends training quietly on Ctrl-C and returns the half-trained net;
+    a detector fitted on it would pass for a finished one. Here the interrupt
+    stops the fit.
+    """
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        try:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        except KeyboardInterrupt:
+            raise _TrainingInterrupted from None
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        try:
+            return super().partial_fit(X, y, classes, **fit_params)
+        except _TrainingInterrupted:
+            raise KeyboardInterrupt from None
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         loss = super().get_loss(y_pred, y_true, X=X, training=training)

@@ -463,9 +463,11 @@ def _run_file_command(args):
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
             command(args)
-    except (InputError, ModelFileError, OSError) as error:
+    except (InputError, ModelFileError, OSError, ValueError) as error:
         # OSError: a file or folder the command reads or writes; its message
         # names it (a missing folder, a read-only output, a full disk).
+        # ValueError: a setting or a training set the detector refuses; its
+        # message names the value.
         print(f"metarefine {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

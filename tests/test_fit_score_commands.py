@@ -152,6 +152,28 @@ def test_fit_on_too_few_images_says_how_many_the_level_needs(
     )
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "X holds 1 distinct training image(s) among its 6"),
+        (["--n-scales", "9"], "image_size=32 cannot be halved 8 times"),
+    ],
+)
+def test_fit_refusals_of_the_detector_are_one_line(extra, message, capsys, tmp_path):
+    # A ValueError of the detector (a training set of copies of one image, a
+    # setting it cannot use) printed a traceback.
+    image = _image(np.random.RandomState(0), defect=False)
+    (tmp_path / "same").mkdir()
+    for i in range(6):
+        Image.fromarray(image).save(tmp_path / "same" / f"{i}.png")
+    model = tmp_path / "m.metarefine"
+    argv = ["fit", str(tmp_path / "same"), "--output", str(model), *TINY, *extra]
+    assert main(argv) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("metarefine fit: error: ") and message in error
+    assert not model.exists()
+
+
 def test_fit_stops_at_an_unreadable_file_and_names_it(folders, capsys, tmp_path):
     model = tmp_path / "m.metarefine"
     status = main(["fit", str(folders / "train"), "--output", str(model), *TINY])

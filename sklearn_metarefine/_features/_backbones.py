@@ -79,9 +79,12 @@ def _read_state_dict(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
+        # Not torch's message: it suggests weights_only=False, which would run
+        # whatever code the file holds.
         raise ValueError(
-            f"Cannot load weights file {os.fspath(path)!r} with "
-            f"torch.load(weights_only=True): {error}"
+            f"Cannot load weights file {os.fspath(path)!r}: it is not a PyTorch "
+            "file of tensors that loads without running code "
+            f"(torch.load(weights_only=True) raised {type(error).__name__})."
         ) from error
     if not isinstance(state, dict) or not all(
         isinstance(v, torch.Tensor) for v in state.values()

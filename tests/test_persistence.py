@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import stat
 import zipfile
 
 import joblib
@@ -106,6 +107,20 @@ def test_save_to_a_folder_is_refused_naming_it(table, tmp_path):
     with pytest.raises(IsADirectoryError, match="is a folder; save writes a model"):
         save(refiner, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_the_model_file_has_the_umasks_mode(table, tmp_path, umask):
+    # It was written through mkstemp, private (0600) whatever the umask,
+    # unlike the reports beside it; nothing but the model is left behind.
+    refiner = IQRRefiner(IsolationForest(n_estimators=5, random_state=0)).fit(table)
+    previous = os.umask(umask)
+    try:
+        save(refiner, tmp_path / "m.metarefine")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "m.metarefine").st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["m.metarefine"]
 
 
 def test_refiner_around_isolation_forest_round_trip(table, model_path):

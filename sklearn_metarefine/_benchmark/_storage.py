@@ -9,13 +9,13 @@ import contextlib
 import csv
 import json
 import os
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
 import joblib
 import numpy as np
 
+from .._atomic import atomic_write, temporary_name
 from ._config import BenchmarkError
 
 CONFIG_FILE = "config.json"
@@ -50,35 +50,6 @@ _LATER_FIELDS = ("pixel_auroc", "aupro")
 _START_OVER = "Use another --output folder, or delete this one to start over."
 
 
-def _temporary(path):
-    # A unique name opened with "x" rather than tempfile.mkstemp, whose files
-    # are private to their owner whatever the umask.
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-
-
-def atomic_write(path, write, *, mode="w"):
-    """Write a file through a temporary file in its folder and ``os.replace``.
-
-    A reader, or a benchmark resumed after an interruption, sees the old file
-    or the complete new one, never a partial one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary(path)
-    created = False
-    try:
-        with open(temporary, mode.replace("w", "x")) as file:
-            created = True
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        # Remove only what this call created, and never let a failure to
-        # remove it replace the error that matters.
-        if created:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-        raise
-
-
 def create_exclusively(path, text):
     """Create the file ``path`` holding ``text``, unless it exists.
 
@@ -89,7 +60,7 @@ def create_exclusively(path, text):
     an exclusive create (``O_CREAT | O_EXCL``), as exclusive but visible
     while it is written.
     """
-    temporary = _temporary(path)
+    temporary = temporary_name(path)
     atomic_write(temporary, lambda file: file.write(text))
     try:
         os.link(temporary, path)

@@ -10,9 +10,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 import zipfile
+from pathlib import Path
+
+from .._atomic import atomic_write
 
 FORMAT = "sklearn-metarefine model"
 FORMAT_VERSION = 1
@@ -50,20 +52,17 @@ def write_archive(path, manifest, members):
     """
     manifest = {**manifest, "members": {n: _sha256(d) for n, d in members.items()}}
     text = json.dumps(manifest, indent=1, allow_nan=False, sort_keys=False)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".model-", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as raw, zipfile.ZipFile(raw, "w") as archive:
+
+    def write(raw):
+        with zipfile.ZipFile(raw, "w") as archive:
             archive.writestr(MANIFEST, text, compress_type=zipfile.ZIP_DEFLATED)
             for name, data in members.items():
                 # Float tensors barely compress; skops' JSON does.
                 method = zipfile.ZIP_STORED if name == ARRAYS else zipfile.ZIP_DEFLATED
                 archive.writestr(name, data, compress_type=method)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+
+    # A file of the umask's mode, like the reports beside it.
+    atomic_write(Path(os.path.abspath(path)), write, mode="wb")
 
 
 def _refuse_non_zip(path):

@@ -1,0 +1,34 @@
+"""Files written whole or not at all."""
+
+import contextlib
+import os
+import uuid
+
+
+def temporary_name(path):
+    # A unique name opened with "x" rather than tempfile.mkstemp, whose files
+    # are private to their owner whatever the umask.
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def atomic_write(path, write, *, mode="w"):
+    """Write a file through a temporary file in its folder and ``os.replace``.
+
+    A reader, or a benchmark resumed after an interruption, sees the old file
+    or the complete new one, never a partial one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_name(path)
+    created = False
+    try:
+        with open(temporary, mode.replace("w", "x")) as file:
+            created = True
+            write(file)
+        os.replace(temporary, path)
+    except BaseException:
+        # Remove only what this call created, and never let a failure to
+        # remove it replace the error that matters.
+        if created:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+        raise

@@ -150,15 +150,19 @@ def output_names(files, suffix):
     """One output file name per image: its name with ``suffix``, made unique.
 
     Two images that differ only by their suffix (``a.png``, ``a.jpg``) get
-    ``a.png`` and ``a-2.png``; the CSV says which is whose.
+    ``a.png`` and ``a-2.png``, the one named ``a.png`` keeping its name; the
+    CSV says which is whose.
     """
-    used, names = set(), []
-    for file in files:
-        stem = str(Path(file.name).with_suffix(""))
+    used, names = set(), [None] * len(files)
+    # A file that has the name itself (a.png for ".png") gets it first,
+    # whatever is listed before it: a.png's map is never a.jpg's.
+    order = sorted(range(len(files)), key=lambda i: Path(files[i].name).suffix != suffix)
+    for index in order:
+        stem = str(Path(files[index].name).with_suffix(""))
         name, n = stem + suffix, 1
         while name in used:
             n += 1
             name = f"{stem}-{n}{suffix}"
         used.add(name)
-        names.append(name)
+        names[index] = name
     return names

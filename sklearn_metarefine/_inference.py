@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
 from ._image_files import (
@@ -236,8 +237,36 @@ def _check_outputs(output, maps, map_names, inputs, files):
     overlays = [Path(maps) / name for name in map_names]
     written = overlays + [path.with_suffix(".npy") for path in overlays]
     check_nothing_read_is_overwritten(f"--maps {os.fspath(maps)}", written, scored)
+    for overlay in overlays:
+        for path in (overlay, overlay.with_suffix(".npy")):
+            if path.exists() and not _is_map(overlay):
+                raise InputError(
+                    f"--maps {os.fspath(maps)} would write over {os.fspath(path)}, "
+                    "which is not a map an earlier score wrote; give an empty "
+                    "folder, or the folder of earlier maps."
+                )
     folders = [given for given in inputs if Path(given).is_dir()]
     check_images_outside(f"--maps {os.fspath(maps)}", [maps], folders, "an image to score")
+
+
+# The overlays carry this text chunk: a later run may write over them, and
+# over nothing else.
+_MAP_SOFTWARE = "sklearn-metarefine anomaly map"
+
+
+def _map_mark():
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", _MAP_SOFTWARE)
+    return info
+
+
+def _is_map(path):
+    """Whether ``path`` is an overlay written by ``score_files``."""
+    try:
+        with Image.open(path) as image:
+            return image.info.get("Software") == _MAP_SOFTWARE
+    except Exception:
+        return False
 
 
 def _scores_and_maps(model, images):
@@ -284,7 +313,8 @@ def _score_batch(model, files, map_names, maps, threshold, source, skip_unreadab
             values_path = overlay_path.with_suffix(".npy")
             overlay_path.parent.mkdir(parents=True, exist_ok=True)
             values = anomaly_maps[scored]
-            map_overlay(images[scored], values, threshold).save(overlay_path)
+            overlay = map_overlay(images[scored], values, threshold)
+            overlay.save(overlay_path, pnginfo=_map_mark())
             np.save(values_path, np.asarray(values, dtype=np.float32))
             row += [os.fspath(overlay_path), os.fspath(values_path)]
         rows.append(row)

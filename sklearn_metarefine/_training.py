@@ -61,8 +61,14 @@ _REPORTS = {"image": "dropped", "patch": "flagged"}
 def report_paths(model, level="image"):
     """The report files written next to ``model``: listed files' CSV, their
     contact sheet, skipped CSV (``.dropped.*`` at the image level,
-    ``.flagged.*`` at the patch level)."""
-    stem = Path(model).with_suffix("")
+    ``.flagged.*`` at the patch level).
+
+    They are named after the model file less its ``.metarefine`` suffix, and
+    after its whole name otherwise: ``line3.v1`` and ``line3.v2`` are two
+    models, whose reports must not be one file.
+    """
+    model = Path(model)
+    stem = model.with_suffix("") if model.suffix == ".metarefine" else model
     kind = _REPORTS[level]
     return (
         Path(f"{stem}.{kind}.csv"),

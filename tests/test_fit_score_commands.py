@@ -12,8 +12,14 @@ from scipy import ndimage
 
 from sklearn_metarefine import MetaRefineDetector, PatchFeatures, load
 from sklearn_metarefine.__main__ import main
-from sklearn_metarefine._image_files import InputError, list_images, output_names
+from sklearn_metarefine._image_files import (
+    ImageFile,
+    InputError,
+    list_images,
+    output_names,
+)
 from sklearn_metarefine._inference import COLUMNS, MAP_COLUMNS, score_files
+from sklearn_metarefine._training import report_paths
 from sklearn_metarefine.datasets import make_surfaces
 
 TINY = (
@@ -94,6 +100,25 @@ def test_output_names_are_unique(folders):
     names = output_names(files, ".png")
     assert len(set(names)) == len(names)
     assert names[0] == "new/new0.png" and names[-1] == "new0.png"
+    # a.png keeps its name, whatever is listed before it
+    files = [ImageFile(f"d/a.{s}", f"a.{s}") for s in ("TIFF", "jpg", "png")]
+    assert output_names(files, ".png") == ["a-2.png", "a-3.png", "a.png"]
+
+
+def test_report_names_keep_every_part_of_the_model_name_but_its_suffix():
+    # line3.v1 and line3.v2 both wrote line3.dropped.*, and a patch-level
+    # fit of line3.v3 deleted them as reports of its own earlier run.
+    names = {
+        model: [p.name for p in report_paths(model, level)]
+        for model, level in [
+            ("line3.metarefine", "image"), ("line3.v1", "image"), ("line3.v2", "patch")
+        ]
+    }  # fmt: skip
+    assert names == {
+        "line3.metarefine": ["line3.dropped.csv", "line3.dropped.png", "line3.skipped.csv"],
+        "line3.v1": ["line3.v1.dropped.csv", "line3.v1.dropped.png", "line3.v1.skipped.csv"],
+        "line3.v2": ["line3.v2.flagged.csv", "line3.v2.flagged.png", "line3.v2.skipped.csv"],
+    }  # fmt: skip
 
 
 def test_fit_says_when_the_flow_models_fewer_axes_than_asked(
@@ -536,6 +561,21 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys, monkeypatch):
         assert ndimage.distance_transform_edt(~mask)[peak] <= 8
         assert row["label"] == "anomalous"
     assert defective == 2
+
+    # A second run writes over the maps of the first, and over nothing else:
+    # a photo where a map would go stops it before any work.
+    argv = ["score", str(model_path), str(root / "new" / "plate0.png"), "--no-progress"]
+    assert main([*argv, "--output", str(root / "again.csv"), "--maps", str(maps)]) == 0
+    capsys.readouterr()
+    photo = root / "photos" / "plate0.png"
+    photo.parent.mkdir()
+    photo.write_bytes((root / "new" / "plate1.png").read_bytes())
+    before = photo.read_bytes()
+    status = main([*argv, "--output", str(root / "x.csv"), "--maps", str(root / "photos")])
+    assert status == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"would write over {photo}, which is not a map" in error
+    assert photo.read_bytes() == before and not (root / "x.csv").exists()
 
 
 def test_patch_level_report_with_a_float_contamination(surfaces, tmp_path):

@@ -100,33 +100,56 @@ def list_images(inputs):
 
     Inside a folder, the files with an image suffix (PNG, JPEG, BMP, TIFF, in
     any case) are listed by relative path, so the order does not depend on the
-    file system. A file given directly is taken whatever its suffix.
+    file system. Hidden files and folders (names starting with ``.``, such as
+    the ``._name.png`` files macOS leaves on shared drives) are passed over;
+    linked folders are searched, each folder once; a link to a missing file
+    is listed, so that reading it says so. A file given directly is taken
+    whatever its suffix. A file named twice (also through a link) is listed
+    once, where it is first named.
     """
-    found = []
+    found, seen = [], set()
     for given in inputs:
         path = Path(given)
         if path.is_file():
-            found.append(ImageFile(os.fspath(path), path.name))
+            files = [ImageFile(os.fspath(path), path.name)]
         elif path.is_dir():
-            files = sorted(
-                (f for f in path.rglob("*") if f.is_file() and is_image(f)),
-                key=lambda f: f.relative_to(path).as_posix(),
-            )
-            found.extend(
-                ImageFile(
-                    os.fspath(f),
-                    (Path(path.resolve().name) / f.relative_to(path)).as_posix(),
-                )
-                for f in files
-            )
+            prefix = Path(path.resolve().name)
+            files = [
+                ImageFile(os.fspath(path / relative), (prefix / relative).as_posix())
+                for relative in _folder_images(path)
+            ]
         else:
             raise InputError(f"{os.fspath(given)!r}: no such file or folder.")
+        for file in files:
+            key = os.path.realpath(file.path)
+            if key not in seen:
+                seen.add(key)
+                found.append(file)
     if not found:
         raise InputError(
             f"No image files ({', '.join(IMAGE_SUFFIXES)}) in "
             f"{', '.join(repr(os.fspath(g)) for g in inputs)}."
         )
     return found
+
+
+def _folder_images(folder):
+    """Relative paths of the image files below ``folder``, sorted."""
+    found, visited = [], set()
+    for top, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in visited:  # a link back up, or a second link to one folder
+            folders[:] = []
+            continue
+        visited.add(real)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        for name in names:
+            file = Path(top) / name
+            if name.startswith(".") or not is_image(file):
+                continue
+            if file.is_file() or (file.is_symlink() and not file.exists()):
+                found.append(file.relative_to(folder))
+    return sorted(found, key=lambda relative: relative.as_posix())
 
 
 def read_image(path):

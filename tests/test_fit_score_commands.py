@@ -15,8 +15,10 @@ from sklearn_metarefine.__main__ import main
 from sklearn_metarefine._image_files import (
     ImageFile,
     InputError,
+    UnreadableImageError,
     list_images,
     output_names,
+    read_image,
 )
 from sklearn_metarefine._inference import COLUMNS, MAP_COLUMNS, score_files
 from sklearn_metarefine._training import report_paths
@@ -93,6 +95,28 @@ def test_listing_is_recursive_sorted_and_filtered(folders):
     assert "train/line2/part00.jpg" in names and "train/notes.txt" not in names
     with pytest.raises(InputError, match="no such file or folder"):
         list_images([folders / "missing"])
+
+
+def test_listing_skips_hidden_files_follows_links_and_names_each_file_once(
+    folders, tmp_path
+):
+    new = folders / "new"
+    root = tmp_path / "root"
+    (root / ".hidden").mkdir(parents=True)
+    (root / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / ".hidden" / "b.png").write_bytes((new / "new0.bmp").read_bytes())
+    (root / "c.png").write_bytes((new / "new1.bmp").read_bytes())
+    (root / "linked").symlink_to(new, target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    (root / "gone.png").symlink_to(tmp_path / "missing.png")
+    files = list_images([root, root / "c.png", new / "new0.bmp"])
+    names = [f.name for f in files]
+    assert names == [
+        "root/c.png", "root/gone.png", "root/linked/new0.bmp", "root/linked/new1.bmp",
+        "root/linked/new2.bmp", "root/linked/new3.bmp", "root/linked/truncated.png",
+    ]  # fmt: skip
+    with pytest.raises(UnreadableImageError, match="gone.png"):
+        read_image(files[1].path)
 
 
 def test_output_names_are_unique(folders):

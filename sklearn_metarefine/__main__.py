@@ -491,6 +491,11 @@ def main(argv=None):
         stderr says why and what to do), 2 for a command-line usage error,
         130 when interrupted.
     """
+    for stream in (sys.stdout, sys.stderr):
+        # Messages name files, whose names may not be UTF-8: their own bytes
+        # are printed (as _image_files.PATH_ERRORS writes them to CSV files).
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -10,6 +10,11 @@ from ._features._images import _pil_to_array
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
+# File names are bytes on POSIX; Python decodes those that are not UTF-8 with
+# surrogates. Written with this handler, a CSV or a message gives back the
+# name's own bytes instead of failing on them.
+PATH_ERRORS = "surrogateescape"
+
 
 class InputError(Exception):
     """A problem with the command's input that its message fully explains."""

@@ -17,6 +17,7 @@ from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
 from ._image_files import (
+    PATH_ERRORS,
     InputError,
     UnreadableImageError,
     check_images_outside,
@@ -188,7 +189,7 @@ def score_files(
     partial = results_files(output)[1]
     bar = tqdm(total=len(files), unit="image", desc="Scoring", disable=not progress)
     try:
-        with open(partial, "w", newline="") as handle:
+        with open(partial, "w", newline="", encoding="utf-8", errors=PATH_ERRORS) as handle:
             writer = csv.writer(handle)
             writer.writerow(COLUMNS + (MAP_COLUMNS if maps is not None else []))
             for start in range(0, len(files), batch_size):

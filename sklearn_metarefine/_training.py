@@ -11,6 +11,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from tqdm.auto import tqdm
 
 from ._image_files import (
+    PATH_ERRORS,
     InputError,
     UnreadableImageError,
     check_images_outside,
@@ -203,7 +204,7 @@ def _report(detector, level, paths, csv_path, sheet_path):
         summary = f"the refinement dropped {len(rows)}" + _axes_note(detector)
         what = "dropped"
         legend = "anomaly score, round"
-    with open(csv_path, "w", newline="") as file:
+    with open(csv_path, "w", newline="", encoding="utf-8", errors=PATH_ERRORS) as file:
         writer = csv.writer(file)
         writer.writerow(header)
         for path, score, *rest in rows:
@@ -315,7 +316,7 @@ def fit_folder(
     skipped_csv.unlink(missing_ok=True)
     n_listed, summary = _report(detector, level, paths, report_csv, sheet)
     if skipped:
-        with open(skipped_csv, "w", newline="") as file:
+        with open(skipped_csv, "w", newline="", encoding="utf-8", errors=PATH_ERRORS) as file:
             writer = csv.writer(file)
             writer.writerow(["path", "error"])
             writer.writerows(skipped)

@@ -2,6 +2,7 @@
 
 import csv
 import math
+import os
 import re
 
 import numpy as np
@@ -427,6 +428,25 @@ def test_outputs_over_the_inputs_are_refused_before_any_work(
         with pytest.raises(InputError, match="^" + re.escape(message)):
             score_files(_NoWork(), [new], tmp_path / "r.csv", maps=maps)
     assert not (new / "maps").exists() and not (tmp_path / "r.csv").exists()
+
+
+def test_file_names_that_are_not_utf8_are_written_as_their_bytes(
+    folders, fitted, tmp_path, capsys
+):
+    # A Latin-1 name (b"teil_\xe4.png") stopped score with "surrogates not
+    # allowed" when it wrote the CSV.
+    name, empty = os.fsdecode(b"teil_\xe4.png"), os.fsdecode(b"leer_\xe4.png")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / name).write_bytes((folders / "new" / "new0.bmp").read_bytes())
+    (tmp_path / "in" / empty).write_bytes(b"")
+    output = tmp_path / "out.csv"
+    argv = ["score", str(fitted), str(tmp_path / "in"), "--output", str(output)]
+    assert main([*argv, "--skip-unreadable", "--no-progress"]) == 0
+    written = output.read_bytes()
+    assert os.fsencode(tmp_path / "in" / name) in written
+    assert os.fsencode(tmp_path / "in" / empty) in written
+    assert main(argv + ["--no-progress"]) == 1
+    assert "leer_" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_score_makes_the_folder_of_its_output(folders, fitted, tmp_path):

@@ -1,6 +1,7 @@
 """Image files for the command line: finding them, reading them, naming outputs."""
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,17 @@ def check_output_file(output, example):
     for parent in output.parents:
         if parent.exists() and not parent.is_dir():
             raise InputError(f"--output {output} lies below the file {parent}.")
+    # A folder that refuses new files would be found after the work, and the
+    # work lost: try one in the nearest folder there is.
+    folder = next(parent for parent in output.absolute().parents if parent.exists())
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise InputError(
+            f"--output {output} cannot be written: {folder} refuses new files "
+            f"({error.strerror or error})."
+        ) from None
 
 
 def check_nothing_read_is_overwritten(option, written, read):

@@ -374,6 +374,34 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(
         assert error.startswith(f"metarefine {argv[0]}: error: --") and message in error
 
 
+def test_an_output_folder_that_refuses_files_is_found_before_any_work(
+    folders, fitted, capsys, tmp_path, monkeypatch
+):
+    # A read-only (or immutable) folder was found when the model was saved,
+    # after the training, with a message naming a temporary file.
+    def no_work(*args, **kwargs):
+        raise AssertionError("the command started its work")
+
+    def refused(*args, dir=None, **kwargs):
+        raise PermissionError(13, "Permission denied", dir)
+
+    monkeypatch.setattr("sklearn_metarefine._training.list_images", no_work)
+    monkeypatch.setattr("sklearn_metarefine._inference.list_images", no_work)
+    monkeypatch.setattr("sklearn_metarefine._image_files.tempfile.TemporaryFile", refused)
+    new = str(folders / "new")
+    for argv in (
+        ["fit", new, "--output", str(tmp_path / "sub" / "m.metarefine")],
+        ["score", str(fitted), new, "--output", str(tmp_path / "r.csv")],
+    ):
+        assert main(argv) == 1
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error == (
+            f"metarefine {argv[0]}: error: --output {argv[-1]} cannot be written: "
+            f"{tmp_path} refuses new files (Permission denied)."
+        )
+    assert not (tmp_path / "sub").exists()
+
+
 class _NoWork:
     """A patch-level model that fails the test if the command scores with it."""
 

@@ -444,7 +444,7 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         for _, step in pipeline.steps[:-1]:
             features = step.fit_transform(features)
         distinct, copy_of = distinct_rows(features)
-        if len(distinct) < MIN_FENCE_SAMPLES:
+        if len(distinct) < min(MIN_FENCE_SAMPLES, len(features)):
             raise ValueError(
                 f"X holds {len(distinct)} distinct training image(s) among its "
                 f"{len(features)} (the others repeat them exactly); the refinement "

@@ -25,11 +25,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from PIL import Image
+from PIL import ExifTags, Image
 from scipy import sparse
 from sklearn.ensemble import IsolationForest
 
 import sklearn_metarefine
+from sklearn_metarefine._features._images import _image_source
+from sklearn_metarefine._image_files import read_image
 from sklearn_metarefine._rounds import stop_reason
 from sklearn_metarefine import (
     FlowDetector,
@@ -410,6 +412,23 @@ def test_other_bit_depths_embed_like_their_8bit_images(tmp_path, fitted_on_image
         features.transform(dark), features.transform(files), rtol=1e-5, atol=1e-5
     )
     assert not np.allclose(features.transform(dark), expected, atol=1e-3)
+
+
+def test_exif_orientation_turns_files_upright(tmp_path, fitted_on_images):
+    # A camera stores a portrait photograph sideways with an orientation tag;
+    # the detectors read it as viewers show it (they read the stored pixels).
+    upright = RGB[0]  # 12 x 10
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # shown turned a quarter clockwise
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    stored.save(tmp_path / "turned.png", exif=exif)
+    files = [tmp_path / "turned.png"]
+    features = fitted_on_images[0]
+    np.testing.assert_allclose(
+        features.transform(files), features.transform(upright[None]), atol=1e-5
+    )
+    assert _image_source(files, None).sizes() == [upright.shape[:2]]
+    np.testing.assert_array_equal(read_image(files[0]), upright)
 
 
 # --- the command line -----------------------------------------------------------

@@ -286,7 +286,9 @@ class PretrainedFeatures(_BackboneTransformer):
     ``batch_size``, not by the number of files. Gray images are repeated to three
     channels; all images are normalised with the ImageNet mean and std.
 
-    Files and PIL images are read by their mode, never clipped: ``L`` and
+    Image files are turned upright by their EXIF orientation tag, as image
+    viewers show them (a PIL image is taken as it is). Files and PIL images
+    are read by their mode, never clipped: ``L`` and
     ``RGB`` as they are; other 8-bit modes (``1``, ``P``, ``LA``, ``RGBA``,
     ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ...) through Pillow's conversion to
     RGB, which drops alpha; 16-bit modes (``I;16*``, how Pillow decodes 16-bit

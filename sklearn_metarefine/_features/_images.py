@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from sklearn.utils.validation import check_array
 
 from ._embedding import _resize
@@ -100,6 +100,30 @@ def _mode_message(where, mode, low, high):
     )
 
 
+# EXIF orientations that turn the stored image a quarter turn: its height and
+# width swap on screen.
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def _upright(image):
+    """A decoded image file as viewers show it: turned by its EXIF orientation
+    (cameras store portrait photographs sideways and say so in the tag)."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # an unreadable tag: the stored pixels as they are
+        return image
+
+
+def _upright_size(image):
+    """``(height, width)`` of an opened image file once turned upright."""
+    width, height = image.size
+    try:
+        turned = image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
+    except Exception:
+        turned = False
+    return (width, height) if turned else (height, width)
+
+
 def _missing_file(path, index):
     return f"X[{index}]: image file {os.fspath(path)!r} not found."
 
@@ -118,7 +142,7 @@ def _read_file(path, index):
         with Image.open(path) as image:
             # Decode here, so that a truncated file fails inside this try.
             image.load()
-            return _pil_to_array(image, where)
+            return _pil_to_array(_upright(image), where)
     except FileNotFoundError as error:
         raise FileNotFoundError(_missing_file(path, index)) from error
     except IsADirectoryError as error:
@@ -218,7 +242,7 @@ class _ImageSequence:
             if isinstance(item, (str, os.PathLike)):
                 try:
                     with Image.open(item) as image:
-                        width, height = image.size
+                        height, width = _upright_size(image)
                 except Exception as error:
                     raise ValueError(
                         f"X[{index}]: cannot read image file {os.fspath(item)!r}: "

@@ -67,14 +67,18 @@ class _CreatesFile:
         return (open, (self.path, "w"))
 
 
-def _rewrite(path, *, manifest=None, members=None):
-    """Rewrite a model file with a changed manifest and/or members."""
+def _rewrite(path, *, manifest=None, members=None, keep_comment=False):
+    """Rewrite a model file with a changed manifest and/or members, without
+    the manifest's checksum (the zip comment) unless ``keep_comment``."""
     with zipfile.ZipFile(path) as archive:
         contents = {name: archive.read(name) for name in archive.namelist()}
+        comment = archive.comment
     if manifest is not None:
         contents["manifest.json"] = json.dumps(manifest).encode()
     contents.update(members or {})
     with zipfile.ZipFile(path, "w") as archive:
+        if keep_comment:
+            archive.comment = comment
         for name, data in contents.items():
             archive.writestr(name, data)
 
@@ -399,6 +403,23 @@ def test_altered_members_and_parameters_are_refused(table, model_path):
     _rewrite(model_path, manifest=manifest)
     with pytest.raises(ModelFileError, match=r"\['run'\] are not parameters"):
         load(model_path)
+
+
+def test_an_edited_manifest_is_refused(table, model_path):
+    # The manifest's values (the threshold, offset_) had no checksum: an
+    # edited one was loaded as saved, or failed later with a TypeError.
+    detector = FlowDetector(**TINY_FLOW).fit(table)
+    save(detector, model_path)
+    manifest = _manifest(model_path)
+    assert manifest["estimator"]["$estimator"]["fitted"]["offset_"] == detector.offset_
+    manifest["estimator"]["$estimator"]["fitted"]["offset_"] = "abc"
+    _rewrite(model_path, manifest=manifest, keep_comment=True)
+    with pytest.raises(ModelFileError, match="manifest.json does not match the checksum"):
+        load(model_path)
+    # A file written before the checksum (no zip comment) still loads.
+    save(detector, model_path)
+    _rewrite(model_path)
+    assert load(model_path).offset_ == detector.offset_
 
 
 def test_a_newer_format_is_refused_and_other_versions_warn(table, model_path):

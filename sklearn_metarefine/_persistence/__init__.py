@@ -163,8 +163,9 @@ def load(path, *, device=None, trusted=()):
     ModelFileError
         A subclass of ``ValueError``: the file is not a model file (e.g. a
         pickle, or another zip archive), names a class outside the allowed
-        list, holds untrusted types, or was altered after saving (its members
-        do not match the checksums of its manifest). Nothing in the file runs.
+        list, holds untrusted types, or was altered after saving (its
+        manifest or members do not match the checksums saved with them).
+        Nothing in the file runs.
     FileNotFoundError
         No file at ``path``.
 

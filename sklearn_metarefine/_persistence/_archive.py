@@ -1,9 +1,9 @@
 """The model file as bytes: a zip of a JSON manifest, safetensors and skops members.
 
 Reading checks everything it can before anything is decoded: the file is a zip,
-it holds only the members the format knows, the manifest is strict JSON of the
-expected format and version, and every other member matches the SHA-256 the
-manifest records. Nothing here imports torch or unpickles.
+it holds only the members the format knows, the manifest matches the SHA-256 in
+the zip comment and is strict JSON of the expected format and version, and
+every other member matches the SHA-256 the manifest records. Nothing here imports torch or unpickles.
 """
 
 import hashlib
@@ -25,6 +25,9 @@ _SKOPS_MEMBER = re.compile(r"skops/[0-9]+\.skops")
 # not one of ours, and reading it whole would only cost memory.
 _MAX_MANIFEST_BYTES = 64 * 2**20
 _PICKLE_PROTOCOL_2_PLUS = b"\x80"
+# The zip comment of a model file: this prefix, then the manifest's SHA-256.
+# Files written before it have no comment; their manifest is not checked.
+_MANIFEST_CHECKSUM = b"manifest sha256 "
 
 
 class ModelFileError(ValueError):
@@ -55,6 +58,8 @@ def write_archive(path, manifest, members):
 
     def write(raw):
         with zipfile.ZipFile(raw, "w") as archive:
+            # The manifest's own checksum, where no member can hold it.
+            archive.comment = _MANIFEST_CHECKSUM + _sha256(text.encode()).encode()
             archive.writestr(MANIFEST, text, compress_type=zipfile.ZIP_DEFLATED)
             for name, data in members.items():
                 # Float tensors barely compress; skops' JSON does.
@@ -134,7 +139,17 @@ def read_archive(path):
                 )
             if archive.getinfo(MANIFEST).file_size > _MAX_MANIFEST_BYTES:
                 raise ModelFileError(f"{path!r}: its manifest is implausibly large.")
-            manifest = _parse_manifest(archive.read(MANIFEST), path)
+            text = archive.read(MANIFEST)
+            comment = archive.comment
+            if comment.startswith(_MANIFEST_CHECKSUM) and comment[
+                len(_MANIFEST_CHECKSUM):
+            ] != _sha256(text).encode():
+                raise ModelFileError(
+                    f"{path!r}: its {MANIFEST} does not match the checksum the "
+                    "file records; the file was altered or damaged after it was "
+                    "saved."
+                )
+            manifest = _parse_manifest(text, path)
             members = {n: archive.read(n) for n in names if n != MANIFEST}
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
         raise ModelFileError(f"{path!r}: damaged zip archive ({error}).") from None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ._features._images import _pil_to_array, _upright
+from ._features._images import _pil_to_array
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -177,7 +177,7 @@ def read_image(path):
     try:
         with Image.open(path) as image:
             image.load()
-            return _pil_to_array(_upright(image), f"image file {os.fspath(path)!r}")
+            return _pil_to_array(image, f"image file {os.fspath(path)!r}", upright=True)
     except Exception as error:
         # PIL signals undecodable files with several types (OSError, SyntaxError,
         # ValueError, DecompressionBombError); all mean the same here.

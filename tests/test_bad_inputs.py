@@ -31,7 +31,7 @@ from sklearn.ensemble import IsolationForest
 
 import sklearn_metarefine
 from sklearn_metarefine._features._images import _image_source
-from sklearn_metarefine._image_files import read_image
+from sklearn_metarefine._image_files import UnreadableImageError, read_image
 from sklearn_metarefine._rounds import stop_reason
 from sklearn_metarefine import (
     FlowDetector,
@@ -412,6 +412,16 @@ def test_other_bit_depths_embed_like_their_8bit_images(tmp_path, fitted_on_image
         features.transform(dark), features.transform(files), rtol=1e-5, atol=1e-5
     )
     assert not np.allclose(features.transform(dark), expected, atol=1e-3)
+
+
+def test_a_file_of_several_pages_is_refused_naming_it(tmp_path, fitted_on_images):
+    # A multi-page TIFF was scored on its first page alone.
+    pages = [Image.fromarray(image) for image in RGB[:2]]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(ValueError, match=r"stack.tif.* holds 2 images \(pages"):
+        fitted_on_images[0].transform([tmp_path / "stack.tif"])
+    with pytest.raises(UnreadableImageError, match=r"stack.tif.* holds 2 images"):
+        read_image(tmp_path / "stack.tif")
 
 
 def test_exif_orientation_turns_files_upright(tmp_path, fitted_on_images):

@@ -47,8 +47,9 @@ class _UnreadableImage(ValueError):
     """An image whose pixels cannot be read without guessing; the message says why."""
 
 
-def _pil_to_array(image, where):
-    """The pixels of a PIL image as uint8, or floats in [0, 1].
+def _pil_to_array(image, where, *, upright=False):
+    """The pixels of a PIL image as uint8, or floats in [0, 1]; with
+    ``upright``, turned by its EXIF orientation first (image files).
 
     8-bit modes are converted to RGB by Pillow (alpha dropped, palettes and
     other colour spaces mapped to RGB); 16-bit modes and 32-bit integer images
@@ -57,6 +58,16 @@ def _pil_to_array(image, where):
     """
     if image.width == 0 or image.height == 0:
         raise _UnreadableImage(f"{where} is an empty image.")
+    n_frames = getattr(image, "n_frames", 1)
+    if n_frames > 1:
+        # Pillow would give the first page alone, and the others would pass
+        # unseen.
+        raise _UnreadableImage(
+            f"{where} holds {n_frames} images (pages or frames); one image is "
+            "read per file. Save each page as a file of its own."
+        )
+    if upright:
+        image = _upright(image)
     mode = image.mode
     if mode in ("L", "RGB"):
         return np.asarray(image)
@@ -142,7 +153,7 @@ def _read_file(path, index):
         with Image.open(path) as image:
             # Decode here, so that a truncated file fails inside this try.
             image.load()
-            return _pil_to_array(_upright(image), where)
+            return _pil_to_array(image, where, upright=True)
     except FileNotFoundError as error:
         raise FileNotFoundError(_missing_file(path, index)) from error
     except IsADirectoryError as error:

@@ -327,7 +327,8 @@ def _add_score_parser(commands):
         "--threshold",
         type=float,
         metavar="T",
-        help="anomaly-score threshold (default: the model's)",
+        help="anomaly-score threshold (default: the model's); a negative one "
+        "written with an exponent needs '=': --threshold=-1e3",
     )
     score.add_argument(
         "--skip-unreadable",

@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,18 @@ def check_output_file(output, example):
             f"--output {output} cannot be written: {folder} refuses new files "
             f"({error.strerror or error})."
         ) from None
+
+
+def check_not_named_as_an_image(output, example):
+    """Refuse an ``--output`` (a model or a CSV) named like an image file: a
+    later run on its folder would try to read it as one."""
+    output = Path(output)
+    if is_image(output):
+        raise InputError(
+            f"--output {output} has the suffix of an image file, which a later "
+            f"run on its folder would try to read; give a name such as "
+            f"{output.with_name(example)}."
+        )
 
 
 def check_nothing_read_is_overwritten(option, written, read):
@@ -173,17 +186,22 @@ def read_image(path):
     """The pixels of an image file as the detectors read them.
 
     Raises UnreadableImageError, naming the file, when it cannot be decoded.
+    Warnings while decoding it (Pillow's of a very large image) name it too.
     """
+    where = f"image file {os.fspath(path)!r}"
     try:
-        with Image.open(path) as image:
-            image.load()
-            return _pil_to_array(image, f"image file {os.fspath(path)!r}", upright=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with Image.open(path) as image:
+                image.load()
+                pixels = _pil_to_array(image, where, upright=True)
     except Exception as error:
         # PIL signals undecodable files with several types (OSError, SyntaxError,
         # ValueError, DecompressionBombError); all mean the same here.
-        raise UnreadableImageError(
-            f"cannot read image file {os.fspath(path)!r}: {error}"
-        ) from None
+        raise UnreadableImageError(f"cannot read {where}: {error}") from None
+    for warning in caught:
+        warnings.warn(f"{os.fspath(path)}: {warning.message}", warning.category, 2)
+    return pixels
 
 
 def output_names(files, suffix):

@@ -21,6 +21,7 @@ from ._image_files import (
     InputError,
     UnreadableImageError,
     check_images_outside,
+    check_not_named_as_an_image,
     check_nothing_read_is_overwritten,
     check_output_file,
     list_images,
@@ -184,6 +185,7 @@ def score_files(
     files = list_images(inputs)
     map_names = output_names(files, ".png") if maps is not None else None
     _check_outputs(output, maps, map_names, inputs, files)
+    check_not_named_as_an_image(output, "results.csv")
     counts = {"scored": 0, "anomalous": 0, "skipped": 0}
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     partial = results_files(output)[1]

@@ -402,6 +402,37 @@ def test_an_output_folder_that_refuses_files_is_found_before_any_work(
     assert not (tmp_path / "sub").exists()
 
 
+def test_small_slips_get_messages_that_say_what_is_wrong(
+    folders, fitted, capsys, tmp_path, monkeypatch
+):
+    new = folders / "new"
+    # A folder given as the model was "not found".
+    argv = ["score", str(folders / "models"), str(new), "--output", str(tmp_path / "r.csv")]
+    assert main(argv) == 1
+    assert "is a folder; give the model file" in capsys.readouterr().err
+    # An --output named like an image: a later run on its folder reads it.
+    for argv in (
+        ["fit", str(new), "--output", str(tmp_path / "model.png"), *TINY],
+        ["score", str(fitted), str(new), "--output", str(tmp_path / "results.png")],
+    ):
+        assert main(argv) == 1
+        assert "has the suffix of an image file" in capsys.readouterr().err
+        assert not (tmp_path / "model.png").exists()
+    # Pillow's warning of a very large image named no file.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the images: 1920 pixels
+    with pytest.warns(Image.DecompressionBombWarning, match=r"new0\.bmp: Image size"):
+        read_image(new / "new0.bmp")
+
+
+def test_patch_level_fit_on_few_images_warns_of_its_threshold(folders, capsys, tmp_path):
+    model = tmp_path / "m.metarefine"
+    argv = ["fit", str(folders / "new"), "--output", str(model), "--level", "patch"]
+    assert main([*argv, "--image-size", "32", "--skip-unreadable", "--no-progress"]) == 0
+    assert "warning: 4 training images: with so few, the patch level" in (
+        capsys.readouterr().err
+    )
+
+
 class _NoWork:
     """A patch-level model that fails the test if the command scores with it."""
 

@@ -117,6 +117,11 @@ def _parse_manifest(text, path):
 def read_archive(path):
     """The manifest and the verified members of the model file at ``path``."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"Model file {path!r} is a folder; give the model file written by "
+            "sklearn_metarefine.save or `metarefine fit`."
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Model file {path!r} not found.")
     if not zipfile.is_zipfile(path):

@@ -130,6 +130,23 @@ def test_failed_warm_fit_leaves_the_flow_as_it_was(Detector, X, monkeypatch):
 
 
 @pytest.mark.parametrize("Detector", DETECTORS)
+@pytest.mark.parametrize("change", [{"n_views": 2}, {"n_blocks": 3}, {"hidden_size": 8}])
+def test_a_warm_fit_refuses_a_flow_of_another_shape(Detector, X, change):
+    # n_views failed with a broadcasting error; n_blocks and hidden_size were
+    # ignored, get_params saying one flow and the model holding another.
+    det = Detector(random_state=0, **SMALL).fit(X)
+    before = det.score_samples(X)
+    (name, value), = change.items()
+    fitted = det.get_params()[name]
+    det.set_params(warm_start=True, **change)
+    with pytest.raises(ValueError, match=f"{name}={value} \\(fitted: {fitted}\\)"):
+        det.fit(X)
+    det.set_params(**{name: fitted})
+    np.testing.assert_array_equal(det.score_samples(X), before)
+    det.set_params(warm_start=False, **change).fit(X)  # a new flow, reshaped
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
 @pytest.mark.parametrize("warm", [False, True])
 def test_ctrl_c_stops_the_fit(Detector, X, monkeypatch, warm):
     # skorch ends training quietly on KeyboardInterrupt: the fit returned a
@@ -365,3 +382,9 @@ def test_alpha_zero_is_maximum_likelihood_on_whole_batches():
     np.testing.assert_array_equal(a.score_samples(X), b.score_samples(X))
     maml = MAMLFlowDetector(**{**params, "alpha": 0.01}).fit(X)
     assert not np.allclose(maml.score_samples(X), a.score_samples(X))
+
+
+def test_an_unknown_device_is_a_value_error_naming_it(X):
+    # torch's RuntimeError listed its device types, not the parameter.
+    with pytest.raises(ValueError, match="device='tpu' is not a torch device"):
+        FlowDetector(**{**SMALL, "device": "tpu"}).fit(X)

@@ -290,25 +290,20 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     inside the fence of held-out scores, and later rounds only remove. On a
     clean training set the images least like the core stay out (about a
     quarter of them on the digits benchmark), and so does a mode of the
-    normal class that has no image in the core. How many come back depends
-    on the data: of 200 samples of a 4-dimensional Gaussian
-    (``backbone=None``, seeds 0 and 1) the default kept 77 and 59, and
-    :meth:`predict` flagged 42% and 58% of new samples of the same Gaussian
-    (``start="trimmed"``: 70 and 71 kept, 53% and 47% flagged;
-    ``start="full"``: 192 and 191 kept, 5.1% and 5.3% flagged). The core is
-    then the middle of the distribution, and a flow fitted on it scores the
-    rest like outliers. For a training set known to be nearly clean, use
-    ``start="full"``. Cold refits keep the flow's
+    normal class that has no image in the core. Of 200 samples of a 4-D
+    Gaussian (``backbone=None``) it kept 59 to 77 and flagged 42% to 58% of
+    new ones (``start="full"``: 5%): the core is the middle of the
+    distribution, and a flow fitted on it scores the rest like outliers. For
+    a training set known to be nearly clean, use ``start="full"``. Cold refits keep the flow's
     projection from being frozen on the contaminated set. Why held-out
     scores: a flow scores the images it was fitted on as more normal than
     images it has not seen, so in-sample scores re-admit nothing and give a
     boundary that unseen normal images cross (see :class:`IQRRefiner`).
 
     Training images that repeat others exactly (the same features) are
-    fitted once, with a warning: copies of one image are the densest images
-    there are, and a core of copies fits a flow of that image alone, which
-    then flags every other image. A repeat shares the decision on its first
-    copy in ``inlier_mask_`` and ``removed_at_iter_``.
+    fitted once, with a warning: a core of copies of one image would fit a
+    flow of that image alone. A repeat shares its first copy's decision in
+    ``inlier_mask_`` and ``removed_at_iter_``.
 
     The paper's procedure: ``start="full", refit="warm",
     fence_scores="in_sample", stop="no_change", max_iter=None``. The paper's

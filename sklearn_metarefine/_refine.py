@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._rounds import (
     MIN_FENCE_SAMPLES,
-    calibration_scores,
+    boundary,
     check_novelty,
     final_estimator_has,
     inside_fence,
@@ -511,16 +511,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             )
         )
         removed = anomaly_score(estimator, X[~kept]) if (~kept).any() else None
-        normal = calibration_scores(removed, held_out, self.k)
-        boundary = float(np.quantile(normal, 1.0 - self.false_alarm_rate))
-        if removed is not None and np.any(removed == boundary):
-            # A score at the boundary is inside it; when removed samples share
-            # it (a detector whose scores saturate, such as IsolationForest
-            # on points beyond its training data, gives them one score), the
-            # boundary moves below them so that predict flags what the
-            # refinement removed, and new samples like them.
-            boundary = float(np.nextafter(boundary, -np.inf))
-        return -boundary
+        return -boundary(removed, held_out, self.k, self.false_alarm_rate)
 
     def _fence_scores(self, estimator, base, X_kept, fold_seed, n_iter):
         """Anomaly scores of the kept samples that round ``n_iter`` fences."""

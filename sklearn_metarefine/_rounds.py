@@ -302,6 +302,23 @@ def calibration_scores(removed, held_out, k):
     return with_clean_tail(np.r_[held_out, removed[inside]], removed[~inside], tail)
 
 
+def boundary(removed, held_out, k, false_alarm_rate):
+    """The anomaly score above which ``predict`` flags a sample: the
+    ``1 - false_alarm_rate`` quantile of :func:`calibration_scores`.
+
+    A score at the boundary is inside it. When removed samples score exactly
+    the boundary (a detector whose scores saturate, such as IsolationForest
+    on points beyond its training data, gives them all one score), it moves
+    just below them, so that predict flags what the refinement removed, and
+    new samples like them.
+    """
+    normal = calibration_scores(removed, held_out, k)
+    value = float(np.quantile(normal, 1.0 - false_alarm_rate))
+    if removed is not None and np.any(removed == value):
+        value = float(np.nextafter(value, -np.inf))
+    return value
+
+
 def stop_reason(candidate, kept, min_kept, clean_tail=None, seen=()):
     """Why refinement stops before applying ``candidate``, or None to go on.
 

@@ -25,6 +25,7 @@ from ._nets import (
     _FlowNet,
     _MAMLFlowNet,
     _undoable_warm_fit,
+    check_same_flow,
     check_finite_scores,
     training_rows,
 )
@@ -256,7 +257,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         device = resolve_device(self.device)
         seed = draw_seed(check_random_state(self.random_state))
         if warm:
-            self._check_same_flow()
+            check_same_flow(self)
             net, mean, scale, projection = (
                 self.net_,
                 self.mean_,
@@ -307,27 +308,6 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         else:
             self.offset_ = float(np.percentile(scores, 100.0 * self.contamination))
         return self
-
-    def _check_same_flow(self):
-        """Refuse a warm fit after set_params changed the flow's shape: the
-        fitted flow cannot become another one by training."""
-        fitted = {
-            "n_views": self.n_features_in_ // self.n_features_per_view_,
-            **{
-                name: getattr(self.net_, f"module__{name}")
-                for name in ("n_blocks", "hidden_size", "n_hidden_layers", "clamp")
-            },
-        }
-        changed = [
-            f"{name}={getattr(self, name)!r} (fitted: {value!r})"
-            for name, value in fitted.items()
-            if getattr(self, name) != value
-        ]
-        if changed:
-            raise ValueError(
-                f"warm_start=True continues the fitted flow, but {', '.join(changed)} "
-                "changed since it was fitted. Fit with warm_start=False for a new flow."
-            )
 
     def _train_warm(self, net, train_rows, seed, device):
         # The refit set can be smaller than the first one; a batch larger

@@ -179,3 +179,25 @@ def _undoable_warm_fit(net):
         net.set_params(batch_size=batch_size)
 
     return restore
+
+
+def check_same_flow(detector):
+    """Refuse a warm fit after set_params changed the flow's shape: the
+    fitted flow cannot become another one by training."""
+    fitted = {
+        "n_views": detector.n_features_in_ // detector.n_features_per_view_,
+        **{
+            name: getattr(detector.net_, f"module__{name}")
+            for name in ("n_blocks", "hidden_size", "n_hidden_layers", "clamp")
+        },
+    }
+    changed = [
+        f"{name}={getattr(detector, name)!r} (fitted: {value!r})"
+        for name, value in fitted.items()
+        if getattr(detector, name) != value
+    ]
+    if changed:
+        raise ValueError(
+            f"warm_start=True continues the fitted flow, but {', '.join(changed)} "
+            "changed since it was fitted. Fit with warm_start=False for a new flow."
+        )

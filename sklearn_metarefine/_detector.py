@@ -293,9 +293,9 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     normal class that has no image in the core. Of 200 samples of a 4-D
     Gaussian (``backbone=None``) it kept 59 to 77 and flagged 42% to 58% of
     new ones (``start="full"``: 5%): the core is the middle of the
-    distribution, and a flow fitted on it scores the rest like outliers. For
-    a training set known to be nearly clean, use ``start="full"``. Cold refits keep the flow's
-    projection from being frozen on the contaminated set. Why held-out
+    distribution, and a flow fitted on it scores the rest like outliers; use
+    ``start="full"`` for a set known to be nearly clean. Cold refits keep the
+    flow's projection from being frozen on the contaminated set. Why held-out
     scores: a flow scores the images it was fitted on as more normal than
     images it has not seen, so in-sample scores re-admit nothing and give a
     boundary that unseen normal images cross (see :class:`IQRRefiner`).

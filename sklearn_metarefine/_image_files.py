@@ -214,7 +214,9 @@ def output_names(files, suffix):
     used, names = set(), [None] * len(files)
     # A file that has the name itself (a.png for ".png") gets it first,
     # whatever is listed before it: a.png's map is never a.jpg's.
-    order = sorted(range(len(files)), key=lambda i: Path(files[i].name).suffix != suffix)
+    order = sorted(
+        range(len(files)), key=lambda i: Path(files[i].name).suffix != suffix
+    )
     for index in order:
         stem = str(Path(files[index].name).with_suffix(""))
         name, n = stem + suffix, 1

@@ -191,7 +191,9 @@ def score_files(
     partial = results_files(output)[1]
     bar = tqdm(total=len(files), unit="image", desc="Scoring", disable=not progress)
     try:
-        with open(partial, "w", newline="", encoding="utf-8", errors=PATH_ERRORS) as handle:
+        with open(
+            partial, "w", newline="", encoding="utf-8", errors=PATH_ERRORS
+        ) as handle:
             writer = csv.writer(handle)
             writer.writerow(COLUMNS + (MAP_COLUMNS if maps is not None else []))
             for start in range(0, len(files), batch_size):

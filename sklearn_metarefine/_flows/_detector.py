@@ -25,8 +25,8 @@ from ._nets import (
     _FlowNet,
     _MAMLFlowNet,
     _undoable_warm_fit,
-    check_same_flow,
     check_finite_scores,
+    check_same_flow,
     training_rows,
 )
 from ._projection import fit_projection, mean_over_views, project

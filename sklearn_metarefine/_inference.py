@@ -243,13 +243,15 @@ def _check_outputs(output, maps, map_names, inputs, files):
     written = overlays + [path.with_suffix(".npy") for path in overlays]
     check_nothing_read_is_overwritten(f"--maps {os.fspath(maps)}", written, scored)
     for overlay in overlays:
-        for path in (overlay, overlay.with_suffix(".npy")):
-            if path.exists() and not _is_map(overlay):
-                raise InputError(
-                    f"--maps {os.fspath(maps)} would write over {os.fspath(path)}, "
-                    "which is not a map an earlier score wrote; give an empty "
-                    "folder, or the folder of earlier maps."
-                )
+        # The overlay is opened once, to read its mark, and only if it or
+        # its values file is there.
+        existing = [p for p in (overlay, overlay.with_suffix(".npy")) if p.exists()]
+        if existing and not _is_map(overlay):
+            raise InputError(
+                f"--maps {os.fspath(maps)} would write over {os.fspath(existing[0])}, "
+                "which is not a map an earlier score wrote; give an empty "
+                "folder, or the folder of earlier maps."
+            )
     folders = [given for given in inputs if Path(given).is_dir()]
     check_images_outside(f"--maps {os.fspath(maps)}", [maps], folders, "an image to score")
 

@@ -3,7 +3,8 @@
 Reading checks everything it can before anything is decoded: the file is a zip,
 it holds only the members the format knows, the manifest matches the SHA-256 in
 the zip comment and is strict JSON of the expected format and version, and
-every other member matches the SHA-256 the manifest records. Nothing here imports torch or unpickles.
+every other member matches the SHA-256 the manifest records. Nothing here
+imports torch or unpickles.
 """
 
 import hashlib

@@ -15,7 +15,12 @@ from ._features import PretrainedFeatures
 from ._flows import MAMLFlowDetector
 from ._patch import PatchCoreDetector
 from ._refine import IQRRefiner
-from ._rounds import MIN_FENCE_SAMPLES, distinct_rows, smallest_fit
+from ._rounds import (
+    FewHeldOutWarning,
+    distinct_training_images,
+    smallest_fit,
+    warn_if_held_out_from_few,
+)
 from ._utils import draw_seed
 
 # What the detector forwards to each component, beyond n_views, device,
@@ -446,25 +451,15 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         features = X
         for _, step in pipeline.steps[:-1]:
             features = step.fit_transform(features)
-        distinct, copy_of = distinct_rows(features)
-        if len(distinct) < min(MIN_FENCE_SAMPLES, len(features)):
-            raise ValueError(
-                f"X holds {len(distinct)} distinct training image(s) among its "
-                f"{len(features)} (the others repeat them exactly); the refinement "
-                f"needs at least {MIN_FENCE_SAMPLES} distinct images."
-            )
-        if len(distinct) < len(features):
-            warnings.warn(
-                f"{len(features) - len(distinct)} of the {len(features)} training "
-                "images repeat other training images exactly (the same features): "
-                "each distinct image is fitted once, and a repeat shares the "
-                "decision on its first copy in inlier_mask_.",
-                UserWarning,
-                stacklevel=3,  # fit's caller, past scikit-learn's fit wrapper
-            )
+        # Warnings point at fit's caller: past the helper and sklearn's wrapper.
+        distinct, copy_of = distinct_training_images(features, stacklevel=4)
         refiner = pipeline.steps[-1][1]
         self._size_flow(refiner.estimator, len(distinct))
-        refiner.fit(features[distinct])
+        warn_if_held_out_from_few(refiner, len(distinct), name=type(self).__name__,
+                                  unit="images", stacklevel=4)
+        with warnings.catch_warnings():  # the refiner's would say it of samples
+            warnings.simplefilter("ignore", FewHeldOutWarning)
+            refiner.fit(features[distinct])
         self.pipeline_ = pipeline
         self.refiner_ = refiner
         self.inlier_mask_ = refiner.inlier_mask_

@@ -95,10 +95,18 @@ def smallest_fit(
     return smallest - math.ceil(smallest / max(1, min(cv, smallest)))
 
 
-def warn_if_held_out_from_few(refiner, n_samples):
+class FewHeldOutWarning(UserWarning):
+    """Held-out scores may come from fits on a handful of training samples."""
+
+
+def warn_if_held_out_from_few(
+    refiner, n_samples, *, name="IQRRefiner", unit="samples", stacklevel=4
+):
     """Warn when held-out scores may come from leave-one-out fits on a
-    handful of samples: the fence and the boundary set on them are then
-    unreliable (on small clean sets they flagged most new samples or none)."""
+    handful of samples: the fence and the decision boundary set on them are
+    then unreliable (on small clean sets they flagged most new samples or
+    none). ``name`` and ``unit`` say whose fit it is and what it trains on;
+    the default ``stacklevel`` points at the caller of ``IQRRefiner.fit``."""
     if not uses_held_out_scores(refiner.fence_scores, refiner.contamination):
         return
     params = {
@@ -116,17 +124,43 @@ def warn_if_held_out_from_few(refiner, n_samples):
          if smallest_kept(n, **params) >= refiner.cv),
         None,
     )  # fmt: skip
-    more = f"at least {enough}" if enough else f"more (and min_samples >= {refiner.cv})"
-    warnings.warn(
-        f"IQRRefiner: the kept set may hold as few as {smallest} of the "
-        f"{n_samples} training samples, fewer than cv={refiner.cv}: its held-out "
-        f"scores then come from fits on {smallest - 1} samples, and the fence and "
-        f"the decision boundary set on them are unreliable. Train on {more} "
-        "samples, or set the boundary yourself (contamination=<fraction to flag>) "
-        "and expect a rough fence.",
-        UserWarning,
-        stacklevel=4,  # IQRRefiner.fit's caller
+    more = (
+        f"at least {enough} {unit}"
+        if enough
+        else f"more {unit} (and min_samples >= {refiner.cv})"
     )
+    warnings.warn(
+        f"{name}: the kept set may hold as few as {smallest} of the "
+        f"{n_samples} training {unit}, fewer than cv={refiner.cv}: its held-out "
+        f"scores then come from fits on {smallest - 1} {unit}, and the fence and "
+        f"the decision boundary set on them are unreliable. Train on {more}, "
+        "or set the boundary yourself (contamination=<fraction to flag>) "
+        "and expect a rough fence.",
+        FewHeldOutWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def distinct_training_images(features, *, stacklevel):
+    """``distinct_rows`` of a detector's training features, refusing fewer
+    than 4 distinct images and warning when some repeat."""
+    distinct, copy_of = distinct_rows(features)
+    if len(distinct) < min(MIN_FENCE_SAMPLES, len(features)):
+        raise ValueError(
+            f"X holds {len(distinct)} distinct training image(s) among its "
+            f"{len(features)} (the others repeat them exactly); the refinement "
+            f"needs at least {MIN_FENCE_SAMPLES} distinct images."
+        )
+    if len(distinct) < len(features):
+        warnings.warn(
+            f"{len(features) - len(distinct)} of the {len(features)} training "
+            "images repeat other training images exactly (the same features): "
+            "each distinct image is fitted once, and a repeat shares the "
+            "decision on its first copy in inlier_mask_.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+    return distinct, copy_of
 
 
 def final_estimator_has(attr, default_estimator):

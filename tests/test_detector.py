@@ -1,5 +1,7 @@
 """MetaRefineDetector: images in, refined flow out, sklearn's AUROC the right way round."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -117,6 +119,23 @@ def test_copies_of_one_image_are_refused_naming_the_count():
     X = np.repeat(np.random.RandomState(0).normal(size=(1, 5)), 30, axis=0)
     with pytest.raises(ValueError, match="1 distinct training image.* among its 30"):
         MetaRefineDetector(backbone=None, random_state=0, **TINY_FLOW).fit(X)
+
+
+def test_a_small_training_set_warns_once_naming_the_detector_and_its_caller():
+    # The refiner's warning named IQRRefiner and "samples", pointing into the
+    # package's code, to a user who never built an IQRRefiner.
+    X = np.random.RandomState(0).normal(size=(12, 4))
+    det = MetaRefineDetector(backbone=None, random_state=0, **TINY_FLOW)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        det.fit(X)
+    few = [w for w in caught if "the kept set may hold" in str(w.message)]
+    assert len(few) == 1, [str(w.message) for w in caught]
+    message = str(few[0].message)
+    assert message.startswith("MetaRefineDetector: the kept set may hold as few as 4 ")
+    assert "of the 12 training images" in message
+    assert "Train on at least 17 images" in message
+    assert few[0].filename == __file__
 
 
 @pytest.mark.parametrize("n_samples, n_axes", [(30, 4), (50, 8), (120, 16)])

@@ -180,7 +180,10 @@ def test_fit_prints_warnings_as_one_line_each(capsys, tmp_path):
     status = main(["fit", str(tmp_path / "few"), "--output", str(model), *TINY])
     assert status == 0 and model.exists()
     err = capsys.readouterr().err
-    assert "metarefine fit: warning: IQRRefiner: the kept set may hold as few as 4" in err
+    assert (
+        "metarefine fit: warning: MetaRefineDetector: the kept set may hold as "
+        "few as 4 of the 8 training images"
+    ) in err
     assert "UserWarning" not in err and "return fit_method" not in err
 
 

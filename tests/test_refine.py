@@ -606,7 +606,8 @@ def test_warns_when_held_out_scores_come_from_a_handful_of_samples(
         refiner.fit(X)
         # fences of in-sample scores and a float boundary fit no folds
         refiner.set_params(fence_scores="in_sample", contamination=0.1).fit(X[:4])
-    with pytest.warns(UserWarning, match=r"Train on more \(and min_samples >= 5\)"):
+    more = r"Train on more samples \(and min_samples >= 5\)"
+    with pytest.warns(UserWarning, match=more):
         refiner.set_params(contamination="auto", min_samples=4).fit(X)
 
 

@@ -2,7 +2,7 @@
 
 Runs the "metarefine" model of ``metarefine benchmark`` (MetaRefineDetector
 with its defaults, on the default digits features, 10 digits x 6 noise levels
-x 3 repeats) with MAML as configured (``alpha=0.01``, second order), with
+x 3 repeats) with MAML (``alpha=0.01``, second order), with
 ``alpha=0`` (no inner step: maximum-likelihood training) and with
 ``first_order=True``, and prints the mean test AUROC per noise level and the
 mean seconds per run (fit, refinement and scoring).

@@ -17,7 +17,8 @@
 (c) With ``--quality``: test AUROC of plain PatchCore, dropping images and
     cleaning patches, with 0-50% of the training images defective: crops of
     scikit-image's brick texture with planted dark discs, scratches and
-    stains (a stand-in until the generated surfaces dataset exists).
+    stains (the generated surfaces are measured by ``metarefine benchmark
+    --dataset surfaces``).
 
 With ``--device cuda``, (a) fits and scores on the GPU (one row instead of
 the two thread counts; each timing waits for the GPU to finish); (b) and (c)

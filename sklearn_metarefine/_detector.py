@@ -254,8 +254,8 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         Training images kept by the refinement (at the patch level, which
         cleans patches, not images: all True).
     removed_at_iter_ : ndarray of shape (n_samples,), dtype int
-        Round in which each training image was dropped, -1 if kept (image
-        level).
+        Round in which each training image was dropped, -1 if kept, 0 if
+        outside the trimmed core and never re-admitted (image level).
     thresholds_ : ndarray of shape (n_iter_,)
         Fence of each round (image level).
     n_iter_ : int

@@ -182,8 +182,8 @@ class PatchCoreDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     are) and is recomputed on the scores inside it until it settles. On a
     clean training set it usually settles a little below the fence of all
     the scores, where they thin out, and flags a few more normal images: on
-    200 draws each of exponential, Gaussian and Gumbel scores, 4.2 more in
-    100 on average, 2.6 more in 12.
+    200 draws each of exponential, Gaussian and Gumbel scores, 2.7 more in
+    100 on average, 1.2 more in 12.
 
     Why clean patches rather than images: a defective training image is
     mostly normal, and its few defect patches are what harms the bank (they

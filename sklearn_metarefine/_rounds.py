@@ -144,8 +144,13 @@ def warn_if_held_out_from_few(
 def distinct_training_images(features, *, stacklevel):
     """``distinct_rows`` of a detector's training features, refusing fewer
     than 4 distinct images and warning when some repeat."""
+    if len(features) < MIN_FENCE_SAMPLES:
+        raise ValueError(
+            f"The refinement needs at least {MIN_FENCE_SAMPLES} training images "
+            f"for the quartiles of its fence, got {len(features)}."
+        )
     distinct, copy_of = distinct_rows(features)
-    if len(distinct) < min(MIN_FENCE_SAMPLES, len(features)):
+    if len(distinct) < MIN_FENCE_SAMPLES:
         raise ValueError(
             f"X holds {len(distinct)} distinct training image(s) among its "
             f"{len(features)} (the others repeat them exactly); the refinement "

@@ -115,6 +115,18 @@ def test_repeated_training_images_are_fitted_once():
     assert (det.removed_at_iter_[61:] == single.removed_at_iter_[60]).all()
 
 
+@pytest.mark.parametrize("n_images", [2, 3])
+def test_fewer_than_four_images_are_refused_in_the_detectors_terms(n_images):
+    # They warned of fits "on 0 images", then IQRRefiner refused "samples".
+    X = np.random.RandomState(0).normal(size=(n_images, 4))
+    det = MetaRefineDetector(backbone=None, random_state=0, **TINY_FLOW)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        refusal = f"at least 4 training images .* got {n_images}"
+        with pytest.raises(ValueError, match=refusal):
+            det.fit(X)
+
+
 def test_copies_of_one_image_are_refused_naming_the_count():
     X = np.repeat(np.random.RandomState(0).normal(size=(1, 5)), 30, axis=0)
     with pytest.raises(ValueError, match="1 distinct training image.* among its 30"):

@@ -187,6 +187,24 @@ def test_unusual_parameter_values_round_trip(table, model_path, tmp_path):
     )
 
 
+def test_set_output_round_trips(images, model_path):
+    # A transformer set to give DataFrames could not be saved at all.
+    pd = pytest.importorskip("pandas")
+    features = PretrainedFeatures("efficientnet_lite0", image_size=32, n_scales=1)
+    pipeline = make_pipeline(features).set_output(transform="pandas").fit(images[:4])
+    for model in (pipeline, pipeline[0]):
+        save(model, model_path)
+        loaded = load(model_path)
+        out, expected = loaded.transform(images[:4]), model.transform(images[:4])
+        assert isinstance(out, pd.DataFrame)
+        pd.testing.assert_frame_equal(out, expected)
+    manifest = _manifest(model_path)
+    manifest["estimator"]["$estimator"]["output_config"] = {"$dict": {"transform": "x"}}
+    _rewrite(model_path, manifest=manifest)
+    with pytest.raises(ModelFileError, match="set_output recorded"):
+        load(model_path)
+
+
 def test_a_cache_folder_in_a_file_is_not_used(model_path, tmp_path):
     save(MetaRefineDetector(), model_path)
     manifest = _manifest(model_path)

@@ -73,7 +73,10 @@ _FITTED_NAME = re.compile(r"[a-z][a-z0-9_]*_")
 # choose where scoring writes.
 _MACHINE_PARAMS = {"memory": None}
 _NUMERIC_KINDS = "biuf"
-_NODE_KEYS = {"class", "id", "params", "fitted", "torch_state"}
+_NODE_KEYS = {"class", "id", "params", "fitted", "torch_state", "output_config"}
+# What scikit-learn's set_output records on an estimator, and its values.
+_OUTPUT_CONFIG = "_sklearn_output_config"
+_OUTPUT_CONTAINERS = {"default", "pandas", "polars"}
 
 
 def _class_name(cls):
@@ -104,6 +107,20 @@ def _not_stored(estimator_or_class):
     """The machine parameters of an estimator, at the values a model file gives."""
     names = estimator_or_class._get_param_names()
     return {name: value for name, value in _MACHINE_PARAMS.items() if name in names}
+
+
+def _output_config(config, where, error):
+    """``set_output``'s record, checked: the output container of ``transform``."""
+    if (
+        not isinstance(config, dict)
+        or not set(config) <= {"transform"}
+        or not set(config.values()) <= _OUTPUT_CONTAINERS
+    ):
+        raise error(
+            f"{where}: set_output recorded {config!r}; a model file holds only "
+            f"set_output(transform=...) with one of {sorted(_OUTPUT_CONTAINERS)}."
+        )
+    return dict(config)
 
 
 def _torch_hook(name):
@@ -153,6 +170,10 @@ class Encoder:
         fitted = {}
         for attribute, value in vars(estimator).items():
             if attribute in handled:
+                continue
+            if attribute == _OUTPUT_CONFIG:  # set_output(transform=...)
+                config = _output_config(value, where, TypeError)
+                node["output_config"] = self.value(config, f"{where}.set_output")
                 continue
             if not _FITTED_NAME.fullmatch(attribute):
                 raise TypeError(
@@ -342,6 +363,10 @@ class Decoder:
                     f"{where}: {attribute!r} cannot be a fitted attribute."
                 )
             setattr(estimator, attribute, self.value(value, f"{where}.{attribute}"))
+        if "output_config" in node:
+            config = self.value(node["output_config"], f"{where}.set_output")
+            config = _output_config(config, where, ModelFileError)
+            setattr(estimator, _OUTPUT_CONFIG, config)
         if "torch_state" in node:
             self._restore_torch_state(estimator, node, where)
         self._estimators[node["id"]] = estimator

@@ -391,6 +391,7 @@ def test_other_bit_depths_embed_like_their_8bit_images(tmp_path, fitted_on_image
             for i, g in enumerate(GRAY)
         ],
         "F in memory": [Image.fromarray((g / 255).astype(np.float32)) for g in GRAY],
+        "I in memory": [Image.fromarray(g.astype(np.int32)) for g in sixteen],
         "uint16 array": sixteen,
         "uint16 arrays": list(sixteen),
     }
@@ -412,6 +413,11 @@ def test_other_bit_depths_embed_like_their_8bit_images(tmp_path, fitted_on_image
         features.transform(dark), features.transform(files), rtol=1e-5, atol=1e-5
     )
     assert not np.allclose(features.transform(dark), expected, atol=1e-3)
+    # 8-bit values in a 32-bit PIL image made in memory: as an array they are
+    # 8-bit, from a file 16-bit; it was read as a nearly black 16-bit image.
+    ambiguous = [Image.fromarray(g.astype(np.int32)) for g in GRAY]
+    with pytest.raises(ValueError, match=r"X\[0\] has PIL mode 'I' .* Convert it to"):
+        features.transform(ambiguous)
 
 
 def test_a_file_of_several_pages_is_refused_naming_it(tmp_path, fitted_on_images):

@@ -53,8 +53,10 @@ def _pil_to_array(image, where, *, upright=False):
 
     8-bit modes are converted to RGB by Pillow (alpha dropped, palettes and
     other colour spaces mapped to RGB); 16-bit modes and 32-bit integer images
-    whose values fit in 16 bits are divided by 65535; float images (mode F)
-    must hold values in [0, 1]. Anything else is refused, never clipped.
+    whose values fit in 16 bits are divided by 65535 (in-memory 32-bit images
+    whose values all fit in 8 bits are refused as ambiguous); float images
+    (mode F) must hold values in [0, 1]. Anything else is refused, never
+    clipped.
     """
     if image.width == 0 or image.height == 0:
         raise _UnreadableImage(f"{where} is an empty image.")
@@ -76,6 +78,15 @@ def _pil_to_array(image, where, *, upright=False):
     if mode in ("I", "F"):
         values = np.asarray(image)
         low, high = values.min(), values.max()
+        if mode == "I" and image.format is None and 0 <= low and high <= 255:
+            # Not decoded from a file: 8-bit values in 32-bit integers, or a
+            # dark 16-bit image? The array would be read as 8-bit, a file as
+            # 16-bit; neither guess is safe.
+            raise _UnreadableImage(
+                f"{where} has PIL mode 'I' (32-bit integers) with values in "
+                f"[{low}, {high}]: 8-bit intensities or a dark 16-bit image? "
+                "Convert it to mode 'L' (8-bit) or 'I;16' (16-bit) first."
+            )
         if mode == "I" and 0 <= low and high <= _MAX_16BIT:
             return values.astype(np.float32) / _MAX_16BIT
         if mode == "F" and np.isfinite(values).all() and 0 <= low and high <= 1:

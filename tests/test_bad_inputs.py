@@ -329,7 +329,7 @@ IMAGE_ROWS = [
     ("infinite pixels", ValueError, "contains infinity"),
     ("no image", ValueError, "X is empty"),
     ("sparse matrix", TypeError, "dense data is required"),
-    ("4 channels", ValueError, "4 channels in its last axis"),
+    ("4 channels", ValueError, r"4 channels in its last axis.* drop the alpha"),
     ("pixel values above 255", ValueError, r"expected integers in \[0, 255\]"),
     ("flat rows without input_shape", ValueError, "pass input_shape"),
     ("a single path, not a list", ValueError, "single image"),

@@ -31,10 +31,14 @@ def _check_pixel_range(values, where):
 
 def _check_channels(n_channels, where):
     if n_channels not in (1, 3):
+        fix = (
+            "For RGBA images drop the alpha channel, e.g. X[..., :3]"
+            if n_channels == 4
+            else "For channels-first data use np.moveaxis(X, 1, -1)"
+        )
         raise ValueError(
             f"{where} has {n_channels} channels in its last axis; expected 1 (gray) "
-            "or 3 (RGB), channels last. For channels-first data use "
-            "np.moveaxis(X, 1, -1)."
+            f"or 3 (RGB), channels last. {fix}."
         )
 
 

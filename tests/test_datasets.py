@@ -206,6 +206,18 @@ def test_load_mvtec_ad_orphan_mask(mvtec_root):
     assert MVTEC_URL in str(error.value)
 
 
+def test_load_mvtec_ad_pairs_masks_whatever_the_case_of_png(mvtec_root):
+    # 001.PNG was listed as an image, but only 001_mask.png was looked for.
+    for old in ("test/crack/001.png", "ground_truth/crack/001_mask.png"):
+        path = mvtec_root / "bottle" / old
+        path.rename(path.with_suffix(".PNG"))
+    data = load_mvtec_ad(mvtec_root, "bottle", split="test")
+    masks = dict(zip(map(Path, data.filenames), data.mask_filenames))
+    image = mvtec_root / "bottle/test/crack/001.PNG"
+    assert masks[image] == str(mvtec_root / "bottle/ground_truth/crack/001_mask.PNG")
+    assert Path(masks[image]).is_file()
+
+
 def test_load_mvtec_ad_rejects_unknown_split(mvtec_root):
     with pytest.raises(InvalidParameterError, match="split"):
         load_mvtec_ad(mvtec_root, "bottle", split="validation")
@@ -304,6 +316,24 @@ def test_load_ksdd2_image_without_gt(ksdd2_root):
         load_ksdd2(ksdd2_root)
     assert str(missing) in str(error.value)
     assert KSDD2_URL in str(error.value)
+
+
+def test_load_ksdd2_unreadable_gt_is_named(ksdd2_root):
+    # PIL's UnidentifiedImageError named neither the dataset nor the image.
+    (ksdd2_root / "train/10001_GT.png").write_text("not an image")
+    named = r"KolektorSDD2 mask .*10001_GT.png \(of "
+    with pytest.raises(ValueError, match=named) as error:
+        load_ksdd2(ksdd2_root)
+    assert str(ksdd2_root / "train/10001.png") in str(error.value)
+    assert KSDD2_URL in str(error.value)
+
+
+def test_load_ksdd2_pairs_masks_whatever_the_case_of_png(ksdd2_root):
+    path = ksdd2_root / "train/10001_GT.png"
+    path.rename(path.with_suffix(".PNG"))
+    data = load_ksdd2(ksdd2_root, split="train")
+    assert data.mask_filenames[1] == str(path.with_suffix(".PNG"))
+    assert data.target.tolist() == [0, 1, 1, 0]
 
 
 def test_load_ksdd2_orphan_gt(ksdd2_root):

@@ -45,17 +45,22 @@ def _listing(paths):
     return "\n  " + shown + (f"\n  ... and {more} more" if more > 0 else "")
 
 
-def _unpaired(masks, existing):
-    """Check the image-mask pairing both ways.
+def _paired(masks, existing):
+    """Pair images with their masks, checking both ways.
 
-    ``masks`` maps each image to the mask it needs, ``existing`` is the set of
-    mask files found. Returns the needed masks that are absent, each as
-    ``"<mask> (mask of <image>)"``, and the sorted masks no image needs.
+    ``masks`` maps each image to the mask it needs, named with ``.png``;
+    ``existing`` holds the mask files found, whose suffix may be in any case
+    (``.PNG``), as the images' may. Returns the masks found for the images,
+    the needed masks that are absent, each as ``"<mask> (mask of <image>)"``,
+    and the sorted masks no image needs.
     """
+    by_name = {path.with_suffix(".png"): path for path in existing}
+    found = {image: by_name[mask] for image, mask in masks.items() if mask in by_name}
     missing = [
         f"{mask} (mask of {image})"
         for image, mask in masks.items()
-        if mask not in existing
+        if mask not in by_name
     ]
-    orphans = sorted(existing - set(masks.values()))
-    return missing, orphans
+    needed = set(masks.values())
+    orphans = sorted(path for name, path in by_name.items() if name not in needed)
+    return found, missing, orphans

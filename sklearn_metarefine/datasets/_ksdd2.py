@@ -7,7 +7,7 @@ from PIL import Image
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions, validate_params
 
-from ._files import _absolute, _listing, _names, _png_files, _subfolders, _unpaired
+from ._files import _absolute, _listing, _names, _paired, _png_files, _subfolders
 
 KSDD2_URL = "https://www.vicos.si/resources/kolektorsdd2/"
 
@@ -189,7 +189,7 @@ def _split_samples(root, split):
         )
     pairs = {image: folder / f"{image.stem}{_GT_SUFFIX}.png" for image in images}
 
-    missing, orphans = _unpaired(pairs, masks)
+    pairs, missing, orphans = _paired(pairs, masks)
     if missing:
         raise FileNotFoundError(
             f"KolektorSDD2 {split} folder {folder} is incomplete: {len(missing)} "
@@ -204,14 +204,20 @@ def _split_samples(root, split):
             "Re-extract the dataset from the archive. " + _HOW_TO_GET
         )
     return [
-        (str(image), int(_has_defect(mask)), str(mask), split)
+        (str(image), int(_has_defect(mask, image)), str(mask), split)
         for image, mask in pairs.items()
     ]
 
 
-def _has_defect(mask_path):
-    with Image.open(mask_path) as mask:
-        return bool(np.asarray(mask).any())
+def _has_defect(mask_path, image):
+    try:
+        with Image.open(mask_path) as mask:
+            return bool(np.asarray(mask).any())
+    except Exception as error:  # not an image, truncated, unreadable
+        raise ValueError(
+            f"KolektorSDD2 mask {mask_path} (of {image}) cannot be read: {error}. "
+            "Re-extract the dataset from the archive. " + _HOW_TO_GET
+        ) from error
 
 
 def _nested_root_hint(root):

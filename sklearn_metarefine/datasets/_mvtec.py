@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions, validate_params
 
-from ._files import _absolute, _listing, _names, _png_files, _subfolders, _unpaired
+from ._files import _absolute, _listing, _names, _paired, _png_files, _subfolders
 
 MVTEC_AD_CATEGORIES = (
     "bottle",
@@ -264,7 +264,7 @@ def _matched_masks(folder, images):
         for defect in _subfolders(ground_truth):
             existing.update(_png_files(ground_truth / defect))
 
-    missing, orphans = _unpaired(masks, existing)
+    masks, missing, orphans = _paired(masks, existing)
     if missing:
         raise FileNotFoundError(
             f"MVTec AD folder {folder} is incomplete: {len(missing)} defective "

@@ -5,10 +5,12 @@ imports torch.
 """
 
 import sys
+from numbers import Integral
 
 import numpy as np
 from sklearn.metrics import pairwise_distances_chunked
 from sklearn.pipeline import Pipeline
+from sklearn.utils import check_array
 
 from ._utils import standardisation
 
@@ -52,6 +54,12 @@ def iqr_fence(scores, k=1.5):
     >>> iqr_fence([1.0, 2.0, 3.0, 4.0, 5.0], k=1.5)
     7.0
     """
+    q1, q3 = np.percentile(_finite_scores(scores), [25, 75])
+    return float(q3 + k * (q3 - q1))
+
+
+def _finite_scores(scores):
+    """The finite ``scores``, refusing what has no quartiles."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 1 or scores.size == 0:
         raise ValueError(
@@ -62,8 +70,7 @@ def iqr_fence(scores, k=1.5):
     finite = scores[np.isfinite(scores)]
     if finite.size == 0:
         raise ValueError("scores are all infinite; the fence is undefined.")
-    q1, q3 = np.percentile(finite, [25, 75])
-    return float(q3 + k * (q3 - q1))
+    return finite
 
 
 def clean_tail_fraction(scores, k=1.5):
@@ -86,7 +93,9 @@ def clean_tail_fraction(scores, k=1.5):
     fraction : float
         ``0.25 * 2 ** (-k * IQR / (Q3 - median))``: exact for exponential
         scores (4.8% at ``k=1.5``), larger than the truth for lighter tails
-        (3.1% for Gaussian scores), and 0 when Q3 equals the median.
+        (3.1% for Gaussian scores), and 0 when Q3 equals the median. The
+        quartiles are those of the finite scores, as for :func:`iqr_fence`;
+        NaN scores raise a ``ValueError``.
 
     See Also
     --------
@@ -106,8 +115,7 @@ def clean_tail_fraction(scores, k=1.5):
     >>> round(clean_tail_fraction(np.random.RandomState(0).exponential(size=10_000)), 2)
     0.05
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    q1, median, q3 = np.percentile(scores, [25, 50, 75])
+    q1, median, q3 = np.percentile(_finite_scores(scores), [25, 50, 75])
     if q3 <= median:
         return 0.0
     return float(0.25 * 2.0 ** (-k * (q3 - q1) / (q3 - median)))
@@ -204,8 +212,13 @@ def neighbour_distances(X, n_neighbors):
     >>> neighbour_distances([[0.0], [1.0], [2.0], [10.0]], n_neighbors=1).round(2)
     array([0.25, 0.25, 0.25, 2.02])
     """
-    X = np.asarray(X, dtype=np.float64)
+    X = check_array(X, dtype=np.float64)
     n_samples = X.shape[0]
+    if not isinstance(n_neighbors, Integral) or isinstance(n_neighbors, bool):
+        raise TypeError(
+            f"n_neighbors must be an int, got {type(n_neighbors).__name__} "
+            f"{n_neighbors!r}."
+        )
     if not 1 <= n_neighbors < n_samples:
         raise ValueError(
             f"n_neighbors must be between 1 and n_samples - 1 = {n_samples - 1}, "

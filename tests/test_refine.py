@@ -16,7 +16,12 @@ from sklearn.svm import OneClassSVM
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn.utils.validation import validate_data
 
-from sklearn_metarefine import IQRRefiner, iqr_fence, neighbour_distances
+from sklearn_metarefine import (
+    IQRRefiner,
+    clean_tail_fraction,
+    iqr_fence,
+    neighbour_distances,
+)
 from sklearn_metarefine._rounds import (
     calibration_scores,
     stop_reason,
@@ -182,6 +187,16 @@ def test_iqr_fence_ties():
 def test_iqr_fence_rejects_bad_scores(scores, match):
     with pytest.raises(ValueError, match=match):
         iqr_fence(scores)
+    # The clean tail is measured on the same quartiles: it gave NaN or an
+    # IndexError.
+    with pytest.raises(ValueError, match=match):
+        clean_tail_fraction(scores)
+
+
+def test_clean_tail_fraction_takes_the_quartiles_of_finite_scores():
+    scores = np.random.RandomState(0).exponential(size=40)
+    with_infinite = np.r_[scores, np.full(20, np.inf)]  # a third of them
+    assert clean_tail_fraction(with_infinite) == clean_tail_fraction(scores) > 0
 
 
 # the anomaly-score adapter
@@ -960,6 +975,12 @@ def test_neighbour_distances_match_a_brute_force_search():
     for bad in [0, 30]:
         with pytest.raises(ValueError, match=f"n_neighbors={bad}"):
             neighbour_distances(X, bad)
+    with pytest.raises(TypeError, match="n_neighbors must be an int, got float 1.0"):
+        neighbour_distances(X, 1.0)
+    with pytest.raises(ValueError, match="2D array"):
+        neighbour_distances(X[:, 0], 1)
+    with pytest.raises(ValueError, match="NaN"):
+        neighbour_distances(np.where(X > 2, np.nan, X), 1)
 
 
 def test_neighbour_distances_ignore_constant_features():

@@ -11,28 +11,27 @@ from sklearn.utils._param_validation import Interval, validate_params
 
 
 def _as_images(images):
-    """A list of (H, W) or (H, W, 3) arrays from arrays, PIL images or paths."""
-    if isinstance(images, np.ndarray) and images.ndim in (3, 4):
-        return list(images)
-    loaded = []
-    for image in images:
-        if isinstance(image, (str, os.PathLike)):
-            from PIL import Image
+    """(H, W, C) arrays read as the detectors read them: files upright (EXIF),
+    16-bit files and PIL images as 16-bit, pixel ranges checked."""
+    from ._features._images import _read_item  # imports torch
 
-            with Image.open(image) as opened:
-                image = np.asarray(opened.convert("RGB"))
-        loaded.append(np.asarray(image))
-    return loaded
+    if isinstance(images, np.ndarray) and images.ndim in (3, 4):
+        images = list(images)
+    return [_read_item(image, index) for index, image in enumerate(images)]
 
 
 def _displayable(image):
-    """uint8 as it is, floats clipped to [0, 1], one channel shown as grey."""
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[-1] == 1:
+    """The pixels in [0, 1] as the detectors scale them (uint8 as it is: 16-bit
+    values divided by 65535, other integers by 255); one channel as grey."""
+    if image.shape[-1] == 1:
         image = image[..., 0]
-    if image.dtype != np.uint8:
-        image = np.clip(image.astype(np.float64), 0, 1)
-    return image
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return image / 65535.0
+    if image.dtype.kind in "ui":
+        return image / 255.0
+    return image.astype(np.float64)
 
 
 @validate_params(
@@ -76,7 +75,10 @@ def plot_anomaly_maps(
     ----------
     images : array-like of shape (n_images, H, W) or (n_images, H, W, 3), \
             or list of arrays, PIL images or file paths
-        The images: uint8 (0-255) or floats in [0, 1].
+        The images, read as the detectors read them: 8-bit integers (0-255),
+        uint16 arrays and 16-bit files or PIL images as 16-bit, floats in
+        [0, 1]; image files turned upright by their EXIF orientation, as
+        :meth:`~PatchCoreDetector.anomaly_map` reads them.
 
     maps : array-like of shape (n_images, h, w)
         Anomaly maps, higher = more anomalous, as ``anomaly_map`` returns

@@ -90,3 +90,26 @@ def test_mismatched_lengths_and_bad_maps_are_errors(panels):
         plot_anomaly_maps(images, bad)
     with pytest.raises(ValueError, match=r"\(n_images, height, width\)"):
         plot_anomaly_maps(images, maps[0])
+
+
+def test_images_are_drawn_as_the_detectors_read_them(tmp_path):
+    # A portrait file (EXIF orientation) was drawn sideways under its map,
+    # and integer or 16-bit arrays were drawn white.
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored turned a quarter: shown 20 high and 40 wide
+    path = tmp_path / "portrait.png"
+    Image.new("RGB", (20, 40)).save(path, exif=exif.tobytes())
+    figure = plot_anomaly_maps([path], np.zeros((1, 20, 40)))
+    assert figure.axes[0].images[0].get_array().shape == (20, 40, 3)
+    plt.close(figure)
+    grey = np.full((2, 8, 8), 100)
+    for images, shown in [
+        (grey.astype(np.int64), 100 / 255),
+        (grey.astype(np.uint16) * 257, 100 / 255),
+        ([Image.fromarray(g.astype(np.uint16) * 257) for g in grey], 100 / 255),
+    ]:
+        figure = plot_anomaly_maps(images, np.zeros((2, 8, 8)))
+        np.testing.assert_allclose(figure.axes[0].images[0].get_array(), shown)
+        plt.close(figure)
+    with pytest.raises(ValueError, match=r"X\[0\] has pixel values in \[2.0, 2"):
+        plot_anomaly_maps(np.full((1, 8, 8), 2.0), np.zeros((1, 8, 8)))

@@ -225,7 +225,8 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         outer fence, see :class:`IQRRefiner`); a float is scikit-learn's
         meaning, the fraction of the training images to flag. At the patch
         level "auto" is the fence of the training images' leave-one-image-out
-        scores, grown from their lower half (see :class:`PatchCoreDetector`).
+        scores, grown from their lower half, and a float the fraction of
+        those scores above the threshold (see :class:`PatchCoreDetector`).
     false_alarm_rate : float, default=0.05
         The false-alarm rate that ``contamination="auto"`` aims at (image
         level only: the patch level's boundary is a fence, see above).

@@ -415,12 +415,25 @@ def test_grid_search_over_coreset_fraction_and_k_reports_the_auroc():
     assert search.best_score_ > 0.9
 
 
-def test_float_contamination_flags_that_fraction_of_the_training_images():
+def test_float_contamination_flags_that_fraction_of_images_scored_as_new():
+    # Set on in-sample scores (the bank holds the training patches), the
+    # threshold flagged every new normal image of a bank of all patches.
     train, _, _ = _contaminated_rows(0)
     det = PatchCoreDetector(
         backbone=None, grid_shape=(3, 3), contamination=0.2, random_state=0
     ).fit(train)
-    assert (det.predict(train) == -1).mean() == pytest.approx(0.2, abs=0.03)
+    assert (det.train_scores_ > -det.offset_).mean() == pytest.approx(0.2, abs=0.03)
+    rng = np.random.RandomState(0)
+    X, X_new = rng.normal(size=(60, 4)), rng.normal(size=(1000, 4))
+    for coreset_fraction in (1.0, 0.5):
+        det = PatchCoreDetector(
+            backbone=None, coreset_fraction=coreset_fraction, contamination=0.1
+        ).fit(X)
+        assert 0.03 <= (det.predict(X_new) == -1).mean() <= 0.2
+    det = MetaRefineDetector(
+        backbone=None, level="patch", coreset_fraction=1.0, contamination=0.1
+    ).fit(X)
+    assert 0.03 <= (det.predict(X_new) == -1).mean() <= 0.2
 
 
 def test_bad_grid_and_single_image_are_rejected(surfaces):

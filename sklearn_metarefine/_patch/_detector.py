@@ -115,7 +115,11 @@ class PatchCoreDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
         normal image is scored), grown from their lower half so that the
         defective training images do not widen it: see Notes. A float: the
         expected fraction of anomalies in the training set; the threshold is
-        that percentile of the training images' scores.
+        that percentile of the training images' leave-one-image-out scores
+        (``train_scores_``), as :class:`~sklearn.neighbors.LocalOutlierFactor`
+        sets its threshold on scores of training samples that leave each one
+        out. (The training images themselves, whose patches the bank holds,
+        score lower: :meth:`predict` flags fewer of them.)
     memory : None, str or joblib.Memory, default=None
         Caches the patch features (see :class:`PatchFeatures`), so that a grid
         search runs the CNN once per image set.
@@ -322,8 +326,9 @@ shape (n_samples, n_features) when ``backbone=None``
         if self.contamination == "auto":
             self.offset_ = -majority_fence(self.train_scores_, self.k)
         else:
-            in_sample = self._patch_scores_of(patches).max(1)
-            self.offset_ = float(np.percentile(-in_sample, 100 * self.contamination))
+            # In-sample, the bank matches the training patches to themselves.
+            held_out = -self.train_scores_
+            self.offset_ = float(np.percentile(held_out, 100 * self.contamination))
         return self
 
     def score_samples(self, X):

@@ -128,10 +128,17 @@ def _check_defect_types(category, defect_types):
         defect_types = [defect_types]
     defect_types = list(defect_types)
     unknown = [name for name in defect_types if name not in available]
-    if unknown or not defect_types:
+    repeated = sorted({name for name in defect_types if defect_types.count(name) > 1})
+    if unknown or repeated or not defect_types:
+        problem = (
+            f"unknown: {unknown}"
+            if unknown
+            else f"named twice: {repeated}" if repeated else "none named"
+        )
         raise ValueError(
             f"defect_types={defect_types!r}: category {category!r} has the defect "
-            f"types {list(available)}; pick one or more of them (unknown: {unknown})."
+            f"types {list(available)}; pick one or more of them, each once "
+            f"({problem})."
         )
     return tuple(defect_types)
 
@@ -231,8 +238,8 @@ def make_surfaces(
     Raises
     ------
     ValueError
-        If `defect_types` names a defect the category does not have, or if
-        no image is requested.
+        If `defect_types` names a defect the category does not have, names
+        one twice or none, or if no image is requested.
 
     See Also
     --------

@@ -415,6 +415,23 @@ def test_grid_search_over_coreset_fraction_and_k_reports_the_auroc():
     assert search.best_score_ > 0.9
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_patch_cleaning_resists_defects_the_coreset_over_samples(seed):
+    # Farthest-first selection takes outlying patches first: 14 defective of
+    # 80 one-patch images (17.5%) made 2 to 6 of the 16 coreset patches, and
+    # Tukey's fence of all support distances, among them, kept them all.
+    rng = np.random.RandomState(seed)
+    X = np.vstack([rng.normal(size=(66, 4)), rng.normal(5, 1, size=(14, 4))])
+    det = PatchCoreDetector(
+        backbone=None, coreset_fraction=0.2, bank_cleaning="patches", random_state=seed
+    ).fit(X)
+    assert det.n_patches_selected_ == 16
+    assert not (det.bank_image_ >= 66).any()
+    assert len(det.bank_image_) >= 8
+    normal, defective = rng.normal(size=(30, 4)), rng.normal(5, 1, size=(10, 4))
+    assert det.score_samples(defective).max() < det.score_samples(normal).min()
+
+
 def test_float_contamination_flags_that_fraction_of_images_scored_as_new():
     # Set on in-sample scores (the bank holds the training patches), the
     # threshold flagged every new normal image of a bank of all patches.

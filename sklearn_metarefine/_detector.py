@@ -456,8 +456,10 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         distinct, copy_of = distinct_training_images(features, stacklevel=4)
         refiner = pipeline.steps[-1][1]
         self._size_flow(refiner.estimator, len(distinct))
-        warn_if_held_out_from_few(refiner, len(distinct), name=type(self).__name__,
-                                  unit="images", stacklevel=4)
+        name = type(self).__name__
+        warn_if_held_out_from_few(
+            refiner, len(distinct), name=name, unit="images", stacklevel=4
+        )
         with warnings.catch_warnings():  # the refiner's would say it of samples
             warnings.simplefilter("ignore", FewHeldOutWarning)
             refiner.fit(features[distinct])

@@ -5,6 +5,7 @@ arguments; the work is done in ``_benchmark``, ``_training`` and ``_inference``.
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import warnings
@@ -450,19 +451,26 @@ def _score(args):
     print_summary(result)
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(command):
+    """Show each warning as one line on stderr, naming the command."""
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"metarefine {command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        yield
+
+
 def _run_file_command(args):
     """Run fit or score; a problem with the input is one line on stderr, status 1."""
     from ._image_files import InputError
     from ._persistence import ModelFileError
 
     command = {"fit": _fit, "score": _score}[args.command]
-
-    def show_warning(message, category, filename, lineno, file=None, line=None):
-        print(f"metarefine {args.command}: warning: {message}", file=sys.stderr)
-
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = show_warning
+        with _warnings_as_lines(args.command):
             command(args)
     except (InputError, ModelFileError, OSError, ValueError) as error:
         # OSError: a file or folder the command reads or writes; its message
@@ -505,7 +513,8 @@ def main(argv=None):
     if args.command in ("fit", "score"):
         return _run_file_command(args)
     try:
-        _benchmark(args)
+        with _warnings_as_lines(args.command):
+            _benchmark(args)
     except (BenchmarkError, OSError) as error:
         # OSError: a file or folder the benchmark reads or writes (its message
         # names it), e.g. a dataset folder that is missing or a full disk.

@@ -161,6 +161,26 @@ def test_surfaces_benchmark_draws_the_one_switch_models_maps(surfaces_run):
     assert len(list((output / "features").glob("surfaces-*.npy"))) == 2
 
 
+def test_a_failed_patch_run_leaves_the_report_and_skips_its_figure(tmp_path, capsys):
+    # Refitting the failed run for the figure raised again, outside any error
+    # handling: a traceback, no report, and the same on every rerun.
+    config = {**TINY, "patchflow": {**TINY["patchflow"], "flow": {"lr": 1e8}}}
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    argv = [
+        "benchmark", "--dataset", "surfaces", "--categories", "wood",
+        "--models", "patchflow", "--noise", "0", "--repeats", "1",
+        "--config", str(tmp_path / "c.json"), "--output", str(tmp_path / "out"),
+        "--n-jobs", "1", "--no-progress",
+    ]  # fmt: skip
+    for _ in range(2):  # the first run, then the resumed one
+        assert main(argv) == 0
+        out, err = capsys.readouterr()
+        assert "Table 1." in out and "failed" in out
+        assert "anomaly-map figure of wood was not drawn" in err
+        assert "Traceback" not in err
+        assert not (tmp_path / "out" / "anomaly_maps_wood.png").exists()
+
+
 def test_maps_from_cached_patch_grids_are_the_detectors_own_maps():
     # The benchmark fits on patch grids and resizes their maps itself; the
     # maps must be those of the detector fitted on the images.

@@ -5,6 +5,7 @@ the calling process, and its maps drawn over a few test images per category.
 """
 
 import os
+import warnings
 
 import numpy as np
 
@@ -59,40 +60,56 @@ def map_figures(output, masked, labelled, runs, config, device, cache_folder, *,
     if name is None or not masked:
         return {}
     files = {}
+    context = {"config": config, "device": device, "cache": cache_folder}
     for category, shown in masked.items():
         run = max(
             (r for r in runs if (r.category, r.model, r.repeat) == (category, name, 0)),
             key=lambda r: r.noise,
         )
-        images, target, split = labelled[category]
-        patches = cached_features(images, config, device, cache_folder, patches=True)
-        draw = make_contaminated(
-            np.arange(len(target)),
-            target,
-            noise=run.noise,
-            split=split,
-            random_state=run.seed,
-            **config["contamination"],
-        )
-        model = make_patch_model(
-            name,
-            random_state=run.seed,
-            device=device,
-            config=config,
-            grid_shape=patches.shape[1:3],
-        )
-        with _single_threaded():
-            model.fit(patches[draw.train_indices].reshape(len(draw.train_indices), -1))
-            title = (
-                f"{category}: {name}, {run.noise:.0%} defective training images "
-                f"(repeat 0); anomaly score (flagged: above the model's threshold)"
+        try:
+            path = _map_figure(output, category, name, run, shown, labelled, **context)
+        except Exception as error:  # a figure is extra: the tables stand
+            warnings.warn(
+                f"The anomaly-map figure of {category} was not drawn: fitting "
+                f"{name} again on its run failed ({type(error).__name__}: {error}).",
+                UserWarning,
+                stacklevel=2,
             )
-            path = output / f"anomaly_maps_{category}.png"
-            draw_anomaly_maps(
-                path, model, patches, shown, draw.test_indices, config, title=title
-            )
+            continue
         files[f"maps_{category}"] = path
     return files
+
+
+def _map_figure(output, category, name, run, shown, labelled, *, config, device, cache):
+    """Fit ``run``'s model again on its draw and draw its maps; the figure's path."""
+    images, target, split = labelled[category]
+    patches = cached_features(images, config, device, cache, patches=True)
+    draw = make_contaminated(
+        np.arange(len(target)),
+        target,
+        noise=run.noise,
+        split=split,
+        random_state=run.seed,
+        **config["contamination"],
+    )
+    model = make_patch_model(
+        name,
+        random_state=run.seed,
+        device=device,
+        config=config,
+        grid_shape=patches.shape[1:3],
+    )
+    path = output / f"anomaly_maps_{category}.png"
+    with _single_threaded():
+        model.fit(patches[draw.train_indices].reshape(len(draw.train_indices), -1))
+        title = (
+            f"{category}: {name}, {run.noise:.0%} defective training images "
+            f"(repeat 0); anomaly score (flagged: above the model's threshold)"
+        )
+        draw_anomaly_maps(
+            path, model, patches, shown, draw.test_indices, config, title=title
+        )
+    return path
 
 
 def draw_anomaly_maps(

@@ -209,7 +209,7 @@ def run_benchmark(
 
     records = [read_run(runs_folder, run) for run in runs]
     table1 = auroc_table(records, categories, noise, models)
-    table2 = removal_table(records, noise, models, repeats)
+    table2 = removal_table(records, noise, models)
     table3 = threshold_table(records, noise, models)
     axes = {"categories": categories, "noise": noise, "models": models}
     files = write_outputs(

@@ -115,7 +115,7 @@ def _table1_row(model, category, level, values, runs):
     }
 
 
-def removal_table(records, noise, models, repeats):
+def removal_table(records, noise, models):
     """The paper's Table 2: good and bad training images the refiners removed.
 
     Parameters
@@ -124,8 +124,6 @@ def removal_table(records, noise, models, repeats):
         Run records (:func:`run_one`).
     noise, models : sequence
         The grid's axes; only the refiner models are tabulated.
-    repeats : int
-        Number of repeats.
 
     Returns
     -------
@@ -133,28 +131,36 @@ def removal_table(records, noise, models, repeats):
         One row per (refiner model, noise): ``removed_good`` and
         ``removed_bad``, and ``train_good`` and ``train_bad`` (the good and
         bad images in the training sets), each the total over categories
-        averaged over repeats. Failed runs count in ``n_failed`` and in none
-        of the totals.
+        averaged over the repeats in which every category's run succeeded (as
+        Table 1's means are), None when none did. Failed runs count in
+        ``n_failed``.
     """
     groups = _by(records, "model", "noise")
     rows = []
     for model in (m for m in models if m in REFINER_MODELS):
         for level in noise:
             runs = groups.get((model, level), [])
-            done = [r for r in runs if r["error"] is None]
+            n_categories = len({r["category"] for r in runs})
+            per_repeat = _by([r for r in runs if r["error"] is None], "repeat")
+            complete = [g for g in per_repeat.values() if len(g) == n_categories]
+            done = [r for group in complete for r in group]
             totals = {
                 "removed_good": sum(r["removed_good"] for r in done),
                 "removed_bad": sum(r["removed_bad"] for r in done),
                 "train_good": sum(r["n_train"] - r["n_train_anomalous"] for r in done),
                 "train_bad": sum(r["n_train_anomalous"] for r in done),
             }
+            means = {
+                key: total / len(complete) if complete else None
+                for key, total in totals.items()
+            }
             rows.append(
                 {
                     "model": model,
                     "noise": level,
-                    **{k: v / repeats for k, v in totals.items()},
+                    **means,
                     "n_runs": len(runs),
-                    "n_failed": len(runs) - len(done),
+                    "n_failed": sum(r["error"] is not None for r in runs),
                 }
             )
     return rows
@@ -249,13 +255,10 @@ def format_report(
     ]
     if table2:
         rows = [
-            [
-                row["model"],
-                _percent(row["noise"]),
-                f"{row['removed_good']:g}",
-                f"{row['removed_bad']:g}",
-                f"{row['train_good']:g}",
-                f"{row['train_bad']:g}",
+            [row["model"], _percent(row["noise"])]
+            + [
+                "failed" if row[key] is None else f"{row[key]:g}"
+                for key in ("removed_good", "removed_bad", "train_good", "train_bad")
             ]
             + ([str(row["n_failed"])] if any(r["n_failed"] for r in table2) else [])
             for row in table2

@@ -558,6 +558,21 @@ def test_table2_averages_the_repeats_whose_runs_all_succeeded():
     assert row["train_good"] is None and row["n_failed"] == 6
 
 
+def test_results_of_another_dataset_folder_are_not_reused(ksdd2_root, tmp_path):
+    # The output folder recorded no dataset folder: a run on another one said
+    # "Executed 0 of 2 runs" and printed the first folder's results as its own.
+    grid = dict(models=["iforest"], noise=[0.0], repeats=1, config=TINY_CONFIG)
+    run = dict(output=tmp_path / "out", n_jobs=1, progress=False)
+    first = run_benchmark("ksdd2", root=ksdd2_root, **grid, **run)
+    other = tmp_path / "other"
+    shutil.copytree(ksdd2_root, other)
+    refused = r"another configuration.*config\['root'\]"
+    with pytest.raises(BenchmarkError, match=refused):
+        run_benchmark("ksdd2", root=other, **grid, **run)
+    again = run_benchmark("ksdd2", root=ksdd2_root, **grid, **run)
+    assert again.n_executed == 0 and again.runs == first.runs
+
+
 def test_ksdd2_and_mvtec_need_a_root(tmp_path):
     with pytest.raises(BenchmarkError, match="root"):
         run_benchmark("ksdd2", output=tmp_path, progress=False)

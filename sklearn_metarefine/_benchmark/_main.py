@@ -1,5 +1,6 @@
 """run_benchmark: the benchmark's steps, from the arguments to the report."""
 
+import os
 from pathlib import Path
 
 from sklearn.utils import Bunch
@@ -187,7 +188,11 @@ def run_benchmark(
         check_features(image_sets, config, device, cache)
     if any(model in PATCH_MODELS for model in models):
         check_features(image_sets, config, device, cache, patches=True)
-    claim_output(output, config)
+    # The dataset folder is part of what the stored results measured: results
+    # of another folder must not be reused (digits and surfaces have none).
+    rooted = dataset in ("mvtec", "ksdd2")
+    claimed = {**config, "root": _absolute(root)} if rooted else config
+    claim_output(output, claimed)
 
     runs = plan_runs(config, categories, noise, repeats, models)
     pending = [run for run in runs if read_run(runs_folder, run) is None]
@@ -233,6 +238,10 @@ def run_benchmark(
         files=files,
         n_executed=len(pending),
     )
+
+
+def _absolute(path):
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
 def _grid_axes(dataset, categories, models, noise):

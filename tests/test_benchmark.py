@@ -688,6 +688,24 @@ def test_unknown_model_and_category_are_refused(tmp_path):
         run_benchmark(categories=["12"], output=tmp_path, progress=False)
 
 
+def test_noise_levels_that_share_a_run_file_are_refused(tmp_path):
+    # 0.3 and 0.30001 both wrote runs/..._noise0.3000_...: the second run
+    # overwrote the first, then was reported as "the results of another run".
+    with pytest.raises(BenchmarkError, match="0.3 and 0.30001 differ beyond"):
+        run_benchmark(noise=[0.3, 0.30001], output=tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()
+    # -0 is 0: one level, named and printed as 0%.
+    result = run_benchmark(
+        categories=["3"], models=["lof"], noise=[-0.0, 0.0], repeats=1,
+        config=TINY_CONFIG, output=tmp_path / "z", n_jobs=1, progress=False,
+    )  # fmt: skip
+    assert [r["noise"] for r in result.runs] == [0.0]
+    assert [p.name for p in (tmp_path / "z" / "runs").glob("*.json")] == [
+        "digit3_noise0.0000_rep0_lof.json"
+    ]
+    assert "-0%" not in result.report
+
+
 def test_help():
     # Both commands at once: each subprocess spends seconds importing torch.
     commands = [

@@ -257,7 +257,17 @@ def _grid_axes(dataset, categories, models, noise):
                 f"{dataset} gets the image-level models "
                 f"({', '.join(DEFAULT_MODELS[dataset])})."
             )
-    noise = list(dict.fromkeys(float(level) for level in noise))
+    # + 0.0: -0.0 is 0.0, named and printed as such.
+    noise = list(dict.fromkeys(float(level) + 0.0 for level in noise))
+    named = {}
+    for level in noise:  # a run file names its level with 4 decimals
+        other = named.setdefault(f"{level:.4f}", level)
+        if other != level:
+            raise BenchmarkError(
+                f"The noise levels {other!r} and {level!r} differ beyond the 4 "
+                "decimals that name their run files; pass levels that differ "
+                "within 4 decimals."
+            )
     return categories, models, noise
 
 

@@ -341,3 +341,25 @@ def test_patch_models_score_their_maps_against_the_masks_of_photographs(
     figure = tmp_path / "out" / f"anomaly_maps_{(categories or ['ksdd2'])[0]}.png"
     assert result.files[f"maps_{figure.stem.removeprefix('anomaly_maps_')}"] == figure
     assert figure.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_an_unreadable_mask_stops_the_run_without_recording_a_failure(tmp_path):
+    # It was recorded as the model's failure, and stayed one after the mask
+    # was repaired ("Executed 0 of 1 runs").
+    root = tmp_path / "mvtec"
+    _photographs(root, "mvtec")
+    mask = root / "plate" / "ground_truth" / "hole" / "008_mask.png"
+    original = mask.read_bytes()
+    mask.write_text("not an image")
+    config = {**TINY, "patch": {"image_size": 64, "coreset_fraction": 0.5}}
+    del config["surfaces"]
+    grid = dict(
+        categories=["plate"], models=["patchcore"], noise=[0.0], repeats=1,
+        config=config, output=tmp_path / "out", n_jobs=1, progress=False,
+    )  # fmt: skip
+    with pytest.raises(BenchmarkError, match="Cannot read the defect mask .*008"):
+        run_benchmark("mvtec", root=root, **grid)
+    assert not list((tmp_path / "out" / "runs").glob("*.json"))
+    mask.write_bytes(original)
+    result = run_benchmark("mvtec", root=root, **grid)
+    assert result.n_executed == 1 and result.runs[0]["error"] is None

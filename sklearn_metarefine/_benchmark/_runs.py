@@ -336,6 +336,10 @@ def evaluate(model, run, X, y, split, config, device, *, masks=None):
             flagged = model.predict(data.X_test) == -1
             record["false_alarm"] = float(flagged[data.y_test == 0].mean())
             record["detection"] = float(flagged[data.y_test == 1].mean())
+        except BenchmarkError:
+            # An input file the run reads (a defect mask) is unreadable: the
+            # dataset's problem, not the model's result; nothing is recorded.
+            raise
         except Exception as error:
             record["error"] = f"{type(error).__name__}: {error}"
             record["traceback"] = traceback.format_exc()

@@ -706,6 +706,18 @@ def test_noise_levels_that_share_a_run_file_are_refused(tmp_path):
     assert "-0%" not in result.report
 
 
+@pytest.mark.parametrize("category", ["/data/mvtec/bottle", "bottle/", "..", "a\\b"])
+def test_mvtec_categories_must_be_folder_names(category, tmp_path):
+    # An absolute path wrote its run files outside the output folder; "bottle/"
+    # ran as another category than "bottle".
+    with pytest.raises(BenchmarkError, match="is not a folder name"):
+        run_benchmark(
+            "mvtec", root=tmp_path, categories=[category], output=tmp_path / "o",
+            progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
 def test_help():
     # Both commands at once: each subprocess spends seconds importing torch.
     commands = [

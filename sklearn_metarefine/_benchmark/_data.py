@@ -42,7 +42,16 @@ def dataset_categories(dataset, categories=None):
             check_choice("digits category", name, DIGIT_CATEGORIES)
         return names
     if dataset == "mvtec":
-        return list(MVTEC_AD_CATEGORIES if categories is None else categories)
+        given = MVTEC_AD_CATEGORIES if categories is None else categories
+        names = [str(name) for name in given]
+        for name in names:
+            # A category names a folder under the root and its runs' files.
+            if name in ("", ".", "..") or any(sep in name for sep in "/\\"):
+                raise BenchmarkError(
+                    f"The MVTec AD category {name!r} is not a folder name; pass "
+                    "the name of a category folder under --root, e.g. 'bottle'."
+                )
+        return names
     if dataset == "surfaces":
         names = list(SURFACE_CATEGORIES if categories is None else categories)
         for name in names:

@@ -170,7 +170,7 @@ def _parser():
         "--n-scales",
         type=_positive_int,
         metavar="N",
-        help="CNN input scales (default: 3 for digits, 1 otherwise)",
+        help="CNN input scales (default: 3 for digits and surfaces, 1 otherwise)",
     )
     model.add_argument(
         "--n-views",

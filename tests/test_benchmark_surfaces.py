@@ -4,6 +4,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -363,3 +364,16 @@ def test_an_unreadable_mask_stops_the_run_without_recording_a_failure(tmp_path):
     mask.write_bytes(original)
     result = run_benchmark("mvtec", root=root, **grid)
     assert result.n_executed == 1 and result.runs[0]["error"] is None
+
+
+@pytest.mark.parametrize("sigma", [-1, "abc", None, float("nan")])
+def test_a_bad_patch_sigma_is_refused_before_any_run(sigma, tmp_path):
+    # -1 ran as 0; "abc" failed every run, then the command in a traceback.
+    config = {**TINY, "patch": {**TINY["patch"], "sigma": sigma}}
+    refused = f"patch sigma.*got {re.escape(repr(sigma))}"
+    with pytest.raises(BenchmarkError, match=refused):
+        run_benchmark(
+            "surfaces", categories=["wood"], models=["patchcore"], noise=[0.0],
+            repeats=1, config=config, output=tmp_path / "o", progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "o").exists()

@@ -5,10 +5,12 @@ or writes files.
 """
 
 import hashlib
+import math
 import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from numbers import Real
 
 import numpy as np
 import torch
@@ -183,6 +185,15 @@ def make_model(name, *, random_state, device, config, grid_shape=None):
 
 def check_models(config, models, device):
     """Raise, before anything runs, if a model's configured parameters are invalid."""
+    sigma = config.get("patch", {}).get("sigma")
+    valid = isinstance(sigma, Real) and not isinstance(sigma, bool)
+    if set(models) & set(PATCH_MODELS) and not (valid and 0 <= sigma < math.inf):
+        # The benchmark smooths the patch models' maps itself (pixel metrics).
+        raise BenchmarkError(
+            f"The configuration's patch sigma, the maps' smoothing in pixels, "
+            f"must be a number >= 0; got {sigma!r}. Fix the value in the "
+            "--config file."
+        )
     for name in models:
         model = make_model(name, random_state=0, device=device, config=config)
         # The wrapped estimator of a refiner, the flow of patchflow.

@@ -718,6 +718,14 @@ def test_mvtec_categories_must_be_folder_names(category, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_an_empty_output_path_is_refused(tmp_path, monkeypatch, capsys):
+    # Path("") is ".": every output file went into the current folder.
+    monkeypatch.chdir(tmp_path)
+    assert main(["benchmark", "--output", "", "--no-progress"]) == 1
+    assert "(--output) is an empty path" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_help():
     # Both commands at once: each subprocess spends seconds importing torch.
     commands = [

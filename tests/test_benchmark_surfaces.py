@@ -277,6 +277,11 @@ def test_run_records_without_pixel_metrics_are_read_as_blank(tmp_path):
     stored = read_run(tmp_path, run)
     assert stored["pixel_auroc"] is None and stored["aupro"] is None
     assert stored["auroc"] == 0.5
+    # A value of another type (an edited file) is named, not met by numpy's
+    # TypeError while the report is computed.
+    write_json(tmp_path / f"{run.name}.json", {**record, "auroc": "0.97"})
+    with pytest.raises(BenchmarkError, match=r"auroc='0.97', not a number"):
+        read_run(tmp_path, run)
 
 
 def _photographs(root, dataset):

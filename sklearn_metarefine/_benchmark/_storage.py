@@ -44,6 +44,21 @@ RECORD_FIELDS = (
     "device",
     "error",
 )
+# The fields the tables compute with: a number, or None (no value).
+_NUMBERS = (
+    "n_train",
+    "n_train_anomalous",
+    "n_test",
+    "auroc",
+    "pixel_auroc",
+    "aupro",
+    "false_alarm",
+    "detection",
+    "removed_good",
+    "removed_bad",
+    "n_iter",
+    "seconds",
+)
 # Fields added after the first release of the benchmark: records written
 # before them are read with None (no value), as for a model without maps.
 _LATER_FIELDS = ("pixel_auroc", "aupro")
@@ -117,6 +132,11 @@ def write_csv(path, fields, rows):
 
 def check_output(output):
     """Raise unless ``output`` is a folder, or a path where one can be made."""
+    if not str(output):  # Path("") is the current folder
+        raise BenchmarkError(
+            "The output folder (--output) is an empty path; pass the path of a "
+            "folder, new or from an earlier run of this benchmark."
+        )
     output = Path(output)
     for path in (output, *output.parents):
         if path.is_dir():
@@ -200,6 +220,15 @@ def read_run(runs_folder, run):
         raise BenchmarkError(
             f"The run record {path} holds the results of another run. {remedy}"
         )
+    for field in _NUMBERS:
+        value = record[field]
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+        ):
+            raise BenchmarkError(
+                f"The run record {path} holds {field}={value!r}, not a number; "
+                f"it is not what the benchmark wrote. {remedy}"
+            )
     return record
 
 

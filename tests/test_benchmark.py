@@ -377,6 +377,15 @@ def test_results_without_config_are_refused(tmp_path):
         run_benchmark(config=TINY_CONFIG, output=tmp_path, progress=False, **GRID)
 
 
+def test_a_folder_claimed_without_results_says_so(tmp_path):
+    # A benchmark stopped while computing features left a config.json and no
+    # run: another configuration was told the folder "holds results".
+    (tmp_path / "config.json").write_text(json.dumps({"seed": 1}))
+    with pytest.raises(BenchmarkError, match="has finished no run yet") as error:
+        run_benchmark(config=TINY_CONFIG, output=tmp_path, progress=False, **GRID)
+    assert "holds results" not in str(error.value)
+
+
 def test_models_subset_then_more_models_in_the_same_folder(with_features, capsys):
     status = main(
         [

@@ -177,6 +177,14 @@ def claim_output(output, config):
     stored = read_json(config_path, remedy=_START_OVER)
     if stored != config:
         differences = "; ".join(_differences(stored, config))
+        if not any((output / RUNS_FOLDER).glob("*.json")):
+            # Claimed by a benchmark that finished no run (stopped while the
+            # features were computed, or running now): not "results".
+            raise BenchmarkError(
+                f"The output folder {output} was claimed by a benchmark of another "
+                "configuration, which has finished no run yet. Differences "
+                f"(folder -> this run): {differences}. {_START_OVER}"
+            )
         raise BenchmarkError(
             f"The output folder {output} holds results of another configuration; "
             "mixing them would average different experiments. Differences "

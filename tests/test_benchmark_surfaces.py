@@ -19,6 +19,7 @@ from sklearn_metarefine._benchmark import (
     resolve_config,
     run_benchmark,
 )
+from sklearn_metarefine._benchmark import _maps
 from sklearn_metarefine._benchmark._patches import image_maps
 from sklearn_metarefine._benchmark._runs import Run
 from sklearn_metarefine._benchmark._storage import read_run, write_json
@@ -162,9 +163,13 @@ def test_surfaces_benchmark_draws_the_one_switch_models_maps(surfaces_run):
     assert len(list((output / "features").glob("surfaces-*.npy"))) == 2
 
 
-def test_a_failed_patch_run_leaves_the_report_and_skips_its_figure(tmp_path, capsys):
+def test_a_failed_patch_run_leaves_the_report_and_skips_its_figure(
+    tmp_path, capsys, monkeypatch
+):
     # Refitting the failed run for the figure raised again, outside any error
     # handling: a traceback, no report, and the same on every rerun.
+    refits = []
+    monkeypatch.setattr(_maps, "make_patch_model", lambda *a, **k: refits.append(a))
     config = {**TINY, "patchflow": {**TINY["patchflow"], "flow": {"lr": 1e8}}}
     (tmp_path / "c.json").write_text(json.dumps(config))
     argv = [
@@ -177,9 +182,27 @@ def test_a_failed_patch_run_leaves_the_report_and_skips_its_figure(tmp_path, cap
         assert main(argv) == 0
         out, err = capsys.readouterr()
         assert "Table 1." in out and "failed" in out
-        assert "anomaly-map figure of wood was not drawn" in err
-        assert "Traceback" not in err
+        assert "anomaly-map figure of wood was not drawn: its run" in err
+        lines = err.splitlines()
+        assert all(line.startswith("metarefine benchmark: ") for line in lines)
         assert not (tmp_path / "out" / "anomaly_maps_wood.png").exists()
+    assert not refits  # a failed run is not fitted again for its figure
+
+
+def test_a_figure_that_cannot_be_drawn_is_skipped_with_a_warning(
+    tmp_path, monkeypatch
+):
+    def fail(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(_maps, "draw_anomaly_maps", fail)
+    with pytest.warns(UserWarning, match="wood was not drawn.*No space left"):
+        result = run_benchmark(
+            "surfaces", categories=["wood"], models=["patchcore"], noise=[0.0],
+            repeats=1, config=TINY, output=tmp_path / "o", n_jobs=1, progress=False,
+        )  # fmt: skip
+    assert result.runs[0]["error"] is None and "Table 1." in result.report
+    assert "maps_wood" not in result.files
 
 
 def test_maps_from_cached_patch_grids_are_the_detectors_own_maps():

@@ -220,13 +220,21 @@ def run_benchmark(
     files = write_outputs(
         output, config, records, table1, table2, **axes, table3=table3
     )
-    files.update(
-        map_figures(
-            output, masked, labelled, runs, config, device, cache, models=models
-        )
-    )
     report = format_report(
         table1, table2, records, **axes, repeats=repeats, table3=table3
+    )
+    files.update(
+        map_figures(
+            output,
+            masked,
+            labelled,
+            runs,
+            records,
+            config,
+            device,
+            cache,
+            models=models,
+        )
     )
     return Bunch(
         runs=records,

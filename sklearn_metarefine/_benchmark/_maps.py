@@ -22,13 +22,17 @@ _FIGURE_MODELS = ("metarefine_patch", "patchcore_refined", "patchcore", "patchfl
 _N_GOOD, _N_DEFECTIVE = 2, 6
 
 
-def map_figures(output, masked, labelled, runs, config, device, cache_folder, *, models):
+def map_figures(
+    output, masked, labelled, runs, records, config, device, cache_folder, *, models
+):
     """Write, per category, a figure of a patch model's maps on test images.
 
     The model is the first of ``metarefine_patch``, ``patchcore_refined``,
     ``patchcore`` and ``patchflow`` in ``models``; the run shown is its
     repeat 0 at the grid's highest noise level, fitted again here on the
-    same draw with the same seed.
+    same draw with the same seed. A category whose run failed, or whose
+    figure cannot be drawn, gets no figure and a one-line warning: the
+    figures are extra, the tables stand.
 
     Parameters
     ----------
@@ -42,6 +46,8 @@ def map_figures(output, masked, labelled, runs, config, device, cache_folder, *,
         Of each category, the (images, labels, split) its runs draw from.
     runs : list of Run
         The grid.
+    records : list of dict
+        The record of each run of ``runs``, in the same order.
     config : dict
         A resolved configuration.
     device : str
@@ -62,16 +68,28 @@ def map_figures(output, masked, labelled, runs, config, device, cache_folder, *,
     files = {}
     context = {"config": config, "device": device, "cache": cache_folder}
     for category, shown in masked.items():
-        run = max(
-            (r for r in runs if (r.category, r.model, r.repeat) == (category, name, 0)),
-            key=lambda r: r.noise,
-        )
+        candidates = [
+            (planned, record)
+            for planned, record in zip(runs, records)
+            if (planned.category, planned.model, planned.repeat) == (category, name, 0)
+        ]
+        run, record = max(candidates, key=lambda pair: pair[0].noise)
+        if record["error"] is not None:
+            # Fitting it again would fail again: its error is in the report.
+            warnings.warn(
+                f"The anomaly-map figure of {category} was not drawn: its run "
+                f"({name}, noise {run.noise:g}, repeat 0) failed.",
+                UserWarning,
+                stacklevel=2,
+            )
+            continue
         try:
             path = _map_figure(output, category, name, run, shown, labelled, **context)
         except Exception as error:  # a figure is extra: the tables stand
             warnings.warn(
                 f"The anomaly-map figure of {category} was not drawn: fitting "
-                f"{name} again on its run failed ({type(error).__name__}: {error}).",
+                f"{name} again or drawing its maps failed ({type(error).__name__}: "
+                f"{error}).",
                 UserWarning,
                 stacklevel=2,
             )

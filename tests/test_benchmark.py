@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sklearn_metarefine.__main__ import main
+from sklearn_metarefine.__main__ import _parser, main
 from sklearn_metarefine._benchmark import (
     MODELS,
     BenchmarkError,
@@ -765,6 +765,25 @@ def test_help():
         "--device",
     ):
         assert option in bench
+
+
+@pytest.mark.parametrize("option", ["--image-size", "--n-scales"])
+@pytest.mark.parametrize("dataset", ["digits", "mvtec", "ksdd2", "surfaces"])
+def test_help_states_each_datasets_feature_default(option, dataset):
+    # --n-scales said "3 for digits, 1 otherwise"; the surfaces resolve to 3.
+    (commands,) = [a for a in _parser()._actions if a.dest == "command"]
+    (action,) = [
+        a for a in commands.choices["benchmark"]._actions if option in a.option_strings
+    ]
+    clauses = action.help.split("(default: ")[1].rstrip(")").split(", ")
+    stated = {}  # dataset (or "otherwise") -> the default the help gives it
+    for clause in clauses:
+        value, _, names = clause.partition(" ")
+        for name in names.removeprefix("for ").split(" and "):
+            stated[name] = int(value)
+    key = option.removeprefix("--").replace("-", "_")
+    expected = resolve_config(dataset)["features"][key]
+    assert stated.get(dataset, stated["otherwise"]) == expected
 
 
 def test_command_without_subcommand_prints_help(capsys):

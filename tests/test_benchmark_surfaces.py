@@ -305,6 +305,9 @@ def test_run_records_without_pixel_metrics_are_read_as_blank(tmp_path):
     write_json(tmp_path / f"{run.name}.json", {**record, "auroc": "0.97"})
     with pytest.raises(BenchmarkError, match=r"auroc='0.97', not a number"):
         read_run(tmp_path, run)
+    write_json(tmp_path / f"{run.name}.json", {**record, "error": 1})
+    with pytest.raises(BenchmarkError, match=r"error=1, not a message"):
+        read_run(tmp_path, run)
 
 
 def _photographs(root, dataset):

@@ -237,6 +237,11 @@ def read_run(runs_folder, run):
                 f"The run record {path} holds {field}={value!r}, not a number; "
                 f"it is not what the benchmark wrote. {remedy}"
             )
+    if record["error"] is not None and not isinstance(record["error"], str):
+        raise BenchmarkError(
+            f"The run record {path} holds error={record['error']!r}, not a message; "
+            f"it is not what the benchmark wrote. {remedy}"
+        )
     return record
 
 

@@ -147,7 +147,7 @@ def distinct_training_images(features, *, stacklevel):
     if len(features) < MIN_FENCE_SAMPLES:
         raise ValueError(
             f"The refinement needs at least {MIN_FENCE_SAMPLES} training images "
-            f"for the quartiles of its fence, got {len(features)}."
+            f"for the quartiles of its fence, got n_samples={len(features)}."
         )
     distinct, copy_of = distinct_rows(features)
     if len(distinct) < MIN_FENCE_SAMPLES:

@@ -159,18 +159,13 @@ def _flagged_rows(detector, paths):
 
     The bank is cleaned patch by patch and keeps every image, so what is worth
     checking is which training images still show what the model calls a
-    defect. With ``contamination="auto"`` each image is scored against the
-    bank without its own patches (the detector's ``train_scores_``), the
-    scores the threshold was set on: scored against the whole bank, a
-    training image's patches would find themselves, and a defect whose
-    patches the cleaning kept would go unseen. With a float contamination,
-    whose threshold is a percentile of in-sample scores, the images are
-    scored as ``metarefine score`` would.
+    defect. Each image is scored against the bank without its own patches
+    (the detector's ``train_scores_``), the scores the threshold was set on
+    (a fence of them, or their percentile for a float contamination): scored
+    against the whole bank, a training image's patches would find
+    themselves, and a defect whose patches the cleaning kept would go unseen.
     """
-    if detector.contamination == "auto":
-        anomaly = detector.detector_.train_scores_
-    else:
-        anomaly = -detector.score_samples(paths)
+    anomaly = detector.detector_.train_scores_
     threshold = -detector.offset_
     rows = [(p, float(a)) for p, a in zip(paths, anomaly) if a > threshold]
     return sorted(rows, key=lambda row: (-row[1], row[0]))

@@ -122,7 +122,7 @@ def test_fewer_than_four_images_are_refused_in_the_detectors_terms(n_images):
     det = MetaRefineDetector(backbone=None, random_state=0, **TINY_FLOW)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        refusal = f"at least 4 training images .* got {n_images}"
+        refusal = f"at least 4 training images .* got n_samples={n_images}"
         with pytest.raises(ValueError, match=refusal):
             det.fit(X)
 

@@ -685,8 +685,8 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys, monkeypatch):
 
 
 def test_patch_level_report_with_a_float_contamination(surfaces, tmp_path):
-    # A float contamination sets the threshold on in-sample scores, so the
-    # report scores the training files as `metarefine score` would.
+    # A float contamination sets the threshold on the leave-one-image-out
+    # scores, which the report lists, as with "auto".
     root, _ = surfaces
     model_path = tmp_path / "plates.metarefine"
     status = main(
@@ -701,8 +701,8 @@ def test_patch_level_report_with_a_float_contamination(surfaces, tmp_path):
     model = load(model_path)
     training = [f.path for f in list_images([root / "train"])]
     training.remove(str(root / "train" / "shift2" / "corrupt.png"))
-    in_sample = -model.score_samples(training)
-    expected = [p for p, a in zip(training, in_sample) if a > -model.offset_]
+    held_out = model.detector_.train_scores_
+    expected = [p for p, a in zip(training, held_out) if a > -model.offset_]
     flagged = _rows(model_path.with_name("plates.flagged.csv"))
     assert sorted(row["path"] for row in flagged) == sorted(expected)
     assert len(expected) == 4  # 20% of the 20 readable training images

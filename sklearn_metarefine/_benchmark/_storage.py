@@ -45,20 +45,7 @@ RECORD_FIELDS = (
     "error",
 )
 # The fields the tables compute with: a number, or None (no value).
-_NUMBERS = (
-    "n_train",
-    "n_train_anomalous",
-    "n_test",
-    "auroc",
-    "pixel_auroc",
-    "aupro",
-    "false_alarm",
-    "detection",
-    "removed_good",
-    "removed_bad",
-    "n_iter",
-    "seconds",
-)
+_NUMBERS = RECORD_FIELDS[RECORD_FIELDS.index("n_train") : RECORD_FIELDS.index("device")]
 # Fields added after the first release of the benchmark: records written
 # before them are read with None (no value), as for a model without maps.
 _LATER_FIELDS = ("pixel_auroc", "aupro")

@@ -1,6 +1,7 @@
 """FlowDetector and MAMLFlowDetector: views, determinism, persistence, errors."""
 
 import pickle
+import warnings
 
 import joblib
 import numpy as np
@@ -307,7 +308,7 @@ def test_cold_fit_with_non_finite_scores_assigns_nothing(Detector, X, monkeypatc
         return np.full(len(X), np.nan)
 
     monkeypatch.setattr(
-        "sklearn_metarefine._flows._detector._log_likelihood", non_finite
+        "sklearn_metarefine._flows._detector.log_likelihood", non_finite
     )
     det = Detector(random_state=0, **SMALL)
     with pytest.raises(DivergenceError, match="NaN or infinite"):
@@ -343,7 +344,7 @@ def test_warm_fit_with_non_finite_scores_restores_the_previous_flow(
     det = Detector(random_state=0, warm_epochs=2, **SMALL).fit(X)
     scores, epochs = det.score_samples(X), len(det.net_.history)
     monkeypatch.setattr(
-        "sklearn_metarefine._flows._detector._log_likelihood",
+        "sklearn_metarefine._flows._detector.log_likelihood",
         lambda *args: np.full(len(X), np.inf),
     )
     with pytest.raises(DivergenceError, match="NaN or infinite"):
@@ -388,3 +389,21 @@ def test_an_unknown_device_is_a_value_error_naming_it(X):
     # torch's RuntimeError listed its device types, not the parameter.
     with pytest.raises(ValueError, match="device='tpu' is not a torch device"):
         FlowDetector(**{**SMALL, "device": "tpu"}).fit(X)
+
+
+@pytest.mark.parametrize("pca_components", [None, 2])
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_rows_beyond_float64_once_standardised_score_minus_inf(
+    Detector, pca_components
+):
+    # 1e306 over a training scale of 1e-3 overflowed to inf, and inf - inf in
+    # the net gave NaN, which predict read as an inlier.
+    X = np.random.RandomState(0).normal(size=(60, 4)) * 1e-3
+    det = Detector(random_state=0, pca_components=pca_components, **SMALL).fit(X)
+    far = np.array([[1e300, 0, 0, 0], [1e306, 0, 0, 0], [0, -1e307, 0, 0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow or invalid-value warning
+        scores = det.score_samples(far)
+    np.testing.assert_array_equal(scores, -np.inf)
+    np.testing.assert_array_equal(det.predict(far), -1)
+    assert np.isfinite(det.score_samples(X)).all()

@@ -14,12 +14,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch.callbacks import ProgressBar
-from torch.func import functional_call
 
 from .._scores import iqr_fence
 from .._torch_utils import resolve_device, torch_seeded
 from .._utils import draw_seed, standardisation, standardise
-from ._modules import Flow, log_prob
+from ._modules import Flow
 from ._nets import (
     FlowNLLLoss,
     _FlowNet,
@@ -29,9 +28,8 @@ from ._nets import (
     check_same_flow,
     training_rows,
 )
-from ._projection import fit_projection, mean_over_views, project
-
-_SCORING_BATCH_ROWS = 4096
+from ._projection import fit_projection, project
+from ._scoring import log_likelihood
 
 
 class FlowDetector(OutlierMixin, BaseEstimator):
@@ -285,7 +283,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
             restore = _undoable_warm_fit(net)
             try:
                 self._train_warm(net, train_rows, seed, device)
-                scores = _log_likelihood(
+                scores = log_likelihood(
                     net.module_, X, mean, scale, projection, self.n_views
                 )
                 check_finite_scores(scores, X, self._net_kwargs()["optimizer__lr"])
@@ -295,7 +293,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         else:
             with torch_seeded(seed, device):
                 net.fit(train_rows)
-            scores = _log_likelihood(
+            scores = log_likelihood(
                 net.module_, X, mean, scale, projection, self.n_views
             )
             check_finite_scores(scores, X, self._net_kwargs()["optimizer__lr"])
@@ -408,7 +406,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         )
 
     def _score(self, X):
-        return _log_likelihood(
+        return log_likelihood(
             self.net_.module_,
             X,
             self.mean_,
@@ -576,25 +574,3 @@ verbose
             "support_fraction": self.support_fraction,
             "iterator_train__drop_last": True,
         }
-
-
-def _log_likelihood(module, X, mean, scale, projection, n_views):
-    """Mean log-likelihood over views, in float64, without touching the net."""
-    device = next(module.parameters()).device
-    state = {
-        name: (t.detach().double() if t.is_floating_point() else t)
-        for name, t in module.state_dict().items()
-    }
-    per_view = X.shape[1] // n_views
-    std_rows = standardise(X.reshape(-1, per_view), mean, scale)
-    rows, outside_flow = project(std_rows, *projection)
-    outside_flow = outside_flow - np.sum(np.log(scale))
-    out = np.empty(len(rows), dtype=np.float64)
-    with torch.no_grad():
-        for start in range(0, len(rows), _SCORING_BATCH_ROWS):
-            batch = torch.as_tensor(
-                rows[start : start + _SCORING_BATCH_ROWS], device=device
-            )
-            z, log_det = functional_call(module, state, (batch,))
-            out[start : start + len(batch)] = log_prob(z, log_det).cpu().numpy()
-    return mean_over_views(out + outside_flow, n_views)

@@ -574,3 +574,15 @@ def test_majority_fence_grows_from_the_lower_half():
     assert np.mean(excess) < 2.0
     assert majority_fence([np.inf, np.inf]) == np.inf
     assert majority_fence([1.0]) == 1.0
+
+
+def test_maps_of_a_transposed_image_are_the_transposed_maps():
+    # The smoothing took the height's resize ratio for both axes: a peak was
+    # 8 px wide one way and 21 px the other.
+    from sklearn_metarefine._patch._grid import grid_maps
+
+    grid = torch.zeros(1, 4, 4)
+    grid[0, 1, 1] = 1.0
+    wide = grid_maps(grid, (32, 128), (32, 32), 4.0)[0]
+    tall = grid_maps(grid.transpose(1, 2).contiguous(), (128, 32), (32, 32), 4.0)[0]
+    np.testing.assert_allclose(wide, tall.T, atol=1e-6)

@@ -281,14 +281,18 @@ def _gaussian_matrix(n, sigma):
 
 def anomaly_maps(patch_scores, size, sigma, input_size, cell_offset=0.5):
     """Patch scores ``(n, h, w)`` resampled bilinearly to ``size = (H, W)`` and
-    smoothed with a Gaussian of ``sigma`` pixels of that size.
+    smoothed with a Gaussian of ``sigma`` pixels of that size (a number, or
+    one per axis).
 
     The images were resized from ``size`` to ``input_size`` for the CNN, whose
     grid cell ``i`` is centred on CNN-input pixel ``stride * (i - cell_offset)``.
     Both steps are linear and separable: one ``(size, cells)`` matrix per axis.
     """
+    sigmas = tuple(sigma) if isinstance(sigma, (tuple, list)) else (sigma, sigma)
     axes = []
-    for n_out, n_cells, n_input in zip(size, patch_scores.shape[-2:], input_size):
+    for n_out, n_cells, n_input, sigma in zip(
+        size, patch_scores.shape[-2:], input_size, sigmas
+    ):
         # output pixel p -> CNN-input pixel (p + 1/2) * n_input / n_out - 1/2
         # -> cell (that pixel) / stride + cell_offset, stride = n_input / n_cells
         step = n_cells / n_out

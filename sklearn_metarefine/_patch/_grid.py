@@ -55,7 +55,8 @@ def grid_maps(grids, size, input_size, sigma):
     -------
     maps : ndarray of shape (n, height, width), dtype float32
     """
-    sigma = sigma * size[0] / input_size[0]
+    # Per axis: an image resized to a square is stretched unequally.
+    sigma = tuple(sigma * out / seen for out, seen in zip(size, input_size))
     maps = anomaly_maps(
         torch.as_tensor(grids), tuple(size), sigma, tuple(input_size), _CELL_OFFSET
     )

@@ -277,8 +277,17 @@ def test_too_small_a_scale_names_the_backbone(rgb):
     features = PretrainedFeatures(
         "alexnet", weights=None, image_size=64, n_scales=2, device="cpu"
     )
-    with pytest.raises(ValueError, match="alexnet.*32x32"):
+    with pytest.raises(ValueError, match=r"alexnet.*32x32.*size.*\. Use a larger"):
         features.fit(rgb)
+
+
+def test_a_module_that_fails_for_another_reason_is_not_told_of_image_sizes(rgb):
+    # A float64 module was told to use a larger image_size.
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).double()
+    features = PretrainedFeatures(net, image_size=32, n_scales=1, device="cpu")
+    with pytest.raises(ValueError, match="must take float32") as error:
+        features.fit(rgb)
+    assert "Use a larger" not in str(error.value)
 
 
 def test_multiscale_embedding_matches_a_direct_computation(rgb):

@@ -98,9 +98,17 @@ class _BackboneTransformer(TransformerMixin, BaseEstimator):
             name = self.backbone
             if not isinstance(name, str):
                 name = type(name).__name__
+            message = str(error).rstrip(". ")
+            if "size" not in message.lower():
+                # Not the images' size: a dtype, a shape bug in a forward.
+                raise ValueError(
+                    f"backbone={name!r} failed on one float32 image of "
+                    f"{size[0]}x{size[1]} px ({context}): {message}. A module "
+                    "backbone must take float32 (N, 3, H, W) batches."
+                ) from error
             raise ValueError(
                 f"backbone={name!r} cannot process {size[0]}x{size[1]} px images "
-                f"({context}): {error} {remedy}"
+                f"({context}): {message}. {remedy}"
             ) from error
 
     def _embed(self, X, plan):

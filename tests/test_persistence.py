@@ -480,8 +480,9 @@ def test_round_trip_on_the_gpu_and_to_the_cpu(images, model_path):
     on_cpu = load(model_path, device="cpu")
     assert next(on_cpu.refiner_.estimator_.net_.module_.parameters()).is_cuda is False
     # Another device computes the CNN's float32 features with other roundings.
+    # (cuDNN's TF32 convolutions: on an H200 up to 1.0e-3 relative.)
     assert_allclose(
-        on_cpu.score_samples(images), detector.score_samples(images), rtol=1e-4
+        on_cpu.score_samples(images), detector.score_samples(images), rtol=5e-3
     )
 
 

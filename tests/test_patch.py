@@ -418,8 +418,8 @@ def test_grid_search_over_coreset_fraction_and_k_reports_the_auroc():
 @pytest.mark.parametrize("seed", range(10))
 def test_patch_cleaning_resists_defects_the_coreset_over_samples(seed):
     # Farthest-first selection takes outlying patches first: 14 defective of
-    # 80 one-patch images (17.5%) made 2 to 6 of the 16 coreset patches, and
-    # Tukey's fence of all support distances, among them, kept them all.
+    # 80 one-patch images (17.5%) made 1 to 6 of the 16 coreset patches, and
+    # Tukey's fence of all the support distances kept all or most of them.
     rng = np.random.RandomState(seed)
     X = np.vstack([rng.normal(size=(66, 4)), rng.normal(5, 1, size=(14, 4))])
     det = PatchCoreDetector(

@@ -1,5 +1,7 @@
 """Numeric helpers shared by the estimators (numpy only: no torch here)."""
 
+import functools
+
 import numpy as np
 
 _MAX_SEED = np.iinfo(np.int32).max
@@ -41,3 +43,20 @@ def standardise(X, mean, scale):
 def draw_seed(random_state):
     """Draw one integer seed from a ``RandomState`` for torch."""
     return int(random_state.randint(_MAX_SEED))
+
+
+def restored_on_failure(fit):
+    """Decorate ``fit`` so that a fit that raises leaves the estimator as it
+    was: fitted before (a refit's attributes would mix two fits) or not."""
+
+    @functools.wraps(fit)
+    def wrapper(self, *args, **kwargs):
+        before = dict(self.__dict__)
+        try:
+            return fit(self, *args, **kwargs)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    return wrapper

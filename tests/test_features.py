@@ -649,3 +649,15 @@ def test_cuda_matches_cpu(rgb):
     # cuDNN convolves in TF32 by default: on an H200 the largest difference
     # was 0.002 (13 of 10,240 values beyond 1e-3).
     np.testing.assert_allclose(X, cpu, rtol=1e-2, atol=5e-3)
+
+
+def test_a_failed_refit_leaves_the_fitted_transformer_as_it_was(rgb):
+    # The new backbone was kept although its probe failed: transform gave 256
+    # AlexNet columns while n_features_out_ still said 80.
+    features = PretrainedFeatures("efficientnet_lite0", image_size=64, n_scales=1)
+    expected = features.fit(rgb).transform(rgb)
+    features.set_params(backbone="alexnet", weights=None, n_scales=2)
+    with pytest.raises(ValueError, match="alexnet"):
+        features.fit(rgb)
+    np.testing.assert_array_equal(features.transform(rgb), expected)
+    assert features.n_features_out_ == expected.shape[1]

@@ -407,3 +407,13 @@ def test_rows_beyond_float64_once_standardised_score_minus_inf(
     np.testing.assert_array_equal(scores, -np.inf)
     np.testing.assert_array_equal(det.predict(far), -1)
     assert np.isfinite(det.score_samples(X)).all()
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_a_numpy_integer_batch_size_trains(Detector, X):
+    # ParameterGrid over np.array([16, 64]) gives np.int64: torch's sampler
+    # refused it ("batch_size should be a positive integer value").
+    det = Detector(random_state=0, **{**SMALL, "batch_size": np.int64(16)}).fit(X)
+    reference = Detector(random_state=0, **{**SMALL, "batch_size": 16}).fit(X)
+    np.testing.assert_array_equal(det.score_samples(X), reference.score_samples(X))
+    det.set_params(warm_start=True, batch_size=np.int64(8)).fit(X)

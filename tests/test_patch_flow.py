@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sklearn_metarefine import FlowDetector, MAMLFlowDetector, PatchFlowDetector
+from sklearn_metarefine._flows import DivergenceError
 from sklearn_metarefine._patch._flow import positional_code
 from test_patch import SIZE, plant_discs, textures
 
@@ -179,3 +181,27 @@ def test_bad_parameters_and_inputs_are_rejected(surfaces):
         PatchFlowDetector(backbone=None, flow="flow").fit(X)
     with pytest.raises(ValueError, match="n_samples=1"):
         PatchFlowDetector(image_size=SIZE, device="cpu").fit(surfaces[0][:1])
+
+
+def test_a_failed_refit_leaves_the_fitted_detector_as_it_was():
+    # Patch grid, position code and feature step were set before the flows
+    # were fitted: after a diverging refit on another grid the detector mixed
+    # the new grid with the old flow, and scored without an error.
+    X = np.random.RandomState(0).normal(size=(30, 12))
+    flow = FlowDetector(n_blocks=2, hidden_size=8, max_epochs=2)
+    det = PatchFlowDetector(
+        backbone=None, grid_shape=(2, 2), flow=flow, device="cpu", random_state=0
+    ).fit(X)
+    before, scores = dict(vars(det)), det.score_samples(X[:3])
+    det.set_params(grid_shape=(1, 4), flow=clone(flow).set_params(lr=1e6))
+    with pytest.raises(DivergenceError):
+        det.fit(X)
+    assert det.grid_shape_ == (2, 2) and vars(det).keys() == before.keys()
+    np.testing.assert_array_equal(det.score_samples(X[:3]), scores)
+    fresh = PatchFlowDetector(
+        backbone=None, flow=clone(flow).set_params(lr=1e6), device="cpu"
+    )
+    with pytest.raises(DivergenceError):
+        fresh.fit(X)
+    with pytest.raises(NotFittedError):
+        fresh.predict(X[:3])

@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted, check_memory
 from tqdm.auto import tqdm
 
 from .._torch_utils import resolve_device, torch_seeded
-from .._utils import draw_seed
+from .._utils import draw_seed, restored_on_failure
 from ._backbones import _PATCH_TAPS, _build_backbone, _fingerprint
 from ._embedding import _Plan, _global_average_pool
 from ._images import _image_source
@@ -383,6 +383,7 @@ class PretrainedFeatures(_BackboneTransformer):
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @restored_on_failure
     def fit(self, X, y=None):
         """Check ``X`` and load the frozen backbone; no image is embedded.
 

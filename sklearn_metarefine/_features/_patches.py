@@ -5,6 +5,7 @@ from sklearn.base import _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from .._utils import restored_on_failure
 from ._backbones import _LITE0_NAME, _build_patch_backbone
 from ._embedding import _embed_patches, _PatchPlan
 from ._estimator import PretrainedFeatures, _BackboneTransformer, _size_pair
@@ -165,6 +166,7 @@ class PatchFeatures(_BackboneTransformer):
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @restored_on_failure
     def fit(self, X, y=None):
         """Check ``X`` and load the frozen backbone; no image is embedded.
 

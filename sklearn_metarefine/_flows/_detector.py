@@ -310,7 +310,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
     def _train_warm(self, net, train_rows, seed, device):
         # The refit set can be smaller than the first one; a batch larger
         # than it would be dropped whole by MAML's drop_last.
-        net.set_params(batch_size=min(self.batch_size, len(train_rows)))
+        net.set_params(batch_size=int(min(self.batch_size, len(train_rows))))
         with torch_seeded(seed, device):
             net.partial_fit(train_rows, epochs=self._warm_epochs())
 
@@ -395,7 +395,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
             module__seed=seed,
             criterion=FlowNLLLoss,
             optimizer=torch.optim.Adam,
-            batch_size=min(self.batch_size, n_rows),
+            batch_size=int(min(self.batch_size, n_rows)),  # numpy ints: torch refuses
             max_epochs=self.max_epochs,
             train_split=None,
             iterator_train__shuffle=True,

@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._features._backbones import _LITE0_NAME
 from .._scores import iqr_fence, majority_fence
 from .._torch_utils import resolve_device
-from .._utils import draw_seed
+from .._utils import draw_seed, restored_on_failure
 from ._bank import (
     exact_maxima,
     greedy_coreset,
@@ -288,6 +288,7 @@ class PatchCoreDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @restored_on_failure
     def fit(self, X, y=None):
         """Embed the training images and build the memory bank.
 

@@ -13,7 +13,7 @@ from .._features._backbones import _LITE0_NAME
 from .._flows import FlowDetector
 from .._rounds import held_out
 from .._scores import clean_tail_fraction, majority_fence, with_clean_tail
-from .._utils import draw_seed
+from .._utils import draw_seed, restored_on_failure
 from ._detector import _fence_keep
 from ._grid import GRID_CONSTRAINTS, PatchGridMixin
 
@@ -261,6 +261,7 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @restored_on_failure
     def fit(self, X, y=None):
         """Embed the training images and fit the flow to their patches.
 

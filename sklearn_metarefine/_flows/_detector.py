@@ -17,7 +17,7 @@ from skorch.callbacks import ProgressBar
 
 from .._scores import iqr_fence
 from .._torch_utils import resolve_device, torch_seeded
-from .._utils import draw_seed, standardisation, standardise
+from .._utils import draw_seed, restored_on_failure, standardisation, standardise
 from ._modules import Flow
 from ._nets import (
     FlowNLLLoss,
@@ -221,6 +221,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         self.verbose = verbose
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @restored_on_failure
     def fit(self, X, y=None):
         """Fit the flow to the rows of ``X``.
 
@@ -236,16 +237,9 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         self : object
             The fitted detector.
         """
-        # A failed fit leaves the detector as it was: fitted attributes are
-        # set together at the end, and a warm fit undoes its training.
-        warm = self.warm_start and hasattr(self, "net_")
-        fitted_before = dict(self.__dict__)
-        try:
-            return self._fit(X, warm)
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(fitted_before)
-            raise
+        # A failed fit leaves the detector as it was (restored_on_failure);
+        # a warm fit also undoes the training of the net it continues.
+        return self._fit(X, self.warm_start and hasattr(self, "net_"))
 
     def _fit(self, X, warm):
         X = validate_data(

@@ -35,7 +35,7 @@ def log_likelihood(module, X, mean, scale, projection, n_views):
             )
             z, log_det = functional_call(module, state, (batch,))
             out[start : start + len(batch)] = log_prob(z, log_det).cpu().numpy()
-    log_likelihood = out + outside_flow
+    per_row = out + outside_flow
     # NaN from a finite row: the net's arithmetic broke down far out.
-    log_likelihood[beyond | np.isnan(log_likelihood)] = -np.inf
-    return mean_over_views(log_likelihood, n_views)
+    per_row[beyond | np.isnan(per_row)] = -np.inf
+    return mean_over_views(per_row, n_views)

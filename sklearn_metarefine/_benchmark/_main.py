@@ -1,10 +1,10 @@
 """run_benchmark: the benchmark's steps, from the arguments to the report."""
 
-import os
 from pathlib import Path
 
 from sklearn.utils import Bunch
 
+from ..datasets._files import _absolute
 from ._config import (
     ALL_MODELS,
     DEFAULT_MODELS,
@@ -191,7 +191,7 @@ def run_benchmark(
     # The dataset folder is part of what the stored results measured: results
     # of another folder must not be reused (digits and surfaces have none).
     rooted = dataset in ("mvtec", "ksdd2")
-    claimed = {**config, "root": _absolute(root)} if rooted else config
+    claimed = {**config, "root": str(_absolute(root))} if rooted else config
     claim_output(output, claimed)
 
     runs = plan_runs(config, categories, noise, repeats, models)
@@ -246,10 +246,6 @@ def run_benchmark(
         files=files,
         n_executed=len(pending),
     )
-
-
-def _absolute(path):
-    return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
 def _grid_axes(dataset, categories, models, noise):

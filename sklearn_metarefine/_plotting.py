@@ -21,17 +21,14 @@ def _as_images(images):
 
 
 def _displayable(image):
-    """The pixels in [0, 1] as the detectors scale them (uint8 as it is: 16-bit
-    values divided by 65535, other integers by 255); one channel as grey."""
+    """An ``(H, W, C)`` image's pixels in [0, 1], scaled by the detectors' own
+    rule; one channel as grey ``(H, W)``."""
+    from ._features._images import _to_unit_tensor
+
+    pixels = _to_unit_tensor(image[None], "cpu")[0]  # (3, H, W)
     if image.shape[-1] == 1:
-        image = image[..., 0]
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == np.uint16:
-        return image / 65535.0
-    if image.dtype.kind in "ui":
-        return image / 255.0
-    return image.astype(np.float64)
+        return pixels[0].numpy()
+    return pixels.permute(1, 2, 0).numpy()
 
 
 @validate_params(

@@ -32,7 +32,7 @@ from ._rounds import (
     uses_warm_refits,
     warn_if_held_out_from_few,
 )
-from ._scores import anomaly_score, clean_tail_fraction, iqr_fence
+from ._scores import anomaly_score, clean_tail_fraction, contamination_offset, iqr_fence
 
 _START_PARAMS = ("start", "start_fraction", "start_neighbors")
 
@@ -179,11 +179,12 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         it removed or re-admitted, and how many are kept.
 
     random_state : int, RandomState instance or None, default=None
-        Seeds the detector: when not None, the detector's ``random_state``
-        parameter (if it has one) is set to it if it is an int (so the first
-        round fits the same detector as ``estimator.set_params(random_state=
-        random_state)`` alone), or to an int drawn from it if it is a
-        ``RandomState``; the same in every round and for every fold. Also
+        Seeds the detector: when not None, its ``random_state`` parameters
+        (its own and those of its parts, such as a Pipeline's steps) are set
+        to it if it is an int (so the first round fits the same detector as
+        ``estimator.set_params(random_state=random_state)`` alone), or to an
+        int drawn from it if it is a ``RandomState``; the same in every round
+        and for every fold. Also
         shuffles the folds of the held-out scores. ``None`` leaves the
         detector's own ``random_state`` as given. See :term:`Glossary
         <random_state>`.
@@ -502,7 +503,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         """``offset_``: see ``contamination``."""
         if self.contamination != "auto":
             training = -anomaly_score(estimator, X)
-            return float(np.percentile(training, 100.0 * self.contamination))
+            return contamination_offset(training, self.contamination)
         held_out = (
             scores  # the last fence's scores
             if self.fence_scores == "oof"

@@ -35,6 +35,10 @@ _MAX_CONCENTRATION_STEPS = 10
 # The chance that a clean tail reaches as far out as a round that unmasks.
 _UNMASKING_LEVEL = 0.01
 
+# Removed samples scoring the boundary up to this share of the calibration
+# scores' range tie with it (detectors whose saturated scores carry rounding).
+_TIE_TOLERANCE = 1e-9
+
 
 def lowest(scores, n):
     """Mask of the ``n`` lowest scores, ties broken by position."""
@@ -244,15 +248,25 @@ def refit(base, previous, X, warm, *, after_round):
         ) from exc
 
 
-def held_out(n_samples, cv, seed, fit_and_score):
+def held_out(n_samples, cv, seed, fit_and_score, copy_of=None):
     """Each sample's score by a model fitted without it: ``cv`` shuffled folds
     (at most one per sample); ``fit_and_score(fold, train, test)`` fits on the
-    indices ``train`` and returns the scores of the indices ``test``."""
-    n_splits = min(cv, n_samples)
+    indices ``train`` and returns the scores of the indices ``test``.
+
+    ``copy_of`` (from :func:`distinct_rows`) keeps the copies of a sample in
+    its fold: a model fitted on one copy would score the other in-sample.
+    Copies of a single sample cannot be held out from each other: they fall
+    in folds of their own.
+    """
+    if copy_of is None or copy_of.max() == 0:
+        copy_of = np.arange(n_samples)
+    n_distinct = int(copy_of.max()) + 1
     scores = np.empty(n_samples, dtype=np.float64)
-    folds = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    for fold, (train, test) in enumerate(folds.split(np.empty(n_samples)), start=1):
-        scores[test] = fit_and_score(fold, train, test)
+    folds = KFold(n_splits=min(cv, n_distinct), shuffle=True, random_state=seed)
+    for fold, (_, test) in enumerate(folds.split(np.empty(n_distinct)), start=1):
+        in_test = np.isin(copy_of, test)
+        test = np.flatnonzero(in_test)
+        scores[test] = fit_and_score(fold, np.flatnonzero(~in_test), test)
     return scores
 
 
@@ -270,7 +284,17 @@ def out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
             ) from exc
         return anomaly_score(model, X[test])
 
-    return held_out(X.shape[0], cv, seed, fit_and_score)
+    scores = held_out(X.shape[0], cv, seed, fit_and_score, distinct_rows(X)[1])
+    if not np.isfinite(scores).any():
+        raise ValueError(
+            f"{type(base).__name__}, fitted without each of {min(cv, X.shape[0])} "
+            f"folds of the {X.shape[0]} samples kept after round {n_iter}, gives "
+            f"every sample it did not see the anomaly score {scores[0]} (zero "
+            "likelihood): held-out scores set no fence or boundary. Use a "
+            "detector that scores new samples finitely (a wider kernel), or "
+            "fence_scores='in_sample' with a float contamination."
+        )
+    return scores
 
 
 def inside_fence(estimator, X, kept, scores, fence, readmit):
@@ -345,16 +369,20 @@ def boundary(removed, held_out, k, false_alarm_rate):
     """The anomaly score above which ``predict`` flags a sample: the
     ``1 - false_alarm_rate`` quantile of :func:`calibration_scores`.
 
-    A score at the boundary is inside it. When removed samples score exactly
-    the boundary (a detector whose scores saturate, such as IsolationForest
-    on points beyond its training data, gives them all one score), it moves
-    just below them, so that predict flags what the refinement removed, and
-    new samples like them.
+    A score at the boundary is inside it. When removed samples score the
+    boundary (a detector whose scores saturate, such as IsolationForest
+    on points beyond its training data, gives them all one score; OneClassSVM
+    the same up to rounding), it moves just below them, so that predict flags
+    what the refinement removed, and new samples like them. Rounding: within
+    ``1e-9`` of the calibration scores' range.
     """
     normal = calibration_scores(removed, held_out, k)
     value = float(np.quantile(normal, 1.0 - false_alarm_rate))
-    if removed is not None and np.any(removed == value):
-        value = float(np.nextafter(value, -np.inf))
+    if removed is not None:
+        tolerance = _TIE_TOLERANCE * max(np.ptp(normal), abs(value))
+        ties = removed[np.abs(removed - value) <= tolerance]
+        if ties.size:
+            value = float(np.nextafter(min(value, ties.min()), -np.inf))
     return value
 
 
@@ -421,11 +449,11 @@ def trimmed_core(base, X, warm, *, start, start_fraction, start_neighbors):
     Repeated samples take part once: copies of one image are the densest
     samples there are and score alike, and a core of copies of one image
     would fit a model of that image alone. The core holds distinct samples,
-    ``start_fraction`` of those (their first occurrences); the rounds then
-    re-admit the copies with their originals.
+    ``start_fraction`` of those (their first occurrences); the kept set it
+    returns holds their copies with them.
     """
     n_rows = X.shape[0]
-    distinct, _ = distinct_rows(X)
+    distinct, copy_of = distinct_rows(X)
     X = X[distinct]
     n_samples = X.shape[0]
     if n_samples < MIN_FENCE_SAMPLES:
@@ -449,9 +477,7 @@ def trimmed_core(base, X, warm, *, start, start_fraction, start_neighbors):
         core = new_core
     else:
         estimator = refit(base, estimator, X[core], warm, after_round=0)
-    mask = np.zeros(n_rows, dtype=bool)
-    mask[distinct[core]] = True
-    return estimator, mask
+    return estimator, core[copy_of]
 
 
 def distinct_rows(X):
@@ -473,11 +499,17 @@ def seeded_clone(estimator, random_state):
     An int goes down as it is, so that the first round fits exactly the
     detector a user would fit alone with that seed: refined and bare detectors
     then differ only by the refinement. A ``RandomState`` gives a drawn int;
-    None leaves the detector's own ``random_state`` as given.
+    None leaves the detector's own ``random_state`` as given. Nested ones
+    (``steps__random_state`` of a Pipeline) get the same seed.
     """
     estimator = clone(estimator)
     rng = check_random_state(random_state)
-    if random_state is not None and "random_state" in estimator.get_params(deep=False):
+    seeded = [
+        name
+        for name in estimator.get_params(deep=True)
+        if name == "random_state" or name.endswith("__random_state")
+    ]
+    if random_state is not None and seeded:
         seed = int(random_state) if isinstance(random_state, Integral) else draw_seed(rng)
-        estimator.set_params(random_state=seed)
+        estimator.set_params(**dict.fromkeys(seeded, seed))
     return estimator, draw_seed(rng)

@@ -73,6 +73,31 @@ def _finite_scores(scores):
     return finite
 
 
+def contamination_offset(scores, contamination):
+    """The offset below which ``contamination`` of the training ``scores``
+    (higher = more normal) lie: their percentile, kept finite.
+
+    Samples of zero likelihood score ``-inf``. Where the percentile falls
+    among them, or between them and a finite score (``nan``), the offset is
+    just below the lowest finite score: ``predict`` then flags every ``-inf``
+    sample, the most anomalous there are, and no finite one. An infinite
+    offset would make ``decision_function`` ``nan`` for them, which
+    ``predict`` calls normal.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = scores[np.isfinite(scores)]
+    if finite.size == 0:
+        raise ValueError(
+            f"Every training sample scores {scores[0]} (zero likelihood or "
+            f"none at all): contamination={contamination} sets no threshold."
+        )
+    low, high = finite.min(), finite.max()
+    # Stand-ins for the infinities keep the percentile's interpolation finite.
+    stand_ins = np.clip(scores, low - 1.0 - abs(low), high + 1.0 + abs(high))
+    value = float(np.percentile(stand_ins, 100.0 * contamination))
+    return float(np.clip(value, np.nextafter(low, -np.inf), high))
+
+
 def clean_tail_fraction(scores, k=1.5):
     """Fraction of clean scores expected above their fence ``Q3 + k * IQR``.
 

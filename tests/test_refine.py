@@ -23,6 +23,7 @@ from sklearn_metarefine import (
     neighbour_distances,
 )
 from sklearn_metarefine._rounds import (
+    boundary,
     calibration_scores,
     stop_reason,
     trimmed_core,
@@ -701,6 +702,38 @@ def test_removed_samples_sharing_the_boundary_score_are_flagged(seed):
     assert (refiner.predict(rng.normal(size=(500, 3))) == -1).mean() <= 0.05
 
 
+def test_removed_samples_tied_with_the_boundary_up_to_rounding_are_flagged():
+    # OneClassSVM's saturated scores carry rounding (1e-14): the tie rule
+    # compared with ==, and predict let some of the removed samples through.
+    held_out = np.r_[np.linspace(-1.0, 0.0, 60), np.zeros(40)]
+    removed = np.array([0.0, 1.4e-14, -1.8e-15, -8e-14, 3.0])
+    value = boundary(removed, held_out, k=1.5, false_alarm_rate=0.05)
+    assert np.all(removed > value)
+    assert value > -1e-12  # and no further down than the rounding
+    assert boundary(np.array([-0.5]), held_out, k=1.5, false_alarm_rate=0.05) == 0.0
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"estimator": EllipticEnvelope(random_state=0), "stop": "no_change", "max_iter": None},
+     {"estimator": LocalOutlierFactor(novelty=True), "start": "trimmed",
+      "fence_scores": "in_sample"}],
+)  # fmt: skip
+def test_copies_of_a_sample_share_its_decision(params):
+    # Copies fell in different folds, each scored by a model that saw its
+    # twin (the first case kept row 1 and removed its copy); a trimmed core
+    # held a sample but not its copies, and a refused first round left them
+    # removed.
+    rng = np.random.RandomState(0)
+    X = np.vstack([rng.normal(size=(80, 2)), rng.normal(5, 0.5, size=(20, 2))])
+    X = np.vstack([X, X[:5]])  # rows 100-104 repeat rows 0-4
+    refiner = IQRRefiner(random_state=0, **params).fit(X)
+    np.testing.assert_array_equal(refiner.inlier_mask_[:5], refiner.inlier_mask_[100:])
+    np.testing.assert_array_equal(
+        refiner.removed_at_iter_[:5], refiner.removed_at_iter_[100:]
+    )
+
+
 def test_the_boundary_counts_the_removed_samples_inside_the_outer_fence():
     held_out = np.arange(1.0, 101.0)  # Q1 25.75, Q3 75.25: outer fence 223.75
     removed = np.array([150.0, 223.0, 224.0, 1e6])
@@ -837,6 +870,17 @@ def test_random_state_none_keeps_the_estimators_own():
     assert IQRRefiner(forest).fit(X).estimator_.random_state == 7
     lof = IQRRefiner(LocalOutlierFactor(novelty=True), random_state=0).fit(X)
     assert "random_state" not in lof.estimator_.get_params()
+
+
+def test_random_state_seeds_the_steps_of_a_pipeline():
+    # Only the detector's own random_state was set: a refined Pipeline gave
+    # other scores on every fit with the same seed.
+    X, _ = planted(0, n_normal=90, n_anomalous=10, n_features=3)
+    pipeline = make_pipeline(StandardScaler(), IsolationForest(n_estimators=10))
+    fits = [IQRRefiner(pipeline, random_state=4).fit(X) for _ in range(2)]
+    assert fits[0].estimator_[-1].random_state == 4
+    np.testing.assert_array_equal(fits[0].score_samples(X), fits[1].score_samples(X))
+    assert pipeline[-1].random_state is None
 
 
 @pytest.mark.parametrize("fence_scores", ["in_sample", "oof"])
@@ -1059,3 +1103,13 @@ def test_start_neighbors_counts_from_the_training_set():
             patch.setattr("sklearn_metarefine._rounds.neighbour_distances", record)
             refiner.fit(X)
         assert first_core["n_neighbors"] == n_neighbors
+
+
+def test_held_out_scores_all_infinite_name_the_detector_and_the_way_out():
+    # The error said only "scores are all infinite; the fence is undefined."
+    X = np.random.RandomState(0).normal(size=(30, 2))
+    narrow = KernelDensity(kernel="tophat", bandwidth=1e-3)
+    with pytest.raises(ValueError, match="KernelDensity, fitted without each of 5 folds "
+                       "of the 30 samples.*fence_scores='in_sample'"):
+        IQRRefiner(narrow, random_state=0).fit(X)
+    IQRRefiner(narrow, fence_scores="in_sample", contamination=0.1).fit(X)

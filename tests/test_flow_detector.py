@@ -417,3 +417,74 @@ def test_a_numpy_integer_batch_size_trains(Detector, X):
     reference = Detector(random_state=0, **{**SMALL, "batch_size": 16}).fit(X)
     np.testing.assert_array_equal(det.score_samples(X), reference.score_samples(X))
     det.set_params(warm_start=True, batch_size=np.int64(8)).fit(X)
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_a_warm_fit_trains_with_the_current_settings(Detector, X):
+    # A warm fit kept the learning rate, weight decay and MAML settings of the
+    # first fit, whatever set_params said since.
+    det = Detector(random_state=0, warm_epochs=1, **SMALL).fit(X)
+    optimizer = det.net_.optimizer_
+    lr = "lr" if Detector is FlowDetector else "beta"
+    change = {lr: 0.02, "weight_decay": 0.1}
+    if Detector is MAMLFlowDetector:
+        change.update(alpha=0.05, inner_steps=2, first_order=True)
+    det.set_params(warm_start=True, **change).fit(X[:60])
+    group = det.net_.optimizer_.param_groups[0]
+    assert (group["lr"], group["weight_decay"]) == (0.02, 0.1)
+    assert det.net_.optimizer_ is optimizer  # in place: Adam keeps its moments
+    assert det.net_.get_params()["optimizer__lr"] == 0.02
+    if Detector is MAMLFlowDetector:
+        params = det.net_.get_params()
+        assert (params["alpha"], params["inner_steps"], params["first_order"]) == (
+            0.05, 2, True,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_a_warm_fit_with_unchanged_settings_trains_as_before(Detector, X):
+    runs = []
+    for _ in range(2):
+        det = Detector(random_state=0, warm_epochs=2, **SMALL).fit(X)
+        if runs:  # set the settings the fit already has
+            det.set_params(weight_decay=det.weight_decay, verbose=det.verbose)
+        runs.append(det.set_params(warm_start=True).fit(X[:60]).score_samples(X))
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_a_failed_warm_fit_restores_the_training_settings(Detector, X, monkeypatch):
+    det = Detector(random_state=0, warm_epochs=2, **SMALL).fit(X)
+    lr = det.net_.optimizer_.param_groups[0]["lr"]
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("training stopped")
+
+    monkeypatch.setattr(det.net_, "train_step", fails)
+    with pytest.raises(RuntimeError, match="training stopped"):
+        det.set_params(warm_start=True, weight_decay=0.3, verbose=0).fit(X[:60])
+    assert det.net_.optimizer_.param_groups[0]["lr"] == lr
+    assert det.net_.optimizer_.param_groups[0]["weight_decay"] == 1e-5
+    assert det.net_.get_params()["optimizer__weight_decay"] == 1e-5
+
+
+@pytest.mark.parametrize(
+    ("fitted", "requested", "message"),
+    [(None, 4, "pca_components=4 \\(fitted: None\\)"),
+     (4, None, "pca_components=None \\(fitted: 4\\)"),
+     (4, 3, "pca_components=3 \\(fitted: 4\\)")],
+)  # fmt: skip
+def test_a_warm_fit_refuses_other_principal_axes(X, fitted, requested, message):
+    # The warm fit kept the fitted axes whatever pca_components said.
+    det = FlowDetector(random_state=0, pca_components=fitted, **SMALL).fit(X)
+    det.set_params(warm_start=True, pca_components=requested)
+    with pytest.raises(ValueError, match=message):
+        det.fit(X)
+
+
+def test_a_warm_fit_keeps_axes_that_few_rows_limited(X):
+    # 6 rows leave 5 axes of the 8 asked for: the same request continues.
+    det = FlowDetector(random_state=0, pca_components=8, batch_size=6, **SMALL)
+    det.fit(X[:6])
+    assert len(det.components_) == 5
+    det.set_params(warm_start=True).fit(X[:6])

@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch.callbacks import ProgressBar
 
-from .._scores import iqr_fence
+from .._scores import contamination_offset, iqr_fence
 from .._torch_utils import resolve_device, torch_seeded
 from .._utils import draw_seed, restored_on_failure, standardisation, standardise
 from ._modules import Flow
@@ -26,6 +26,7 @@ from ._nets import (
     _undoable_warm_fit,
     check_finite_scores,
     check_same_flow,
+    continue_with,
     training_rows,
 )
 from ._projection import fit_projection, project
@@ -90,8 +91,12 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         anomaly scores.
     warm_start : bool, default=False
         When True and the detector is fitted, ``fit`` continues training the
-        current flow (and keeps its input standardisation) for
-        ``warm_epochs`` epochs instead of starting afresh.
+        current flow for ``warm_epochs`` epochs instead of starting afresh,
+        with the current training settings (learning rate, weight decay,
+        MAML's, ``verbose``) and the fitted input standardisation and
+        principal axes. A changed shape of the flow (``n_views``,
+        ``n_blocks``, ``hidden_size``, ``n_hidden_layers``, ``clamp``,
+        ``pca_components``) is refused.
     device : {"auto", "cpu", "cuda"}, str or torch.device, default="auto"
         Where the flow is trained and evaluated; "auto" picks CUDA when it
         is available.
@@ -298,10 +303,13 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         if self.contamination == "auto":
             self.offset_ = -iqr_fence(-scores, k=1.5)
         else:
-            self.offset_ = float(np.percentile(scores, 100.0 * self.contamination))
+            self.offset_ = contamination_offset(scores, self.contamination)
         return self
 
     def _train_warm(self, net, train_rows, seed, device):
+        # Settings changed by set_params since the fit apply to the epochs
+        # that continue it (the optimiser's in place: Adam keeps its moments).
+        continue_with(net, {**self._net_kwargs(), "verbose": int(self.verbose > 0)})
         # The refit set can be smaller than the first one; a batch larger
         # than it would be dropped whole by MAML's drop_last.
         net.set_params(batch_size=int(min(self.batch_size, len(train_rows))))

@@ -165,20 +165,62 @@ def _undoable_warm_fit(net):
     """Record what continued training changes in ``net``; return its undo.
 
     The module's parameters and buffers, the optimizer's state (Adam's
-    moments), the epoch history and the batch size.
+    moments), the epoch history and the settings a warm fit sets
+    (:func:`continue_with`, the batch size).
     """
     module = {name: t.detach().clone() for name, t in net.module_.state_dict().items()}
     optimizer = copy.deepcopy(net.optimizer_.state_dict())
     history = copy.deepcopy(net.history)
-    batch_size = net.batch_size
+    settings = {
+        name: getattr(net, name) for name in _CONTINUED_SETTINGS if hasattr(net, name)
+    }
 
     def restore():
         net.module_.load_state_dict(module)
         net.optimizer_.load_state_dict(optimizer)
         net.history = history
-        net.set_params(batch_size=batch_size)
+        continue_with(net, settings)
 
     return restore
+
+
+# The net's settings a warm fit may change: the training settings of the
+# detectors (their _net_kwargs), the batch size and the verbosity.
+_CONTINUED_SETTINGS = (
+    "optimizer__lr",
+    "optimizer__weight_decay",
+    "alpha",
+    "inner_steps",
+    "first_order",
+    "support_fraction",
+    "iterator_train__drop_last",
+    "batch_size",
+    "verbose",
+)
+
+
+def continue_with(net, settings):
+    """Set those of ``settings`` that differ from a fitted ``net``'s.
+
+    The optimiser's settings change in its parameter groups, keeping its
+    state (skorch's virtual parameters), and on the net, so that its
+    ``get_params`` says what it trains with. Settings equal to the net's
+    are left alone: a warm fit with unchanged settings trains exactly as
+    before.
+    """
+    changed = {
+        name: value
+        for name, value in settings.items()
+        if getattr(net, name, None) != value
+    }
+    if changed:
+        net.set_params(**changed)
+        optimizer = {
+            name: value
+            for name, value in changed.items()
+            if name.startswith("optimizer__")
+        }
+        vars(net).update(optimizer)
 
 
 def check_same_flow(detector):
@@ -191,6 +233,16 @@ def check_same_flow(detector):
             for name in ("n_blocks", "hidden_size", "n_hidden_layers", "clamp")
         },
     }
+    # The fitted principal axes: fewer than pca_components may come from few
+    # training rows, so only a request for none, for some where none were
+    # fitted, or for fewer than were fitted is known to have changed.
+    axes = None if detector.components_ is None else len(detector.components_)
+    requested = detector.pca_components
+    if (requested is None) != (axes is None) or (
+        axes is not None
+        and axes > max(2, min(requested, detector.n_features_per_view_))
+    ):
+        fitted["pca_components"] = axes
     changed = [
         f"{name}={getattr(detector, name)!r} (fitted: {value!r})"
         for name, value in fitted.items()

@@ -447,6 +447,19 @@ def test_make_contaminated_rounds_halves_up():
     assert data.y_train.sum() == 18 and len(data.y_train) == 88
 
 
+@pytest.mark.parametrize(
+    ("noise", "n_normal_pool", "train_size", "n_anomalous"),
+    [(0.2, 96, None, 22), (0.29, 100, 50, 15), (0.35, 100, 90, 32)],
+)  # fmt: skip
+def test_halves_that_floats_miss_still_round_up(noise, n_normal_pool, train_size, n_anomalous):
+    # 0.2 * 86 / 0.8 is 21.499999999999996 in floats (21.5 exactly): 21 was drawn.
+    data = make_contaminated(
+        np.arange(n_normal_pool + 100), _labels(n_normal_pool, 100), noise=noise,
+        test_size=10, train_size=train_size, random_state=0,
+    )  # fmt: skip
+    assert data.y_train.sum() == n_anomalous
+
+
 def test_make_contaminated_float_test_size_rounds_up():
     y = _labels(50, 100)
     data = make_contaminated(np.arange(150), y, test_size=0.31, random_state=0)

@@ -1,6 +1,7 @@
 """The contamination protocol: a noisy training set and a clean, balanced test set."""
 
 import math
+from fractions import Fraction
 from numbers import Integral, Real
 
 import numpy as np
@@ -137,7 +138,8 @@ def make_contaminated(
     Rounding rule: with ``train_size=None`` and ``n_normal`` normal training
     samples, the number of training anomalies is the integer nearest to
     ``noise * n_normal / (1 - noise)``; with an int `train_size` it is the
-    integer nearest to ``noise * train_size``; halves round up. Either way the
+    integer nearest to ``noise * train_size``; halves round up, computed on
+    `noise` as the decimal it is written as (0.2 as 1/5). Either way the
     anomalous fraction of the training set is within ``1 / (2 * n_train)`` of
     `noise`. When the data cannot provide that many anomalies, or a positive
     `noise` rounds to none, the function raises instead of returning a
@@ -286,11 +288,11 @@ def _train_counts(
     """Numbers of normal and anomalous training samples, checked against the pools."""
     if train_size is None:
         n_normal = n_normal_pool
-        n_anomalous = _round_half_up(noise * n_normal / (1 - noise))
+        n_anomalous = _round_half_up(_exact(noise) * n_normal / (1 - _exact(noise)))
         largest_noise = n_anomalous_pool / max(n_normal + n_anomalous_pool, 1)
         smallest_noise = 0.5 / (n_normal + 0.5)  # rounds to one anomaly
     else:
-        n_anomalous = _round_half_up(noise * train_size)
+        n_anomalous = _round_half_up(_exact(noise) * train_size)
         n_normal = train_size - n_anomalous
         largest_noise = n_anomalous_pool / train_size
         smallest_noise = 0.5 / train_size
@@ -344,14 +346,21 @@ def _train_counts(
 
 def _largest_train_size(noise, n_anomalous):
     """Largest training set whose rounded anomaly count stays within n_anomalous."""
-    train_size = math.floor((n_anomalous + 0.5) / noise)
-    while _round_half_up(noise * train_size) > n_anomalous:
+    train_size = math.floor((n_anomalous + Fraction(1, 2)) / _exact(noise))
+    while _round_half_up(_exact(noise) * train_size) > n_anomalous:
         train_size -= 1
     return train_size
 
 
 def _round_half_up(value):
-    return math.floor(value + 0.5)
+    return math.floor(value + Fraction(1, 2))
+
+
+def _exact(noise):
+    """``noise`` as the decimal it was written as (0.2 as 1/5), so that the
+    counts round the halves it gives up: in floats, 0.2 * 86 / 0.8 is
+    21.499999999999996 and rounded down."""
+    return Fraction(str(float(noise)))
 
 
 def _draw(rng, mask, n):

@@ -119,7 +119,8 @@ def plot_anomaly_maps(
     ------
     ValueError
         If `images`, `maps`, `masks` or `titles` differ in length, a map
-        holds NaN or infinity, or `maps` is not a stack of 2-D maps.
+        holds NaN or infinity, `maps` or `masks` is not a stack of 2-D
+        arrays, there are no maps, or `vmin` is above `vmax`.
 
     See Also
     --------
@@ -139,13 +140,18 @@ def plot_anomaly_maps(
     """
     images = _as_images(images)
     maps = np.asarray(maps, dtype=np.float64)
-    if maps.ndim != 3:
+    if maps.ndim != 3 or not len(maps):
         raise ValueError(
-            f"maps must have shape (n_images, height, width); got {maps.shape}."
+            "maps must have shape (n_images, height, width) with at least one "
+            f"image; got {maps.shape}."
         )
     if not np.isfinite(maps).all():
         raise ValueError("maps hold NaN or infinite values; nothing to draw.")
     masks = None if masks is None else np.asarray(masks) != 0
+    if masks is not None and masks.ndim != 3:
+        raise ValueError(
+            f"masks must have shape (n_images, height, width); got {masks.shape}."
+        )
     lengths = {"images": len(images), "maps": len(maps)}
     if masks is not None:
         lengths["masks"] = len(masks)
@@ -155,6 +161,8 @@ def plot_anomaly_maps(
         raise ValueError(f"One entry per panel is needed; got the lengths {lengths}.")
     vmin = maps.min() if vmin is None else vmin
     vmax = maps.max() if vmax is None else vmax
+    if vmin > vmax:
+        raise ValueError(f"vmin={vmin} is above vmax={vmax}.")
 
     n_rows = -(-len(images) // n_cols)
     n_cols = min(n_cols, len(images))

@@ -90,6 +90,13 @@ def test_mismatched_lengths_and_bad_maps_are_errors(panels):
         plot_anomaly_maps(images, bad)
     with pytest.raises(ValueError, match=r"\(n_images, height, width\)"):
         plot_anomaly_maps(images, maps[0])
+    # These failed inside numpy and matplotlib, or drew an inverted scale.
+    with pytest.raises(ValueError, match="at least one image; got \\(0, 20, 20\\)"):
+        plot_anomaly_maps(images[:0], maps[:0])
+    with pytest.raises(ValueError, match="masks must have shape .*got \\(5, 1, 40, 40\\)"):
+        plot_anomaly_maps(images, maps, masks[:, None])
+    with pytest.raises(ValueError, match="vmin=5 is above vmax=1"):
+        plot_anomaly_maps(images, maps, vmin=5, vmax=1)
 
 
 def test_images_are_drawn_as_the_detectors_read_them(tmp_path):

@@ -21,7 +21,7 @@ from ._rounds import (
     smallest_fit,
     warn_if_held_out_from_few,
 )
-from ._utils import draw_seed
+from ._utils import draw_seed, forget
 
 # What the detector forwards to each component, beyond n_views, device,
 # verbose and random_state, which every component gets in its own way.
@@ -40,27 +40,20 @@ _FLOW_PARAMS = (
 )
 # What sets the fewest training images a fit of the refinement sees.
 _SMALLEST_FIT = (
-    "start",
-    "start_fraction",
-    "min_samples",
-    "cv",
-    "fence_scores",
-    "contamination",
-)
+    "start", "start_fraction", "min_samples", "cv", "fence_scores", "contamination",
+)  # fmt: skip
 _REFINER_PARAMS = (
-    "k",
-    "max_iter",
-    "min_samples",
-    "start",
-    "start_fraction",
-    "start_neighbors",
-    "refit",
-    "fence_scores",
-    "cv",
-    "stop",
-    "contamination",
-    "false_alarm_rate",
-)
+    "k", "max_iter", "min_samples", "start", "start_fraction", "start_neighbors",
+    "refit", "fence_scores", "cv", "stop", "contamination", "false_alarm_rate",
+)  # fmt: skip
+# The fitted attributes of one level, which a fit at the other deletes.
+_FITTED = {
+    "image": ("detector_",),
+    "patch": (
+        "pipeline_", "refiner_", "removed_at_iter_", "thresholds_",
+        "termination_condition_",
+    ),
+}  # fmt: skip
 # What the patch level forwards to PatchCoreDetector, beyond device, memory,
 # verbose and random_state.
 _PATCH_PARAMS = (
@@ -447,7 +440,7 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             self.inlier_mask_ = self.detector_.inlier_mask_
             self.n_iter_ = 1  # the bank is cleaned once
             self.offset_ = self.detector_.offset_
-            return self
+            return self._forget_other_fits()
         pipeline = self._build_pipeline(seed)
         features = X
         for _, step in pipeline.steps[:-1]:
@@ -474,6 +467,13 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         self.n_iter_ = refiner.n_iter_
         self.termination_condition_ = refiner.termination_condition_
         self.offset_ = refiner.offset_
+        return self._forget_other_fits()
+
+    def _forget_other_fits(self):
+        """Delete what a fit at the other level, or of raw features, left."""
+        forget(self, *_FITTED[self.level])
+        if self.backbone is not None:
+            forget(self, "n_features_in_")
         return self
 
     def score_samples(self, X):

@@ -1,10 +1,39 @@
 """Numeric helpers shared by the estimators (numpy only: no torch here)."""
 
 import functools
+import numbers
 
 import numpy as np
 
 _MAX_SEED = np.iinfo(np.int32).max
+
+
+def int_pair(value, name):
+    """``value``, an int or a (height, width) pair of them, as ``[height, width]``.
+
+    Whole floats such as ``64.0`` pass; a fraction, a string, a bool, a
+    non-finite or non-positive number or a third entry is refused, naming
+    ``name``: truncating ``64.5`` to 64 would change what was asked for.
+    """
+    try:
+        entries = [value] if isinstance(value, str) else list(np.ravel(value))
+    except ValueError:  # ragged nesting
+        entries = []
+    if len(entries) == 1:
+        entries *= 2
+    if len(entries) != 2 or not all(
+        isinstance(entry, numbers.Real)
+        and not isinstance(entry, (bool, np.bool_))
+        and np.isfinite(entry)
+        and float(entry).is_integer()
+        and entry >= 1
+        for entry in entries
+    ):
+        raise ValueError(
+            f"{name} must be a positive int or a (height, width) pair of them; "
+            f"got {value!r}."
+        )
+    return [int(entry) for entry in entries]
 
 
 def standardisation(X):
@@ -38,6 +67,13 @@ def standardise(X, mean, scale):
     """
     with np.errstate(over="ignore"):
         return X / scale - mean / scale
+
+
+def forget(estimator, *names):
+    """Delete the fitted attributes ``names`` that ``estimator`` holds: those
+    a fit with other settings left, which the new fit does not set."""
+    for name in names:
+        vars(estimator).pop(name, None)
 
 
 def draw_seed(random_state):

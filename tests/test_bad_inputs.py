@@ -10,6 +10,7 @@ checks. The tables are the reference of what the package refuses.
 import concurrent.futures
 import hashlib
 import json
+import warnings
 import multiprocessing
 import os
 import re
@@ -865,3 +866,109 @@ def test_finite_data_of_any_scale_gets_finite_deterministic_scores(estimator, da
     assert scores.dtype == np.float64 and np.isfinite(scores).all()
     again = ESTIMATORS[estimator]().fit(data).score_samples(data)
     np.testing.assert_array_equal(again, scores)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [(64, 32.5), [64.5], ("64", "32"), True, (64, 64, 3), (0, 4), (np.inf, 4), [[64], [32, 2]]],
+)  # fmt: skip
+def test_sizes_with_a_fraction_or_no_number_are_refused(value):
+    # image_size=(64, 32.5) and grid_shape=(4.7, 4) were truncated to
+    # (64, 32) and (4, 4). (Scalars are refused by the parameter checks.)
+    from sklearn_metarefine import PatchCoreDetector, PretrainedFeatures
+
+    images = np.zeros((2, 16, 16))
+    with pytest.raises(ValueError, match="image_size must be a positive int"):
+        PretrainedFeatures(_backbone(), image_size=value, n_scales=1).fit(images)
+    if value is not True:  # grid_shape takes a tuple or a list
+        with pytest.raises(ValueError, match="grid_shape must be a positive int"):
+            PatchCoreDetector(backbone=None, grid_shape=value).fit(np.zeros((4, 16)))
+
+
+@pytest.mark.parametrize(("image_size", "size"), [(64.0, [64, 64]), ((48, np.int64(32)), [48, 32])])
+def test_whole_sizes_of_any_number_type_are_taken(image_size, size):
+    from sklearn_metarefine._features._estimator import _size_pair
+
+    assert _size_pair(image_size) == size
+
+
+def test_a_contamination_falling_on_zero_likelihood_flags_those_samples():
+    # offset_ was the percentile itself: -inf, and decision_function nan for
+    # the zero-likelihood samples, which predict called normal.
+    from sklearn.neighbors import KernelDensity
+
+    from sklearn_metarefine import IQRRefiner
+
+    rng = np.random.RandomState(0)
+    X = np.vstack([rng.normal(size=(90, 1)), rng.normal(50, 1, size=(10, 1))])
+    tophat = KernelDensity(kernel="tophat", bandwidth=1.0)
+    refiner = IQRRefiner(tophat, contamination=0.1, random_state=0).fit(X)
+    assert np.isfinite(refiner.offset_)
+    assert refiner.predict([[50.0], [0.0]]).tolist() == [-1, 1]
+    assert np.sum(refiner.predict(X) == -1) == 10
+
+
+def test_patchcore_contamination_on_an_infinite_leave_one_out_score():
+    # An image whose patches alone fill the bank scores inf left out; the
+    # percentile gave offset_ -inf or nan, and predict flagged nothing.
+    from sklearn_metarefine import PatchCoreDetector
+
+    X = np.random.RandomState(1).normal(size=(5, 12))
+    det = PatchCoreDetector(
+        backbone=None, grid_shape=(2, 2), coreset_fraction=0.05, contamination=0.2,
+        device="cpu", random_state=0,
+    ).fit(X)  # fmt: skip
+    assert np.isinf(det.train_scores_).sum() == 1
+    assert np.isfinite(det.offset_)
+    assert np.all(det.predict(X + 100) == -1)
+
+
+@pytest.mark.parametrize(
+    ("scores", "contamination", "offset"),
+    [([-np.inf] * 10 + list(range(90)), 0.1, np.nextafter(0, -1)),
+     ([-np.inf] * 10 + list(range(90)), 0.2, 9.8),
+     (list(range(10)), 0.2, 1.8),
+     ([-np.inf, 1.0, np.inf], 1.0, 1.0)],
+)  # fmt: skip
+def test_contamination_offset(scores, contamination, offset):
+    from sklearn_metarefine._scores import contamination_offset
+
+    assert contamination_offset(scores, contamination) == pytest.approx(offset)
+    with pytest.raises(ValueError, match="contamination=0.1 sets no threshold"):
+        contamination_offset([-np.inf, -np.inf], 0.1)
+
+
+def test_a_patch_refit_from_images_drops_the_raw_feature_count():
+    # n_features_in_ (documented "only with backbone=None") stayed from an
+    # earlier fit of raw features.
+    from sklearn_metarefine import PatchCoreDetector
+
+    det = PatchCoreDetector(backbone=None, grid_shape=(2, 2), device="cpu", random_state=0)
+    det.fit(np.random.RandomState(0).normal(size=(6, 12)))
+    assert det.n_features_in_ == 12
+    images = np.random.RandomState(1).randint(0, 256, size=(4, 16, 16, 3), dtype=np.uint8)
+    det.set_params(backbone=_backbone(), image_size=16, grid_shape=None).fit(images)
+    assert not hasattr(det, "n_features_in_")
+    assert det.score_samples(images).shape == (4,)
+
+
+@pytest.mark.parametrize("name", ["PatchCoreDetector", "PatchFlowDetector"])
+def test_a_patch_beyond_float32_scores_minus_inf(name):
+    # PatchFlowDetector said the finite input "contains infinity" (the
+    # float32 cast overflowed); PatchCoreDetector warned of the overflow.
+    import sklearn_metarefine
+    from sklearn_metarefine import FlowDetector
+
+    params = {"flow": FlowDetector(n_blocks=2, hidden_size=8, max_epochs=2)}
+    Detector = getattr(sklearn_metarefine, name)
+    det = Detector(
+        backbone=None, grid_shape=(2, 2), device="cpu", random_state=0,
+        **(params if name == "PatchFlowDetector" else {}),
+    ).fit(np.random.RandomState(0).normal(size=(20, 12)))  # fmt: skip
+    new = np.zeros((2, 12))
+    new[0, 0] = 1e39
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = det.score_samples(new)
+    assert scores[0] == -np.inf and np.isfinite(scores[1])
+    assert det.predict(new).tolist() == [-1, 1]

@@ -270,3 +270,19 @@ def test_the_detector_accepts_what_its_components_accept(params, accepted):
     else:
         with pytest.raises(InvalidParameterError, match=next(iter(params))):
             det.fit(X)
+
+
+def test_a_refit_at_the_other_level_leaves_no_attribute_of_the_first():
+    # pipeline_, refiner_, thresholds_... of an image-level fit stayed after a
+    # patch-level refit (and detector_ the other way round), describing a
+    # model that no longer scores.
+    X = np.random.RandomState(0).normal(size=(30, 8))
+    det = MetaRefineDetector(
+        backbone=None, max_iter=1, n_blocks=2, hidden_size=8, max_epochs=2,
+        grid_shape=(2, 2), device="cpu", random_state=0,
+    )  # fmt: skip
+    image_level = set(vars(det.fit(X)))
+    patch_level = set(vars(det.set_params(level="patch").fit(X)))
+    assert {"pipeline_", "refiner_", "thresholds_"} <= image_level - patch_level
+    assert "detector_" in patch_level
+    assert set(vars(det.set_params(level="image").fit(X))) == image_level

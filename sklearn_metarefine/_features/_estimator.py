@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted, check_memory
 from tqdm.auto import tqdm
 
 from .._torch_utils import resolve_device, torch_seeded
-from .._utils import draw_seed, restored_on_failure
+from .._utils import draw_seed, int_pair, restored_on_failure
 from ._backbones import _PATCH_TAPS, _build_backbone, _fingerprint
 from ._embedding import _Plan, _global_average_pool
 from ._images import _image_source
@@ -63,14 +63,7 @@ _BACKBONES = [StrOptions(set(_PATCH_TAPS)), torch.nn.Module]
 
 def _size_pair(image_size):
     """``image_size`` as ``[height, width]``."""
-    size = np.ravel(image_size).astype(int).tolist()
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(
-            f"image_size must be an int or (height, width); got {image_size!r}."
-        )
-    return size
+    return int_pair(image_size, "image_size")
 
 
 class _BackboneTransformer(TransformerMixin, BaseEstimator):

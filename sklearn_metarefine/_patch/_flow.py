@@ -12,7 +12,12 @@ from sklearn.utils.validation import check_is_fitted
 from .._features._backbones import _LITE0_NAME
 from .._flows import FlowDetector
 from .._rounds import held_out
-from .._scores import clean_tail_fraction, majority_fence, with_clean_tail
+from .._scores import (
+    clean_tail_fraction,
+    contamination_offset,
+    majority_fence,
+    with_clean_tail,
+)
 from .._utils import draw_seed, restored_on_failure
 from ._detector import _fence_keep
 from ._grid import GRID_CONSTRAINTS, PatchGridMixin
@@ -305,7 +310,7 @@ shape (n_samples, n_features) when ``backbone=None``
             )
         else:
             in_sample = self._patch_scores_of(patches).max(1)
-            self.offset_ = float(np.percentile(-in_sample, 100 * self.contamination))
+            self.offset_ = contamination_offset(-in_sample, self.contamination)
         return self
 
     def score_samples(self, X):
@@ -370,6 +375,12 @@ shape (n_samples, n_features) when ``backbone=None``
         return held_out(len(patches), self.cv, seed, fit_and_score)
 
     def _patch_scores_of(self, patches):
-        """Negative log-likelihood of every patch, ``(n_images, n_cells)``."""
-        nll = -self.flow_.score_samples(self._rows(patches))
+        """Negative log-likelihood of every patch, ``(n_images, n_cells)``.
+
+        A patch beyond float32 (cast to infinity) is infinitely unlikely."""
+        rows = self._rows(patches)
+        finite = np.isfinite(rows).all(axis=1)
+        nll = np.full(len(rows), np.inf)
+        if finite.any():
+            nll[finite] = -self.flow_.score_samples(rows[finite])
         return nll.reshape(len(patches), -1)

@@ -9,6 +9,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._features import PatchFeatures
 from .._features._images import _image_source
+from .._utils import forget, int_pair
 from ._bank import anomaly_maps
 
 # Where a grid cell's features are centred: cell i on CNN-input pixel
@@ -111,6 +112,7 @@ class PatchGridMixin:
             self.input_scale_ = _float32_scale(X)
             return self._as_patches(X / self.input_scale_)
         self.input_scale_ = 1.0
+        forget(self, "n_features_in_")  # of an earlier fit with backbone=None
         self.features_ = PatchFeatures(
             self.backbone,
             weights=self.weights,
@@ -143,14 +145,15 @@ class PatchGridMixin:
 
     def _as_patches(self, rows):
         n_cells = self.grid_shape_[0] * self.grid_shape_[1]
-        patches = np.require(rows, np.float32, ["C", "W"])
+        with np.errstate(over="ignore"):  # beyond float32: infinitely far
+            patches = np.require(rows, np.float32, ["C", "W"])
         return patches.reshape(len(rows), n_cells, -1)
 
     def _check_grid(self, n_features):
         if self.grid_shape is None:
             return (1, 1)
-        grid = tuple(int(s) for s in np.ravel(self.grid_shape))
-        if len(grid) != 2 or min(grid) < 1 or n_features % (grid[0] * grid[1]):
+        grid = tuple(int_pair(self.grid_shape, "grid_shape"))
+        if n_features % (grid[0] * grid[1]):
             raise ValueError(
                 f"grid_shape={self.grid_shape!r} does not divide the {n_features} "
                 "features of a row into (height, width) patches of equal length."

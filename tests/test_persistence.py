@@ -1,10 +1,12 @@
 """Model files: identical scores after a round trip; nothing runs from a bad file."""
 
+import hashlib
 import json
 import os
 import pickle
 import stat
 import zipfile
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -67,17 +69,21 @@ class _CreatesFile:
         return (open, (self.path, "w"))
 
 
-def _rewrite(path, *, manifest=None, members=None, keep_comment=False):
-    """Rewrite a model file with a changed manifest and/or members, without
-    the manifest's checksum (the zip comment) unless ``keep_comment``."""
+def _rewrite(path, *, manifest=None, members=None, checksum="recompute"):
+    """Rewrite a model file with a changed manifest and/or members; the
+    manifest's checksum (the zip comment) is recomputed, as an edit that
+    knows the format would, kept as it was ("keep") or left out (None)."""
     with zipfile.ZipFile(path) as archive:
         contents = {name: archive.read(name) for name in archive.namelist()}
         comment = archive.comment
     if manifest is not None:
         contents["manifest.json"] = json.dumps(manifest).encode()
     contents.update(members or {})
+    if checksum == "recompute":
+        digest = hashlib.sha256(contents["manifest.json"]).hexdigest()
+        comment = b"manifest sha256 " + digest.encode()
     with zipfile.ZipFile(path, "w") as archive:
-        if keep_comment:
+        if checksum is not None:
             archive.comment = comment
         for name, data in contents.items():
             archive.writestr(name, data)
@@ -431,13 +437,38 @@ def test_an_edited_manifest_is_refused(table, model_path):
     manifest = _manifest(model_path)
     assert manifest["estimator"]["$estimator"]["fitted"]["offset_"] == detector.offset_
     manifest["estimator"]["$estimator"]["fitted"]["offset_"] = "abc"
-    _rewrite(model_path, manifest=manifest, keep_comment=True)
+    _rewrite(model_path, manifest=manifest, checksum="keep")
     with pytest.raises(ModelFileError, match="manifest.json does not match the checksum"):
         load(model_path)
-    # A file written before the checksum (no zip comment) still loads.
+    # A file written before the checksum (no zip comment) loads, saying that
+    # its manifest was not checked (an edit that dropped the comment loaded
+    # silently).
     save(detector, model_path)
-    _rewrite(model_path)
-    assert load(model_path).offset_ == detector.offset_
+    _rewrite(model_path, checksum=None)
+    with pytest.warns(UserWarning, match="records no checksum of its manifest.json"):
+        assert load(model_path).offset_ == detector.offset_
+
+
+def test_a_damaged_compressed_member_is_a_model_file_error(table, model_path):
+    # zlib's error escaped with a traceback that named no file.
+    save(FlowDetector(**TINY_FLOW).fit(table), model_path)
+    with zipfile.ZipFile(model_path) as archive:
+        contents = {name: archive.read(name) for name in archive.namelist()}
+        comment = archive.comment
+    with zipfile.ZipFile(model_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.comment = comment
+        for name, data in contents.items():
+            archive.writestr(name, data)
+    with zipfile.ZipFile(model_path) as archive:
+        info = archive.getinfo("arrays.safetensors")
+    data = bytearray(Path(model_path).read_bytes())
+    header = info.header_offset  # the local header: name and extra lengths at 26
+    name_length, extra_length = np.frombuffer(data[header + 26 : header + 30], "<u2")
+    start = header + 30 + int(name_length) + int(extra_length)
+    data[start : start + 64] = bytes(64)  # zeros inside the deflate stream
+    Path(model_path).write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="damaged zip archive"):
+        load(model_path)
 
 
 def test_a_newer_format_is_refused_and_other_versions_warn(table, model_path):

@@ -163,9 +163,11 @@ def load(path, *, device=None, trusted=()):
     ModelFileError
         A subclass of ``ValueError``: the file is not a model file (e.g. a
         pickle, or another zip archive), names a class outside the allowed
-        list, holds untrusted types, or was altered after saving (its
-        manifest or members do not match the checksums saved with them).
-        Nothing in the file runs.
+        list, holds untrusted types, or was damaged or altered after saving
+        (its manifest or members do not match the checksums saved with
+        them). The checksums detect damage and edits that do not recompute
+        them; they are no signature: load only files from sources you
+        trust. Nothing in the file runs.
     FileNotFoundError
         No file at ``path``.
 
@@ -174,6 +176,9 @@ def load(path, *, device=None, trusted=()):
     ModelVersionWarning
         The file was written with another version of sklearn-metarefine,
         scikit-learn or torch than the installed ones.
+    UserWarning
+        The file records no checksum of its manifest (files saved by early
+        development versions).
 
     See Also
     --------

@@ -13,6 +13,7 @@ import os
 import re
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 from .._atomic import atomic_write
@@ -147,17 +148,31 @@ def read_archive(path):
                 raise ModelFileError(f"{path!r}: its manifest is implausibly large.")
             text = archive.read(MANIFEST)
             comment = archive.comment
-            if comment.startswith(_MANIFEST_CHECKSUM) and comment[
-                len(_MANIFEST_CHECKSUM):
-            ] != _sha256(text).encode():
+            checked = comment.startswith(_MANIFEST_CHECKSUM)
+            if checked and comment[len(_MANIFEST_CHECKSUM):] != _sha256(text).encode():
                 raise ModelFileError(
                     f"{path!r}: its {MANIFEST} does not match the checksum the "
                     "file records; the file was altered or damaged after it was "
                     "saved."
                 )
             manifest = _parse_manifest(text, path)
+            if not checked:
+                warnings.warn(
+                    f"{path!r} records no checksum of its {MANIFEST} (files saved "
+                    "by early development versions did not): damage to it, or an "
+                    "edit, cannot be detected. Save the model again.",
+                    UserWarning,
+                    stacklevel=3,
+                )
             members = {n: archive.read(n) for n in names if n != MANIFEST}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        zlib.error,
+        NotImplementedError,  # a damaged compression method
+        RuntimeError,  # a damaged flag that says "encrypted"
+    ) as error:
         raise ModelFileError(f"{path!r}: damaged zip archive ({error}).") from None
     recorded = manifest["members"]
     if set(recorded) != set(members):

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin
+from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from ._image_files import (
@@ -80,8 +83,6 @@ def load_model(path, device="auto"):
 
 def scores_images(model):
     """Whether ``model`` takes images (rather than feature vectors) as input."""
-    from sklearn.pipeline import Pipeline
-
     from ._detector import MetaRefineDetector
     from ._features import PretrainedFeatures
 
@@ -96,14 +97,29 @@ def scores_images(model):
 def model_threshold(model, threshold=None):
     """The anomaly-score threshold and where it comes from ("model", "--threshold").
 
-    The model's is ``-offset_``: an image is anomalous when its anomaly score
-    (minus ``score_samples``) is above it, exactly when ``predict`` says -1.
+    The model's is ``-offset_`` (a pipeline's, of its last step): an image is
+    anomalous when its anomaly score (minus ``score_samples``) is above it,
+    exactly when ``predict`` says -1.
     """
+    name = type(model).__name__
+    try:
+        check_is_fitted(model)
+    except NotFittedError:
+        raise InputError(
+            f"The model file holds an unfitted {name}; fit it first "
+            "(`metarefine fit`, or fit before sklearn_metarefine.save)."
+        ) from None
     if threshold is not None:
         if not np.isfinite(threshold):
             raise InputError(f"--threshold must be a finite number, got {threshold}.")
         return float(threshold), "--threshold"
-    return float(-model.offset_), "model"
+    detector = model[-1] if isinstance(model, Pipeline) else model
+    if not hasattr(detector, "offset_"):
+        raise InputError(
+            f"The model ({name}) has no threshold of its own (offset_); give "
+            "one with --threshold."
+        )
+    return float(-detector.offset_), "model"
 
 
 def _read_batch(files, skip_unreadable):

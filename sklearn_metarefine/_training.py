@@ -95,6 +95,11 @@ def build_detector(level, params):
             f"level={params['level']!r}: choose the level with --level "
             f"({' or '.join(LEVELS)}), not --set."
         )
+    if "backbone" in params and params["backbone"] is None:
+        raise InputError(
+            "backbone=None fits feature vectors, not image files: `metarefine "
+            "fit` needs a backbone (--backbone) to embed the images."
+        )
     params = {**params, "level": level}
     names = MetaRefineDetector._get_param_names()
     unknown = sorted(set(params) - set(names))
@@ -235,6 +240,14 @@ def _check_outputs(output, level, train_folder, files):
     check_nothing_read_is_overwritten(
         option, written, {file.path: "a training image" for file in files}
     )
+    # Found after the fit, a folder there failed the command with the old
+    # model already replaced.
+    folders = [os.fspath(path) for path in written[1:] if Path(path).is_dir()]
+    if folders:
+        raise InputError(
+            f"{option}: {', '.join(folders)}, where the reports next to the model "
+            "go, is a folder; move it away or choose another --output."
+        )
     sheets = [path for path in written if is_image(path)]
     check_images_outside(option, sheets, [train_folder], "a training image")
 

@@ -377,6 +377,24 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(
         assert error.startswith(f"metarefine {argv[0]}: error: --") and message in error
 
 
+def test_a_folder_where_a_report_goes_is_refused_before_the_model_is_replaced(
+    folders, capsys, tmp_path, monkeypatch
+):
+    # The fit ran, replaced the model file, then failed writing the report.
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the command fitted")
+
+    monkeypatch.setattr(MetaRefineDetector, "fit", no_fit)
+    model = tmp_path / "m.metarefine"
+    model.write_bytes(b"the previous model")
+    (tmp_path / "m.dropped.csv").mkdir()
+    argv = ["fit", str(folders / "train"), "--output", str(model), "--no-progress"]
+    assert main(argv) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "m.dropped.csv, where the reports next to the model go, is a folder" in error
+    assert model.read_bytes() == b"the previous model"
+
+
 def test_an_output_folder_that_refuses_files_is_found_before_any_work(
     folders, fitted, capsys, tmp_path, monkeypatch
 ):
@@ -721,6 +739,16 @@ def test_patch_level_refuses_options_it_does_not_use(folders, capsys, tmp_path):
     assert "coreset_fraction" in err and not (tmp_path / "m").exists()
 
 
+def test_fit_refuses_no_backbone_before_reading_the_images(folders, capsys, tmp_path):
+    # It read the images, then said "could not convert string to float".
+    argv = ["fit", str(folders / "train"), "--output", str(tmp_path / "m.metarefine"),
+            "--set", "backbone=null"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Found" not in err
+    assert "backbone=None fits feature vectors, not image files" in err
+
+
 def test_unknown_detector_parameter_is_refused(folders, capsys, tmp_path):
     status = main(
         ["fit", str(folders / "new"), "--output", str(tmp_path / "m"), "--set", "kk=3"]
@@ -779,3 +807,37 @@ def test_score_refuses_a_pickle_as_model_in_one_line(folders, capsys, tmp_path):
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("metarefine score: error:") and "pickle" in line
     assert not output.exists()
+
+
+def test_score_takes_an_image_pipeline_and_names_an_unfitted_model(
+    folders, capsys, tmp_path
+):
+    # Both failed with AttributeError tracebacks (no offset_).
+    from sklearn.pipeline import make_pipeline
+
+    from sklearn_metarefine import FlowDetector, IQRRefiner, PretrainedFeatures, save
+
+    features = PretrainedFeatures(
+        "efficientnet_lite0", image_size=32, n_scales=1, device="cpu", random_state=0
+    )
+    flow = FlowDetector(n_blocks=2, hidden_size=8, max_epochs=2, device="cpu")
+    pipeline = make_pipeline(features, IQRRefiner(flow, random_state=0, max_iter=1))
+    train = [f.path for f in list_images([folders / "train"]) if "corrupt" not in f.path]
+    save(pipeline.fit(train), tmp_path / "pipe.metarefine")
+    output = tmp_path / "pipe.csv"
+    argv = ["score", str(tmp_path / "pipe.metarefine"), str(folders / "new"),
+            "--output", str(output), "--skip-unreadable", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    rows = [row for row in _rows(output) if row["anomaly_score"]]
+    labels = pipeline.predict([row["path"] for row in rows])
+    assert [row["label"] for row in rows] == [
+        "anomalous" if label == -1 else "normal" for label in labels
+    ]
+    assert float(rows[0]["threshold"]) == -pipeline[-1].offset_
+
+    save(MetaRefineDetector(image_size=32), tmp_path / "unfitted.metarefine")
+    argv[1] = str(tmp_path / "unfitted.metarefine")
+    assert main(argv) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith("holds an unfitted MetaRefineDetector; fit it first "
+                          "(`metarefine fit`, or fit before sklearn_metarefine.save).")

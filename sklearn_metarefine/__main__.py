@@ -60,6 +60,16 @@ def _positive_int(text):
     return value
 
 
+def _seed(text):
+    """A seed scikit-learn and numpy take: an int in [0, 2**32 - 1]."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from 0 to {2**32 - 1}, got {value}"
+        )
+    return value
+
+
 def _nonzero_int(text):
     value = int(text)
     if value == 0:
@@ -185,7 +195,7 @@ def _parser():
         help="training epochs of the flows",
     )
     model.add_argument(
-        "--seed", type=int, metavar="N", help="base seed of every draw and model"
+        "--seed", type=_seed, metavar="N", help="base seed of every draw and model"
     )
     model.add_argument(
         "--config",
@@ -287,7 +297,7 @@ def _add_fit_parser(commands):
     options.add_argument("--max-iter", type=int, metavar="N", help="refinement rounds")
     options.add_argument("--max-epochs", type=int, metavar="N")
     options.add_argument("--start", choices=("neighbors", "trimmed", "full"))
-    options.add_argument("--seed", type=int, metavar="N", dest="random_state")
+    options.add_argument("--seed", type=_seed, metavar="N", dest="random_state")
     options.add_argument(
         "--set",
         type=_setting,

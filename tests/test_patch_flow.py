@@ -205,3 +205,15 @@ def test_a_failed_refit_leaves_the_fitted_detector_as_it_was():
         fresh.fit(X)
     with pytest.raises(NotFittedError):
         fresh.predict(X[:3])
+
+
+def test_two_one_patch_images_ask_for_more_before_the_held_out_fits():
+    # The inner fold's flow refused its one row: "Found array with 1
+    # sample(s) ... required by FlowDetector", naming neither the images nor
+    # the way out.
+    X = np.random.RandomState(0).normal(size=(2, 6))
+    flow = FlowDetector(n_blocks=2, hidden_size=8, max_epochs=2)
+    detector = PatchFlowDetector(backbone=None, flow=flow, device="cpu", random_state=0)
+    with pytest.raises(ValueError, match="n_samples=2 images of 1 patch.*at least 3 images"):
+        detector.fit(X)
+    detector.set_params(contamination=0.1).fit(X)  # no held-out fits

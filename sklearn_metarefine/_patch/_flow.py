@@ -366,6 +366,16 @@ shape (n_samples, n_features) when ``backbone=None``
 
     def _held_out_scores(self, base, patches, seed):
         """Each image's largest patch score by a flow fitted without its fold."""
+        n_images, n_cells = patches.shape[:2]
+        fewest = n_images - -(-n_images // min(self.cv, n_images))
+        if fewest * n_cells < 2:
+            raise ValueError(
+                f"n_samples={n_images} images of {n_cells} patch: the held-out "
+                f"scores (contamination='auto', image cleaning) fit a flow on "
+                f"{fewest * n_cells} patch, and a flow needs 2. Train on at least "
+                "3 images, use a grid of several cells, or set a float "
+                "contamination without image cleaning."
+            )
 
         def fit_and_score(fold, train, test):
             flow = clone(base).fit(self._rows(patches[train]))

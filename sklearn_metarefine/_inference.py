@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
@@ -103,7 +104,8 @@ def model_threshold(model, threshold=None):
     """
     name = type(model).__name__
     try:
-        check_is_fitted(model)
+        if isinstance(model, BaseEstimator):
+            check_is_fitted(model)
     except NotFittedError:
         raise InputError(
             f"The model file holds an unfitted {name}; fit it first "

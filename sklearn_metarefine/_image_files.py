@@ -2,13 +2,12 @@
 
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from ._features._images import _pil_to_array
+from ._features._images import _pil_to_array, warnings_naming
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -190,18 +189,13 @@ def read_image(path):
     """
     where = f"image file {os.fspath(path)!r}"
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with Image.open(path) as image:
-                image.load()
-                pixels = _pil_to_array(image, where, upright=True)
+        with warnings_naming(path, stacklevel=4), Image.open(path) as image:
+            image.load()
+            return _pil_to_array(image, where, upright=True)
     except Exception as error:
         # PIL signals undecodable files with several types (OSError, SyntaxError,
         # ValueError, DecompressionBombError); all mean the same here.
         raise UnreadableImageError(f"cannot read {where}: {error}") from None
-    for warning in caught:
-        warnings.warn(f"{os.fspath(path)}: {warning.message}", warning.category, 2)
-    return pixels
 
 
 def output_names(files, suffix):

@@ -8,6 +8,17 @@ import numpy as np
 _MAX_SEED = np.iinfo(np.int32).max
 
 
+def is_whole(value):
+    """Whether ``value`` is a whole number: an int, or a float such as 64.0;
+    not a bool, a string, a fraction or a non-finite number."""
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, (bool, np.bool_))
+        and bool(np.isfinite(value))
+        and float(value).is_integer()
+    )
+
+
 def int_pair(value, name):
     """``value``, an int or a (height, width) pair of them, as ``[height, width]``.
 
@@ -21,14 +32,7 @@ def int_pair(value, name):
         entries = []
     if len(entries) == 1:
         entries *= 2
-    if len(entries) != 2 or not all(
-        isinstance(entry, numbers.Real)
-        and not isinstance(entry, (bool, np.bool_))
-        and np.isfinite(entry)
-        and float(entry).is_integer()
-        and entry >= 1
-        for entry in entries
-    ):
+    if len(entries) != 2 or not all(is_whole(e) and e >= 1 for e in entries):
         raise ValueError(
             f"{name} must be a positive int or a (height, width) pair of them; "
             f"got {value!r}."

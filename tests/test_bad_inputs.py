@@ -431,6 +431,68 @@ def test_a_file_of_several_pages_is_refused_naming_it(tmp_path, fitted_on_images
         read_image(tmp_path / "stack.tif")
 
 
+def test_files_and_arrays_the_reader_took_for_others(tmp_path, fitted_on_images):
+    features = fitted_on_images[0]
+    # A dark 32-bit integer TIFF (values under 256) was refused as "not
+    # decoded from a file": turning it upright dropped its format.
+    dark = GRAY.astype(np.int32)
+    files = [_save(g, tmp_path / f"i{i}.tif") for i, g in enumerate(dark)]
+    np.testing.assert_allclose(
+        features.transform(files), features.transform(dark.astype(np.uint16)),
+        rtol=1e-5, atol=1e-5,
+    )  # fmt: skip
+    # A big-endian uint16 array (a 16-bit TIFF's pixels) was read as 8-bit.
+    big_endian = dark.astype(">u2")
+    np.testing.assert_allclose(
+        features.transform(big_endian), features.transform(dark.astype(np.uint16)),
+        rtol=1e-5, atol=1e-5,
+    )  # fmt: skip
+    # A camera's JPEG with a preview frame (MPO) was refused as two pages.
+    Image.fromarray(RGB[0]).save(
+        tmp_path / "camera.jpg", format="MPO", save_all=True,
+        append_images=[Image.fromarray(RGB[0][::2, ::2].copy())],
+    )  # fmt: skip
+    jpeg = _save(RGB[0], tmp_path / "plain.jpg")
+    np.testing.assert_array_equal(
+        features.transform([tmp_path / "camera.jpg"]), features.transform([jpeg])
+    )
+    # Pillow's premultiplied gray with alpha (La) was refused.
+    la = Image.fromarray(GRAY[0]).convert("LA").convert("La")
+    np.testing.assert_allclose(
+        features.transform([la]), features.transform(GRAY[:1]), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_one_gray_image_with_a_channel_axis_is_refused(fitted_on_images):
+    # (H, W, 1) was read as H images one pixel wide.
+    with pytest.raises(ValueError, match=r"reads as 12 gray images of 10 x 1 pixels"):
+        fitted_on_images[0].transform(GRAY[0][..., None])
+
+
+def test_a_large_image_warning_names_the_file(tmp_path, fitted_on_images, monkeypatch):
+    # The CLI's reader named it; the estimators' did not.
+    path = _save(RGB[0], tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.warns(Image.DecompressionBombWarning, match=r"big.png: Image size"):
+        fitted_on_images[0].transform([path])
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "match"),
+    [((8.7, 8), r"input_shape must be .*got \(8.7, 8\)"),
+     ((3, 8, 8), r"reorder each row's pixels to channels last")],
+)  # fmt: skip
+def test_input_shape_refuses_fractions_and_explains_channels_first(input_shape, match):
+    # (8.7, 8) was truncated to (8, 8); channels-first rows were told to use
+    # np.moveaxis(X, 1, -1), which does nothing for 2-D rows.
+    from sklearn_metarefine import PretrainedFeatures
+
+    rows = np.zeros((2, int(np.prod(input_shape)) or 64), dtype=np.uint8)
+    features = PretrainedFeatures(_backbone(), image_size=16, n_scales=1, input_shape=input_shape)
+    with pytest.raises(ValueError, match=match):
+        features.fit(rows)
+
+
 def test_exif_orientation_turns_files_upright(tmp_path, fitted_on_images):
     # A camera stores a portrait photograph sideways with an orientation tag;
     # the detectors read it as viewers show it (they read the stored pixels).

@@ -210,7 +210,7 @@ def test_unreadable_file_is_named(rgb, tmp_path):
         ([3], {}, "file paths, PIL images or numpy arrays"),
         ("image.png", {}, "single image"),
         (np.zeros((40, 48, 3), np.uint8), {}, r"40 gray images of 48 x 3 pixels"),
-        (np.zeros((40, 48, 4), np.uint8), {}, r"one colour image pass X\[np.newaxis\]"),
+        (np.zeros((40, 48, 4), np.uint8), {}, r"one image with a channel axis pass X\[np.newaxis\]"),
     ],
 )
 def test_bad_input_raises_a_clear_value_error(X, params, match):

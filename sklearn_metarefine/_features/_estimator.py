@@ -295,9 +295,13 @@ class PretrainedFeatures(_BackboneTransformer):
     RGB, which drops alpha; 16-bit modes (``I;16*``, how Pillow decodes 16-bit
     PNG and TIFF files) divided by 65535; 32-bit integers (mode ``I``) divided
     by 65535 when their values lie in [0, 65535], as 16-bit files decode, and
-    refused otherwise; 32-bit floats (mode ``F``) as intensities when their
-    values lie in [0, 1], and refused otherwise. A refusal is a ``ValueError``
-    naming the file, its mode and its range of values.
+    refused otherwise (and, for a PIL image not read from a file, when they
+    all lie in [0, 255]: 8-bit or dark 16-bit data cannot be told apart);
+    32-bit floats (mode ``F``) as intensities when their values lie in
+    [0, 1], and refused otherwise. A file of several pages or frames is
+    refused (a camera's MPO JPEG, whose further frames are previews, is read
+    as its main image). A refusal is a ``ValueError`` naming the file, its
+    mode and its range of values.
 
     The paper's configuration (DifferNet's) is ``backbone="alexnet"``,
     ``image_size=448``, ``n_scales=3`` (448, 224 and 112 px: 3 x 256 = 768

@@ -1,19 +1,41 @@
 """Image inputs: arrays, PIL images and files, checked and read one batch at a time."""
 
+import contextlib
 import os
+import warnings
 
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
 from sklearn.utils.validation import check_array
 
+from .._utils import is_whole
 from ._embedding import _resize
+
+
+@contextlib.contextmanager
+def warnings_naming(path, stacklevel):
+    """Re-emit the warnings of reading ``path`` (Pillow's of a very large
+    image) with its name in front; ``stacklevel`` counts from this function's
+    frame, through contextlib's, to the caller's."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        message = f"{os.fspath(path)}: {warning.message}"
+        warnings.warn(message, warning.category, stacklevel)
+
+
+def _is_uint16(dtype):
+    """Whether ``dtype`` holds 16-bit unsigned pixels, in either byte order
+    (a big-endian 16-bit TIFF decodes to ``>u2``, which is not ``np.uint16``)."""
+    return dtype.kind == "u" and dtype.itemsize == 2
 
 
 def _check_pixel_range(values, where):
     if values.size == 0:
         raise ValueError(f"{where} is an empty image.")
-    if values.dtype == np.uint16:
+    if _is_uint16(values.dtype):
         return  # every value is a 16-bit intensity
     if values.dtype.kind in "ui":
         low, high, limit = values.min(), values.max(), 255
@@ -29,12 +51,12 @@ def _check_pixel_range(values, where):
         )
 
 
-def _check_channels(n_channels, where):
+def _check_channels(n_channels, where, channels_first="use np.moveaxis(X, 1, -1)"):
     if n_channels not in (1, 3):
         fix = (
             "For RGBA images drop the alpha channel, e.g. X[..., :3]"
             if n_channels == 4
-            else "For channels-first data use np.moveaxis(X, 1, -1)"
+            else f"For channels-first data {channels_first}"
         )
         raise ValueError(
             f"{where} has {n_channels} channels in its last axis; expected 1 (gray) "
@@ -65,13 +87,15 @@ def _pil_to_array(image, where, *, upright=False):
     if image.width == 0 or image.height == 0:
         raise _UnreadableImage(f"{where} is an empty image.")
     n_frames = getattr(image, "n_frames", 1)
-    if n_frames > 1:
+    # A camera's JPEG (MPO) holds previews after its image, not pages.
+    if n_frames > 1 and image.format != "MPO":
         # Pillow would give the first page alone, and the others would pass
         # unseen.
         raise _UnreadableImage(
             f"{where} holds {n_frames} images (pages or frames); one image is "
             "read per file. Save each page as a file of its own."
         )
+    decoded = image.format is not None  # lost by the turn upright
     if upright:
         image = _upright(image)
     mode = image.mode
@@ -82,7 +106,7 @@ def _pil_to_array(image, where, *, upright=False):
     if mode in ("I", "F"):
         values = np.asarray(image)
         low, high = values.min(), values.max()
-        if mode == "I" and image.format is None and 0 <= low and high <= 255:
+        if mode == "I" and not decoded and 0 <= low and high <= 255:
             # Not decoded from a file: 8-bit values in 32-bit integers, or a
             # dark 16-bit image? The array would be read as 8-bit, a file as
             # 16-bit; neither guess is safe.
@@ -100,8 +124,10 @@ def _pil_to_array(image, where, *, upright=False):
         return np.asarray(image.convert("RGB"))
     except ValueError:
         try:
-            # Pillow converts premultiplied modes (La, RGBa) through RGBA only.
-            return np.asarray(image.convert("RGBA").convert("RGB"))
+            # Pillow converts premultiplied modes through their plain
+            # counterparts only: RGBa through RGBA, La through LA.
+            plain = "LA" if mode == "La" else "RGBA"
+            return np.asarray(image.convert(plain).convert("RGB"))
         except ValueError as error:
             raise _UnreadableImage(
                 f"{where} has PIL mode {mode!r}, which cannot be converted to "
@@ -165,7 +191,7 @@ def _read_file(path, index):
     """The pixels of an image file, with errors that name it."""
     where = f"X[{index}]: image file {os.fspath(path)!r}"
     try:
-        with Image.open(path) as image:
+        with warnings_naming(path, stacklevel=5), Image.open(path) as image:
             # Decode here, so that a truncated file fails inside this try.
             image.load()
             return _pil_to_array(image, where, upright=True)
@@ -206,7 +232,7 @@ def _read_item(item, index):
 def _to_unit_tensor(batch, device):
     """(B, H, W, C) array -> (B, 3, H, W) float32 tensor in [0, 1] on ``device``."""
     # torch wants writable memory; read-only input (decoded files, memmaps) is copied.
-    if batch.dtype == np.uint16:
+    if _is_uint16(batch.dtype):
         # 16-bit intensities, divided by 65535 as for 16-bit image files,
         # whatever the largest value (a dark frame is no 8-bit image).
         tensor = torch.from_numpy(batch.astype(np.float32)).to(device)
@@ -283,14 +309,23 @@ class _ImageSequence:
 
 
 def _check_input_shape(input_shape):
-    shape = tuple(int(s) for s in np.ravel(input_shape))
-    if len(shape) not in (2, 3) or min(shape) < 1:
+    entries = list(np.ravel(input_shape))
+    if not all(is_whole(entry) and entry >= 1 for entry in entries):
+        entries = []  # refused below, not truncated
+    shape = tuple(int(entry) for entry in entries)
+    if len(shape) not in (2, 3):
         raise ValueError(
             f"input_shape must be (height, width) or (height, width, channels); got "
             f"{input_shape!r}."
         )
     if len(shape) == 3:
-        _check_channels(shape[2], f"input_shape={input_shape!r}")
+        _check_channels(
+            shape[2],
+            f"input_shape={input_shape!r}",
+            channels_first="reorder each row's pixels to channels last, e.g. "
+            "X.reshape(n, C, H, W).transpose(0, 2, 3, 1).reshape(n, -1), and "
+            "pass input_shape=(H, W, C)",
+        )
     return shape
 
 
@@ -344,13 +379,14 @@ def _image_source(X, input_shape):
             )
         images = images.reshape((images.shape[0],) + shape)
     if images.ndim == 3:
-        if images.shape[2] in (3, 4) and images.shape[1] > images.shape[2]:
-            # A stack of gray images 3 or 4 pixels wide is no input for a CNN;
-            # one colour image is a common slip, read silently as many images.
+        if images.shape[2] in (1, 3, 4) and images.shape[1] > images.shape[2]:
+            # A stack of gray images 1, 3 or 4 pixels wide is no input for a
+            # CNN; one image with a channel axis is a common slip, read
+            # silently as many images.
             raise ValueError(
                 f"X has shape {images.shape}, which reads as {images.shape[0]} gray "
                 f"images of {images.shape[1]} x {images.shape[2]} pixels. For one "
-                "colour image pass X[np.newaxis] or [X]."
+                "image with a channel axis pass X[np.newaxis] or [X]."
             )
         images = images[..., None]
     if images.ndim != 4:

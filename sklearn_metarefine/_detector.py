@@ -21,7 +21,8 @@ from ._rounds import (
     smallest_fit,
     warn_if_held_out_from_few,
 )
-from ._utils import draw_seed, forget
+from ._scores import contamination_offset
+from ._utils import draw_seed, forget, restored_on_failure
 
 # What the detector forwards to each component, beyond n_views, device,
 # verbose and random_state, which every component gets in its own way.
@@ -416,6 +417,7 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         self.verbose = verbose
 
     @_fit_context(prefer_skip_nested_validation=False)
+    @restored_on_failure
     def fit(self, X, y=None):
         """Embed the training images, fit the flow and refine the training set.
 
@@ -445,35 +447,34 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         features = X
         for _, step in pipeline.steps[:-1]:
             features = step.fit_transform(features)
-        # Warnings point at fit's caller: past the helper and sklearn's wrapper.
-        distinct, copy_of = distinct_training_images(features, stacklevel=4)
+        # Warnings point at fit's caller: past the helper and the two wrappers.
+        distinct, copy_of = distinct_training_images(features, stacklevel=5)
         refiner = pipeline.steps[-1][1]
         self._size_flow(refiner.estimator, len(distinct))
-        name = type(self).__name__
-        warn_if_held_out_from_few(
-            refiner, len(distinct), name=name, unit="images", stacklevel=4
-        )
+        name, n = type(self).__name__, len(distinct)
+        warn_if_held_out_from_few(refiner, n, name=name, unit="images", stacklevel=5)
         with warnings.catch_warnings():  # the refiner's would say it of samples
             warnings.simplefilter("ignore", FewHeldOutWarning)
             refiner.fit(features[distinct])
-        self.pipeline_ = pipeline
-        self.refiner_ = refiner
+        self.pipeline_, self.refiner_ = pipeline, refiner
         self.inlier_mask_ = refiner.inlier_mask_
         self.removed_at_iter_ = refiner.removed_at_iter_
+        self.offset_ = refiner.offset_
         if len(distinct) < len(features):
             self.inlier_mask_ = self.inlier_mask_[copy_of]
             self.removed_at_iter_ = self.removed_at_iter_[copy_of]
-        self.thresholds_ = refiner.thresholds_
-        self.n_iter_ = refiner.n_iter_
-        self.termination_condition_ = refiner.termination_condition_
-        self.offset_ = refiner.offset_
+            if self.contamination != "auto":  # a fraction of every training image
+                scores = refiner.score_samples(features)
+                self.offset_ = contamination_offset(scores, self.contamination)
+        for name in ("thresholds_", "n_iter_", "termination_condition_"):
+            setattr(self, name, getattr(refiner, name))
         return self._forget_other_fits()
 
     def _forget_other_fits(self):
         """Delete what a fit at the other level, or of raw features, left."""
         forget(self, *_FITTED[self.level])
         if self.backbone is not None:
-            forget(self, "n_features_in_")
+            forget(self, "n_features_in_", "feature_names_in_")
         return self
 
     def score_samples(self, X):

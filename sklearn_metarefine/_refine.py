@@ -9,7 +9,6 @@ from sklearn.base import (
     MetaEstimatorMixin,
     OutlierMixin,
     _fit_context,
-    clone,
 )
 from sklearn.utils._param_validation import HasMethods, Interval, RealNotInt, StrOptions
 from sklearn.utils.metaestimators import available_if
@@ -17,8 +16,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._rounds import (
     MIN_FENCE_SAMPLES,
-    boundary,
     check_novelty,
+    decision_offset,
     final_estimator_has,
     inside_fence,
     out_of_fold_anomaly_scores,
@@ -32,7 +31,8 @@ from ._rounds import (
     uses_warm_refits,
     warn_if_held_out_from_few,
 )
-from ._scores import anomaly_score, clean_tail_fraction, contamination_offset, iqr_fence
+from ._scores import anomaly_score, clean_tail_fraction, iqr_fence
+from ._utils import restored_on_failure
 
 _START_PARAMS = ("start", "start_fraction", "start_neighbors")
 
@@ -413,6 +413,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         # the wrapped estimator's parameters are validated when it is fitted
         prefer_skip_nested_validation=False
     )
+    @restored_on_failure
     def fit(self, X, y=None):
         """Refine the training set and fit the detector on the kept samples.
 
@@ -481,7 +482,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         self.thresholds_ = np.asarray(thresholds, dtype=np.float64)
         self.n_iter_ = len(thresholds)
         self.termination_condition_ = termination
-        self.offset_ = self._offset(estimator, base, X, kept, scores, fold_seed)
+        self.offset_ = decision_offset(self, estimator, base, X, kept, scores, fold_seed)
         return self
 
     def _start(self, base, X, warm):
@@ -498,21 +499,6 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         if self.stop == "no_change" or n_rounds == 0:
             return None
         return clean_tail_fraction(scores, self.k) * scores.size
-
-    def _offset(self, estimator, base, X, kept, scores, fold_seed):
-        """``offset_``: see ``contamination``."""
-        if self.contamination != "auto":
-            training = -anomaly_score(estimator, X)
-            return contamination_offset(training, self.contamination)
-        held_out = (
-            scores  # the last fence's scores
-            if self.fence_scores == "oof"
-            else out_of_fold_anomaly_scores(
-                base, X[kept], self.cv, fold_seed, n_iter=self.n_iter_
-            )
-        )
-        removed = anomaly_score(estimator, X[~kept]) if (~kept).any() else None
-        return -boundary(removed, held_out, self.k, self.false_alarm_rate)
 
     def _fence_scores(self, estimator, base, X_kept, fold_seed, n_iter):
         """Anomaly scores of the kept samples that round ``n_iter`` fences."""

@@ -19,6 +19,7 @@ from ._utils import draw_seed
 from ._scores import (
     anomaly_score,
     clean_tail_fraction,
+    contamination_offset,
     iqr_fence,
     neighbour_distances,
     with_clean_tail,
@@ -104,7 +105,7 @@ class FewHeldOutWarning(UserWarning):
 
 
 def warn_if_held_out_from_few(
-    refiner, n_samples, *, name="IQRRefiner", unit="samples", stacklevel=4
+    refiner, n_samples, *, name="IQRRefiner", unit="samples", stacklevel=5
 ):
     """Warn when held-out scores may come from leave-one-out fits on a
     handful of samples: the fence and the decision boundary set on them are
@@ -384,6 +385,26 @@ def boundary(removed, held_out, k, false_alarm_rate):
         if ties.size:
             value = float(np.nextafter(min(value, ties.min()), -np.inf))
     return value
+
+
+def decision_offset(refiner, estimator, base, X, kept, scores, fold_seed):
+    """``offset_`` of an :class:`IQRRefiner` run: see its ``contamination``.
+
+    ``estimator`` is the final model, ``kept`` the final kept set and
+    ``scores`` the last fence's scores of it.
+    """
+    if refiner.contamination != "auto":
+        training = -anomaly_score(estimator, X)
+        return contamination_offset(training, refiner.contamination)
+    held_out = (
+        scores  # held out already
+        if refiner.fence_scores == "oof"
+        else out_of_fold_anomaly_scores(
+            base, X[kept], refiner.cv, fold_seed, n_iter=refiner.n_iter_
+        )
+    )
+    removed = anomaly_score(estimator, X[~kept]) if (~kept).any() else None
+    return -boundary(removed, held_out, refiner.k, refiner.false_alarm_rate)
 
 
 def stop_reason(candidate, kept, min_kept, clean_tail=None, seen=()):

@@ -1036,3 +1036,18 @@ def test_a_patch_beyond_float32_scores_minus_inf(name):
         scores = det.score_samples(new)
     assert scores[0] == -np.inf and np.isfinite(scores[1])
     assert det.predict(new).tolist() == [-1, 1]
+
+
+def test_a_refit_from_images_drops_the_feature_names_of_a_data_frame():
+    # feature_names_in_ (documented "only with backbone=None and string column
+    # names") stayed from an earlier fit of a DataFrame.
+    import pandas as pd
+
+    from sklearn_metarefine import PatchCoreDetector
+
+    frame = pd.DataFrame(np.random.RandomState(0).normal(size=(6, 4)), columns=list("abcd"))
+    det = PatchCoreDetector(backbone=None, device="cpu", random_state=0).fit(frame)
+    assert list(det.feature_names_in_) == list("abcd")
+    images = np.random.RandomState(1).randint(0, 256, size=(4, 16, 16, 3), dtype=np.uint8)
+    det.set_params(backbone=_backbone(), image_size=16).fit(images)
+    assert not hasattr(det, "feature_names_in_")

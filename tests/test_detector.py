@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV, PredefinedSplit
 from sklearn.utils._param_validation import InvalidParameterError, make_constraint
@@ -286,3 +287,43 @@ def test_a_refit_at_the_other_level_leaves_no_attribute_of_the_first():
     assert {"pipeline_", "refiner_", "thresholds_"} <= image_level - patch_level
     assert "detector_" in patch_level
     assert set(vars(det.set_params(level="image").fit(X))) == image_level
+
+
+def test_a_float_contamination_flags_that_share_of_every_training_image():
+    # With repeated images the threshold was set on the distinct ones (3 of
+    # 40 training images flagged for contamination=0.1; with 0.25, 18).
+    rng = np.random.RandomState(0)
+    base = rng.normal(size=(30, 4))
+    X = np.vstack([base, np.repeat(base[:1], 10, axis=0)])
+    det = MetaRefineDetector(
+        backbone=None, contamination=0.1, pca_components=None, n_blocks=2,
+        hidden_size=8, max_epochs=2, max_iter=2, cv=2, device="cpu", random_state=0,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="repeat other training images"):
+        det.fit(X)
+    assert np.sum(det.predict(X) == -1) == 4
+
+
+@pytest.mark.parametrize("Estimator", ["IQRRefiner", "MetaRefineDetector"])
+def test_a_failed_refit_leaves_the_fitted_model_as_it_was(Estimator):
+    # validate_data had set n_features_in_ to the new data's before the fit
+    # failed: the old model could score neither the old nor the new data.
+    from sklearn_metarefine import FlowDetector
+
+    rng = np.random.RandomState(0)
+    X4, X5 = rng.normal(size=(40, 4)), rng.normal(size=(40, 5))
+    flow = dict(n_views=2, n_blocks=2, hidden_size=8, max_epochs=2, device="cpu")
+    if Estimator == "IQRRefiner":
+        det = IQRRefiner(FlowDetector(**flow), max_iter=1, cv=2, random_state=0)
+    else:
+        det = MetaRefineDetector(backbone=None, max_iter=1, cv=2, random_state=0, **flow)
+    before = det.fit(X4).score_samples(X4[:3])
+    with pytest.raises(ValueError, match="not a multiple of n_views=2"):
+        det.fit(X5)
+    np.testing.assert_array_equal(det.score_samples(X4[:3]), before)
+    # and a first fit that fails leaves it unfitted
+    unfitted = clone(det)
+    with pytest.raises(ValueError, match="not a multiple of n_views=2"):
+        unfitted.fit(X5)
+    with pytest.raises(NotFittedError):
+        unfitted.score_samples(X4[:3])

@@ -8,7 +8,6 @@ anomaly maps: patch scores brought to image resolution and smoothed.
 import math
 
 import torch
-import torch.nn.functional as F
 
 # Distances of one query chunk to the whole bank are materialised; this bounds
 # that block (in float32 entries) so memory stays flat for any bank size.

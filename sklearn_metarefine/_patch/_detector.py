@@ -8,7 +8,6 @@ import torch
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
 
 from .._features._backbones import _LITE0_NAME
 from .._scores import contamination_offset, iqr_fence, majority_fence

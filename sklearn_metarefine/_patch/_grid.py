@@ -112,7 +112,8 @@ class PatchGridMixin:
             self.input_scale_ = _float32_scale(X)
             return self._as_patches(X / self.input_scale_)
         self.input_scale_ = 1.0
-        forget(self, "n_features_in_")  # of an earlier fit with backbone=None
+        # Of an earlier fit with backbone=None.
+        forget(self, "n_features_in_", "feature_names_in_")
         self.features_ = PatchFeatures(
             self.backbone,
             weights=self.weights,

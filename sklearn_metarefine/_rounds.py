@@ -374,8 +374,8 @@ def boundary(removed, held_out, k, false_alarm_rate):
     boundary (a detector whose scores saturate, such as IsolationForest
     on points beyond its training data, gives them all one score; OneClassSVM
     the same up to rounding), it moves just below them, so that predict flags
-    what the refinement removed, and new samples like them. Rounding: within
-    ``1e-9`` of the calibration scores' range.
+    what the refinement removed, and new samples like them. Up to rounding:
+    within ``1e-9`` of the calibration scores' range (they are finite).
     """
     normal = calibration_scores(removed, held_out, k)
     value = float(np.quantile(normal, 1.0 - false_alarm_rate))

@@ -711,6 +711,9 @@ def test_removed_samples_tied_with_the_boundary_up_to_rounding_are_flagged():
     assert np.all(removed > value)
     assert value > -1e-12  # and no further down than the rounding
     assert boundary(np.array([-0.5]), held_out, k=1.5, false_alarm_rate=0.05) == 0.0
+    # Infinite scores (zero likelihood) make no tolerance infinite.
+    held_out = np.r_[np.linspace(0.0, 1.0, 50), np.full(60, np.inf)]
+    assert boundary(np.array([5.0]), held_out, k=1.5, false_alarm_rate=0.05) < 1.0
 
 
 @pytest.mark.parametrize(

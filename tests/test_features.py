@@ -661,3 +661,25 @@ def test_a_failed_refit_leaves_the_fitted_transformer_as_it_was(rgb):
         features.fit(rgb)
     np.testing.assert_array_equal(features.transform(rgb), expected)
     assert features.n_features_out_ == expected.shape[1]
+
+
+class GainNet(TinyNet):
+    """TinyNet whose output scales with a plain attribute."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = 1.0
+
+    def forward(self, x):
+        return self.gain * super().forward(x)
+
+
+def test_the_cache_keys_a_module_s_plain_settings(rgb, tmp_path):
+    # A changed plain attribute (no weight, not in repr) hit the cache of the
+    # old features.
+    net = GainNet()
+    features = PretrainedFeatures(net, image_size=16, n_scales=1, memory=tmp_path)
+    first = features.fit_transform(rgb)
+    net.gain = 2.0
+    second = features.fit_transform(rgb)
+    np.testing.assert_allclose(second, 2 * first, rtol=1e-6)

@@ -184,17 +184,32 @@ def _build_backbone(backbone, weights, *, progress):
 
 
 def _fingerprint(module):
-    """A hash of a module's class, configuration and weight values.
+    """A hash of a module's class, configuration, plain settings and weights.
 
     joblib would hash the module itself by pickling it, and torch pickles tensors by
     memory address, so equal weights would hash differently; hash the bytes instead.
+    Plain settings are the public attributes of numbers, text and tuples of them
+    that a ``forward`` may read (``self.gain = 2.0``): ``repr`` and the weights do
+    not show them, and a cache keyed without them returned the old features.
     """
     state = {
         name: (str(t.dtype), tuple(t.shape), _tensor_bytes(t))
         for name, t in module.state_dict().items()
     }
+    settings = {
+        (name, attribute): value
+        for name, part in module.named_modules()
+        for attribute, value in vars(part).items()
+        if not attribute.startswith("_") and attribute != "training" and _plain(value)
+    }
     kind = (type(module).__module__, type(module).__qualname__, repr(module))
-    return joblib.hash((kind, state))
+    return joblib.hash((kind, settings, state))
+
+
+def _plain(value):
+    if isinstance(value, (tuple, list)):
+        return all(_plain(item) for item in value)
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _tensor_bytes(tensor):

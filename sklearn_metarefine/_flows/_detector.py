@@ -20,12 +20,14 @@ from .._torch_utils import resolve_device, torch_seeded
 from .._utils import draw_seed, restored_on_failure, standardisation, standardise
 from ._modules import Flow
 from ._nets import (
+    DivergenceError,
     FlowNLLLoss,
     _FlowNet,
     _MAMLFlowNet,
     _undoable_warm_fit,
     check_finite_scores,
     check_same_flow,
+    far_from,
     continue_with,
     training_rows,
 )
@@ -286,6 +288,10 @@ class FlowDetector(OutlierMixin, BaseEstimator):
                     net.module_, X, mean, scale, projection, self.n_views
                 )
                 check_finite_scores(scores, X, self._net_kwargs()["optimizer__lr"])
+            except DivergenceError as error:
+                restore()
+                far = far_from(standardise(rows, mean, scale))
+                raise DivergenceError(f"{error} {far}".rstrip()) from None
             except BaseException:
                 restore()
                 raise

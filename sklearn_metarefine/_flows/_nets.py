@@ -223,6 +223,24 @@ def continue_with(net, settings):
         vars(net).update(optimizer)
 
 
+def far_from(coords):
+    """Why a warm fit may diverge whatever the learning rate: its rows lie far
+    from the first fit's standardisation, which it keeps; "" if they do not."""
+    largest = float(np.max(np.abs(coords), initial=0.0))
+    if largest <= _FAR:
+        return ""
+    return (
+        f"The rows lie up to {largest:.3g} standard deviations from the data of "
+        "the first fit, whose standardisation a warm fit keeps: fit them with "
+        "warm_start=False."
+    )
+
+
+# Standardised values beyond this are far from the data a flow was fitted on
+# (a Gaussian reaches 10 once in 1e23 draws).
+_FAR = 100.0
+
+
 def check_same_flow(detector):
     """Refuse a warm fit after set_params changed the flow's shape: the
     fitted flow cannot become another one by training."""

@@ -144,9 +144,10 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         Number of folds of the held-out scores (shuffled
         :class:`~sklearn.model_selection.KFold`; leave-one-out when fewer
         samples are kept than folds), for ``fence_scores="oof"`` and for the
-        boundary of ``contamination="auto"``. :meth:`fit` warns when the kept
-        set may fall below ``cv`` samples (the core, or ``min_samples``): the
-        held-out scores then come from fits on a handful of samples.
+        boundary of ``contamination="auto"``; exact copies of a sample share
+        its fold. :meth:`fit` warns when the kept set may fall below ``cv``
+        samples (the core, or ``min_samples``): the held-out scores then come
+        from fits on a handful of samples.
 
     start : {"full", "trimmed", "neighbors"}, default="full"
         Where refinement starts. ``"full"`` fits the whole training set first

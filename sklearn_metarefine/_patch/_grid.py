@@ -37,6 +37,30 @@ GRID_CONSTRAINTS = {
 _FLOAT32_SAFE = (1e-30, 1e30)
 
 
+# float32 keeps about 7 significant digits: a channel whose values lie
+# further from zero than this many times their spread loses its variation.
+_FLOAT32_OFFSET = 1e3
+# Patch vectors that set the offset, at most (evenly spaced).
+_OFFSET_SAMPLE = 10_000
+
+
+def _float32_offset(patches):
+    """Per-channel medians of ``patches`` ``(n, n_cells, n_channels)``, or
+    zeros, subtracted before the float32 arithmetic of the patch detectors.
+
+    Zeros unless a channel's median lies far from zero for its spread
+    (1e8 + N(0, 1) became constant in float32). One offset per channel, the
+    same in every cell, keeps the distances between patches of any cells.
+    """
+    rows = patches.reshape(-1, patches.shape[-1])
+    # Any centre near the data keeps the variation: a sample of rows will do.
+    rows = rows[:: -(-len(rows) // _OFFSET_SAMPLE)].astype(np.float64)
+    spread, median = rows.std(axis=0), np.median(rows, axis=0)
+    if not np.any((spread > 0) & (np.abs(median) > _FLOAT32_OFFSET * spread)):
+        return np.zeros(rows.shape[1])
+    return median
+
+
 def _float32_scale(X):
     """1.0, or the power of two that brings ``X``'s largest magnitude near 1."""
     largest = float(np.max(np.abs(X)))
@@ -69,9 +93,10 @@ class PatchGridMixin:
 
     The detector has the parameters of ``GRID_CONSTRAINTS`` plus ``sigma``,
     ``device`` and ``verbose``; ``_fit_patches`` sets ``features_``,
-    ``grid_shape_`` and ``input_scale_`` (rows of patch vectors are scored as
-    ``X / input_scale_``: 1.0 unless their magnitude would overflow or
-    vanish in float32). It gives both detectors ``decision_function`` and
+    ``grid_shape_``, ``input_offset_`` and ``input_scale_`` (patch vectors
+    are scored as ``(patch - input_offset_) / input_scale_``: 0 and 1.0
+    unless float32 would lose their variation, or their magnitude would
+    overflow or vanish in it). It gives both detectors ``decision_function`` and
     ``predict`` from their ``score_samples`` and ``offset_``.
     """
 
@@ -109,9 +134,11 @@ class PatchGridMixin:
                 self, X, dtype=[np.float64, np.float32], ensure_min_samples=2
             )
             self.grid_shape_ = self._check_grid(X.shape[1])
+            self.input_offset_ = _float32_offset(self._as_cells(X))
+            X = self._centred(X)
             self.input_scale_ = _float32_scale(X)
             return self._as_patches(X / self.input_scale_)
-        self.input_scale_ = 1.0
+        self.input_offset_, self.input_scale_ = 0.0, 1.0
         # Of an earlier fit with backbone=None.
         forget(self, "n_features_in_", "feature_names_in_")
         self.features_ = PatchFeatures(
@@ -139,10 +166,22 @@ class PatchGridMixin:
         check_is_fitted(self)
         if self.features_ is None:
             rows = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-            rows = rows / self.input_scale_
+            rows = self._centred(rows) / self.input_scale_
         else:
             rows = self.features_.transform(X)
         return self._as_patches(rows)
+
+    def _as_cells(self, rows):
+        """Rows ``(n, n_features)`` as ``(n, n_cells, n_channels)``, unconverted."""
+        return rows.reshape(len(rows), self.grid_shape_[0] * self.grid_shape_[1], -1)
+
+    def _centred(self, rows):
+        """Rows less ``input_offset_`` in every cell (a copy only if it is not 0)."""
+        # Model files saved before input_offset_ existed centred nothing.
+        offset = getattr(self, "input_offset_", 0.0)
+        if not np.any(offset):
+            return rows
+        return (self._as_cells(rows) - offset).reshape(len(rows), -1)
 
     def _as_patches(self, rows):
         n_cells = self.grid_shape_[0] * self.grid_shape_[1]

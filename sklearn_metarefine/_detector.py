@@ -465,7 +465,8 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             self.removed_at_iter_ = self.removed_at_iter_[copy_of]
             if self.contamination != "auto":  # a fraction of every training image
                 scores = refiner.score_samples(features)
-                self.offset_ = contamination_offset(scores, self.contamination)
+                offset = contamination_offset(scores, self.contamination)
+                self.offset_ = refiner.offset_ = offset  # pipeline_ predicts alike
         for name in ("thresholds_", "n_iter_", "termination_condition_"):
             setattr(self, name, getattr(refiner, name))
         return self._forget_other_fits()

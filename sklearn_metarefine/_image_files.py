@@ -188,14 +188,17 @@ def read_image(path):
     Warnings while decoding it (Pillow's of a very large image) name it too.
     """
     where = f"image file {os.fspath(path)!r}"
-    try:
-        with warnings_naming(path, stacklevel=4), Image.open(path) as image:
-            image.load()
-            return _pil_to_array(image, where, upright=True)
-    except Exception as error:
-        # PIL signals undecodable files with several types (OSError, SyntaxError,
-        # ValueError, DecompressionBombError); all mean the same here.
-        raise UnreadableImageError(f"cannot read {where}: {error}") from None
+    # Outside the try: a warning a filter turns into an error stays one.
+    with warnings_naming(path, stacklevel=4):
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return _pil_to_array(image, where, upright=True)
+        except Exception as error:
+            # PIL signals undecodable files with several types (OSError,
+            # SyntaxError, ValueError, DecompressionBombError); all mean the
+            # same here.
+            raise UnreadableImageError(f"cannot read {where}: {error}") from None
 
 
 def output_names(files, suffix):

@@ -97,7 +97,13 @@ def smallest_fit(
     )
     if not uses_held_out_scores(fence_scores, contamination):
         return smallest
-    return smallest - math.ceil(smallest / max(1, min(cv, smallest)))
+    return held_out_fit_size(smallest, cv)
+
+
+def held_out_fit_size(n_samples, cv):
+    """Fewest samples a fold's fit of :func:`held_out` sees: all but the
+    largest of ``min(cv, n_samples)`` folds."""
+    return n_samples - math.ceil(n_samples / max(1, min(cv, n_samples)))
 
 
 class FewHeldOutWarning(UserWarning):
@@ -285,10 +291,12 @@ def out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
             ) from exc
         return anomaly_score(model, X[test])
 
-    scores = held_out(X.shape[0], cv, seed, fit_and_score, distinct_rows(X)[1])
+    copy_of = distinct_rows(X)[1]
+    scores = held_out(X.shape[0], cv, seed, fit_and_score, copy_of)
     if not np.isfinite(scores).any():
+        n_folds = min(cv, int(copy_of.max()) + 1 if copy_of.max() else X.shape[0])
         raise ValueError(
-            f"{type(base).__name__}, fitted without each of {min(cv, X.shape[0])} "
+            f"{type(base).__name__}, fitted without each of {n_folds} "
             f"folds of the {X.shape[0]} samples kept after round {n_iter}, gives "
             f"every sample it did not see the anomaly score {scores[0]} (zero "
             "likelihood): held-out scores set no fence or boundary. Use a "
@@ -380,7 +388,7 @@ def boundary(removed, held_out, k, false_alarm_rate):
     normal = calibration_scores(removed, held_out, k)
     value = float(np.quantile(normal, 1.0 - false_alarm_rate))
     if removed is not None:
-        tolerance = _TIE_TOLERANCE * max(np.ptp(normal), abs(value))
+        tolerance = _TIE_TOLERANCE * np.ptp(normal)
         ties = removed[np.abs(removed - value) <= tolerance]
         if ties.size:
             value = float(np.nextafter(min(value, ties.min()), -np.inf))

@@ -475,6 +475,12 @@ def test_a_large_image_warning_names_the_file(tmp_path, fitted_on_images, monkey
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.warns(Image.DecompressionBombWarning, match=r"big.png: Image size"):
         fitted_on_images[0].transform([path])
+    # A filter that makes the warning an error gets the warning, not a refusal
+    # of the file (which --skip-unreadable would skip).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(Image.DecompressionBombWarning, match=r"big.png: Image size"):
+            read_image(path)
 
 
 @pytest.mark.parametrize(

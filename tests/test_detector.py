@@ -302,6 +302,7 @@ def test_a_float_contamination_flags_that_share_of_every_training_image():
     with pytest.warns(UserWarning, match="repeat other training images"):
         det.fit(X)
     assert np.sum(det.predict(X) == -1) == 4
+    np.testing.assert_array_equal(det.pipeline_.predict(X), det.predict(X))
 
 
 @pytest.mark.parametrize("Estimator", ["IQRRefiner", "MetaRefineDetector"])

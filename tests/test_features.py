@@ -683,3 +683,7 @@ def test_the_cache_keys_a_module_s_plain_settings(rgb, tmp_path):
     net.gain = 2.0
     second = features.fit_transform(rgb)
     np.testing.assert_allclose(second, 2 * first, rtol=1e-6)
+    # numpy numbers too
+    for gain in (np.float32(1.0), np.float32(3.0)):
+        net.gain = gain
+        np.testing.assert_allclose(features.fit_transform(rgb), gain * first, rtol=1e-6)

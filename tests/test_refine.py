@@ -711,6 +711,12 @@ def test_removed_samples_tied_with_the_boundary_up_to_rounding_are_flagged():
     assert np.all(removed > value)
     assert value > -1e-12  # and no further down than the rounding
     assert boundary(np.array([-0.5]), held_out, k=1.5, false_alarm_rate=0.05) == 0.0
+    # Far from zero, the tolerance follows the scores' spread, not their size:
+    # 1e-9 of 1e6 made a removed sample inside the normals a tie, and the
+    # boundary dropped below every normal score.
+    high = 1e6 + np.linspace(0.0, 1e-4, 50)
+    value = boundary(np.array([high[-1] - 5e-4]), high, k=1.5, false_alarm_rate=0.05)
+    assert np.mean(high > value) <= 0.06
     # Infinite scores (zero likelihood) make no tolerance infinite.
     held_out = np.r_[np.linspace(0.0, 1.0, 50), np.full(60, np.inf)]
     assert boundary(np.array([5.0]), held_out, k=1.5, false_alarm_rate=0.05) < 1.0
@@ -1115,4 +1121,7 @@ def test_held_out_scores_all_infinite_name_the_detector_and_the_way_out():
     with pytest.raises(ValueError, match="KernelDensity, fitted without each of 5 folds "
                        "of the 30 samples.*fence_scores='in_sample'"):
         IQRRefiner(narrow, random_state=0).fit(X)
+    # Copies share their fold: 3 distinct samples make 3 folds.
+    with pytest.raises(ValueError, match="without each of 3 folds of the 30 samples"):
+        IQRRefiner(narrow, random_state=0).fit(np.repeat(X[:3], 10, axis=0))
     IQRRefiner(narrow, fence_scores="in_sample", contamination=0.1).fit(X)

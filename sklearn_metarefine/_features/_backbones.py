@@ -10,6 +10,7 @@ import http.client
 import os
 
 import joblib
+import numpy as np
 import torch
 
 _LITE0_NAME = "efficientnet_lite0"
@@ -209,7 +210,7 @@ def _fingerprint(module):
 def _plain(value):
     if isinstance(value, (tuple, list)):
         return all(_plain(item) for item in value)
-    return value is None or isinstance(value, (bool, int, float, str))
+    return value is None or isinstance(value, (bool, int, float, str, np.generic))
 
 
 def _tensor_bytes(tensor):

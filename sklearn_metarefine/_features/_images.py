@@ -16,8 +16,8 @@ from ._embedding import _resize
 @contextlib.contextmanager
 def warnings_naming(path, stacklevel):
     """Re-emit the warnings of reading ``path`` (Pillow's of a very large
-    image) with its name in front; ``stacklevel`` counts from this function's
-    frame, through contextlib's, to the caller's."""
+    image) with its name in front, when the reading succeeded; ``stacklevel``
+    counts frames from this function's, through contextlib's."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
@@ -190,19 +190,21 @@ def _directory(path, index):
 def _read_file(path, index):
     """The pixels of an image file, with errors that name it."""
     where = f"X[{index}]: image file {os.fspath(path)!r}"
-    try:
-        with warnings_naming(path, stacklevel=5), Image.open(path) as image:
-            # Decode here, so that a truncated file fails inside this try.
-            image.load()
-            return _pil_to_array(image, where, upright=True)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(_missing_file(path, index)) from error
-    except IsADirectoryError as error:
-        raise IsADirectoryError(_directory(path, index)) from error
-    except _UnreadableImage:
-        raise
-    except Exception as error:
-        raise ValueError(f"{where}: cannot read image file: {error}") from error
+    # Outside the try: a warning a filter turns into an error stays one.
+    with warnings_naming(path, stacklevel=5):
+        try:
+            with Image.open(path) as image:
+                # Decode here, so that a truncated file fails inside this try.
+                image.load()
+                return _pil_to_array(image, where, upright=True)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(_missing_file(path, index)) from error
+        except IsADirectoryError as error:
+            raise IsADirectoryError(_directory(path, index)) from error
+        except _UnreadableImage:
+            raise
+        except Exception as error:
+            raise ValueError(f"{where}: cannot read image file: {error}") from error
 
 
 def _read_item(item, index):

@@ -97,8 +97,10 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         with the current training settings (learning rate, weight decay,
         MAML's, ``verbose``) and the fitted input standardisation and
         principal axes. A changed shape of the flow (``n_views``,
-        ``n_blocks``, ``hidden_size``, ``n_hidden_layers``, ``clamp``,
-        ``pca_components``) is refused.
+        ``n_blocks``, ``hidden_size``, ``n_hidden_layers``, ``clamp``) is
+        refused, and so is a ``pca_components`` of None, or of fewer axes,
+        where other axes were fitted; a larger one keeps the fitted axes
+        (it cannot be told from axes that few training rows limited).
     device : {"auto", "cpu", "cuda"}, str or torch.device, default="auto"
         Where the flow is trained and evaluated; "auto" picks CUDA when it
         is available.

@@ -11,7 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._features._backbones import _LITE0_NAME
 from .._flows import FlowDetector
-from .._rounds import held_out
+from .._rounds import held_out, held_out_fit_size
 from .._scores import (
     clean_tail_fraction,
     contamination_offset,
@@ -367,7 +367,7 @@ shape (n_samples, n_features) when ``backbone=None``
     def _held_out_scores(self, base, patches, seed):
         """Each image's largest patch score by a flow fitted without its fold."""
         n_images, n_cells = patches.shape[:2]
-        fewest = n_images - -(-n_images // min(self.cv, n_images))
+        fewest = held_out_fit_size(n_images, self.cv)
         if fewest * n_cells < 2:
             raise ValueError(
                 f"n_samples={n_images} images of {n_cells} patch: the held-out "

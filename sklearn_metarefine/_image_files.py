@@ -5,9 +5,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
-from ._features._images import _pil_to_array, warnings_naming
+from ._features._images import decode_file, warnings_naming
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -191,9 +189,7 @@ def read_image(path):
     # Outside the try: a warning a filter turns into an error stays one.
     with warnings_naming(path, stacklevel=4):
         try:
-            with Image.open(path) as image:
-                image.load()
-                return _pil_to_array(image, where, upright=True)
+            return decode_file(path, where)
         except Exception as error:
             # PIL signals undecodable files with several types (OSError,
             # SyntaxError, ValueError, DecompressionBombError); all mean the

@@ -187,16 +187,21 @@ def _directory(path, index):
     )
 
 
+def decode_file(path, where):
+    """The pixels of the image file ``path`` (decoded here, so that a
+    truncated file fails in the caller's ``try``), turned upright."""
+    with Image.open(path) as image:
+        image.load()
+        return _pil_to_array(image, where, upright=True)
+
+
 def _read_file(path, index):
     """The pixels of an image file, with errors that name it."""
     where = f"X[{index}]: image file {os.fspath(path)!r}"
     # Outside the try: a warning a filter turns into an error stays one.
     with warnings_naming(path, stacklevel=5):
         try:
-            with Image.open(path) as image:
-                # Decode here, so that a truncated file fails inside this try.
-                image.load()
-                return _pil_to_array(image, where, upright=True)
+            return decode_file(path, where)
         except FileNotFoundError as error:
             raise FileNotFoundError(_missing_file(path, index)) from error
         except IsADirectoryError as error:

@@ -471,6 +471,17 @@ def test_a_damaged_compressed_member_is_a_model_file_error(table, model_path):
         load(model_path)
 
 
+def test_a_damaged_directory_offset_is_a_model_file_error(table, model_path):
+    # zipfile seeked before the start of the file: OSError(22) with a traceback.
+    save(FlowDetector(**TINY_FLOW).fit(table), model_path)
+    data = bytearray(Path(model_path).read_bytes())
+    end_of_directory = data.rfind(b"PK\x05\x06")
+    data[end_of_directory + 17] ^= 0xFF  # the central directory's offset
+    Path(model_path).write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="damaged zip archive"):
+        load(model_path)
+
+
 def test_a_newer_format_is_refused_and_other_versions_warn(table, model_path):
     refiner = IQRRefiner(IsolationForest(random_state=0), random_state=0).fit(table)
     save(refiner, model_path)

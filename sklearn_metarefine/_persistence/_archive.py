@@ -7,6 +7,7 @@ every other member matches the SHA-256 the manifest records. Nothing here
 imports torch or unpickles.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -173,6 +174,11 @@ def read_archive(path):
         NotImplementedError,  # a damaged compression method
         RuntimeError,  # a damaged flag that says "encrypted"
     ) as error:
+        raise ModelFileError(f"{path!r}: damaged zip archive ({error}).") from None
+    except OSError as error:
+        if error.errno != errno.EINVAL:  # a failing disk, not a damaged file
+            raise
+        # A damaged directory offset sends zipfile to a position before the start.
         raise ModelFileError(f"{path!r}: damaged zip archive ({error}).") from None
     recorded = manifest["members"]
     if set(recorded) != set(members):

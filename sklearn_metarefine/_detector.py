@@ -467,8 +467,8 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
                 scores = refiner.score_samples(features)
                 offset = contamination_offset(scores, self.contamination)
                 self.offset_ = refiner.offset_ = offset  # pipeline_ predicts alike
-        for name in ("thresholds_", "n_iter_", "termination_condition_"):
-            setattr(self, name, getattr(refiner, name))
+        for attribute in ("thresholds_", "n_iter_", "termination_condition_"):
+            setattr(self, attribute, getattr(refiner, attribute))
         return self._forget_other_fits()
 
     def _forget_other_fits(self):

@@ -262,16 +262,14 @@ def held_out(n_samples, cv, seed, fit_and_score, copy_of=None):
 
     ``copy_of`` (from :func:`distinct_rows`) keeps the copies of a sample in
     its fold: a model fitted on one copy would score the other in-sample.
-    Copies of a single sample cannot be held out from each other: they fall
-    in folds of their own.
     """
-    if copy_of is None or copy_of.max() == 0:
+    if copy_of is None:
         copy_of = np.arange(n_samples)
-    n_distinct = int(copy_of.max()) + 1
+    n_groups = int(copy_of.max()) + 1
     scores = np.empty(n_samples, dtype=np.float64)
-    folds = KFold(n_splits=min(cv, n_distinct), shuffle=True, random_state=seed)
-    for fold, (_, test) in enumerate(folds.split(np.empty(n_distinct)), start=1):
-        in_test = np.isin(copy_of, test)
+    folds = KFold(n_splits=min(cv, n_groups), shuffle=True, random_state=seed)
+    for fold, (_, test_groups) in enumerate(folds.split(np.empty(n_groups)), start=1):
+        in_test = np.isin(copy_of, test_groups)
         test = np.flatnonzero(in_test)
         scores[test] = fit_and_score(fold, np.flatnonzero(~in_test), test)
     return scores
@@ -292,9 +290,11 @@ def out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
         return anomaly_score(model, X[test])
 
     copy_of = distinct_rows(X)[1]
+    if not copy_of.any():  # copies of one sample: each a fold of its own
+        copy_of = np.arange(X.shape[0])
     scores = held_out(X.shape[0], cv, seed, fit_and_score, copy_of)
     if not np.isfinite(scores).any():
-        n_folds = min(cv, int(copy_of.max()) + 1 if copy_of.max() else X.shape[0])
+        n_folds = min(cv, int(copy_of.max()) + 1)
         raise ValueError(
             f"{type(base).__name__}, fitted without each of {n_folds} "
             f"folds of the {X.shape[0]} samples kept after round {n_iter}, gives "

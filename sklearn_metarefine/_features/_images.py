@@ -317,14 +317,13 @@ class _ImageSequence:
 
 def _check_input_shape(input_shape):
     entries = list(np.ravel(input_shape))
-    if not all(is_whole(entry) and entry >= 1 for entry in entries):
-        entries = []  # refused below, not truncated
-    shape = tuple(int(entry) for entry in entries)
-    if len(shape) not in (2, 3):
+    # Whole numbers only: a fraction is refused, not truncated.
+    if len(entries) not in (2, 3) or not all(is_whole(e) and e >= 1 for e in entries):
         raise ValueError(
             f"input_shape must be (height, width) or (height, width, channels); got "
             f"{input_shape!r}."
         )
+    shape = tuple(int(entry) for entry in entries)
     if len(shape) == 3:
         _check_channels(
             shape[2],

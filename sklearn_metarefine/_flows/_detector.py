@@ -27,8 +27,8 @@ from ._nets import (
     _undoable_warm_fit,
     check_finite_scores,
     check_same_flow,
-    far_from,
     continue_with,
+    far_from,
     training_rows,
 )
 from ._projection import fit_projection, project

@@ -223,10 +223,15 @@ def continue_with(net, settings):
         vars(net).update(optimizer)
 
 
-def far_from(coords):
-    """Why a warm fit may diverge whatever the learning rate: its rows lie far
-    from the first fit's standardisation, which it keeps; "" if they do not."""
-    largest = float(np.max(np.abs(coords), initial=0.0))
+# Standardised values beyond this are far from the data a flow was fitted on
+# (a Gaussian reaches 10 once in 1e23 draws).
+_FAR = 100.0
+
+
+def far_from(std_rows):
+    """Why a warm fit may diverge whatever the learning rate: its rows,
+    standardised as the first fit's, lie far from them; "" if they do not."""
+    largest = float(np.max(np.abs(std_rows), initial=0.0))
     if largest <= _FAR:
         return ""
     return (
@@ -234,11 +239,6 @@ def far_from(coords):
         "the first fit, whose standardisation a warm fit keeps: fit them with "
         "warm_start=False."
     )
-
-
-# Standardised values beyond this are far from the data a flow was fitted on
-# (a Gaussian reaches 10 once in 1e23 draws).
-_FAR = 100.0
 
 
 def check_same_flow(detector):

@@ -286,13 +286,14 @@ def _train_counts(
     overlap,
 ):
     """Numbers of normal and anomalous training samples, checked against the pools."""
+    exact = _exact(noise)
     if train_size is None:
         n_normal = n_normal_pool
-        n_anomalous = _round_half_up(_exact(noise) * n_normal / (1 - _exact(noise)))
+        n_anomalous = _round_half_up(exact * n_normal / (1 - exact))
         largest_noise = n_anomalous_pool / max(n_normal + n_anomalous_pool, 1)
         smallest_noise = 0.5 / (n_normal + 0.5)  # rounds to one anomaly
     else:
-        n_anomalous = _round_half_up(_exact(noise) * train_size)
+        n_anomalous = _round_half_up(exact * train_size)
         n_normal = train_size - n_anomalous
         largest_noise = n_anomalous_pool / train_size
         smallest_noise = 0.5 / train_size
@@ -346,8 +347,9 @@ def _train_counts(
 
 def _largest_train_size(noise, n_anomalous):
     """Largest training set whose rounded anomaly count stays within n_anomalous."""
-    train_size = math.floor((n_anomalous + Fraction(1, 2)) / _exact(noise))
-    while _round_half_up(_exact(noise) * train_size) > n_anomalous:
+    exact = _exact(noise)
+    train_size = math.floor((n_anomalous + Fraction(1, 2)) / exact)
+    while _round_half_up(exact * train_size) > n_anomalous:
         train_size -= 1
     return train_size
 

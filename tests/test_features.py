@@ -545,6 +545,39 @@ def test_read_only_memmap_input(rgb, tmp_path):
     )
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+def test_strided_arrays_are_embedded_as_their_copies(rgb, dtype):
+    # A channels-first stack seen as (n, H, W, C), a flipped and a strided view.
+    channels_first = np.ascontiguousarray(rgb.transpose(0, 3, 1, 2)).astype(dtype)
+    if dtype is np.float32 or dtype is np.float64:
+        channels_first /= 255.0
+    views = [
+        channels_first.transpose(0, 2, 3, 1),
+        channels_first.transpose(0, 2, 3, 1)[:, ::-1],
+        channels_first.transpose(0, 2, 3, 1)[::2, :, ::2],
+    ]
+    features = tiny().fit(views[0])
+    for view in views:
+        before = view.copy()
+        np.testing.assert_array_equal(
+            features.transform(view), features.transform(np.ascontiguousarray(view))
+        )
+        np.testing.assert_array_equal(view, before)
+
+
+def test_channels_first_memory_is_not_gathered_on_the_cpu():
+    from sklearn_metarefine._features._images import _to_unit_tensor
+
+    channels_first = np.random.RandomState(0).rand(2, 3, 6, 5).astype(np.float32)
+    view = channels_first.transpose(0, 2, 3, 1)
+    # The (n, 3, H, W) tensor the device receives is the caller's memory as it
+    # lies, not a C-ordered copy made on the CPU first.
+    tensor = _to_unit_tensor(view, "cpu")
+    assert tensor.is_contiguous()
+    assert np.shares_memory(tensor.numpy(), channels_first)
+    np.testing.assert_array_equal(tensor.numpy(), channels_first)
+
+
 def test_pickle_round_trip(rgb):
     features = tiny(n_views=2).fit(rgb)
     restored = pickle.loads(pickle.dumps(features))

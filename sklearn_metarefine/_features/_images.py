@@ -236,20 +236,33 @@ def _read_item(item, index):
     return array
 
 
+def _cpu_tensor(batch, dtype):
+    """``batch`` as a CPU tensor of ``dtype``, in the memory layout it has.
+
+    An array that is a permuted view of dense memory (a channels-first stack
+    seen as (B, H, W, C)) is not gathered into C order here: the copy to the
+    device keeps its strides, and the device reorders it. On a GPU, that
+    gather on the CPU took longer than the CNN itself.
+    """
+    if batch.dtype != dtype:
+        batch = batch.astype(dtype)  # order "K": keeps the layout
+    if not batch.flags.writeable or min(batch.strides, default=0) < 0:
+        # torch takes no negative strides, and wants memory it may write.
+        batch = np.array(batch, order="C")
+    return torch.from_numpy(batch)
+
+
 def _to_unit_tensor(batch, device):
     """(B, H, W, C) array -> (B, 3, H, W) float32 tensor in [0, 1] on ``device``."""
-    # torch wants writable memory; read-only input (decoded files, memmaps) is copied.
     if _is_uint16(batch.dtype):
         # 16-bit intensities, divided by 65535 as for 16-bit image files,
         # whatever the largest value (a dark frame is no 8-bit image).
-        tensor = torch.from_numpy(batch.astype(np.float32)).to(device)
-        tensor = tensor.div_(_MAX_16BIT)
+        tensor = _cpu_tensor(batch, np.float32).to(device).div(_MAX_16BIT)
     elif batch.dtype.kind in "ui":
         # Ship 8-bit data to the device and convert there: 4x less to copy.
-        batch = np.require(batch, np.uint8, ["C", "W"])
-        tensor = torch.from_numpy(batch).to(device).float().div_(255.0)
+        tensor = _cpu_tensor(batch, np.uint8).to(device).float().div_(255.0)
     else:
-        tensor = torch.from_numpy(np.require(batch, np.float32, ["C", "W"])).to(device)
+        tensor = _cpu_tensor(batch, np.float32).to(device)
     tensor = tensor.permute(0, 3, 1, 2)
     return tensor.expand(-1, 3, -1, -1) if tensor.shape[1] == 1 else tensor
 

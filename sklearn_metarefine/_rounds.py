@@ -203,13 +203,23 @@ def check_novelty(estimator):
     the removed samples, new data), which needs ``novelty=True``.
     """
     get_params = getattr(estimator, "get_params", None)
-    if get_params is not None and get_params(deep=False).get("novelty") is False:
-        name = type(estimator).__name__
+    if get_params is None:
+        return
+    name = type(estimator).__name__
+    if get_params(deep=False).get("novelty") is False:
         raise InvalidParameterError(
             f"The 'estimator' parameter of IQRRefiner got {name}(novelty=False), "
             f"which scores only the samples it was fitted on; the refinement "
             f"scores samples it did not see. Pass {name}(novelty=True)."
         )
+    for key, value in get_params(deep=True).items():
+        if key.endswith("__novelty") and value is False:
+            raise InvalidParameterError(
+                f"The 'estimator' parameter of IQRRefiner got a {name} whose "
+                f"{key} is False: that part scores only the samples it was "
+                f"fitted on, and the refinement scores samples it did not see. "
+                f"Use set_params({key}=True)."
+            )
 
 
 def uses_warm_refits(estimator, refit):
@@ -293,6 +303,7 @@ def out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
     if not copy_of.any():  # copies of one sample: each a fold of its own
         copy_of = np.arange(X.shape[0])
     scores = held_out(X.shape[0], cv, seed, fit_and_score, copy_of)
+    refuse_nan(scores, base, n_iter, "by models fitted without them")
     if not np.isfinite(scores).any():
         n_folds = min(cv, int(copy_of.max()) + 1)
         raise ValueError(
@@ -304,6 +315,38 @@ def out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
             "fence_scores='in_sample' with a float contamination."
         )
     return scores
+
+
+def refuse_nan(scores, base, n_iter, scored_by):
+    """Refuse fence scores with NaN, naming the detector and the round."""
+    n_nan = int(np.isnan(scores).sum())
+    if n_nan:
+        raise ValueError(
+            f"{type(base).__name__} gives NaN anomaly scores to {n_nan} of the "
+            f"{scores.size} samples kept after round {n_iter} (scored {scored_by}): "
+            "the fence is undefined. NaN scores usually mean the detector "
+            "failed numerically on these samples (an overflow, a singular "
+            "covariance)."
+        )
+
+
+def in_sample_anomaly_scores(estimator, base, X_kept, n_iter):
+    """Anomaly scores of the kept samples by the model fitted on them."""
+    scores = anomaly_score(estimator, X_kept)
+    refuse_nan(scores, base, n_iter, "by the model fitted on them")
+    return scores
+
+
+def with_copies(base, estimator, X_kept, warm, n_iter):
+    """The model of a trimmed core, refitted on the kept rows if they repeat.
+
+    The core's model is fitted on distinct rows (:func:`trimmed_core`); when
+    no round refits it, ``estimator_`` must still be the detector fitted on
+    ``X[inlier_mask_]``, copies included.
+    """
+    if distinct_rows(X_kept)[0].size == X_kept.shape[0]:
+        return estimator
+    return refit(base, estimator, X_kept, warm, after_round=n_iter)
 
 
 def inside_fence(estimator, X, kept, scores, fence, readmit):
@@ -412,6 +455,9 @@ def decision_offset(refiner, estimator, base, X, kept, scores, fold_seed):
         )
     )
     removed = anomaly_score(estimator, X[~kept]) if (~kept).any() else None
+    if removed is not None:
+        # Removed samples the final model gives no score are flagged alike.
+        removed = np.where(np.isnan(removed), np.inf, removed)
     return -boundary(removed, held_out, refiner.k, refiner.false_alarm_rate)
 
 

@@ -82,9 +82,11 @@ def contamination_offset(scores, contamination):
     just below the lowest finite score: ``predict`` then flags every ``-inf``
     sample, the most anomalous there are, and no finite one. An infinite
     offset would make ``decision_function`` ``nan`` for them, which
-    ``predict`` calls normal.
+    ``predict`` calls normal. ``nan`` scores (samples the detector gives no
+    score) count as ``-inf``: the first flagged.
     """
     scores = np.asarray(scores, dtype=np.float64)
+    scores = np.where(np.isnan(scores), -np.inf, scores)
     finite = scores[np.isfinite(scores)]
     if finite.size == 0:
         raise ValueError(

@@ -1125,3 +1125,84 @@ def test_held_out_scores_all_infinite_name_the_detector_and_the_way_out():
     with pytest.raises(ValueError, match="without each of 3 folds of the 30 samples"):
         IQRRefiner(narrow, random_state=0).fit(np.repeat(X[:3], 10, axis=0))
     IQRRefiner(narrow, fence_scores="in_sample", contamination=0.1).fit(X)
+
+
+class _NaNBeyondRange(OutlierMixin, BaseEstimator):
+    """Gaussian log-density, NaN for samples 20 standard deviations or more
+    out and for those below the ``nan_fraction`` quantile of the first feature."""
+
+    def __init__(self, nan_fraction=0.0):
+        self.nan_fraction = nan_fraction
+
+    def fit(self, X, y=None):
+        X = validate_data(self, X)
+        self.mean_, self.scale_ = X.mean(0), X.std(0)
+        self.cut_ = -np.inf
+        if self.nan_fraction:
+            self.cut_ = np.quantile(X[:, 0], self.nan_fraction)
+        return self
+
+    def score_samples(self, X):
+        X = validate_data(self, X, reset=False)
+        scores = -0.5 * (((X - self.mean_) / self.scale_) ** 2).sum(1)
+        scores[scores < -200.0] = np.nan
+        scores[X[:, 0] < self.cut_] = np.nan
+        return scores
+
+
+def _normal_and_far(seed=0):
+    rng = np.random.RandomState(seed)
+    return np.vstack([rng.normal(size=(95, 2)), rng.normal(15, 0.3, size=(5, 2))])
+
+
+def test_samples_the_detector_cannot_score_are_flagged_not_passed():
+    # A removed sample the final model scores NaN made a float contamination's
+    # offset_ NaN, and predict called every sample normal.
+    X = _normal_and_far()
+    for contamination in (0.1, "auto"):
+        refiner = IQRRefiner(
+            _NaNBeyondRange(), contamination=contamination, random_state=0
+        ).fit(X)
+        assert np.isfinite(refiner.offset_)
+        assert np.isnan(refiner.score_samples([[30.0, 30.0]])).all()
+        np.testing.assert_array_equal(refiner.predict([[30.0, 30.0]]), [-1])
+        if contamination == 0.1:
+            assert (refiner.predict(X) == -1).sum() == 10
+            assert (refiner.predict(X[95:]) == -1).all()
+
+
+def test_nan_fence_scores_name_the_detector_and_the_round():
+    # The error said only "scores contain NaN; the fence is undefined."
+    X = _normal_and_far()
+    for fence_scores in ("oof", "in_sample"):
+        with pytest.raises(ValueError, match=(
+                r"_NaNBeyondRange gives NaN anomaly scores to \d+ of the 100 samples "
+                r"kept after round 0 \(scored by .*\): the fence is undefined")):
+            IQRRefiner(_NaNBeyondRange(nan_fraction=0.5), fence_scores=fence_scores,
+                       random_state=0).fit(X)
+
+
+def test_lof_without_novelty_inside_a_pipeline_is_refused_with_the_fix():
+    X = _normal_and_far()
+    pipeline = make_pipeline(StandardScaler(), LocalOutlierFactor())
+    with pytest.raises(ValueError, match=re.escape(
+            "set_params(localoutlierfactor__novelty=True)")):
+        IQRRefiner(pipeline).fit(X)
+    pipeline.set_params(localoutlierfactor__novelty=True)
+    assert IQRRefiner(pipeline, random_state=0).fit(X).predict(X[95:]).min() == -1
+
+
+@pytest.mark.parametrize("start", ["trimmed", "neighbors"])
+def test_a_trimmed_start_that_stops_at_once_fits_on_the_kept_rows(start):
+    # The core's model is fitted on distinct rows; when the first round stops
+    # the refinement, estimator_ was left fitted without the kept copies.
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.RandomState(0)
+    normal = rng.normal(size=(100, 2))
+    X = np.vstack([normal, normal[:30], normal[:30], rng.normal(6, 0.5, (40, 2))])
+    refiner = IQRRefiner(GaussianMixture(1, random_state=0), start=start, k=0.0,
+                         min_samples=1.0, random_state=0).fit(X)
+    assert refiner.n_iter_ == 1 and refiner.termination_condition_ == "min_samples"
+    by_hand = GaussianMixture(1, random_state=0).fit(X[refiner.inlier_mask_])
+    np.testing.assert_allclose(refiner.estimator_.means_, by_hand.means_)

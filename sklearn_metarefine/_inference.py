@@ -20,6 +20,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
+from ._atomic import temporary_name
 from ._image_files import (
     PATH_ERRORS,
     InputError,
@@ -207,6 +208,7 @@ def score_files(
     counts = {"scored": 0, "anomalous": 0, "skipped": 0}
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     partial = results_files(output)[1]
+    pending = []  # (map written aside, its name), renamed once all are scored
     bar = tqdm(total=len(files), unit="image", desc="Scoring", disable=not progress)
     try:
         with open(
@@ -218,7 +220,8 @@ def score_files(
                 batch = files[start : start + batch_size]
                 names = map_names[start : start + batch_size] if maps else None
                 rows = _score_batch(
-                    model, batch, names, maps, threshold, source, skip_unreadable
+                    model, batch, names, maps, threshold, source, skip_unreadable,
+                    pending,
                 )
                 for row in rows:
                     key = "skipped" if row[2] == "skipped" else "scored"
@@ -227,9 +230,15 @@ def score_files(
                 writer.writerows(rows)
                 handle.flush()
                 bar.update(len(batch))
+        # The maps replace earlier ones with the CSV that names them, not
+        # batch by batch: an interrupted run leaves the earlier maps and CSV.
+        for written, path in pending:
+            os.replace(written, path)
         os.replace(partial, output)
     finally:
         bar.close()
+        for written, _ in pending:
+            written.unlink(missing_ok=True)
         if os.path.exists(partial):
             os.unlink(partial)
     return ScoreResult(
@@ -317,8 +326,11 @@ def _scores_and_maps(model, images):
     return anomaly, maps
 
 
-def _score_batch(model, files, map_names, maps, threshold, source, skip_unreadable):
-    """The CSV rows of one batch, in the order of ``files``."""
+def _score_batch(
+    model, files, map_names, maps, threshold, source, skip_unreadable, pending
+):
+    """The CSV rows of one batch, in the order of ``files``; its maps are
+    written under temporary names, added to ``pending`` with their own."""
     images, errors = _read_batch(files, skip_unreadable)
     if maps is not None:
         anomaly, anomaly_maps = _scores_and_maps(model, images)
@@ -339,8 +351,11 @@ def _score_batch(model, files, map_names, maps, threshold, source, skip_unreadab
             overlay_path.parent.mkdir(parents=True, exist_ok=True)
             values = anomaly_maps[scored]
             overlay = map_overlay(images[scored], values, threshold)
-            overlay.save(overlay_path, pnginfo=_map_mark())
-            np.save(values_path, np.asarray(values, dtype=np.float32))
+            aside = temporary_name(overlay_path), temporary_name(values_path)
+            pending += zip(aside, (overlay_path, values_path))
+            overlay.save(aside[0], format="PNG", pnginfo=_map_mark())
+            with open(aside[1], "xb") as file:
+                np.save(file, np.asarray(values, dtype=np.float32))
             row += [os.fspath(overlay_path), os.fspath(values_path)]
         rows.append(row)
         scored += 1

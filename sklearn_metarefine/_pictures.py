@@ -53,7 +53,7 @@ def contact_sheet(entries, path, *, title, columns=8, thumbnail=128):
         for n, line in enumerate(lines):
             y = top + thumbnail + 2 + n * _CAPTION_LINE
             draw.text((left, y), line, fill="black")
-    sheet.save(path)
+    sheet.save(path, format="PNG")
 
 
 def map_overlay(pixels, anomaly_map, threshold):

@@ -11,6 +11,7 @@ from pathlib import Path
 from sklearn.utils._param_validation import InvalidParameterError
 from tqdm.auto import tqdm
 
+from ._atomic import temporary_name
 from ._image_files import (
     PATH_ERRORS,
     InputError,
@@ -210,7 +211,7 @@ def _report(detector, level, paths, csv_path, sheet_path):
         summary = f"the refinement dropped {len(rows)}" + _axes_note(detector)
         what = "dropped"
         legend = "anomaly score, round"
-    with open(csv_path, "w", newline="", encoding="utf-8", errors=PATH_ERRORS) as file:
+    with open(csv_path, "x", newline="", encoding="utf-8", errors=PATH_ERRORS) as file:
         writer = csv.writer(file)
         writer.writerow(header)
         for path, score, *rest in rows:
@@ -330,20 +331,33 @@ def fit_folder(
         detector.fit(paths)
     quiet(detector)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    save(detector, output)
-
     report_csv, sheet, skipped_csv = report_paths(output, level)
-    # Reports left by an earlier run would describe another model or files.
-    for other in set(_REPORTS) - {level}:
-        for path in report_paths(output, other)[:2]:
-            path.unlink(missing_ok=True)
-    skipped_csv.unlink(missing_ok=True)
-    n_listed, summary = _report(detector, level, paths, report_csv, sheet)
-    if skipped:
-        with open(skipped_csv, "w", newline="", encoding="utf-8", errors=PATH_ERRORS) as file:
-            writer = csv.writer(file)
-            writer.writerow(["path", "error"])
-            writer.writerows(skipped)
+    # The reports (seconds of scoring) are written aside first, then the model
+    # and they replace the old ones together: an interruption leaves the old
+    # model with its reports, or the new one with its own.
+    aside = {path: temporary_name(path) for path in (report_csv, sheet, skipped_csv)}
+    try:
+        n_listed, summary = _report(detector, level, paths, aside[report_csv],
+                                    aside[sheet])
+        if skipped:
+            with open(aside[skipped_csv], "x", newline="", encoding="utf-8",
+                      errors=PATH_ERRORS) as file:
+                writer = csv.writer(file)
+                writer.writerow(["path", "error"])
+                writer.writerows(skipped)
+        save(detector, output)
+        for path, written in aside.items():
+            if written.exists():
+                os.replace(written, path)
+            else:  # left by an earlier run: it would describe other files
+                path.unlink(missing_ok=True)
+        # Reports of the other level would describe another model.
+        for other in set(_REPORTS) - {level}:
+            for path in report_paths(output, other)[:2]:
+                path.unlink(missing_ok=True)
+    finally:
+        for written in aside.values():
+            written.unlink(missing_ok=True)
     return FitResult(
         model=Path(output),
         report_csv=report_csv,

@@ -21,7 +21,12 @@ from sklearn_metarefine._image_files import (
     output_names,
     read_image,
 )
-from sklearn_metarefine._inference import COLUMNS, MAP_COLUMNS, score_files
+from sklearn_metarefine._inference import (
+    COLUMNS,
+    MAP_COLUMNS,
+    _score_batch,
+    score_files,
+)
 from sklearn_metarefine._training import report_paths
 from sklearn_metarefine.datasets import make_surfaces
 
@@ -265,6 +270,36 @@ def test_fit_writes_model_and_report_of_dropped_files(folders, fitted):
         str(folders / "train/line2/corrupt.png")
     ]
     assert "cannot read image file" in skipped[0]["error"]
+
+
+@pytest.mark.parametrize("stage", ["csv", "contact_sheet", "save"])
+def test_an_interrupted_fit_leaves_the_old_model_with_its_reports(
+    folders, fitted, tmp_path, monkeypatch, stage
+):
+    # The model was saved first, then its reports written over seconds of
+    # scoring: Ctrl-C there left a new model beside a half-written CSV or the
+    # contact sheet of the model before.
+    for path in fitted.parent.glob("line.*"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    model = tmp_path / fitted.name
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    assert len(before) == 4  # model, dropped CSV and sheet, skipped CSV
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    target = {"csv": "csv.writer", "contact_sheet": "contact_sheet", "save": "save"}
+    monkeypatch.setattr(f"sklearn_metarefine._training.{target[stage]}", interrupt)
+    command = ["fit", str(folders / "train"), "--output", str(model), "--no-progress",
+               "--skip-unreadable", *TINY, "--seed", "1"]  # the last --seed counts
+    assert main(command) == 130
+    after = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    assert after == before
+
+    monkeypatch.undo()
+    assert main(command) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(before)
+    assert model.read_bytes() != before[model.name]
 
 
 def test_score_stops_at_an_unreadable_file_and_leaves_no_csv(folders, fitted, capsys):
@@ -700,6 +735,47 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys, monkeypatch):
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"would write over {photo}, which is not a map" in error
     assert photo.read_bytes() == before and not (root / "x.csv").exists()
+
+
+def test_an_interrupted_score_leaves_the_earlier_maps_and_csv(
+    surfaces, tmp_path, monkeypatch
+):
+    # Maps were written batch by batch: Ctrl-C in the second batch left the
+    # earlier CSV naming maps redrawn for another threshold.
+    root, _ = surfaces
+    model = tmp_path / "plates.metarefine"
+    assert main(["fit", str(root / "train"), "--output", str(model), "--level", "patch",
+                 "--image-size", str(SURFACE_SIZE), "--device", "cpu", "--seed", "0",
+                 "--skip-unreadable", "--no-progress"]) == 0
+    output, maps = tmp_path / "results.csv", tmp_path / "maps"
+    command = ["score", str(model), str(root / "new"), "--output", str(output),
+               "--maps", str(maps), "--skip-unreadable", "--batch-size", "2",
+               "--no-progress"]
+    assert main(command) == 0
+
+    def files():
+        found = [output, *maps.rglob("*")]
+        return {path: path.read_bytes() for path in found if path.is_file()}
+
+    before = files()
+    assert len(before) == 1 + 2 * 5
+    batches = []
+    score_batch = _score_batch
+
+    def interrupted(*args):
+        batches.append(args)
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+        return score_batch(*args)
+
+    monkeypatch.setattr("sklearn_metarefine._inference._score_batch", interrupted)
+    assert main([*command, "--threshold", "1e9"]) == 130
+    assert files() == before
+
+    monkeypatch.undo()
+    assert main([*command, "--threshold", "1e9"]) == 0
+    after = files()
+    assert sorted(after) == sorted(before) and after != before
 
 
 def test_patch_level_report_with_a_float_contamination(surfaces, tmp_path):

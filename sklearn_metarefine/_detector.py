@@ -235,7 +235,7 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Seeds the flow and the refinement.
     verbose : int, default=0
-        Progress of the CNN, one line per refinement round, the flow's epochs.
+        Progress of the CNN, refinement rounds and flow epochs, or patch steps.
 
     Attributes
     ----------

@@ -1,5 +1,7 @@
 """PatchFlowDetector: the position code, maps, cleaning, threshold and parameters."""
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -217,3 +219,20 @@ def test_two_one_patch_images_ask_for_more_before_the_held_out_fits():
     with pytest.raises(ValueError, match="n_samples=2 images of 1 patch.*at least 3 images"):
         detector.fit(X)
     detector.set_params(contamination=0.1).fit(X)  # no held-out fits
+
+
+def test_verbose_says_when_each_flow_is_fitted(capsys):
+    # The held-out fits took seconds to minutes with no output at any verbose.
+    X, _ = grids(10, seed=0)
+    small(verbose=0).fit(X)
+    assert capsys.readouterr().out == ""
+    small(verbose=1).fit(X)
+    lines = [re.sub(r" [0-9.]+ s$", "", line) for line in
+             capsys.readouterr().out.splitlines()]
+    stages = [f"flow fitted without fold {fold} of 5" for fold in range(1, 6)]
+    stages.append("flow fitted on the 10 kept images")
+    assert lines == [
+        f"PatchFlowDetector: {stage}{end}"
+        for stage in stages
+        for end in ("...", ": done in")
+    ]

@@ -134,7 +134,9 @@ class PatchCoreDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     device : {"auto", "cpu", "cuda"}, str or torch.device, default="auto"
         Where the CNN and the nearest-neighbour search run.
     verbose : int, default=0
-        Progress of the CNN.
+        Progress of the CNN, and a line before and after each longer step
+        of :meth:`fit` (the coreset, the bank cleaning, the scores without
+        each image, the search cells).
     random_state : int, RandomState instance or None, default=None
         Seeds the coreset's shuffle and projection (and the weights if random).
 
@@ -318,16 +320,19 @@ shape (n_samples, n_features) when ``backbone=None``
         images = torch.arange(n_images, device=self.device_)
         images = images.repeat_interleave(n_cells)
 
-        bank = self._select(flat, generator)
+        with self._stage(f"coreset of {len(flat)} patches"):
+            bank = self._select(flat, generator)
         self.n_patches_selected_ = len(bank)
         self.inlier_mask_ = np.ones(n_images, dtype=bool)
         if self.bank_cleaning == "images":
             loo = self._leave_one_image_out(flat, images, bank, n_images)
             self.inlier_mask_ = _fence_keep(loo.max(1), self.k)
             kept = torch.from_numpy(self.inlier_mask_).to(self.device_)[images]
-            bank = torch.nonzero(kept)[:, 0][self._select(flat[kept], generator)]
+            with self._stage(f"coreset of the {int(kept.sum())} kept patches"):
+                bank = torch.nonzero(kept)[:, 0][self._select(flat[kept], generator)]
         elif self.bank_cleaning == "patches":
-            support = self._support(flat, images, bank, n_images, generator)
+            with self._stage(f"support of the {len(bank)} bank patches"):
+                support = self._support(flat, images, bank, n_images, generator)
             keep = _fence_keep(support, self.k, fence=majority_fence)
             bank = bank[torch.from_numpy(keep).to(bank.device)]
         loo = self._leave_one_image_out(flat, images, bank, n_images)
@@ -404,7 +409,8 @@ shape (n_samples, n_features) when ``backbone=None``
         """Keep the bank, sorted into the cells of the inverted-file search."""
         n_cells = len(bank) // _CELL_SIZE
         if self.algorithm == "ivf" and n_cells > 1:
-            order, offsets, centers = kmeans_cells(bank, n_cells, generator)
+            with self._stage(f"{n_cells} search cells of the {len(bank)} bank patches"):
+                order, offsets, centers = kmeans_cells(bank, n_cells, generator)
             bank, bank_images = bank[order], bank_images[order]
             self.cell_offsets_ = offsets.cpu().numpy()
             self.cell_centers_ = centers.cpu().numpy()
@@ -417,7 +423,8 @@ shape (n_samples, n_features) when ``backbone=None``
     def _leave_one_image_out(self, flat, images, bank, n_images):
         """Per-patch distances ``(n_images, n_cells)`` to the bank without the
         patch's own image."""
-        distances, _ = nearest_distances(flat, flat[bank], images, images[bank])
+        with self._stage(f"{n_images} images scored without their own patches"):
+            distances, _ = nearest_distances(flat, flat[bank], images, images[bank])
         return distances.cpu().numpy().reshape(n_images, -1)
 
     def _patch_scores_of(self, patches):

@@ -127,7 +127,8 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     device : {"auto", "cpu", "cuda"}, str or torch.device, default="auto"
         Where the CNN and the flow run.
     verbose : int, default=0
-        Progress of the CNN.
+        Progress of the CNN, and a line before and after each fit of the
+        flow in :meth:`fit` (one without each fold, and the final one).
     random_state : int, RandomState instance or None, default=None
         Seeds the folds and the flows (and the weights if random).
 
@@ -296,7 +297,9 @@ shape (n_samples, n_features) when ``backbone=None``
         self.inlier_mask_ = np.ones(len(patches), dtype=bool)
         if cleaning:
             self.inlier_mask_ = _fence_keep(self.train_scores_, self.k)
-        self.flow_ = clone(base).fit(self._rows(patches[self.inlier_mask_]))
+        kept = patches[self.inlier_mask_]
+        with self._stage(f"flow fitted on the {len(kept)} kept images"):
+            self.flow_ = clone(base).fit(self._rows(kept))
 
         if self.contamination == "auto":
             scores = self.train_scores_
@@ -377,8 +380,11 @@ shape (n_samples, n_features) when ``backbone=None``
                 "contamination without image cleaning."
             )
 
+        n_folds = min(self.cv, n_images)
+
         def fit_and_score(fold, train, test):
-            flow = clone(base).fit(self._rows(patches[train]))
+            with self._stage(f"flow fitted without fold {fold} of {n_folds}"):
+                flow = clone(base).fit(self._rows(patches[train]))
             nll = -flow.score_samples(self._rows(patches[test]))
             return nll.reshape(len(test), -1).max(1)
 

@@ -1,6 +1,8 @@
 """What the patch detectors share: images (or rows) to patch grids, grids to maps."""
 
+import contextlib
 import os
+import time
 
 import numpy as np
 import torch
@@ -125,6 +127,18 @@ class PatchGridMixin:
         labels : ndarray of shape (n_samples,), dtype int
         """
         return np.where(self.decision_function(X) < 0, -1, 1)
+
+    @contextlib.contextmanager
+    def _stage(self, what):
+        """When ``verbose``, a line before and after a long step of ``fit``."""
+        if not self.verbose:
+            yield
+            return
+        name, start = type(self).__name__, time.perf_counter()
+        print(f"{name}: {what}...", flush=True)
+        yield
+        seconds = time.perf_counter() - start
+        print(f"{name}: {what}: done in {seconds:.1f} s", flush=True)
 
     def _fit_patches(self, X, seed):
         """Patch vectors ``(n_images, n_cells, n_channels)`` of the training set."""

@@ -7,6 +7,7 @@ arguments; the work is done in ``_benchmark``, ``_training`` and ``_inference``.
 import argparse
 import contextlib
 import json
+import math
 import sys
 import warnings
 
@@ -67,6 +68,14 @@ def _seed(text):
         raise argparse.ArgumentTypeError(
             f"must be an integer from 0 to {2**32 - 1}, got {value}"
         )
+    return value
+
+
+def _finite(text):
+    """A finite float, refused as written (1e400 is no "inf")."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
@@ -336,7 +345,7 @@ def _add_score_parser(commands):
     )
     score.add_argument(
         "--threshold",
-        type=float,
+        type=_finite,
         metavar="T",
         help="anomaly-score threshold (default: the model's); a negative one "
         "written with an exponent needs '=': --threshold=-1e3",

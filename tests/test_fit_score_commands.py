@@ -398,10 +398,6 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(
         (["fit", new, "--output", str(tmp_path / "a_file" / "m")], "lies below the file"),
         (["score", str(fitted), new, "--output", str(tmp_path)], "is a folder"),
         (
-            ["score", str(fitted), new, "--output", "x.csv", "--threshold", "nan"],
-            "--threshold must be a finite number, got nan",
-        ),
-        (
             ["score", str(fitted), new, "--output", "x.csv", "--maps", str(tmp_path / "a_file")],
             "is a file; give a folder for the maps",
         ),
@@ -410,6 +406,19 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(
         assert main(argv) == 1
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert error.startswith(f"metarefine {argv[0]}: error: --") and message in error
+
+
+@pytest.mark.parametrize("threshold", ["nan", "inf", "1e400", "-1e999"])
+def test_a_threshold_beyond_the_numbers_is_refused_as_written(
+    folders, fitted, capsys, threshold
+):
+    # 1e400 was refused as "got inf".
+    argv = ["score", str(fitted), str(folders / "new"), "--output", "x.csv"]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, f"--threshold={threshold}"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith(f"--threshold: must be a finite number, got {threshold}")
 
 
 def test_a_folder_where_a_report_goes_is_refused_before_the_model_is_replaced(

@@ -21,8 +21,13 @@ def atomic_write(path, write, *, mode="w"):
     temporary = temporary_name(path)
     created = False
     try:
-        with open(temporary, mode.replace("w", "x")) as file:
-            created = True
+        try:
+            file = open(temporary, mode.replace("w", "x"))
+        except OSError as error:
+            # Name the file the caller writes, not a temporary one.
+            raise type(error)(error.errno, error.strerror, os.fspath(path)) from error
+        created = True
+        with file:
             write(file)
         os.replace(temporary, path)
     except BaseException:

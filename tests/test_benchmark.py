@@ -789,3 +789,17 @@ def test_help_states_each_datasets_feature_default(option, dataset):
 def test_command_without_subcommand_prints_help(capsys):
     assert main([]) == 2
     assert "benchmark" in capsys.readouterr().out
+
+
+def test_a_file_that_cannot_be_written_is_named_not_its_temporary(tmp_path, monkeypatch):
+    # A folder refusing new files made the error name ".table1.csv.<hex>.tmp".
+    from sklearn_metarefine import _atomic
+
+    target = tmp_path / "table1.csv"
+    refused = tmp_path / "missing" / ".table1.csv.1234.tmp"
+    monkeypatch.setattr(_atomic, "temporary_name", lambda path: refused)
+    with pytest.raises(FileNotFoundError) as error:
+        _atomic.atomic_write(target, lambda file: file.write("x"))
+    assert error.value.filename == str(target)
+    assert ".tmp" not in str(error.value) and str(target) in str(error.value)
+    assert not target.exists()

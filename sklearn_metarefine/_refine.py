@@ -15,7 +15,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._rounds import (
-    MIN_FENCE_SAMPLES,
+    check_fence_samples,
     check_novelty,
     decision_offset,
     final_estimator_has,
@@ -440,11 +440,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             Fitted estimator.
         """
         X = validate_data(self, X)
-        if X.shape[0] < MIN_FENCE_SAMPLES:
-            raise ValueError(
-                f"IQRRefiner needs at least {MIN_FENCE_SAMPLES} samples to "
-                f"compute quartiles, got n_samples={X.shape[0]}."
-            )
+        check_fence_samples(X)
         warn_if_held_out_from_few(self, X.shape[0])
         min_kept = resolve_min_samples(self.min_samples, X.shape[0])
         estimator = _default_estimator() if self.estimator is None else self.estimator

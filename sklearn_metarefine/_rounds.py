@@ -152,6 +152,23 @@ def warn_if_held_out_from_few(
     )
 
 
+def check_fence_samples(X):
+    """Refuse ``X`` with too few samples, or distinct ones, for quartiles:
+    copies score alike, and on ties float rounding decides what is flagged."""
+    if X.shape[0] < MIN_FENCE_SAMPLES:
+        raise ValueError(
+            f"IQRRefiner needs at least {MIN_FENCE_SAMPLES} samples to "
+            f"compute quartiles, got n_samples={X.shape[0]}."
+        )
+    n_distinct = distinct_rows(X)[0].size
+    if n_distinct < MIN_FENCE_SAMPLES:
+        raise ValueError(
+            f"X holds {n_distinct} distinct sample(s) among its {X.shape[0]} "
+            f"rows (the others repeat them); IQRRefiner needs at least "
+            f"{MIN_FENCE_SAMPLES} distinct ones. Train on varied samples."
+        )
+
+
 def distinct_training_images(features, *, stacklevel):
     """``distinct_rows`` of a detector's training features, refusing fewer
     than 4 distinct images and warning when some repeat."""
@@ -171,8 +188,8 @@ def distinct_training_images(features, *, stacklevel):
         warnings.warn(
             f"{len(features) - len(distinct)} of the {len(features)} training "
             "images repeat other training images exactly (the same features): "
-            "each distinct image is fitted once, and a repeat shares the "
-            "decision on its first copy in inlier_mask_.",
+            "each distinct image is fitted once (many copies weigh as one), "
+            "and a repeat shares the decision on its first copy in inlier_mask_.",
             UserWarning,
             stacklevel=stacklevel,
         )
@@ -287,25 +304,25 @@ def held_out(n_samples, cv, seed, fit_and_score, copy_of=None):
 
 def out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
     """Anomaly score of each sample under a clone fitted without its fold."""
+    copy_of = distinct_rows(X)[1]
+    if not copy_of.any():  # copies of one sample: each a fold of its own
+        copy_of = np.arange(X.shape[0])
+    n_folds = min(cv, int(copy_of.max()) + 1)  # copies share a fold
 
     def fit_and_score(fold, train, test):
         try:
             model = clone(base).fit(X[train])
         except Exception as exc:
             raise RuntimeError(
-                f"Fitting {type(base).__name__} on fold {fold} of "
-                f"{min(cv, X.shape[0])} ({train.size} of the {X.shape[0]} samples "
-                f"kept after round {n_iter}) failed: {exc}"
+                f"Fitting {type(base).__name__} on fold {fold} of {n_folds} "
+                f"({train.size} of the {X.shape[0]} samples kept after round "
+                f"{n_iter}) failed: {exc}"
             ) from exc
         return anomaly_score(model, X[test])
 
-    copy_of = distinct_rows(X)[1]
-    if not copy_of.any():  # copies of one sample: each a fold of its own
-        copy_of = np.arange(X.shape[0])
     scores = held_out(X.shape[0], cv, seed, fit_and_score, copy_of)
     refuse_nan(scores, base, n_iter, "by models fitted without them")
     if not np.isfinite(scores).any():
-        n_folds = min(cv, int(copy_of.max()) + 1)
         raise ValueError(
             f"{type(base).__name__}, fitted without each of {n_folds} "
             f"folds of the {X.shape[0]} samples kept after round {n_iter}, gives "
@@ -338,12 +355,8 @@ def in_sample_anomaly_scores(estimator, base, X_kept, n_iter):
 
 
 def with_copies(base, estimator, X_kept, warm, n_iter):
-    """The model of a trimmed core, refitted on the kept rows if they repeat.
-
-    The core's model is fitted on distinct rows (:func:`trimmed_core`); when
-    no round refits it, ``estimator_`` must still be the detector fitted on
-    ``X[inlier_mask_]``, copies included.
-    """
+    """A trimmed core's model (fitted on distinct rows) refitted on the kept
+    rows, copies included, if they repeat: no round refitted it."""
     if distinct_rows(X_kept)[0].size == X_kept.shape[0]:
         return estimator
     return refit(base, estimator, X_kept, warm, after_round=n_iter)
@@ -527,16 +540,9 @@ def trimmed_core(base, X, warm, *, start, start_fraction, start_neighbors):
     ``start_fraction`` of those (their first occurrences); the kept set it
     returns holds their copies with them.
     """
-    n_rows = X.shape[0]
     distinct, copy_of = distinct_rows(X)
     X = X[distinct]
     n_samples = X.shape[0]
-    if n_samples < MIN_FENCE_SAMPLES:
-        raise ValueError(
-            f"X holds {n_samples} distinct sample(s) among its {n_rows} "
-            f"rows (the others repeat them); a trimmed start needs at least "
-            f"{MIN_FENCE_SAMPLES} distinct ones. Train on varied samples."
-        )
     n_core = core_size(start_fraction, n_samples)
     if start == "neighbors":
         n_neighbors = resolve_start_neighbors(start_neighbors, n_samples)

@@ -422,7 +422,8 @@ def test_max_iter_refits_on_the_kept_samples():
 
 
 def test_all_scores_equal_removes_nothing():
-    refiner = IQRRefiner(ColumnDetector()).fit(np.ones((20, 2)))
+    # Distinct samples that all score 1 (identical ones are refused).
+    refiner = IQRRefiner(ColumnDetector()).fit(np.c_[np.ones(20), np.arange(20)])
     assert refiner.termination_condition_ == "no_change"
     assert refiner.n_iter_ == 1
     assert refiner.inlier_mask_.all()
@@ -683,9 +684,11 @@ def test_the_trimmed_core_holds_distinct_samples():
         _, core = trimmed_core(EllipticEnvelope(), X, False, start=how, **start)
         assert core.sum() == 16  # a quarter of the 61 distinct samples
         assert core[60:].sum() <= 1
-    with pytest.raises(ValueError, match="3 distinct sample.* among its 33 rows"):
-        trimmed_core(EllipticEnvelope(), np.repeat(X[:3], 11, axis=0), False,
-                     start="neighbors", **start)
+    # Fewer than 4 distinct samples are refused, also from the full set, where
+    # tied held-out scores made float rounding decide what was flagged.
+    for how in ("neighbors", "trimmed", "full"):
+        with pytest.raises(ValueError, match="3 distinct sample.* among its 33 rows"):
+            IQRRefiner(EllipticEnvelope(), start=how).fit(np.repeat(X[:3], 11, axis=0))
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -1121,9 +1124,9 @@ def test_held_out_scores_all_infinite_name_the_detector_and_the_way_out():
     with pytest.raises(ValueError, match="KernelDensity, fitted without each of 5 folds "
                        "of the 30 samples.*fence_scores='in_sample'"):
         IQRRefiner(narrow, random_state=0).fit(X)
-    # Copies share their fold: 3 distinct samples make 3 folds.
-    with pytest.raises(ValueError, match="without each of 3 folds of the 30 samples"):
-        IQRRefiner(narrow, random_state=0).fit(np.repeat(X[:3], 10, axis=0))
+    # Copies share their fold: 4 distinct samples make 4 folds.
+    with pytest.raises(ValueError, match="without each of 4 folds of the 40 samples"):
+        IQRRefiner(narrow, random_state=0).fit(np.repeat(X[:4], 10, axis=0))
     IQRRefiner(narrow, fence_scores="in_sample", contamination=0.1).fit(X)
 
 
@@ -1206,3 +1209,23 @@ def test_a_trimmed_start_that_stops_at_once_fits_on_the_kept_rows(start):
     assert refiner.n_iter_ == 1 and refiner.termination_condition_ == "min_samples"
     by_hand = GaussianMixture(1, random_state=0).fit(X[refiner.inlier_mask_])
     np.testing.assert_allclose(refiner.estimator_.means_, by_hand.means_)
+
+
+class _FitsOnlyTheWholeSet(OutlierMixin, BaseEstimator):
+    def fit(self, X, y=None):
+        if len(X) < 40:
+            raise ValueError(f"got {len(X)} rows")
+        self.mean_ = np.mean(X, axis=0)
+        return self
+
+    def score_samples(self, X):
+        return -np.square(X - self.mean_).sum(1)
+
+
+def test_a_failed_fold_fit_counts_the_folds_that_copies_leave():
+    # The message said "fold 1 of 5" where copies sharing folds made 4.
+    X = np.repeat(np.random.RandomState(0).normal(size=(4, 2)), 10, axis=0)
+    with pytest.raises(RuntimeError, match=re.escape(
+            "Fitting _FitsOnlyTheWholeSet on fold 1 of 4 (30 of the 40 samples kept "
+            "after round 0) failed: got 30 rows")):
+        IQRRefiner(_FitsOnlyTheWholeSet(), random_state=0).fit(X)

@@ -15,6 +15,7 @@ from sklearn_metarefine import (
     MetaRefineDetector,
     PatchCoreDetector,
     PatchFeatures,
+    PatchFlowDetector,
     iqr_fence,
 )
 from sklearn_metarefine._features._embedding import _IMAGENET_MEAN, _IMAGENET_STD
@@ -615,3 +616,16 @@ def test_verbose_says_what_each_longer_step_of_fit_does(capsys, bank_cleaning):
         for stage in stages
         for end in ("...", ": done in")
     ]
+
+
+@pytest.mark.parametrize("detector", [PatchCoreDetector, PatchFlowDetector])
+def test_copies_of_one_training_image_are_refused(detector):
+    # Copies left nothing to compare: the training image itself sat on the
+    # threshold, flagged or not by the rounding of the batch it was in.
+    row = np.random.RandomState(0).normal(size=(1, 4 * 4 * 3))
+    params = dict(backbone=None, grid_shape=(4, 4), device="cpu", random_state=0)
+    with pytest.raises(ValueError, match="The 10 training images are copies of one"):
+        detector(**params).fit(np.repeat(row, 10, axis=0))
+    varied = np.repeat(row, 10, axis=0)
+    varied[0] += 1e-3
+    detector(**params).fit(varied)

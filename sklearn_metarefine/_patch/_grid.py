@@ -141,7 +141,22 @@ class PatchGridMixin:
         print(f"{name}: {what}: done in {seconds:.1f} s", flush=True)
 
     def _fit_patches(self, X, seed):
-        """Patch vectors ``(n_images, n_cells, n_channels)`` of the training set."""
+        """Patch vectors ``(n_images, n_cells, n_channels)`` of the training
+        set, refusing copies of one image."""
+        patches = self._training_patches(X, seed)
+        # Up to float32 rounding, which the CNN's batches vary by (1e-6).
+        spread = np.ptp(patches, axis=0).max()
+        if spread <= 1e-5 * np.abs(patches).max():
+            raise ValueError(
+                f"The {len(patches)} training images are copies of one image: "
+                f"{type(self).__name__} scores each training image against "
+                "the patches of the others, its threshold with them, and copies "
+                "leave nothing to compare (the image itself then sat on the "
+                "threshold). Train on several images of good parts."
+            )
+        return patches
+
+    def _training_patches(self, X, seed):
         if self.backbone is None:
             self.features_ = None
             X = validate_data(

@@ -265,7 +265,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
     samples scoring above it are removed, and when all scores are equal a
     round removes nothing.
 
-    ``X`` must be a dense, finite 2-D array of at least 4 samples. When a fit
+    ``X`` must be a dense, finite 2-D array of at least 4 distinct samples. When a fit
     after the first round fails, a ``RuntimeError`` names the round and the
     number of samples, with the detector's exception as its ``__cause__``.
 

@@ -1,5 +1,6 @@
 """Patch level: PatchFeatures, the memory-bank math, PatchCoreDetector, the switch."""
 
+import copy
 import re
 
 import numpy as np
@@ -629,3 +630,37 @@ def test_copies_of_one_training_image_are_refused(detector):
     varied = np.repeat(row, 10, axis=0)
     varied[0] += 1e-3
     detector(**params).fit(varied)
+
+
+@pytest.mark.parametrize("detector", [PatchCoreDetector, PatchFlowDetector])
+def test_scores_and_maps_take_batch_size_images_at_a_time(surfaces, detector, tmp_path):
+    # The patches of every image were held at once (2.6 MB an image at 224 px),
+    # whatever batch_size said: 10,000 files needed about 26 GB.
+    train, normal_test, defective, _ = surfaces
+    fitted = detector(image_size=SIZE, batch_size=3, contamination=0.1, device="cpu",
+                      random_state=0).fit(train)
+    whole = copy.deepcopy(fitted).set_params(batch_size=100)  # the CNN's batches stay
+    images = np.concatenate([normal_test, defective])
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    seen = []
+    patches = type(fitted)._patches
+
+    def counted(self, X):
+        seen.append(len(X))
+        return patches(self, X)
+
+    for X in (images, paths):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(type(fitted), "_patches", counted)
+            results = [fitted.score_samples(X), fitted.anomaly_map(X),
+                       *fitted._scores_and_maps(X)]
+        assert seen == [3, 3, 2] * 3
+        seen.clear()
+        expected = [whole.score_samples(X), whole.anomaly_map(X)]
+        for result, wanted in zip(results, expected * 2):
+            np.testing.assert_array_equal(result, wanted)
+    with pytest.raises(ValueError, match="needs images of one size"):
+        fitted.anomaly_map([*images[:4], images[4][:-8]])

@@ -93,15 +93,16 @@ def nearest_distances(queries, bank, query_groups=None, bank_groups=None):
     bank_squared = (bank * bank).sum(1)
     chunk = max(1, _BLOCK_ENTRIES // max(1, len(bank)))
     nearest = torch.empty(len(queries), dtype=torch.long, device=bank.device)
+    distances = torch.empty(len(queries), dtype=torch.float64, device=bank.device)
     for start in range(0, len(queries), chunk):
-        block = queries[start : start + chunk] - center
+        rows = slice(start, start + chunk)
+        block = queries[rows] - center
         scores = torch.addmm(bank_squared, block, bank.T, alpha=-2)
         if query_groups is not None:
-            same = query_groups[start : start + chunk, None] == bank_groups[None, :]
+            same = query_groups[rows, None] == bank_groups[None, :]
             scores.masked_fill_(same, math.inf)
-        nearest[start : start + chunk] = scores.argmin(1)
-    difference = queries.double() - (bank[nearest] + center).double()
-    distances = difference.norm(dim=1)
+        nearest[rows] = scores.argmin(1)
+        distances[rows] = _exact(queries[rows], bank[nearest[rows]] + center)
     if query_groups is not None:
         alone = query_groups == bank_groups[nearest]
         distances[alone] = math.inf
@@ -180,6 +181,7 @@ def probed_distances(queries, bank, offsets, centers, n_probe):
     centers_squared = (centers * centers).sum(1)
     offsets = offsets.tolist()
     nearest = torch.empty(len(queries), dtype=torch.long, device=bank.device)
+    distances = torch.empty(len(queries), dtype=torch.float64, device=bank.device)
     chunk = max(1, _BLOCK_ENTRIES // len(centers))
     for start in range(0, len(queries), chunk):
         block = queries[start : start + chunk] - center
@@ -188,8 +190,15 @@ def probed_distances(queries, bank, offsets, centers, n_probe):
         nearest[start : start + chunk] = _search_cells(
             block, probes, bank, bank_squared, offsets, n_probe
         )
-    distances = (queries.double() - (bank[nearest] + center).double()).norm(dim=1)
+        rows = slice(start, start + chunk)
+        distances[rows] = _exact(queries[rows], bank[nearest[rows]] + center)
     return distances, nearest
+
+
+def _exact(queries, nearest):
+    """Distances between paired rows in float64, a chunk at a time: float64
+    copies of all the queries at once took 6 times their float32 size."""
+    return (queries.double() - nearest.double()).norm(dim=1)
 
 
 def _search_cells(queries, probes, bank, bank_squared, offsets, n_probe):

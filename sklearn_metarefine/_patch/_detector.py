@@ -358,7 +358,7 @@ shape (n_samples, n_features) when ``backbone=None``
         -------
         scores : ndarray of shape (n_samples,), dtype float64
         """
-        return -self._patch_scores_of(self._patches(X)).max(1)
+        return self._image_scores(X)
 
     def anomaly_map(self, X):
         """Where each image looks anomalous: patch distances at its resolution.
@@ -377,7 +377,7 @@ shape (n_samples, n_features) when ``backbone=None``
             pixels (scaled from ``image_size`` to the input). With
             ``backbone=None`` the map is the grid of patch distances itself.
         """
-        return self._maps(X, self._patch_scores_of(self._patches(X)))
+        return self._image_maps(X)
 
     def _select(self, patches, generator):
         """Indices of the coreset of ``patches``."""

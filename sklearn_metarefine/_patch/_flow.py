@@ -327,7 +327,7 @@ shape (n_samples, n_features) when ``backbone=None``
         -------
         scores : ndarray of shape (n_samples,), dtype float64
         """
-        return -self._patch_scores_of(self._patches(X)).max(1)
+        return self._image_scores(X)
 
     def anomaly_map(self, X):
         """Where each image looks anomalous: patch scores at its resolution.
@@ -348,7 +348,7 @@ shape (n_samples, n_features) when ``backbone=None``
             patch scores itself.
         """
         check_is_fitted(self)
-        return self._maps(X, self._patch_scores_of(self._patches(X)))
+        return self._image_maps(X)
 
     def _base_flow(self, seed):
         """The unfitted flow every fit clones, seeded and on ``device``."""

@@ -229,13 +229,53 @@ class PatchGridMixin:
             )
         return grid
 
+    def _image_scores(self, X):
+        """``score_samples(X)``, ``batch_size`` images at a time."""
+        return self._batched(X, lambda part: self._scores_and_maps_of(part, maps=False))
+
+    def _image_maps(self, X):
+        """``anomaly_map(X)``, ``batch_size`` images at a time."""
+        self._check_one_size(X)
+        return self._batched(X, lambda part: self._scores_and_maps_of(part)[1])
+
     def _scores_and_maps(self, X):
         """``score_samples(X)`` and ``anomaly_map(X)`` from one embedding of ``X``."""
+        self._check_one_size(X)
+        return self._batched(X, self._scores_and_maps_of)
+
+    def _scores_and_maps_of(self, X, maps=True):
         patch_scores = self._patch_scores_of(self._patches(X))
+        if not maps:
+            return -patch_scores.max(1)
         return -patch_scores.max(1), self._maps(X, patch_scores)
 
+    def _batched(self, X, compute):
+        """``compute(X)``, an array or a tuple of arrays along the images, run
+        on ``batch_size`` images at a time: the patches of all of them at once
+        took about 2.6 MB an image (224 px), whatever ``batch_size`` said."""
+        if not isinstance(X, (list, tuple, np.ndarray)) or len(X) <= self.batch_size:
+            return compute(X)
+        step = self.batch_size
+        parts = [compute(X[start : start + step]) for start in range(0, len(X), step)]
+        if isinstance(parts[0], tuple):
+            return tuple(np.concatenate(column) for column in zip(*parts))
+        return np.concatenate(parts)
+
+    def _check_one_size(self, X):
+        """Refuse maps of images of several sizes (file headers only)."""
+        check_is_fitted(self)
+        if self.features_ is None:
+            return
+        sizes = set(_image_source(X, self.input_shape).sizes())
+        if len(sizes) > 1:
+            raise ValueError(
+                f"anomaly_map needs images of one size; X holds sizes {sorted(sizes)} "
+                "(height, width). Pass the images of each size separately."
+            )
+
     def _maps(self, X, patch_scores):
-        """Patch scores ``(n_images, n_cells)`` of ``X`` as maps at its resolution.
+        """Patch scores ``(n_images, n_cells)`` of ``X``, images of one size, as
+        maps at its resolution.
 
         Resized bilinearly and smoothed with a Gaussian of ``sigma`` pixels
         (scaled from ``image_size`` to the input); with ``backbone=None`` the
@@ -244,10 +284,5 @@ class PatchGridMixin:
         scores = torch.from_numpy(patch_scores.reshape(-1, *self.grid_shape_))
         if self.features_ is None:
             return scores.float().numpy()
-        sizes = set(_image_source(X, self.input_shape).sizes())
-        if len(sizes) > 1:
-            raise ValueError(
-                f"anomaly_map needs images of one size; X holds sizes {sorted(sizes)} "
-                "(height, width). Pass the images of each size separately."
-            )
-        return grid_maps(scores, sizes.pop(), self.features_.image_size_, self.sigma)
+        (size,) = set(_image_source(X, self.input_shape).sizes())
+        return grid_maps(scores, size, self.features_.image_size_, self.sigma)

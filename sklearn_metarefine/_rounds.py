@@ -129,12 +129,16 @@ def warn_if_held_out_from_few(
     if smallest >= refiner.cv:
         return
     # The fewest training samples that keep cv or more (an int min_samples
-    # below cv may never).
-    enough = next(
-        (n for n in range(n_samples + 1, 100 * n_samples + 1000)
-         if smallest_kept(n, **params) >= refiner.cv),
-        None,
-    )  # fmt: skip
+    # below cv may never): smallest_kept never falls as n grows.
+    low, high, enough = n_samples + 1, 100 * n_samples + 1000, None
+    if smallest_kept(high, **params) >= refiner.cv:
+        while low < high:
+            middle = (low + high) // 2
+            if smallest_kept(middle, **params) >= refiner.cv:
+                high = middle
+            else:
+                low = middle + 1
+        enough = low
     more = (
         f"at least {enough} {unit}"
         if enough

@@ -1229,3 +1229,29 @@ def test_a_failed_fold_fit_counts_the_folds_that_copies_leave():
             "Fitting _FitsOnlyTheWholeSet on fold 1 of 4 (30 of the 40 samples kept "
             "after round 0) failed: got 30 rows")):
         IQRRefiner(_FitsOnlyTheWholeSet(), random_state=0).fit(X)
+
+
+@pytest.mark.parametrize("params", [
+    {"start": "full", "min_samples": 0.05},
+    {"start": "neighbors", "start_fraction": 0.1, "min_samples": 0.5},
+    {"start": "trimmed", "start_fraction": 0.3, "min_samples": 2},
+])
+def test_the_size_the_few_samples_warning_advises_is_the_smallest_that_is_enough(
+    params,
+):
+    # It was found by trying every size up to 100 times the training set's
+    # (5.9 s at 64,000 samples when none is enough); now by bisection.
+    from sklearn_metarefine._rounds import smallest_kept, warn_if_held_out_from_few
+
+    refiner = IQRRefiner(**params, cv=7)
+    keys = ("start", "start_fraction", "min_samples")
+    kept = {key: getattr(refiner, key) for key in keys}
+    for n_samples in (4, 9, 30, 61):
+        if smallest_kept(n_samples, **kept) >= 7:
+            continue
+        with pytest.warns(UserWarning) as caught:
+            warn_if_held_out_from_few(refiner, n_samples)
+        scan = next((n for n in range(n_samples + 1, 100 * n_samples + 1000)
+                     if smallest_kept(n, **kept) >= 7), None)
+        advice = f"at least {scan} samples" if scan else "more samples (and min_samples"
+        assert advice in str(caught[0].message)

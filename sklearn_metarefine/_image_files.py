@@ -205,6 +205,7 @@ def output_names(files, suffix):
     CSV says which is whose.
     """
     used, names = set(), [None] * len(files)
+    last = {}  # the suffix number a stem got last: the ones below it are taken
     # A file that has the name itself (a.png for ".png") gets it first,
     # whatever is listed before it: a.png's map is never a.jpg's.
     order = sorted(
@@ -212,10 +213,12 @@ def output_names(files, suffix):
     )
     for index in order:
         stem = str(Path(files[index].name).with_suffix(""))
-        name, n = stem + suffix, 1
+        n = last.get(stem, 1)
+        name = stem + suffix if n == 1 else f"{stem}-{n}{suffix}"
         while name in used:
             n += 1
             name = f"{stem}-{n}{suffix}"
         used.add(name)
+        last[stem] = n
         names[index] = name
     return names

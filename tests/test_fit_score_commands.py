@@ -133,6 +133,12 @@ def test_output_names_are_unique(folders):
     # a.png keeps its name, whatever is listed before it
     files = [ImageFile(f"d/a.{s}", f"a.{s}") for s in ("TIFF", "jpg", "png")]
     assert output_names(files, ".png") == ["a-2.png", "a-3.png", "a.png"]
+    # Many files of one name (cam*/a.png given one by one) number on from the
+    # last, not from 2 each time (4.9 s for 8,000); the .png files first.
+    files = [ImageFile(f"cam{i}/a.png", "a.png") for i in range(5)]
+    files[2:2] = [ImageFile("a-3.jpg", "a-3.jpg"), ImageFile("b/a.jpg", "a.jpg")]
+    assert output_names(files, ".png") == [
+        "a.png", "a-2.png", "a-3-2.png", "a-6.png", "a-3.png", "a-4.png", "a-5.png"]
 
 
 def test_report_names_keep_every_part_of_the_model_name_but_its_suffix():

@@ -90,7 +90,14 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         Sets :attr:`offset_`. A float is the expected fraction of outliers in
         the training set: the offset is that percentile of the training
         scores. "auto" uses Tukey's fence ``Q3 + 1.5 * IQR`` of the training
-        anomaly scores.
+        anomaly scores. These are in-sample scores, lower than a new normal
+        sample's, and the more so the fewer the training rows against the
+        features: on 200-dimensional Gaussian data the fence flagged 78%,
+        31% and 7% of new samples after fits on 120, 200 and 400 rows with
+        ``pca_components=16`` (6%, 5% and 4% with None).
+        :class:`~sklearn_metarefine.IQRRefiner` and
+        :class:`~sklearn_metarefine.MetaRefineDetector` set theirs on
+        held-out scores.
     warm_start : bool, default=False
         When True and the detector is fitted, ``fit`` continues training the
         current flow for ``warm_epochs`` epochs instead of starting afresh,

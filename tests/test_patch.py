@@ -664,3 +664,7 @@ def test_scores_and_maps_take_batch_size_images_at_a_time(surfaces, detector, tm
             np.testing.assert_array_equal(result, wanted)
     with pytest.raises(ValueError, match="needs images of one size"):
         fitted.anomaly_map([*images[:4], images[4][:-8]])
+    # One image without its batch axis is refused whole, not cut into rows.
+    for one in (images[0], np.repeat(images[0][..., None], 3, axis=2)):
+        with pytest.raises(ValueError, match=re.escape(f"shape {one.shape}")):
+            fitted.score_samples(one)

@@ -253,13 +253,30 @@ class PatchGridMixin:
         """``compute(X)``, an array or a tuple of arrays along the images, run
         on ``batch_size`` images at a time: the patches of all of them at once
         took about 2.6 MB an image (224 px), whatever ``batch_size`` said."""
-        if not isinstance(X, (list, tuple, np.ndarray)) or len(X) <= self.batch_size:
+        n_images = self._image_count(X)
+        if n_images is None or n_images <= self.batch_size:
             return compute(X)
         step = self.batch_size
         parts = [compute(X[start : start + step]) for start in range(0, len(X), step)]
         if isinstance(parts[0], tuple):
             return tuple(np.concatenate(column) for column in zip(*parts))
         return np.concatenate(parts)
+
+    def _image_count(self, X):
+        """How many images ``X`` holds along its first axis; None where that is
+        not sure (one image, refused whole with a message of its shape)."""
+        if isinstance(X, (list, tuple)):
+            return len(X)
+        if not isinstance(X, np.ndarray) or X.ndim > 4:
+            return None
+        if X.ndim == 1:
+            return len(X) if X.dtype.kind in "OUS" else None  # file paths
+        if X.ndim == 2:  # rows; or one gray image without input_shape
+            images = getattr(self, "features_", None) is not None
+            return None if images and self.input_shape is None else len(X)
+        if X.ndim == 3 and X.shape[2] in (1, 3, 4) and X.shape[1] > X.shape[2]:
+            return None  # one image with a channel axis
+        return len(X)
 
     def _check_one_size(self, X):
         """Refuse maps of images of several sizes (file headers only)."""

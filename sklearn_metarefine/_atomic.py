@@ -5,10 +5,23 @@ import os
 import uuid
 
 
+# Of a name's bytes, what a temporary name keeps: with its 18 more it stays
+# within the 255 bytes most file systems allow for a name.
+_KEPT_BYTES = 200
+
+
 def temporary_name(path):
     # A unique name opened with "x" rather than tempfile.mkstemp, whose files
     # are private to their owner whatever the umask.
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    name = path.name
+    while len(os.fsencode(name)) > _KEPT_BYTES:
+        name = name[:-1]
+    return path.with_name(f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def naming(error, path):
+    """``error``, an ``OSError``, naming ``path`` (not a temporary file)."""
+    return type(error)(error.errno, error.strerror, os.fspath(path))
 
 
 def atomic_write(path, write, *, mode="w"):
@@ -25,7 +38,7 @@ def atomic_write(path, write, *, mode="w"):
             file = open(temporary, mode.replace("w", "x"))
         except OSError as error:
             # Name the file the caller writes, not a temporary one.
-            raise type(error)(error.errno, error.strerror, os.fspath(path)) from error
+            raise naming(error, path) from error
         created = True
         with file:
             write(file)

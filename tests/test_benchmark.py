@@ -4,6 +4,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -791,15 +792,37 @@ def test_command_without_subcommand_prints_help(capsys):
     assert "benchmark" in capsys.readouterr().out
 
 
-def test_a_file_that_cannot_be_written_is_named_not_its_temporary(tmp_path, monkeypatch):
+def test_a_file_that_cannot_be_written_is_named_not_its_temporary(
+    tmp_path, monkeypatch
+):
     # A folder refusing new files made the error name ".table1.csv.<hex>.tmp".
     from sklearn_metarefine import _atomic
+    from sklearn_metarefine._benchmark import _storage
 
     target = tmp_path / "table1.csv"
     refused = tmp_path / "missing" / ".table1.csv.1234.tmp"
     monkeypatch.setattr(_atomic, "temporary_name", lambda path: refused)
-    with pytest.raises(FileNotFoundError) as error:
+
+    def refuse(path, write):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    for write in (lambda: _atomic.atomic_write(target, lambda file: file.write("x")),
+                  lambda: _storage.create_exclusively(target, "x")):
+        with pytest.raises(OSError) as error:
+            write()
+        assert error.value.filename == str(target)
+        assert ".tmp" not in str(error.value) and str(target) in str(error.value)
+        assert not target.exists()
+        monkeypatch.setattr(_storage, "atomic_write", refuse)
+
+
+def test_a_long_file_name_is_written_through_a_temporary_name_that_fits(tmp_path):
+    # The temporary name, 38 bytes longer, went past the 255 a name may have:
+    # reports and maps of long names failed, and fit lost its model.
+    from sklearn_metarefine import _atomic
+
+    for name in ("x" * 250 + ".csv", "\u00e4" * 125 + ".csv"):
+        target = tmp_path / name
         _atomic.atomic_write(target, lambda file: file.write("x"))
-    assert error.value.filename == str(target)
-    assert ".tmp" not in str(error.value) and str(target) in str(error.value)
-    assert not target.exists()
+        assert target.read_text() == "x"
+        assert len(os.fsencode(_atomic.temporary_name(target).name)) <= 255

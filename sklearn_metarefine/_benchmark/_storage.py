@@ -15,7 +15,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 
-from .._atomic import atomic_write, temporary_name
+from .._atomic import atomic_write, naming, temporary_name
 from ._config import BenchmarkError
 
 CONFIG_FILE = "config.json"
@@ -63,7 +63,10 @@ def create_exclusively(path, text):
     while it is written.
     """
     temporary = temporary_name(path)
-    atomic_write(temporary, lambda file: file.write(text))
+    try:
+        atomic_write(temporary, lambda file: file.write(text))
+    except OSError as error:
+        raise naming(error, path) from error
     try:
         os.link(temporary, path)
         return True

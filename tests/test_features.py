@@ -551,10 +551,14 @@ def test_strided_arrays_are_embedded_as_their_copies(rgb, dtype):
     channels_first = np.ascontiguousarray(rgb.transpose(0, 3, 1, 2)).astype(dtype)
     if dtype is np.float32 or dtype is np.float64:
         channels_first /= 255.0
+    record = np.zeros(channels_first.transpose(0, 2, 3, 1).shape,
+                      dtype=[("flag", np.uint8), ("value", channels_first.dtype)])
+    record["value"] = channels_first.transpose(0, 2, 3, 1)
     views = [
         channels_first.transpose(0, 2, 3, 1),
         channels_first.transpose(0, 2, 3, 1)[:, ::-1],
         channels_first.transpose(0, 2, 3, 1)[::2, :, ::2],
+        record["value"],  # strides of 3, 5 or 9 bytes
     ]
     features = tiny().fit(views[0])
     for view in views:

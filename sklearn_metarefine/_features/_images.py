@@ -246,8 +246,14 @@ def _cpu_tensor(batch, dtype):
     """
     if batch.dtype != dtype:
         batch = batch.astype(dtype)  # order "K": keeps the layout
-    if not batch.flags.writeable or min(batch.strides, default=0) < 0:
-        # torch takes no negative strides, and wants memory it may write.
+    strides = batch.strides
+    if (
+        not batch.flags.writeable
+        or not batch.flags.aligned
+        or any(stride < 0 or stride % batch.itemsize for stride in strides)
+    ):
+        # torch wants memory it may write, aligned, in whole elements forward
+        # (a field of a structured array is none of these).
         batch = np.array(batch, order="C")
     return torch.from_numpy(batch)
 

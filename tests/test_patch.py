@@ -630,6 +630,10 @@ def test_copies_of_one_training_image_are_refused(detector):
     varied = np.repeat(row, 10, axis=0)
     varied[0] += 1e-3
     detector(**params).fit(varied)
+    # A channel far larger than the others hides none of their variation.
+    distinct = np.random.RandomState(1).normal(size=(10, 16, 3))
+    distinct[:, :, 0] = 1e6
+    detector(**params).fit(distinct.reshape(10, -1))
 
 
 @pytest.mark.parametrize("detector", [PatchCoreDetector, PatchFlowDetector])

@@ -144,9 +144,10 @@ class PatchGridMixin:
         """Patch vectors ``(n_images, n_cells, n_channels)`` of the training
         set, refusing copies of one image."""
         patches = self._training_patches(X, seed)
-        # Up to float32 rounding, which the CNN's batches vary by (1e-6).
-        spread = np.ptp(patches, axis=0).max()
-        if spread <= 1e-5 * np.abs(patches).max():
+        # Every value the same in all images, up to float32 rounding, which
+        # the CNN's batches vary by (1e-6).
+        high, low = patches.max(axis=0), patches.min(axis=0)
+        if np.all(high - low <= 1e-5 * np.maximum(high, -low)):
             raise ValueError(
                 f"The {len(patches)} training images are copies of one image: "
                 f"{type(self).__name__} scores each training image against "

@@ -518,7 +518,7 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         -------
         labels : ndarray of shape (n_samples,), dtype int
         """
-        return np.where(self.decision_function(X) < 0, -1, 1)
+        return np.where(self.decision_function(X) >= 0, 1, -1)
 
     @available_if(lambda self: self.level == "patch")
     def anomaly_map(self, X):

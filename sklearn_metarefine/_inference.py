@@ -343,7 +343,8 @@ def _score_batch(
             rows.append(row + (["", ""] if maps is not None else []))
             continue
         score = float(anomaly[scored])
-        label = "anomalous" if score > threshold else "normal"
+        # As predict: a score that is no number (NaN) is not passed as normal.
+        label = "normal" if score <= threshold else "anomalous"
         row = [file.path, repr(score), label, repr(threshold), source, ""]
         if maps is not None:
             overlay_path = Path(maps) / map_names[index]

@@ -932,3 +932,15 @@ def test_score_takes_an_image_pipeline_and_names_an_unfitted_model(
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.endswith("holds an unfitted MetaRefineDetector; fit it first "
                           "(`metarefine fit`, or fit before sklearn_metarefine.save).")
+
+
+def test_an_image_scored_nan_is_labelled_anomalous_as_predict_flags_it(folders):
+    # The label rule "score > threshold" called a NaN score normal, where
+    # IQRRefiner.predict flags it.
+    class Scores:
+        def score_samples(self, images):
+            return np.array([np.nan, -0.5])[: len(images)]
+
+    files = list_images([folders / "new"])[:2]
+    rows = _score_batch(Scores(), files, None, None, 1.0, "model", False, [])
+    assert [row[2] for row in rows] == ["anomalous", "normal"]

@@ -126,7 +126,7 @@ class PatchGridMixin:
         -------
         labels : ndarray of shape (n_samples,), dtype int
         """
-        return np.where(self.decision_function(X) < 0, -1, 1)
+        return np.where(self.decision_function(X) >= 0, 1, -1)
 
     @contextlib.contextmanager
     def _stage(self, what):

@@ -1,6 +1,5 @@
 import re
 import warnings
-from functools import partial
 
 import numpy as np
 import pytest

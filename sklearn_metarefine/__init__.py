@@ -26,6 +26,8 @@ _SOURCES = {
     "neighbour_distances": "._scores",
     "save": "._persistence",
     "load": "._persistence",
+    "ModelFileError": "._persistence",
+    "ModelVersionWarning": "._persistence",
     "aupro": "._metrics",
     "image_auroc": "._metrics",
     "pixel_auroc": "._metrics",

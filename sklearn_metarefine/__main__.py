@@ -252,7 +252,7 @@ def _parser():
 _FIT_EPILOG = """\
 examples:
   metarefine fit images/good --output line3.metarefine
-  metarefine fit images/good --output line3.metarefine --backbone alexnet --k 3
+  metarefine fit images/good --output line3.metarefine --backbone alexnet --image-size 448 --k 3
   metarefine fit images/good --output line3.metarefine --set hidden_size=64
   metarefine fit images/good --output line3.metarefine --level patch
 

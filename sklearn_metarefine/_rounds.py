@@ -164,13 +164,14 @@ def check_fence_samples(X):
             f"IQRRefiner needs at least {MIN_FENCE_SAMPLES} samples to "
             f"compute quartiles, got n_samples={X.shape[0]}."
         )
-    n_distinct = distinct_rows(X)[0].size
-    if n_distinct < MIN_FENCE_SAMPLES:
-        raise ValueError(
-            f"X holds {n_distinct} distinct sample(s) among its {X.shape[0]} "
-            f"rows (the others repeat them); IQRRefiner needs at least "
-            f"{MIN_FENCE_SAMPLES} distinct ones. Train on varied samples."
-        )
+    for rows in (X[:64], X):  # the first rows settle it, unless they repeat
+        if (n_distinct := distinct_rows(rows)[0].size) >= MIN_FENCE_SAMPLES:
+            return
+    raise ValueError(
+        f"X holds {n_distinct} distinct sample(s) among its {X.shape[0]} rows (the "
+        f"others repeat them); IQRRefiner needs at least {MIN_FENCE_SAMPLES} "
+        "distinct ones. Train on varied samples."
+    )
 
 
 def distinct_training_images(features, *, stacklevel):
@@ -340,8 +341,7 @@ def out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
 
 def refuse_nan(scores, base, n_iter, scored_by):
     """Refuse fence scores with NaN, naming the detector and the round."""
-    n_nan = int(np.isnan(scores).sum())
-    if n_nan:
+    if n_nan := int(np.isnan(scores).sum()):
         raise ValueError(
             f"{type(base).__name__} gives NaN anomaly scores to {n_nan} of the "
             f"{scores.size} samples kept after round {n_iter} (scored {scored_by}): "

@@ -246,11 +246,10 @@ def _cpu_tensor(batch, dtype):
     """
     if batch.dtype != dtype:
         batch = batch.astype(dtype)  # order "K": keeps the layout
-    strides = batch.strides
     if (
         not batch.flags.writeable
         or not batch.flags.aligned
-        or any(stride < 0 or stride % batch.itemsize for stride in strides)
+        or any(stride < 0 or stride % batch.itemsize for stride in batch.strides)
     ):
         # torch wants memory it may write, aligned, in whole elements forward
         # (a field of a structured array is none of these).
@@ -354,6 +353,12 @@ def _check_input_shape(input_shape):
     return shape
 
 
+def one_image_with_channels(shape):
+    """Whether a 3-D array of ``shape`` reads as one ``(H, W, C)`` image, not
+    as ``(n, H, W)`` gray images 1, 3 or 4 pixels wide."""
+    return shape[2] in (1, 3, 4) and shape[1] > shape[2]
+
+
 def _image_source(X, input_shape):
     """Validate ``X`` and wrap it in an object that yields batches of images."""
     if isinstance(X, (str, os.PathLike, Image.Image)):
@@ -404,7 +409,7 @@ def _image_source(X, input_shape):
             )
         images = images.reshape((images.shape[0],) + shape)
     if images.ndim == 3:
-        if images.shape[2] in (1, 3, 4) and images.shape[1] > images.shape[2]:
+        if one_image_with_channels(images.shape):
             # A stack of gray images 1, 3 or 4 pixels wide is no input for a
             # CNN; one image with a channel axis is a common slip, read
             # silently as many images.

@@ -10,7 +10,7 @@ from sklearn.utils._param_validation import HasMethods
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._features import PatchFeatures
-from .._features._images import _image_source
+from .._features._images import _image_source, one_image_with_channels
 from .._utils import forget, int_pair
 from ._bank import anomaly_maps
 
@@ -232,23 +232,28 @@ class PatchGridMixin:
 
     def _image_scores(self, X):
         """``score_samples(X)``, ``batch_size`` images at a time."""
-        return self._batched(X, lambda part: self._scores_and_maps_of(part, maps=False))
+
+        def scores(part):
+            return -self._patch_scores_of(self._patches(part)).max(1)
+
+        return self._batched(X, scores)
 
     def _image_maps(self, X):
         """``anomaly_map(X)``, ``batch_size`` images at a time."""
-        self._check_one_size(X)
-        return self._batched(X, lambda part: self._scores_and_maps_of(part)[1])
+        size = self._one_size(X)
+        return self._batched(
+            X, lambda part: self._maps(self._patch_scores_of(self._patches(part)), size)
+        )
 
     def _scores_and_maps(self, X):
         """``score_samples(X)`` and ``anomaly_map(X)`` from one embedding of ``X``."""
-        self._check_one_size(X)
-        return self._batched(X, self._scores_and_maps_of)
+        size = self._one_size(X)
 
-    def _scores_and_maps_of(self, X, maps=True):
-        patch_scores = self._patch_scores_of(self._patches(X))
-        if not maps:
-            return -patch_scores.max(1)
-        return -patch_scores.max(1), self._maps(X, patch_scores)
+        def scores_and_maps(part):
+            patch_scores = self._patch_scores_of(self._patches(part))
+            return -patch_scores.max(1), self._maps(patch_scores, size)
+
+        return self._batched(X, scores_and_maps)
 
     def _batched(self, X, compute):
         """``compute(X)``, an array or a tuple of arrays along the images, run
@@ -258,7 +263,7 @@ class PatchGridMixin:
         if n_images is None or n_images <= self.batch_size:
             return compute(X)
         step = self.batch_size
-        parts = [compute(X[start : start + step]) for start in range(0, len(X), step)]
+        parts = [compute(X[start : start + step]) for start in range(0, n_images, step)]
         if isinstance(parts[0], tuple):
             return tuple(np.concatenate(column) for column in zip(*parts))
         return np.concatenate(parts)
@@ -275,25 +280,25 @@ class PatchGridMixin:
         if X.ndim == 2:  # rows; or one gray image without input_shape
             images = getattr(self, "features_", None) is not None
             return None if images and self.input_shape is None else len(X)
-        if X.ndim == 3 and X.shape[2] in (1, 3, 4) and X.shape[1] > X.shape[2]:
-            return None  # one image with a channel axis
-        return len(X)
+        return None if X.ndim == 3 and one_image_with_channels(X.shape) else len(X)
 
-    def _check_one_size(self, X):
-        """Refuse maps of images of several sizes (file headers only)."""
+    def _one_size(self, X):
+        """The ``(height, width)`` of every image of ``X``, refusing several
+        (file headers only); None for rows (``backbone=None``)."""
         check_is_fitted(self)
         if self.features_ is None:
-            return
+            return None
         sizes = set(_image_source(X, self.input_shape).sizes())
         if len(sizes) > 1:
             raise ValueError(
                 f"anomaly_map needs images of one size; X holds sizes {sorted(sizes)} "
                 "(height, width). Pass the images of each size separately."
             )
+        return sizes.pop()
 
-    def _maps(self, X, patch_scores):
-        """Patch scores ``(n_images, n_cells)`` of ``X``, images of one size, as
-        maps at its resolution.
+    def _maps(self, patch_scores, size):
+        """Patch scores ``(n_images, n_cells)`` of images of ``size`` as maps at
+        that resolution.
 
         Resized bilinearly and smoothed with a Gaussian of ``sigma`` pixels
         (scaled from ``image_size`` to the input); with ``backbone=None`` the
@@ -302,5 +307,4 @@ class PatchGridMixin:
         scores = torch.from_numpy(patch_scores.reshape(-1, *self.grid_shape_))
         if self.features_ is None:
             return scores.float().numpy()
-        (size,) = set(_image_source(X, self.input_shape).sizes())
         return grid_maps(scores, size, self.features_.image_size_, self.sigma)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA device, in one short run: the cuda-marked tests,
-# then the GPU timings of the feature extraction, of MAML and of PatchCore's
-# scoring with maps. Run from the repository root, in the environment the
+# then the GPU timings of the feature extraction, of MAML, of PatchCore's
+# scoring with maps and of its fit's leave-one-image-out step. Run from the repository root, in the environment the
 # README's test command makes:
 #
 #     bash benchmarks/gpu_checks.sh
@@ -21,3 +21,6 @@ echo "== benchmarks/bench_maml.py --device cuda"
 
 echo "== benchmarks/bench_patch.py --device cuda"
 "$python" benchmarks/bench_patch.py --device cuda
+
+echo "== benchmarks/bench_patch_fit.py --device cuda"
+"$python" benchmarks/bench_patch_fit.py --device cuda

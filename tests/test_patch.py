@@ -1,6 +1,7 @@
 """Patch level: PatchFeatures, the memory-bank math, PatchCoreDetector, the switch."""
 
 import copy
+import math
 import re
 
 import numpy as np
@@ -269,6 +270,37 @@ def test_probed_search_bounds_the_exact_one_and_exact_maxima_fix_the_top():
     torch.testing.assert_close(fixed.max(1).values, exact.view(30, 10).max(1).values)
 
 
+def test_probed_search_leaves_out_the_querys_own_group():
+    rng = np.random.RandomState(1)
+    bank = torch.from_numpy(rng.normal(size=(1024, 8))).float()
+    queries = torch.from_numpy(rng.normal(size=(300, 8))).float()
+    order, offsets, centers = kmeans_cells(bank, 8, torch.Generator().manual_seed(0))
+    bank = bank[order]
+    bank_groups = torch.from_numpy(rng.randint(0, 6, 1024))
+    groups = torch.from_numpy(rng.randint(0, 6, 300))
+    # a query whose probed cell holds only rows of its own group finds none
+    bank_groups[offsets[3] : offsets[4]] = 6
+    queries[0] = centers[3]
+    groups[0] = 6
+
+    exact = nearest_distances(queries, bank, groups, bank_groups)[0]
+    probed, rows = probed_distances(
+        queries, bank, offsets, centers, 1, groups, bank_groups
+    )
+    assert rows[0] == -1 and probed[0] == math.inf
+    found = rows >= 0
+    assert found[1:].all()
+    assert not torch.any(bank_groups[rows[found]] == groups[found])
+    assert torch.all(probed >= exact - 1e-6)
+    everything = probed_distances(
+        queries, bank, offsets, centers, 8, groups, bank_groups
+    )
+    torch.testing.assert_close(everything[0], exact)
+
+    fixed = exact_maxima(probed.view(30, 10), queries, bank, groups, bank_groups)
+    torch.testing.assert_close(fixed.max(1).values, exact.view(30, 10).max(1).values)
+
+
 @pytest.mark.parametrize("cell_offset", [0.0, 0.75])
 def test_maps_put_cells_where_their_features_are_centred(cell_offset):
     scores = torch.zeros(1, 8, 8, dtype=torch.float64)
@@ -348,6 +380,46 @@ def test_ivf_and_brute_force_give_the_same_image_scores():
     assert fast.shape == (20, 4, 4)
     assert np.all(fast >= exact - 1e-5)
     np.testing.assert_allclose(fast.max((1, 2)), exact.max((1, 2)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bank_cleaning", [None, "images"])
+def test_fit_scores_training_images_by_the_cells_as_brute_force_would(
+    bank_cleaning, monkeypatch
+):
+    from sklearn_metarefine._patch import _bank, _detector
+
+    rng = np.random.RandomState(0)
+    prototypes = rng.normal(size=(12, 6)) * 3
+    X = prototypes[rng.randint(0, 12, (80, 64))] + rng.normal(size=(80, 64, 6)) / 2
+    X[:6, :3] += 8  # defective images, for the image cleaning
+    X = X.reshape(80, -1).astype(np.float32)
+    params = dict(
+        backbone=None,
+        grid_shape=(8, 8),
+        coreset_fraction=0.5,
+        bank_cleaning=bank_cleaning,
+        random_state=0,
+    )
+    brute = PatchCoreDetector(algorithm="brute", **params).fit(X)
+    searched = []
+
+    def counted(queries, *args):
+        if len(args) > 1:  # with groups: leaving images out, not k-means
+            searched.append(len(queries))
+        return nearest_distances(queries, *args)
+
+    monkeypatch.setattr(_detector, "nearest_distances", counted)
+    monkeypatch.setattr(_bank, "nearest_distances", counted)
+    ivf = PatchCoreDetector(**params).fit(X)
+    assert len(ivf.cell_centers_) > 8
+    np.testing.assert_array_equal(ivf.inlier_mask_, brute.inlier_mask_)
+    if bank_cleaning:
+        assert not ivf.inlier_mask_[:6].any()
+    np.testing.assert_allclose(ivf.train_scores_, brute.train_scores_, rtol=1e-6)
+    assert ivf.offset_ == pytest.approx(brute.offset_, rel=1e-6)
+    # Only each image's largest patch distance and its few rivals are
+    # searched exhaustively, not the 5,120 training patches.
+    assert 0 < sum(searched) < 80 * 64 / 4
 
 
 def _contaminated_rows(seed, n_normal=40, n_defective=10):

@@ -165,14 +165,19 @@ def kmeans_cells(bank, n_cells, generator, n_iter=10):
     return torch.argsort(cell, stable=True), offsets, centers
 
 
-def probed_distances(queries, bank, offsets, centers, n_probe):
+def probed_distances(
+    queries, bank, offsets, centers, n_probe, query_groups=None, bank_groups=None
+):
     """Distance of every query to its nearest bank row within the ``n_probe``
     cells whose centers are nearest to it (an inverted-file search).
 
     ``bank`` is sorted by cell as :func:`kmeans_cells` describes. The result is
     a distance to a real bank row, so it is never below the exact nearest
     distance; it equals it unless the nearest row lies in an unprobed cell.
-    Returns float64 distances and the indices of the rows found.
+    Returns float64 distances and the indices of the rows found. With
+    ``query_groups`` and ``bank_groups``, a query never matches a row of its
+    own group, as in :func:`nearest_distances`; a query whose probed cells
+    hold no other group's row gets inf (and index -1).
     """
     center = bank.mean(0)
     bank = bank - center
@@ -187,11 +192,15 @@ def probed_distances(queries, bank, offsets, centers, n_probe):
         block = queries[start : start + chunk] - center
         to_centers = torch.addmm(centers_squared, block, centers.T, alpha=-2)
         probes = to_centers.topk(n_probe, dim=1, largest=False).indices.reshape(-1)
-        nearest[start : start + chunk] = _search_cells(
-            block, probes, bank, bank_squared, offsets, n_probe
-        )
         rows = slice(start, start + chunk)
+        groups = None if query_groups is None else query_groups[rows]
+        nearest[rows] = _search_cells(
+            block, probes, bank, bank_squared, offsets, n_probe, groups, bank_groups
+        )
         distances[rows] = _exact(queries[rows], bank[nearest[rows]] + center)
+    if query_groups is not None:
+        missing = nearest < 0
+        distances[missing] = math.inf
     return distances, nearest
 
 
@@ -201,9 +210,12 @@ def _exact(queries, nearest):
     return (queries.double() - nearest.double()).norm(dim=1)
 
 
-def _search_cells(queries, probes, bank, bank_squared, offsets, n_probe):
+def _search_cells(
+    queries, probes, bank, bank_squared, offsets, n_probe, groups=None, bank_groups=None
+):
     """Nearest bank row of each query among its probed cells (``probes`` holds
-    ``n_probe`` cells per query, query-major)."""
+    ``n_probe`` cells per query, query-major); -1 where ``groups`` leave none
+    (rows of the query's own group are skipped)."""
     # (query, cell) pairs grouped by cell: each cell is searched once, by all
     # the queries that probe it, with one small matrix product.
     by_cell = torch.argsort(probes, stable=True)
@@ -221,31 +233,46 @@ def _search_cells(queries, probes, bank, bank_squared, offsets, n_probe):
                 bank[low:high].T,
                 alpha=-2,
             )
+            if groups is not None:
+                own = groups[asking[first:last], None] == bank_groups[None, low:high]
+                scores.masked_fill_(own, math.inf)
             torch.min(scores, 1, out=(found[first:last], where[first:last]))
             where[first:last] += low
         first = last
     pair = torch.empty_like(by_cell)
     pair[by_cell] = torch.arange(len(by_cell), device=bank.device)
-    best = found[pair].view(-1, n_probe).argmin(1)
-    return where[pair].view(-1, n_probe).gather(1, best[:, None])[:, 0]
+    found, where = found[pair].view(-1, n_probe), where[pair].view(-1, n_probe)
+    best = found.argmin(1, keepdim=True)
+    nearest = where.gather(1, best)[:, 0]
+    nearest[found.gather(1, best)[:, 0] == math.inf] = -1
+    return nearest
 
 
-def exact_maxima(upper, queries, bank):
+def exact_maxima(upper, queries, bank, query_groups=None, bank_groups=None):
     """Make the largest entry of each row of ``upper`` exact.
 
-    ``upper`` holds upper bounds of the patches' exact nearest distances. The
-    patch with the largest bound is searched exactly; only patches whose bound
-    exceeds that exact value can hold the true maximum, and they are searched
-    exactly too (usually none or a few).
+    ``upper`` holds upper bounds of the patches' exact nearest distances
+    (with ``query_groups`` and ``bank_groups``, of those to other groups' rows,
+    as in :func:`nearest_distances`). The patch with the largest bound is
+    searched exactly; only patches whose bound exceeds that exact value can
+    hold the true maximum, and they are searched exactly too (usually none or
+    a few).
     """
+
+    def exact(rows):
+        if query_groups is None:
+            return nearest_distances(queries[rows], bank)[0]
+        groups = query_groups[rows]
+        return nearest_distances(queries[rows], bank, groups, bank_groups)[0]
+
     n_images, n_cells = upper.shape
     top = upper.argmax(1) + torch.arange(n_images, device=upper.device) * n_cells
     flat = upper.reshape(-1).clone()
-    flat[top] = nearest_distances(queries[top], bank)[0]
+    flat[top] = exact(top)
     exact_top = flat[top].repeat_interleave(n_cells)
     rivals = torch.nonzero(upper.reshape(-1) > exact_top)[:, 0]
     if len(rivals):
-        flat[rivals] = nearest_distances(queries[rivals], bank)[0]
+        flat[rivals] = exact(rivals)
     return flat.view(n_images, n_cells)
 
 

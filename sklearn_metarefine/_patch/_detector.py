@@ -99,13 +99,15 @@ class PatchCoreDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     k : float, default=1.5
         IQR multiplier of the fences (the cleaning and ``contamination="auto"``).
     algorithm : {"ivf", "brute"}, default="ivf"
-        Nearest-neighbour search at prediction. ``"brute"`` compares every test
+        Nearest-neighbour search, at prediction and for the training images'
+        leave-one-image-out scores of :meth:`fit`. ``"brute"`` compares every
         patch with every bank patch. ``"ivf"`` cuts the bank into k-means cells
-        of about 128 patches and compares a test patch with the patches of the
+        of about 128 patches and compares a patch with the patches of the
         sixteenth of the cells nearest to it; each image's largest patch distance
-        is then made exact, so :meth:`score_samples`, :meth:`decision_function`
-        and :meth:`predict` agree with ``"brute"``, and only the other values
-        of :meth:`anomaly_map` may be larger than the exact ones.
+        is then made exact, so :meth:`score_samples`, :meth:`decision_function`,
+        :meth:`predict` and the fitted threshold and cleaning agree with
+        ``"brute"``, and only the other values of :meth:`anomaly_map` may be
+        larger than the exact ones.
     sigma : float, default=4.0
         Standard deviation, in pixels of an image of ``image_size``, of the
         Gaussian that smooths the maps; it scales with the input resolution.
@@ -325,8 +327,13 @@ shape (n_samples, n_features) when ``backbone=None``
         self.n_patches_selected_ = len(bank)
         self.inlier_mask_ = np.ones(n_images, dtype=bool)
         if self.bank_cleaning == "images":
-            loo = self._leave_one_image_out(flat, images, bank, n_images)
-            self.inlier_mask_ = _fence_keep(loo.max(1), self.k)
+            # Search cells of their own, so that the generator draws the
+            # final bank's cells as without them.
+            cells = self._cells(flat[bank], torch.Generator().manual_seed(seed))
+            loo = self._leave_one_image_out(
+                flat, images, flat[bank][cells[0]], images[bank][cells[0]], cells[1:]
+            )
+            self.inlier_mask_ = _fence_keep(loo, self.k)
             kept = torch.from_numpy(self.inlier_mask_).to(self.device_)[images]
             with self._stage(f"coreset of the {int(kept.sum())} kept patches"):
                 bank = torch.nonzero(kept)[:, 0][self._select(flat[kept], generator)]
@@ -335,10 +342,14 @@ shape (n_samples, n_features) when ``backbone=None``
                 support = self._support(flat, images, bank, n_images, generator)
             keep = _fence_keep(support, self.k, fence=majority_fence)
             bank = bank[torch.from_numpy(keep).to(bank.device)]
-        loo = self._leave_one_image_out(flat, images, bank, n_images)
-
         self._store_bank(flat[bank], images[bank], generator)
-        self.train_scores_ = loo.max(1)
+        self.train_scores_ = self._leave_one_image_out(
+            flat,
+            images,
+            torch.from_numpy(self.memory_bank_).to(self.device_),
+            torch.from_numpy(self.bank_image_).to(self.device_),
+            self._stored_cells(),
+        )
         if self.contamination == "auto":
             self.offset_ = -majority_fence(self.train_scores_, self.k)
         else:
@@ -405,27 +416,47 @@ shape (n_samples, n_features) when ``backbone=None``
         )
         return distances.cpu().numpy()
 
-    def _store_bank(self, bank, bank_images, generator):
-        """Keep the bank, sorted into the cells of the inverted-file search."""
+    def _cells(self, bank, generator):
+        """``(order, offsets, centers)`` of the bank's cells for the
+        inverted-file search, or ``(order, None)`` for a brute-force search."""
         n_cells = len(bank) // _CELL_SIZE
         if self.algorithm == "ivf" and n_cells > 1:
             with self._stage(f"{n_cells} search cells of the {len(bank)} bank patches"):
-                order, offsets, centers = kmeans_cells(bank, n_cells, generator)
-            bank, bank_images = bank[order], bank_images[order]
-            self.cell_offsets_ = offsets.cpu().numpy()
-            self.cell_centers_ = centers.cpu().numpy()
+                return kmeans_cells(bank, n_cells, generator)
+        return torch.arange(len(bank), device=bank.device), None
+
+    def _store_bank(self, bank, bank_images, generator):
+        """Keep the bank, sorted into the cells of the inverted-file search."""
+        order, *cells = self._cells(bank, generator)
+        bank, bank_images = bank[order], bank_images[order]
+        if cells[0] is not None:
+            self.cell_offsets_ = cells[0].cpu().numpy()
+            self.cell_centers_ = cells[1].cpu().numpy()
         else:
             self.cell_offsets_ = np.array([0, len(bank)])
             self.cell_centers_ = bank.mean(0, keepdim=True).cpu().numpy()
         self.memory_bank_ = bank.cpu().numpy()
         self.bank_image_ = bank_images.cpu().numpy()
 
-    def _leave_one_image_out(self, flat, images, bank, n_images):
-        """Per-patch distances ``(n_images, n_cells)`` to the bank without the
-        patch's own image."""
+    def _stored_cells(self):
+        """``(offsets, centers)`` of the stored bank's cells, or ``(None,)``."""
+        if len(self.cell_centers_) == 1:
+            return (None,)
+        offsets = torch.from_numpy(self.cell_offsets_).to(self.device_)
+        return offsets, torch.from_numpy(self.cell_centers_).to(self.device_)
+
+    def _leave_one_image_out(self, flat, images, bank, bank_images, cells):
+        """Each training image's score by the bank without its own patches.
+
+        ``bank`` is sorted by the ``cells`` (:meth:`_cells` without the
+        order); the largest patch distance of each image is exact either way.
+        """
+        n_images = int(images[-1]) + 1
         with self._stage(f"{n_images} images scored without their own patches"):
-            distances, _ = nearest_distances(flat, flat[bank], images, images[bank])
-        return distances.cpu().numpy().reshape(n_images, -1)
+            distances = self._search(
+                flat.view(n_images, -1, flat.shape[1]), bank, cells, images, bank_images
+            )
+        return distances.max(1)
 
     def _patch_scores_of(self, patches):
         """Per-patch distances ``(n_images, n_cells)`` to the memory bank.
@@ -434,17 +465,26 @@ shape (n_samples, n_features) when ``backbone=None``
         (``algorithm="ivf"``), the other patches are searched in their nearest
         cells only: a distance to a real bank patch, never below the exact one.
         """
-        n_images, n_cells, n_channels = patches.shape
-        queries = torch.from_numpy(patches.reshape(-1, n_channels)).to(self.device_)
         bank = torch.from_numpy(self.memory_bank_).to(self.device_)
-        n_bank_cells = len(self.cell_centers_)
         with torch.inference_mode():
-            if n_bank_cells == 1:
-                distances = nearest_distances(queries, bank)[0]
-                return distances.cpu().numpy().reshape(n_images, n_cells)
-            offsets = torch.from_numpy(self.cell_offsets_).to(self.device_)
-            centers = torch.from_numpy(self.cell_centers_).to(self.device_)
-            n_probe = max(1, math.ceil(_PROBED_FRACTION * n_bank_cells))
-            distances = probed_distances(queries, bank, offsets, centers, n_probe)[0]
-            distances = exact_maxima(distances.view(n_images, n_cells), queries, bank)
+            patches = torch.from_numpy(patches).to(self.device_)
+            return self._search(patches, bank, self._stored_cells())
+
+    def _search(self, patches, bank, cells, groups=None, bank_groups=None):
+        """Distances ``(n_images, n_cells)`` of the ``(n_images, n_cells,
+        n_channels)`` patches to their nearest bank patch (of another group
+        where ``groups`` are given), exact or by the ``cells``."""
+        n_images, n_cells, n_channels = patches.shape
+        queries = patches.reshape(-1, n_channels)
+        if cells[0] is None:
+            distances = nearest_distances(queries, bank, groups, bank_groups)[0]
+            return distances.cpu().numpy().reshape(n_images, n_cells)
+        offsets, centers = cells
+        n_probe = max(1, math.ceil(_PROBED_FRACTION * len(centers)))
+        distances = probed_distances(
+            queries, bank, offsets, centers, n_probe, groups, bank_groups
+        )[0]
+        distances = exact_maxima(
+            distances.view(n_images, n_cells), queries, bank, groups, bank_groups
+        )
         return distances.cpu().numpy()

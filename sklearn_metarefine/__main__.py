@@ -46,7 +46,7 @@ def _size(text):
     try:
         value = int(text)
     except ValueError:
-        value = float(text)
+        value = _number(text, float)
     if not (value >= 1 if isinstance(value, int) else 0 < value < 1):
         raise argparse.ArgumentTypeError(
             f"must be a count of at least 1 or a fraction in (0, 1), got {text}"
@@ -54,8 +54,17 @@ def _size(text):
     return value
 
 
+def _number(text, kind):
+    """``kind(text)``, refused in words: argparse would name the function."""
+    try:
+        return kind(text)
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+
+
 def _positive_int(text):
-    value = int(text)
+    value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
@@ -63,7 +72,7 @@ def _positive_int(text):
 
 def _seed(text):
     """A seed scikit-learn and numpy take: an int in [0, 2**32 - 1]."""
-    value = int(text)
+    value = _number(text, int)
     if not 0 <= value < 2**32:
         raise argparse.ArgumentTypeError(
             f"must be an integer from 0 to {2**32 - 1}, got {value}"
@@ -73,14 +82,14 @@ def _seed(text):
 
 def _finite(text):
     """A finite float, refused as written (1e400 is no "inf")."""
-    value = float(text)
+    value = _number(text, float)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
 def _nonzero_int(text):
-    value = int(text)
+    value = _number(text, int)
     if value == 0:
         raise argparse.ArgumentTypeError(
             "must be a positive number of parallel runs, or -1 for all cores, got 0"
@@ -266,11 +275,17 @@ bank without its own patches); and .skipped.csv with
 """
 
 
+_PYTHON_CONSTANTS = {"None": None, "True": True, "False": False}
+
+
 def _setting(text):
-    """NAME=VALUE of --set; VALUE is read as JSON when it is JSON, else as text."""
+    """NAME=VALUE of --set; VALUE is read as JSON when it is JSON, as Python's
+    None, True or False when it is one of these words, else as text."""
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    if value in _PYTHON_CONSTANTS:
+        return name, _PYTHON_CONSTANTS[value]
     try:
         return name, json.loads(value)
     except json.JSONDecodeError:
@@ -313,7 +328,9 @@ def _add_fit_parser(commands):
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="any other MetaRefineDetector parameter (repeatable)",
+        help="any other MetaRefineDetector parameter (repeatable); VALUE is "
+        "read as JSON (null, true, 0.5, [1, 2]) or as None, True or False, "
+        "else as text",
     )
     fit.add_argument("--device", default="auto", help="auto, cpu or cuda")
     fit.add_argument(

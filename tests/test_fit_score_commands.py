@@ -427,6 +427,31 @@ def test_a_threshold_beyond_the_numbers_is_refused_as_written(
     assert error.endswith(f"--threshold: must be a finite number, got {threshold}")
 
 
+@pytest.mark.parametrize(
+    "option, value, expected",
+    [
+        ("--threshold", "abc", "expected a number, got 'abc'"),
+        ("--seed", "abc", "expected an integer, got 'abc'"),
+        ("--seed", "1.5", "expected an integer, got '1.5'"),
+        ("--n-jobs", "x", "expected an integer, got 'x'"),
+    ],
+)
+def test_a_malformed_number_is_refused_in_words(
+    folders, fitted, capsys, option, value, expected
+):
+    # argparse named the parsing function: "invalid _seed value: 'abc'".
+    new = str(folders / "new")
+    argv = {
+        "--seed": ["fit", new, "--output", "m.metarefine"],
+        "--n-jobs": ["benchmark"],
+    }.get(option, ["score", str(fitted), new, "--output", "x.csv"])
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, option, value])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith(f"{option}: {expected}")
+
+
 def test_a_folder_where_a_report_goes_is_refused_before_the_model_is_replaced(
     folders, capsys, tmp_path, monkeypatch
 ):
@@ -830,10 +855,14 @@ def test_patch_level_refuses_options_it_does_not_use(folders, capsys, tmp_path):
     assert "coreset_fraction" in err and not (tmp_path / "m").exists()
 
 
-def test_fit_refuses_no_backbone_before_reading_the_images(folders, capsys, tmp_path):
+@pytest.mark.parametrize("spelling", ["null", "None"])
+def test_fit_refuses_no_backbone_before_reading_the_images(
+    folders, capsys, tmp_path, spelling
+):
     # It read the images, then said "could not convert string to float".
+    # "None", as the docs write Python's parameters, was the text 'None'.
     argv = ["fit", str(folders / "train"), "--output", str(tmp_path / "m.metarefine"),
-            "--set", "backbone=null"]  # fmt: skip
+            "--set", f"backbone={spelling}"]  # fmt: skip
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "Found" not in err

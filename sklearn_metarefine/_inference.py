@@ -206,9 +206,11 @@ def score_files(
     _check_outputs(output, maps, map_names, inputs, files)
     check_not_named_as_an_image(output, "results.csv")
     counts = {"scored": 0, "anomalous": 0, "skipped": 0}
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    made = []  # folders this run created, removed again if it stops
+    _make_folder(Path(output).parent, made)
     partial = results_files(output)[1]
     pending = []  # (map written aside, its name), renamed once all are scored
+    complete = False
     bar = tqdm(total=len(files), unit="image", desc="Scoring", disable=not progress)
     try:
         with open(
@@ -221,7 +223,7 @@ def score_files(
                 names = map_names[start : start + batch_size] if maps else None
                 rows = _score_batch(
                     model, batch, names, maps, threshold, source, skip_unreadable,
-                    pending,
+                    pending, made,
                 )
                 for row in rows:
                     key = "skipped" if row[2] == "skipped" else "scored"
@@ -235,12 +237,15 @@ def score_files(
         for written, path in pending:
             os.replace(written, path)
         os.replace(partial, output)
+        complete = True
     finally:
         bar.close()
         for written, _ in pending:
             written.unlink(missing_ok=True)
         if os.path.exists(partial):
             os.unlink(partial)
+        if not complete:
+            _remove_empty(made)
     return ScoreResult(
         output=Path(output),
         n_scored=counts["scored"],
@@ -326,11 +331,28 @@ def _scores_and_maps(model, images):
     return anomaly, maps
 
 
+def _make_folder(folder, made):
+    """Create ``folder`` and its missing parents, listing them in ``made``."""
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    made += reversed(missing)
+
+
+def _remove_empty(made):
+    """Remove the folders of ``made`` left empty, the deepest first."""
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): keep what is in it
+            pass
+
+
 def _score_batch(
-    model, files, map_names, maps, threshold, source, skip_unreadable, pending
+    model, files, map_names, maps, threshold, source, skip_unreadable, pending, made
 ):
     """The CSV rows of one batch, in the order of ``files``; its maps are
-    written under temporary names, added to ``pending`` with their own."""
+    written under temporary names, added to ``pending`` with their own, in
+    folders added to ``made`` when created."""
     images, errors = _read_batch(files, skip_unreadable)
     if maps is not None:
         anomaly, anomaly_maps = _scores_and_maps(model, images)
@@ -349,7 +371,7 @@ def _score_batch(
         if maps is not None:
             overlay_path = Path(maps) / map_names[index]
             values_path = overlay_path.with_suffix(".npy")
-            overlay_path.parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(overlay_path.parent, made)
             values = anomaly_maps[scored]
             overlay = map_overlay(images[scored], values, threshold)
             aside = temporary_name(overlay_path), temporary_name(values_path)

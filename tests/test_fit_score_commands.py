@@ -811,6 +811,15 @@ def test_an_interrupted_score_leaves_the_earlier_maps_and_csv(
     monkeypatch.setattr("sklearn_metarefine._inference._score_batch", interrupted)
     assert main([*command, "--threshold", "1e9"]) == 130
     assert files() == before
+    # Nor does it leave the folders it made: it left empty ones for the maps.
+    fresh, own = tmp_path / "fresh", tmp_path / "own"
+    own.mkdir()
+    batches.clear()
+    elsewhere = ["score", str(model), str(root / "new"), "--output",
+                 str(fresh / "csv" / "results.csv"), "--maps", str(own / "maps"),
+                 "--skip-unreadable", "--batch-size", "2", "--no-progress"]
+    assert main(elsewhere) == 130
+    assert not fresh.exists() and list(own.iterdir()) == []
 
     monkeypatch.undo()
     assert main([*command, "--threshold", "1e9"]) == 0
@@ -971,5 +980,5 @@ def test_an_image_scored_nan_is_labelled_anomalous_as_predict_flags_it(folders):
             return np.array([np.nan, -0.5])[: len(images)]
 
     files = list_images([folders / "new"])[:2]
-    rows = _score_batch(Scores(), files, None, None, 1.0, "model", False, [])
+    rows = _score_batch(Scores(), files, None, None, 1.0, "model", False, [], [])
     assert [row[2] for row in rows] == ["anomalous", "normal"]

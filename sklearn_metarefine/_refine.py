@@ -15,7 +15,6 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._rounds import (
-    check_fence_samples,
     check_novelty,
     decision_offset,
     final_estimator_has,
@@ -33,6 +32,7 @@ from ._rounds import (
     warn_if_held_out_from_few,
     with_copies,
 )
+from ._samples import check_fence_samples, samples_for, take
 from ._scores import anomaly_score, clean_tail_fraction, iqr_fence
 from ._utils import restored_on_failure
 
@@ -429,7 +429,9 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Training samples, possibly contaminated with anomalies.
+            Training samples, possibly contaminated with anomalies. A
+            DataFrame reaches the detector as a DataFrame (its rows), so that
+            a Pipeline can select columns by name.
 
         y : Ignored
             Not used, present for API consistency by convention.
@@ -439,8 +441,9 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         self : object
             Fitted estimator.
         """
-        X = validate_data(self, X)
-        check_fence_samples(X)
+        array = validate_data(self, X)
+        check_fence_samples(array)
+        X = samples_for(X, array)
         warn_if_held_out_from_few(self, X.shape[0])
         min_kept = resolve_min_samples(self.min_samples, X.shape[0])
         estimator = _default_estimator() if self.estimator is None else self.estimator
@@ -453,7 +456,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         thresholds, seen = [], set()
         while True:
             n_rounds = len(thresholds)
-            scores = self._fence_scores(estimator, base, X[kept], fold_seed, n_rounds)
+            scores = self._fence_scores(estimator, base, take(X, kept), fold_seed,
+                                        n_rounds)
             fence = iqr_fence(scores, self.k)
             if self.max_iter is not None and n_rounds == self.max_iter:
                 # The model is now fitted on the samples the last round kept.
@@ -468,8 +472,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             unmasked = None  # the next round's model, if fitted to decide
             if termination == "clean_tail":
                 unmasked = refit(base, copy.deepcopy(estimator) if warm else estimator,
-                                 X[candidate], warm, after_round=n_rounds + 1)
-                if unmasks(unmasked, X[kept & ~candidate], scores, self.k):
+                                 take(X, candidate), warm, after_round=n_rounds + 1)
+                if unmasks(unmasked, take(X, kept & ~candidate), scores, self.k):
                     termination = None
             if self.verbose:
                 print(round_summary(len(thresholds), fence, kept, candidate,
@@ -480,11 +484,12 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             removed_at_iter[candidate] = -1
             kept = candidate
             estimator = unmasked if unmasked is not None else refit(
-                base, estimator, X[kept], warm, after_round=n_rounds + 1)
+                base, estimator, take(X, kept), warm, after_round=n_rounds + 1)
             core_model = False
 
         if core_model:
-            estimator = with_copies(base, estimator, X[kept], warm, len(thresholds))
+            estimator = with_copies(base, estimator, take(X, kept), warm,
+                                    len(thresholds))
         self.estimator_ = estimator
         self.inlier_mask_ = kept
         self.removed_at_iter_ = removed_at_iter
@@ -532,8 +537,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             ``decision_function``).
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False)
-        return -anomaly_score(self.estimator_, X)
+        array = validate_data(self, X, reset=False)
+        return -anomaly_score(self.estimator_, samples_for(X, array))
 
     def decision_function(self, X):
         """Score of each sample relative to the decision boundary.
@@ -591,5 +596,5 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             ``estimator_.score(X, y)``.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False)
-        return self.estimator_.score(X, y)
+        array = validate_data(self, X, reset=False)
+        return self.estimator_.score(samples_for(X, array), y)

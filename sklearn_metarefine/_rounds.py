@@ -15,6 +15,7 @@ from sklearn.model_selection import KFold
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import InvalidParameterError
 
+from ._samples import MIN_FENCE_SAMPLES, distinct_rows, take
 from ._utils import draw_seed
 from ._scores import (
     anomaly_score,
@@ -24,10 +25,6 @@ from ._scores import (
     neighbour_distances,
     with_clean_tail,
 )
-
-# Below four scores the quartiles are interpolated between the same few order
-# statistics and the fence says nothing about the tail.
-MIN_FENCE_SAMPLES = 4
 
 # Concentration steps converge in a handful of steps in practice; the cap only
 # bounds the cost when scores keep swapping samples at the edge of the core.
@@ -156,51 +153,6 @@ def warn_if_held_out_from_few(
     )
 
 
-def check_fence_samples(X):
-    """Refuse ``X`` with too few samples, or distinct ones, for quartiles:
-    copies score alike, and on ties float rounding decides what is flagged."""
-    if X.shape[0] < MIN_FENCE_SAMPLES:
-        raise ValueError(
-            f"IQRRefiner needs at least {MIN_FENCE_SAMPLES} samples to "
-            f"compute quartiles, got n_samples={X.shape[0]}."
-        )
-    for rows in (X[:64], X):  # the first rows settle it, unless they repeat
-        if (n_distinct := distinct_rows(rows)[0].size) >= MIN_FENCE_SAMPLES:
-            return
-    raise ValueError(
-        f"X holds {n_distinct} distinct sample(s) among its {X.shape[0]} rows (the "
-        f"others repeat them); IQRRefiner needs at least {MIN_FENCE_SAMPLES} "
-        "distinct ones. Train on varied samples."
-    )
-
-
-def distinct_training_images(features, *, stacklevel):
-    """``distinct_rows`` of a detector's training features, refusing fewer
-    than 4 distinct images and warning when some repeat."""
-    if len(features) < MIN_FENCE_SAMPLES:
-        raise ValueError(
-            f"The refinement needs at least {MIN_FENCE_SAMPLES} training images "
-            f"for the quartiles of its fence, got n_samples={len(features)}."
-        )
-    distinct, copy_of = distinct_rows(features)
-    if len(distinct) < MIN_FENCE_SAMPLES:
-        raise ValueError(
-            f"X holds {len(distinct)} distinct training image(s) among its "
-            f"{len(features)} (the others repeat them exactly); the refinement "
-            f"needs at least {MIN_FENCE_SAMPLES} distinct images."
-        )
-    if len(distinct) < len(features):
-        warnings.warn(
-            f"{len(features) - len(distinct)} of the {len(features)} training "
-            "images repeat other training images exactly (the same features): "
-            "each distinct image is fitted once (many copies weigh as one), "
-            "and a repeat shares the decision on its first copy in inlier_mask_.",
-            UserWarning,
-            stacklevel=stacklevel,
-        )
-    return distinct, copy_of
-
-
 def final_estimator_has(attr, default_estimator):
     """Whether the final estimator, or the one that will be fitted, has ``attr``.
 
@@ -316,14 +268,14 @@ def out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
 
     def fit_and_score(fold, train, test):
         try:
-            model = clone(base).fit(X[train])
+            model = clone(base).fit(take(X, train))
         except Exception as exc:
             raise RuntimeError(
                 f"Fitting {type(base).__name__} on fold {fold} of {n_folds} "
                 f"({train.size} of the {X.shape[0]} samples kept after round "
                 f"{n_iter}) failed: {exc}"
             ) from exc
-        return anomaly_score(model, X[test])
+        return anomaly_score(model, take(X, test))
 
     scores = held_out(X.shape[0], cv, seed, fit_and_score, copy_of)
     refuse_nan(scores, base, n_iter, "by models fitted without them")
@@ -378,7 +330,7 @@ def inside_fence(estimator, X, kept, scores, fence, readmit):
     candidate[kept] = scores <= fence
     outside = ~kept
     if readmit and outside.any():  # a core of at least 4 may hold every sample
-        candidate[outside] = anomaly_score(estimator, X[outside]) <= fence
+        candidate[outside] = anomaly_score(estimator, take(X, outside)) <= fence
     return candidate
 
 
@@ -468,10 +420,10 @@ def decision_offset(refiner, estimator, base, X, kept, scores, fold_seed):
         scores  # held out already
         if refiner.fence_scores == "oof"
         else out_of_fold_anomaly_scores(
-            base, X[kept], refiner.cv, fold_seed, n_iter=refiner.n_iter_
+            base, take(X, kept), refiner.cv, fold_seed, n_iter=refiner.n_iter_
         )
     )
-    removed = anomaly_score(estimator, X[~kept]) if (~kept).any() else None
+    removed = anomaly_score(estimator, take(X, ~kept)) if (~kept).any() else None
     if removed is not None:
         # Removed samples the final model gives no score are flagged alike.
         removed = np.where(np.isnan(removed), np.inf, removed)
@@ -545,7 +497,7 @@ def trimmed_core(base, X, warm, *, start, start_fraction, start_neighbors):
     returns holds their copies with them.
     """
     distinct, copy_of = distinct_rows(X)
-    X = X[distinct]
+    X = take(X, distinct)
     n_samples = X.shape[0]
     n_core = core_size(start_fraction, n_samples)
     if start == "neighbors":
@@ -555,27 +507,14 @@ def trimmed_core(base, X, warm, *, start, start_fraction, start_neighbors):
         core = np.ones(n_samples, dtype=bool)
     estimator = None
     for _ in range(_MAX_CONCENTRATION_STEPS):
-        estimator = refit(base, estimator, X[core], warm, after_round=0)
+        estimator = refit(base, estimator, take(X, core), warm, after_round=0)
         new_core = lowest(anomaly_score(estimator, X), n_core)
         if np.array_equal(new_core, core):
             break
         core = new_core
     else:
-        estimator = refit(base, estimator, X[core], warm, after_round=0)
+        estimator = refit(base, estimator, take(X, core), warm, after_round=0)
     return estimator, core[copy_of]
-
-
-def distinct_rows(X):
-    """The first occurrence of each distinct row of ``X``, and each row's copy.
-
-    Returns ``distinct``, the indices of the first occurrences in increasing
-    order (``arange(len(X))`` when no row repeats), and ``copy_of``, for each
-    row the position in ``distinct`` of its first occurrence, so that
-    ``X[distinct][copy_of]`` equals ``X``.
-    """
-    _, first, inverse = np.unique(X, axis=0, return_index=True, return_inverse=True)
-    distinct = np.sort(first)
-    return distinct, np.searchsorted(distinct, first[inverse.ravel()])
 
 
 def seeded_clone(estimator, random_state):

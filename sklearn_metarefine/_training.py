@@ -27,7 +27,7 @@ from ._image_files import (
 from ._inference import check_device, quiet
 from ._persistence import save
 from ._pictures import contact_sheet
-from ._rounds import MIN_FENCE_SAMPLES
+from ._samples import MIN_FENCE_SAMPLES
 
 LEVELS = ("image", "patch")
 # Parameters of MetaRefineDetector that the patch level uses besides the ones it

@@ -837,7 +837,7 @@ def test_score_is_delegated_when_the_estimator_has_one():
     assert not hasattr(IQRRefiner(IsolationForest()).fit(X), "score")
 
 
-def test_feature_names_are_checked_not_forwarded():
+def test_feature_names_are_checked_and_forwarded():
     pd = pytest.importorskip("pandas")
     X, _ = planted(0, n_normal=90, n_anomalous=10, n_features=2)
     frame = pd.DataFrame(X, columns=["a", "b"])
@@ -846,7 +846,7 @@ def test_feature_names_are_checked_not_forwarded():
         refiner = IQRRefiner(IsolationForest(n_estimators=10), random_state=0)
         refiner.fit(frame).predict(frame)
     np.testing.assert_array_equal(refiner.feature_names_in_, ["a", "b"])
-    assert not hasattr(refiner.estimator_, "feature_names_in_")
+    np.testing.assert_array_equal(refiner.estimator_.feature_names_in_, ["a", "b"])
     with pytest.raises(ValueError, match="feature names"):
         refiner.predict(frame[["b", "a"]])
 
@@ -1254,3 +1254,35 @@ def test_the_size_the_few_samples_warning_advises_is_the_smallest_that_is_enough
                      if smallest_kept(n, **kept) >= 7), None)
         advice = f"at least {scan} samples" if scan else "more samples (and min_samples"
         assert advice in str(caught[0].message)
+
+
+@pytest.mark.parametrize("start", ["full", "neighbors"])
+@pytest.mark.parametrize("fence_scores", ["oof", "in_sample"])
+def test_a_dataframe_reaches_the_detector_as_a_dataframe(start, fence_scores):
+    # Arrays were passed on: a Pipeline choosing its columns by name failed
+    # inside scikit-learn ("columns using strings ... only for dataframes").
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import ColumnTransformer
+
+    rng = np.random.RandomState(0)
+    X = np.r_[rng.normal(size=(200, 3)), rng.normal(6, 1, size=(20, 3))]
+    names = ["width", "height", "noise"]
+    frame = pd.DataFrame(X, columns=names, index=np.arange(220)[::-1] * 3 + 7)
+    columns = ColumnTransformer([("size", StandardScaler(), ["width", "height"])])
+    detector = make_pipeline(columns, EllipticEnvelope(random_state=0))
+    params = dict(start=start, fence_scores=fence_scores, random_state=0)
+    by_name = IQRRefiner(detector, **params).fit(frame)
+    assert list(by_name.feature_names_in_) == ["width", "height", "noise"]
+    assert not by_name.inlier_mask_[200:].any()
+
+    by_position = ColumnTransformer([("size", StandardScaler(), [0, 1])])
+    plain = make_pipeline(by_position, EllipticEnvelope(random_state=0))
+    on_array = IQRRefiner(plain, **params).fit(X)
+    np.testing.assert_array_equal(by_name.inlier_mask_, on_array.inlier_mask_)
+    assert by_name.offset_ == on_array.offset_
+    np.testing.assert_array_equal(by_name.predict(frame), on_array.predict(X))
+    np.testing.assert_array_equal(
+        by_name.score_samples(frame.iloc[::-1]), on_array.score_samples(X[::-1])
+    )
+    with pytest.raises(ValueError, match="feature names"):
+        by_name.predict(frame[["height", "width", "noise"]])

@@ -1,0 +1,82 @@
+"""The training samples of a refinement: their checks, and their rows as the
+refined detector takes them (arrays, or DataFrames for detectors that select
+columns by name)."""
+
+import warnings
+
+import numpy as np
+from sklearn.utils import _safe_indexing
+
+# Below four scores the quartiles are interpolated between the same few order
+# statistics and the fence says nothing about the tail.
+MIN_FENCE_SAMPLES = 4
+
+
+def take(X, rows):
+    """The ``rows`` (a mask or indices) of ``X``, an array or a DataFrame: a
+    detector that selects columns by name gets a DataFrame."""
+    return _safe_indexing(X, rows)
+
+
+def samples_for(X, array):
+    """What the refined detector is given: ``X`` itself when it is a DataFrame
+    (``array``, its validated values, keeps the checks), else ``array``."""
+    return X if hasattr(X, "columns") else array
+
+
+def check_fence_samples(X):
+    """Refuse ``X`` with too few samples, or distinct ones, for quartiles:
+    copies score alike, and on ties float rounding decides what is flagged."""
+    if X.shape[0] < MIN_FENCE_SAMPLES:
+        raise ValueError(
+            f"IQRRefiner needs at least {MIN_FENCE_SAMPLES} samples to "
+            f"compute quartiles, got n_samples={X.shape[0]}."
+        )
+    for rows in (X[:64], X):  # the first rows settle it, unless they repeat
+        if (n_distinct := distinct_rows(rows)[0].size) >= MIN_FENCE_SAMPLES:
+            return
+    raise ValueError(
+        f"X holds {n_distinct} distinct sample(s) among its {X.shape[0]} rows (the "
+        f"others repeat them); IQRRefiner needs at least {MIN_FENCE_SAMPLES} "
+        "distinct ones. Train on varied samples."
+    )
+
+
+def distinct_training_images(features, *, stacklevel):
+    """``distinct_rows`` of a detector's training features, refusing fewer
+    than 4 distinct images and warning when some repeat."""
+    if len(features) < MIN_FENCE_SAMPLES:
+        raise ValueError(
+            f"The refinement needs at least {MIN_FENCE_SAMPLES} training images "
+            f"for the quartiles of its fence, got n_samples={len(features)}."
+        )
+    distinct, copy_of = distinct_rows(features)
+    if len(distinct) < MIN_FENCE_SAMPLES:
+        raise ValueError(
+            f"X holds {len(distinct)} distinct training image(s) among its "
+            f"{len(features)} (the others repeat them exactly); the refinement "
+            f"needs at least {MIN_FENCE_SAMPLES} distinct images."
+        )
+    if len(distinct) < len(features):
+        warnings.warn(
+            f"{len(features) - len(distinct)} of the {len(features)} training "
+            "images repeat other training images exactly (the same features): "
+            "each distinct image is fitted once (many copies weigh as one), "
+            "and a repeat shares the decision on its first copy in inlier_mask_.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+    return distinct, copy_of
+
+
+def distinct_rows(X):
+    """The first occurrence of each distinct row of ``X``, and each row's copy.
+
+    Returns ``distinct``, the indices of the first occurrences in increasing
+    order (``arange(len(X))`` when no row repeats), and ``copy_of``, for each
+    row the position in ``distinct`` of its first occurrence, so that
+    ``X[distinct][copy_of]`` equals ``X``.
+    """
+    _, first, inverse = np.unique(X, axis=0, return_index=True, return_inverse=True)
+    distinct = np.sort(first)
+    return distinct, np.searchsorted(distinct, first[inverse.ravel()])

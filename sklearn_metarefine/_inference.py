@@ -125,10 +125,16 @@ def model_threshold(model, threshold=None):
     return float(-detector.offset_), "model"
 
 
-def _read_batch(files, skip_unreadable):
-    """Decoded images of a batch, and an error message (or None) per file."""
+def _silent(text):
+    """A ``note`` that says nothing."""
+
+
+def _read_batch(files, skip_unreadable, note=_silent):
+    """Decoded images of a batch, and an error message (or None) per file;
+    ``note`` is told which file is read."""
     images, errors = [], []
-    for file in files:
+    for number, file in enumerate(files, 1):
+        note(f"reading {number}/{len(files)}")
         try:
             images.append(read_image(file.path))
             errors.append(None)
@@ -223,7 +229,7 @@ def score_files(
                 names = map_names[start : start + batch_size] if maps else None
                 rows = _score_batch(
                     model, batch, names, maps, threshold, source, skip_unreadable,
-                    pending, made,
+                    pending, made, note=bar.set_postfix_str,
                 )
                 for row in rows:
                     key = "skipped" if row[2] == "skipped" else "scored"
@@ -348,12 +354,15 @@ def _remove_empty(made):
 
 
 def _score_batch(
-    model, files, map_names, maps, threshold, source, skip_unreadable, pending, made
-):
+    model, files, map_names, maps, threshold, source, skip_unreadable, pending, made,
+    note=_silent,
+):  # fmt: skip
     """The CSV rows of one batch, in the order of ``files``; its maps are
     written under temporary names, added to ``pending`` with their own, in
-    folders added to ``made`` when created."""
-    images, errors = _read_batch(files, skip_unreadable)
+    folders added to ``made`` when created. ``note`` is told each step, for
+    the progress bar: a batch of camera-size photos takes a minute or more."""
+    images, errors = _read_batch(files, skip_unreadable, note)
+    note(f"scoring {len(images)}")
     if maps is not None:
         anomaly, anomaly_maps = _scores_and_maps(model, images)
     else:
@@ -369,6 +378,7 @@ def _score_batch(
         label = "normal" if score <= threshold else "anomalous"
         row = [file.path, repr(score), label, repr(threshold), source, ""]
         if maps is not None:
+            note(f"writing map {scored + 1}/{len(images)}")
             overlay_path = Path(maps) / map_names[index]
             values_path = overlay_path.with_suffix(".npy")
             _make_folder(overlay_path.parent, made)
@@ -382,6 +392,7 @@ def _score_batch(
             row += [os.fspath(overlay_path), os.fspath(values_path)]
         rows.append(row)
         scored += 1
+    note("")
     return rows
 
 

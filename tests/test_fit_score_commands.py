@@ -898,6 +898,21 @@ class _BrightnessMaps:
         return -self.anomaly_map(images).max(axis=(1, 2))
 
 
+def test_the_progress_bar_says_what_a_batch_is_doing(folders, tmp_path, capsys):
+    # It moved once a batch was done: a batch of 32 camera-size photos sat
+    # at 0% for over a minute.
+    files = [folders / "new" / f"new{i}.bmp" for i in range(4)]
+    output, maps = tmp_path / "maps.csv", tmp_path / "maps"
+    score_files(_BrightnessMaps(), files, output, maps=maps, batch_size=3)
+    err = capsys.readouterr().err
+    steps = ["reading 1/3", "reading 3/3", "scoring 3", "writing map 1/3",
+             "writing map 3/3", "reading 1/1", "scoring 1", "writing map 1/1"]
+    assert all(step in err for step in steps)
+    assert [err.index(step) for step in steps] == sorted(
+        err.index(step) for step in steps
+    )
+
+
 def test_maps_are_written_as_overlays_at_the_image_size(folders, tmp_path):
     output, maps = tmp_path / "maps.csv", tmp_path / "maps"
     files = [folders / "new" / f"new{i}.bmp" for i in range(4)]

@@ -292,6 +292,17 @@ def _setting(text):
         return name, value
 
 
+def _add_pixel_limit(command):
+    command.add_argument(
+        "--max-image-pixels",
+        type=_positive_int,
+        metavar="N",
+        help="Pillow's decompression-bomb limit for this run: images over N "
+        "pixels give a warning, over 2 N are refused (default: Pillow's, "
+        "89,478,485); for line-scan or stitched images",
+    )
+
+
 def _add_fit_parser(commands):
     fit = commands.add_parser(
         "fit",
@@ -333,6 +344,7 @@ def _add_fit_parser(commands):
         "else as text",
     )
     fit.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_pixel_limit(fit)
     fit.add_argument(
         "--skip-unreadable",
         action="store_true",
@@ -380,6 +392,7 @@ def _add_score_parser(commands):
         help="images read and scored at once (default: %(default)s)",
     )
     score.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_pixel_limit(score)
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -504,8 +517,13 @@ def _run_file_command(args):
     from ._image_files import InputError
     from ._persistence import ModelFileError
 
+    from PIL import Image
+
     command = {"fit": _fit, "score": _score}[args.command]
+    limit = Image.MAX_IMAGE_PIXELS
     try:
+        if args.max_image_pixels is not None:
+            Image.MAX_IMAGE_PIXELS = args.max_image_pixels
         with _warnings_as_lines(args.command):
             command(args)
     except (InputError, ModelFileError, OSError, ValueError) as error:
@@ -518,6 +536,8 @@ def _run_file_command(args):
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return 130
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     return 0
 
 

@@ -194,7 +194,15 @@ def read_image(path):
             # PIL signals undecodable files with several types (OSError,
             # SyntaxError, ValueError, DecompressionBombError); all mean the
             # same here.
-            raise UnreadableImageError(f"cannot read {where}: {error}") from None
+            from PIL import Image
+
+            hint = ""
+            if isinstance(error, Image.DecompressionBombError):
+                hint = (
+                    " To read larger images, raise PIL.Image.MAX_IMAGE_PIXELS, "
+                    "or pass --max-image-pixels to metarefine fit and score."
+                )
+            raise UnreadableImageError(f"cannot read {where}: {error}{hint}") from None
 
 
 def output_names(files, suffix):

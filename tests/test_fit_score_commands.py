@@ -520,6 +520,24 @@ def test_small_slips_get_messages_that_say_what_is_wrong(
         read_image(new / "new0.bmp")
 
 
+def test_the_pixel_limit_of_a_run_can_be_raised(
+    folders, fitted, capsys, tmp_path, monkeypatch
+):
+    # Pillow refuses images over twice its limit; line-scan images are larger,
+    # and the command line had no way to read them.
+    new = str(folders / "new" / "new0.bmp")  # 1920 pixels
+    argv = ["score", str(fitted), new, "--output", str(tmp_path / "r.csv")]
+    assert main([*argv, "--max-image-pixels", "900", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "new0.bmp" in err and "exceeds limit of 1800 pixels" in err
+    assert "pass --max-image-pixels to metarefine fit and score" in err
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    assert main([*argv, "--max-image-pixels", "2000", "--no-progress"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert Image.MAX_IMAGE_PIXELS == 500  # for this run only
+
+
 def test_patch_level_fit_on_few_images_warns_of_its_threshold(folders, capsys, tmp_path):
     model = tmp_path / "m.metarefine"
     argv = ["fit", str(folders / "new"), "--output", str(model), "--level", "patch"]
@@ -802,11 +820,11 @@ def test_an_interrupted_score_leaves_the_earlier_maps_and_csv(
     batches = []
     score_batch = _score_batch
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         batches.append(args)
         if len(batches) == 2:
             raise KeyboardInterrupt
-        return score_batch(*args)
+        return score_batch(*args, **kwargs)
 
     monkeypatch.setattr("sklearn_metarefine._inference._score_batch", interrupted)
     assert main([*command, "--threshold", "1e9"]) == 130

@@ -587,6 +587,13 @@ def test_cuda_search_matches_cpu():
     np.testing.assert_allclose(
         gpu.anomaly_map(test), cpu.anomaly_map(test), rtol=1e-4, atol=1e-5
     )
+    # A bank with search cells: the training images scored without their own
+    # patches by the cells.
+    params["coreset_fraction"] = 1.0
+    cpu = PatchCoreDetector(device="cpu", **params).fit(train)
+    gpu = PatchCoreDetector(device="cuda", **params).fit(train)
+    assert len(gpu.cell_centers_) > 1
+    np.testing.assert_allclose(gpu.train_scores_, cpu.train_scores_, rtol=1e-4)
 
     images = textures(6, seed=0)
     defective, masks = plant_discs(textures(2, seed=2), seed=3)

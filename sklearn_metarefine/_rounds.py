@@ -15,7 +15,7 @@ from sklearn.model_selection import KFold
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import InvalidParameterError
 
-from ._samples import MIN_FENCE_SAMPLES, distinct_rows, take
+from ._samples import MIN_FENCE_SAMPLES, distinct_rows, take, values
 from ._utils import draw_seed
 from ._scores import (
     anomaly_score,
@@ -502,7 +502,7 @@ def trimmed_core(base, X, warm, *, start, start_fraction, start_neighbors):
     n_core = core_size(start_fraction, n_samples)
     if start == "neighbors":
         n_neighbors = resolve_start_neighbors(start_neighbors, n_samples)
-        core = lowest(neighbour_distances(X, n_neighbors), n_core)
+        core = lowest(neighbour_distances(values(X), n_neighbors), n_core)
     else:
         core = np.ones(n_samples, dtype=bool)
     estimator = None

@@ -18,6 +18,13 @@ def take(X, rows):
     return _safe_indexing(X, rows)
 
 
+def values(X):
+    """``X`` as a numeric array, for the refiner's own bookkeeping: a DataFrame
+    with bool or nullable columns gives numpy an object array."""
+    array = np.asarray(X)
+    return array.astype(np.float64) if array.dtype == object else array
+
+
 def samples_for(X, array):
     """What the refined detector is given: ``X`` itself when it is a DataFrame
     (``array``, its validated values, keeps the checks), else ``array``."""
@@ -77,6 +84,8 @@ def distinct_rows(X):
     row the position in ``distinct`` of its first occurrence, so that
     ``X[distinct][copy_of]`` equals ``X``.
     """
-    _, first, inverse = np.unique(X, axis=0, return_index=True, return_inverse=True)
+    _, first, inverse = np.unique(
+        values(X), axis=0, return_index=True, return_inverse=True
+    )
     distinct = np.sort(first)
     return distinct, np.searchsorted(distinct, first[inverse.ravel()])

@@ -1286,3 +1286,22 @@ def test_a_dataframe_reaches_the_detector_as_a_dataframe(start, fence_scores):
     )
     with pytest.raises(ValueError, match="feature names"):
         by_name.predict(frame[["height", "width", "noise"]])
+
+
+@pytest.mark.parametrize("start", ["full", "neighbors"])
+@pytest.mark.parametrize("dtype", ["bool", "Int64"])
+def test_a_dataframe_with_bool_or_nullable_columns_is_refined(start, dtype):
+    # numpy makes an object array of such a frame, which np.unique(axis=0)
+    # refused: "The axis argument to unique is not supported for dtype object".
+    pd = pytest.importorskip("pandas")
+    rng = np.random.RandomState(0)
+    X = np.c_[rng.rand(120) < 0.5, rng.randint(0, 5, 120), rng.normal(size=120)]
+    frame = pd.DataFrame(X, columns=["flag", "count", "size"])
+    frame[["flag", "count"]] = frame[["flag", "count"]].astype(dtype)
+    params = dict(start=start, random_state=0)
+    forest = IsolationForest(n_estimators=20, random_state=0)
+    on_frame = IQRRefiner(forest, **params).fit(frame)
+    X = frame.to_numpy(dtype=np.float64)  # what the forest makes of the frame
+    on_array = IQRRefiner(forest, **params).fit(X)
+    np.testing.assert_array_equal(on_frame.inlier_mask_, on_array.inlier_mask_)
+    np.testing.assert_allclose(on_frame.score_samples(frame), on_array.score_samples(X))

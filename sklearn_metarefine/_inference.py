@@ -339,9 +339,12 @@ def _scores_and_maps(model, images):
 
 def _make_folder(folder, made):
     """Create ``folder`` and its missing parents, listing them in ``made``."""
-    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    # Judged by where they lead: in "new/../old", "old" exists though "new"
+    # does not (and the path works once "new" is made).
+    leads_to = {path.resolve() for path in (folder, *folder.parents)}
+    missing = [path for path in leads_to if not path.exists()]
     folder.mkdir(parents=True, exist_ok=True)
-    made += reversed(missing)
+    made += sorted(missing, key=lambda path: len(path.parts))
 
 
 def _remove_empty(made):

@@ -838,6 +838,13 @@ def test_an_interrupted_score_leaves_the_earlier_maps_and_csv(
                  "--skip-unreadable", "--batch-size", "2", "--no-progress"]
     assert main(elsewhere) == 130
     assert not fresh.exists() and list(own.iterdir()) == []
+    # A folder named through one that is missing is no folder it made.
+    batches.clear()
+    through = ["score", str(model), str(root / "new"), "--output",
+               str(fresh / ".." / "own" / "results.csv"), "--skip-unreadable",
+               "--batch-size", "2", "--no-progress"]
+    assert main(through) == 130
+    assert own.is_dir() and not fresh.exists()
 
     monkeypatch.undo()
     assert main([*command, "--threshold", "1e9"]) == 0

@@ -27,20 +27,7 @@ import torch
 
 from sklearn_metarefine import PatchCoreDetector
 
-SIZE = 224
-
-
-def brick_crops(n, seed):
-    """Crops of scikit-image's brick texture (512 x 512), half of them mirrored."""
-    from skimage.data import brick
-
-    texture, rng = brick(), np.random.RandomState(seed)
-    crops = np.empty((n, SIZE, SIZE), np.uint8)
-    for i in range(n):
-        y, x = rng.randint(0, texture.shape[0] - SIZE, 2)
-        crop = texture[y : y + SIZE, x : x + SIZE]
-        crops[i] = crop[:, ::-1] if rng.rand() < 0.5 else crop
-    return crops
+from bench_patch import brick_crops  # run as a script, benchmarks/ is on the path
 
 
 def timed(function, device):

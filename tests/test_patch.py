@@ -253,12 +253,16 @@ def test_support_distance_is_the_rank_th_closest_other_image():
     assert torch.isinf(too_far).all()
 
 
-def test_probed_search_bounds_the_exact_one_and_exact_maxima_fix_the_top():
-    rng = np.random.RandomState(0)
+def _gaussian_bank_in_cells(rng):
+    """A bank of 1,024 Gaussian rows sorted into 8 cells, and 300 queries."""
     bank = torch.from_numpy(rng.normal(size=(1024, 8))).float()
     queries = torch.from_numpy(rng.normal(size=(300, 8))).float()
     order, offsets, centers = kmeans_cells(bank, 8, torch.Generator().manual_seed(0))
-    bank = bank[order]
+    return bank[order], queries, offsets, centers
+
+
+def test_probed_search_bounds_the_exact_one_and_exact_maxima_fix_the_top():
+    bank, queries, offsets, centers = _gaussian_bank_in_cells(np.random.RandomState(0))
     exact = nearest_distances(queries, bank)[0]
     probed = probed_distances(queries, bank, offsets, centers, 2)[0]
     assert torch.all(probed >= exact - 1e-6)
@@ -272,10 +276,7 @@ def test_probed_search_bounds_the_exact_one_and_exact_maxima_fix_the_top():
 
 def test_probed_search_leaves_out_the_querys_own_group():
     rng = np.random.RandomState(1)
-    bank = torch.from_numpy(rng.normal(size=(1024, 8))).float()
-    queries = torch.from_numpy(rng.normal(size=(300, 8))).float()
-    order, offsets, centers = kmeans_cells(bank, 8, torch.Generator().manual_seed(0))
-    bank = bank[order]
+    bank, queries, offsets, centers = _gaussian_bank_in_cells(rng)
     bank_groups = torch.from_numpy(rng.randint(0, 6, 1024))
     groups = torch.from_numpy(rng.randint(0, 6, 300))
     # a query whose probed cell holds only rows of its own group finds none

@@ -260,9 +260,7 @@ def exact_maxima(upper, queries, bank, query_groups=None, bank_groups=None):
     """
 
     def exact(rows):
-        if query_groups is None:
-            return nearest_distances(queries[rows], bank)[0]
-        groups = query_groups[rows]
+        groups = None if query_groups is None else query_groups[rows]
         return nearest_distances(queries[rows], bank, groups, bank_groups)[0]
 
     n_images, n_cells = upper.shape

@@ -329,9 +329,10 @@ shape (n_samples, n_features) when ``backbone=None``
         if self.bank_cleaning == "images":
             # Search cells of their own, so that the generator draws the
             # final bank's cells as without them.
-            cells = self._cells(flat[bank], torch.Generator().manual_seed(seed))
+            order, *cells = self._cells(flat[bank], torch.Generator().manual_seed(seed))
+            in_cells = bank[order]
             loo = self._leave_one_image_out(
-                flat, images, flat[bank][cells[0]], images[bank][cells[0]], cells[1:]
+                flat, images, flat[in_cells], images[in_cells], cells
             )
             self.inlier_mask_ = _fence_keep(loo, self.k)
             kept = torch.from_numpy(self.inlier_mask_).to(self.device_)[images]

@@ -339,6 +339,8 @@ def _scores_and_maps(model, images):
 
 def _make_folder(folder, made):
     """Create ``folder`` and its missing parents, listing them in ``made``."""
+    if folder.is_dir():  # every map of a folder after the first
+        return
     # Judged by where they lead: in "new/../old", "old" exists though "new"
     # does not (and the path works once "new" is made).
     leads_to = {path.resolve() for path in (folder, *folder.parents)}

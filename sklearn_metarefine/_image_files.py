@@ -2,10 +2,12 @@
 
 import os
 import tempfile
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._features._images import decode_file, warnings_naming
+from ._features._images import check_file_header, decode_file, warnings_naming
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -187,22 +189,38 @@ def read_image(path):
     """
     where = f"image file {os.fspath(path)!r}"
     # Outside the try: a warning a filter turns into an error stays one.
-    with warnings_naming(path, stacklevel=4):
-        try:
-            return decode_file(path, where)
-        except Exception as error:
-            # PIL signals undecodable files with several types (OSError,
-            # SyntaxError, ValueError, DecompressionBombError); all mean the
-            # same here.
-            from PIL import Image
+    with warnings_naming(path, stacklevel=4), _unreadable(where):
+        return decode_file(path, where)
 
-            hint = ""
-            if isinstance(error, Image.DecompressionBombError):
-                hint = (
-                    " To read larger images, raise PIL.Image.MAX_IMAGE_PIXELS, "
-                    "or pass --max-image-pixels to metarefine fit and score."
-                )
-            raise UnreadableImageError(f"cannot read {where}: {error}{hint}") from None
+
+def check_image_file(path):
+    """Raise UnreadableImageError, naming the file, when ``path`` is not an image
+    that ``read_image`` would take, as far as its header shows: a file cut
+    short in its pixel data passes here and fails in ``read_image``."""
+    where = f"image file {os.fspath(path)!r}"
+    with warnings.catch_warnings(), _unreadable(where):
+        warnings.simplefilter("ignore")  # read_image gives them, naming the file
+        check_file_header(path, where)
+
+
+@contextmanager
+def _unreadable(where):
+    """Any error of reading the image file ``where`` as UnreadableImageError."""
+    try:
+        yield
+    except Exception as error:
+        # PIL signals undecodable files with several types (OSError,
+        # SyntaxError, ValueError, DecompressionBombError); all mean the same
+        # here.
+        from PIL import Image
+
+        hint = ""
+        if isinstance(error, Image.DecompressionBombError):
+            hint = (
+                " To read larger images, raise PIL.Image.MAX_IMAGE_PIXELS, "
+                "or pass --max-image-pixels to metarefine fit and score."
+            )
+        raise UnreadableImageError(f"cannot read {where}: {error}{hint}") from None
 
 
 def output_names(files, suffix):

@@ -25,6 +25,7 @@ from ._image_files import (
     PATH_ERRORS,
     InputError,
     UnreadableImageError,
+    check_image_file,
     check_images_outside,
     check_not_named_as_an_image,
     check_nothing_read_is_overwritten,
@@ -211,6 +212,13 @@ def score_files(
     map_names = output_names(files, ".png") if maps is not None else None
     _check_outputs(output, maps, map_names, inputs, files)
     check_not_named_as_an_image(output, "results.csv")
+    if not skip_unreadable:
+        # A file that does not open would stop the run only at its batch,
+        # after the batches before it were scored for nothing. (One cut short
+        # in its pixels still does: finding it means decoding every file.)
+        checking = tqdm(files, desc="Checking", unit="image", disable=not progress)
+        for file in checking:
+            check_image_file(file.path)
     counts = {"scored": 0, "anomalous": 0, "skipped": 0}
     made = []  # folders this run created, removed again if it stops
     _make_folder(Path(output).parent, made)

@@ -326,6 +326,38 @@ def test_score_stops_at_an_unreadable_file_and_leaves_no_csv(folders, fitted, ca
     assert not output.exists() and not output.with_name("stopped.csv.part").exists()
 
 
+def test_score_checks_every_file_opens_before_scoring_any(
+    folders, fitted, capsys, monkeypatch
+):
+    import sklearn_metarefine._inference as inference
+
+    read = []
+    monkeypatch.setattr(
+        inference, "read_image", lambda path: read.append(path) or read_image(path)
+    )
+    command = ["score", str(fitted), str(folders / "new"), "--output",
+               str(folders / "checked.csv"), "--batch-size", "1", "--no-progress"]
+    assert main(command) == 1
+    assert "truncated.png" in capsys.readouterr().err  # the last file of new/
+    assert read == []
+    assert main([*command, "--skip-unreadable"]) == 0
+    assert len(read) == 5
+
+
+def test_a_file_cut_short_in_its_pixels_opens_but_does_not_read(tmp_path):
+    from sklearn_metarefine._image_files import check_image_file
+
+    path = tmp_path / "cut.png"
+    Image.fromarray(_image(np.random.RandomState(0), defect=False)).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+    check_image_file(path)  # the header is whole
+    with pytest.raises(UnreadableImageError, match="cut.png"):
+        read_image(path)
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(UnreadableImageError, match="text.png"):
+        check_image_file(tmp_path / "text.png")
+
+
 def test_score_writes_a_row_per_file(folders, fitted, capsys):
     output = folders / "results.csv"
     inputs = [str(folders / "new"), str(folders / "train" / "part01.png")]

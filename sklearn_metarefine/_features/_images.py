@@ -73,17 +73,8 @@ class _UnreadableImage(ValueError):
     """An image whose pixels cannot be read without guessing; the message says why."""
 
 
-def _pil_to_array(image, where, *, upright=False):
-    """The pixels of a PIL image as uint8, or floats in [0, 1]; with
-    ``upright``, turned by its EXIF orientation first (image files).
-
-    8-bit modes are converted to RGB by Pillow (alpha dropped, palettes and
-    other colour spaces mapped to RGB); 16-bit modes and 32-bit integer images
-    whose values fit in 16 bits are divided by 65535 (in-memory 32-bit images
-    whose values all fit in 8 bits are refused as ambiguous); float images
-    (mode F) must hold values in [0, 1]. Anything else is refused, never
-    clipped.
-    """
+def _check_one_image(image, where):
+    """Refuse a PIL image that is empty or holds several pages."""
     if image.width == 0 or image.height == 0:
         raise _UnreadableImage(f"{where} is an empty image.")
     n_frames = getattr(image, "n_frames", 1)
@@ -95,6 +86,20 @@ def _pil_to_array(image, where, *, upright=False):
             f"{where} holds {n_frames} images (pages or frames); one image is "
             "read per file. Save each page as a file of its own."
         )
+
+
+def _pil_to_array(image, where, *, upright=False):
+    """The pixels of a PIL image as uint8, or floats in [0, 1]; with
+    ``upright``, turned by its EXIF orientation first (image files).
+
+    8-bit modes are converted to RGB by Pillow (alpha dropped, palettes and
+    other colour spaces mapped to RGB); 16-bit modes and 32-bit integer images
+    whose values fit in 16 bits are divided by 65535 (in-memory 32-bit images
+    whose values all fit in 8 bits are refused as ambiguous); float images
+    (mode F) must hold values in [0, 1]. Anything else is refused, never
+    clipped.
+    """
+    _check_one_image(image, where)
     decoded = image.format is not None  # lost by the turn upright
     if upright:
         image = _upright(image)
@@ -193,6 +198,13 @@ def decode_file(path, where):
     with Image.open(path) as image:
         image.load()
         return _pil_to_array(image, where, upright=True)
+
+
+def check_file_header(path, where):
+    """Open the image file ``path`` without decoding its pixels, and refuse it
+    as ``decode_file`` would for what its header shows."""
+    with Image.open(path) as image:
+        _check_one_image(image, where)
 
 
 def _read_file(path, index):

@@ -3,6 +3,7 @@
 import copy
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -144,6 +145,17 @@ def test_a_backbone_that_returns_vectors_is_rejected():
 
     with pytest.raises(TypeError, match=r"\(N, C, h, w\)"):
         PatchFeatures(Pooled(), image_size=8, device="cpu").fit(np.zeros((1, 8, 8)))
+
+
+def test_a_grid_of_one_cell_is_warned_about():
+    images = np.zeros((1, 8, 8, 3), np.uint8)
+    with pytest.warns(UserWarning, match="patch grid of one cell"):
+        features = PatchFeatures(TwoMaps(), image_size=2, device="cpu").fit(images)
+    assert features.grid_shape_ == (1, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        features = PatchFeatures(TwoMaps(), image_size=4, device="cpu").fit(images)
+    assert features.grid_shape_ == (2, 2)
 
 
 def test_patch_features_cache_with_memory(tmp_path):

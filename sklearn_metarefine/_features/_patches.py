@@ -1,5 +1,7 @@
 """PatchFeatures: one grid of local feature vectors per image."""
 
+import warnings
+
 import numpy as np
 from sklearn.base import _fit_context
 from sklearn.utils import check_random_state
@@ -188,6 +190,15 @@ class PatchFeatures(_BackboneTransformer):
         rng = check_random_state(self.random_state)
         self._load_backbone(_build_patch_backbone, rng)
         row, grid = self._probe(_embed_patches, size, f"image_size={self.image_size!r}")
+        if grid == (1, 1):
+            warnings.warn(
+                f"image_size={self.image_size!r} gives a patch grid of one cell: "
+                "each image is a single patch, its anomaly map a single value, "
+                "and no defect is located. Use a larger image_size (the named "
+                "backbones take about 8 px a cell).",
+                UserWarning,
+                stacklevel=4,  # through the two decorators of fit
+            )
         self.image_size_ = size
         self.grid_shape_ = grid
         self.n_channels_ = int(row.shape[1]) // (grid[0] * grid[1])

@@ -744,9 +744,9 @@ def test_scores_and_maps_take_batch_size_images_at_a_time(surfaces, detector, tm
     seen = []
     patches = type(fitted)._patches
 
-    def counted(self, X):
+    def counted(self, X, **quiet):
         seen.append(len(X))
-        return patches(self, X)
+        return patches(self, X, **quiet)
 
     for X in (images, paths):
         with pytest.MonkeyPatch.context() as patch:
@@ -764,3 +764,14 @@ def test_scores_and_maps_take_batch_size_images_at_a_time(surfaces, detector, tm
     for one in (images[0], np.repeat(images[0][..., None], 3, axis=2)):
         with pytest.raises(ValueError, match=re.escape(f"shape {one.shape}")):
             fitted.score_samples(one)
+
+
+def test_verbose_scoring_in_batches_shows_one_progress_bar(surfaces, capsys):
+    train, normal_test, defective, _ = surfaces
+    fitted = PatchCoreDetector(image_size=SIZE, batch_size=3, verbose=1, device="cpu",
+                               random_state=0).fit(train)
+    capsys.readouterr()
+    fitted.score_samples(np.concatenate([normal_test, defective]))  # 3 batches
+    shown = capsys.readouterr().err
+    assert "PatchCoreDetector" in shown and "3/3" in shown
+    assert "PatchFeatures" not in shown  # a bar of its own for each batch

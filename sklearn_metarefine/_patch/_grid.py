@@ -1,6 +1,7 @@
 """What the patch detectors share: images (or rows) to patch grids, grids to maps."""
 
 import contextlib
+import copy
 import os
 import time
 
@@ -8,6 +9,7 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import HasMethods
 from sklearn.utils.validation import check_is_fitted, validate_data
+from tqdm.auto import tqdm
 
 from .._features import PatchFeatures
 from .._features._images import _image_source, one_image_with_channels
@@ -191,14 +193,19 @@ class PatchGridMixin:
         self.grid_shape_ = self.features_.grid_shape_
         return self._as_patches(rows)
 
-    def _patches(self, X):
-        """Patch vectors ``(n_images, n_cells, n_channels)`` of new images."""
+    def _patches(self, X, quiet=False):
+        """Patch vectors ``(n_images, n_cells, n_channels)`` of new images;
+        ``quiet``: without the CNN's progress bar (one part of several)."""
         check_is_fitted(self)
         if self.features_ is None:
             rows = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
             rows = self._centred(rows) / self.input_scale_
         else:
-            rows = self.features_.transform(X)
+            features = self.features_
+            if quiet and features.verbose:
+                features = copy.copy(features)  # shares the backbone
+                features.verbose = 0
+            rows = features.transform(X)
         return self._as_patches(rows)
 
     def _as_cells(self, rows):
@@ -232,38 +239,41 @@ class PatchGridMixin:
 
     def _image_scores(self, X):
         """``score_samples(X)``, ``batch_size`` images at a time."""
-
-        def scores(part):
-            return -self._patch_scores_of(self._patches(part)).max(1)
-
-        return self._batched(X, scores)
+        return self._batched(X, lambda patches: -self._patch_scores_of(patches).max(1))
 
     def _image_maps(self, X):
         """``anomaly_map(X)``, ``batch_size`` images at a time."""
         size = self._one_size(X)
         return self._batched(
-            X, lambda part: self._maps(self._patch_scores_of(self._patches(part)), size)
+            X, lambda patches: self._maps(self._patch_scores_of(patches), size)
         )
 
     def _scores_and_maps(self, X):
         """``score_samples(X)`` and ``anomaly_map(X)`` from one embedding of ``X``."""
         size = self._one_size(X)
 
-        def scores_and_maps(part):
-            patch_scores = self._patch_scores_of(self._patches(part))
+        def scores_and_maps(patches):
+            patch_scores = self._patch_scores_of(patches)
             return -patch_scores.max(1), self._maps(patch_scores, size)
 
         return self._batched(X, scores_and_maps)
 
     def _batched(self, X, compute):
-        """``compute(X)``, an array or a tuple of arrays along the images, run
-        on ``batch_size`` images at a time: the patches of all of them at once
-        took about 2.6 MB an image (224 px), whatever ``batch_size`` said."""
+        """``compute`` of the patches of ``X``, an array or a tuple of arrays
+        along the images, run on ``batch_size`` images at a time (the patches
+        of all of them at once took about 2.6 MB an image at 224 px, whatever
+        ``batch_size`` said), with one progress bar when ``verbose``."""
         n_images = self._image_count(X)
         if n_images is None or n_images <= self.batch_size:
-            return compute(X)
+            return compute(self._patches(X))
         step = self.batch_size
-        parts = [compute(X[start : start + step]) for start in range(0, n_images, step)]
+        starts = tqdm(
+            range(0, n_images, step),
+            desc=type(self).__name__,
+            unit="batch",
+            disable=not self.verbose,
+        )
+        parts = [compute(self._patches(X[at : at + step], quiet=True)) for at in starts]
         if isinstance(parts[0], tuple):
             return tuple(np.concatenate(column) for column in zip(*parts))
         return np.concatenate(parts)

@@ -24,6 +24,8 @@ from sklearn_metarefine import (
 from sklearn_metarefine._features._embedding import _IMAGENET_MEAN, _IMAGENET_STD
 from sklearn_metarefine._scores import majority_fence
 from sklearn_metarefine._patch._bank import (
+    _gaussian_matrix,
+    _smoothed,
     anomaly_maps,
     exact_maxima,
     greedy_coreset,
@@ -312,6 +314,19 @@ def test_probed_search_leaves_out_the_querys_own_group():
 
     fixed = exact_maxima(probed.view(30, 10), queries, bank, groups, bank_groups)
     torch.testing.assert_close(fixed.max(1).values, exact.view(30, 10).max(1).values)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 224, 1000])
+def test_smoothing_by_fft_equals_the_gaussian_matrix(n):
+    # The (n, n) matrix took 512 MB for a side of 8,000 pixels; the kernel is
+    # wider than the side for the smallest n, whose borders reflect twice.
+    rng = np.random.RandomState(n)
+    for sigma in (0, 0.3, 1, 4, 7.5, 40):
+        for cells in (1, 7, 28):
+            columns = torch.from_numpy(rng.uniform(size=(n, cells)))
+            dense = _gaussian_matrix(n, sigma) @ columns
+            torch.testing.assert_close(_smoothed(columns, sigma), dense,
+                                       rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("cell_offset", [0.0, 0.75])

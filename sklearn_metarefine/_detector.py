@@ -593,4 +593,5 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
                 **{name: getattr(self, name) for name in _FEATURE_PARAMS},
             )
             steps.insert(0, ("features", features))
-        return Pipeline(steps, memory=self.memory)
+        # Arrays between its steps, whatever transform_output is set to.
+        return Pipeline(steps, memory=self.memory).set_output(transform="default")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn import config_context
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
@@ -70,6 +71,21 @@ def test_image_input_marks_planted_anomalies_and_files_match_arrays(
     np.testing.assert_array_equal(from_files.inlier_mask_, det.inlier_mask_)
     np.testing.assert_allclose(from_files.score_samples(test_paths), scores, rtol=1e-6)
     assert set(np.unique(from_files.predict(test_paths))) <= {-1, 1}
+
+
+def test_pandas_output_set_globally_changes_no_score(contaminated_digits):
+    # The features reached the refiner as a DataFrame: fit indexed its columns
+    # with row numbers (a KeyError), and a model fitted without the setting
+    # warned of feature names it was never given.
+    data = contaminated_digits
+    det = MetaRefineDetector(random_state=0, **IMAGES, **TINY_FLOW).fit(data.X_train)
+    expected = det.score_samples(data.X_test)
+    with config_context(transform_output="pandas"), warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*feature names")
+        np.testing.assert_array_equal(det.score_samples(data.X_test), expected)
+        again = MetaRefineDetector(random_state=0, **IMAGES, **TINY_FLOW)
+        again.fit(data.X_train)
+        np.testing.assert_array_equal(again.score_samples(data.X_test), expected)
 
 
 def test_views_of_the_features_reach_the_flow(contaminated_digits):

@@ -32,7 +32,7 @@ from ._rounds import (
     warn_if_held_out_from_few,
     with_copies,
 )
-from ._samples import check_fence_samples, samples_for, take
+from ._samples import check_fence_samples, checked_samples, samples_for, take
 from ._scores import anomaly_score, clean_tail_fraction, iqr_fence
 from ._utils import restored_on_failure
 
@@ -537,8 +537,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             ``decision_function``).
         """
         check_is_fitted(self)
-        array = validate_data(self, X, reset=False)
-        return -anomaly_score(self.estimator_, samples_for(X, array))
+        with checked_samples(self, X) as samples:
+            return -anomaly_score(self.estimator_, samples)
 
     def decision_function(self, X):
         """Score of each sample relative to the decision boundary.
@@ -596,5 +596,5 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             ``estimator_.score(X, y)``.
         """
         check_is_fitted(self)
-        array = validate_data(self, X, reset=False)
-        return self.estimator_.score(samples_for(X, array), y)
+        with checked_samples(self, X) as samples:
+            return self.estimator_.score(samples, y)

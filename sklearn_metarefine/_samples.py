@@ -3,9 +3,11 @@ refined detector takes them (arrays, or DataFrames for detectors that select
 columns by name)."""
 
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 from sklearn.utils import _safe_indexing
+from sklearn.utils.validation import validate_data
 
 # Below four scores the quartiles are interpolated between the same few order
 # statistics and the fence says nothing about the tail.
@@ -29,6 +31,22 @@ def samples_for(X, array):
     """What the refined detector is given: ``X`` itself when it is a DataFrame
     (``array``, its validated values, keeps the checks), else ``array``."""
     return X if hasattr(X, "columns") else array
+
+
+@contextmanager
+def checked_samples(refiner, X):
+    """``X`` checked against the fitted ``refiner``, as its detector takes it.
+
+    An array where the fit had column names is warned about once, by this
+    check, and not again by the detector, which was fitted on the DataFrame.
+    """
+    array = validate_data(refiner, X, reset=False)
+    with warnings.catch_warnings():
+        if not hasattr(X, "columns") and hasattr(refiner, "feature_names_in_"):
+            warnings.filterwarnings(
+                "ignore", "X does not have valid feature names", UserWarning
+            )
+        yield samples_for(X, array)
 
 
 def check_fence_samples(X):

@@ -1288,6 +1288,21 @@ def test_a_dataframe_reaches_the_detector_as_a_dataframe(start, fence_scores):
         by_name.predict(frame[["height", "width", "noise"]])
 
 
+def test_an_array_after_a_dataframe_fit_is_warned_about_once():
+    # The refiner warned, then the detector it had fitted on the DataFrame.
+    pd = pytest.importorskip("pandas")
+    X = np.random.RandomState(0).normal(size=(100, 2))
+    refiner = IQRRefiner(EllipticEnvelope(random_state=0), random_state=0)
+    refiner.fit(pd.DataFrame(X, columns=["a", "b"]))
+    for method in (refiner.predict, refiner.score_samples):
+        with pytest.warns(UserWarning) as caught:
+            method(X[:5])
+        assert [str(w.message) for w in caught] == [
+            "X does not have valid feature names, but IQRRefiner was fitted with "
+            "feature names"
+        ]
+
+
 @pytest.mark.parametrize("start", ["full", "neighbors"])
 @pytest.mark.parametrize("dtype", ["bool", "Int64"])
 def test_a_dataframe_with_bool_or_nullable_columns_is_refined(start, dtype):

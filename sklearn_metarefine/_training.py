@@ -325,7 +325,8 @@ def fit_folder(
             stacklevel=2,
         )
     paths = [file.path for file in files]
-    detector.set_params(verbose=int(progress))
+    if "verbose" not in (params or {}):  # else what --set verbose=N says
+        detector.set_params(verbose=int(progress))
     # The refinement prints one line per round; it is progress, not output.
     with contextlib.redirect_stdout(sys.stderr):
         detector.fit(paths)

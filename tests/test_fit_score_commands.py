@@ -308,6 +308,18 @@ def test_an_interrupted_fit_leaves_the_old_model_with_its_reports(
     assert model.read_bytes() != before[model.name]
 
 
+def test_fit_takes_verbose_from_set(folders, capsys, tmp_path):
+    # It was overwritten by --progress / --no-progress (1 / 0), silently.
+    model = tmp_path / "verbose.metarefine"
+    command = ["fit", str(folders / "train"), "--output", str(model),
+               "--skip-unreadable", *TINY, "--no-progress"]
+    assert main([*command, "--set", "verbose=2"]) == 0
+    assert "train_loss" in capsys.readouterr().err  # the flow's epochs
+    assert load(model).verbose == 0  # the model file stays quiet
+    assert main(command) == 0
+    assert "train_loss" not in capsys.readouterr().err
+
+
 def test_score_stops_at_an_unreadable_file_and_leaves_no_csv(folders, fitted, capsys):
     output = folders / "stopped.csv"
     status = main(

@@ -195,7 +195,7 @@ class PretrainedFeatures(_BackboneTransformer):
 
     image_size : int or (int, int), default=256
         Side (or ``(height, width)``) in pixels every image is resized to; scale
-        ``i`` sees ``image_size // 2**i``. 256 is the smallest size at which
+        ``i`` sees ``image_size // 2**i``. 252 is the smallest size at which
         AlexNet still accepts the third scale; the paper uses 448.
 
     n_scales : int, default=3

@@ -296,10 +296,11 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     images it has not seen, so in-sample scores re-admit nothing and give a
     boundary that unseen normal images cross (see :class:`IQRRefiner`).
 
-    Training images that repeat others exactly (the same features) are
-    fitted once, with a warning: a core of copies of one image would fit a
-    flow of that image alone. A repeat shares its first copy's decision in
-    ``inlier_mask_`` and ``removed_at_iter_``.
+    Training images that repeat others (features within 1e-4 of their norm:
+    the CNN's rounding varies with the batch) are fitted once, with a warning:
+    a core of copies of one image would fit a flow of that image alone. A
+    repeat shares its first copy's decision in ``inlier_mask_`` and
+    ``removed_at_iter_``.
 
     The paper's procedure: ``start="full", refit="warm",
     fence_scores="in_sample", stop="no_change", max_iter=None``. The paper's

@@ -132,6 +132,29 @@ def test_repeated_training_images_are_fitted_once():
     assert (det.removed_at_iter_[61:] == single.removed_at_iter_[60]).all()
 
 
+def test_copies_whose_features_differ_by_float_rounding_are_fitted_once():
+    # The CNN's arithmetic varies with the batch an image is in (1.6e-7 of the
+    # norm between batches of 32 and of 1): such copies were fitted as images
+    # of their own, without a warning, though the docs said otherwise.
+    from sklearn_metarefine._samples import near_copies
+
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(61, 5))
+    wobble = 1 + rng.uniform(-1e-6, 1e-6, size=(3, 5))
+    copies = np.vstack([X, X[[60, 3, 60]] * wobble])
+    single = MetaRefineDetector(backbone=None, random_state=0, **TINY_FLOW).fit(X)
+    with pytest.warns(UserWarning, match="3 of the 64 training images repeat"):
+        det = MetaRefineDetector(backbone=None, random_state=0, **TINY_FLOW).fit(copies)
+    assert det.offset_ == single.offset_
+    np.testing.assert_array_equal(det.inlier_mask_[[61, 62, 63]],
+                                  single.inlier_mask_[[60, 3, 60]])
+    # Rows 1e-3 apart are distinct; a copy of a copy is the first's.
+    rows = np.array([[1.0, 0], [1.001, 0], [1 + 5e-5, 0], [1 + 1e-4, 0], [0, 1]])
+    distinct, copy_of = near_copies(rows)
+    np.testing.assert_array_equal(distinct, [0, 1, 4])
+    np.testing.assert_array_equal(copy_of, [0, 1, 0, 0, 2])
+
+
 @pytest.mark.parametrize("n_images", [2, 3])
 def test_fewer_than_four_images_are_refused_in_the_detectors_terms(n_images):
     # They warned of fits "on 0 images", then IQRRefiner refused "samples".

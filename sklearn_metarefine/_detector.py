@@ -545,7 +545,7 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             return validate_data(self, X, dtype=np.float64, reset=False)
         if self.level == "patch":
             return X
-        return self.pipeline_[:-1].transform(X)
+        return np.asarray(self.pipeline_[:-1].transform(X))  # a pandas output too
 
     def _build_patch_detector(self, seed):
         return PatchCoreDetector(

@@ -86,6 +86,9 @@ def test_pandas_output_set_globally_changes_no_score(contaminated_digits):
         again = MetaRefineDetector(random_state=0, **IMAGES, **TINY_FLOW)
         again.fit(data.X_train)
         np.testing.assert_array_equal(again.score_samples(data.X_test), expected)
+        # A model file written before its pipeline kept arrays.
+        del again.pipeline_.steps[0][1]._sklearn_output_config
+        np.testing.assert_array_equal(again.score_samples(data.X_test), expected)
 
 
 def test_views_of_the_features_reach_the_flow(contaminated_digits):

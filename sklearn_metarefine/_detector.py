@@ -296,11 +296,11 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     images it has not seen, so in-sample scores re-admit nothing and give a
     boundary that unseen normal images cross (see :class:`IQRRefiner`).
 
-    Training images that repeat others (features within 1e-4 of their norm:
-    the CNN's rounding varies with the batch) are fitted once, with a warning:
-    a core of copies of one image would fit a flow of that image alone. A
-    repeat shares its first copy's decision in ``inlier_mask_`` and
-    ``removed_at_iter_``.
+    Training images that repeat others (CNN features within 1e-4 of their
+    norm, as rounding varies with the batch; exactly with ``backbone=None``)
+    are fitted once, with a warning: a core of copies of one image would fit
+    a flow of that image alone. A repeat shares its first copy's decision in
+    ``inlier_mask_`` and ``removed_at_iter_``.
 
     The paper's procedure: ``start="full", refit="warm",
     fence_scores="in_sample", stop="no_change", max_iter=None``. The paper's
@@ -445,7 +445,8 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         for _, step in pipeline.steps[:-1]:
             features = step.fit_transform(features)
         # Warnings point at fit's caller: past the helper and the two wrappers.
-        distinct, copy_of = distinct_training_images(features, stacklevel=5)
+        near = self.backbone is not None  # the CNN's rounding varies by batch
+        distinct, copy_of = distinct_training_images(features, near, stacklevel=5)
         refiner = pipeline.steps[-1][1]
         self._size_flow(refiner.estimator, len(distinct))
         name, n = type(self).__name__, len(distinct)

@@ -68,15 +68,16 @@ def check_fence_samples(X):
     )
 
 
-def distinct_training_images(features, *, stacklevel):
-    """``near_copies`` of a detector's training features, refusing fewer than
-    4 distinct images and warning when some repeat."""
+def distinct_training_images(features, near=False, *, stacklevel):
+    """``distinct_rows`` of a detector's training features (``near``: its
+    ``near_copies``, for a CNN's), refusing fewer than 4 distinct images and
+    warning when some repeat."""
     if len(features) < MIN_FENCE_SAMPLES:
         raise ValueError(
             f"The refinement needs at least {MIN_FENCE_SAMPLES} training images "
             f"for the quartiles of its fence, got n_samples={len(features)}."
         )
-    distinct, copy_of = near_copies(features)
+    distinct, copy_of = (near_copies if near else distinct_rows)(features)
     if len(distinct) < MIN_FENCE_SAMPLES:
         raise ValueError(
             f"X holds {len(distinct)} distinct training image(s) among its "
@@ -84,12 +85,12 @@ def distinct_training_images(features, *, stacklevel):
             f"least {MIN_FENCE_SAMPLES} distinct images."
         )
     if len(distinct) < len(features):
+        same = "to the CNN's rounding" if near else "exactly"
         warnings.warn(
             f"{len(features) - len(distinct)} of the {len(features)} training "
-            "images repeat other training images (the same features, to float "
-            "rounding): each distinct image is fitted once (many copies weigh "
-            "as one), and a repeat shares the decision on its first copy in "
-            "inlier_mask_.",
+            f"images repeat other training images (the same features, {same}): "
+            "each distinct image is fitted once (many copies weigh as one), "
+            "and a repeat shares the decision on its first copy in inlier_mask_.",
             UserWarning,
             stacklevel=stacklevel,
         )
@@ -104,19 +105,34 @@ COPY_TOLERANCE = 1e-4
 
 def near_copies(X, rtol=COPY_TOLERANCE):
     """``distinct_rows``, where a row less than ``rtol`` times the larger norm
-    from an earlier one is its copy (and a copy of a copy, the first's)."""
+    from the first row of a group is a copy of it.
+
+    For CNN features (relative to the norm, as their rounding is). Each row
+    is compared with the groups' first rows only, so that groups do not
+    drift along chains of rows each close to the last.
+    """
     distinct, copy_of = distinct_rows(X)
     rows = values(X)[distinct].astype(np.float64)
-    norms = np.linalg.norm(rows, axis=1)
-    if len(rows) < 2 or not norms.max() > 0:
+    scale = np.abs(rows).max() if rows.size else 0.0
+    if len(rows) < 2 or not 0 < scale < np.inf:  # NaN, or nothing to compare
         return distinct, copy_of
-    search = NearestNeighbors(radius=rtol * norms.max(), algorithm="brute")
-    distances, neighbours = search.fit(rows).radius_neighbors(rows)
-    first = np.arange(len(rows))  # the first copy of each distinct row
-    for row, (distance, other) in enumerate(zip(distances, neighbours)):
-        close = (other < row) & (distance < rtol * np.maximum(norms[row], norms[other]))
-        if close.any():
-            first[row] = first[other[close].min()]
+    rows /= scale  # no overflow in the norms
+    norms = np.linalg.norm(rows, axis=1)
+    nonzero = np.flatnonzero(norms > 0)  # zero rows: exact copies only
+    # Rows closer than rtol * the larger norm are closer than 2 * rtol once
+    # scaled to unit norm: the candidates, found without the scale of the
+    # largest row setting the radius of all.
+    unit = rows[nonzero] / norms[nonzero, None]
+    search = NearestNeighbors(radius=2 * rtol, algorithm="brute").fit(unit)
+    candidates = search.radius_neighbors(unit, return_distance=False)
+    first = np.arange(len(rows))
+    for row, others in zip(nonzero, candidates):
+        others = nonzero[others]
+        others = others[(others < row) & (first[others] == others)]
+        gap = np.linalg.norm(rows[others] - rows[row], axis=1)
+        close = others[gap < rtol * np.maximum(norms[others], norms[row])]
+        if close.size:
+            first[row] = close.min()
     roots = np.flatnonzero(first == np.arange(len(rows)))
     return distinct[roots], np.searchsorted(roots, first)[copy_of]
 

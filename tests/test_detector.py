@@ -135,27 +135,53 @@ def test_repeated_training_images_are_fitted_once():
     assert (det.removed_at_iter_[61:] == single.removed_at_iter_[60]).all()
 
 
-def test_copies_whose_features_differ_by_float_rounding_are_fitted_once():
+def test_copies_whose_cnn_features_differ_by_rounding_are_fitted_once(
+    contaminated_digits, monkeypatch
+):
     # The CNN's arithmetic varies with the batch an image is in (1.6e-7 of the
     # norm between batches of 32 and of 1): such copies were fitted as images
     # of their own, without a warning, though the docs said otherwise.
+    X = contaminated_digits.X_train[:40]
+    embed = PretrainedFeatures.fit_transform
+
+    def rounded_apart(self, X, y=None):
+        features = embed(self, X, y)
+        wobble = np.random.RandomState(0).uniform(-1e-6, 1e-6, features[40:].shape)
+        features[40:] *= 1 + wobble
+        return features
+
+    monkeypatch.setattr(PretrainedFeatures, "fit_transform", rounded_apart)
+    det = MetaRefineDetector(random_state=0, **IMAGES, **TINY_FLOW)
+    with pytest.warns(UserWarning, match="3 of the 43 training images repeat .* "
+                      "to the CNN's rounding"):
+        det.fit(np.concatenate([X, X[[5, 3, 5]]]))
+    np.testing.assert_array_equal(det.inlier_mask_[40:], det.inlier_mask_[[5, 3, 5]])
+    # Feature vectors of the user's own (backbone=None) repeat only exactly:
+    # relative to the norm, rows far from zero were merged (195 of 200 at a
+    # mean of 10,000).
+    far = np.random.RandomState(0).normal(10_000, 1, size=(200, 2))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*repeat other training images")
+        MetaRefineDetector(backbone=None, random_state=0, **TINY_FLOW).fit(far)
+
+
+def test_near_copies_are_judged_against_the_first_of_their_group():
     from sklearn_metarefine._samples import near_copies
 
-    rng = np.random.RandomState(0)
-    X = rng.normal(size=(61, 5))
-    wobble = 1 + rng.uniform(-1e-6, 1e-6, size=(3, 5))
-    copies = np.vstack([X, X[[60, 3, 60]] * wobble])
-    single = MetaRefineDetector(backbone=None, random_state=0, **TINY_FLOW).fit(X)
-    with pytest.warns(UserWarning, match="3 of the 64 training images repeat"):
-        det = MetaRefineDetector(backbone=None, random_state=0, **TINY_FLOW).fit(copies)
-    assert det.offset_ == single.offset_
-    np.testing.assert_array_equal(det.inlier_mask_[[61, 62, 63]],
-                                  single.inlier_mask_[[60, 3, 60]])
-    # Rows 1e-3 apart are distinct; a copy of a copy is the first's.
-    rows = np.array([[1.0, 0], [1.001, 0], [1 + 5e-5, 0], [1 + 1e-4, 0], [0, 1]])
-    distinct, copy_of = near_copies(rows)
-    np.testing.assert_array_equal(distinct, [0, 1, 4])
-    np.testing.assert_array_equal(copy_of, [0, 1, 0, 0, 2])
+    a, b, c = [1.0, 0], [1 + 0.8e-4, 0], [1 + 1.6e-4, 0]
+    for rows, distinct, copy_of in [
+        ([a, b, c], [0, 2], [0, 0, 1]),  # c is not a's copy through b
+        ([a, c, b], [0, 1], [0, 1, 0]),
+        ([[1.0, 0], [1.001, 0], [0, 1], [0, 0], [0, 0]], [0, 1, 2, 3], [0, 1, 2, 3, 3]),
+    ]:
+        found = near_copies(np.array(rows))
+        np.testing.assert_array_equal(found[0], distinct)
+        np.testing.assert_array_equal(found[1], copy_of)
+    # Norms beyond float64 (1e200 squared) and drifting rows.
+    huge = np.array([[1e200, 0], [1e200 * (1 + 1e-6), 0], [0, 1e200], [1e200, 1e200]])
+    np.testing.assert_array_equal(near_copies(huge)[1], [0, 0, 1, 2])
+    drift = np.c_[1 + 0.9e-4 * np.arange(100), np.zeros(100)]
+    assert len(near_copies(drift)[0]) == 50
 
 
 @pytest.mark.parametrize("n_images", [2, 3])

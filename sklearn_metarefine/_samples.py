@@ -36,18 +36,20 @@ def samples_for(X, array):
 
 @contextmanager
 def checked_samples(refiner, X):
-    """``X`` checked against the fitted ``refiner``, as its detector takes it.
+    """``X`` checked against the fitted ``refiner``, as its detector takes it:
+    a DataFrame if both the fit and ``X`` have column names, else an array.
 
-    An array where the fit had column names is warned about once, by this
-    check, and not again by the detector, which was fitted on the DataFrame.
+    Names present on one side only are warned about once, by this check, and
+    not again by the detector.
     """
     array = validate_data(refiner, X, reset=False)
+    named = hasattr(refiner, "feature_names_in_")
     with warnings.catch_warnings():
-        if not hasattr(X, "columns") and hasattr(refiner, "feature_names_in_"):
+        if named and not hasattr(X, "columns"):
             warnings.filterwarnings(
                 "ignore", "X does not have valid feature names", UserWarning
             )
-        yield samples_for(X, array)
+        yield X if named and hasattr(X, "columns") else array
 
 
 def check_fence_samples(X):

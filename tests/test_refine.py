@@ -3,7 +3,7 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.covariance import EllipticEnvelope
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
@@ -1288,19 +1288,23 @@ def test_a_dataframe_reaches_the_detector_as_a_dataframe(start, fence_scores):
         by_name.predict(frame[["height", "width", "noise"]])
 
 
-def test_an_array_after_a_dataframe_fit_is_warned_about_once():
+def test_column_names_on_one_side_are_warned_about_once():
     # The refiner warned, then the detector it had fitted on the DataFrame.
     pd = pytest.importorskip("pandas")
     X = np.random.RandomState(0).normal(size=(100, 2))
     refiner = IQRRefiner(EllipticEnvelope(random_state=0), random_state=0)
-    refiner.fit(pd.DataFrame(X, columns=["a", "b"]))
-    for method in (refiner.predict, refiner.score_samples):
+    frame = pd.DataFrame(X, columns=["a", "b"])
+    on_array = clone(refiner).fit(X)
+    refiner.fit(frame)
+    for method, rows, said in [
+        (refiner.predict, X[:5], "does not have valid feature names"),
+        (refiner.score_samples, X[:5], "does not have valid feature names"),
+        (on_array.predict, frame[:5], "has feature names"),  # the other way round
+        (on_array.score_samples, frame[:5], "has feature names"),
+    ]:
         with pytest.warns(UserWarning) as caught:
-            method(X[:5])
-        assert [str(w.message) for w in caught] == [
-            "X does not have valid feature names, but IQRRefiner was fitted with "
-            "feature names"
-        ]
+            method(rows)
+        assert len(caught) == 1 and said in str(caught[0].message)
 
 
 @pytest.mark.parametrize("start", ["full", "neighbors"])

@@ -397,6 +397,22 @@ def test_an_unreadable_mask_stops_the_run_without_recording_a_failure(tmp_path):
     assert result.n_executed == 1 and result.runs[0]["error"] is None
 
 
+def test_an_unreadable_ksdd2_mask_is_a_one_line_error(tmp_path, capsys):
+    # load_ksdd2 reads every mask to label its image; its ValueError reached
+    # the command as a traceback of 49 lines.
+    root = tmp_path / "ksdd2"
+    _photographs(root, "ksdd2")
+    (root / "train" / "train003_GT.png").write_text("not an image")
+    command = ["benchmark", "--dataset", "ksdd2", "--root", str(root), "--models",
+               "lof", "--noise", "0", "--repeats", "1", "--n-jobs", "1",
+               "--output", str(tmp_path / "out"), "--no-progress"]
+    assert main(command) == 1
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert re.search(r"error: KolektorSDD2 mask .*train003_GT.png .* cannot be read",
+                     error)
+
+
 @pytest.mark.parametrize("sigma", [-1, "abc", None, float("nan")])
 def test_a_bad_patch_sigma_is_refused_before_any_run(sigma, tmp_path):
     # -1 ran as 0; "abc" failed every run, then the command in a traceback.

@@ -87,7 +87,12 @@ def _read_dataset(dataset, category, root):
             f"The {dataset} dataset is read from disk: pass its folder as root "
             "(--root on the command line)."
         )
-    return load_mvtec_ad(root, category) if dataset == "mvtec" else load_ksdd2(root)
+    try:
+        if dataset == "mvtec":
+            return load_mvtec_ad(root, category)
+        return load_ksdd2(root)
+    except ValueError as error:  # a file of the dataset, named in the message
+        raise BenchmarkError(str(error)) from None
 
 
 def load_masked(dataset, category, root, config):

@@ -103,6 +103,8 @@ def load_ksdd2(root, *, split="all"):
         If `root` or a requested split folder is missing or holds no image, if
         an image has no ``_GT`` mask, or if a mask has no image. The message
         names the path and says where to get the data.
+    ValueError
+        If a mask cannot be read (not an image, or cut short), naming it.
 
     See Also
     --------

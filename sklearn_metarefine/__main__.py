@@ -29,8 +29,8 @@ _BENCHMARK_EPILOG = """\
 examples:
   metarefine benchmark                                   # digits, all models, ~minutes on a CPU
   metarefine benchmark --models vanilla metarefine --noise 0 0.3 --repeats 1
-  metarefine benchmark --dataset mvtec --root ~/data/mvtec_ad --categories bottle cable --overlap
-  metarefine benchmark --dataset ksdd2 --root ~/data/ksdd2 --device cuda
+  metarefine benchmark --dataset mvtec --root ~/data/mvtec_ad --categories bottle cable --overlap --noise 0 0.1 0.2
+  metarefine benchmark --dataset ksdd2 --root ~/data/ksdd2 --train-size 400 --device cuda
   metarefine benchmark --dataset surfaces --noise 0 0.1 0.3 0.5   # patch models, pixel metrics
   metarefine benchmark --backend dask --scheduler tcp://10.0.0.1:8786
 
@@ -184,8 +184,9 @@ def _parser():
     model.add_argument(
         "--backbone",
         choices=_BACKBONES,
-        help="feature CNN (default: efficientnet_lite0, offline; the "
-        "paper's is alexnet at --image-size 448 --n-scales 3)",
+        help="feature CNN of the image-level models (default: "
+        "efficientnet_lite0, offline; the paper's is alexnet at --image-size 448 "
+        "--n-scales 3); the patch models' is set in --config's patch section",
     )
     model.add_argument(
         "--image-size",
@@ -198,19 +199,21 @@ def _parser():
         "--n-scales",
         type=_positive_int,
         metavar="N",
-        help="CNN input scales (default: 3 for digits and surfaces, 1 otherwise)",
+        help="CNN input scales of the image-level models (default: 3 for "
+        "digits and surfaces, 1 otherwise)",
     )
     model.add_argument(
         "--n-views",
         type=_positive_int,
         metavar="N",
-        help="rotated views per image (default: 1)",
+        help="rotated views per image, image-level models (default: 1)",
     )
     model.add_argument(
         "--max-epochs",
         type=_positive_int,
         metavar="N",
-        help="training epochs of the flows",
+        help="training epochs of the image-level flows (patchflow's: "
+        "--config's patchflow section)",
     )
     model.add_argument(
         "--seed", type=_seed, metavar="N", help="base seed of every draw and model"

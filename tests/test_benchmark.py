@@ -826,3 +826,41 @@ def test_a_long_file_name_is_written_through_a_temporary_name_that_fits(tmp_path
         _atomic.atomic_write(target, lambda file: file.write("x"))
         assert target.read_text() == "x"
         assert len(os.fsencode(_atomic.temporary_name(target).name)) <= 255
+
+
+def _counted(train_good, test_good, test_bad, train_bad=0):
+    """(images, labels, split) of a dataset with these numbers of images."""
+    y = np.repeat([0, 1, 0, 1], [train_good, train_bad, test_good, test_bad])
+    split = np.repeat(["train", "test"], [train_good + train_bad, test_good + test_bad])
+    return np.arange(len(y)), y, split.astype(object)
+
+
+def test_the_documented_mvtec_and_ksdd2_commands_are_within_reach():
+    # The examples of --help and of the guide asked for noise levels that
+    # bottle's 63 defective images and KolektorSDD2's full training set cannot
+    # give, and the command refused them.
+    from sklearn_metarefine.__main__ import _BENCHMARK_EPILOG
+    from sklearn_metarefine._benchmark._config import NOISE_LEVELS
+    from sklearn_metarefine._benchmark._data import check_feasible
+
+    guide = (Path(__file__).parents[1] / "docs/user_guide/reproducing.rst").read_text()
+    mvtec_options = "--categories bottle cable --overlap --noise 0 0.1 0.2"
+    assert mvtec_options in _BENCHMARK_EPILOG
+    assert guide.count(mvtec_options) == 2  # the paper's configuration's too
+    assert "--dataset ksdd2 --root ~/data/ksdd2 --train-size 400" in _BENCHMARK_EPILOG
+    assert "--dataset ksdd2 --root ~/data/ksdd2 \\\n        --train-size 400" in guide
+    # The official counts: good training, good test and defective test images.
+    mvtec = {"bottle": _counted(209, 20, 63), "cable": _counted(224, 58, 92)}
+    ksdd2 = {"ksdd2": _counted(2085, 894, 110, train_bad=246)}
+
+    def check(dataset, labelled, noise, **contamination):
+        config = resolve_config(dataset, {"contamination": contamination})
+        check_feasible(config, labelled, noise)
+
+    check("mvtec", mvtec, [0.0, 0.1, 0.2], overlap=True)
+    check("ksdd2", ksdd2, NOISE_LEVELS, train_size=400)
+    with pytest.raises(BenchmarkError, match="bottle noise=0.3"):
+        check("mvtec", mvtec, NOISE_LEVELS, overlap=True)
+    with pytest.raises(BenchmarkError, match="ksdd2 noise=0.2"):
+        check("ksdd2", ksdd2, NOISE_LEVELS)
+

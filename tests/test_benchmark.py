@@ -864,3 +864,60 @@ def test_the_documented_mvtec_and_ksdd2_commands_are_within_reach():
     with pytest.raises(BenchmarkError, match="ksdd2 noise=0.2"):
         check("ksdd2", ksdd2, NOISE_LEVELS)
 
+
+def test_a_resumed_output_folder_that_cannot_be_written_is_refused_first(
+    tmp_path, monkeypatch
+):
+    # A read-only copy of a finished folder ran its missing work, then failed
+    # with a bare "[Errno 13] Permission denied" when writing the results.
+    # (Permissions do not bind root, who runs these tests: the probe fails.)
+    from sklearn_metarefine._benchmark import _storage
+
+    config = resolve_config("digits", TINY_CONFIG)
+    output = tmp_path / "out"
+    _storage.claim_output(output, config)
+    (output / "runs").mkdir()
+    temporary_file = _storage.tempfile.TemporaryFile
+
+    def read_only_runs(*args, dir, **kwargs):
+        if Path(dir).name == "runs":
+            raise PermissionError(13, "Permission denied")
+        return temporary_file(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(_storage.tempfile, "TemporaryFile", read_only_runs)
+    with pytest.raises(BenchmarkError, match=r"Cannot write to .*runs \(--output\): "
+                       "Permission denied"):
+        _storage.claim_output(output, config)
+    monkeypatch.undo()
+    _storage.claim_output(output, config)
+
+
+@pytest.mark.parametrize(
+    "grid, message",
+    [
+        ({"noise": []}, r"No noise to run \(--noise\)"),  # a KeyError after the claim
+        ({"categories": []}, r"No categories to run"),  # a ZeroDivisionError, later
+        ({"models": []}, r"No models to run"),
+        ({"root": "data"}, "The digits dataset is bundled: --root names"),  # ignored
+    ],
+)
+def test_empty_axes_and_a_root_for_digits_are_refused_before_any_file(
+    grid, message, tmp_path
+):
+    with pytest.raises(BenchmarkError, match=message):
+        run_benchmark(config=TINY_CONFIG, output=tmp_path / "out", progress=False,
+                      **{**GRID, **grid})
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_dask_scheduler_is_refused_before_any_file(tmp_path):
+    # It was found after the folder was claimed and every feature computed.
+    pytest.importorskip("distributed")
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(BenchmarkError, match="Cannot connect to the dask"):
+            run_benchmark(config=TINY_CONFIG, output=tmp_path / "out",
+                          backend="dask", scheduler="tcp://127.0.0.1:1",
+                          models=["lof"], progress=False, **GRID)
+    assert not (tmp_path / "out").exists()

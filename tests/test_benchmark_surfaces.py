@@ -413,6 +413,25 @@ def test_an_unreadable_ksdd2_mask_is_a_one_line_error(tmp_path, capsys):
                      error)
 
 
+def test_results_of_other_files_of_the_dataset_folder_are_refused(tmp_path):
+    # Only the folder's path was recorded: a folder extracted in part, then
+    # in full, gave a table averaging runs on 20 and on 21 training images.
+    root = tmp_path / "mvtec"
+    _photographs(root, "mvtec")
+    config = {key: TINY[key] for key in ("features", "flow", "refiner")}
+    grid = dict(
+        categories=["plate"], models=["iforest"], noise=[0.0], config=config,
+        output=tmp_path / "out", n_jobs=1, progress=False,
+    )  # fmt: skip
+    run_benchmark("mvtec", root=root, repeats=1, **grid)
+    added = root / "plate" / "train" / "good" / "020.png"
+    added.write_bytes((root / "plate" / "train" / "good" / "000.png").read_bytes())
+    with pytest.raises(BenchmarkError, match=r"files then plate: 36; now plate: 37"):
+        run_benchmark("mvtec", root=root, repeats=2, **grid)
+    added.unlink()
+    assert run_benchmark("mvtec", root=root, repeats=2, **grid).n_executed == 1
+
+
 @pytest.mark.parametrize("sigma", [-1, "abc", None, float("nan")])
 def test_a_bad_patch_sigma_is_refused_before_any_run(sigma, tmp_path):
     # -1 ran as 0; "abc" failed every run, then the command in a traceback.

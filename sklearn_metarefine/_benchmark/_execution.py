@@ -38,6 +38,20 @@ def _check_backend(backend, scheduler):
         importlib.import_module("distributed")
     except ImportError as error:
         raise BenchmarkError(_DASK_MISSING) from error
+    # Now, not after the output folder is claimed and the features computed.
+    _connect(scheduler).close()
+
+
+def _connect(scheduler):
+    """A dask.distributed client of the scheduler at ``scheduler``."""
+    import distributed
+
+    try:
+        return distributed.Client(scheduler)
+    except OSError as error:
+        raise BenchmarkError(
+            f"Cannot connect to the dask scheduler at {scheduler}: {error}"
+        ) from error
 
 
 @contextmanager
@@ -47,15 +61,7 @@ def _backend(backend, scheduler):
         with joblib.parallel_config(backend="loky"):
             yield
         return
-    import distributed
-
-    try:
-        client = distributed.Client(scheduler)
-    except OSError as error:
-        raise BenchmarkError(
-            f"Cannot connect to the dask scheduler at {scheduler}: {error}"
-        ) from error
-    with client, joblib.parallel_config(backend="dask"):
+    with _connect(scheduler), joblib.parallel_config(backend="dask"):
         yield
 
 

@@ -38,6 +38,7 @@ from ._storage import (
     FEATURES_FOLDER,
     RUNS_FOLDER,
     cached_features,
+    check_dataset_files,
     check_features,
     check_output,
     claim_output,
@@ -161,6 +162,12 @@ def run_benchmark(
     ``output/runs`` to retry it.
     """
     # Every argument is checked before the first file is written.
+    if root is not None and dataset not in ("mvtec", "ksdd2"):
+        made = "bundled" if dataset == "digits" else "generated"
+        raise BenchmarkError(
+            f"The {dataset} dataset is {made}: --root names the folder of mvtec "
+            "or ksdd2 only."
+        )
     check_grid(noise, repeats)
     check_n_jobs(n_jobs)
     check_output(output)
@@ -193,6 +200,8 @@ def run_benchmark(
     rooted = dataset in ("mvtec", "ksdd2")
     claimed = {**config, "root": str(_absolute(root))} if rooted else config
     claim_output(output, claimed)
+    if rooted:
+        check_dataset_files(output, labelled)
 
     runs = plan_runs(config, categories, noise, repeats, models)
     pending = [run for run in runs if read_run(runs_folder, run) is None]
@@ -263,6 +272,10 @@ def _grid_axes(dataset, categories, models, noise):
             )
     # + 0.0: -0.0 is 0.0, named and printed as such.
     noise = list(dict.fromkeys(float(level) + 0.0 for level in noise))
+    axes = {"categories": categories, "models": models, "noise": noise}
+    for name, axis in axes.items():
+        if not axis:
+            raise BenchmarkError(f"No {name} to run (--{name}): name at least one.")
     named = {}
     for level in noise:  # a run file names its level with 4 decimals
         other = named.setdefault(f"{level:.4f}", level)

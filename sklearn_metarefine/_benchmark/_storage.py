@@ -7,8 +7,10 @@ wrote is reported with its path. All of this runs in the calling process.
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from ._config import BenchmarkError
 CONFIG_FILE = "config.json"
 RUNS_FOLDER = "runs"
 FEATURES_FOLDER = "features"
+DATASET_FILE = "dataset.json"
 # The fields of a run record (see run_one), in the order of runs.csv.
 RECORD_FIELDS = (
     "dataset",
@@ -180,6 +183,61 @@ def claim_output(output, config):
             "mixing them would average different experiments. Differences "
             f"(folder -> this run): {differences}. {_START_OVER}"
         )
+    _check_writable(output)
+
+
+def check_dataset_files(output, labelled):
+    """Record the image files each category's runs read, or refuse an output
+    folder whose results were computed on other files of the dataset folder.
+
+    The files are recorded by count and a digest of their paths and sizes:
+    a folder extracted in part, then in full, kept the same configuration,
+    and the tables averaged runs on 12 and on 40 training images.
+    """
+    path = output / DATASET_FILE
+    listing = {
+        category: _files_digest(images) for category, (images, _, _) in labelled.items()
+    }
+    stored = read_json(path, remedy=_START_OVER) if path.exists() else {}
+    has_runs = any((output / RUNS_FOLDER).glob("*.json"))
+    changed = [c for c in listing if stored.get(c, listing[c]) != listing[c]]
+    changed = changed if has_runs else []
+    if changed:
+        then = ", ".join(f"{c}: {stored[c]['n_files']}" for c in changed)
+        now = ", ".join(f"{c}: {listing[c]['n_files']}" for c in changed)
+        raise BenchmarkError(
+            f"The image files of the dataset folder changed since the results in "
+            f"{output} were computed (files then {then}; now {now}, or the same "
+            "number with other names or sizes): mixing them would average runs "
+            f"on other images. {_START_OVER}"
+        )
+    if {**stored, **listing} != stored:  # new, or new categories
+        write_json(path, {**stored, **listing})
+
+
+def _files_digest(files):
+    """How many files, and a SHA-256 of their paths and sizes, in order."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{os.fspath(file)}\0{os.path.getsize(file)}\n".encode(
+            "utf-8", "surrogateescape"))
+    return {"n_files": len(files), "sha256": digest.hexdigest()}
+
+
+def _check_writable(output):
+    """Say before any work that a folder of a claimed output cannot be written
+    (a run resumed in a read-only copy failed once its work was done)."""
+    for folder in (output, output / RUNS_FOLDER, output / FEATURES_FOLDER):
+        if not folder.is_dir():
+            continue
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            raise BenchmarkError(
+                f"Cannot write to {folder} (--output): {error.strerror or error}. "
+                "Make it writable, or pass another --output folder."
+            ) from error
 
 
 def _differences(old, new, path="config"):

@@ -921,3 +921,22 @@ def test_an_unreachable_dask_scheduler_is_refused_before_any_file(tmp_path):
                           backend="dask", scheduler="tcp://127.0.0.1:1",
                           models=["lof"], progress=False, **GRID)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        # A type error got the advice for noise levels out of reach.
+        ({"contamination": {"overlap": "yes"}}, r"The contamination settings .*"
+         r"cannot be used: The 'overlap' parameter"),
+        # A bad seed was blamed on the feature settings, the first to use it.
+        ({"seed": -5}, r"config\['seed'\] \(--seed\) must be an integer .* got -5"),
+        ({"seed": "abc"}, r"config\['seed'\] .* got 'abc'"),
+    ],
+)
+def test_a_bad_setting_is_named_with_its_own_remedy(config, message, tmp_path):
+    with pytest.raises(BenchmarkError, match=message):
+        run_benchmark(config={**TINY_CONFIG, **config}, output=tmp_path / "out",
+                      progress=False, **GRID)
+    assert not (tmp_path / "out").exists()
+

@@ -266,6 +266,13 @@ def resolve_config(dataset, overrides=None):
             )
     config = {"dataset": dataset, **config}
     _merge(config, overrides or {}, path="config")
+    seed = config["seed"]
+    integer = isinstance(seed, Integral) and not isinstance(seed, bool)
+    if not (integer and 0 <= seed < 2**32):  # was blamed on the features
+        raise BenchmarkError(
+            f"config['seed'] (--seed) must be an integer from 0 to {2**32 - 1}, "
+            f"got {seed!r}."
+        )
     return json.loads(json.dumps(config))
 
 

@@ -3,6 +3,7 @@
 import numpy as np
 from PIL import Image
 from sklearn.utils import Bunch
+from sklearn.utils._param_validation import InvalidParameterError
 
 from ..datasets import (
     MVTEC_AD_CATEGORIES,
@@ -231,6 +232,12 @@ def check_feasible(config, labelled, noise):
                     random_state=0,
                     **config["contamination"],
                 )
+            except InvalidParameterError as error:  # a setting, not the data
+                raise BenchmarkError(
+                    "The contamination settings (config['contamination'] = "
+                    f"{config['contamination']}: --overlap, --train-size, "
+                    f"--test-size or --config) cannot be used: {error}"
+                ) from None
             except ValueError as error:
                 reason = str(error).rstrip(".")
                 problems.setdefault(reason, []).append(f"{category} noise={level:g}")

@@ -940,3 +940,19 @@ def test_a_bad_setting_is_named_with_its_own_remedy(config, message, tmp_path):
                       progress=False, **GRID)
     assert not (tmp_path / "out").exists()
 
+
+def test_offline_weights_are_explained_in_the_benchmarks_terms(tmp_path, monkeypatch):
+    # The remedies named weights=..., a setting the benchmark does not take.
+    import urllib.error
+
+    from torchvision.models._api import WeightsEnum
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    config = {**TINY_CONFIG, "features": {"backbone": "alexnet", "image_size": 64}}
+    with pytest.raises(BenchmarkError, match="(?s)Could not download.*alexnet.*"
+                       "The benchmark takes no weights setting"):
+        run_benchmark(config=config, output=tmp_path / "out", progress=False, **GRID)
+    assert not (tmp_path / "out").exists()

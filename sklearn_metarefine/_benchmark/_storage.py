@@ -346,6 +346,8 @@ def check_features(image_sets, config, device, cache_folder, *, patches=False):
     or an invalid setting, is then refused up front. ``patches`` checks the
     patch features of the patch models instead.
     """
+    from .._features._backbones import WeightsDownloadError  # imports torch
+
     for images in image_sets:
         if not _feature_path(images, config, cache_folder, patches=patches).exists():
             extractor = (patch_extractor if patches else feature_extractor)(
@@ -361,6 +363,12 @@ def check_features(image_sets, config, device, cache_folder, *, patches=False):
                     "--image-size, --n-scales, --n-views or --config)"
                 )
                 raise BenchmarkError(f"{where} cannot be used: {error}") from error
+            except WeightsDownloadError as error:
+                raise BenchmarkError(
+                    f"{error} The benchmark takes no weights setting: copy the "
+                    "file into the cache as in (a), or use the efficientnet_lite0 "
+                    "backbone."
+                ) from error
             return
 
 

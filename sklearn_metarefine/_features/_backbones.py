@@ -55,6 +55,11 @@ def _is_default(weights):
     return isinstance(weights, str) and weights == "DEFAULT"
 
 
+class WeightsDownloadError(OSError):
+    """ImageNet weights that could not be downloaded; the message says how to
+    proceed without a network."""
+
+
 def _download_torchvision_weights(name, progress):
     import torchvision
 
@@ -63,7 +68,7 @@ def _download_torchvision_weights(name, progress):
         return entry.get_state_dict(progress=progress, check_hash=True)
     except (OSError, http.client.HTTPException) as error:
         cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-        raise OSError(
+        raise WeightsDownloadError(
             _OFFLINE_HELP.format(
                 name=name,
                 url=entry.url,

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import _safe_indexing
-from sklearn.utils.validation import validate_data
+from sklearn.utils.validation import _get_feature_names, validate_data
 
 # Below four scores the quartiles are interpolated between the same few order
 # statistics and the fence says nothing about the tail.
@@ -37,19 +37,19 @@ def samples_for(X, array):
 @contextmanager
 def checked_samples(refiner, X):
     """``X`` checked against the fitted ``refiner``, as its detector takes it:
-    a DataFrame if both the fit and ``X`` have column names, else an array.
+    a DataFrame as in ``fit``, but an array where only ``X`` has feature names.
 
-    Names present on one side only are warned about once, by this check, and
+    Feature names on one side only are warned about once, by this check, and
     not again by the detector.
     """
     array = validate_data(refiner, X, reset=False)
-    named = hasattr(refiner, "feature_names_in_")
+    named, names = hasattr(refiner, "feature_names_in_"), _get_feature_names(X)
     with warnings.catch_warnings():
-        if named and not hasattr(X, "columns"):
+        if named and names is None:
             warnings.filterwarnings(
                 "ignore", "X does not have valid feature names", UserWarning
             )
-        yield X if named and hasattr(X, "columns") else array
+        yield X if hasattr(X, "columns") and (named or names is None) else array
 
 
 def check_fence_samples(X):

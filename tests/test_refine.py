@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.neighbors import KernelDensity, LocalOutlierFactor
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import OneClassSVM
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn.utils.validation import validate_data
@@ -1305,6 +1305,13 @@ def test_column_names_on_one_side_are_warned_about_once():
         with pytest.warns(UserWarning) as caught:
             method(rows)
         assert len(caught) == 1 and said in str(caught[0].message)
+    # Labels that are not names (a frame's default 0, 1, ...): no names on either
+    # side, and the detector gets the frame at scoring as in the fit.
+    by_label = make_pipeline(
+        FunctionTransformer(lambda frame: frame.loc[:, [0]]), EllipticEnvelope()
+    )
+    labelled = IQRRefiner(by_label, random_state=0).fit(pd.DataFrame(X))
+    labelled.score_samples(pd.DataFrame(X[:5]))  # an array has no .loc
 
 
 @pytest.mark.parametrize("start", ["full", "neighbors"])

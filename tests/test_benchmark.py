@@ -843,10 +843,15 @@ def test_the_documented_mvtec_and_ksdd2_commands_are_within_reach():
     from sklearn_metarefine._benchmark._config import NOISE_LEVELS
     from sklearn_metarefine._benchmark._data import check_feasible
 
-    guide = (Path(__file__).parents[1] / "docs/user_guide/reproducing.rst").read_text()
+    root = Path(__file__).parents[1]
+    guide = (root / "docs/user_guide/reproducing.rst").read_text()
     mvtec_options = "--categories bottle cable --overlap --noise 0 0.1 0.2"
     assert mvtec_options in _BENCHMARK_EPILOG
     assert guide.count(mvtec_options) == 2  # the paper's configuration's too
+    readme = " ".join((root / "README.md").read_text().split())
+    assert f"--dataset mvtec --root DIR {mvtec_options} --models" in readme
+    scaling = (root / "docs/user_guide/scaling.rst").read_text()
+    assert f"--root /shared/mvtec_ad \\\n       {mvtec_options}" in scaling
     assert "--dataset ksdd2 --root ~/data/ksdd2 --train-size 400" in _BENCHMARK_EPILOG
     assert "--dataset ksdd2 --root ~/data/ksdd2 \\\n        --train-size 400" in guide
     # The official counts: good training, good test and defective test images.
@@ -956,3 +961,53 @@ def test_offline_weights_are_explained_in_the_benchmarks_terms(tmp_path, monkeyp
                        "The benchmark takes no weights setting"):
         run_benchmark(config=config, output=tmp_path / "out", progress=False, **GRID)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_read_only_features_folder_is_refused_only_where_features_are_missing(
+    tmp_path, monkeypatch
+):
+    from sklearn_metarefine._benchmark import _storage
+
+    grid = dict(config=TINY_CONFIG, output=tmp_path / "out", categories=["digit3"],
+                models=["lof"], noise=[0.0], progress=False)
+    run_benchmark(repeats=1, **grid)
+    temporary_file = _storage.tempfile.TemporaryFile
+
+    def read_only_features(*args, dir, **kwargs):
+        if Path(dir).name == "features":
+            raise OSError(30, "Read-only file system")
+        return temporary_file(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(_storage.tempfile, "TemporaryFile", read_only_features)
+    assert run_benchmark(repeats=2, **grid).n_executed == 1  # every feature cached
+    for cached in (tmp_path / "out" / "features").iterdir():
+        cached.unlink()
+    with pytest.raises(BenchmarkError, match=r"Cannot write to .*features"):
+        run_benchmark(repeats=3, **grid)
+
+
+@pytest.mark.parametrize("record", [{"digit3": 5}, {"digit3": {"sha256": "x"}}])
+def test_a_malformed_dataset_record_is_named(record, tmp_path):
+    # A TypeError or KeyError reached the command as a traceback.
+    from sklearn_metarefine._benchmark._storage import check_dataset_files
+
+    output = tmp_path / "out"
+    (output / "runs").mkdir(parents=True)
+    (output / "runs" / "a.json").write_text("{}")
+    (output / "dataset.json").write_text(json.dumps(record))
+    image = tmp_path / "a.png"
+    image.write_bytes(b"x")
+    with pytest.raises(BenchmarkError, match="not the record of a category's files"):
+        check_dataset_files(output, {"digit3": ([image], None, None)})
+
+
+def test_numpy_seeds_and_malformed_scheduler_addresses(tmp_path):
+    # A numpy integer seed failed the configuration's JSON copy (TypeError); a
+    # malformed address gave distributed's ValueError as a traceback, and its
+    # half-made client held the interpreter's exit for a minute.
+    assert resolve_config("digits", {"seed": np.int64(5)})["seed"] == 5
+    pytest.importorskip("distributed")
+    for address, said in [("justahost", "missing port"), ("x://h:1", "scheme 'x'")]:
+        with pytest.raises(BenchmarkError, match=f"Cannot connect .*{said}"):
+            run_benchmark(config=TINY_CONFIG, output=tmp_path / "out", backend="dask",
+                          scheduler=address, progress=False, **GRID)

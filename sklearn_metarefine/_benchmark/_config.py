@@ -273,6 +273,7 @@ def resolve_config(dataset, overrides=None):
             f"config['seed'] (--seed) must be an integer from 0 to {2**32 - 1}, "
             f"got {seed!r}."
         )
+    config["seed"] = int(seed)  # a numpy integer is no JSON
     return json.loads(json.dumps(config))
 
 

@@ -45,10 +45,19 @@ def _check_backend(backend, scheduler):
 def _connect(scheduler):
     """A dask.distributed client of the scheduler at ``scheduler``."""
     import distributed
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+    from distributed.comm.registry import get_backend
 
     try:
+        # Checked first: a Client made of a malformed address held the
+        # interpreter's exit for a minute, closing itself.
+        scheme, location = parse_address(scheduler)
+        get_backend(scheme)
+        if scheme != "inproc":
+            parse_host_port(location)
         return distributed.Client(scheduler)
-    except OSError as error:
+    except (OSError, ValueError, TypeError) as error:  # unreachable, malformed
         raise BenchmarkError(
             f"Cannot connect to the dask scheduler at {scheduler}: {error}"
         ) from error

@@ -199,6 +199,12 @@ def check_dataset_files(output, labelled):
         category: _files_digest(images) for category, (images, _, _) in labelled.items()
     }
     stored = read_json(path, remedy=_START_OVER) if path.exists() else {}
+    for record in stored.values():
+        if not (isinstance(record, dict) and record.keys() == {"n_files", "sha256"}):
+            raise BenchmarkError(
+                f"{path} holds {record!r}, not the record of a category's files "
+                f"this benchmark writes. {_START_OVER}"
+            )
     has_runs = any((output / RUNS_FOLDER).glob("*.json"))
     changed = [c for c in listing if stored.get(c, listing[c]) != listing[c]]
     changed = changed if has_runs else []
@@ -226,10 +232,15 @@ def _files_digest(files):
 
 def _check_writable(output):
     """Say before any work that a folder of a claimed output cannot be written
-    (a run resumed in a read-only copy failed once its work was done)."""
-    for folder in (output, output / RUNS_FOLDER, output / FEATURES_FOLDER):
-        if not folder.is_dir():
-            continue
+    (a run resumed in a read-only copy failed once its work was done); the
+    features folder is checked where features are missing."""
+    for folder in (output, output / RUNS_FOLDER):
+        check_writable(folder)
+
+
+def check_writable(folder):
+    """Refuse an existing ``folder`` of the output that cannot be written."""
+    if folder.is_dir():
         try:
             with tempfile.TemporaryFile(dir=folder):
                 pass
@@ -350,6 +361,8 @@ def check_features(image_sets, config, device, cache_folder, *, patches=False):
 
     for images in image_sets:
         if not _feature_path(images, config, cache_folder, patches=patches).exists():
+            # Where features are to be written, not where all are cached.
+            check_writable(cache_folder)
             extractor = (patch_extractor if patches else feature_extractor)(
                 config, device
             )

@@ -870,26 +870,33 @@ def test_the_documented_mvtec_and_ksdd2_commands_are_within_reach():
         check("ksdd2", ksdd2, NOISE_LEVELS)
 
 
+def _unwritable(name, error, monkeypatch):
+    """Make the output's writability probe fail in the folders called ``name``
+    (permissions do not bind root, who runs these tests)."""
+    from sklearn_metarefine._benchmark import _storage
+
+    temporary_file = _storage.tempfile.TemporaryFile
+
+    def probe(*args, dir, **kwargs):
+        if Path(dir).name == name:
+            raise error
+        return temporary_file(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(_storage.tempfile, "TemporaryFile", probe)
+
+
 def test_a_resumed_output_folder_that_cannot_be_written_is_refused_first(
     tmp_path, monkeypatch
 ):
     # A read-only copy of a finished folder ran its missing work, then failed
     # with a bare "[Errno 13] Permission denied" when writing the results.
-    # (Permissions do not bind root, who runs these tests: the probe fails.)
     from sklearn_metarefine._benchmark import _storage
 
     config = resolve_config("digits", TINY_CONFIG)
     output = tmp_path / "out"
     _storage.claim_output(output, config)
     (output / "runs").mkdir()
-    temporary_file = _storage.tempfile.TemporaryFile
-
-    def read_only_runs(*args, dir, **kwargs):
-        if Path(dir).name == "runs":
-            raise PermissionError(13, "Permission denied")
-        return temporary_file(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(_storage.tempfile, "TemporaryFile", read_only_runs)
+    _unwritable("runs", PermissionError(13, "Permission denied"), monkeypatch)
     with pytest.raises(BenchmarkError, match=r"Cannot write to .*runs \(--output\): "
                        "Permission denied"):
         _storage.claim_output(output, config)
@@ -966,19 +973,10 @@ def test_offline_weights_are_explained_in_the_benchmarks_terms(tmp_path, monkeyp
 def test_a_read_only_features_folder_is_refused_only_where_features_are_missing(
     tmp_path, monkeypatch
 ):
-    from sklearn_metarefine._benchmark import _storage
-
     grid = dict(config=TINY_CONFIG, output=tmp_path / "out", categories=["digit3"],
                 models=["lof"], noise=[0.0], progress=False)
     run_benchmark(repeats=1, **grid)
-    temporary_file = _storage.tempfile.TemporaryFile
-
-    def read_only_features(*args, dir, **kwargs):
-        if Path(dir).name == "features":
-            raise OSError(30, "Read-only file system")
-        return temporary_file(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(_storage.tempfile, "TemporaryFile", read_only_features)
+    _unwritable("features", OSError(30, "Read-only file system"), monkeypatch)
     assert run_benchmark(repeats=2, **grid).n_executed == 1  # every feature cached
     for cached in (tmp_path / "out" / "features").iterdir():
         cached.unlink()

@@ -291,14 +291,9 @@ def _interpolation_matrix(n_out, n_cells, first, step):
     return matrix
 
 
-def _gaussian_radius(sigma):
-    """Samples each side of the centre of a kernel truncated at 4 sigma."""
-    return max(1, int(math.ceil(4 * sigma)))
-
-
 def _gaussian_kernel(sigma):
     """The normalised Gaussian of ``sigma`` samples, truncated at 4 sigma."""
-    radius = _gaussian_radius(sigma)
+    radius = max(1, int(math.ceil(4 * sigma)))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     return kernel / kernel.sum()
@@ -327,15 +322,15 @@ def _gaussian_matrix(n, sigma):
 def _smoothed(matrix, sigma):
     """``_gaussian_matrix(len(matrix), sigma) @ matrix``, each column convolved
     with the kernel: the ``(n, n)`` matrix took 512 MB for a side of 8,000
-    pixels, and 1.1 s. Where the kernel is wider than the side, its borders reflect more
-    than once, and the small matrix does it."""
+    pixels, and 1.1 s. Where the kernel is wider than the side, its borders
+    reflect more than once, and the small matrix does it."""
     n = matrix.shape[0]
     if sigma <= 0:
         return matrix
-    if _gaussian_radius(sigma) >= n:
-        return _gaussian_matrix(n, sigma) @ matrix
     kernel = _gaussian_kernel(sigma)
     radius = len(kernel) // 2
+    if radius >= n:
+        return _gaussian_matrix(n, sigma) @ matrix
     # Reflected once, without repeating the edge, as in the matrix.
     columns = F.pad(matrix.T[:, None, :], (radius, radius), mode="reflect")[:, 0]
     # By FFT: conv1d spent 2 GB on its 8,000 x 1,145-tap windows.

@@ -162,7 +162,8 @@ def run_benchmark(
     ``output/runs`` to retry it.
     """
     # Every argument is checked before the first file is written.
-    if root is not None and dataset not in ("mvtec", "ksdd2"):
+    rooted = dataset in ("mvtec", "ksdd2")  # read from a folder
+    if root is not None and not rooted:
         made = "bundled" if dataset == "digits" else "generated"
         raise BenchmarkError(
             f"The {dataset} dataset is {made}: --root names the folder of mvtec "
@@ -197,7 +198,6 @@ def run_benchmark(
         check_features(image_sets, config, device, cache, patches=True)
     # The dataset folder is part of what the stored results measured: results
     # of another folder must not be reused (digits and surfaces have none).
-    rooted = dataset in ("mvtec", "ksdd2")
     claimed = {**config, "root": str(_absolute(root))} if rooted else config
     claim_output(output, claimed)
     if rooted:

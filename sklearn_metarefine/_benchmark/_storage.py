@@ -153,7 +153,7 @@ def claim_output(output, config):
     text = json.dumps(config, indent=2, sort_keys=True)
     try:
         if not config_path.exists():
-            if any((output / RUNS_FOLDER).glob("*.json")):
+            if _holds_runs(output):
                 raise BenchmarkError(
                     f"The output folder {output} holds results but no "
                     f"{CONFIG_FILE}, so their configuration is unknown. Use "
@@ -170,7 +170,7 @@ def claim_output(output, config):
     stored = read_json(config_path, remedy=_START_OVER)
     if stored != config:
         differences = "; ".join(_differences(stored, config))
-        if not any((output / RUNS_FOLDER).glob("*.json")):
+        if not _holds_runs(output):
             # Claimed by a benchmark that finished no run (stopped while the
             # features were computed, or running now): not "results".
             raise BenchmarkError(
@@ -183,7 +183,15 @@ def claim_output(output, config):
             "mixing them would average different experiments. Differences "
             f"(folder -> this run): {differences}. {_START_OVER}"
         )
-    _check_writable(output)
+    # Before any work: a run resumed in a read-only copy failed once its work
+    # was done. (The features folder is checked where features are missing.)
+    for folder in (output, output / RUNS_FOLDER):
+        check_writable(folder)
+
+
+def _holds_runs(output):
+    """Whether the output folder holds a finished run."""
+    return any((output / RUNS_FOLDER).glob("*.json"))
 
 
 def check_dataset_files(output, labelled):
@@ -205,10 +213,8 @@ def check_dataset_files(output, labelled):
                 f"{path} holds {record!r}, not the record of a category's files "
                 f"this benchmark writes. {_START_OVER}"
             )
-    has_runs = any((output / RUNS_FOLDER).glob("*.json"))
     changed = [c for c in listing if stored.get(c, listing[c]) != listing[c]]
-    changed = changed if has_runs else []
-    if changed:
+    if changed and _holds_runs(output):
         then = ", ".join(f"{c}: {stored[c]['n_files']}" for c in changed)
         now = ", ".join(f"{c}: {listing[c]['n_files']}" for c in changed)
         raise BenchmarkError(
@@ -225,17 +231,9 @@ def _files_digest(files):
     """How many files, and a SHA-256 of their paths and sizes, in order."""
     digest = hashlib.sha256()
     for file in files:
-        digest.update(f"{os.fspath(file)}\0{os.path.getsize(file)}\n".encode(
-            "utf-8", "surrogateescape"))
+        line = f"{os.fspath(file)}\0{os.path.getsize(file)}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))
     return {"n_files": len(files), "sha256": digest.hexdigest()}
-
-
-def _check_writable(output):
-    """Say before any work that a folder of a claimed output cannot be written
-    (a run resumed in a read-only copy failed once its work was done); the
-    features folder is checked where features are missing."""
-    for folder in (output, output / RUNS_FOLDER):
-        check_writable(folder)
 
 
 def check_writable(folder):

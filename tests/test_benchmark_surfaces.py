@@ -14,6 +14,7 @@ from sklearn_metarefine import PatchCoreDetector, PatchFeatures
 from sklearn_metarefine.__main__ import main
 from sklearn_metarefine._benchmark import (
     BenchmarkError,
+    load_category,
     load_masked,
     make_model,
     resolve_config,
@@ -430,6 +431,60 @@ def test_results_of_other_files_of_the_dataset_folder_are_refused(tmp_path):
         run_benchmark("mvtec", root=root, repeats=2, **grid)
     added.unlink()
     assert run_benchmark("mvtec", root=root, repeats=2, **grid).n_executed == 1
+
+
+def test_an_image_replaced_by_one_of_the_same_size_is_noticed(tmp_path):
+    # Paths and sizes were digested, and the feature cache keyed on paths: an
+    # image replaced under its name by one of the same size kept its results
+    # and its cached features.
+    from sklearn_metarefine._benchmark._storage import _feature_path
+
+    root = tmp_path / "mvtec"
+    _photographs(root, "mvtec")
+    config = {key: TINY[key] for key in ("features", "flow", "refiner")}
+    grid = dict(
+        categories=["plate"], models=["iforest"], noise=[0.0], config=config,
+        output=tmp_path / "out", n_jobs=1, progress=False,
+    )  # fmt: skip
+    run_benchmark("mvtec", root=root, repeats=1, **grid)
+    train = sorted((root / "plate" / "train" / "good").iterdir())
+    by_size = sorted(train, key=lambda file: file.stat().st_size)
+    smaller, replaced = by_size[0], by_size[-1]
+    size = replaced.stat().st_size
+    images = load_category("mvtec", "plate", root)[0]
+    resolved = resolve_config("mvtec", config)
+    cached = _feature_path(images, resolved, tmp_path / "features")
+    # Another picture, padded after its end to the same number of bytes.
+    data = smaller.read_bytes()
+    replaced.write_bytes(data + bytes(size - len(data)))
+    assert replaced.stat().st_size == size
+    assert _feature_path(images, resolved, tmp_path / "features") != cached
+    refused = r"files then plate: 36; now plate: 36, or .* sizes or contents"
+    with pytest.raises(BenchmarkError, match=refused):
+        run_benchmark("mvtec", root=root, repeats=2, **grid)
+
+
+def test_a_dataset_record_without_contents_is_taken_and_completed(tmp_path):
+    # Output folders of earlier versions recorded paths and sizes only.
+    from sklearn_metarefine._benchmark._storage import check_dataset_files
+
+    output = tmp_path / "out"
+    (output / "runs").mkdir(parents=True)
+    (output / "runs" / "a.json").write_text("{}")
+    image = tmp_path / "a.png"
+    image.write_bytes(b"x")
+    labelled = {"plate": ([image], None, None)}
+    check_dataset_files(output, labelled)
+    record = json.loads((output / "dataset.json").read_text())
+    assert set(record["plate"]) == {"n_files", "sha256", "contents"}
+    del record["plate"]["contents"]
+    (output / "dataset.json").write_text(json.dumps(record))
+    check_dataset_files(output, labelled)
+    completed = json.loads((output / "dataset.json").read_text())
+    assert set(completed["plate"]) == {"n_files", "sha256", "contents"}
+    image.write_bytes(b"y")
+    with pytest.raises(BenchmarkError, match="sizes or contents"):
+        check_dataset_files(output, labelled)
 
 
 @pytest.mark.parametrize("sigma", [-1, "abc", None, float("nan")])

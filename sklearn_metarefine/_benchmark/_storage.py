@@ -7,6 +7,7 @@ wrote is reported with its path. All of this runs in the calling process.
 
 import contextlib
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -198,9 +199,11 @@ def check_dataset_files(output, labelled):
     """Record the image files each category's runs read, or refuse an output
     folder whose results were computed on other files of the dataset folder.
 
-    The files are recorded by count and a digest of their paths and sizes:
-    a folder extracted in part, then in full, kept the same configuration,
-    and the tables averaged runs on 12 and on 40 training images.
+    The files are recorded by count, a digest of their paths and sizes and
+    one of their contents: a folder extracted in part, then in full, kept the
+    same configuration, and the tables averaged runs on 12 and on 40 training
+    images. (Records written before the contents were digested are taken as
+    they are and completed.)
     """
     path = output / DATASET_FILE
     listing = {
@@ -208,32 +211,66 @@ def check_dataset_files(output, labelled):
     }
     stored = read_json(path, remedy=_START_OVER) if path.exists() else {}
     for record in stored.values():
-        if not (isinstance(record, dict) and record.keys() == {"n_files", "sha256"}):
+        if not (isinstance(record, dict) and record.keys() in _RECORD_KEYS):
             raise BenchmarkError(
                 f"{path} holds {record!r}, not the record of a category's files "
                 f"this benchmark writes. {_START_OVER}"
             )
-    changed = [c for c in listing if stored.get(c, listing[c]) != listing[c]]
+    changed = [
+        c for c in listing if c in stored and _differ(stored[c], listing[c])
+    ]
     if changed and _holds_runs(output):
         then = ", ".join(f"{c}: {stored[c]['n_files']}" for c in changed)
         now = ", ".join(f"{c}: {listing[c]['n_files']}" for c in changed)
         raise BenchmarkError(
             f"The image files of the dataset folder changed since the results in "
             f"{output} were computed (files then {then}; now {now}, or the same "
-            "number with other names or sizes): mixing them would average runs "
-            f"on other images. {_START_OVER}"
+            "number with other names, sizes or contents): mixing them would "
+            f"average runs on other images. {_START_OVER}"
         )
-    if {**stored, **listing} != stored:  # new, or new categories
+    if {**stored, **listing} != stored:  # new, new categories, or completed
         write_json(path, {**stored, **listing})
 
 
+# The keys of a category's record in dataset.json, now and before "contents".
+_RECORD_KEYS = ({"n_files", "sha256", "contents"}, {"n_files", "sha256"})
+
+
+def _differ(stored, listing):
+    """Whether a stored record and a new listing describe other files
+    (contents compared where the stored record has them)."""
+    return any(stored[key] != listing[key] for key in stored)
+
+
 def _files_digest(files):
-    """How many files, and a SHA-256 of their paths and sizes, in order."""
-    digest = hashlib.sha256()
+    """How many files, a SHA-256 of their paths and sizes, in order, and one
+    of their contents."""
+    names, contents = hashlib.sha256(), hashlib.sha256()
     for file in files:
         line = f"{os.fspath(file)}\0{os.path.getsize(file)}\n"
-        digest.update(line.encode("utf-8", "surrogateescape"))
-    return {"n_files": len(files), "sha256": digest.hexdigest()}
+        names.update(line.encode("utf-8", "surrogateescape"))
+        contents.update(bytes.fromhex(file_digest(file)))
+    return {
+        "n_files": len(files),
+        "sha256": names.hexdigest(),
+        "contents": contents.hexdigest(),
+    }
+
+
+def file_digest(path):
+    """SHA-256 of a file's bytes, hex; computed once per path, size and
+    modification time in a process (the benchmark asks three times)."""
+    stat = os.stat(path)
+    return _content_digest(os.fspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _content_digest(path, size, mtime_ns):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_writable(folder):
@@ -338,7 +375,13 @@ def _patch_settings(config):
 
 
 def _feature_path(images, config, cache_folder, *, patches=False):
-    source = images if isinstance(images, np.ndarray) else [str(p) for p in images]
+    # Files by path and contents: an image replaced under its name (same
+    # size, too) must not be given the features of the one it replaced.
+    source = (
+        images
+        if isinstance(images, np.ndarray)
+        else [(str(p), file_digest(p)) for p in images]
+    )
     if patches:
         settings, prefix = _patch_settings(config), f"{config['dataset']}-patches"
     else:

@@ -464,6 +464,23 @@ def test_an_image_replaced_by_one_of_the_same_size_is_noticed(tmp_path):
         run_benchmark("mvtec", root=root, repeats=2, **grid)
 
 
+def test_every_missing_mvtec_category_is_named_at_once(tmp_path, capsys):
+    # Only the first missing category was named: a partial download took one
+    # run of the command per missing category to find out.
+    root = tmp_path / "mvtec"
+    _photographs(root, "mvtec")
+    command = ["benchmark", "--dataset", "mvtec", "--root", str(root),
+               "--categories", "plate", "bottle", "zipper", "--models", "lof",
+               "--noise", "0", "--repeats", "1", "--output", str(tmp_path / "out"),
+               "--no-progress"]  # fmt: skip
+    assert main(command) == 1
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert "2 of the 3 MVTec AD categories have no folder" in error
+    assert "bottle, zipper" in error
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_dataset_record_without_contents_is_taken_and_completed(tmp_path):
     # Output folders of earlier versions recorded paths and sizes only.
     from sklearn_metarefine._benchmark._storage import check_dataset_files

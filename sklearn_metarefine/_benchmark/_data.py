@@ -1,5 +1,7 @@
 """The datasets: their categories, images and labels, and the draws they allow."""
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 from sklearn.utils import Bunch
@@ -63,6 +65,22 @@ def dataset_categories(dataset, categories=None):
             f"KolektorSDD2 has a single category, 'ksdd2'; got {list(categories)}."
         )
     return ["ksdd2"]
+
+
+def check_categories_present(dataset, categories, root):
+    """Name every MVTec AD category folder missing under ``root`` when more
+    than one is: the loader names the first (with advice for it), and a
+    partial download took one run of the command per missing category."""
+    if dataset != "mvtec" or root is None or not Path(root).expanduser().is_dir():
+        return
+    folder = Path(root).expanduser()
+    missing = [name for name in categories if not (folder / name).is_dir()]
+    if len(missing) > 1:
+        raise BenchmarkError(
+            f"{len(missing)} of the {len(categories)} MVTec AD categories have no "
+            f"folder under {folder}: {', '.join(missing)}. Extract them there, or "
+            "pass --categories with the ones present."
+        )
 
 
 def load_category(dataset, category, root, config=None):

@@ -18,6 +18,7 @@ from ._config import (
     resolve_config,
 )
 from ._data import (
+    check_categories_present,
     check_feasible,
     dataset_categories,
     generate_surfaces,
@@ -180,6 +181,7 @@ def run_benchmark(
     runs_folder = output / RUNS_FOLDER
     cache = output / FEATURES_FOLDER
 
+    check_categories_present(dataset, categories, root)
     # The defect masks (and pictures for the figures) of the patch models.
     if dataset == "surfaces":
         masked = {c: generate_surfaces(c, config) for c in categories}

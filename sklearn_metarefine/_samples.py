@@ -115,24 +115,32 @@ def near_copies(X, rtol=COPY_TOLERANCE):
     """
     distinct, copy_of = distinct_rows(X)
     rows = values(X)[distinct].astype(np.float64)
-    scale = np.abs(rows).max() if rows.size else 0.0
-    if len(rows) < 2 or not 0 < scale < np.inf:  # NaN, or nothing to compare
+    if len(rows) < 2 or not np.isfinite(rows).all():  # nothing to compare, NaN
         return distinct, copy_of
-    rows /= scale  # no overflow in the norms
-    norms = np.linalg.norm(rows, axis=1)
-    nonzero = np.flatnonzero(norms > 0)  # zero rows: exact copies only
+    # Each row at its own scale, so that rows of any magnitude neither
+    # overflow nor vanish beside the largest.
+    peaks = np.abs(rows).max(axis=1)
+    nonzero = np.flatnonzero(peaks > 0)  # zero rows: exact copies only
+    if len(nonzero) < 2:
+        return distinct, copy_of
     # Rows closer than rtol * the larger norm are closer than 2 * rtol once
     # scaled to unit norm: the candidates, found without the scale of the
     # largest row setting the radius of all.
-    unit = rows[nonzero] / norms[nonzero, None]
+    unit = rows[nonzero] / peaks[nonzero, None]
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
     search = NearestNeighbors(radius=2 * rtol, algorithm="brute").fit(unit)
     candidates = search.radius_neighbors(unit, return_distance=False)
     first = np.arange(len(rows))
     for row, others in zip(nonzero, candidates):
         others = nonzero[others]
         others = others[(others < row) & (first[others] == others)]
-        gap = np.linalg.norm(rows[others] - rows[row], axis=1)
-        close = others[gap < rtol * np.maximum(norms[others], norms[row])]
+        scale = np.maximum(peaks[others], peaks[row])[:, None]
+        earlier, this = rows[others] / scale, rows[row] / scale
+        gap = np.linalg.norm(earlier - this, axis=1)
+        larger = np.maximum(
+            np.linalg.norm(earlier, axis=1), np.linalg.norm(this, axis=1)
+        )
+        close = others[gap < rtol * larger]
         if close.size:
             first[row] = close.min()
     roots = np.flatnonzero(first == np.arange(len(rows)))

@@ -180,6 +180,10 @@ def test_near_copies_are_judged_against_the_first_of_their_group():
     # Norms beyond float64 (1e200 squared) and drifting rows.
     huge = np.array([[1e200, 0], [1e200 * (1 + 1e-6), 0], [0, 1e200], [1e200, 1e200]])
     np.testing.assert_array_equal(near_copies(huge)[1], [0, 0, 1, 2])
+    # Rows 1e400 apart in magnitude: scaled by the largest, the small ones
+    # underflowed to zero and were compared as exact copies only.
+    span = np.array([[1e200, 1], [1e-200, 0], [1e-200 * (1 + 1e-6), 0], [0, 1e-200]])
+    np.testing.assert_array_equal(near_copies(span)[1], [0, 1, 1, 2])
     drift = np.c_[1 + 0.9e-4 * np.arange(100), np.zeros(100)]
     assert len(near_copies(drift)[0]) == 50
 

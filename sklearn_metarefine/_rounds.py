@@ -445,10 +445,12 @@ def stop_reason(candidate, kept, min_kept, clean_tail=None, seen=()):
         return "no_change"
     if candidate.tobytes() in seen:
         return "cycle"
-    if trims_tail(candidate, kept, clean_tail):
-        return "clean_tail"
+    # Before the clean tail, which a round that unmasks overrides: min_samples
+    # is a limit no round crosses.
     if candidate.sum() < min(min_kept, kept.sum()):
         return "min_samples"
+    if trims_tail(candidate, kept, clean_tail):
+        return "clean_tail"
     return None
 
 

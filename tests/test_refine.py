@@ -398,6 +398,15 @@ def test_min_samples_count_or_fraction(min_samples):
     assert refiner.inlier_mask_.sum() == 56
 
 
+def test_min_samples_holds_when_a_round_unmasks():
+    # The clean-tail stop was decided before min_samples, and a round that
+    # unmasks overrides it: LocalOutlierFactor's rounds on clean data went on
+    # to 448 of 1000 samples with min_samples=0.5.
+    X = np.random.RandomState(0).normal(size=(1000, 2))
+    refiner = IQRRefiner(LocalOutlierFactor(novelty=True), random_state=0).fit(X)
+    assert refiner.inlier_mask_.sum() >= 500
+
+
 def test_never_keeps_fewer_than_four_samples():
     refiner = IQRRefiner(
         ColumnDetector(), k=0.0, min_samples=1, max_iter=None, **PAPER

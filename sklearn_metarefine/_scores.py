@@ -84,6 +84,12 @@ def contamination_offset(scores, contamination):
     offset would make ``decision_function`` ``nan`` for them, which
     ``predict`` calls normal. ``nan`` scores (samples the detector gives no
     score) count as ``-inf``: the first flagged.
+
+    Where several samples score exactly the percentile (a detector whose
+    scores saturate, such as IsolationForest's for the samples a refinement
+    removed), ``predict`` flags all of them or none, whichever count is closer
+    to ``contamination`` of the samples: at the percentile itself it flagged
+    none, also where they were many more than that.
     """
     scores = np.asarray(scores, dtype=np.float64)
     scores = np.where(np.isnan(scores), -np.inf, scores)
@@ -97,7 +103,14 @@ def contamination_offset(scores, contamination):
     # Stand-ins for the infinities keep the percentile's interpolation finite.
     stand_ins = np.clip(scores, low - 1.0 - abs(low), high + 1.0 + abs(high))
     value = float(np.percentile(stand_ins, 100.0 * contamination))
-    return float(np.clip(value, np.nextafter(low, -np.inf), high))
+    value = float(np.clip(value, np.nextafter(low, -np.inf), high))
+    n_tied = np.count_nonzero(scores == value)
+    if n_tied > 1:
+        n_below = np.count_nonzero(scores < value)
+        target = contamination * scores.size
+        if abs(n_below + n_tied - target) < abs(n_below - target):
+            value = float(np.nextafter(value, np.inf))  # the tied ones flagged
+    return value
 
 
 def clean_tail_fraction(scores, k=1.5):

@@ -1008,6 +1008,25 @@ def test_contamination_offset(scores, contamination, offset):
         contamination_offset([-np.inf, -np.inf], 0.1)
 
 
+def test_tied_scores_at_a_float_contamination_are_flagged_when_closer():
+    # The offset was the tied score itself, which predict calls normal: the
+    # 15 far samples the refinement removed, which IsolationForest then
+    # scores alike, were all predicted normal with contamination=0.04.
+    from sklearn_metarefine._scores import contamination_offset
+
+    scores = np.r_[np.zeros(5), np.arange(1.0, 96.0)]
+    for contamination, flagged in [(0.01, 0), (0.04, 5), (0.05, 5), (0.1, 10)]:
+        offset = contamination_offset(scores, contamination)
+        assert np.count_nonzero(scores < offset) == flagged
+    rng = np.random.RandomState(0)
+    X = np.vstack([rng.normal(size=(300, 3)), rng.normal(6, 1, size=(15, 3))])
+    for contamination, flagged in [(0.01, 0), (0.04, 15)]:
+        refiner = IQRRefiner(IsolationForest(n_estimators=50, random_state=0),
+                             contamination=contamination, random_state=0).fit(X)
+        assert np.count_nonzero(refiner.predict(X[300:]) == -1) == flagged
+        assert np.count_nonzero(refiner.predict(X) == -1) == flagged
+
+
 def test_a_patch_refit_from_images_drops_the_raw_feature_count():
     # n_features_in_ (documented "only with backbone=None") stayed from an
     # earlier fit of raw features.

@@ -126,7 +126,8 @@ class FlowDetector(OutlierMixin, BaseEstimator):
     mean_ : ndarray of shape (n_features_per_view_,)
         Per-feature mean used to standardise the inputs.
     scale_ : ndarray of shape (n_features_per_view_,)
-        Per-feature standard deviation used to standardise the inputs.
+        Per-feature standard deviation used to standardise the inputs; a
+        feature constant in training gets its magnitude (1 if all zeros).
     components_ : ndarray of shape (pca_components, n_features_per_view_) or None
         Principal axes of the standardised inputs (None without
         ``pca_components``).
@@ -481,7 +482,8 @@ verbose
     mean_ : ndarray of shape (n_features_per_view_,)
         Per-feature mean used to standardise the inputs.
     scale_ : ndarray of shape (n_features_per_view_,)
-        Per-feature standard deviation used to standardise the inputs.
+        Per-feature standard deviation used to standardise the inputs; a
+        feature constant in training gets its magnitude (1 if all zeros).
     components_ : ndarray of shape (pca_components, n_features_per_view_) or None
         Principal axes of the standardised inputs (None without
         ``pca_components``).

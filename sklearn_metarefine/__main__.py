@@ -463,12 +463,12 @@ def _benchmark(args):
 
 
 def _fit(args):
-    from ._training import fit_folder
+    from ._training import fit_folder, with_settings
 
     names = ("backbone", "weights", "image_size", "n_scales", "n_views", "k",
              "max_iter", "max_epochs", "start", "random_state", "device")
-    params = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    params.update(args.set)
+    given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    params = with_settings(given, args.set)
     result = fit_folder(
         args.train_folder,
         args.output,

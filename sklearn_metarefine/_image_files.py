@@ -30,6 +30,24 @@ def check_output_file(output, example):
             f"--output {output} is a folder; give the path of the file to write, "
             f"such as {output / example}."
         )
+    # The output is written whole to a temporary file, then renamed over the
+    # path: that replaces a link, a device or a pipe instead of writing to it.
+    if output.is_symlink():
+        raise InputError(
+            f"--output {output} is a symbolic link (to {os.readlink(output)}); "
+            f"it would be replaced by the file, not written through. Give the "
+            f"path of the file itself, {output.resolve()}, or remove the link."
+        )
+    if output.exists() and not output.is_file():
+        raise InputError(
+            f"--output {output} is not a regular file (a device, pipe or socket): "
+            "the file written would replace it. Give the path of a file."
+        )
+    if os.fspath(output) == "-":
+        raise InputError(
+            "--output - would be a file named '-': the output cannot go to "
+            "standard output. Give the path of a file."
+        )
     for parent in output.parents:
         if parent.exists() and not parent.is_dir():
             raise InputError(f"--output {output} lies below the file {parent}.")

@@ -85,6 +85,31 @@ def report_paths(model, level="image"):
     )
 
 
+def with_settings(options, settings):
+    """The detector's parameters: the ``options`` given (name: value, with
+    ``device`` always there, "auto" by default) and the ``--set`` ``settings``
+    (name, value pairs). A parameter given twice is refused: the last one
+    said won without a word."""
+    params = dict(options)
+    if params.get("device") == "auto":  # the option's default: --set may say it
+        del params["device"]
+    from_options = set(params)
+    for name, value in settings:
+        if name in params:
+            option = f"--{name.replace('_', '-')}"
+            option = "--seed" if name == "random_state" else option
+            first = (
+                f"{option} {params[name]}" if name in from_options else f"--set {name}"
+            )
+            raise InputError(
+                f"{name} is given twice ({first} and --set {name}={value!r}); give "
+                "it once."
+            )
+        params[name] = value
+    params.setdefault("device", "auto")
+    return params
+
+
 def build_detector(level, params):
     """The MetaRefineDetector ``fit`` trains, at image or patch level."""
     from ._detector import _PATCH_PARAMS, MetaRefineDetector

@@ -4,6 +4,8 @@ import csv
 import math
 import os
 import re
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -542,6 +544,62 @@ def test_an_output_folder_that_refuses_files_is_found_before_any_work(
     assert not (tmp_path / "sub").exists()
 
 
+def test_links_pipes_and_dash_are_refused_as_outputs(
+    folders, fitted, capsys, tmp_path, monkeypatch
+):
+    # The output was renamed over them: a link to a model became a model of
+    # its own, a pipe or /dev/stdout a regular file (as root), and "-" a file.
+    def no_work(*args, **kwargs):
+        raise AssertionError("the command started its work")
+
+    monkeypatch.setattr("sklearn_metarefine._training.list_images", no_work)
+    monkeypatch.setattr("sklearn_metarefine._inference.list_images", no_work)
+    target = tmp_path / "v1.metarefine"
+    target.write_bytes(b"the deployed model")
+    link = tmp_path / "current.metarefine"
+    link.symlink_to(target)
+    pipe = tmp_path / "results.csv"
+    os.mkfifo(pipe)
+    new = str(folders / "new")
+    for argv, said in [
+        (["fit", new, "--output", str(link)], "is a symbolic link"),
+        (["score", str(fitted), new, "--output", str(pipe)], "not a regular file"),
+        (["score", str(fitted), new, "--output", "-"], "cannot go to standard output"),
+    ]:
+        assert main(argv) == 1
+        error = capsys.readouterr().err
+        assert said in error and "Traceback" not in error
+    assert link.is_symlink() and target.read_bytes() == b"the deployed model"
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    assert not Path("-").exists()
+
+
+def test_a_parameter_given_twice_is_refused(folders, capsys, monkeypatch):
+    # --set silently won over the option (and the last --set over the first):
+    # --image-size 64 --set image_size=32 fitted at 32 px.
+    seen = []
+
+    def fit_folder(folder, output, *, params, **kwargs):
+        seen.append(params)
+        raise InputError("stop here")
+
+    monkeypatch.setattr("sklearn_metarefine._training.fit_folder", fit_folder)
+    fit = ["fit", str(folders / "train"), "--output", "m.metarefine"]
+    for extra, said in [
+        (["--image-size", "64", "--set", "image_size=32"],
+         "image_size is given twice (--image-size 64 and --set image_size=32)"),
+        (["--set", "k=2", "--set", "k=3"], "k is given twice (--set k and --set k=3)"),
+        (["--seed", "1", "--set", "random_state=2"], "(--seed 1 and"),
+    ]:  # fmt: skip
+        assert main(fit + extra) == 1
+        assert said in capsys.readouterr().err
+    assert not seen
+    assert main(fit + ["--set", "device=cpu", "--set", "k=2"]) == 1
+    assert "stop here" in capsys.readouterr().err
+    assert seen[-1]["device"] == "cpu" and seen[-1]["k"] == 2
+    assert main(fit) == 1 and seen[-1]["device"] == "auto"
+
+
 def test_small_slips_get_messages_that_say_what_is_wrong(
     folders, fitted, capsys, tmp_path, monkeypatch
 ):
@@ -615,7 +673,7 @@ def test_outputs_over_the_inputs_are_refused_before_any_work(
     cases = [
         # The model, or a report written beside it, over a training image.
         (["fit", str(train), "--output", str(image)], f"over {image}, a training image"),
-        (["fit", str(train), "--output", str(link)], f"over {image}, a training image"),
+        (["fit", str(train), "--output", str(link)], f"link (to {image})"),
         (["fit", str(train), "--output", str(hard_link)], f"over {image}, a training image"),
         # A contact sheet in the training folder: the next fit would train on it.
         (

@@ -221,11 +221,11 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         The false-alarm rate that ``contamination="auto"`` aims at (image
         level only: the patch level's boundary is a fence, see above).
     memory : None, str or joblib.Memory, default=None
-        Caches the fitted feature step, so that a grid search over the
-        detector's parameters runs the CNN once per training fold. The cache
-        is joblib's store of pickles, and loading a pickle can run any code:
-        use a folder only you can write to, never a shared or world-writable
-        one.
+        Caches the CNN features of the images (keyed on their pixels or
+        files' contents), so that a grid search over the detector's
+        parameters runs the CNN once per fold. The cache is joblib's store of
+        pickles, and loading a pickle can run any code: use a folder only you
+        can write to, never a shared or world-writable one.
     device : {"auto", "cpu", "cuda"}, str or torch.device, default="auto"
         Where the CNN and the flow run.
     random_state : int, RandomState instance or None, default=None
@@ -595,5 +595,6 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
                 **{name: getattr(self, name) for name in _FEATURE_PARAMS},
             )
             steps.insert(0, ("features", features))
-        # Arrays between its steps, whatever transform_output is set to.
-        return Pipeline(steps, memory=self.memory).set_output(transform="default")
+        # Arrays between its steps, whatever transform_output is set to. No
+        # Pipeline memory: scikit-learn's keys image files on their paths.
+        return Pipeline(steps).set_output(transform="default")

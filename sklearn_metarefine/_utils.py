@@ -1,7 +1,10 @@
-"""Numeric helpers shared by the estimators (numpy only: no torch here)."""
+"""Helpers shared by the estimators (numpy and the standard library: no torch
+here)."""
 
 import functools
+import hashlib
 import numbers
+import os
 
 import numpy as np
 
@@ -100,3 +103,20 @@ def restored_on_failure(fit):
             raise
 
     return wrapper
+
+
+def file_digest(path):
+    """SHA-256 of a file's bytes, hex; computed once per path, size and
+    modification time in a process. What caches of features of image files
+    are keyed on: an image replaced under its name is another input."""
+    stat = os.stat(path)
+    return _content_digest(os.fspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _content_digest(path, size, mtime_ns):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

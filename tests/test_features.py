@@ -14,7 +14,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import estimator_checks
 from sklearn.utils._param_validation import InvalidParameterError
 
-from sklearn_metarefine import PretrainedFeatures
+from sklearn_metarefine import MetaRefineDetector, PretrainedFeatures
 from sklearn_metarefine._features._backbones import _efficientnet_lite0_classifier
 from sklearn_metarefine._features._embedding import _IMAGENET_MEAN, _IMAGENET_STD
 
@@ -615,6 +615,33 @@ def test_memory_caches_transform(rgb, tmp_path):
     assert images_seen(16) == 5
     features.transform(rgb[:4])
     assert images_seen(16) == 9
+
+
+def test_memory_keys_image_files_on_their_contents(rgb, tmp_path):
+    # Files were keyed on their paths: an image replaced under its name got
+    # the cached features of the one it replaced, also through a
+    # MetaRefineDetector(memory=...), whose Pipeline cached the fitted step.
+    files = []
+    for i, image in enumerate(rgb):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(image).save(files[-1])
+    features = tiny(memory=tmp_path / "cache").fit(files)
+    first = features.transform(files)
+    Image.fromarray(255 - rgb[0]).save(files[0])
+    again = features.transform(files)
+    np.testing.assert_array_equal(again, tiny().fit(files).transform(files))
+    assert not np.allclose(again[0], first[0])
+    np.testing.assert_array_equal(again[1:], first[1:])
+
+    params = dict(backbone="efficientnet_lite0", image_size=32, n_scales=1,
+                  n_blocks=2, hidden_size=8, max_epochs=2, random_state=0)  # fmt: skip
+    cached = MetaRefineDetector(memory=tmp_path / "cache2", **params)
+    before = cached.fit(files).score_samples(files)
+    Image.fromarray(rgb[0][::-1]).save(files[0])
+    after = cached.fit(files).score_samples(files)
+    uncached = MetaRefineDetector(**params).fit(files).score_samples(files)
+    np.testing.assert_array_equal(after, uncached)
+    assert not np.array_equal(after, before)
 
 
 def _contaminated_images():

@@ -7,7 +7,6 @@ wrote is reported with its path. All of this runs in the calling process.
 
 import contextlib
 import csv
-import functools
 import hashlib
 import json
 import os
@@ -19,6 +18,7 @@ import joblib
 import numpy as np
 
 from .._atomic import atomic_write, naming, temporary_name
+from .._utils import file_digest
 from ._config import BenchmarkError
 
 CONFIG_FILE = "config.json"
@@ -255,22 +255,6 @@ def _files_digest(files):
         "sha256": names.hexdigest(),
         "contents": contents.hexdigest(),
     }
-
-
-def file_digest(path):
-    """SHA-256 of a file's bytes, hex; computed once per path, size and
-    modification time in a process (the benchmark asks three times)."""
-    stat = os.stat(path)
-    return _content_digest(os.fspath(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=None)
-def _content_digest(path, size, mtime_ns):
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_writable(folder):

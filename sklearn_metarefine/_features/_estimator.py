@@ -29,12 +29,14 @@ def _extract_features(
     memory_format,
     verbose,
     fingerprint,
+    contents=None,
     desc="PretrainedFeatures",
 ):
     """Embed every image of ``source`` as ``plan`` says, one batch at a time.
 
-    ``fingerprint`` (of the backbone's weights) only keys the cache; ``desc``
-    names the progress bar.
+    ``fingerprint`` (of the backbone's weights) and ``contents`` (digests of
+    the image files' bytes) only key the cache; ``desc`` names the progress
+    bar.
     """
     n_images = len(source)
     starts = tqdm(
@@ -129,6 +131,9 @@ class _BackboneTransformer(TransformerMixin, BaseEstimator):
             memory_format=self._memory_format(),
             verbose=self.verbose,
             fingerprint=None if memory is None else _fingerprint(self.backbone_),
+            # Files are hashed by path: an image replaced under its name got
+            # the features of the one it replaced.
+            contents=None if memory is None else source.file_digests(),
             desc=type(self).__name__,
         )
 
@@ -223,8 +228,8 @@ class PretrainedFeatures(_BackboneTransformer):
         Where to cache the output of ``transform``, keyed on the input, the
         backbone's weight values and the views and scales. With it, scoring the same
         data again (the same validation fold for every GridSearchCV candidate) reads
-        the cache instead of running the CNN. File inputs are keyed on their paths,
-        not their content. The cache is joblib's store of pickles, and loading a
+        the cache instead of running the CNN. File inputs are keyed on their
+        paths and contents. The cache is joblib's store of pickles, and loading a
         pickle can run any code: use a folder only you can write to, never a
         shared or world-writable one.
 

@@ -9,7 +9,7 @@ import torch
 from PIL import ExifTags, Image, ImageOps
 from sklearn.utils.validation import check_array
 
-from .._utils import is_whole
+from .._utils import file_digest, is_whole
 from ._embedding import _resize
 
 
@@ -305,6 +305,10 @@ class _ArrayImages:
         """``(height, width)`` of every image."""
         return [tuple(self.images.shape[1:3])] * len(self.images)
 
+    def file_digests(self):
+        """Digests of the image files' bytes: none, the images are arrays."""
+        return None
+
 
 class _ImageSequence:
     """Images given one by one: file paths (decoded only when their batch is due),
@@ -323,6 +327,13 @@ class _ImageSequence:
             image = _read_item(self.items[index], index)[None]
             batch[row] = _resize(_to_unit_tensor(image, device), size)[0]
         return batch
+
+    def file_digests(self):
+        """SHA-256 of each file's bytes (None for an image given in memory)."""
+        return [
+            file_digest(item) if isinstance(item, (str, os.PathLike)) else None
+            for item in self.items
+        ]
 
     def sizes(self):
         """``(height, width)`` of every image; files are read up to their header."""

@@ -22,6 +22,7 @@ from ._benchmark._config import (
     resolve_config,
 )
 from ._benchmark._storage import check_output, read_json
+from ._signals import stop_status, stopped, terminated_as_interrupt
 
 _BACKBONES = ("efficientnet_lite0", "alexnet", "resnet18", "wide_resnet50_2")
 
@@ -536,9 +537,9 @@ def _run_file_command(args):
         # message names the value.
         print(f"metarefine {args.command}: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\nInterrupted.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"\n{stopped(stop)}.", file=sys.stderr)
+        return stop_status(stop)
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     return 0
@@ -557,7 +558,7 @@ def main(argv=None):
     status : int
         0 on success, 1 when the command cannot run as asked (one line on
         stderr says why and what to do), 2 for a command-line usage error,
-        130 when interrupted.
+        130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM).
     """
     for stream in (sys.stdout, sys.stderr):
         # Messages name files, whose names may not be UTF-8: their own bytes
@@ -569,23 +570,24 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command in ("fit", "score"):
-        return _run_file_command(args)
-    try:
-        with _warnings_as_lines(args.command):
-            _benchmark(args)
-    except (BenchmarkError, OSError) as error:
-        # OSError: a file or folder the benchmark reads or writes (its message
-        # names it), e.g. a dataset folder that is missing or a full disk.
-        print(f"metarefine {args.command}: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(
-            f"\nInterrupted. Finished runs are kept in {args.output}; run the same "
-            "command again to resume.",
-            file=sys.stderr,
-        )
-        return 130
+    with terminated_as_interrupt():
+        if args.command in ("fit", "score"):
+            return _run_file_command(args)
+        try:
+            with _warnings_as_lines(args.command):
+                _benchmark(args)
+        except (BenchmarkError, OSError) as error:
+            # OSError: a file or folder the benchmark reads or writes (its
+            # message names it), e.g. a dataset folder missing or a full disk.
+            print(f"metarefine {args.command}: error: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as stop:
+            print(
+                f"\n{stopped(stop)}. Finished runs are kept in {args.output}; run "
+                "the same command again to resume.",
+                file=sys.stderr,
+            )
+            return stop_status(stop)
     return 0
 
 

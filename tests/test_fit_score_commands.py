@@ -4,6 +4,7 @@ import csv
 import math
 import os
 import re
+import signal
 import stat
 from pathlib import Path
 
@@ -952,6 +953,46 @@ def test_an_interrupted_score_leaves_the_earlier_maps_and_csv(
     assert main([*command, "--threshold", "1e9"]) == 0
     after = files()
     assert sorted(after) == sorted(before) and after != before
+
+
+def test_a_terminated_score_cleans_up_as_an_interrupted_one(
+    surfaces, tmp_path, monkeypatch
+):
+    # SIGTERM (kill, timeout, a cancelled CI job) left hundreds of temporary
+    # map files, which later runs never removed; Ctrl-C removed them.
+    root, _ = surfaces
+    model = tmp_path / "plates.metarefine"
+    assert main(["fit", str(root / "train"), "--output", str(model), "--level", "patch",
+                 "--image-size", str(SURFACE_SIZE), "--device", "cpu", "--seed", "0",
+                 "--skip-unreadable", "--no-progress"]) == 0
+    output, maps = tmp_path / "results.csv", tmp_path / "maps"
+    command = ["score", str(model), str(root / "new"), "--output", str(output),
+               "--maps", str(maps), "--skip-unreadable", "--batch-size", "2",
+               "--no-progress"]
+    assert main(command) == 0
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    batches = []
+    score_batch = _score_batch
+
+    def terminated(*args, **kwargs):
+        batches.append(args)
+        if len(batches) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return score_batch(*args, **kwargs)
+
+    def unhandled(signum, frame):  # instead of ending the test session
+        raise RuntimeError("SIGTERM reached the handler outside the command")
+
+    monkeypatch.setattr("sklearn_metarefine._inference._score_batch", terminated)
+    handler = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        status = main([*command, "--threshold", "1e9"])
+        assert signal.getsignal(signal.SIGTERM) is unhandled
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert status == 143 and len(batches) == 2
+    after = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    assert after == before
 
 
 def test_patch_level_report_with_a_float_contamination(surfaces, tmp_path):

@@ -13,6 +13,7 @@ from sklearn_metarefine import FlowDetector, MAMLFlowDetector
 from sklearn_metarefine._flows._modules import log_prob
 from sklearn_metarefine._flows import DivergenceError
 from sklearn_metarefine._flows._nets import check_finite_scores
+from sklearn_metarefine._signals import Terminated
 from sklearn_metarefine._utils import standardisation
 
 SMALL = dict(n_blocks=2, hidden_size=16, max_epochs=4, device="cpu")
@@ -149,9 +150,11 @@ def test_a_warm_fit_refuses_a_flow_of_another_shape(Detector, X, change):
 
 @pytest.mark.parametrize("Detector", DETECTORS)
 @pytest.mark.parametrize("warm", [False, True])
-def test_ctrl_c_stops_the_fit(Detector, X, monkeypatch, warm):
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, Terminated])
+def test_ctrl_c_stops_the_fit(Detector, X, monkeypatch, warm, stop):
     # skorch ends training quietly on KeyboardInterrupt: the fit returned a
-    # half-trained flow that passed for a finished one.
+    # half-trained flow that passed for a finished one. SIGTERM's Terminated
+    # came out as a KeyboardInterrupt (the command said "Interrupted", 130).
     from sklearn_metarefine._flows._nets import _FlowNet
 
     det = Detector(random_state=0, **SMALL)
@@ -161,11 +164,12 @@ def test_ctrl_c_stops_the_fit(Detector, X, monkeypatch, warm):
 
     def interrupted_after_one_step(self, *args, **kwargs):
         steps.append(train_step(self, *args, **kwargs))
-        raise KeyboardInterrupt
+        raise stop
 
     monkeypatch.setattr(_FlowNet, "train_step", interrupted_after_one_step)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as raised:
         det.fit(X)
+    assert type(raised.value) is stop
     assert len(steps) == 1
 
 

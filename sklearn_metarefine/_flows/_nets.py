@@ -71,7 +71,8 @@ class FlowNLLLoss(nn.Module):
 
 
 class _TrainingInterrupted(BaseException):
-    """Ctrl-C during training, carried past skorch, which would swallow it."""
+    """Ctrl-C during training, carried past skorch, which would swallow it
+    (``args[0]``: the interrupt, re-raised as it was)."""
 
 
 class _FlowNet(NeuralNet):
@@ -85,14 +86,14 @@ class _FlowNet(NeuralNet):
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         try:
             return super().fit_loop(X, y, epochs=epochs, **fit_params)
-        except KeyboardInterrupt:
-            raise _TrainingInterrupted from None
+        except KeyboardInterrupt as interrupt:
+            raise _TrainingInterrupted(interrupt) from None
 
     def partial_fit(self, X, y=None, classes=None, **fit_params):
         try:
             return super().partial_fit(X, y, classes, **fit_params)
-        except _TrainingInterrupted:
-            raise KeyboardInterrupt from None
+        except _TrainingInterrupted as carried:
+            raise carried.args[0] from None
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         loss = super().get_loss(y_pred, y_true, X=X, training=training)

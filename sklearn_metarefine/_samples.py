@@ -70,21 +70,24 @@ def check_fence_samples(X):
     )
 
 
-def distinct_training_images(features, near=False, *, stacklevel):
+def distinct_training_images(
+    features, near=False, *, stacklevel, minimum=MIN_FENCE_SAMPLES
+):
     """``distinct_rows`` of a detector's training features (``near``: its
-    ``near_copies``, for a CNN's), refusing fewer than 4 distinct images and
-    warning when some repeat."""
-    if len(features) < MIN_FENCE_SAMPLES:
+    ``near_copies``, for a CNN's), refusing fewer than ``minimum`` distinct
+    images (4 by default, for the quartiles of a fence) and warning when some
+    repeat."""
+    if len(features) < minimum:
         raise ValueError(
-            f"The refinement needs at least {MIN_FENCE_SAMPLES} training images "
+            f"The refinement needs at least {minimum} training images "
             f"for the quartiles of its fence, got n_samples={len(features)}."
         )
     distinct, copy_of = (near_copies if near else distinct_rows)(features)
-    if len(distinct) < MIN_FENCE_SAMPLES:
+    if len(distinct) < minimum:
         raise ValueError(
             f"X holds {len(distinct)} distinct training image(s) among its "
             f"{len(features)} (the others repeat them); the refinement needs at "
-            f"least {MIN_FENCE_SAMPLES} distinct images."
+            f"least {minimum} distinct images."
         )
     if len(distinct) < len(features):
         same = "to the CNN's rounding" if near else "exactly"

@@ -15,6 +15,7 @@ from sklearn.model_selection import GridSearchCV, PredefinedSplit
 from sklearn.utils import estimator_checks
 
 from sklearn_metarefine import (
+    FlowDetector,
     MetaRefineDetector,
     PatchCoreDetector,
     PatchFeatures,
@@ -486,6 +487,28 @@ def test_patch_cleaning_removes_a_defect_shared_by_a_fifth_of_the_images():
     # Leave-one-image-out training scores: the defective images stand out.
     assert cleaned.train_scores_[40:].min() > np.median(cleaned.train_scores_[:40])
     assert cleaned.inlier_mask_.all()
+
+
+@pytest.mark.parametrize("detector", [PatchCoreDetector, PatchFlowDetector])
+def test_copies_of_training_images_are_fitted_once(detector):
+    # The patch level neither merged nor reported copies: each image is
+    # scored against the others' patches, and a copy matched its twin, so the
+    # training scores of copies were near zero and the threshold fell (4 of
+    # 40 new good images flagged instead of 2 with every image given twice).
+    train = _contaminated_rows(0, n_defective=1)[0][:40]
+    X = np.vstack([train, train[:10]])
+    params = dict(backbone=None, grid_shape=(3, 3), random_state=0)
+    if detector is PatchCoreDetector:
+        params.update(bank_cleaning="patches", coreset_fraction=0.5)
+    else:
+        params.update(flow=FlowDetector(n_blocks=2, hidden_size=16, max_epochs=20))
+    with pytest.warns(UserWarning, match="10 of the 50 training images repeat"):
+        doubled = detector(**params).fit(X)
+    single = detector(**params).fit(train)
+    assert doubled.inlier_mask_.shape == doubled.train_scores_.shape == (50,)
+    copy_of = np.r_[np.arange(40), np.arange(10)]
+    np.testing.assert_allclose(doubled.train_scores_, single.train_scores_[copy_of])
+    assert doubled.offset_ == pytest.approx(single.offset_)
 
 
 def test_image_cleaning_drops_whole_images():

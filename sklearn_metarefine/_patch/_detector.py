@@ -315,7 +315,7 @@ shape (n_samples, n_features) when ``backbone=None``
         """
         seed = draw_seed(check_random_state(self.random_state))
         self.device_ = resolve_device(self.device)
-        patches = self._fit_patches(X, seed)
+        patches, copy_of = self._fit_patches(X, seed)
         n_images, n_cells, n_channels = patches.shape
         generator = torch.Generator().manual_seed(seed)
         flat = torch.from_numpy(patches.reshape(-1, n_channels)).to(self.device_)
@@ -344,15 +344,18 @@ shape (n_samples, n_features) when ``backbone=None``
             keep = _fence_keep(support, self.k, fence=majority_fence)
             bank = bank[torch.from_numpy(keep).to(bank.device)]
         self._store_bank(flat[bank], images[bank], generator)
-        self.train_scores_ = self._leave_one_image_out(
+        scores = self._leave_one_image_out(
             flat,
             images,
             torch.from_numpy(self.memory_bank_).to(self.device_),
             torch.from_numpy(self.bank_image_).to(self.device_),
             self._stored_cells(),
         )
+        # Of every training image: a copy has its first copy's.
+        self.train_scores_ = scores[copy_of]
+        self.inlier_mask_ = self.inlier_mask_[copy_of]
         if self.contamination == "auto":
-            self.offset_ = -majority_fence(self.train_scores_, self.k)
+            self.offset_ = -majority_fence(scores, self.k)  # copies weigh as one
         else:
             # In-sample, the bank matches the training patches to themselves.
             held_out = -self.train_scores_

@@ -286,7 +286,7 @@ shape (n_samples, n_features) when ``backbone=None``
         """
         rng = check_random_state(self.random_state)
         seed = draw_seed(rng)
-        patches = self._fit_patches(X, seed)
+        patches, copy_of = self._fit_patches(X, seed)
         self.code_ = positional_code(self.grid_shape_, self.positional_code)
         base = self._base_flow(seed)
         cleaning = self.image_cleaning in (True, "images")
@@ -312,8 +312,12 @@ shape (n_samples, n_features) when ``backbone=None``
                 else -np.inf
             )
         else:
-            in_sample = self._patch_scores_of(patches).max(1)
+            in_sample = self._patch_scores_of(patches).max(1)[copy_of]
             self.offset_ = contamination_offset(-in_sample, self.contamination)
+        # Of every training image: a copy has its first copy's.
+        self.inlier_mask_ = self.inlier_mask_[copy_of]
+        if self.train_scores_ is not None:
+            self.train_scores_ = self.train_scores_[copy_of]
         return self
 
     def score_samples(self, X):

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from .._features import PatchFeatures
 from .._features._images import _image_source, one_image_with_channels
+from .._samples import distinct_training_images
 from .._utils import forget, int_pair
 from ._bank import anomaly_maps
 
@@ -143,8 +144,15 @@ class PatchGridMixin:
         print(f"{name}: {what}: done in {seconds:.1f} s", flush=True)
 
     def _fit_patches(self, X, seed):
-        """Patch vectors ``(n_images, n_cells, n_channels)`` of the training
-        set, refusing copies of one image."""
+        """Patch vectors ``(n_distinct, n_cells, n_channels)`` of the distinct
+        training images, and for each training image the position of its
+        first copy among them (a warning says how many repeat). Refuses copies
+        of one image.
+
+        Copies are fitted once: each training image is scored against the
+        patches of the others, and a copy's patches made its defects look
+        normal (a defective image given twice survived the bank's cleaning).
+        """
         patches = self._training_patches(X, seed)
         # Every value the same in all images, up to float32 rounding, which
         # the CNN's batches vary by (1e-6).
@@ -157,7 +165,12 @@ class PatchGridMixin:
                 "leave nothing to compare (the image itself then sat on the "
                 "threshold). Train on several images of good parts."
             )
-        return patches
+        # Warnings point at fit's caller: past this, fit and its two wrappers.
+        distinct, copy_of = distinct_training_images(
+            patches.reshape(len(patches), -1), self.backbone is not None,
+            stacklevel=6, minimum=2,
+        )  # fmt: skip
+        return patches[distinct], copy_of
 
     def _training_patches(self, X, seed):
         if self.backbone is None:

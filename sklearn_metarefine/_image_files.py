@@ -30,19 +30,7 @@ def check_output_file(output, example):
             f"--output {output} is a folder; give the path of the file to write, "
             f"such as {output / example}."
         )
-    # The output is written whole to a temporary file, then renamed over the
-    # path: that replaces a link, a device or a pipe instead of writing to it.
-    if output.is_symlink():
-        raise InputError(
-            f"--output {output} is a symbolic link (to {os.readlink(output)}); "
-            f"it would be replaced by the file, not written through. Give the "
-            f"path of the file itself, {output.resolve()}, or remove the link."
-        )
-    if output.exists() and not output.is_file():
-        raise InputError(
-            f"--output {output} is not a regular file (a device, pipe or socket): "
-            "the file written would replace it. Give the path of a file."
-        )
+    check_replaceable("--output", [output])
     if os.fspath(output) == "-":
         raise InputError(
             "--output - would be a file named '-': the output cannot go to "
@@ -62,6 +50,31 @@ def check_output_file(output, example):
             f"--output {output} cannot be written: {folder} refuses new files "
             f"({error.strerror or error})."
         ) from None
+
+
+def check_replaceable(option, written):
+    """Refuse, before any work, ``written`` paths (of ``option``) that are a
+    symbolic link, a device, a pipe or a socket.
+
+    Every file is written whole to a temporary file, then renamed over its
+    path: that replaces such an entry instead of writing through it (a link
+    to the deployed model became a model of its own, ``/dev/stdout`` a
+    regular file as root).
+    """
+    for path in map(Path, written):
+        if path.is_symlink():
+            raise InputError(
+                f"{option} would replace {path}, a symbolic link (to "
+                f"{os.readlink(path)}), with the file written instead of writing "
+                f"through it. Give the path of the file itself, {path.resolve()}, "
+                "or remove the link."
+            )
+        if path.exists() and not path.is_file() and not path.is_dir():
+            raise InputError(
+                f"{option} would replace {path}, which is not a regular file (a "
+                "device, pipe or socket), with the file written. Give the path of "
+                "a file."
+            )
 
 
 def check_not_named_as_an_image(output, example):

@@ -29,6 +29,7 @@ from ._image_files import (
     check_images_outside,
     check_not_named_as_an_image,
     check_nothing_read_is_overwritten,
+    check_replaceable,
     check_output_file,
     list_images,
     output_names,
@@ -288,6 +289,7 @@ def _check_outputs(output, maps, map_names, inputs, files):
     overlays = [Path(maps) / name for name in map_names]
     written = overlays + [path.with_suffix(".npy") for path in overlays]
     check_nothing_read_is_overwritten(f"--maps {os.fspath(maps)}", written, scored)
+    check_replaceable(f"--maps {os.fspath(maps)}", written)
     for overlay in overlays:
         # The overlay is opened once, to read its mark, and only if it or
         # its values file is there.

@@ -77,17 +77,19 @@ def distinct_training_images(
     ``near_copies``, for a CNN's), refusing fewer than ``minimum`` distinct
     images (4 by default, for the quartiles of a fence) and warning when some
     repeat."""
+    fence = minimum == MIN_FENCE_SAMPLES
+    needs = f"the {'refinement' if fence else 'detector'} needs at least {minimum}"
     if len(features) < minimum:
+        why = " for the quartiles of its fence" if fence else ""
         raise ValueError(
-            f"The refinement needs at least {minimum} training images "
-            f"for the quartiles of its fence, got n_samples={len(features)}."
+            f"{needs[0].upper()}{needs[1:]} training images{why}, got "
+            f"n_samples={len(features)}."
         )
     distinct, copy_of = (near_copies if near else distinct_rows)(features)
     if len(distinct) < minimum:
         raise ValueError(
             f"X holds {len(distinct)} distinct training image(s) among its "
-            f"{len(features)} (the others repeat them); the refinement needs at "
-            f"least {minimum} distinct images."
+            f"{len(features)} (the others repeat them); {needs} distinct images."
         )
     if len(distinct) < len(features):
         same = "to the CNN's rounding" if near else "exactly"

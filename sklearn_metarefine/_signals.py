@@ -28,7 +28,8 @@ def terminated_as_interrupt():
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        # None: a handler set outside Python, which cannot be set back.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 def stopped(stop):

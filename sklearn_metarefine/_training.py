@@ -19,6 +19,7 @@ from ._image_files import (
     check_images_outside,
     check_not_named_as_an_image,
     check_nothing_read_is_overwritten,
+    check_replaceable,
     check_output_file,
     is_image,
     list_images,
@@ -99,7 +100,9 @@ def with_settings(options, settings):
             option = f"--{name.replace('_', '-')}"
             option = "--seed" if name == "random_state" else option
             first = (
-                f"{option} {params[name]}" if name in from_options else f"--set {name}"
+                f"{option} {params[name]}"
+                if name in from_options
+                else f"--set {name}={params[name]!r}"
             )
             raise InputError(
                 f"{name} is given twice ({first} and --set {name}={value!r}); give "
@@ -266,6 +269,7 @@ def _check_outputs(output, level, train_folder, files):
     check_nothing_read_is_overwritten(
         option, written, {file.path: "a training image" for file in files}
     )
+    check_replaceable(option, written)
     # Found after the fit, a folder there failed the command with the old
     # model already replaced.
     folders = [os.fspath(path) for path in written[1:] if Path(path).is_dir()]

@@ -106,15 +106,18 @@ def restored_on_failure(fit):
 
 
 def file_digest(path):
-    """SHA-256 of a file's bytes, hex; computed once per path, size and
-    modification time in a process. What caches of features of image files
-    are keyed on: an image replaced under its name is another input."""
+    """SHA-256 of a file's bytes, hex; computed once per path and file status
+    in a process. What caches of features of image files are keyed on: an
+    image replaced under its name is another input."""
     stat = os.stat(path)
-    return _content_digest(os.fspath(path), stat.st_size, stat.st_mtime_ns)
+    # The status change time too: a copy that keeps the modification time
+    # (cp -p, tar) changes it, and it cannot be set back.
+    status = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    return _content_digest(os.fspath(path), status)
 
 
 @functools.lru_cache(maxsize=None)
-def _content_digest(path, size, mtime_ns):
+def _content_digest(path, status):
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):

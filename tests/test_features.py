@@ -1,5 +1,6 @@
 """Tests for PretrainedFeatures: inputs, backbones, weights, views, caching."""
 
+import os
 import pickle
 import urllib.error
 
@@ -642,6 +643,21 @@ def test_memory_keys_image_files_on_their_contents(rgb, tmp_path):
     uncached = MetaRefineDetector(**params).fit(files).score_samples(files)
     np.testing.assert_array_equal(after, uncached)
     assert not np.array_equal(after, before)
+
+
+def test_a_file_rewritten_with_its_old_modification_time_gets_a_new_digest(tmp_path):
+    # The digest was remembered by path, size and modification time: a file
+    # rewritten at the same size with its time set back (cp -p, tar) kept it.
+    from sklearn_metarefine._utils import file_digest
+
+    path = tmp_path / "a.png"
+    path.write_bytes(b"a" * 10)
+    status = path.stat()
+    first = file_digest(path)
+    path.write_bytes(b"b" * 10)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert path.stat().st_mtime_ns == status.st_mtime_ns
+    assert file_digest(path) != first
 
 
 def _contaminated_images():

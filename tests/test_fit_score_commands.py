@@ -553,17 +553,22 @@ def test_links_pipes_and_dash_are_refused_as_outputs(
     def no_work(*args, **kwargs):
         raise AssertionError("the command started its work")
 
-    monkeypatch.setattr("sklearn_metarefine._training.list_images", no_work)
-    monkeypatch.setattr("sklearn_metarefine._inference.list_images", no_work)
+    monkeypatch.setattr(MetaRefineDetector, "fit", no_work)
+    monkeypatch.setattr("sklearn_metarefine._inference._score_batch", no_work)
     target = tmp_path / "v1.metarefine"
     target.write_bytes(b"the deployed model")
     link = tmp_path / "current.metarefine"
     link.symlink_to(target)
     pipe = tmp_path / "results.csv"
     os.mkfifo(pipe)
+    report = tmp_path / "fresh" / "m.dropped.csv"  # beside the model
+    report.parent.mkdir()
+    report.symlink_to(target)
     new = str(folders / "new")
     for argv, said in [
-        (["fit", new, "--output", str(link)], "is a symbolic link"),
+        (["fit", new, "--output", str(link)], "a symbolic link"),
+        (["fit", new, "--output", str(report.parent / "m.metarefine")],
+         "m.dropped.csv, a symbolic link"),
         (["score", str(fitted), new, "--output", str(pipe)], "not a regular file"),
         (["score", str(fitted), new, "--output", "-"], "cannot go to standard output"),
     ]:
@@ -589,7 +594,7 @@ def test_a_parameter_given_twice_is_refused(folders, capsys, monkeypatch):
     for extra, said in [
         (["--image-size", "64", "--set", "image_size=32"],
          "image_size is given twice (--image-size 64 and --set image_size=32)"),
-        (["--set", "k=2", "--set", "k=3"], "k is given twice (--set k and --set k=3)"),
+        (["--set", "k=2", "--set", "k=3"], "k is given twice (--set k=2 and --set k=3)"),
         (["--seed", "1", "--set", "random_state=2"], "(--seed 1 and"),
     ]:  # fmt: skip
         assert main(fit + extra) == 1

@@ -351,9 +351,11 @@ shape (n_samples, n_features) when ``backbone=None``
             torch.from_numpy(self.bank_image_).to(self.device_),
             self._stored_cells(),
         )
-        # Of every training image: a copy has its first copy's.
+        # Of every training image: a copy has its first copy's, and the bank
+        # names rows of X.
         self.train_scores_ = scores[copy_of]
         self.inlier_mask_ = self.inlier_mask_[copy_of]
+        self.bank_image_ = np.unique(copy_of, return_index=True)[1][self.bank_image_]
         if self.contamination == "auto":
             self.offset_ = -majority_fence(scores, self.k)  # copies weigh as one
         else:

@@ -153,7 +153,7 @@ class PatchGridMixin:
         patches of the others, and a copy's patches made its defects look
         normal (a defective image given twice survived the bank's cleaning).
         """
-        patches = self._training_patches(X, seed)
+        patches, rows = self._training_patches(X, seed)
         # Every value the same in all images, up to float32 rounding, which
         # the CNN's batches vary by (1e-6).
         high, low = patches.max(axis=0), patches.min(axis=0)
@@ -167,12 +167,14 @@ class PatchGridMixin:
             )
         # Warnings point at fit's caller: past this, fit and its two wrappers.
         distinct, copy_of = distinct_training_images(
-            patches.reshape(len(patches), -1), self.backbone is not None,
-            stacklevel=6, minimum=2,
-        )  # fmt: skip
+            rows, self.backbone is not None, stacklevel=6, minimum=2
+        )
         return patches[distinct], copy_of
 
     def _training_patches(self, X, seed):
+        """The training patches, and the rows copies are judged on: the
+        CNN's features, or the input rows as given (in float32, rows far
+        smaller than the largest may round to the same patches)."""
         if self.backbone is None:
             self.features_ = None
             X = validate_data(
@@ -180,9 +182,10 @@ class PatchGridMixin:
             )
             self.grid_shape_ = self._check_grid(X.shape[1])
             self.input_offset_ = _float32_offset(self._as_cells(X))
+            rows = X
             X = self._centred(X)
             self.input_scale_ = _float32_scale(X)
-            return self._as_patches(X / self.input_scale_)
+            return self._as_patches(X / self.input_scale_), rows
         self.input_offset_, self.input_scale_ = 0.0, 1.0
         # Of an earlier fit with backbone=None.
         forget(self, "n_features_in_", "feature_names_in_")
@@ -204,7 +207,7 @@ class PatchGridMixin:
                 "training images."
             )
         self.grid_shape_ = self.features_.grid_shape_
-        return self._as_patches(rows)
+        return self._as_patches(rows), rows
 
     def _patches(self, X, quiet=False):
         """Patch vectors ``(n_images, n_cells, n_channels)`` of new images;

@@ -1000,6 +1000,27 @@ def test_a_terminated_score_cleans_up_as_an_interrupted_one(
     assert after == before
 
 
+def test_a_map_path_that_is_a_link_is_refused(surfaces, tmp_path, capsys):
+    # The map was written aside and renamed over the link, not through it.
+    root, _ = surfaces
+    model = tmp_path / "plates.metarefine"
+    assert main(["fit", str(root / "train"), "--output", str(model), "--level", "patch",
+                 "--image-size", str(SURFACE_SIZE), "--device", "cpu", "--seed", "0",
+                 "--skip-unreadable", "--no-progress"]) == 0
+    command = ["score", str(model), str(root / "new"), "--output",
+               str(tmp_path / "r.csv"), "--maps", str(tmp_path / "maps"),
+               "--skip-unreadable", "--no-progress"]  # fmt: skip
+    assert main(command) == 0
+    overlay = next((tmp_path / "maps").rglob("*.png"))
+    kept = tmp_path / "kept.png"
+    overlay.rename(kept)
+    overlay.symlink_to(kept)
+    capsys.readouterr()
+    assert main(command) == 1
+    assert f"would replace {overlay}, a symbolic link" in capsys.readouterr().err
+    assert overlay.is_symlink()
+
+
 def test_patch_level_report_with_a_float_contamination(surfaces, tmp_path):
     # A float contamination sets the threshold on the leave-one-image-out
     # scores, which the report lists, as with "auto".

@@ -362,7 +362,16 @@ def unmasks(model, X_removed, scores, k):
     median, q3 = np.percentile(finite, [50, 75])
     n_tail = max(clean_tail_fraction(finite, k) * finite.size, 1.0)
     reach = (q3 - median) * math.log2(n_tail / _UNMASKING_LEVEL)
-    return bool(np.any(anomaly_score(model, X_removed) > iqr_fence(scores, k) + reach))
+    try:
+        removed = anomaly_score(model, X_removed)
+    except Exception as exc:  # a bare IndexError of PyOD's COF, for one
+        raise RuntimeError(
+            f"Scoring the {X_removed.shape[0]} samples a round removes with "
+            f"{type(model).__name__}, refitted without them, failed: {exc}. "
+            "IQRRefiner scores a few samples at a time; a detector that scores "
+            "each sample against the others of its batch cannot be refined."
+        ) from exc
+    return bool(np.any(removed > iqr_fence(scores, k) + reach))
 
 
 def calibration_scores(removed, held_out, k):

@@ -210,6 +210,18 @@ def test_anomaly_score_flips_sklearn_normality_scores():
     np.testing.assert_array_equal(anomaly_score(detector, X), X[:, 0] - 1.0)
 
 
+def test_a_detector_that_cannot_score_a_few_samples_is_named():
+    # PyOD's COF and SOD score a batch against itself: scoring the few
+    # samples a round removes failed with a bare IndexError or ValueError.
+    from pyod.models.cof import COF
+
+    rng = np.random.RandomState(0)
+    X = np.r_[rng.normal(size=(300, 3)), rng.normal(8, 1, size=(30, 3))]
+    with pytest.raises(RuntimeError, match=r"Scoring the \d+ samples a round "
+                       r"removes with COF.*against the others of its batch"):
+        IQRRefiner(COF(), random_state=0).fit(X)
+
+
 def test_anomaly_score_keeps_pyod_abnormality_scores():
     from pyod.models.knn import KNN
 

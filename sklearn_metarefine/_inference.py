@@ -284,6 +284,8 @@ def _check_outputs(output, maps, map_names, inputs, files):
     check_nothing_read_is_overwritten(
         f"--output {os.fspath(output)}", results_files(output), scored
     )
+    # The partial CSV is opened for writing, which follows a link.
+    check_replaceable(f"--output {os.fspath(output)}", results_files(output))
     if maps is None:
         return
     overlays = [Path(maps) / name for name in map_names]

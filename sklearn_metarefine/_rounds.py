@@ -275,7 +275,7 @@ def out_of_fold_anomaly_scores(base, X, cv, seed, *, n_iter):
                 f"({train.size} of the {X.shape[0]} samples kept after round "
                 f"{n_iter}) failed: {exc}"
             ) from exc
-        return anomaly_score(model, take(X, test))
+        return scores_of(model, take(X, test), f"of fold {fold} of {n_folds}")
 
     scores = held_out(X.shape[0], cv, seed, fit_and_score, copy_of)
     refuse_nan(scores, base, n_iter, "by models fitted without them")
@@ -330,7 +330,8 @@ def inside_fence(estimator, X, kept, scores, fence, readmit):
     candidate[kept] = scores <= fence
     outside = ~kept
     if readmit and outside.any():  # a core of at least 4 may hold every sample
-        candidate[outside] = anomaly_score(estimator, take(X, outside)) <= fence
+        outside_scores = scores_of(estimator, take(X, outside), "outside the core")
+        candidate[outside] = outside_scores <= fence
     return candidate
 
 
@@ -362,16 +363,24 @@ def unmasks(model, X_removed, scores, k):
     median, q3 = np.percentile(finite, [50, 75])
     n_tail = max(clean_tail_fraction(finite, k) * finite.size, 1.0)
     reach = (q3 - median) * math.log2(n_tail / _UNMASKING_LEVEL)
+    removed = scores_of(
+        model, X_removed, "a round removes (by the model refitted without them)"
+    )
+    return bool(np.any(removed > iqr_fence(scores, k) + reach))
+
+
+def scores_of(model, X, which):
+    """``anomaly_score(model, X)`` of a few training samples (``which`` says
+    which), naming the step if the detector fails on them."""
     try:
-        removed = anomaly_score(model, X_removed)
+        return anomaly_score(model, X)
     except Exception as exc:  # a bare IndexError of PyOD's COF, for one
         raise RuntimeError(
-            f"Scoring the {X_removed.shape[0]} samples a round removes with "
-            f"{type(model).__name__}, refitted without them, failed: {exc}. "
-            "IQRRefiner scores a few samples at a time; a detector that scores "
-            "each sample against the others of its batch cannot be refined."
+            f"Scoring with {type(model).__name__} the {X.shape[0]} samples "
+            f"{which} failed: {exc}. (IQRRefiner scores a few "
+            "samples at a time: a detector that scores each sample against the "
+            "others of its batch, such as PyOD's COF or SOD, cannot be refined.)"
         ) from exc
-    return bool(np.any(removed > iqr_fence(scores, k) + reach))
 
 
 def calibration_scores(removed, held_out, k):
@@ -432,7 +441,11 @@ def decision_offset(refiner, estimator, base, X, kept, scores, fold_seed):
             base, take(X, kept), refiner.cv, fold_seed, n_iter=refiner.n_iter_
         )
     )
-    removed = anomaly_score(estimator, take(X, ~kept)) if (~kept).any() else None
+    removed = (
+        scores_of(estimator, take(X, ~kept), "the refinement removed")
+        if (~kept).any()
+        else None
+    )
     if removed is not None:
         # Removed samples the final model gives no score are flagged alike.
         removed = np.where(np.isnan(removed), np.inf, removed)

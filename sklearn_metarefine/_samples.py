@@ -71,12 +71,12 @@ def check_fence_samples(X):
 
 
 def distinct_training_images(
-    features, near=False, *, stacklevel, minimum=MIN_FENCE_SAMPLES
+    features, near=False, *, stacklevel, minimum=MIN_FENCE_SAMPLES, rtol=None
 ):
     """``distinct_rows`` of a detector's training features (``near``: its
-    ``near_copies``, for a CNN's), refusing fewer than ``minimum`` distinct
-    images (4 by default, for the quartiles of a fence) and warning when some
-    repeat."""
+    ``near_copies``, within ``rtol``, by default the CNN's rounding),
+    refusing fewer than ``minimum`` distinct images (4 by default, for the
+    quartiles of a fence) and warning when some repeat."""
     fence = minimum == MIN_FENCE_SAMPLES
     needs = f"the {'refinement' if fence else 'detector'} needs at least {minimum}"
     if len(features) < minimum:
@@ -85,7 +85,10 @@ def distinct_training_images(
             f"{needs[0].upper()}{needs[1:]} training images{why}, got "
             f"n_samples={len(features)}."
         )
-    distinct, copy_of = (near_copies if near else distinct_rows)(features)
+    if near:
+        distinct, copy_of = near_copies(features, rtol or COPY_TOLERANCE)
+    else:
+        distinct, copy_of = distinct_rows(features)
     if len(distinct) < minimum:
         raise ValueError(
             f"X holds {len(distinct)} distinct training image(s) among its "

@@ -19,17 +19,20 @@ def _raise_terminated(signum, frame):
 @contextlib.contextmanager
 def terminated_as_interrupt():
     """Within the block, SIGTERM raises :class:`Terminated` (in the main
-    thread only, where Python runs signal handlers); the handler before is
-    restored after it."""
-    if threading.current_thread() is not threading.main_thread():
+    thread only, where Python runs signal handlers, and unless a handler set
+    outside Python is in place); the handler before is restored after it."""
+    # None: a handler set outside Python, which could not be set back.
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is None
+    ):
         yield
         return
     before = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:
-        # None: a handler set outside Python, which cannot be set back.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
+        signal.signal(signal.SIGTERM, before)
 
 
 def stopped(stop):

@@ -564,6 +564,9 @@ def test_links_pipes_and_dash_are_refused_as_outputs(
     report = tmp_path / "fresh" / "m.dropped.csv"  # beside the model
     report.parent.mkdir()
     report.symlink_to(target)
+    partial = tmp_path / "part" / "r.csv.part"  # the CSV until it is complete
+    partial.parent.mkdir()
+    partial.symlink_to(target)
     new = str(folders / "new")
     for argv, said in [
         (["fit", new, "--output", str(link)], "a symbolic link"),
@@ -571,6 +574,8 @@ def test_links_pipes_and_dash_are_refused_as_outputs(
          "m.dropped.csv, a symbolic link"),
         (["score", str(fitted), new, "--output", str(pipe)], "not a regular file"),
         (["score", str(fitted), new, "--output", "-"], "cannot go to standard output"),
+        (["score", str(fitted), new, "--output", str(partial.parent / "r.csv")],
+         "r.csv.part, a symbolic link"),
     ]:
         assert main(argv) == 1
         error = capsys.readouterr().err

@@ -217,9 +217,22 @@ def test_a_detector_that_cannot_score_a_few_samples_is_named():
 
     rng = np.random.RandomState(0)
     X = np.r_[rng.normal(size=(300, 3)), rng.normal(8, 1, size=(30, 3))]
-    with pytest.raises(RuntimeError, match=r"Scoring the \d+ samples a round "
-                       r"removes with COF.*against the others of its batch"):
+    with pytest.raises(RuntimeError, match=r"Scoring with COF the \d+ samples a "
+                       r"round removes .* failed.*against the others of its batch"):
         IQRRefiner(COF(), random_state=0).fit(X)
+    # The held-out scores of the folds.
+    with pytest.raises(RuntimeError, match=r"Scoring with BatchOnly the 20 samples "
+                       r"of fold 1 of 5 failed: batches of 40"):
+        IQRRefiner(BatchOnly(), k=0.0, max_iter=1).fit(column(np.arange(100)))
+
+
+class BatchOnly(ColumnDetector):
+    """Scores batches of 40 samples or more only."""
+
+    def score_samples(self, X):
+        if len(X) < 40:
+            raise ValueError("batches of 40 samples or more only")
+        return super().score_samples(X)
 
 
 def test_anomaly_score_keeps_pyod_abnormality_scores():

@@ -166,15 +166,20 @@ class PatchGridMixin:
                 "threshold). Train on several images of good parts."
             )
         # Warnings point at fit's caller: past this, fit and its two wrappers.
+        # Raw rows (centred, in float64) within float32's resolution, which
+        # the bank keeps: it cannot tell them apart, and a copy would match
+        # its twin.
+        rtol = None if self.backbone is not None else float(np.finfo(np.float32).eps)
         distinct, copy_of = distinct_training_images(
-            rows, self.backbone is not None, stacklevel=6, minimum=2
+            rows, True, stacklevel=6, minimum=2, rtol=rtol
         )
         return patches[distinct], copy_of
 
     def _training_patches(self, X, seed):
         """The training patches, and the rows copies are judged on: the
-        CNN's features, or the input rows as given (in float32, rows far
-        smaller than the largest may round to the same patches)."""
+        CNN's features, or the input rows centred as the bank's are, in
+        float64 (in float32 patches, rows far smaller than the largest round
+        alike)."""
         if self.backbone is None:
             self.features_ = None
             X = validate_data(
@@ -182,10 +187,9 @@ class PatchGridMixin:
             )
             self.grid_shape_ = self._check_grid(X.shape[1])
             self.input_offset_ = _float32_offset(self._as_cells(X))
-            rows = X
             X = self._centred(X)
             self.input_scale_ = _float32_scale(X)
-            return self._as_patches(X / self.input_scale_), rows
+            return self._as_patches(X / self.input_scale_), X
         self.input_offset_, self.input_scale_ = 0.0, 1.0
         # Of an earlier fit with backbone=None.
         forget(self, "n_features_in_", "feature_names_in_")

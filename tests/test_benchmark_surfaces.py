@@ -414,9 +414,9 @@ def test_an_unreadable_ksdd2_mask_is_a_one_line_error(tmp_path, capsys):
                      error)
 
 
-def test_results_of_other_files_of_the_dataset_folder_are_refused(tmp_path):
-    # Only the folder's path was recorded: a folder extracted in part, then
-    # in full, gave a table averaging runs on 20 and on 21 training images.
+def _plate_benchmark(tmp_path):
+    """An MVTec AD folder of plates and a benchmark grid over it, run once
+    with 1 repeat: the folder and the grid's arguments."""
     root = tmp_path / "mvtec"
     _photographs(root, "mvtec")
     config = {key: TINY[key] for key in ("features", "flow", "refiner")}
@@ -425,6 +425,13 @@ def test_results_of_other_files_of_the_dataset_folder_are_refused(tmp_path):
         output=tmp_path / "out", n_jobs=1, progress=False,
     )  # fmt: skip
     run_benchmark("mvtec", root=root, repeats=1, **grid)
+    return root, grid
+
+
+def test_results_of_other_files_of_the_dataset_folder_are_refused(tmp_path):
+    # Only the folder's path was recorded: a folder extracted in part, then
+    # in full, gave a table averaging runs on 20 and on 21 training images.
+    root, grid = _plate_benchmark(tmp_path)
     added = root / "plate" / "train" / "good" / "020.png"
     added.write_bytes((root / "plate" / "train" / "good" / "000.png").read_bytes())
     with pytest.raises(BenchmarkError, match=r"files then plate: 36; now plate: 37"):
@@ -439,20 +446,13 @@ def test_an_image_replaced_by_one_of_the_same_size_is_noticed(tmp_path):
     # and its cached features.
     from sklearn_metarefine._benchmark._storage import _feature_path
 
-    root = tmp_path / "mvtec"
-    _photographs(root, "mvtec")
-    config = {key: TINY[key] for key in ("features", "flow", "refiner")}
-    grid = dict(
-        categories=["plate"], models=["iforest"], noise=[0.0], config=config,
-        output=tmp_path / "out", n_jobs=1, progress=False,
-    )  # fmt: skip
-    run_benchmark("mvtec", root=root, repeats=1, **grid)
+    root, grid = _plate_benchmark(tmp_path)
     train = sorted((root / "plate" / "train" / "good").iterdir())
     by_size = sorted(train, key=lambda file: file.stat().st_size)
     smaller, replaced = by_size[0], by_size[-1]
     size = replaced.stat().st_size
     images = load_category("mvtec", "plate", root)[0]
-    resolved = resolve_config("mvtec", config)
+    resolved = resolve_config("mvtec", grid["config"])
     cached = _feature_path(images, resolved, tmp_path / "features")
     # Another picture, padded after its end to the same number of bytes.
     data = smaller.read_bytes()

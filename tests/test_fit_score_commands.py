@@ -908,11 +908,9 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys, monkeypatch):
     assert photo.read_bytes() == before and not (root / "x.csv").exists()
 
 
-def test_an_interrupted_score_leaves_the_earlier_maps_and_csv(
-    surfaces, tmp_path, monkeypatch
-):
-    # Maps were written batch by batch: Ctrl-C in the second batch left the
-    # earlier CSV naming maps redrawn for another threshold.
+def _scored_with_maps(surfaces, tmp_path):
+    """A patch-level model of the plates, and its score command with maps,
+    run once: the model, the command, its CSV and its maps folder."""
     root, _ = surfaces
     model = tmp_path / "plates.metarefine"
     assert main(["fit", str(root / "train"), "--output", str(model), "--level", "patch",
@@ -923,6 +921,16 @@ def test_an_interrupted_score_leaves_the_earlier_maps_and_csv(
                "--maps", str(maps), "--skip-unreadable", "--batch-size", "2",
                "--no-progress"]
     assert main(command) == 0
+    return model, command, output, maps
+
+
+def test_an_interrupted_score_leaves_the_earlier_maps_and_csv(
+    surfaces, tmp_path, monkeypatch
+):
+    # Maps were written batch by batch: Ctrl-C in the second batch left the
+    # earlier CSV naming maps redrawn for another threshold.
+    root, _ = surfaces
+    model, command, output, maps = _scored_with_maps(surfaces, tmp_path)
 
     def files():
         found = [output, *maps.rglob("*")]
@@ -970,16 +978,7 @@ def test_a_terminated_score_cleans_up_as_an_interrupted_one(
 ):
     # SIGTERM (kill, timeout, a cancelled CI job) left hundreds of temporary
     # map files, which later runs never removed; Ctrl-C removed them.
-    root, _ = surfaces
-    model = tmp_path / "plates.metarefine"
-    assert main(["fit", str(root / "train"), "--output", str(model), "--level", "patch",
-                 "--image-size", str(SURFACE_SIZE), "--device", "cpu", "--seed", "0",
-                 "--skip-unreadable", "--no-progress"]) == 0
-    output, maps = tmp_path / "results.csv", tmp_path / "maps"
-    command = ["score", str(model), str(root / "new"), "--output", str(output),
-               "--maps", str(maps), "--skip-unreadable", "--batch-size", "2",
-               "--no-progress"]
-    assert main(command) == 0
+    model, command, output, maps = _scored_with_maps(surfaces, tmp_path)
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     batches = []
     score_batch = _score_batch
@@ -1007,16 +1006,8 @@ def test_a_terminated_score_cleans_up_as_an_interrupted_one(
 
 def test_a_map_path_that_is_a_link_is_refused(surfaces, tmp_path, capsys):
     # The map was written aside and renamed over the link, not through it.
-    root, _ = surfaces
-    model = tmp_path / "plates.metarefine"
-    assert main(["fit", str(root / "train"), "--output", str(model), "--level", "patch",
-                 "--image-size", str(SURFACE_SIZE), "--device", "cpu", "--seed", "0",
-                 "--skip-unreadable", "--no-progress"]) == 0
-    command = ["score", str(model), str(root / "new"), "--output",
-               str(tmp_path / "r.csv"), "--maps", str(tmp_path / "maps"),
-               "--skip-unreadable", "--no-progress"]  # fmt: skip
-    assert main(command) == 0
-    overlay = next((tmp_path / "maps").rglob("*.png"))
+    _, command, _, maps = _scored_with_maps(surfaces, tmp_path)
+    overlay = next(maps.rglob("*.png"))
     kept = tmp_path / "kept.png"
     overlay.rename(kept)
     overlay.symlink_to(kept)

@@ -95,7 +95,11 @@ def distinct_training_images(
             f"{len(features)} (the others repeat them); {needs} distinct images."
         )
     if len(distinct) < len(features):
-        same = "to the CNN's rounding" if near else "exactly"
+        same = (
+            "exactly"
+            if not near
+            else "to the CNN's rounding" if rtol is None else "to float32 rounding"
+        )
         warnings.warn(
             f"{len(features) - len(distinct)} of the {len(features)} training "
             f"images repeat other training images (the same features, {same}): "

@@ -150,8 +150,8 @@ class PatchGridMixin:
         of one image.
 
         Copies are fitted once: each training image is scored against the
-        patches of the others, and a copy's patches made its defects look
-        normal (a defective image given twice survived the bank's cleaning).
+        patches of the others, and a copy matched its twin, so its training
+        score was near zero and the threshold fell.
         """
         patches, rows = self._training_patches(X, seed)
         # Every value the same in all images, up to float32 rounding, which

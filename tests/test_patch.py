@@ -511,7 +511,8 @@ def test_copies_of_training_images_are_fitted_once(detector):
     np.testing.assert_allclose(doubled.train_scores_, single.train_scores_[copy_of])
     assert doubled.offset_ == pytest.approx(single.offset_)
     if detector is PatchCoreDetector:  # the rows of X the bank's patches are of
-        copies = detector(**params).fit(np.vstack([train[:1], train]))
+        with pytest.warns(UserWarning, match="1 of the 41 training images repeat"):
+            copies = detector(**params).fit(np.vstack([train[:1], train]))
         rows = np.r_[0, np.arange(2, 41)]  # train[0] is rows 0 and 1: the first
         np.testing.assert_array_equal(copies.bank_image_, rows[single.bank_image_])
 

@@ -347,7 +347,8 @@ def _add_fit_parser(commands):
         "read as JSON (null, true, 0.5, [1, 2]) or as None, True or False, "
         "else as text",
     )
-    fit.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    # None until given, so that --set device=... is refused only after it.
+    fit.add_argument("--device", help="auto, cpu or cuda (default: auto)")
     _add_pixel_limit(fit)
     fit.add_argument(
         "--skip-unreadable",

@@ -87,13 +87,11 @@ def report_paths(model, level="image"):
 
 
 def with_settings(options, settings):
-    """The detector's parameters: the ``options`` given (name: value, with
-    ``device`` always there, "auto" by default) and the ``--set`` ``settings``
-    (name, value pairs). A parameter given twice is refused: the last one
-    said won without a word."""
+    """The detector's parameters: the ``options`` given (name: value) and the
+    ``--set`` ``settings`` (name, value pairs), with ``device="auto"`` unless
+    one says otherwise. A parameter given twice is refused: the last one said
+    won without a word."""
     params = dict(options)
-    if params.get("device") == "auto":  # the option's default: --set may say it
-        del params["device"]
     from_options = set(params)
     for name, value in settings:
         if name in params:

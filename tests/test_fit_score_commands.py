@@ -601,6 +601,7 @@ def test_a_parameter_given_twice_is_refused(folders, capsys, monkeypatch):
          "image_size is given twice (--image-size 64 and --set image_size=32)"),
         (["--set", "k=2", "--set", "k=3"], "k is given twice (--set k=2 and --set k=3)"),
         (["--seed", "1", "--set", "random_state=2"], "(--seed 1 and"),
+        (["--device", "auto", "--set", "device=cuda"], "(--device auto and"),
     ]:  # fmt: skip
         assert main(fit + extra) == 1
         assert said in capsys.readouterr().err

@@ -414,6 +414,23 @@ def test_an_unreadable_ksdd2_mask_is_a_one_line_error(tmp_path, capsys):
                      error)
 
 
+def test_a_mask_of_other_proportions_than_its_image_is_refused(tmp_path):
+    # It was resized to the maps' grid, and the pixel metrics scored the maps
+    # against the wrong pixels without a word.
+    root = tmp_path / "mvtec"
+    _photographs(root, "mvtec")  # masks at twice the images' size: accepted
+    mask = root / "plate" / "ground_truth" / "hole" / "008_mask.png"
+    Image.new("L", (128, 64)).save(mask)
+    config = {key: TINY[key] for key in ("features", "patch")}
+    with pytest.raises(BenchmarkError, match=r"008_mask.png is 128 x 64 px and its "
+                       r"image .*008.png 64 x 64 px: not the same proportions"):
+        run_benchmark(
+            "mvtec", root=root, categories=["plate"], models=["patchcore"],
+            noise=[0.0], repeats=1, config=config, output=tmp_path / "out",
+            n_jobs=1, progress=False,
+        )  # fmt: skip
+
+
 def _plate_benchmark(tmp_path):
     """An MVTec AD folder of plates and a benchmark grid over it, run once
     with 1 repeat: the folder and the grid's arguments."""

@@ -139,7 +139,7 @@ def load_masked(dataset, category, root, config):
         target=data.target,
         split=data.split,
         defect_type=np.asarray(defect_type),
-        masks=MaskFiles(data.mask_filenames, size),
+        masks=MaskFiles(data.mask_filenames, size, images=data.filenames),
         images=PictureFiles(data.filenames, size),
     )
 
@@ -171,19 +171,60 @@ class _Files:
 
 class MaskFiles(_Files):
     """Defect masks, each resized to ``size`` x ``size`` (nearest neighbour);
-    an image without a mask file (a good MVTec AD image) has an empty one."""
+    an image without a mask file (a good MVTec AD image) has an empty one.
+
+    A mask must have its image's proportions (``images``, read up to their
+    header): one of another shape is not the mask of that image, and
+    resized it scored the maps against the wrong pixels without a word.
+    """
 
     _dtype = bool
+
+    def __init__(self, filenames, size, images):
+        super().__init__(filenames, size)
+        self.images = list(images)
 
     @property
     def shape(self):
         return (len(self), self.size, self.size)
 
-    def _read(self, path):
+    def __getitem__(self, indices):
+        indices = np.atleast_1d(indices)
+        if not len(indices):
+            return super().__getitem__(indices)
+        return np.stack([self._mask(i) for i in indices])
+
+    def _mask(self, i):
+        path = self.filenames[i]
         if path is None:
             return np.zeros((self.size, self.size), dtype=bool)
-        mask = self._open(path, "defect mask").convert("L")
-        return np.asarray(mask.resize((self.size, self.size), Image.NEAREST)) > 0
+        mask = self._open(path, "defect mask")
+        self._check_proportions(mask.size, i)
+        mask = mask.convert("L").resize((self.size, self.size), Image.NEAREST)
+        return np.asarray(mask) > 0
+
+    def _check_proportions(self, mask_size, i):
+        from .._features._images import _upright_size  # imports torch
+
+        width, height = mask_size
+        path, image_path = self.filenames[i], self.images[i]
+        try:
+            with Image.open(image_path) as image:  # its header only
+                image_height, image_width = _upright_size(image)  # as the CNN sees it
+        except Exception as error:  # PIL raises several types for one cause
+            raise BenchmarkError(
+                f"Cannot read the image {image_path}: {error}"
+            ) from None
+        # Within a pixel of the image's proportions, at the larger size.
+        if abs(width * image_height - height * image_width) > max(
+            width, height, image_width, image_height
+        ):
+            raise BenchmarkError(
+                f"The defect mask {path} is {width} x {height} px and its image "
+                f"{image_path} {image_width} x {image_height} px: not the same "
+                "proportions, so not the mask of that image. Pair each image with "
+                "its own mask."
+            )
 
 
 class PictureFiles(_Files):

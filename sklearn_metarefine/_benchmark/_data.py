@@ -145,7 +145,8 @@ def load_masked(dataset, category, root, config):
 
 
 class _Files:
-    """Square arrays read from files when indexed: ``stack[indices]``."""
+    """Square arrays read from files when indexed: ``stack[indices]``, each
+    by ``_read(i)`` of the file at position ``i``."""
 
     def __init__(self, filenames, size):
         self.filenames = list(filenames)
@@ -158,7 +159,7 @@ class _Files:
         indices = np.atleast_1d(indices)
         if not len(indices):
             return np.zeros((0, *self.shape[1:]), dtype=self._dtype)
-        return np.stack([self._read(self.filenames[i]) for i in indices])
+        return np.stack([self._read(i) for i in indices])
 
     def _open(self, path, what):
         try:
@@ -188,13 +189,7 @@ class MaskFiles(_Files):
     def shape(self):
         return (len(self), self.size, self.size)
 
-    def __getitem__(self, indices):
-        indices = np.atleast_1d(indices)
-        if not len(indices):
-            return super().__getitem__(indices)
-        return np.stack([self._mask(i) for i in indices])
-
-    def _mask(self, i):
+    def _read(self, i):
         path = self.filenames[i]
         if path is None:
             return np.zeros((self.size, self.size), dtype=bool)
@@ -236,8 +231,8 @@ class PictureFiles(_Files):
     def shape(self):
         return (len(self), self.size, self.size, 3)
 
-    def _read(self, path):
-        image = self._open(path, "image").convert("RGB")
+    def _read(self, i):
+        image = self._open(self.filenames[i], "image").convert("RGB")
         return np.asarray(image.resize((self.size, self.size), Image.BILINEAR))
 
 

@@ -284,8 +284,9 @@ def _check_outputs(output, maps, map_names, inputs, files):
     check_nothing_read_is_overwritten(
         f"--output {os.fspath(output)}", results_files(output), scored
     )
-    # The partial CSV is opened for writing, which follows a link.
-    check_replaceable(f"--output {os.fspath(output)}", results_files(output))
+    # The partial CSV is opened for writing, which follows a link (the CSV
+    # itself is checked with the output).
+    check_replaceable(f"--output {os.fspath(output)}", results_files(output)[1:])
     if maps is None:
         return
     overlays = [Path(maps) / name for name in map_names]

@@ -267,7 +267,7 @@ def _check_outputs(output, level, train_folder, files):
     check_nothing_read_is_overwritten(
         option, written, {file.path: "a training image" for file in files}
     )
-    check_replaceable(option, [output, *report_paths(output, level)])
+    check_replaceable(option, report_paths(output, level))  # the model's: above
     # Found after the fit, a folder there failed the command with the old
     # model already replaced.
     folders = [os.fspath(path) for path in written[1:] if Path(path).is_dir()]

@@ -446,11 +446,11 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             features = step.fit_transform(features)
         # Warnings point at fit's caller: past the helper and the two wrappers.
         near = self.backbone is not None  # the CNN's rounding varies by batch
-        distinct, copy_of = distinct_training_images(features, near, stacklevel=5)
+        distinct, copy_of = distinct_training_images(features, near)
         refiner = pipeline.steps[-1][1]
         self._size_flow(refiner.estimator, len(distinct))
         name, n = type(self).__name__, len(distinct)
-        warn_if_held_out_from_few(refiner, n, name=name, unit="images", stacklevel=5)
+        warn_if_held_out_from_few(refiner, n, name=name, unit="images")
         with warnings.catch_warnings():  # the refiner's would say it of samples
             warnings.simplefilter("ignore", FewHeldOutWarning)
             refiner.fit(features[distinct])

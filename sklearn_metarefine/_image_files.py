@@ -220,7 +220,7 @@ def read_image(path):
     """
     where = f"image file {os.fspath(path)!r}"
     # Outside the try: a warning a filter turns into an error stays one.
-    with warnings_naming(path, stacklevel=4), _unreadable(where):
+    with warnings_naming(path), _unreadable(where):
         return decode_file(path, where)
 
 

@@ -6,7 +6,6 @@ which strings them together.
 """
 
 import math
-import warnings
 from numbers import Integral
 
 import numpy as np
@@ -16,7 +15,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import InvalidParameterError
 
 from ._samples import MIN_FENCE_SAMPLES, distinct_rows, take, values
-from ._utils import draw_seed
+from ._utils import draw_seed, warn
 from ._scores import (
     anomaly_score,
     clean_tail_fraction,
@@ -108,13 +107,12 @@ class FewHeldOutWarning(UserWarning):
 
 
 def warn_if_held_out_from_few(
-    refiner, n_samples, *, name="IQRRefiner", unit="samples", stacklevel=5
+    refiner, n_samples, *, name="IQRRefiner", unit="samples"
 ):
     """Warn when held-out scores may come from leave-one-out fits on a
     handful of samples: the fence and the decision boundary set on them are
     then unreliable (on small clean sets they flagged most new samples or
-    none). ``name`` and ``unit`` say whose fit it is and what it trains on;
-    the default ``stacklevel`` points at the caller of ``IQRRefiner.fit``."""
+    none). ``name`` and ``unit`` say whose fit it is and what it trains on."""
     if not uses_held_out_scores(refiner.fence_scores, refiner.contamination):
         return
     params = {
@@ -141,7 +139,7 @@ def warn_if_held_out_from_few(
         if enough
         else f"more {unit} (and min_samples >= {refiner.cv})"
     )
-    warnings.warn(
+    warn(
         f"{name}: the kept set may hold as few as {smallest} of the "
         f"{n_samples} training {unit}, fewer than cv={refiner.cv}: its held-out "
         f"scores then come from fits on {smallest - 1} {unit}, and the fence and "
@@ -149,7 +147,6 @@ def warn_if_held_out_from_few(
         "or set the boundary yourself (contamination=<fraction to flag>) "
         "and expect a rough fence.",
         FewHeldOutWarning,
-        stacklevel=stacklevel,
     )
 
 

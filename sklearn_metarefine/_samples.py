@@ -10,6 +10,8 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import _safe_indexing
 from sklearn.utils.validation import _get_feature_names, validate_data
 
+from ._utils import warn
+
 # Below four scores the quartiles are interpolated between the same few order
 # statistics and the fence says nothing about the tail.
 MIN_FENCE_SAMPLES = 4
@@ -71,7 +73,7 @@ def check_fence_samples(X):
 
 
 def distinct_training_images(
-    features, near=False, *, stacklevel, minimum=MIN_FENCE_SAMPLES, rtol=None
+    features, near=False, *, minimum=MIN_FENCE_SAMPLES, rtol=None
 ):
     """``distinct_rows`` of a detector's training features (``near``: its
     ``near_copies``, within ``rtol``, by default the CNN's rounding),
@@ -100,13 +102,12 @@ def distinct_training_images(
             if not near
             else "to the CNN's rounding" if rtol is None else "to float32 rounding"
         )
-        warnings.warn(
+        warn(
             f"{len(features) - len(distinct)} of the {len(features)} training "
             f"images repeat other training images (the same features, {same}): "
             "each distinct image is fitted once (many copies weigh as one), "
             "and a repeat shares the decision on its first copy in inlier_mask_.",
             UserWarning,
-            stacklevel=stacklevel,
         )
     return distinct, copy_of
 

@@ -4,7 +4,6 @@ import contextlib
 import csv
 import os
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from ._inference import check_device, quiet
 from ._persistence import save
 from ._pictures import contact_sheet
 from ._samples import MIN_FENCE_SAMPLES
+from ._utils import warn
 
 LEVELS = ("image", "patch")
 # Parameters of MetaRefineDetector that the patch level uses besides the ones it
@@ -343,13 +343,12 @@ def fit_folder(
             f"{level} level needs at least {fewest}."
         )
     if level == "patch" and len(files) < _FEW_PATCH_IMAGES:
-        warnings.warn(
+        warn(
             f"{len(files)} training images: with so few, the patch level's "
             "threshold flags more good parts (on the generated surfaces about "
             "22% with 10 images and 13% with 20, against 5% with 90). Check "
             "it on good images you kept out of training.",
             UserWarning,
-            stacklevel=2,
         )
     paths = [file.path for file in files]
     if "verbose" not in (params or {}):  # else what --set verbose=N says

@@ -1,14 +1,47 @@
 """Helpers shared by the estimators (numpy and the standard library: no torch
 here)."""
 
+import contextlib
 import functools
 import hashlib
+import importlib.util
 import numbers
 import os
+import sys
+import warnings
 
 import numpy as np
 
 _MAX_SEED = np.iinfo(np.int32).max
+
+# The code a warning passes through on its way to the caller's line: this
+# package's, scikit-learn's wrappers of its methods (the output and fit
+# context decorators, Pipeline), joblib's caching and contextlib's.
+_LAYERS = tuple(
+    os.path.dirname(os.path.abspath(origin)) + os.sep
+    for origin in (
+        __file__,
+        importlib.util.find_spec("sklearn").origin,
+        importlib.util.find_spec("joblib").origin,
+    )
+)
+
+
+def _in_layers(filename):
+    return filename == contextlib.__file__ or os.path.abspath(filename).startswith(
+        _LAYERS
+    )
+
+
+def warn(message, category=UserWarning):
+    """``warnings.warn`` pointing at the caller's line that led to it: the
+    first frame outside this package, scikit-learn, joblib and contextlib, by
+    whichever path the warning is raised (a fixed ``stacklevel`` points into
+    the package when a method is reached through another)."""
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and _in_layers(frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def is_whole(value):

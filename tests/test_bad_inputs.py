@@ -473,8 +473,12 @@ def test_a_large_image_warning_names_the_file(tmp_path, fitted_on_images, monkey
     # The CLI's reader named it; the estimators' did not.
     path = _save(RGB[0], tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    with pytest.warns(Image.DecompressionBombWarning, match=r"big.png: Image size"):
+    with pytest.warns(Image.DecompressionBombWarning, match=r"big.png: Image size") as w:
         fitted_on_images[0].transform([path])
+    assert [warning.filename for warning in w] == [__file__]  # the caller's line
+    with pytest.warns(Image.DecompressionBombWarning) as w:
+        read_image(path)
+    assert [warning.filename for warning in w] == [__file__]
     # A filter that makes the warning an error gets the warning, not a refusal
     # of the file (which --skip-unreadable would skip).
     with warnings.catch_warnings():

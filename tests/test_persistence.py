@@ -445,8 +445,9 @@ def test_an_edited_manifest_is_refused(table, model_path):
     # silently).
     save(detector, model_path)
     _rewrite(model_path, checksum=None)
-    with pytest.warns(UserWarning, match="records no checksum of its manifest.json"):
+    with pytest.warns(UserWarning, match="records no checksum of its manifest.json") as w:
         assert load(model_path).offset_ == detector.offset_
+    assert [warning.filename for warning in w] == [__file__]  # the caller's line
 
 
 def test_a_damaged_compressed_member_is_a_model_file_error(table, model_path):
@@ -488,8 +489,9 @@ def test_a_newer_format_is_refused_and_other_versions_warn(table, model_path):
     manifest = _manifest(model_path)
     manifest["versions"]["sklearn-metarefine"] = "0.0.1"
     _rewrite(model_path, manifest=manifest)
-    with pytest.warns(ModelVersionWarning, match=r"sklearn-metarefine 0\.0\.1"):
+    with pytest.warns(ModelVersionWarning, match=r"sklearn-metarefine 0\.0\.1") as w:
         loaded = load(model_path)
+    assert [warning.filename for warning in w] == [__file__]  # the caller's line
     assert_array_equal(loaded.score_samples(table), refiner.score_samples(table))
 
     manifest["format_version"] = 99

@@ -5,11 +5,11 @@ the calling process, and its maps drawn over a few test images per category.
 """
 
 import os
-import warnings
 
 import numpy as np
 
 from .. import plot_anomaly_maps
+from .._utils import warn
 from ..datasets import make_contaminated
 from ._patches import image_maps, make_patch_model
 from ._runs import _single_threaded
@@ -76,22 +76,20 @@ def map_figures(
         run, record = max(candidates, key=lambda pair: pair[0].noise)
         if record["error"] is not None:
             # Fitting it again would fail again: its error is in the report.
-            warnings.warn(
+            warn(
                 f"The anomaly-map figure of {category} was not drawn: its run "
                 f"({name}, noise {run.noise:g}, repeat 0) failed.",
                 UserWarning,
-                stacklevel=2,
             )
             continue
         try:
             path = _map_figure(output, category, name, run, shown, labelled, **context)
         except Exception as error:  # a figure is extra: the tables stand
-            warnings.warn(
+            warn(
                 f"The anomaly-map figure of {category} was not drawn: fitting "
                 f"{name} again or drawing its maps failed ({type(error).__name__}: "
                 f"{error}).",
                 UserWarning,
-                stacklevel=2,
             )
             continue
         files[f"maps_{category}"] = path

@@ -9,21 +9,20 @@ import torch
 from PIL import ExifTags, Image, ImageOps
 from sklearn.utils.validation import check_array
 
-from .._utils import file_digest, is_whole
+from .._utils import file_digest, is_whole, warn
 from ._embedding import _resize
 
 
 @contextlib.contextmanager
-def warnings_naming(path, stacklevel):
+def warnings_naming(path):
     """Re-emit the warnings of reading ``path`` (Pillow's of a very large
-    image) with its name in front, when the reading succeeded; ``stacklevel``
-    counts frames from this function's, through contextlib's."""
+    image) with its name in front, when the reading succeeded."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
     for warning in caught:
         message = f"{os.fspath(path)}: {warning.message}"
-        warnings.warn(message, warning.category, stacklevel)
+        warn(message, warning.category)
 
 
 def _is_uint16(dtype):
@@ -211,7 +210,7 @@ def _read_file(path, index):
     """The pixels of an image file, with errors that name it."""
     where = f"X[{index}]: image file {os.fspath(path)!r}"
     # Outside the try: a warning a filter turns into an error stays one.
-    with warnings_naming(path, stacklevel=5):
+    with warnings_naming(path):
         try:
             return decode_file(path, where)
         except FileNotFoundError as error:

@@ -1,13 +1,12 @@
 """PatchFeatures: one grid of local feature vectors per image."""
 
-import warnings
 
 import numpy as np
 from sklearn.base import _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from .._utils import restored_on_failure
+from .._utils import restored_on_failure, warn
 from ._backbones import _LITE0_NAME, _build_patch_backbone
 from ._embedding import _embed_patches, _PatchPlan
 from ._estimator import PretrainedFeatures, _BackboneTransformer, _size_pair
@@ -191,13 +190,12 @@ class PatchFeatures(_BackboneTransformer):
         self._load_backbone(_build_patch_backbone, rng)
         row, grid = self._probe(_embed_patches, size, f"image_size={self.image_size!r}")
         if grid == (1, 1):
-            warnings.warn(
+            warn(
                 f"image_size={self.image_size!r} gives a patch grid of one cell: "
                 "each image is a single patch, its anomaly map a single value, "
                 "and no defect is located. Use a larger image_size (the named "
                 "backbones take about 8 px a cell).",
                 UserWarning,
-                stacklevel=4,  # through the two decorators of fit
             )
         self.image_size_ = size
         self.grid_shape_ = grid

@@ -165,13 +165,12 @@ class PatchGridMixin:
                 "leave nothing to compare (the image itself then sat on the "
                 "threshold). Train on several images of good parts."
             )
-        # Warnings point at fit's caller: past this, fit and its two wrappers.
         # Raw rows (centred, in float64) within float32's resolution, which
         # the bank keeps: it cannot tell them apart, and a copy would match
         # its twin.
         rtol = None if self.backbone is not None else float(np.finfo(np.float32).eps)
         distinct, copy_of = distinct_training_images(
-            rows, True, stacklevel=6, minimum=2, rtol=rtol
+            rows, True, minimum=2, rtol=rtol
         )
         return patches[distinct], copy_of
 

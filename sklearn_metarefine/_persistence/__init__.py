@@ -14,7 +14,6 @@ See :mod:`._codec` for the tree and :mod:`._archive` for the checks.
 
 import os
 import sys
-import warnings
 
 import numpy as np
 import sklearn
@@ -22,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors import numpy as safetensors_numpy
 
 from .. import __version__
+from .._utils import warn
 from ._archive import (
     ARRAYS,
     FORMAT,
@@ -121,12 +121,11 @@ def save(estimator, path):
     for index, data in enumerate(encoder.skops):
         members[skops_member(index)] = data
     if encoder.untrusted_types:
-        warnings.warn(
+        warn(
             f"The model holds types that load does not trust by default: "
             f"{sorted(encoder.untrusted_types)}; load it with "
             f"load(path, trusted={sorted(encoder.untrusted_types)!r}).",
             UserWarning,
-            stacklevel=2,
         )
     manifest = {
         "format": FORMAT,

@@ -12,12 +12,12 @@ import hashlib
 import json
 import os
 import re
-import warnings
 import zipfile
 import zlib
 from pathlib import Path
 
 from .._atomic import atomic_write
+from .._utils import warn
 
 FORMAT = "sklearn-metarefine model"
 FORMAT_VERSION = 1
@@ -158,12 +158,11 @@ def read_archive(path):
                 )
             manifest = _parse_manifest(text, path)
             if not checked:
-                warnings.warn(
+                warn(
                     f"{path!r} records no checksum of its {MANIFEST} (files saved "
                     "by early development versions did not): damage to it, or an "
                     "edit, cannot be detected. Save the model again.",
                     UserWarning,
-                    stacklevel=3,
                 )
             members = {n: archive.read(n) for n in names if n != MANIFEST}
     except (
@@ -205,10 +204,9 @@ def warn_on_version_mismatch(recorded, installed, path):
         and recorded.get(name) != version
     ]
     if different:
-        warnings.warn(
+        warn(
             f"Model file {path!r} was written with {', '.join(different)}. It loads, "
             "but scores can differ from those at saving time; refit, or check a few "
             "known images.",
             ModelVersionWarning,
-            stacklevel=3,
         )

@@ -4,15 +4,10 @@ import copy
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import (
-    BaseEstimator,
-    MetaEstimatorMixin,
-    OutlierMixin,
-    _fit_context,
-)
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, OutlierMixin, _fit_context
 from sklearn.utils._param_validation import HasMethods, Interval, RealNotInt, StrOptions
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from ._rounds import (
     check_novelty,
@@ -32,9 +27,9 @@ from ._rounds import (
     warn_if_held_out_from_few,
     with_copies,
 )
-from ._samples import check_fence_samples, checked_samples, samples_for, take
+from ._samples import check_fence_samples, checked_samples, samples_for, take, validated
 from ._scores import anomaly_score, clean_tail_fraction, iqr_fence
-from ._utils import restored_on_failure
+from ._utils import check_nested_default, restored_on_failure
 
 _START_PARAMS = ("start", "start_fraction", "start_neighbors")
 
@@ -418,6 +413,10 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         check_novelty(self.estimator)
         super()._validate_params()
 
+    def set_params(self, **params):
+        check_nested_default(self, params, "estimator", _default_estimator)
+        return super().set_params(**params)
+
     @_fit_context(
         # the wrapped estimator's parameters are validated when it is fitted
         prefer_skip_nested_validation=False
@@ -431,7 +430,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         X : array-like of shape (n_samples, n_features)
             Training samples, possibly contaminated with anomalies. A
             DataFrame reaches the detector as a DataFrame (its rows), so that
-            a Pipeline can select columns by name.
+            a Pipeline can select columns by name; its columns must be
+            numbers (text ones are refused, named: encode them before).
 
         y : Ignored
             Not used, present for API consistency by convention.
@@ -441,7 +441,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         self : object
             Fitted estimator.
         """
-        array = validate_data(self, X)
+        array = validated(self, X)
         check_fence_samples(array)
         X = samples_for(X, array)
         warn_if_held_out_from_few(self, X.shape[0])

@@ -30,6 +30,35 @@ def values(X):
     return array.astype(np.float64) if array.dtype == object else array
 
 
+def validated(refiner, X, **kwargs):
+    """``validate_data(refiner, X, **kwargs)``, naming the columns of a
+    DataFrame that are not numbers when it fails on them: the refiner
+    compares samples by their values (copies, quartiles)."""
+    try:
+        return validate_data(refiner, X, **kwargs)
+    except ValueError as error:
+        columns = getattr(X, "columns", None)
+        text = [] if columns is None else [c for c in columns if not _numeric(X[c])]
+        if not text:
+            raise
+        owner = type(refiner).__name__
+        raise ValueError(
+            f"{owner} takes numeric columns only (it compares samples by their "
+            f"values); X has {len(text)} that are not: "
+            f"{', '.join(map(repr, text[:5]))}{', ...' if len(text) > 5 else ''}. "
+            f"Encode them in a step before it: make_pipeline(encoder, "
+            f"{owner}(detector))."
+        ) from error
+
+
+def _numeric(column):
+    try:
+        np.asarray(column, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def samples_for(X, array):
     """What the refined detector is given: ``X`` itself when it is a DataFrame
     (``array``, its validated values, keeps the checks), else ``array``."""
@@ -44,7 +73,7 @@ def checked_samples(refiner, X):
     Feature names on one side only are warned about once, by this check, and
     not again by the detector.
     """
-    array = validate_data(refiner, X, reset=False)
+    array = validated(refiner, X, reset=False)
     named, names = hasattr(refiner, "feature_names_in_"), _get_feature_names(X)
     with warnings.catch_warnings():
         if named and names is None:

@@ -33,6 +33,22 @@ def _in_layers(filename):
     )
 
 
+def check_nested_default(estimator, params, name, default):
+    """Refuse ``set_params`` of ``name__*`` while ``estimator``'s ``name`` is
+    None, standing for the estimator ``default()`` builds when fitting:
+    scikit-learn's ``set_params`` failed with an ``AttributeError`` on None
+    that named neither."""
+    nested = [key for key in params if key.startswith(f"{name}__")]
+    if nested and params.get(name, getattr(estimator, name)) is None:
+        owner = type(estimator).__name__
+        raise ValueError(
+            f"{owner}.set_params got {nested[0]}, but {name}=None, whose "
+            "default is built when fitting, has no parameters to set. Give "
+            f"the {name} itself to set them on: the default is "
+            f"{owner}({name}={default()!r})."
+        )
+
+
 def warn(message, category=UserWarning):
     """``warnings.warn`` pointing at the caller's line that led to it: the
     first frame outside this package, scikit-learn, joblib and contextlib, by

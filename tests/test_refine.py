@@ -1365,3 +1365,40 @@ def test_a_dataframe_with_bool_or_nullable_columns_is_refined(start, dtype):
     on_array = IQRRefiner(forest, **params).fit(X)
     np.testing.assert_array_equal(on_frame.inlier_mask_, on_array.inlier_mask_)
     np.testing.assert_allclose(on_frame.score_samples(frame), on_array.score_samples(X))
+
+
+def test_text_columns_are_refused_by_name():
+    # pandas' "could not convert string to float: 'x'" named neither the
+    # refiner nor the column.
+    pd = pytest.importorskip("pandas")
+    rng = np.random.RandomState(0)
+    frame = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})
+    frame["colour"] = rng.choice(["red", "blue"], 60)
+    refiner = IQRRefiner(IsolationForest(n_estimators=10), random_state=0)
+    with pytest.raises(ValueError, match=r"numeric columns only.* 1 that are not: "
+                       r"'colour'\. Encode them"):  # fmt: skip
+        refiner.fit(frame)
+    fitted = refiner.fit(frame[["a", "b"]].assign(colour=1.0))
+    with pytest.raises(ValueError, match=r"1 that are not: 'colour'"):
+        fitted.score_samples(frame)
+
+
+@pytest.mark.parametrize("owner", ["IQRRefiner", "PatchFlowDetector"])
+def test_nested_parameters_of_a_default_left_none_are_refused_with_the_fix(owner):
+    # scikit-learn's set_params: "'NoneType' object has no attribute
+    # 'set_params'", also through GridSearchCV.
+    from sklearn_metarefine import FlowDetector, MAMLFlowDetector, PatchFlowDetector
+
+    if owner == "IQRRefiner":
+        estimator, name, given = IQRRefiner(), "estimator", MAMLFlowDetector()
+        nested = {"estimator__alpha": 0.0}
+    else:
+        estimator, name, given = PatchFlowDetector(), "flow", FlowDetector()
+        nested = {"flow__max_epochs": 2}
+    with pytest.raises(ValueError, match=rf"but {name}=None.* the default is {owner}"):
+        clone(estimator).set_params(**nested)
+    (key, value), = nested.items()
+    both = clone(estimator).set_params(**{name: given}, **nested)
+    assert getattr(both, name).get_params()[key.split("__")[1]] == value
+    after = clone(estimator).set_params(**{name: given}).set_params(**nested)
+    assert getattr(after, name).get_params()[key.split("__")[1]] == value

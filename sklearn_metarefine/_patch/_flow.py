@@ -18,7 +18,7 @@ from .._scores import (
     majority_fence,
     with_clean_tail,
 )
-from .._utils import draw_seed, restored_on_failure
+from .._utils import check_nested_default, draw_seed, restored_on_failure
 from ._detector import _fence_keep
 from ._grid import GRID_CONSTRAINTS, PatchGridMixin
 
@@ -152,6 +152,17 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
         ``image_cleaning`` is on.
     offset_ : float
         ``decision_function = score_samples - offset_``.
+    input_offset_ : ndarray of shape (n_channels,) or float
+        Subtracted from every patch vector before it is scored: with
+        ``backbone=None``, zeros unless a channel lies so far from zero for
+        its spread that float32 would lose its variation (then its median);
+        0.0 with a backbone.
+    input_scale_ : float
+        The centred patch vectors are divided by it: 1.0 unless, with
+        ``backbone=None``, their largest magnitude is above 1e30 or below
+        1e-30, which float32 would turn into infinities or zeros (then a
+        power of two that brings it near 1). The flow is fitted, and its
+        likelihoods taken, in these units.
     n_features_in_ : int
         Number of features seen during fit (only with ``backbone=None``).
 
@@ -265,6 +276,10 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
         self.device = device
         self.verbose = verbose
         self.random_state = random_state
+
+    def set_params(self, **params):
+        check_nested_default(self, params, "flow", _default_flow)
+        return super().set_params(**params)
 
     @_fit_context(prefer_skip_nested_validation=True)
     @restored_on_failure

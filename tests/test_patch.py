@@ -820,3 +820,21 @@ def test_verbose_scoring_in_batches_shows_one_progress_bar(surfaces, capsys):
     shown = capsys.readouterr().err
     assert "PatchCoreDetector" in shown and "3/3" in shown
     assert "PatchFeatures" not in shown  # a bar of its own for each batch
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-35, 1e35])
+def test_raw_rows_are_scored_in_the_documented_units(scale):
+    # The scores, maps and bank of raw rows beyond float32's safe range are in
+    # units of input_scale_, as documented (they had read as the input's).
+    X = np.random.RandomState(0).normal(size=(20, 4)) * scale
+    det = PatchCoreDetector(backbone=None, coreset_fraction=1.0, random_state=0)
+    det.fit(X)
+    assert (det.input_scale_ == 1.0) == (scale == 1.0)
+    query = X[:1] * 0.5
+    nearest = np.linalg.norm(X - query, axis=1).min()
+    np.testing.assert_allclose(-det.score_samples(query) * det.input_scale_, nearest,
+                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(det.anomaly_map(query).max() * det.input_scale_,
+                               nearest, rtol=1e-5)  # fmt: skip
+    bank = det.memory_bank_ * det.input_scale_ + det.input_offset_
+    np.testing.assert_allclose(np.sort(bank, axis=0), np.sort(X, axis=0), rtol=1e-5)

@@ -149,7 +149,8 @@ class PatchCoreDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     grid_shape_ : tuple of int
         ``(height, width)`` of each image's patch grid.
     memory_bank_ : ndarray of shape (n_bank, n_channels), dtype float32
-        The bank's patch vectors, sorted by cell.
+        The bank's patch vectors, sorted by cell (with ``backbone=None``,
+        as ``(patch - input_offset_) / input_scale_``).
     bank_image_ : ndarray of shape (n_bank,), dtype int
         Training image each bank patch comes from.
     cell_centers_ : ndarray of shape (n_cells, n_channels), dtype float32
@@ -170,6 +171,17 @@ class PatchCoreDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
         ``decision_function = score_samples - offset_``.
     device_ : torch.device
         Where the search runs.
+    input_offset_ : ndarray of shape (n_channels,) or float
+        Subtracted from every patch vector before it is scored: with
+        ``backbone=None``, zeros unless a channel lies so far from zero for
+        its spread that float32 would lose its variation (then its median);
+        0.0 with a backbone.
+    input_scale_ : float
+        The centred patch vectors are divided by it: 1.0 unless, with
+        ``backbone=None``, their largest magnitude is above 1e30 or below
+        1e-30, which float32 would turn into infinities or zeros (then a
+        power of two that brings it near 1). The scores, ``offset_`` and the
+        maps are distances in these units.
     n_features_in_ : int
         Number of features seen during fit (only with ``backbone=None``).
 

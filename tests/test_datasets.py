@@ -1,6 +1,8 @@
 """Loaders on tiny trees of the real layouts, and the contamination protocol."""
 
 import math
+import re
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +220,37 @@ def test_load_mvtec_ad_pairs_masks_whatever_the_case_of_png(mvtec_root):
     assert Path(masks[image]).is_file()
 
 
+@pytest.mark.parametrize(
+    "twin",
+    ["test/crack/001.PNG", "ground_truth/crack/001_mask.PNG"],
+    ids=["images", "masks"],
+)
+def test_load_mvtec_ad_refuses_names_that_differ_in_the_suffix_case(
+    mvtec_root, twin
+):
+    # Two images got one mask; of two masks, the set's order picked one.
+    _png(mvtec_root / "bottle" / twin)
+    with pytest.raises(ValueError, match="differ only in the case of their suffix"):
+        load_mvtec_ad(mvtec_root, "bottle")
+
+
+@pytest.mark.parametrize("folder", ["train/good", "test/crack", "ground_truth/crack"])
+def test_load_mvtec_ad_names_a_link_to_no_file(mvtec_root, tmp_path, folder):
+    # Images behind broken links were left out without a word.
+    link = mvtec_root / "bottle" / folder / "009.png"
+    link.symlink_to(tmp_path / "elsewhere" / "009.png")
+    with pytest.raises(FileNotFoundError, match="point to no file") as error:
+        load_mvtec_ad(mvtec_root, "bottle")
+    assert f"{link} -> {tmp_path / 'elsewhere' / '009.png'}" in str(error.value)
+
+
+@pytest.mark.parametrize("category", ["", ".", "..", "bottle/test", "/abs/bottle"])
+def test_load_mvtec_ad_takes_a_folder_name_as_category(mvtec_root, category):
+    # An absolute path was loaded with root ignored; "." and ".." left it.
+    with pytest.raises(ValueError, match="name of a folder under root"):
+        load_mvtec_ad(mvtec_root, category)
+
+
 def test_load_mvtec_ad_rejects_unknown_split(mvtec_root):
     with pytest.raises(InvalidParameterError, match="split"):
         load_mvtec_ad(mvtec_root, "bottle", split="validation")
@@ -336,6 +369,27 @@ def test_load_ksdd2_pairs_masks_whatever_the_case_of_png(ksdd2_root):
     assert data.target.tolist() == [0, 1, 1, 0]
 
 
+def test_load_ksdd2_refuses_masks_that_differ_in_the_suffix_case(ksdd2_root):
+    # 10001_GT.png marks a defect, a stray 10001_GT.PNG none: the label
+    # depended on the order of a set (the hash seed).
+    _png(ksdd2_root / "train/10001_GT.PNG")
+    with pytest.raises(ValueError, match="10001_GT.* differ only in the case"):
+        load_ksdd2(ksdd2_root)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P"])
+def test_load_ksdd2_labels_black_masks_of_any_mode_good(ksdd2_root, mode):
+    # An opaque alpha channel, or palette indices, read as defect pixels.
+    mask = Image.new(mode, (6, 4))
+    if mode == "RGBA":
+        mask.putdata([(0, 0, 0, 255)] * 24)
+    else:
+        mask.putpalette([255, 255, 255] + [0, 0, 0] * 255)
+        mask.putdata([1] * 24)  # index 1 is black
+    mask.save(ksdd2_root / "train/10000_GT.png")
+    assert load_ksdd2(ksdd2_root, split="train").target.tolist() == [0, 1, 1, 0]
+
+
 def test_load_ksdd2_orphan_gt(ksdd2_root):
     orphan = ksdd2_root / "test/20009_GT.png"
     _png(orphan)
@@ -384,8 +438,8 @@ def test_make_contaminated_properties(seed):
 
     if isinstance(test_size, int):
         n_test = test_size
-    else:
-        n_test = math.ceil(test_size * n_normal)
+    else:  # of the decimal written, as the noise
+        n_test = math.ceil(Fraction(str(test_size)) * n_normal)
     n_train_normal = n_normal - n_test
     needed = _round_half_up(noise * n_train_normal / (1 - noise))
     feasible = n_test <= min(n_normal, n_anomalous) and n_train_normal >= 1
@@ -466,6 +520,14 @@ def test_make_contaminated_float_test_size_rounds_up():
     assert len(data.y_test) == 2 * 16
 
 
+@pytest.mark.parametrize("n_normal, test_size", [(25, 0.28), (50, 0.14)])
+def test_a_float_test_size_is_the_share_written(n_normal, test_size):
+    # In floats 0.28 * 25 is 7.000000000000001, which rounded up to 8.
+    y = _labels(n_normal, 40)
+    data = make_contaminated(np.arange(len(y)), y, test_size=test_size, random_state=0)
+    assert (data.y_test == 0).sum() == 7
+
+
 def test_make_contaminated_default_test_size_is_a_quarter_of_normals():
     y = _labels(50, 100)
     data = make_contaminated(np.arange(150), y, noise=0.0, random_state=0)
@@ -501,10 +563,32 @@ def test_make_contaminated_not_enough_anomalies_message():
     # 20 anomalies next to 60 normal samples.
     assert "largest achievable noise is 0.2500" in message
     assert "overlap=True" in message and "smaller test_size" in message
-    assert "train_size <= 40" in message
+    assert "train_size=40 (the largest at this noise)" in message
     # The suggested train_size does reach the requested noise.
     data = make_contaminated(np.arange(120), y, noise=0.5, test_size=20, train_size=40)
     assert data.y_train.mean() == 0.5
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_a_suggested_train_size_works(seed):
+    # The advice named train sizes that were refused in turn (no anomaly
+    # left, train_size <= 0, or more normal samples than there are).
+    rng = np.random.RandomState(seed)
+    n_normal, n_anomalous = rng.randint(3, 60), rng.randint(1, 30)
+    noise = float(rng.choice([0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9]))
+    y = _labels(n_normal, n_anomalous, seed)
+    kwargs = dict(noise=noise, test_size=int(rng.randint(1, n_anomalous + 1)))
+    if rng.rand() < 0.5:
+        kwargs["train_size"] = int(rng.randint(2, 80))
+    try:
+        make_contaminated(np.arange(len(y)), y, random_state=0, **kwargs)
+    except ValueError as error:
+        suggested = re.search(r"train_size=(\d+) \(the largest", str(error))
+        if suggested:
+            kwargs["train_size"] = int(suggested.group(1))
+            data = make_contaminated(np.arange(len(y)), y, random_state=0, **kwargs)
+            assert len(data.y_train) == kwargs["train_size"]
+        assert not ("smaller noise" in str(error) and "only 0 anomalies" in str(error))
 
 
 def test_make_contaminated_largest_noise_is_achievable():

@@ -210,6 +210,13 @@ def test_a_defect_the_category_lacks_is_named_in_the_error():
         make_surfaces("metal", defect_types=["scratch", "scratch", "stain"])
 
 
+def test_an_unordered_set_of_defect_types_is_refused():
+    # The draws followed the set's order, which changes with the hash seed:
+    # the same random_state gave other images from one run to the next.
+    with pytest.raises(TypeError, match=r"a set \(\['crack', 'hole'\]\).*a list"):
+        make_surfaces("wood", n_anomalous=2, defect_types={"hole", "crack"})
+
+
 def test_no_image_requested_is_an_error():
     with pytest.raises(ValueError, match="at least one image"):
         make_surfaces("metal", n_normal=0, n_anomalous=0)

@@ -54,7 +54,7 @@ def make_contaminated(
     X : array-like of shape (n_samples, ...) or list of length n_samples
         The samples: an array indexed on its first axis (feature vectors,
         images) or a list (e.g. the ``filenames`` of a loader). The returned
-        sets have the same type.
+        sets have the same type (lists for a tuple).
 
     y : array-like of shape (n_samples,)
         1 for an anomalous sample, 0 for a normal one, as the loaders of this
@@ -264,7 +264,9 @@ def _test_count(test_size, normal, anomalous, split):
     if isinstance(test_size, Integral):
         n_test = int(test_size)
     else:
-        n_test = math.ceil(test_size * n_normal)
+        # Exactly: 0.28 * 25 is 7.000000000000001 in floats, which rounded up
+        # to 8.
+        n_test = math.ceil(_exact(test_size) * n_normal)
     if n_test > n_normal or n_test > n_anomalous:
         raise ValueError(
             f"test_size={test_size} asks for {n_test} normal and {n_test} "
@@ -313,11 +315,13 @@ def _train_counts(
             '"train" side). Use a smaller train_size or test_size.'
         )
     if n_anomalous > n_anomalous_pool:
-        remedies = [
-            "a smaller noise",
-            f"train_size <= {_largest_train_size(noise, n_anomalous_pool)} "
-            "(this noise on a smaller training set)",
-        ]
+        remedies = ["a smaller noise" if n_anomalous_pool else "noise=0"]
+        # This noise on a smaller training set, where one exists: it must
+        # keep an anomaly and a normal sample, within the normal pool.
+        size = _largest_train_size(noise, n_anomalous_pool)
+        kept = _round_half_up(_exact(noise) * size)
+        if kept >= 1 and 1 <= size - kept <= n_normal_pool:
+            remedies.append(f"train_size={size} (the largest at this noise)")
         if overlap:
             source = f"{n_anomalous_total} in all, all eligible as overlap=True"
         else:

@@ -15,15 +15,38 @@ def _absolute(root):
 
 
 def _png_files(folder):
+    """The PNG files of ``folder``, sorted.
+
+    Refuses a link to no file (it was dropped without a word) and two names
+    that differ only in the suffix's case (``000.png`` and ``000.PNG``): a
+    mask is named after its image with ``.png``, so the two would share one
+    mask, or two masks one image, which one decided by the listing's order.
+    """
     # Archives extracted on macOS leave hidden "._name.png" companions that
     # are not images.
-    return sorted(
+    found = [
         path
         for path in folder.iterdir()
-        if path.is_file()
-        and path.suffix.lower() == ".png"
-        and not path.name.startswith(".")
-    )
+        if path.suffix.lower() == ".png" and not path.name.startswith(".")
+    ]
+    broken = sorted(path for path in found if path.is_symlink() and not path.exists())
+    if broken:
+        shown = [f"{link} -> {os.readlink(link)}" for link in broken[:_MAX_LISTED]]
+        raise FileNotFoundError(
+            f"{len(broken)} PNG link(s) in {folder} point to no file: "
+            f"{', '.join(shown)}. Restore their targets or remove the links."
+        )
+    files = sorted(path for path in found if path.is_file())
+    by_name = {}
+    for path in files:
+        twin = by_name.setdefault(path.with_suffix(".png"), path)
+        if twin != path:
+            raise ValueError(
+                f"{twin} and {path} differ only in the case of their suffix: "
+                "images and masks are paired by name with .png, so one of them "
+                "would be paired with the other's file. Remove or rename one."
+            )
+    return files
 
 
 def _subfolders(folder):

@@ -61,7 +61,8 @@ def load_ksdd2(root, *, split="all"):
 
     Nothing is downloaded. Each image is paired with its ``_GT`` mask, and the
     label is read from the mask: an image is defective when its mask has any
-    non-zero pixel. Only the masks are decoded, not the images.
+    non-zero pixel (of its intensity: an alpha channel or a palette's indices
+    do not count). Only the masks are decoded, not the images.
 
     Parameters
     ----------
@@ -101,10 +102,13 @@ def load_ksdd2(root, *, split="all"):
     ------
     FileNotFoundError
         If `root` or a requested split folder is missing or holds no image, if
-        an image has no ``_GT`` mask, or if a mask has no image. The message
-        names the path and says where to get the data.
+        an image has no ``_GT`` mask, if a mask has no image, or if a PNG is
+        a link to no file. The message names the path and says where to get
+        the data.
     ValueError
-        If a mask cannot be read (not an image, or cut short), naming it.
+        If a mask cannot be read (not an image, or cut short), naming it, or
+        two files differ only in the case of their suffix (``1_GT.png`` and
+        ``1_GT.PNG``).
 
     See Also
     --------
@@ -214,7 +218,9 @@ def _split_samples(root, split):
 def _has_defect(mask_path, image):
     try:
         with Image.open(mask_path) as mask:
-            return bool(np.asarray(mask).any())
+            # By intensity: an alpha channel or palette indices are not
+            # defect pixels.
+            return bool(np.asarray(mask.convert("L")).any())
     except Exception as error:  # not an image, truncated, unreadable
         raise ValueError(
             f"KolektorSDD2 mask {mask_path} (of {image}) cannot be read: {error}. "

@@ -126,8 +126,13 @@ def load_mvtec_ad(root, category, *, split="all"):
     ------
     FileNotFoundError
         If `root`, the category, or the requested split is missing or holds no
-        image, if a defective test image has no mask, or if a mask has no
-        image. The message names the path and says where to get the data.
+        image, if a defective test image has no mask, if a mask has no
+        image, or if a PNG is a link to no file. The message names the path
+        and says where to get the data.
+    ValueError
+        If `category` is not a folder name (a path, ``"."`` or ``".."``), or
+        two files of a folder differ only in the case of their suffix
+        (``000.png`` and ``000.PNG``, which would share one mask).
 
     See Also
     --------
@@ -199,6 +204,15 @@ def load_mvtec_ad(root, category, *, split="all"):
 
 
 def _category_folder(root, category):
+    # A path (absolute, or up and down) would leave root; "." and ".." are
+    # root and its parent.
+    if category in ("", ".", "..") or os.path.basename(category) != category or (
+        os.altsep and os.altsep in category
+    ):
+        raise ValueError(
+            f"category must be the name of a folder under root, such as "
+            f"'bottle', got {category!r}."
+        )
     if not root.is_dir():
         raise FileNotFoundError(
             f"MVTec AD root folder {root} does not exist or is not a folder. "

@@ -714,6 +714,17 @@ def test_noise_levels_that_share_a_run_file_are_refused(tmp_path):
         "digit3_noise0.0000_rep0_lof.json"
     ]
     assert "-0%" not in result.report
+    # Levels of two calls: the finished run was "the results of another run",
+    # and the advice to delete it threw it away.
+    params = dict(categories=["3"], models=["lof"], repeats=1, config=TINY_CONFIG,
+                  output=tmp_path / "y", n_jobs=1, progress=False)  # fmt: skip
+    run_benchmark(noise=[0.1], **params)
+    record = tmp_path / "y" / "runs" / "digit3_noise0.1000_rep0_lof.json"
+    kept = record.read_bytes()
+    with pytest.raises(BenchmarkError, match=r"holds the noise level 0\.1, which "
+                       r"shares its file with the level 0\.10001.*--noise 0\.1 to"):
+        run_benchmark(noise=[0.10001], **params)
+    assert record.read_bytes() == kept
 
 
 @pytest.mark.parametrize("category", ["/data/mvtec/bottle", "bottle/", "..", "a\\b"])

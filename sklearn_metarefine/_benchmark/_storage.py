@@ -302,7 +302,18 @@ def read_run(runs_folder, run):
         raise BenchmarkError(
             f"The run record {path} lacks {', '.join(missing)}. {remedy}"
         )
-    if any(record[field] != value for field, value in asdict(run).items()):
+    fields, stored = asdict(run), record["noise"]
+    if stored != run.noise and all(
+        record[field] == value for field, value in fields.items() if field != "noise"
+    ):
+        # Another level that shares the file's 4 decimals: a finished run.
+        raise BenchmarkError(
+            f"The run record {path} holds the noise level {stored!r}, which "
+            f"shares its file with the level {run.noise!r} asked for now (run "
+            f"files name levels with 4 decimals). Pass --noise {stored!r} to "
+            "use it, or write this level's runs to another --output folder."
+        )
+    if any(record[field] != value for field, value in fields.items()):
         raise BenchmarkError(
             f"The run record {path} holds the results of another run. {remedy}"
         )

@@ -23,6 +23,7 @@ from ._benchmark._config import (
 )
 from ._benchmark._storage import check_output, read_json
 from ._signals import stop_status, stopped, terminated_as_interrupt
+from ._utils import surrogates_escaped
 
 _BACKBONES = ("efficientnet_lite0", "alexnet", "resnet18", "wide_resnet50_2")
 
@@ -561,11 +562,13 @@ def main(argv=None):
         stderr says why and what to do), 2 for a command-line usage error,
         130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM).
     """
-    for stream in (sys.stdout, sys.stderr):
-        # Messages name files, whose names may not be UTF-8: their own bytes
-        # are printed (as _image_files.PATH_ERRORS writes them to CSV files).
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="surrogateescape")
+    # Messages name files, whose names may not be UTF-8: their own bytes are
+    # printed (as _image_files.PATH_ERRORS writes them to CSV files).
+    with surrogates_escaped(sys.stdout, sys.stderr):
+        return _main(argv)
+
+
+def _main(argv):
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -1,8 +1,6 @@
 """MetaRefineDetector: pretrained features, a MAML flow and IQR refinement,
 or, at the patch level, a memory bank of patches cleaned of defects."""
 
-import warnings
-
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.pipeline import Pipeline
@@ -18,7 +16,7 @@ from ._refine import IQRRefiner
 from ._rounds import FewHeldOutWarning, smallest_fit, warn_if_held_out_from_few
 from ._samples import distinct_training_images
 from ._scores import contamination_offset
-from ._utils import draw_seed, forget, restored_on_failure
+from ._utils import draw_seed, forget, restored_on_failure, silenced
 
 # What the detector forwards to each component, beyond n_views, device,
 # verbose and random_state, which every component gets in its own way.
@@ -444,15 +442,13 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         features = X
         for _, step in pipeline.steps[:-1]:
             features = step.fit_transform(features)
-        # Warnings point at fit's caller: past the helper and the two wrappers.
         near = self.backbone is not None  # the CNN's rounding varies by batch
         distinct, copy_of = distinct_training_images(features, near)
         refiner = pipeline.steps[-1][1]
         self._size_flow(refiner.estimator, len(distinct))
         name, n = type(self).__name__, len(distinct)
         warn_if_held_out_from_few(refiner, n, name=name, unit="images")
-        with warnings.catch_warnings():  # the refiner's would say it of samples
-            warnings.simplefilter("ignore", FewHeldOutWarning)
+        with silenced(FewHeldOutWarning):  # the refiner's would say it of samples
             refiner.fit(features[distinct])
         self.pipeline_, self.refiner_ = pipeline, refiner
         self.inlier_mask_ = refiner.inlier_mask_

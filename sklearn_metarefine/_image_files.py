@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._features._images import check_file_header, decode_file, warnings_naming
+from ._utils import catching_warnings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -229,7 +230,7 @@ def check_image_file(path):
     that ``read_image`` would take, as far as its header shows: a file cut
     short in its pixel data passes here and fails in ``read_image``."""
     where = f"image file {os.fspath(path)!r}"
-    with warnings.catch_warnings(), _unreadable(where):
+    with catching_warnings(), _unreadable(where):
         warnings.simplefilter("ignore")  # read_image gives them, naming the file
         check_file_header(path, where)
 

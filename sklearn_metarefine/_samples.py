@@ -10,7 +10,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import _safe_indexing
 from sklearn.utils.validation import _get_feature_names, validate_data
 
-from ._utils import warn
+from ._utils import catching_warnings, warn
 
 # Below four scores the quartiles are interpolated between the same few order
 # statistics and the fence says nothing about the tail.
@@ -75,12 +75,15 @@ def checked_samples(refiner, X):
     """
     array = validated(refiner, X, reset=False)
     named, names = hasattr(refiner, "feature_names_in_"), _get_feature_names(X)
-    with warnings.catch_warnings():
-        if named and names is None:
-            warnings.filterwarnings(
-                "ignore", "X does not have valid feature names", UserWarning
-            )
-        yield X if hasattr(X, "columns") and (named or names is None) else array
+    samples = X if hasattr(X, "columns") and (named or names is None) else array
+    if not (named and names is None):
+        yield samples
+        return
+    with catching_warnings():
+        warnings.filterwarnings(
+            "ignore", "X does not have valid feature names", UserWarning
+        )
+        yield samples
 
 
 def check_fence_samples(X):

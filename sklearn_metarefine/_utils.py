@@ -2,12 +2,14 @@
 here)."""
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import importlib.util
 import numbers
 import os
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -49,11 +51,59 @@ def check_nested_default(estimator, params, name, default):
         )
 
 
+# The categories of this package's warnings that ``silenced`` drops, in the
+# thread (the context) that set them.
+_SILENCED = contextvars.ContextVar("silenced", default=())
+
+
+@contextlib.contextmanager
+def silenced(category):
+    """Drop this package's warnings of ``category`` (given through ``warn``)
+    inside, in this thread only: ``warnings.catch_warnings`` changes the
+    filters of every thread."""
+    token = _SILENCED.set(_SILENCED.get() + (category,))
+    try:
+        yield
+    finally:
+        _SILENCED.reset(token)
+
+
+@contextlib.contextmanager
+def surrogates_escaped(*streams):
+    """Text ``streams`` writing the bytes of names that are not UTF-8 (held
+    as surrogate escapes) inside, with their own error handlers again on
+    leaving."""
+    handlers = [(s, s.errors) for s in streams if hasattr(s, "reconfigure")]
+    for stream, _ in handlers:
+        stream.reconfigure(errors="surrogateescape")
+    try:
+        yield
+    finally:
+        for stream, errors in handlers:
+            stream.reconfigure(errors=errors)
+
+
+_CATCHING = threading.RLock()
+
+
+@contextlib.contextmanager
+def catching_warnings(**kwargs):
+    """``warnings.catch_warnings(**kwargs)``, one thread at a time: it sets
+    the process's filters (and, recording, where warnings go) and restores
+    those it found when left, so two threads inside at once left one's
+    settings in place for good (every later warning recorded to a list
+    nobody read, or a scikit-learn warning ignored)."""
+    with _CATCHING, warnings.catch_warnings(**kwargs) as caught:
+        yield caught
+
+
 def warn(message, category=UserWarning):
     """``warnings.warn`` pointing at the caller's line that led to it: the
     first frame outside this package, scikit-learn, joblib and contextlib, by
     whichever path the warning is raised (a fixed ``stacklevel`` points into
     the package when a method is reached through another)."""
+    if issubclass(category, _SILENCED.get()):
+        return
     frame, level = sys._getframe(1), 2
     while frame.f_back is not None and _in_layers(frame.f_code.co_filename):
         frame, level = frame.f_back, level + 1

@@ -9,7 +9,7 @@ import torch
 from PIL import ExifTags, Image, ImageOps
 from sklearn.utils.validation import check_array
 
-from .._utils import file_digest, is_whole, warn
+from .._utils import catching_warnings, file_digest, is_whole, warn
 from ._embedding import _resize
 
 
@@ -17,7 +17,7 @@ from ._embedding import _resize
 def warnings_naming(path):
     """Re-emit the warnings of reading ``path`` (Pillow's of a very large
     image) with its name in front, when the reading succeeded."""
-    with warnings.catch_warnings(record=True) as caught:
+    with catching_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
     for warning in caught:

@@ -1,8 +1,9 @@
 """The log-likelihood of a fitted flow detector's model, in float64."""
 
+import copy
+
 import numpy as np
 import torch
-from torch.func import functional_call
 
 from .._utils import standardise
 from ._modules import log_prob
@@ -13,12 +14,14 @@ _SCORING_BATCH_ROWS = 4096
 
 
 def log_likelihood(module, X, mean, scale, projection, n_views):
-    """Mean log-likelihood over views, in float64, without touching the net."""
+    """Mean log-likelihood over views, in float64, without touching the net.
+
+    A float64 copy of the net scores: swapping its parameters for float64
+    ones in place (``functional_call``) left, when two threads scored one
+    detector at once, the other thread's float64 copies in the fitted net.
+    """
     device = next(module.parameters()).device
-    state = {
-        name: (t.detach().double() if t.is_floating_point() else t)
-        for name, t in module.state_dict().items()
-    }
+    scorer = copy.deepcopy(module).double()
     per_view = X.shape[1] // n_views
     std_rows = standardise(X.reshape(-1, per_view), mean, scale)
     # Rows beyond float64 once standardised have zero likelihood; passed on,
@@ -33,7 +36,7 @@ def log_likelihood(module, X, mean, scale, projection, n_views):
             batch = torch.as_tensor(
                 rows[start : start + _SCORING_BATCH_ROWS], device=device
             )
-            z, log_det = functional_call(module, state, (batch,))
+            z, log_det = scorer(batch)
             out[start : start + len(batch)] = log_prob(z, log_det).cpu().numpy()
     per_row = out + outside_flow
     # NaN from a finite row: the net's arithmetic broke down far out.

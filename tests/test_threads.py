@@ -1,0 +1,163 @@
+"""One fitted detector used from two threads at once: the same results as one
+after the other, and the process's warning settings and the fitted net as
+they were."""
+
+import contextlib
+import io
+import sys
+import threading
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import validate_data
+
+import sklearn_metarefine._image_files as image_files
+from sklearn_metarefine import FlowDetector, IQRRefiner
+from sklearn_metarefine.__main__ import main
+
+TINY = dict(n_blocks=2, hidden_size=8, max_epochs=2, device="cpu", random_state=0)
+
+
+def _warning_settings():
+    return list(warnings.filters), warnings.showwarning, warnings._showwarnmsg_impl
+
+
+def _overlapped(call, hold):
+    """``call()`` in two threads, the first inside ``hold`` (a context the
+    calls pass through) until the second has entered it or 2 s have passed,
+    the second staying in it 0.2 s: the first leaves first, as in the
+    interleaving that left the second's saved settings in place."""
+    entered, first = threading.Event(), threading.Event()
+
+    @contextlib.contextmanager
+    def held():
+        if not first.is_set():
+            first.set()
+            yield
+            entered.wait(2.0)
+        else:
+            entered.set()
+            yield
+            threading.Event().wait(0.2)
+
+    errors = []
+
+    def run():
+        try:
+            with hold(held):
+                call()
+        except Exception as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    one = threading.Thread(target=run)
+    one.start()
+    first.wait(2.0)
+    two = threading.Thread(target=run)
+    two.start()
+    one.join()
+    two.join()
+    assert not errors, errors
+
+
+def test_reading_image_files_in_two_threads_restores_the_warning_settings(
+    tmp_path, monkeypatch
+):
+    # catch_warnings(record=True) around each file: the first thread out
+    # restored the settings, the second its copy of the first's, and every
+    # later warning of the process went to a list nobody read.
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    decode = image_files.decode_file
+
+    @contextlib.contextmanager
+    def hold(held):
+        def decode_held(*args):
+            with held():
+                return decode(*args)
+
+        monkeypatch.setattr(image_files, "decode_file", decode_held)
+        yield
+
+    before = _warning_settings()
+    _overlapped(lambda: image_files.read_image(path), hold)
+    assert _warning_settings() == before
+    with pytest.warns(UserWarning, match="reaches the user"):
+        warnings.warn("reaches the user")
+
+
+class _Held(OutlierMixin, BaseEstimator):
+    """A detector whose scoring passes through ``self.held``, if set."""
+
+    def fit(self, X, y=None):
+        validate_data(self, X)
+        self.offset_ = -1.0
+        return self
+
+    def score_samples(self, X):
+        X = validate_data(self, X, reset=False)
+        with getattr(self, "held", contextlib.nullcontext)():
+            return -np.abs(np.asarray(X, dtype=float)).sum(axis=1)
+
+
+def test_a_refiner_scoring_in_two_threads_restores_the_warning_filters():
+    # The filter that keeps the detector from repeating the names warning
+    # was left in place: scikit-learn's warning was ignored process-wide.
+    X = np.random.RandomState(0).normal(size=(40, 3))
+    refiner = IQRRefiner(_Held(), random_state=0)
+    refiner.fit(pd.DataFrame(X, columns=["a", "b", "c"]))
+
+    @contextlib.contextmanager
+    def hold(held):
+        refiner.estimator_.held = held
+        yield
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the names warning itself
+        before = _warning_settings()
+        _overlapped(lambda: refiner.score_samples(X), hold)
+        assert _warning_settings() == before
+
+
+def test_scoring_leaves_the_fitted_net_untouched():
+    # The float64 scoring swapped the net's parameters for float64 copies in
+    # place; two threads scoring at once left those in the fitted net (and a
+    # refit failed on mixed dtypes).
+    X = np.random.RandomState(0).normal(size=(60, 6))
+    det = FlowDetector(**TINY).fit(X)
+    module = det.net_.module_
+    seen = []
+    module.register_forward_pre_hook(
+        lambda *_: seen.append({p.dtype for p in module.parameters()})
+    )
+    expected = det.score_samples(X)
+    assert seen and all(dtypes == {torch.float32} for dtypes in seen)
+    results, threads = [], []
+    for _ in range(2):
+        threads.append(
+            threading.Thread(
+                target=lambda: results.extend(det.score_samples(X) for _ in range(20))
+            )
+        )
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 40
+    for scores in results:
+        np.testing.assert_array_equal(scores, expected)
+    assert {p.dtype for p in module.parameters()} == {torch.float32}
+
+
+def test_the_command_line_restores_the_streams_error_handlers(monkeypatch):
+    # main() set surrogateescape on sys.stdout and sys.stderr for good.
+    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
+    err = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="backslashreplace")
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main([]) == 2
+    assert (out.errors, err.errors) == ("strict", "backslashreplace")

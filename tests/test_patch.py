@@ -838,3 +838,23 @@ def test_raw_rows_are_scored_in_the_documented_units(scale):
                                nearest, rtol=1e-5)  # fmt: skip
     bank = det.memory_bank_ * det.input_scale_ + det.input_offset_
     np.testing.assert_allclose(np.sort(bank, axis=0), np.sort(X, axis=0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["score_samples", "anomaly_map"])
+def test_raw_rows_in_batches_are_checked_once(method):
+    # Each batch of batch_size images repeated the names warning (4 for 100).
+    pd = pytest.importorskip("pandas")
+    X = np.random.RandomState(0).normal(size=(100, 36))
+    frame = pd.DataFrame(X, columns=[f"c{i}" for i in range(36)])
+    det = PatchCoreDetector(
+        backbone=None, grid_shape=(3, 3), coreset_fraction=0.5, batch_size=32,
+        random_state=0,
+    ).fit(frame)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batched = getattr(det, method)(X)
+    assert [str(w.message)[:40] for w in caught] == [
+        "X does not have valid feature names, but"
+    ]
+    whole = getattr(det.set_params(batch_size=100), method)(frame)
+    np.testing.assert_array_equal(batched, whole)

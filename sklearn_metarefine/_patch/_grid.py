@@ -212,12 +212,13 @@ class PatchGridMixin:
         self.grid_shape_ = self.features_.grid_shape_
         return self._as_patches(rows), rows
 
-    def _patches(self, X, quiet=False):
+    def _patches(self, X, quiet=False, checked=False):
         """Patch vectors ``(n_images, n_cells, n_channels)`` of new images;
-        ``quiet``: without the CNN's progress bar (one part of several)."""
+        ``quiet``: without the CNN's progress bar (one part of several);
+        ``checked``: raw rows that ``_checked_rows`` gave."""
         check_is_fitted(self)
         if self.features_ is None:
-            rows = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+            rows = X if checked else self._checked_rows(X)
             rows = self._centred(rows) / self.input_scale_
         else:
             features = self.features_
@@ -285,6 +286,10 @@ class PatchGridMixin:
         n_images = self._image_count(X)
         if n_images is None or n_images <= self.batch_size:
             return compute(self._patches(X))
+        # Raw rows checked once: a batch each repeated the checks' warnings.
+        checked = self.features_ is None
+        if checked:
+            X = self._checked_rows(X)
         step = self.batch_size
         starts = tqdm(
             range(0, n_images, step),
@@ -292,10 +297,16 @@ class PatchGridMixin:
             unit="batch",
             disable=not self.verbose,
         )
-        parts = [compute(self._patches(X[at : at + step], quiet=True)) for at in starts]
+        parts = [
+            compute(self._patches(X[at : at + step], quiet=True, checked=checked))
+            for at in starts
+        ]
         if isinstance(parts[0], tuple):
             return tuple(np.concatenate(column) for column in zip(*parts))
         return np.concatenate(parts)
+
+    def _checked_rows(self, X):
+        return validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
 
     def _image_count(self, X):
         """How many images ``X`` holds along its first axis; None where that is

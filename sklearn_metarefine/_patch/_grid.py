@@ -287,6 +287,7 @@ class PatchGridMixin:
         if n_images is None or n_images <= self.batch_size:
             return compute(self._patches(X))
         # Raw rows checked once: a batch each repeated the checks' warnings.
+        check_is_fitted(self)
         checked = self.features_ is None
         if checked:
             X = self._checked_rows(X)

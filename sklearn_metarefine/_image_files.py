@@ -2,13 +2,11 @@
 
 import os
 import tempfile
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._features._images import check_file_header, decode_file, warnings_naming
-from ._utils import catching_warnings
+from ._features._images import check_file_header, decode_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -217,11 +215,10 @@ def read_image(path):
     """The pixels of an image file as the detectors read them.
 
     Raises UnreadableImageError, naming the file, when it cannot be decoded.
-    Warnings while decoding it (Pillow's of a very large image) name it too.
+    Pillow's warnings of opening it (of a very large image) name it too.
     """
     where = f"image file {os.fspath(path)!r}"
-    # Outside the try: a warning a filter turns into an error stays one.
-    with warnings_naming(path), _unreadable(where):
+    with _unreadable(where):
         return decode_file(path, where)
 
 
@@ -230,8 +227,7 @@ def check_image_file(path):
     that ``read_image`` would take, as far as its header shows: a file cut
     short in its pixel data passes here and fails in ``read_image``."""
     where = f"image file {os.fspath(path)!r}"
-    with catching_warnings(), _unreadable(where):
-        warnings.simplefilter("ignore")  # read_image gives them, naming the file
+    with _unreadable(where):  # its warnings are read_image's to give
         check_file_header(path, where)
 
 
@@ -240,6 +236,8 @@ def _unreadable(where):
     """Any error of reading the image file ``where`` as UnreadableImageError."""
     try:
         yield
+    except Warning:  # a warning a filter made an error stays one
+        raise
     except Exception as error:
         # PIL signals undecodable files with several types (OSError,
         # SyntaxError, ValueError, DecompressionBombError); all mean the same

@@ -537,8 +537,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             ``decision_function``).
         """
         check_is_fitted(self)
-        with checked_samples(self, X) as samples:
-            return -anomaly_score(self.estimator_, samples)
+        return -anomaly_score(self.estimator_, checked_samples(self, X))
 
     def decision_function(self, X):
         """Score of each sample relative to the decision boundary.
@@ -596,5 +595,4 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
             ``estimator_.score(X, y)``.
         """
         check_is_fitted(self)
-        with checked_samples(self, X) as samples:
-            return self.estimator_.score(samples, y)
+        return self.estimator_.score(checked_samples(self, X), y)

@@ -2,15 +2,12 @@
 refined detector takes them (arrays, or DataFrames for detectors that select
 columns by name)."""
 
-import warnings
-from contextlib import contextmanager
-
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import _safe_indexing
 from sklearn.utils.validation import _get_feature_names, validate_data
 
-from ._utils import catching_warnings, warn
+from ._utils import warn
 
 # Below four scores the quartiles are interpolated between the same few order
 # statistics and the fence says nothing about the tail.
@@ -39,7 +36,7 @@ def validated(refiner, X, **kwargs):
     except ValueError as error:
         columns = getattr(X, "columns", None)
         text = [] if columns is None else [c for c in columns if not _numeric(X[c])]
-        if not text:
+        if not text or "feature names" in str(error):  # names first, as checked
             raise
         owner = type(refiner).__name__
         raise ValueError(
@@ -65,25 +62,25 @@ def samples_for(X, array):
     return X if hasattr(X, "columns") else array
 
 
-@contextmanager
 def checked_samples(refiner, X):
     """``X`` checked against the fitted ``refiner``, as its detector takes it:
     a DataFrame as in ``fit``, but an array where only ``X`` has feature names.
 
-    Feature names on one side only are warned about once, by this check, and
-    not again by the detector.
+    Feature names on one side only are warned about once, by this check: an
+    array for a refiner fitted on a DataFrame reaches the detector as a
+    pandas DataFrame of the fitted names, which it takes without a word (a
+    filter of the warning, set around the detector's scoring, changed it for
+    every thread of the process).
     """
     array = validated(refiner, X, reset=False)
     named, names = hasattr(refiner, "feature_names_in_"), _get_feature_names(X)
-    samples = X if hasattr(X, "columns") and (named or names is None) else array
-    if not (named and names is None):
-        yield samples
-        return
-    with catching_warnings():
-        warnings.filterwarnings(
-            "ignore", "X does not have valid feature names", UserWarning
-        )
-        yield samples
+    if named and names is None:
+        try:
+            import pandas as pd
+        except ImportError:  # the detector repeats the warning
+            return array
+        return pd.DataFrame(array, columns=refiner.feature_names_in_)
+    return X if hasattr(X, "columns") and (named or names is None) else array
 
 
 def check_fence_samples(X):

@@ -9,7 +9,6 @@ import importlib.util
 import numbers
 import os
 import sys
-import threading
 import warnings
 
 import numpy as np
@@ -81,20 +80,6 @@ def surrogates_escaped(*streams):
     finally:
         for stream, errors in handlers:
             stream.reconfigure(errors=errors)
-
-
-_CATCHING = threading.RLock()
-
-
-@contextlib.contextmanager
-def catching_warnings(**kwargs):
-    """``warnings.catch_warnings(**kwargs)``, one thread at a time: it sets
-    the process's filters (and, recording, where warnings go) and restores
-    those it found when left, so two threads inside at once left one's
-    settings in place for good (every later warning recorded to a list
-    nobody read, or a scikit-learn warning ignored)."""
-    with _CATCHING, warnings.catch_warnings(**kwargs) as caught:
-        yield caught
 
 
 def warn(message, category=UserWarning):

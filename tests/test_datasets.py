@@ -377,17 +377,28 @@ def test_load_ksdd2_refuses_masks_that_differ_in_the_suffix_case(ksdd2_root):
         load_ksdd2(ksdd2_root)
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "P"])
-def test_load_ksdd2_labels_black_masks_of_any_mode_good(ksdd2_root, mode):
-    # An opaque alpha channel, or palette indices, read as defect pixels.
-    mask = Image.new(mode, (6, 4))
-    if mode == "RGBA":
-        mask.putdata([(0, 0, 0, 255)] * 24)
+@pytest.mark.parametrize("mode", ["RGBA", "P", "LA"])
+@pytest.mark.parametrize("defect", [None, (1, 0, 0), (0, 0, 3)])
+def test_load_ksdd2_reads_masks_of_any_mode_by_their_colour(ksdd2_root, mode, defect):
+    # An opaque alpha channel, or palette indices, read as defect pixels; by
+    # luma instead, a dark blue or red defect pixel would round to 0.
+    pixels = [(0, 0, 0)] * 24
+    if defect is not None:
+        pixels[9] = defect
+    if mode == "P":
+        mask = Image.new("P", (6, 4))
+        colours = [(255, 255, 255), (0, 0, 0)] + ([defect] if defect else [])
+        mask.putpalette([value for colour in colours for value in colour])
+        mask.putdata([colours.index(pixel) for pixel in pixels])  # no index 0
+    elif mode == "RGBA":
+        mask = Image.new("RGBA", (6, 4))
+        mask.putdata([(*pixel, 255) for pixel in pixels])
     else:
-        mask.putpalette([255, 255, 255] + [0, 0, 0] * 255)
-        mask.putdata([1] * 24)  # index 1 is black
+        mask = Image.new("LA", (6, 4))
+        mask.putdata([(max(pixel), 255) for pixel in pixels])  # gray, opaque
     mask.save(ksdd2_root / "train/10000_GT.png")
-    assert load_ksdd2(ksdd2_root, split="train").target.tolist() == [0, 1, 1, 0]
+    expected = [int(defect is not None), 1, 1, 0]
+    assert load_ksdd2(ksdd2_root, split="train").target.tolist() == expected
 
 
 def test_load_ksdd2_orphan_gt(ksdd2_root):

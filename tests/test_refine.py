@@ -1381,6 +1381,10 @@ def test_text_columns_are_refused_by_name():
     fitted = refiner.fit(frame[["a", "b"]].assign(colour=1.0))
     with pytest.raises(ValueError, match=r"1 that are not: 'colour'"):
         fitted.score_samples(frame)
+    # A column the fit did not see is a names mismatch, said as such.
+    fitted = refiner.fit(frame[["a", "b"]])
+    with pytest.raises(ValueError, match="Feature names unseen at fit time"):
+        fitted.score_samples(frame)
 
 
 @pytest.mark.parametrize("owner", ["IQRRefiner", "PatchFlowDetector"])

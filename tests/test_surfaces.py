@@ -213,8 +213,17 @@ def test_a_defect_the_category_lacks_is_named_in_the_error():
 def test_an_unordered_set_of_defect_types_is_refused():
     # The draws followed the set's order, which changes with the hash seed:
     # the same random_state gave other images from one run to the next.
-    with pytest.raises(TypeError, match=r"a set \(\['crack', 'hole'\]\).*a list"):
+    named = r"a set \(\[\"'crack'\", \"'hole'\"\]\).*a list"
+    with pytest.raises(TypeError, match=named):
         make_surfaces("wood", n_anomalous=2, defect_types={"hole", "crack"})
+    with pytest.raises(TypeError, match="a frozenset"):  # not sortable: named still
+        make_surfaces("wood", n_anomalous=2, defect_types=frozenset({"hole", 1}))
+    # A dict keeps its order: its keys are the types, as a list's items.
+    data = make_surfaces(
+        "wood", n_normal=0, n_anomalous=2, image_size=32,
+        defect_types={"hole": 1, "crack": 2}, random_state=0,
+    )  # fmt: skip
+    assert list(data.defect_type) == ["hole", "crack"]
 
 
 def test_no_image_requested_is_an_error():

@@ -4,16 +4,20 @@ they were."""
 
 import contextlib
 import io
+import multiprocessing
+import os
 import sys
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.base import BaseEstimator, OutlierMixin, clone
+from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import validate_data
 
 import sklearn_metarefine._image_files as image_files
@@ -72,15 +76,15 @@ def test_reading_image_files_in_two_threads_restores_the_warning_settings(
     # later warning of the process went to a list nobody read.
     path = tmp_path / "a.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
-    decode = image_files.decode_file
+    opener = Image.open
 
     @contextlib.contextmanager
     def hold(held):
-        def decode_held(*args):
+        def open_held(*args, **kwargs):
             with held():
-                return decode(*args)
+                return opener(*args, **kwargs)
 
-        monkeypatch.setattr(image_files, "decode_file", decode_held)
+        monkeypatch.setattr(Image, "open", open_held)
         yield
 
     before = _warning_settings()
@@ -88,6 +92,43 @@ def test_reading_image_files_in_two_threads_restores_the_warning_settings(
     assert _warning_settings() == before
     with pytest.warns(UserWarning, match="reaches the user"):
         warnings.warn("reaches the user")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_a_thread_opens_an_image_reads_images(
+    tmp_path, monkeypatch
+):
+    # A lock held by the parent's thread at the fork stays held in the child.
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    opener, inside, release = Image.open, threading.Event(), threading.Event()
+
+    def open_held(*args, **kwargs):
+        if threading.current_thread().name == "holder":
+            inside.set()
+            release.wait(10.0)
+        return opener(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", open_held)
+    holder = threading.Thread(
+        target=image_files.read_image, args=(path,), name="holder"
+    )
+    holder.start()
+    assert inside.wait(5.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        child = multiprocessing.get_context("fork").Process(
+            target=image_files.read_image, args=(path,)
+        )
+        child.start()
+    child.join(20.0)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+        child.join()
+    release.set()
+    holder.join()
+    assert not hung and child.exitcode == 0
 
 
 class _Held(OutlierMixin, BaseEstimator):
@@ -121,6 +162,41 @@ def test_a_refiner_scoring_in_two_threads_restores_the_warning_filters():
         before = _warning_settings()
         _overlapped(lambda: refiner.score_samples(X), hold)
         assert _warning_settings() == before
+
+
+class _Threaded(OutlierMixin, BaseEstimator):
+    """A detector that scores in a worker thread, with a refiner inside."""
+
+    def __init__(self, inner=None):
+        self.inner = inner
+
+    def fit(self, X, y=None):
+        self.inner_ = clone(self.inner).fit(X)
+        self.offset_ = -1.0
+        return self
+
+    def score_samples(self, X):
+        rows = np.asarray(X, dtype=float)
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(self.inner_.score_samples, rows).result()
+
+
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
+def test_a_refiner_whose_detector_scores_in_threads_does_not_wait_on_itself():
+    # The lock kept around the detector's scoring (arrays after a DataFrame
+    # fit) was wanted again by the worker thread: a deadlock.
+    X = np.random.RandomState(0).normal(size=(40, 3))
+    frame = pd.DataFrame(X, columns=["a", "b", "c"])
+    inner = IQRRefiner(IsolationForest(n_estimators=10, random_state=0))
+    refiner = IQRRefiner(_Threaded(inner), random_state=0).fit(frame)
+    done = []
+    worker = threading.Thread(
+        target=lambda: done.append(refiner.score_samples(X)), daemon=True
+    )
+    worker.start()
+    worker.join(30.0)
+    assert done, "the scoring did not finish in 30 s"
+    np.testing.assert_array_equal(done[0], refiner.score_samples(frame))
 
 
 def test_scoring_leaves_the_fitted_net_untouched():

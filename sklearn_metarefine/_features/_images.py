@@ -1,7 +1,7 @@
 """Image inputs: arrays, PIL images and files, checked and read one batch at a time."""
 
-import contextlib
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -9,20 +9,40 @@ import torch
 from PIL import ExifTags, Image, ImageOps
 from sklearn.utils.validation import check_array
 
-from .._utils import catching_warnings, file_digest, is_whole, warn
+from .._utils import file_digest, is_whole, warn
 from ._embedding import _resize
 
 
-@contextlib.contextmanager
-def warnings_naming(path):
-    """Re-emit the warnings of reading ``path`` (Pillow's of a very large
-    image) with its name in front, when the reading succeeded."""
-    with catching_warnings(record=True) as caught:
+# warnings.catch_warnings sets the process's filters (and where warnings go)
+# and restores those it found: two threads inside at once left one's settings
+# in place for good. The lock covers opening a file only (its header, no
+# decoding, no code of the caller's); a forked child gets a free one.
+_OPENING = threading.Lock()
+
+
+def _new_lock_after_fork():
+    global _OPENING
+    _OPENING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+
+def _open(path, named):
+    """``Image.open(path)``, Pillow's warnings of it (of a very large image)
+    given again with the file's name in front (``named``), or dropped (a
+    check before the reading, which repeats them)."""
+    with _OPENING, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        yield
-    for warning in caught:
-        message = f"{os.fspath(path)}: {warning.message}"
-        warn(message, warning.category)
+        image = Image.open(path)
+    if named:
+        try:
+            for warning in caught:
+                warn(f"{os.fspath(path)}: {warning.message}", warning.category)
+        except BaseException:  # a filter made one an error
+            image.close()
+            raise
+    return image
 
 
 def _is_uint16(dtype):
@@ -194,7 +214,7 @@ def _directory(path, index):
 def decode_file(path, where):
     """The pixels of the image file ``path`` (decoded here, so that a
     truncated file fails in the caller's ``try``), turned upright."""
-    with Image.open(path) as image:
+    with _open(path, named=True) as image:
         image.load()
         return _pil_to_array(image, where, upright=True)
 
@@ -202,25 +222,23 @@ def decode_file(path, where):
 def check_file_header(path, where):
     """Open the image file ``path`` without decoding its pixels, and refuse it
     as ``decode_file`` would for what its header shows."""
-    with Image.open(path) as image:
+    with _open(path, named=False) as image:
         _check_one_image(image, where)
 
 
 def _read_file(path, index):
     """The pixels of an image file, with errors that name it."""
     where = f"X[{index}]: image file {os.fspath(path)!r}"
-    # Outside the try: a warning a filter turns into an error stays one.
-    with warnings_naming(path):
-        try:
-            return decode_file(path, where)
-        except FileNotFoundError as error:
-            raise FileNotFoundError(_missing_file(path, index)) from error
-        except IsADirectoryError as error:
-            raise IsADirectoryError(_directory(path, index)) from error
-        except _UnreadableImage:
-            raise
-        except Exception as error:
-            raise ValueError(f"{where}: cannot read image file: {error}") from error
+    try:
+        return decode_file(path, where)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(_missing_file(path, index)) from error
+    except IsADirectoryError as error:
+        raise IsADirectoryError(_directory(path, index)) from error
+    except (_UnreadableImage, Warning):  # a warning a filter made an error
+        raise
+    except Exception as error:
+        raise ValueError(f"{where}: cannot read image file: {error}") from error
 
 
 def _read_item(item, index):

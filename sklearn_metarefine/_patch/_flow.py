@@ -155,8 +155,8 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     input_offset_ : ndarray of shape (n_channels,) or float
         Subtracted from every patch vector before it is scored: with
         ``backbone=None``, zeros unless a channel lies so far from zero for
-        its spread that float32 would lose its variation (then its median);
-        0.0 with a backbone.
+        its spread that float32 would lose its variation (then every
+        channel's median); 0.0 with a backbone.
     input_scale_ : float
         The centred patch vectors are divided by it: 1.0 unless, with
         ``backbone=None``, their largest magnitude is above 1e30 or below

@@ -61,8 +61,8 @@ def load_ksdd2(root, *, split="all"):
 
     Nothing is downloaded. Each image is paired with its ``_GT`` mask, and the
     label is read from the mask: an image is defective when its mask has any
-    non-zero pixel (of its intensity: an alpha channel or a palette's indices
-    do not count). Only the masks are decoded, not the images.
+    non-zero pixel (in any colour channel: an alpha channel or a palette's
+    indices do not count). Only the masks are decoded, not the images.
 
     Parameters
     ----------
@@ -218,9 +218,11 @@ def _split_samples(root, split):
 def _has_defect(mask_path, image):
     try:
         with Image.open(mask_path) as mask:
-            # By intensity: an alpha channel or palette indices are not
-            # defect pixels.
-            return bool(np.asarray(mask.convert("L")).any())
+            # An alpha channel and palette indices are not defect pixels;
+            # any non-zero colour channel is (luma rounds dark ones to 0).
+            if mask.mode in ("P", "PA", "RGBA", "LA"):
+                mask = mask.convert("RGB")
+            return bool(np.asarray(mask).any())
     except Exception as error:  # not an image, truncated, unreadable
         raise ValueError(
             f"KolektorSDD2 mask {mask_path} (of {image}) cannot be read: {error}. "

@@ -126,12 +126,12 @@ def _check_defect_types(category, defect_types):
         return available
     if isinstance(defect_types, str):
         defect_types = [defect_types]
-    if isinstance(defect_types, (set, frozenset, dict)):
-        # Their order, which the draws follow, changes with the hash seed.
+    if isinstance(defect_types, (set, frozenset)):
+        # Its order, which the draws follow, changes with the hash seed.
         raise TypeError(
             f"defect_types must be a str or a list of str, got a "
-            f"{type(defect_types).__name__} ({sorted(defect_types)!r}), whose "
-            "order changes between runs: pass a list."
+            f"{type(defect_types).__name__} ({sorted(map(repr, defect_types))}), "
+            "whose order changes between runs: pass a list."
         )
     defect_types = list(defect_types)
     unknown = [name for name in defect_types if name not in available]

@@ -369,6 +369,35 @@ def test_load_ksdd2_pairs_masks_whatever_the_case_of_png(ksdd2_root):
     assert data.target.tolist() == [0, 1, 1, 0]
 
 
+@pytest.mark.parametrize(
+    "mode, background, defect",
+    # Black backgrounds; a white and a red defect pixel.
+    [("CMYK", (0, 0, 0, 255), (0, 0, 0, 0)), ("YCbCr", (0, 128, 128), (76, 85, 255))],
+)
+def test_ksdd2_masks_in_other_colour_spaces_are_read_by_colour(
+    tmp_path, mode, background, defect
+):
+    # CMYK's black is a non-zero K and its white all zeros: labels came out
+    # inverted; every YCbCr mask (chroma 128) read as defective.
+    from sklearn_metarefine.datasets._ksdd2 import _has_defect
+
+    clean = Image.new(mode, (6, 4), background)
+    marked = clean.copy()
+    marked.putpixel((2, 1), defect)
+    clean.save(tmp_path / "clean.tif")
+    marked.save(tmp_path / "marked.tif")
+    assert not _has_defect(tmp_path / "clean.tif", "clean")
+    assert _has_defect(tmp_path / "marked.tif", "marked")
+
+
+def test_load_ksdd2_does_not_count_invisible_pixels(ksdd2_root):
+    # A transparent background stored as white (as editors often do) made
+    # every such mask defective.
+    mask = Image.new("RGBA", (6, 4), (255, 255, 255, 0))
+    mask.save(ksdd2_root / "train/10000_GT.png")
+    assert load_ksdd2(ksdd2_root, split="train").target.tolist() == [0, 1, 1, 0]
+
+
 def test_load_ksdd2_refuses_masks_that_differ_in_the_suffix_case(ksdd2_root):
     # 10001_GT.png marks a defect, a stray 10001_GT.PNG none: the label
     # depended on the order of a set (the hash seed).

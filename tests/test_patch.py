@@ -858,3 +858,28 @@ def test_raw_rows_in_batches_are_checked_once(method):
     ]
     whole = getattr(det.set_params(batch_size=100), method)(frame)
     np.testing.assert_array_equal(batched, whole)
+
+
+def test_maps_of_a_large_image_file_warn_once_and_keep_a_warning_an_error(
+    tmp_path, monkeypatch
+):
+    # The maps read each file's size with a bare Image.open: Pillow's warning
+    # came twice (once without the file's name), and a filter that made it an
+    # error turned it into a refusal of the file (a ValueError).
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, (4, 12, 12, 3), np.uint8)
+    det = PatchCoreDetector(TwoMaps(), image_size=8, device="cpu", random_state=0)
+    det.fit(images)
+    path = tmp_path / "big.png"
+    Image.fromarray(images[0]).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 144 pixels: a warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        det.anomaly_map([str(path)])
+    bomb = Image.DecompressionBombWarning
+    bombs = [w for w in caught if issubclass(w.category, bomb)]
+    assert [str(w.message).startswith(f"{path}: ") for w in bombs] == [True]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(Image.DecompressionBombWarning):
+            det.anomaly_map([str(path)])

@@ -110,15 +110,17 @@ def test_a_child_forked_while_a_thread_opens_an_image_reads_images(
         return opener(*args, **kwargs)
 
     monkeypatch.setattr(Image, "open", open_held)
-    holder = threading.Thread(
-        target=image_files.read_image, args=(path,), name="holder"
-    )
-    holder.start()
-    assert inside.wait(5.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        settings = _warning_settings()
+        holder = threading.Thread(
+            target=image_files.read_image, args=(path,), name="holder"
+        )
+        holder.start()
+        assert inside.wait(5.0)
+        threading.Timer(1.0, release.set).start()  # the fork waits for the holder
         child = multiprocessing.get_context("fork").Process(
-            target=image_files.read_image, args=(path,)
+            target=_read_and_check_warnings, args=(path, settings)
         )
         child.start()
     child.join(20.0)
@@ -128,7 +130,17 @@ def test_a_child_forked_while_a_thread_opens_an_image_reads_images(
         child.join()
     release.set()
     holder.join()
+    # 3: the child started inside the holder's catch_warnings, its warnings
+    # recorded to that thread's list for good.
     assert not hung and child.exitcode == 0
+
+
+def _read_and_check_warnings(path, settings):
+    """In a forked child: read ``path``, then exit 3 unless the warning
+    settings are the parent's ``settings`` outside any reading."""
+    before = _warning_settings() == settings
+    image_files.read_image(path)
+    os._exit(0 if before and _warning_settings() == settings else 3)
 
 
 class _Held(OutlierMixin, BaseEstimator):

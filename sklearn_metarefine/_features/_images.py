@@ -16,7 +16,9 @@ from ._embedding import _resize
 # warnings.catch_warnings sets the process's filters (and where warnings go)
 # and restores those it found: two threads inside at once left one's settings
 # in place for good. The lock covers opening a file only (its header, no
-# decoding, no code of the caller's); a forked child gets a free one.
+# decoding, no code of the caller's). A fork waits for it, so that a child
+# never starts inside another thread's catch_warnings (its warnings would go
+# to that thread's list), and gets a free one.
 _OPENING = threading.Lock()
 
 
@@ -25,7 +27,11 @@ def _new_lock_after_fork():
     _OPENING = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_new_lock_after_fork)
+os.register_at_fork(
+    before=lambda: _OPENING.acquire(),
+    after_in_parent=lambda: _OPENING.release(),
+    after_in_child=_new_lock_after_fork,
+)
 
 
 def _open(path, named):
@@ -358,8 +364,10 @@ class _ImageSequence:
         for index, item in enumerate(self.items):
             if isinstance(item, (str, os.PathLike)):
                 try:
-                    with Image.open(item) as image:
+                    with _open(item, named=False) as image:  # the reading names them
                         height, width = _upright_size(image)
+                except Warning:  # a warning a filter made an error stays one
+                    raise
                 except Exception as error:
                     raise ValueError(
                         f"X[{index}]: cannot read image file {os.fspath(item)!r}: "

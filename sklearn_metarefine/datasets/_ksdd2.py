@@ -61,8 +61,9 @@ def load_ksdd2(root, *, split="all"):
 
     Nothing is downloaded. Each image is paired with its ``_GT`` mask, and the
     label is read from the mask: an image is defective when its mask has any
-    non-zero pixel (in any colour channel: an alpha channel or a palette's
-    indices do not count). Only the masks are decoded, not the images.
+    non-zero pixel (a visible pixel with any non-zero colour channel: alpha
+    channels and palette indices do not count). Only the masks are decoded,
+    not the images.
 
     Parameters
     ----------
@@ -218,10 +219,15 @@ def _split_samples(root, split):
 def _has_defect(mask_path, image):
     try:
         with Image.open(mask_path) as mask:
-            # An alpha channel and palette indices are not defect pixels;
-            # any non-zero colour channel is (luma rounds dark ones to 0).
-            if mask.mode in ("P", "PA", "RGBA", "LA"):
-                mask = mask.convert("RGB")
+            # A visible pixel of any non-zero colour channel is a defect
+            # (luma rounds dark ones to 0); alpha, palette indices and other
+            # colour spaces' channels (CMYK's K of black) are not colours.
+            bands = mask.getbands()
+            if mask.mode == "P" or "A" in bands:
+                pixels = np.asarray(mask.convert("RGBA"))
+                return bool((pixels[..., :3].any(-1) & (pixels[..., 3] > 0)).any())
+            if len(bands) > 1:
+                return bool(np.asarray(mask.convert("RGB")).any())
             return bool(np.asarray(mask).any())
     except Exception as error:  # not an image, truncated, unreadable
         raise ValueError(

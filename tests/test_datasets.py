@@ -244,7 +244,9 @@ def test_load_mvtec_ad_names_a_link_to_no_file(mvtec_root, tmp_path, folder):
     assert f"{link} -> {tmp_path / 'elsewhere' / '009.png'}" in str(error.value)
 
 
-@pytest.mark.parametrize("category", ["", ".", "..", "bottle/test", "/abs/bottle"])
+@pytest.mark.parametrize(
+    "category", ["", ".", "..", "bottle/test", "/abs/bottle", "bottle\\test"]
+)
 def test_load_mvtec_ad_takes_a_folder_name_as_category(mvtec_root, category):
     # An absolute path was loaded with root ignored; "." and ".." left it.
     with pytest.raises(ValueError, match="name of a folder under root"):

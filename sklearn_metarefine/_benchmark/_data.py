@@ -16,6 +16,7 @@ from ..datasets import (
     make_contaminated,
     make_surfaces,
 )
+from ..datasets._files import is_folder_name
 from ._config import BenchmarkError, check_choice, resolve_config
 
 DIGIT_CATEGORIES = tuple(f"digit{digit}" for digit in range(10))
@@ -49,7 +50,7 @@ def dataset_categories(dataset, categories=None):
         names = [str(name) for name in given]
         for name in names:
             # A category names a folder under the root and its runs' files.
-            if name in ("", ".", "..") or any(sep in name for sep in "/\\"):
+            if not is_folder_name(name):
                 raise BenchmarkError(
                     f"The MVTec AD category {name!r} is not a folder name; pass "
                     "the name of a category folder under --root, e.g. 'bottle'."

@@ -49,6 +49,12 @@ def _png_files(folder):
     return files
 
 
+def is_folder_name(name):
+    """Whether ``name`` names one folder: not empty, ``"."`` or ``".."``, and
+    without a path separator of any system (``/`` or ``\\``)."""
+    return name not in ("", ".", "..") and not any(sep in name for sep in "/\\")
+
+
 def _subfolders(folder):
     return sorted(
         path.name

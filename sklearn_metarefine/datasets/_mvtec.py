@@ -6,7 +6,15 @@ import numpy as np
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions, validate_params
 
-from ._files import _absolute, _listing, _names, _paired, _png_files, _subfolders
+from ._files import (
+    _absolute,
+    _listing,
+    _names,
+    _paired,
+    _png_files,
+    _subfolders,
+    is_folder_name,
+)
 
 MVTEC_AD_CATEGORIES = (
     "bottle",
@@ -206,9 +214,7 @@ def load_mvtec_ad(root, category, *, split="all"):
 def _category_folder(root, category):
     # A path (absolute, or up and down) would leave root; "." and ".." are
     # root and its parent.
-    if category in ("", ".", "..") or os.path.basename(category) != category or (
-        os.altsep and os.altsep in category
-    ):
+    if not is_folder_name(category):
         raise ValueError(
             f"category must be the name of a folder under root, such as "
             f"'bottle', got {category!r}."

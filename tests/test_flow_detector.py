@@ -302,6 +302,24 @@ def test_axes_that_span_the_rows_take_the_residual_from_held_out_rows():
     assert det.noise_variance_ == pytest.approx(variances[4:].sum() / 36)
 
 
+def test_copies_of_the_rows_leave_the_projection_as_it_was():
+    # 10 distinct rows, each given 20 times: the axes that span them span the
+    # copies too. Counted by rows, the copies kept 16 axes with a floored
+    # residual variance, and new rows scored 1e27 nats below the training ones.
+    rng = np.random.RandomState(0)
+    X, X_new = rng.normal(size=(10, 32)), rng.normal(size=(200, 32))
+    once = FlowDetector(pca_components=16, random_state=0, **SMALL).fit(X)
+    copies = FlowDetector(pca_components=16, random_state=0, **SMALL)
+    copies.fit(np.repeat(X, 20, axis=0))
+    assert once.components_.shape == copies.components_.shape == (9, 32)
+    assert copies.noise_variance_ == pytest.approx(once.noise_variance_, rel=0.05)
+    gap = np.median(copies.score_samples(X)) - np.median(copies.score_samples(X_new))
+    assert gap < X.shape[1]  # under one nat per feature
+    # one distinct row: two axes and the floor, no fold without rows
+    same = FlowDetector(pca_components=4, random_state=0, **SMALL)
+    assert same.fit(np.repeat(X[:1], 6, axis=0)).components_.shape == (2, 32)
+
+
 def _fitted_attributes(det):
     return {name for name in vars(det) if name.endswith("_")}
 

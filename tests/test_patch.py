@@ -348,6 +348,49 @@ def test_maps_put_cells_where_their_features_are_centred(cell_offset):
     torch.testing.assert_close(smooth.sum(), sharp.sum(), rtol=1e-2, atol=0)
 
 
+class _Blur8(torch.nn.Module):
+    """Three 3x3 binomial blurs of stride 2, padded alike on both sides: the
+    cell i of its stride-8 grid is centred on input pixel 8 * i exactly."""
+
+    def __init__(self):
+        super().__init__()
+        kernel = torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
+        self.convs = torch.nn.ModuleList(
+            torch.nn.Conv2d(3, 3, 3, stride=2, padding=1, bias=False) for _ in range(3)
+        )
+        with torch.no_grad():
+            for conv in self.convs:
+                conv.weight.zero_()
+                for channel in range(3):
+                    conv.weight[channel, channel] = kernel
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = conv(x)
+        return x
+
+
+def test_maps_of_a_module_peak_on_the_planted_defect():
+    # The offset measured for efficientnet_lite0's weights (0.75 cell) put the
+    # peaks of every backbone 5.5 to 7.5 px up and left of the defects at stride 8.
+    train = textures(12, 0)
+    base = textures(1, 5)[0]
+    centres = [(24, 24), (48, 48), (40, 64), (64, 32)]
+    defective = []
+    for y, x in centres:
+        image = base.copy()
+        image[y - 3 : y + 3, x - 3 : x + 3] = 255  # centred on (y - 0.5, x - 0.5)
+        defective.append(image)
+    detector = PatchCoreDetector(
+        _Blur8(), image_size=SIZE, coreset_fraction=0.5, random_state=0
+    ).fit(train)
+    maps = detector.anomaly_map(np.stack([base, *defective]))
+    for (y, x), image_map in zip(centres, maps[1:]):
+        peak = np.unravel_index(int((image_map - maps[0]).argmax()), image_map.shape)
+        # within the 8 px stride: 0.5 px at best (the centre lies between pixels)
+        assert np.all(np.abs(np.array(peak) - (y - 0.5, x - 0.5)) <= 1.5), peak
+
+
 # --- PatchCoreDetector ----------------------------------------------------------
 def test_map_maximum_lies_in_the_planted_defect(surfaces, fitted):
     train, normal_test, defective, masks = surfaces
@@ -724,8 +767,9 @@ def test_maps_of_a_transposed_image_are_the_transposed_maps():
 
     grid = torch.zeros(1, 4, 4)
     grid[0, 1, 1] = 1.0
-    wide = grid_maps(grid, (32, 128), (32, 32), 4.0)[0]
-    tall = grid_maps(grid.transpose(1, 2).contiguous(), (128, 32), (32, 32), 4.0)[0]
+    lite0 = "efficientnet_lite0"  # its cells are offset alike on both axes
+    wide = grid_maps(grid, (32, 128), (32, 32), 4.0, lite0)[0]
+    tall = grid_maps(grid.transpose(1, 2), (128, 32), (32, 32), 4.0, lite0)[0]
     np.testing.assert_allclose(wide, tall.T, atol=1e-6)
 
 

@@ -94,7 +94,10 @@ def image_maps(model, X, image_shape, config):
     """
     grids = np.asarray(model.anomaly_map(X), dtype=np.float32)
     size = config["patch"]["image_size"]
-    return grid_maps(grids, image_shape, (size, size), config["patch"]["sigma"])
+    patch = config["patch"]
+    return grid_maps(
+        grids, image_shape, (size, size), patch["sigma"], patch["backbone"]
+    )
 
 
 def pixel_scores(model, X_test, masks_test, config):

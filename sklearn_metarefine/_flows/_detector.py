@@ -52,12 +52,13 @@ class FlowDetector(OutlierMixin, BaseEstimator):
     pca_components : int or None, default=None
         If set, the flow models the whitened coordinates of the standardised
         inputs along their ``pca_components`` leading principal axes (at most
-        the number of features per view, and of training rows minus one), and
-        the remaining directions are modelled as isotropic Gaussian noise
-        (probabilistic PCA). Its variance is that of the training rows in
-        those directions or, when the axes span the rows (no more rows than
-        axes plus one), that of held-out rows: five folds of them, each
-        projected on the axes fitted to the others. The likelihood stays a
+        the number of features per view, and of distinct training rows minus
+        one; at least 2), and the remaining directions are modelled as
+        isotropic Gaussian noise (probabilistic PCA). Its variance is that of
+        the training rows in those directions or, when the axes span the rows
+        (no more distinct rows than axes plus one), that of held-out rows:
+        five folds of them, each projected on the axes fitted to the others
+        (copies of a row in its fold). The likelihood stays a
         density over the whole input. Use it when a view has many more
         features than there are training samples: a flow on hundreds of
         dimensions fitted to a few hundred samples memorises them. None

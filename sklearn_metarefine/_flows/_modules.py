@@ -20,7 +20,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def soft_clamp(s, clamp):
-    """Bound log-scales smoothly to ``(-clamp * 0.999, clamp * 0.999)``."""
+    """Bound log-scales smoothly to ``(-0.99903 * clamp, 0.99903 * clamp)``."""
     return clamp * _ATAN_SCALE * torch.atan(s / clamp)
 
 

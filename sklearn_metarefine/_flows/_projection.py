@@ -8,19 +8,29 @@ def fit_projection(std_rows, pca_components, n_views=1, n_folds=5):
 
     Returns the leading principal axes, their variances and the variance of
     the residual in the discarded directions, which models the residual as
-    isotropic Gaussian noise. At most ``min(n_features, n_rows - 1)`` axes
-    are kept: beyond that the sample variances are zero.
+    isotropic Gaussian noise. At most ``min(n_features, n_distinct - 1)``
+    axes are kept, and at least 2 (the flow's couplings need two
+    coordinates), ``n_distinct`` being the number of distinct rows: beyond
+    that the sample variances are zero. Copies of a row change neither.
 
     The residual variance is that of the rows in the discarded directions,
-    except when the axes span the rows (``n_rows - 1 <= pca_components``):
+    except when the axes span the rows (``n_distinct - 1 <= pca_components``):
     then the rows leave no residual at all, and a residual variance taken
     from them (the floor) would score every new row as far out. It is then
-    measured on rows the axes were not fitted on: ``n_folds`` folds of objects
-    (``n_views`` consecutive rows each), each projected on the axes of the
-    other folds.
+    measured on rows the axes were not fitted on: ``n_folds`` folds of
+    distinct objects (``n_views`` consecutive rows each; the copies of an
+    object fall in its fold), each projected on the axes of the other folds.
     """
     n_rows, dim = std_rows.shape
-    pca_components = max(2, min(pca_components, dim, n_rows - 1))
+    objects = std_rows.reshape(n_rows // n_views, n_views * dim)
+    _, first, inverse = np.unique(
+        objects, axis=0, return_index=True, return_inverse=True
+    )
+    # numbered in order of first occurrence: distinct objects keep their places
+    object_ids = np.argsort(np.argsort(first))[inverse.reshape(-1)]
+    n_objects = len(first)
+    n_distinct = len(np.unique(std_rows, axis=0))
+    pca_components = max(2, min(pca_components, dim, n_distinct - 1))
     _, singular_values, vt = np.linalg.svd(std_rows, full_matrices=False)
     variances = singular_values**2 / n_rows
     floor = 1e-6 * max(variances.mean(), np.finfo(np.float64).tiny)
@@ -28,10 +38,10 @@ def fit_projection(std_rows, pca_components, n_views=1, n_folds=5):
     discarded = dim - pca_components
     if not discarded:
         return vt[:pca_components], explained, floor
-    if n_rows - 1 > pca_components:
+    if n_distinct - 1 > pca_components or n_objects < 2:
         noise = variances[pca_components:].sum() / discarded
         return vt[:pca_components], explained, max(noise, floor)
-    fold = (np.arange(n_rows) // n_views) % min(n_folds, n_rows // n_views)
+    fold = np.repeat(object_ids % min(n_folds, n_objects), n_views)
     squared = 0.0
     for f in np.unique(fold):
         held_out = fold == f

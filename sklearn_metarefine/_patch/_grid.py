@@ -18,11 +18,22 @@ from .._utils import forget, int_pair
 from ._bank import anomaly_maps
 
 # Where a grid cell's features are centred: cell i on CNN-input pixel
-# stride * (i - 0.75). Measured for efficientnet_lite0 as the offset that
-# centres the maps' peaks on planted defects (median error under 1.5 px at 96
-# and 224 px; cell centres at stride * i, the geometry of size-keeping
-# convolutions, put them 5-7 px down and right).
-_CELL_OFFSET = 0.75
+# stride * (i - offset). Size-keeping convolutions padded alike on both sides
+# centre cell i on pixel stride * i (offset 0: torchvision's ResNets, and
+# any module a user gives unless its geometry is known). efficientnet_lite0's
+# packaged weights look up and left of that: 0.75 is the offset that centres
+# the maps' peaks on planted defects (median error under 1.5 px at 96 and
+# 224 px; the centroid of its cells' input gradients lies 0.45 to 0.72 cells
+# up and left). AlexNet's unpadded pooling centres cell i of its 27-cell grid
+# at 224 px on pixel 8 * i + 7, below and right of 224 / 27 * i: -0.4 is that
+# displacement at the middle cell (-0.84 at the first, +0.1 at the last).
+_CELL_OFFSETS = {"efficientnet_lite0": 0.75, "alexnet": -0.4}
+
+
+def cell_offset(backbone):
+    """The offset of :data:`_CELL_OFFSETS` for ``backbone`` (a name or a
+    module): 0 where none was measured."""
+    return _CELL_OFFSETS.get(backbone, 0.0) if isinstance(backbone, str) else 0.0
 
 # Constraints of the parameters that describe the input and its embedding.
 GRID_CONSTRAINTS = {
@@ -74,12 +85,13 @@ def _float32_scale(X):
     return float(np.ldexp(1.0, np.frexp(largest)[1]))
 
 
-def grid_maps(grids, size, input_size, sigma):
+def grid_maps(grids, size, input_size, sigma, backbone):
     """Grids of patch scores ``(n, h, w)`` as maps of images of ``size``.
 
     The images, of ``size = (height, width)``, were resized to ``input_size``
-    for the CNN. The maps are resized bilinearly and smoothed with a Gaussian
-    of ``sigma`` pixels of ``input_size``, scaled to ``size``.
+    for ``backbone``. The maps are resized bilinearly, with each cell placed
+    where its features are centred (:func:`cell_offset`), and smoothed with a
+    Gaussian of ``sigma`` pixels of ``input_size``, scaled to ``size``.
 
     Returns
     -------
@@ -88,7 +100,11 @@ def grid_maps(grids, size, input_size, sigma):
     # Per axis: an image resized to a square is stretched unequally.
     sigma = tuple(sigma * out / seen for out, seen in zip(size, input_size))
     maps = anomaly_maps(
-        torch.as_tensor(grids), tuple(size), sigma, tuple(input_size), _CELL_OFFSET
+        torch.as_tensor(grids),
+        tuple(size),
+        sigma,
+        tuple(input_size),
+        cell_offset(backbone),
     )
     return maps.numpy()
 
@@ -348,4 +364,7 @@ class PatchGridMixin:
         scores = torch.from_numpy(patch_scores.reshape(-1, *self.grid_shape_))
         if self.features_ is None:
             return scores.float().numpy()
-        return grid_maps(scores, size, self.features_.image_size_, self.sigma)
+        features = self.features_
+        return grid_maps(
+            scores, size, features.image_size_, self.sigma, features.backbone
+        )

@@ -53,8 +53,9 @@ Every image is a new piece of the surface: the texture's phase, orientation
 (a few degrees) and fine structure change, as do the lighting (overall gain
 within {_GAIN_SPREAD:.0%}, a linear gradient of up to {_MAX_GRADIENT:.0%} across
 the image) and the sensor noise (standard deviation
-{_SENSOR_NOISE * 255:.0f} grey levels). A defect covers about 0.5% (thin
-scratches and cracks) to 10% (stains, discoloured patches) of the image; a
+{_SENSOR_NOISE * 255:.0f} grey levels). A defect covers about 1% (thin
+scratches, cracks, small holes: 0.7% to 4.2%) to 12% (stains, discoloured
+patches) of the image (300 defects at each of 64, 128 and 224 px); a
 third of the defects are drawn at low contrast, where they move the surface
 only {_LOW_CONTRAST[0]:.0%} to {_LOW_CONTRAST[1]:.0%} of the way towards
 their full appearance (the others {_HIGH_CONTRAST[0]:.0%} to
@@ -179,7 +180,7 @@ def make_surfaces(
     lighting, so that a detector has to learn the texture and its natural
     variation rather than one picture. Defective images carry one defect
     (a scratch, crack, hole, stain, missing thread or discolouration) of about
-    0.5% to 10% of the image, a third of them at low contrast, and a mask of
+    1% to 12% of the image, a third of them at low contrast, and a mask of
     exactly the pixels the defect changed. Deterministic, offline and fast
     (150 to 200 images of 128 px per second were measured on one core of a
     busy 2-core machine): for tests, examples and benchmarks.

@@ -503,15 +503,18 @@ def test_input_shape_refuses_fractions_and_explains_channels_first(input_shape, 
         features.fit(rows)
 
 
-def test_exif_orientation_turns_files_upright(tmp_path, fitted_on_images):
+@pytest.mark.parametrize("suffix", [".png", ".tiff"])
+def test_exif_orientation_turns_files_upright(tmp_path, fitted_on_images, suffix):
     # A camera stores a portrait photograph sideways with an orientation tag;
     # the detectors read it as viewers show it (they read the stored pixels).
+    # Pillow's TIFF reader gives the upright size itself: turned again, the
+    # maps of a TIFF file came out with height and width swapped.
     upright = RGB[0]  # 12 x 10
     exif = Image.Exif()
     exif[ExifTags.Base.Orientation] = 6  # shown turned a quarter clockwise
     stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
-    stored.save(tmp_path / "turned.png", exif=exif)
-    files = [tmp_path / "turned.png"]
+    stored.save(tmp_path / f"turned{suffix}", exif=exif)
+    files = [tmp_path / f"turned{suffix}"]
     features = fitted_on_images[0]
     np.testing.assert_allclose(
         features.transform(files), features.transform(upright[None]), atol=1e-5
@@ -1102,3 +1105,27 @@ def test_raw_patch_rows_far_from_zero_keep_their_variation(name):
         for offset in (0.0, 1e8)
     ]  # fmt: skip
     np.testing.assert_allclose(scores[1], scores[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def float64_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_a_float64_default_dtype_changes_nothing(float64_default):
+    # fit raised "mat1 and mat2 must have the same dtype" (the flows) and
+    # "Input type (torch.FloatTensor) and weight type (torch.DoubleTensor)"
+    # (the named backbones): nets were built in the default dtype.
+    rows = np.random.RandomState(0).normal(size=(40, 4))
+    for Detector in (FlowDetector, MAMLFlowDetector):
+        detector = Detector(max_epochs=2, device="cpu", random_state=0).fit(rows)
+        assert np.isfinite(detector.score_samples(rows)).all()
+    images = np.random.RandomState(0).randint(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    features = PretrainedFeatures("efficientnet_lite0", image_size=32, n_scales=1)
+    assert features.fit_transform(images).dtype == np.float32
+    detector = PatchCoreDetector(image_size=32, device="cpu").fit(images)
+    maps = detector.anomaly_map(images)
+    assert maps.shape == (6, 32, 32) and np.isfinite(maps).all()

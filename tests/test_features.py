@@ -757,6 +757,34 @@ class GainNet(TinyNet):
         return self.gain * super().forward(x)
 
 
+class BufferNet(TinyNet):
+    """TinyNet whose output scales with a buffer left out of its state dict,
+    and goes through a function held as an attribute."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("gain", torch.ones(1), persistent=False)
+        self.act = torch.relu
+
+    def forward(self, x):
+        return self.act(self.gain * super().forward(x))
+
+
+def test_the_cache_keys_non_persistent_buffers_and_functions(rgb, tmp_path):
+    # Both changed the features and hit the cache of the old ones.
+    net = BufferNet()
+    features = PretrainedFeatures(net, image_size=16, n_scales=1, memory=tmp_path)
+    first = features.fit_transform(rgb)
+    net.gain.fill_(3.0)
+    np.testing.assert_allclose(features.fit_transform(rgb), 3 * first, rtol=1e-5)
+    net.gain.fill_(1.0)
+    net.act = torch.sigmoid
+    expected = PretrainedFeatures(net, image_size=16, n_scales=1).fit_transform(rgb)
+    changed = features.fit_transform(rgb)
+    assert not np.allclose(changed, first)
+    np.testing.assert_allclose(changed, expected, rtol=1e-6)
+
+
 def test_the_cache_keys_a_module_s_plain_settings(rgb, tmp_path):
     # A changed plain attribute (no weight, not in repr) hit the cache of the
     # old features.

@@ -8,6 +8,7 @@ fingerprint that keys the feature cache on the weight values.
 import copy
 import http.client
 import os
+import types
 
 import joblib
 import numpy as np
@@ -81,7 +82,11 @@ def _download_torchvision_weights(name, progress):
 
 def _read_state_dict(path):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights={os.fspath(path)!r}: no such file.")
+        raise FileNotFoundError(
+            f"weights={os.fspath(path)!r}: no such file. weights takes "
+            "'DEFAULT' (the backbone's ImageNet weights), None (random) or the "
+            "path of a state dict."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -173,7 +178,8 @@ def _build_backbone(backbone, weights, *, progress):
         # shape; the later stages and the 1280-channel head specialise in
         # ImageNet's classes, and their width would swamp a density model fitted
         # to a few hundred images.
-        return torch.nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:4])
+        trunk = torch.nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:4])
+        return trunk.float()  # whatever torch.set_default_dtype says
     import torchvision
 
     model = torchvision.models.get_model(backbone, weights=None)
@@ -186,7 +192,7 @@ def _build_backbone(backbone, weights, *, progress):
         state = None
     if state is not None:
         _load_state_dict(model, state, origin)
-    return _TORCHVISION_TRUNKS[backbone](model)
+    return _TORCHVISION_TRUNKS[backbone](model).float()
 
 
 def _fingerprint(module):
@@ -202,14 +208,38 @@ def _fingerprint(module):
         name: (str(t.dtype), tuple(t.shape), _tensor_bytes(t))
         for name, t in module.state_dict().items()
     }
+    # Buffers registered with persistent=False are left out of the state dict.
+    state.update(
+        (f"{name} (not persistent)", (str(t.dtype), tuple(t.shape), _tensor_bytes(t)))
+        for name, t in module.named_buffers()
+        if name not in state
+    )
     settings = {
-        (name, attribute): value
+        (name, attribute): _setting(value)
         for name, part in module.named_modules()
         for attribute, value in vars(part).items()
-        if not attribute.startswith("_") and attribute != "training" and _plain(value)
+        if not attribute.startswith("_")
+        and attribute != "training"
+        and (_plain(value) or _function(value))
     }
     kind = (type(module).__module__, type(module).__qualname__, repr(module))
     return joblib.hash((kind, settings, state))
+
+
+def _function(value):
+    return isinstance(value, (types.FunctionType, types.BuiltinFunctionType))
+
+
+def _setting(value):
+    """A plain setting, or what identifies a function a ``forward`` may call
+    (``self.act = torch.sigmoid``): its name and, for Python's, its code."""
+    if not _function(value):
+        return value
+    name = (getattr(value, "__module__", None), value.__qualname__)
+    code = getattr(value, "__code__", None)
+    if code is None:
+        return name
+    return (*name, code.co_code, repr(code.co_consts), code.co_names)
 
 
 def _plain(value):

@@ -85,7 +85,9 @@ class _BackboneTransformer(TransformerMixin, BaseEstimator):
     def _probe(self, embed, size, context, remedy="Use a larger image_size."):
         """Run ``embed`` on one black image of ``size``: the backbone must accept
         it, and its output fixes the number of features."""
-        probe = torch.zeros((1, 3) + tuple(size), device=self.device_)
+        probe = torch.zeros(
+            (1, 3) + tuple(size), dtype=torch.float32, device=self.device_
+        )
         try:
             with torch.inference_mode():
                 return embed(self.backbone_, probe)

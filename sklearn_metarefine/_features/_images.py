@@ -203,7 +203,18 @@ def _upright_size(image):
         turned = image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
     except Exception:
         turned = False
+    if turned and _turned_on_opening(image):
+        turned = False
     return (width, height) if turned else (height, width)
+
+
+def _turned_on_opening(image):
+    """Whether Pillow gives the upright size on opening already: its TIFF
+    reader does (Pillow 13), where its other readers give the stored size."""
+    tags = getattr(image, "tag_v2", None)  # TIFF tags: the stored width, length
+    if tags is None:
+        return False
+    return tuple(image.size) != (tags.get(256), tags.get(257))
 
 
 def _missing_file(path, index):

@@ -130,6 +130,8 @@ class Flow(nn.Module):
             layers.append(Permutation(dim, generator))
             layers.append(AffineCoupling(dim, hidden_size, n_hidden_layers, clamp))
         self.layers = nn.ModuleList(layers)
+        # float32 whatever torch.set_default_dtype says: the rows it trains on are
+        self.float()
 
     def forward(self, x):
         log_det = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)

@@ -114,17 +114,31 @@ def model_threshold(model, threshold=None):
             f"The model file holds an unfitted {name}; fit it first "
             "(`metarefine fit`, or fit before sklearn_metarefine.save)."
         ) from None
+    detector = model[-1] if isinstance(model, Pipeline) else model
+    if not hasattr(model, "score_samples"):
+        if detector is not model:
+            name = f"{name} ending in {type(detector).__name__}"
+        raise InputError(
+            f"The model ({name}) has no score_samples: `metarefine score` needs "
+            "an outlier detector, such as MetaRefineDetector, or a pipeline "
+            "ending in one."
+        )
     if threshold is not None:
         if not np.isfinite(threshold):
             raise InputError(f"--threshold must be a finite number, got {threshold}.")
         return float(threshold), "--threshold"
-    detector = model[-1] if isinstance(model, Pipeline) else model
     if not hasattr(detector, "offset_"):
         raise InputError(
             f"The model ({name}) has no threshold of its own (offset_); give "
             "one with --threshold."
         )
-    return float(-detector.offset_), "model"
+    offset = np.asarray(detector.offset_, dtype=np.float64)
+    if offset.size != 1:  # OneClassSVM's is an array of one
+        raise InputError(
+            f"The model's offset_ ({type(detector).__name__}) holds {offset.size} "
+            "values, not one threshold; give one with --threshold."
+        )
+    return float(-offset.item()), "model"
 
 
 def _silent(text):

@@ -436,6 +436,46 @@ def test_score_threshold_option_overrides_the_models(folders, fitted):
     assert {float(row["threshold"]) for row in rows} == {threshold}
 
 
+@pytest.mark.parametrize(
+    "last, extra, message",
+    [
+        # OneClassSVM's offset_ is an array of one: a TypeError traceback
+        ("ocsvm", [], None),
+        # no score_samples: an AttributeError traceback after reading the images
+        ("scaler", ["--threshold", "1"], "has no score_samples"),
+    ],
+)
+def test_pipelines_that_save_accepts_are_scored_or_refused_in_one_line(
+    folders, tmp_path, capsys, last, extra, message
+):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import OneClassSVM
+
+    from sklearn_metarefine import PretrainedFeatures, save
+
+    files = [folders / "new" / f"new{i}.bmp" for i in range(4)]
+    features = PretrainedFeatures("efficientnet_lite0", image_size=32, n_scales=1)
+    steps = [features, StandardScaler(), *([OneClassSVM()] if last == "ocsvm" else [])]
+    model = make_pipeline(*steps).fit([str(f) for f in files])
+    path = tmp_path / "pipeline.metarefine"
+    save(model, path)
+    output = tmp_path / "scores.csv"
+    argv = ["score", str(path), *map(str, files), "--output", str(output)]
+    status = main([*argv, "--no-progress", *extra])
+    err = capsys.readouterr().err
+    if message is None:
+        assert status == 0, err
+        rows = _rows(output)
+        expected = np.where(model.predict([str(f) for f in files]) == 1,
+                            "normal", "anomalous")  # fmt: skip
+        assert [row["label"] for row in rows] == list(expected)
+    else:
+        assert status == 1 and not output.exists()
+        assert message in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+
+
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(
     folders, fitted, capsys, tmp_path, monkeypatch
 ):

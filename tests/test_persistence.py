@@ -429,6 +429,52 @@ def test_altered_members_and_parameters_are_refused(table, model_path):
         load(model_path)
 
 
+def test_a_manifest_nested_too_deep_is_refused(table, model_path):
+    # 700 levels: a RecursionError traceback; 990: "damaged zip archive".
+    save(FlowDetector(**TINY_FLOW).fit(table), model_path)
+    manifest = _manifest(model_path)
+    manifest["estimator"]["$estimator"]["params"]["n_blocks"] = "NESTED"
+    text = json.dumps(manifest)
+    for levels in (150, 700, 990, 5000):
+        nested = "[" * levels + "1.5" + "]" * levels
+        manifest_bytes = text.replace('"NESTED"', nested).encode()
+        _rewrite(model_path, members={"manifest.json": manifest_bytes})
+        with pytest.raises(ModelFileError, match="more than 100 levels deep"):
+            load(model_path)
+
+
+def test_members_the_manifest_does_not_list_are_refused_unread(
+    table, model_path, monkeypatch
+):
+    # A deflated run of 2 GiB zeros (a 3 MB file) was read whole, 4.3 GB of
+    # memory, before the names were compared.
+    save(FlowDetector(**TINY_FLOW).fit(table), model_path)
+    _rewrite(model_path, members={"skops/0.skops": bytes(2**20)})
+    read = []
+    original = zipfile.ZipFile.read
+    monkeypatch.setattr(
+        zipfile.ZipFile,
+        "read",
+        lambda self, name, *a, **k: read.append(name) or original(self, name, *a, **k),
+    )
+    with pytest.raises(ModelFileError, match="not the ones its manifest lists"):
+        load(model_path)
+    assert read == ["manifest.json"]
+
+
+def test_a_model_file_cut_short_or_empty_says_so(table, model_path, tmp_path):
+    # Both were "not a zip archive": the wrong cause for an interrupted copy.
+    save(FlowDetector(**TINY_FLOW).fit(table), model_path)
+    cut, empty = tmp_path / "cut.metarefine", tmp_path / "empty.metarefine"
+    data = model_path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    empty.write_bytes(b"")
+    with pytest.raises(ModelFileError, match="end is missing: the file was cut short"):
+        load(cut)
+    with pytest.raises(ModelFileError, match="is empty"):
+        load(empty)
+
+
 def test_an_edited_manifest_is_refused(table, model_path):
     # The manifest's values (the threshold, offset_) had no checksum: an
     # edited one was loaded as saved, or failed later with a TypeError.

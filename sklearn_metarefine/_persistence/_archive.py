@@ -27,6 +27,9 @@ _SKOPS_MEMBER = re.compile(r"skops/[0-9]+\.skops")
 # A manifest holds parameters and names, not data; anything near this size is
 # not one of ours, and reading it whole would only cost memory.
 _MAX_MANIFEST_BYTES = 64 * 2**20
+# Levels of nested JSON in a manifest: about 20 for a pipeline of a refined
+# patch-level detector. Decoding recurses once or more per level.
+_MAX_MANIFEST_DEPTH = 100
 _PICKLE_PROTOCOL_2_PLUS = b"\x80"
 # The zip comment of a model file: this prefix, then the manifest's SHA-256.
 # Files written before it have no comment; their manifest is not checked.
@@ -75,7 +78,15 @@ def write_archive(path, manifest, members):
 
 def _refuse_non_zip(path):
     with open(path, "rb") as file:
-        head = file.read(2)
+        head = file.read(4)
+    if not head:
+        raise ModelFileError(f"{path!r} is empty: not a model file, or one cut short.")
+    if head == b"PK\x03\x04":  # a zip's first member, without the zip's end
+        raise ModelFileError(
+            f"{path!r} starts as a zip archive but its end is missing: the file "
+            "was cut short (an interrupted copy or download?) or damaged. Copy "
+            "the model file again."
+        )
     if head.startswith(_PICKLE_PROTOCOL_2_PLUS):
         detail = (
             "it looks like a pickle (from pickle, joblib or torch.save), which can "
@@ -93,11 +104,31 @@ def _strict_constant(name):
     raise ModelFileError(f"the manifest holds the non-standard JSON constant {name}")
 
 
+def _depth(value):
+    """Levels of nested lists and objects in parsed JSON (iteratively)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        value, depth = pending.pop()
+        deepest = max(deepest, depth)
+        if isinstance(value, dict):
+            value = value.values()
+        if isinstance(value, (list, type({}.values()))):
+            pending.extend((item, depth + 1) for item in value)
+    return deepest
+
+
 def _parse_manifest(text, path):
     try:
         manifest = json.loads(text, parse_constant=_strict_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelFileError(f"{path!r}: its manifest is not valid JSON ({error}).")
+    except RecursionError:
+        manifest = None
+    if manifest is None or _depth(manifest) > _MAX_MANIFEST_DEPTH:
+        raise ModelFileError(
+            f"{path!r}: its manifest nests lists or objects more than "
+            f"{_MAX_MANIFEST_DEPTH} levels deep; no model file does."
+        )
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModelFileError(
             f"{path!r} is a zip archive but not a sklearn-metarefine model file "
@@ -164,6 +195,13 @@ def read_archive(path):
                     "edit, cannot be detected. Save the model again.",
                     UserWarning,
                 )
+            recorded = manifest["members"]
+            if set(recorded) != set(names) - {MANIFEST}:  # before reading them
+                raise ModelFileError(
+                    f"{path!r}: its members {sorted(set(names) - {MANIFEST})} are "
+                    f"not the ones its manifest lists ({sorted(recorded)}); the "
+                    "file was altered after it was saved."
+                )
             members = {n: archive.read(n) for n in names if n != MANIFEST}
     except (
         zipfile.BadZipFile,
@@ -179,12 +217,6 @@ def read_archive(path):
             raise
         # A damaged directory offset sends zipfile to a position before the start.
         raise ModelFileError(f"{path!r}: damaged zip archive ({error}).") from None
-    recorded = manifest["members"]
-    if set(recorded) != set(members):
-        raise ModelFileError(
-            f"{path!r}: its members {sorted(members)} are not the ones its manifest "
-            f"lists ({sorted(recorded)}); the file was altered after it was saved."
-        )
     for name, data in members.items():
         if _sha256(data) != recorded[name]:
             raise ModelFileError(

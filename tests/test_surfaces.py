@@ -198,6 +198,12 @@ def test_defect_types_selects_and_cycles():
         defect_types="missing_thread", random_state=0,
     )
     assert set(only.defect_type) == {"missing_thread"}
+    # an array of names gave numpy's str_ in defect_type
+    named = make_surfaces(
+        "wood", n_normal=0, n_anomalous=2, image_size=32,
+        defect_types=np.array(["hole", "crack"]), random_state=0,
+    )
+    assert [type(name) for name in named.defect_type] == [str, str]
 
 
 def test_a_defect_the_category_lacks_is_named_in_the_error():

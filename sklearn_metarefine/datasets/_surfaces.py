@@ -134,7 +134,8 @@ def _check_defect_types(category, defect_types):
             f"{type(defect_types).__name__} ({sorted(map(repr, defect_types))}), "
             "whose order changes between runs: pass a list."
         )
-    defect_types = list(defect_types)
+    # names, not numpy's str_ (an array of names gave np.str_ in defect_type)
+    defect_types = [str(n) if isinstance(n, str) else n for n in defect_types]
     unknown = [name for name in defect_types if name not in available]
     repeated = sorted({name for name in defect_types if defect_types.count(name) > 1})
     if unknown or repeated or not defect_types:

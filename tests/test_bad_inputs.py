@@ -1107,25 +1107,48 @@ def test_raw_patch_rows_far_from_zero_keep_their_variation(name):
     np.testing.assert_allclose(scores[1], scores[0], rtol=1e-4, atol=1e-4)
 
 
-@pytest.fixture
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def test_a_float64_default_dtype_changes_nothing(float64_default):
+def test_a_float64_default_dtype_changes_nothing(tmp_path):
     # fit raised "mat1 and mat2 must have the same dtype" (the flows) and
     # "Input type (torch.FloatTensor) and weight type (torch.DoubleTensor)"
-    # (the named backbones): nets were built in the default dtype.
+    # (the named backbones): nets, batches and projections were made in the
+    # default dtype, and a flow's initial weights were drawn in it.
     rows = np.random.RandomState(0).normal(size=(40, 4))
-    for Detector in (FlowDetector, MAMLFlowDetector):
-        detector = Detector(max_epochs=2, device="cpu", random_state=0).fit(rows)
-        assert np.isfinite(detector.score_samples(rows)).all()
     images = np.random.RandomState(0).randint(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image).save(paths[-1])
     features = PretrainedFeatures("efficientnet_lite0", image_size=32, n_scales=1)
-    assert features.fit_transform(images).dtype == np.float32
-    detector = PatchCoreDetector(image_size=32, device="cpu").fit(images)
-    maps = detector.anomaly_map(images)
-    assert maps.shape == (6, 32, 32) and np.isfinite(maps).all()
+    # resnet18's 384 channels go through the bank's random projection
+    patches = PatchCoreDetector("resnet18", weights=None, image_size=32, device="cpu")
+
+    def run():
+        flows = [
+            Detector(max_epochs=2, device="cpu", random_state=0).fit(rows)
+            for Detector in (FlowDetector, MAMLFlowDetector)
+        ]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # resnet18 without its weights
+            patches.fit(paths)
+        return (
+            [flow.score_samples(rows) for flow in flows],
+            features.fit_transform(images),
+            features.transform(paths),
+            patches.anomaly_map(paths),
+        )
+
+    expected = run()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = run()
+    finally:
+        torch.set_default_dtype(previous)
+    for flow_scores, flow_expected in zip(got[0], expected[0]):
+        np.testing.assert_allclose(flow_scores, flow_expected, rtol=1e-6)
+    for array, array_expected in zip(got[1:3], expected[1:3]):
+        assert array.dtype == np.float32
+        np.testing.assert_allclose(array, array_expected, rtol=1e-5, atol=1e-6)
+    # torchvision draws resnet18's random weights in the default dtype: other
+    # numbers, the same shapes
+    assert got[3].shape == expected[3].shape and np.isfinite(got[3]).all()

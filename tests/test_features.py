@@ -785,6 +785,38 @@ def test_the_cache_keys_non_persistent_buffers_and_functions(rgb, tmp_path):
     np.testing.assert_allclose(changed, expected, rtol=1e-6)
 
 
+def test_the_cache_key_of_a_module_holding_a_function_is_the_same_in_every_process(
+    tmp_path,
+):
+    # Its constants went into the key: a nested code object prints its address
+    # and a set its hash order, so no later session found the cached features.
+    import subprocess
+    import sys
+
+    script = tmp_path / "key.py"
+    script.write_text(
+        "import torch\n"
+        "from sklearn_metarefine._features._backbones import _fingerprint\n"
+        "def act(x):\n"
+        "    if 'relu' in {'relu', 'gelu', 'tanh', 'silu'}:\n"
+        "        x = sum(t for t in [x])\n"
+        "    return torch.relu(x)\n"
+        "torch.manual_seed(0)\n"
+        "net = torch.nn.Conv2d(3, 4, 3)\n"
+        "net.act = act\n"
+        "print(_fingerprint(net))\n"
+    )
+    keys = {
+        subprocess.run(
+            [sys.executable, str(script)],
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.strip()
+        for seed in ("1", "2", "3")
+    }  # fmt: skip
+    assert len(keys) == 1, keys
+
+
 def test_the_cache_keys_a_module_s_plain_settings(rgb, tmp_path):
     # A changed plain attribute (no weight, not in repr) hit the cache of the
     # old features.

@@ -391,6 +391,16 @@ def test_maps_of_a_module_peak_on_the_planted_defect():
         assert np.all(np.abs(np.array(peak) - (y - 0.5, x - 0.5)) <= 1.5), peak
 
 
+def test_the_cell_offset_is_the_backbones_with_its_weights():
+    from sklearn_metarefine._patch._grid import cell_offset
+
+    assert cell_offset("efficientnet_lite0") == 0.75  # its packaged weights
+    assert cell_offset("efficientnet_lite0", None) == 0.0  # random weights
+    assert cell_offset("resnet18") == cell_offset("wide_resnet50_2") == 0.0
+    assert cell_offset("alexnet") == -0.4
+    assert cell_offset(_Blur8()) == 0.0
+
+
 # --- PatchCoreDetector ----------------------------------------------------------
 def test_map_maximum_lies_in_the_planted_defect(surfaces, fitted):
     train, normal_test, defective, masks = surfaces

@@ -435,12 +435,32 @@ def test_a_manifest_nested_too_deep_is_refused(table, model_path):
     manifest = _manifest(model_path)
     manifest["estimator"]["$estimator"]["params"]["n_blocks"] = "NESTED"
     text = json.dumps(manifest)
-    for levels in (150, 700, 990, 5000):
+    for levels in (250, 700, 990, 5000):
         nested = "[" * levels + "1.5" + "]" * levels
         manifest_bytes = text.replace('"NESTED"', nested).encode()
         _rewrite(model_path, members={"manifest.json": manifest_bytes})
-        with pytest.raises(ModelFileError, match="more than 100 levels deep"):
+        with pytest.raises(ModelFileError, match="more than 200 levels deep"):
             load(model_path)
+
+
+def test_save_writes_no_model_that_load_refuses_as_nested_too_deep(table, model_path):
+    # 30 pipelines around a refiner nest its manifest 185 levels deep and load;
+    # 34 would nest it beyond what load reads, and save says so instead.
+    from sklearn.pipeline import make_pipeline
+
+    refiner = IQRRefiner(IsolationForest(n_estimators=5, random_state=0)).fit(table)
+    model = refiner
+    for _ in range(30):
+        model = make_pipeline(model)
+    save(model, model_path)
+    loaded = load(model_path)
+    for _ in range(30):
+        loaded = loaded[-1]
+    assert loaded.offset_ == refiner.offset_
+    for _ in range(4):
+        model = make_pipeline(model)
+    with pytest.raises(ValueError, match="more than 200 levels deep"):
+        save(model, model_path)
 
 
 def test_members_the_manifest_does_not_list_are_refused_unread(

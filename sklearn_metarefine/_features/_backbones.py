@@ -231,15 +231,20 @@ def _function(value):
 
 
 def _setting(value):
-    """A plain setting, or what identifies a function a ``forward`` may call
-    (``self.act = torch.sigmoid``): its name and, for Python's, its code."""
+    """A plain setting, or what names a function a ``forward`` may call
+    (``self.act = torch.sigmoid``): its module and name and, for Python's, its
+    bytecode and the names it uses. Not its constants (nested code objects
+    print their addresses, sets their hash order: the key would change from
+    one process to the next), closure values or defaults; nor the arguments
+    of a ``functools.partial`` or a bound method's object, which are not
+    functions here."""
     if not _function(value):
         return value
     name = (getattr(value, "__module__", None), value.__qualname__)
     code = getattr(value, "__code__", None)
     if code is None:
         return name
-    return (*name, code.co_code, repr(code.co_consts), code.co_names)
+    return (*name, code.co_code, code.co_names)
 
 
 def _plain(value):

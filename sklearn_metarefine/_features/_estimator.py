@@ -228,7 +228,10 @@ class PretrainedFeatures(_BackboneTransformer):
     memory : None, str, path-like or object with the joblib.Memory interface, \
             default=None
         Where to cache the output of ``transform``, keyed on the input, the
-        backbone's weight values and the views and scales. With it, scoring the same
+        backbone's weight values and buffers (a module's plain settings and the
+        functions it holds as attributes, by name and bytecode, but not their
+        closures, defaults or a ``functools.partial``'s arguments), and the views
+        and scales. With it, scoring the same
         data again (the same validation fold for every GridSearchCV candidate) reads
         the cache instead of running the CNN. File inputs are keyed on their
         paths and contents. The cache is joblib's store of pickles, and loading a

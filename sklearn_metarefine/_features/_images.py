@@ -356,7 +356,9 @@ class _ImageSequence:
 
     def load(self, start, stop, size, device, memory_format):
         shape = (stop - start, 3) + tuple(size)
-        batch = torch.empty(shape, device=device, memory_format=memory_format)
+        batch = torch.empty(
+            shape, dtype=torch.float32, device=device, memory_format=memory_format
+        )
         for row, index in enumerate(range(start, stop)):
             image = _read_item(self.items[index], index)[None]
             batch[row] = _resize(_to_unit_tensor(image, device), size)[0]

@@ -25,7 +25,8 @@ def soft_clamp(s, clamp):
 
 
 def _subnet(n_in, n_out, hidden_size, n_hidden_layers):
-    """Fully connected subnet whose last layer starts at zero.
+    """Fully connected subnet whose last layer starts at zero, in float32 (as
+    the rows it is trained on) whatever ``torch.set_default_dtype`` says.
 
     A zero last layer makes every coupling the identity at initialisation, so
     an untrained flow is a standard Gaussian rather than a random map whose
@@ -34,9 +35,9 @@ def _subnet(n_in, n_out, hidden_size, n_hidden_layers):
     layers = []
     width = n_in
     for _ in range(n_hidden_layers):
-        layers += [nn.Linear(width, hidden_size), nn.ReLU()]
+        layers += [nn.Linear(width, hidden_size, dtype=torch.float32), nn.ReLU()]
         width = hidden_size
-    last = nn.Linear(width, n_out)
+    last = nn.Linear(width, n_out, dtype=torch.float32)
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
     layers.append(last)
@@ -130,8 +131,6 @@ class Flow(nn.Module):
             layers.append(Permutation(dim, generator))
             layers.append(AffineCoupling(dim, hidden_size, n_hidden_layers, clamp))
         self.layers = nn.ModuleList(layers)
-        # float32 whatever torch.set_default_dtype says: the rows it trains on are
-        self.float()
 
     def forward(self, x):
         log_det = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)

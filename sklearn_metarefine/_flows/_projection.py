@@ -11,7 +11,8 @@ def fit_projection(std_rows, pca_components, n_views=1, n_folds=5):
     isotropic Gaussian noise. At most ``min(n_features, n_distinct - 1)``
     axes are kept, and at least 2 (the flow's couplings need two
     coordinates), ``n_distinct`` being the number of distinct rows: beyond
-    that the sample variances are zero. Copies of a row change neither.
+    that the sample variances are zero. Copies of a row change neither that
+    number nor which of the two residual variances below is taken.
 
     The residual variance is that of the rows in the discarded directions,
     except when the axes span the rows (``n_distinct - 1 <= pca_components``):
@@ -29,7 +30,7 @@ def fit_projection(std_rows, pca_components, n_views=1, n_folds=5):
     # numbered in order of first occurrence: distinct objects keep their places
     object_ids = np.argsort(np.argsort(first))[inverse.reshape(-1)]
     n_objects = len(first)
-    n_distinct = len(np.unique(std_rows, axis=0))
+    n_distinct = n_objects if n_views == 1 else len(np.unique(std_rows, axis=0))
     pca_components = max(2, min(pca_components, dim, n_distinct - 1))
     _, singular_values, vt = np.linalg.svd(std_rows, full_matrices=False)
     variances = singular_values**2 / n_rows

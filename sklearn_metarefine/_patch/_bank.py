@@ -21,7 +21,9 @@ _CORESET_BLOCK = 2**14
 def random_projection(n_features, n_components, generator, device):
     """A Gaussian matrix ``(n_features, n_components)`` that roughly preserves
     distances (Johnson-Lindenstrauss), scaled by ``1 / sqrt(n_components)``."""
-    matrix = torch.randn(n_features, n_components, generator=generator)
+    matrix = torch.randn(
+        n_features, n_components, generator=generator, dtype=torch.float32
+    )
     return (matrix / math.sqrt(n_components)).to(device)
 
 
@@ -222,7 +224,7 @@ def _search_cells(
     by_cell = torch.argsort(probes, stable=True)
     asking = by_cell // n_probe
     bounds = torch.cumsum(torch.bincount(probes, minlength=len(offsets) - 1), 0)
-    found = torch.full((len(probes),), math.inf, device=bank.device)
+    found = torch.full((len(probes),), math.inf, dtype=bank.dtype, device=bank.device)
     where = torch.zeros(len(probes), dtype=torch.long, device=bank.device)
     first = 0
     for cell, last in enumerate(bounds.tolist()):

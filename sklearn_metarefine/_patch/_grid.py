@@ -27,13 +27,18 @@ from ._bank import anomaly_maps
 # up and left). AlexNet's unpadded pooling centres cell i of its 27-cell grid
 # at 224 px on pixel 8 * i + 7, below and right of 224 / 27 * i: -0.4 is that
 # displacement at the middle cell (-0.84 at the first, +0.1 at the last).
+# These are the named backbones' with their weights; random weights (None) centre
+# cells as the layers' geometry says (lite0's gradient centroids: 0.0 to 0.2).
 _CELL_OFFSETS = {"efficientnet_lite0": 0.75, "alexnet": -0.4}
 
 
-def cell_offset(backbone):
+def cell_offset(backbone, weights="DEFAULT"):
     """The offset of :data:`_CELL_OFFSETS` for ``backbone`` (a name or a
-    module): 0 where none was measured."""
-    return _CELL_OFFSETS.get(backbone, 0.0) if isinstance(backbone, str) else 0.0
+    module) with ``weights``: 0 where none was measured, and for random
+    weights (``None``), whose cells are centred as the layers' geometry says."""
+    if not isinstance(backbone, str) or weights is None:
+        return 0.0
+    return _CELL_OFFSETS.get(backbone, 0.0)
 
 # Constraints of the parameters that describe the input and its embedding.
 GRID_CONSTRAINTS = {
@@ -85,13 +90,14 @@ def _float32_scale(X):
     return float(np.ldexp(1.0, np.frexp(largest)[1]))
 
 
-def grid_maps(grids, size, input_size, sigma, backbone):
+def grid_maps(grids, size, input_size, sigma, backbone, weights="DEFAULT"):
     """Grids of patch scores ``(n, h, w)`` as maps of images of ``size``.
 
     The images, of ``size = (height, width)``, were resized to ``input_size``
-    for ``backbone``. The maps are resized bilinearly, with each cell placed
-    where its features are centred (:func:`cell_offset`), and smoothed with a
-    Gaussian of ``sigma`` pixels of ``input_size``, scaled to ``size``.
+    for ``backbone`` with ``weights``. The maps are resized bilinearly, with
+    each cell placed where its features are centred (:func:`cell_offset`), and
+    smoothed with a Gaussian of ``sigma`` pixels of ``input_size``, scaled to
+    ``size``.
 
     Returns
     -------
@@ -104,7 +110,7 @@ def grid_maps(grids, size, input_size, sigma, backbone):
         tuple(size),
         sigma,
         tuple(input_size),
-        cell_offset(backbone),
+        cell_offset(backbone, weights),
     )
     return maps.numpy()
 
@@ -366,5 +372,10 @@ class PatchGridMixin:
             return scores.float().numpy()
         features = self.features_
         return grid_maps(
-            scores, size, features.image_size_, self.sigma, features.backbone
+            scores,
+            size,
+            features.image_size_,
+            self.sigma,
+            features.backbone,
+            features.weights,
         )

@@ -27,9 +27,10 @@ _SKOPS_MEMBER = re.compile(r"skops/[0-9]+\.skops")
 # A manifest holds parameters and names, not data; anything near this size is
 # not one of ours, and reading it whole would only cost memory.
 _MAX_MANIFEST_BYTES = 64 * 2**20
-# Levels of nested JSON in a manifest: about 20 for a pipeline of a refined
-# patch-level detector. Decoding recurses once or more per level.
-_MAX_MANIFEST_DEPTH = 100
+# Levels of nested JSON lists and objects in a manifest: about 20 for a pipeline
+# of a refined patch-level detector, 6 more per pipeline around it. Decoding
+# recurses once or more per level; save refuses deeper models alike.
+_MAX_MANIFEST_DEPTH = 200
 _PICKLE_PROTOCOL_2_PLUS = b"\x80"
 # The zip comment of a model file: this prefix, then the manifest's SHA-256.
 # Files written before it have no comment; their manifest is not checked.
@@ -60,6 +61,12 @@ def write_archive(path, manifest, members):
     which is written first so that a reader finds it without scanning.
     """
     manifest = {**manifest, "members": {n: _sha256(d) for n, d in members.items()}}
+    if _depth(manifest) > _MAX_MANIFEST_DEPTH:  # what read_archive refuses
+        raise ValueError(
+            f"The model nests estimators and values more than {_MAX_MANIFEST_DEPTH} "
+            "levels deep in its manifest, more than model files allow; nest fewer "
+            "pipelines."
+        )
     text = json.dumps(manifest, indent=1, allow_nan=False, sort_keys=False)
 
     def write(raw):
@@ -109,12 +116,20 @@ def _depth(value):
     deepest, pending = 0, [(value, 1)]
     while pending:
         value, depth = pending.pop()
-        deepest = max(deepest, depth)
         if isinstance(value, dict):
-            value = value.values()
-        if isinstance(value, (list, type({}.values()))):
+            value = list(value.values())
+        if isinstance(value, list):
+            deepest = max(deepest, depth)
             pending.extend((item, depth + 1) for item in value)
     return deepest
+
+
+def _too_deep(path):
+    return ModelFileError(
+        f"{path!r}: its manifest nests lists or objects more than "
+        f"{_MAX_MANIFEST_DEPTH} levels deep, more than sklearn_metarefine.save "
+        "writes."
+    )
 
 
 def _parse_manifest(text, path):
@@ -123,12 +138,9 @@ def _parse_manifest(text, path):
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelFileError(f"{path!r}: its manifest is not valid JSON ({error}).")
     except RecursionError:
-        manifest = None
-    if manifest is None or _depth(manifest) > _MAX_MANIFEST_DEPTH:
-        raise ModelFileError(
-            f"{path!r}: its manifest nests lists or objects more than "
-            f"{_MAX_MANIFEST_DEPTH} levels deep; no model file does."
-        )
+        raise _too_deep(path) from None
+    if _depth(manifest) > _MAX_MANIFEST_DEPTH:
+        raise _too_deep(path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModelFileError(
             f"{path!r} is a zip archive but not a sklearn-metarefine model file "

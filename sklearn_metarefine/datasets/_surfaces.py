@@ -54,8 +54,8 @@ Every image is a new piece of the surface: the texture's phase, orientation
 within {_GAIN_SPREAD:.0%}, a linear gradient of up to {_MAX_GRADIENT:.0%} across
 the image) and the sensor noise (standard deviation
 {_SENSOR_NOISE * 255:.0f} grey levels). A defect covers about 1% (thin
-scratches, cracks, small holes: 0.7% to 4.2%) to 12% (stains, discoloured
-patches) of the image (300 defects at each of 64, 128 and 224 px); a
+scratches and cracks, small holes) to 12% (stains, discoloured patches) of
+the image (0.7% to 12.6% over 300 defects at each of 64, 128 and 224 px); a
 third of the defects are drawn at low contrast, where they move the surface
 only {_LOW_CONTRAST[0]:.0%} to {_LOW_CONTRAST[1]:.0%} of the way towards
 their full appearance (the others {_HIGH_CONTRAST[0]:.0%} to

@@ -783,13 +783,18 @@ def test_the_cache_keys_non_persistent_buffers_and_functions(rgb, tmp_path):
     changed = features.fit_transform(rgb)
     assert not np.allclose(changed, first)
     np.testing.assert_allclose(changed, expected, rtol=1e-6)
+    # two functions that differ in a constant only
+    net.act = lambda x: x * 2.0
+    doubled = features.fit_transform(rgb)
+    net.act = lambda x: x * 3.0
+    np.testing.assert_allclose(features.fit_transform(rgb), 1.5 * doubled, rtol=1e-5)
 
 
 def test_the_cache_key_of_a_module_holding_a_function_is_the_same_in_every_process(
     tmp_path,
 ):
-    # Its constants went into the key: a nested code object prints its address
-    # and a set its hash order, so no later session found the cached features.
+    # Its constants went into the key by repr: a nested code object prints its
+    # address and a set its hash order, so no later session found the cache.
     import subprocess
     import sys
 

@@ -397,7 +397,7 @@ def test_the_cell_offset_is_the_backbones_with_its_weights():
     assert cell_offset("efficientnet_lite0") == 0.75  # its packaged weights
     assert cell_offset("efficientnet_lite0", None) == 0.0  # random weights
     assert cell_offset("resnet18") == cell_offset("wide_resnet50_2") == 0.0
-    assert cell_offset("alexnet") == -0.4
+    assert cell_offset("alexnet") == cell_offset("alexnet", None) == -0.4  # layout
     assert cell_offset(_Blur8()) == 0.0
 
 

@@ -453,6 +453,7 @@ def test_save_writes_no_model_that_load_refuses_as_nested_too_deep(table, model_
     for _ in range(30):
         model = make_pipeline(model)
     save(model, model_path)
+    saved = model_path.read_bytes()
     loaded = load(model_path)
     for _ in range(30):
         loaded = loaded[-1]
@@ -461,6 +462,13 @@ def test_save_writes_no_model_that_load_refuses_as_nested_too_deep(table, model_
         model = make_pipeline(model)
     with pytest.raises(ValueError, match="more than 200 levels deep"):
         save(model, model_path)
+    # so deep that encoding it recursed past Python's limit: a RecursionError
+    model = FlowDetector()
+    for _ in range(300):
+        model = make_pipeline(model)
+    with pytest.raises(ValueError, match="more than 200 levels deep"):
+        save(model, model_path)
+    assert model_path.read_bytes() == saved  # the file is as it was
 
 
 def test_members_the_manifest_does_not_list_are_refused_unread(

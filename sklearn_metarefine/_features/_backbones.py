@@ -233,18 +233,32 @@ def _function(value):
 def _setting(value):
     """A plain setting, or what names a function a ``forward`` may call
     (``self.act = torch.sigmoid``): its module and name and, for Python's, its
-    bytecode and the names it uses. Not its constants (nested code objects
-    print their addresses, sets their hash order: the key would change from
-    one process to the next), closure values or defaults; nor the arguments
-    of a ``functools.partial`` or a bound method's object, which are not
-    functions here."""
+    code (:func:`_code_key`). Not its closure values or defaults; nor the
+    arguments of a ``functools.partial`` or a bound method's object, which
+    are not functions here."""
     if not _function(value):
         return value
     name = (getattr(value, "__module__", None), value.__qualname__)
     code = getattr(value, "__code__", None)
-    if code is None:
-        return name
-    return (*name, code.co_code, code.co_names)
+    return name if code is None else (*name, _code_key(code))
+
+
+def _code_key(code):
+    """Bytecode, names and constants of a code object, the same in every
+    process: nested code objects by their own key (their repr holds an
+    address), sets sorted (their order follows the hash seed)."""
+    constants = tuple(_constant_key(c) for c in code.co_consts)
+    return code.co_code, code.co_names, constants
+
+
+def _constant_key(constant):
+    if isinstance(constant, types.CodeType):
+        return _code_key(constant)
+    if isinstance(constant, tuple):
+        return tuple(_constant_key(c) for c in constant)
+    if isinstance(constant, frozenset):
+        return ("frozenset", tuple(sorted(repr(_constant_key(c)) for c in constant)))
+    return (type(constant).__name__, repr(constant))
 
 
 def _plain(value):

@@ -27,16 +27,19 @@ from ._bank import anomaly_maps
 # up and left). AlexNet's unpadded pooling centres cell i of its 27-cell grid
 # at 224 px on pixel 8 * i + 7, below and right of 224 / 27 * i: -0.4 is that
 # displacement at the middle cell (-0.84 at the first, +0.1 at the last).
-# These are the named backbones' with their weights; random weights (None) centre
-# cells as the layers' geometry says (lite0's gradient centroids: 0.0 to 0.2).
+# lite0's offset is its packaged weights': with random weights (None) its cells
+# sit where the layers' geometry puts them (gradient centroids: 0.0 to 0.2 cell).
 _CELL_OFFSETS = {"efficientnet_lite0": 0.75, "alexnet": -0.4}
 
 
 def cell_offset(backbone, weights="DEFAULT"):
     """The offset of :data:`_CELL_OFFSETS` for ``backbone`` (a name or a
-    module) with ``weights``: 0 where none was measured, and for random
-    weights (``None``), whose cells are centred as the layers' geometry says."""
-    if not isinstance(backbone, str) or weights is None:
+    module) with ``weights``: 0 where none was measured, and for
+    efficientnet_lite0 with random weights (``None``), whose offset is its
+    packaged weights'."""
+    if not isinstance(backbone, str):
+        return 0.0
+    if backbone == "efficientnet_lite0" and weights is None:
         return 0.0
     return _CELL_OFFSETS.get(backbone, 0.0)
 

@@ -30,6 +30,7 @@ from ._archive import (
     ModelVersionWarning,
     read_archive,
     skops_member,
+    too_deep_to_save,
     warn_on_version_mismatch,
     write_archive,
 )
@@ -73,6 +74,10 @@ def save(estimator, path):
         feature transformer or detector with a ``torch.nn.Module`` backbone, a
         parameter holding a function, an estimator skops cannot serialise.
         The message names the part.
+    ValueError
+        When the estimator nests pipelines or values so deep that its manifest
+        would hold more than 200 levels of lists and objects, which
+        :func:`load` refuses.
 
     Warns
     -----
@@ -116,7 +121,10 @@ def save(estimator, path):
             f"path, such as {os.path.join(path, 'model.metarefine')!r}."
         )
     encoder = Encoder()
-    tree = encoder.estimator(estimator, type(estimator).__name__)
+    try:
+        tree = encoder.estimator(estimator, type(estimator).__name__)
+    except RecursionError:
+        raise too_deep_to_save() from None
     members = {ARRAYS: safetensors_numpy.save(encoder.arrays)}
     for index, data in enumerate(encoder.skops):
         members[skops_member(index)] = data

@@ -62,11 +62,7 @@ def write_archive(path, manifest, members):
     """
     manifest = {**manifest, "members": {n: _sha256(d) for n, d in members.items()}}
     if _depth(manifest) > _MAX_MANIFEST_DEPTH:  # what read_archive refuses
-        raise ValueError(
-            f"The model nests estimators and values more than {_MAX_MANIFEST_DEPTH} "
-            "levels deep in its manifest, more than model files allow; nest fewer "
-            "pipelines."
-        )
+        raise too_deep_to_save()
     text = json.dumps(manifest, indent=1, allow_nan=False, sort_keys=False)
 
     def write(raw):
@@ -122,6 +118,14 @@ def _depth(value):
             deepest = max(deepest, depth)
             pending.extend((item, depth + 1) for item in value)
     return deepest
+
+
+def too_deep_to_save():
+    return ValueError(
+        f"The model nests estimators and values more than {_MAX_MANIFEST_DEPTH} "
+        "levels deep in its manifest, more than model files allow; nest fewer "
+        "pipelines or containers."
+    )
 
 
 def _too_deep(path):

@@ -49,6 +49,12 @@ def _check_masks_and_maps(masks, maps):
                 "Floating-point masks must hold only 0 and 1; got values such as "
                 f"{values[~binary][:3]}. Did you swap masks and maps?"
             )
+        if values[0] < 0:  # every pixel of a -1/+1 labelling is non-zero
+            raise ValueError(
+                "Integer masks mark defective pixels by non-zero values and normal "
+                f"ones by 0; got negative values such as {values[values < 0][:3]}. "
+                "Labels in {-1, 1}? Give normal pixels 0."
+            )
         masks = masks != 0
     masks = masks.reshape((-1,) + masks.shape[-2:])
     maps = maps.reshape(masks.shape)

@@ -169,6 +169,9 @@ def test_metrics_reject_bad_inputs_with_a_clear_message(metric):
         metric(masks, bad)
     with pytest.raises(ValueError, match="swap masks and maps"):
         metric(maps, masks)
+    # -1/+1 labels: every pixel non-zero, refused as "no normal pixel"
+    with pytest.raises(ValueError, match=r"Labels in \{-1, 1\}\? Give normal pixels 0"):
+        metric(np.where(masks, 1, -1), maps)
     with pytest.raises(ValueError, match="n_images, height, width"):
         metric(masks[0, 0], maps[0, 0])
 

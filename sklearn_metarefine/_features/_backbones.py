@@ -204,13 +204,10 @@ def _fingerprint(module):
     that a ``forward`` may read (``self.gain = 2.0``): ``repr`` and the weights do
     not show them, and a cache keyed without them returned the old features.
     """
-    state = {
-        name: (str(t.dtype), tuple(t.shape), _tensor_bytes(t))
-        for name, t in module.state_dict().items()
-    }
+    state = {name: _tensor_key(t) for name, t in module.state_dict().items()}
     # Buffers registered with persistent=False are left out of the state dict.
     state.update(
-        (f"{name} (not persistent)", (str(t.dtype), tuple(t.shape), _tensor_bytes(t)))
+        (f"{name} (not persistent)", _tensor_key(t))
         for name, t in module.named_buffers()
         if name not in state
     )
@@ -265,6 +262,10 @@ def _plain(value):
     if isinstance(value, (tuple, list)):
         return all(_plain(item) for item in value)
     return value is None or isinstance(value, (bool, int, float, str, np.generic))
+
+
+def _tensor_key(tensor):
+    return str(tensor.dtype), tuple(tensor.shape), _tensor_bytes(tensor)
 
 
 def _tensor_bytes(tensor):

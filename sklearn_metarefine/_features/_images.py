@@ -203,9 +203,9 @@ def _upright_size(image):
         turned = image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
     except Exception:
         turned = False
-    if turned and _turned_on_opening(image):
-        turned = False
-    return (width, height) if turned else (height, width)
+    if turned and not _turned_on_opening(image):
+        return width, height
+    return height, width
 
 
 def _turned_on_opening(image):

@@ -59,9 +59,10 @@ def contact_sheet(entries, path, *, title, columns=8, thumbnail=128):
 def map_overlay(pixels, anomaly_map, threshold):
     """An image with its anomaly map blended over it, as a PIL image.
 
-    Colours run (jet) from the map's lowest value to the larger of its highest
-    value and ``threshold``: red marks where the map reaches the threshold,
-    and a map entirely below it never turns red.
+    Colours (jet) mark the threshold: values below it run from blue at the
+    map's lowest value to orange just below the threshold, values at or above
+    it from red at the threshold to dark red at the map's highest value. Red
+    marks exactly the parts of the image where the map reaches the threshold.
     """
     from matplotlib import colormaps
 
@@ -72,9 +73,28 @@ def map_overlay(pixels, anomaly_map, threshold):
         values = np.asarray(
             Image.fromarray(values, mode="F").resize((width, height), Image.BILINEAR)
         )
-    low = float(values.min())
-    high = max(float(values.max()), float(threshold))
-    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    threshold = float(threshold)
+    below = values < threshold
+    low = min(float(values.min()), threshold)
+    high = max(float(values.max()), threshold)
+    scaled = np.where(
+        below,
+        _BELOW_RED * _share(values, low, threshold),
+        _RED + (1.0 - _RED) * _share(values, threshold, high),
+    )
     colours = colormaps["jet"](scaled)[..., :3] * 255.0
     blended = 0.5 * rgb + 0.5 * colours
     return Image.fromarray(np.round(blended).astype(np.uint8))
+
+
+# Where the jet colour map turns orange and red: a gap between them, so that
+# the threshold shows as an edge on the overlay.
+_BELOW_RED, _RED = 0.75, 0.875
+
+
+def _share(values, low, high):
+    """``values`` scaled from ``low`` (0) to ``high`` (1), clipped; 0 where
+    the two are equal."""
+    if high <= low:
+        return np.zeros_like(values)
+    return np.clip((values - low) / (high - low), 0.0, 1.0)

@@ -337,6 +337,22 @@ IMAGE_ROWS = [
 ]
 
 
+@pytest.mark.parametrize(
+    "images, fix",
+    [
+        (np.zeros((2, 16, 16, 2), np.uint8), r"keep the gray, e\.g\. X\[\.\.\., :1\]"),
+        ([np.zeros((16, 16, 2), np.uint8)], r"e\.g\. X\[0\]\[\.\.\., :1\]"),
+        ([np.zeros((16, 16, 4), np.uint8)], r"e\.g\. X\[0\]\[\.\.\., :3\]"),
+        ([np.zeros((5, 16, 16), np.uint8)], r"np\.moveaxis\(X\[0\], 0, -1\)"),
+    ],
+)
+def test_channel_messages_give_a_fix_that_applies(images, fix):
+    # Gray with alpha was called channels-first, and a list's image was told
+    # to move axis 1 of X, or to slice X, which is a list.
+    with pytest.raises(ValueError, match=fix):
+        _features().fit_transform(images)
+
+
 @pytest.fixture(scope="module")
 def fitted_on_images(image_files):
     good, _ = image_files

@@ -376,6 +376,32 @@ def test_patch_models_score_their_maps_against_the_masks_of_photographs(
     assert figure.read_bytes().startswith(PNG_SIGNATURE)
 
 
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_pictures_of_the_map_figures_are_upright_as_the_features(tmp_path, suffix):
+    # The figures drew the stored pixels of a file with an EXIF orientation,
+    # sideways under maps computed from the upright image.
+    from sklearn_metarefine._benchmark._data import PictureFiles
+
+    stored = np.zeros((4, 8), dtype=np.uint8)
+    stored[:, 4:] = 255  # dark left half, bright right half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn a quarter clockwise to view: left comes on top
+    path = tmp_path / f"turned{suffix}"
+    Image.fromarray(stored).save(path, exif=exif)
+    (picture,) = PictureFiles([path], 8)[0]  # a stack of one
+    assert picture.shape == (8, 8, 3)
+    assert picture[:3].max() < 60 and picture[-3:].min() > 200
+
+
+def test_pictures_of_16_bit_images_keep_their_shades(tmp_path):
+    # Converted to RGB by Pillow, 16-bit values were clipped at 255: white.
+    from sklearn_metarefine._benchmark._data import PictureFiles
+
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((4, 4), 32896, dtype=np.uint16)).save(path)
+    np.testing.assert_array_equal(PictureFiles([path], 4)[0], 128)  # stack of one
+
+
 def test_an_unreadable_mask_stops_the_run_without_recording_a_failure(tmp_path):
     # It was recorded as the model's failure, and stayed one after the mask
     # was repaired ("Executed 0 of 1 runs").

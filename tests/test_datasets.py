@@ -432,6 +432,33 @@ def test_load_ksdd2_reads_masks_of_any_mode_by_their_colour(ksdd2_root, mode, de
     assert load_ksdd2(ksdd2_root, split="train").target.tolist() == expected
 
 
+@pytest.mark.parametrize(
+    "mode, pixel, defective",
+    [
+        ("RGB", (0, 0, 1), True),  # dark blue: 0 in luma
+        ("RGBA", (9, 0, 0, 0), False),  # coloured but invisible
+        ("RGBA", (0, 0, 2, 255), True),
+        ("LA", (1, 255), True),
+        ("L", 1, True),
+    ],
+)
+def test_benchmark_pixel_masks_agree_with_the_ksdd2_labels(
+    ksdd2_root, mode, pixel, defective
+):
+    # The benchmark read masks by luma and ignored alpha: an image labelled
+    # defective had an empty pixel mask, a good one a defect pixel.
+    from sklearn_metarefine._benchmark._data import MaskFiles
+
+    mask = Image.new(mode, (6, 4))
+    mask.putpixel((2, 1), pixel)
+    mask.save(ksdd2_root / "train/10000_GT.png")
+    data = load_ksdd2(ksdd2_root, split="train")
+    pixels = MaskFiles(data.mask_filenames, 8, images=data.filenames)[[0, 1]]
+    assert data.target[0] == defective
+    assert pixels[0].any() == defective
+    assert pixels[1].any()  # 10001: a white defect pixel, as before
+
+
 def test_load_ksdd2_orphan_gt(ksdd2_root):
     orphan = ksdd2_root / "test/20009_GT.png"
     _png(orphan)
@@ -527,12 +554,29 @@ def test_a_noise_that_rounds_to_no_anomaly_is_refused():
                        r"in a training set of 3: it would be clean\. Use noise=0, a "
                        r"noise of at least 0\.1667"):
         make_contaminated(np.arange(80), y, noise=0.1, test_size=10, train_size=3)
+    # 0.5 / 4.5 = 0.11111...: 0.1111 (rounded to nearest) still rounded to
+    # no anomaly; the bound is written rounded up, so that it works as written.
     with pytest.raises(
-        ValueError, match=r"training set of 4: .* at least 0\.1111, or more normal samples"
+        ValueError, match=r"training set of 4: .* at least 0\.1112, or more normal samples"
     ):
         make_contaminated(np.arange(46), _labels(6, 40), noise=0.05, test_size=2)
+    data = make_contaminated(np.arange(46), _labels(6, 40), noise=0.1112, test_size=2)
+    assert data.y_train.sum() == 1
     data = make_contaminated(np.arange(80), y, noise=0.17, test_size=10, train_size=3)
     assert data.y_train.sum() == 1
+
+
+def test_a_train_size_beyond_both_pools_is_not_offered_a_noise():
+    # 18 normal and 3 anomalous samples outside the test set cannot make 40:
+    # the message offered "the largest achievable noise is 0.0750", which
+    # then failed for want of normal samples.
+    y = _labels(20, 5)
+    with pytest.raises(ValueError) as error:
+        make_contaminated(np.arange(25), y, noise=0.6, train_size=40, test_size=2)
+    message = str(error.value)
+    assert "No noise fits train_size=40" in message
+    assert "largest achievable noise" not in message
+    assert "smaller noise" not in message
 
 
 def test_make_contaminated_rounds_halves_up():

@@ -1173,6 +1173,20 @@ def test_a_map_of_another_size_is_resized_to_the_image():
     assert red[5, 5] and not red[35, 40]
 
 
+@pytest.mark.parametrize("offset", [0.0, 4.0])
+def test_overlays_are_red_exactly_where_the_map_reaches_the_threshold(offset):
+    # The colours ran from the map's own lowest value: a map above the
+    # threshold everywhere came out blue, and a value at the threshold of a
+    # map reaching 10 cyan.
+    from sklearn_metarefine._pictures import map_overlay
+
+    values = np.linspace(0.0, 10.0, 48 * 40).reshape(40, 48) + offset
+    overlay = np.asarray(map_overlay(np.zeros((40, 48), np.uint8), values, 3.0))
+    colour = 2 * overlay.astype(int)  # blended half and half over black
+    red = (colour[..., 0] > 120) & (colour[..., 1] < 60) & (colour[..., 2] < 60)
+    np.testing.assert_array_equal(red, values >= 3.0)
+
+
 def test_score_refuses_a_pickle_as_model_in_one_line(folders, capsys, tmp_path):
     model = tmp_path / "model.pkl"
     model.write_bytes(b"\x80\x04\x95" + bytes(20))

@@ -16,7 +16,7 @@ from ..datasets import (
     make_contaminated,
     make_surfaces,
 )
-from ..datasets._files import is_folder_name
+from ..datasets._files import defect_pixels, is_folder_name
 from ._config import BenchmarkError, check_choice, resolve_config
 
 DIGIT_CATEGORIES = tuple(f"digit{digit}" for digit in range(10))
@@ -196,8 +196,9 @@ class MaskFiles(_Files):
             return np.zeros((self.size, self.size), dtype=bool)
         mask = self._open(path, "defect mask")
         self._check_proportions(mask.size, i)
-        mask = mask.convert("L").resize((self.size, self.size), Image.NEAREST)
-        return np.asarray(mask) > 0
+        # The loaders' rule, so that pixels agree with the image's label.
+        pixels = Image.fromarray(defect_pixels(mask).astype(np.uint8) * 255)
+        return np.asarray(pixels.resize((self.size, self.size), Image.NEAREST)) > 0
 
     def _check_proportions(self, mask_size, i):
         from .._features._images import _upright_size  # imports torch
@@ -233,7 +234,18 @@ class PictureFiles(_Files):
         return (len(self), self.size, self.size, 3)
 
     def _read(self, i):
-        image = self._open(self.filenames[i], "image").convert("RGB")
+        from .._image_files import read_image  # imports torch
+
+        # Read as the features are (turned upright by the EXIF orientation,
+        # 16 bits scaled), so that the maps lie on the picture they were
+        # computed from.
+        try:
+            pixels = read_image(self.filenames[i])
+        except Exception as error:  # UnreadableImageError, naming the file
+            raise BenchmarkError(str(error)) from None
+        if pixels.dtype != np.uint8:  # 16-bit and float images, in [0, 1]
+            pixels = np.round(pixels * 255).astype(np.uint8)
+        image = Image.fromarray(pixels).convert("RGB")
         return np.asarray(image.resize((self.size, self.size), Image.BILINEAR))
 
 

@@ -76,13 +76,18 @@ def _check_pixel_range(values, where):
         )
 
 
-def _check_channels(n_channels, where, channels_first="use np.moveaxis(X, 1, -1)"):
+def _check_channels(
+    n_channels, where, *, images="X", channels_first="use np.moveaxis(X, 1, -1)"
+):
+    """Refuse a channel count other than 1 and 3; ``images`` names the
+    channels-last array the fix slices."""
     if n_channels not in (1, 3):
-        fix = (
-            "For RGBA images drop the alpha channel, e.g. X[..., :3]"
-            if n_channels == 4
-            else f"For channels-first data {channels_first}"
-        )
+        if n_channels == 4:
+            fix = f"For RGBA images drop the alpha channel, e.g. {images}[..., :3]"
+        elif n_channels == 2:
+            fix = f"For gray images with alpha keep the gray, e.g. {images}[..., :1]"
+        else:
+            fix = f"For channels-first data {channels_first}"
         raise ValueError(
             f"{where} has {n_channels} channels in its last axis; expected 1 (gray) "
             f"or 3 (RGB), channels last. {fix}."
@@ -278,7 +283,12 @@ def _read_item(item, index):
         raise ValueError(str(error)) from None
     if array.ndim == 2:
         array = array[:, :, None]
-    _check_channels(array.shape[2], f"X[{index}]")
+    _check_channels(
+        array.shape[2],
+        f"X[{index}]",
+        images=f"X[{index}]",
+        channels_first=f"use np.moveaxis(X[{index}], 0, -1)",
+    )
     return array
 
 
@@ -407,6 +417,7 @@ def _check_input_shape(input_shape):
         _check_channels(
             shape[2],
             f"input_shape={input_shape!r}",
+            images="X.reshape(n, H, W, C)",
             channels_first="reorder each row's pixels to channels last, e.g. "
             "X.reshape(n, C, H, W).transpose(0, 2, 3, 1).reshape(n, -1), and "
             "pass input_shape=(H, W, C)",

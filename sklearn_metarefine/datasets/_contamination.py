@@ -315,7 +315,13 @@ def _train_counts(
             '"train" side). Use a smaller train_size or test_size.'
         )
     if n_anomalous > n_anomalous_pool:
-        remedies = ["a smaller noise" if n_anomalous_pool else "noise=0"]
+        # A training set larger than both pools together fits no noise.
+        fits_some_noise = (
+            train_size is None or train_size <= n_normal_pool + n_anomalous_pool
+        )
+        remedies = []
+        if fits_some_noise:
+            remedies.append("a smaller noise" if n_anomalous_pool else "noise=0")
         # This noise on a smaller training set, where one exists: it must
         # keep an anomaly and a normal sample, within the normal pool.
         size = _largest_train_size(noise, n_anomalous_pool)
@@ -333,20 +339,36 @@ def _train_counts(
                 "a smaller test_size",
                 "overlap=True (training anomalies drawn from the test set too)",
             ]
+        remedies = remedies or ["a smaller train_size"]
+        if fits_some_noise:
+            reach = f"The largest achievable noise is {largest_noise:.4f}."
+        else:
+            reach = (
+                f"No noise fits train_size={train_size}: it is more than the "
+                f"{n_normal_pool} normal and {n_anomalous_pool} anomalous samples "
+                "available for training together."
+            )
         raise ValueError(
             f"noise={noise} needs {n_anomalous} anomalous training samples next to "
             f"{n_normal} normal ones, but only {n_anomalous_pool} anomalies are "
-            f"available for training ({source}). The largest achievable noise is "
-            f"{largest_noise:.4f}. Use {'; or '.join(remedies)}."
+            f"available for training ({source}). {reach} Use "
+            f"{'; or '.join(remedies)}."
         )
     if noise > 0 and n_anomalous == 0:
         larger = "a larger train_size" if train_size else "more normal samples"
         raise ValueError(
             f"noise={noise} rounds to no anomalous sample in a training set of "
             f"{n_normal}: it would be clean. Use noise=0, a noise of at least "
-            f"{smallest_noise:.4g}, or {larger}."
+            f"{_rounded_up(smallest_noise)}, or {larger}."
         )
     return n_normal, n_anomalous
+
+
+def _rounded_up(value, digits=4):
+    """``value`` written with ``digits`` significant digits, rounded up: a
+    bound the caller can pass back as written."""
+    step = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+    return f"{math.ceil(value / step) * step:.{digits}g}"
 
 
 def _largest_train_size(noise, n_anomalous):

@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+import numpy as np
+
 # Masks and images are matched by name; showing every mismatch of a badly
 # extracted dataset would bury the first one, which is enough to act on.
 _MAX_LISTED = 5
@@ -93,3 +95,22 @@ def _paired(masks, existing):
     needed = set(masks.values())
     orphans = sorted(path for name, path in by_name.items() if name not in needed)
     return found, missing, orphans
+
+
+def defect_pixels(mask):
+    """The defect pixels of a mask image, as a boolean array of its size.
+
+    A visible pixel of any non-zero colour channel is a defect: luma would
+    round dark ones to 0, and alpha, palette indices and the channels of
+    other colour spaces (CMYK's K of black) are not colours. The loaders'
+    labels and the benchmark's pixel masks both read masks through this, so
+    that an image is labelled defective exactly when its mask has a defect
+    pixel.
+    """
+    bands = mask.getbands()
+    if mask.mode == "P" or "A" in bands:
+        pixels = np.asarray(mask.convert("RGBA"))
+        return pixels[..., :3].any(axis=-1) & (pixels[..., 3] > 0)
+    if len(bands) > 1:
+        return np.asarray(mask.convert("RGB")).any(axis=-1)
+    return np.asarray(mask) != 0

@@ -7,7 +7,15 @@ from PIL import Image
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions, validate_params
 
-from ._files import _absolute, _listing, _names, _paired, _png_files, _subfolders
+from ._files import (
+    _absolute,
+    _listing,
+    _names,
+    _paired,
+    _png_files,
+    _subfolders,
+    defect_pixels,
+)
 
 KSDD2_URL = "https://www.vicos.si/resources/kolektorsdd2/"
 
@@ -219,16 +227,7 @@ def _split_samples(root, split):
 def _has_defect(mask_path, image):
     try:
         with Image.open(mask_path) as mask:
-            # A visible pixel of any non-zero colour channel is a defect
-            # (luma rounds dark ones to 0); alpha, palette indices and other
-            # colour spaces' channels (CMYK's K of black) are not colours.
-            bands = mask.getbands()
-            if mask.mode == "P" or "A" in bands:
-                pixels = np.asarray(mask.convert("RGBA"))
-                return bool((pixels[..., :3].any(-1) & (pixels[..., 3] > 0)).any())
-            if len(bands) > 1:
-                return bool(np.asarray(mask.convert("RGB")).any())
-            return bool(np.asarray(mask).any())
+            return bool(defect_pixels(mask).any())
     except Exception as error:  # not an image, truncated, unreadable
         raise ValueError(
             f"KolektorSDD2 mask {mask_path} (of {image}) cannot be read: {error}. "

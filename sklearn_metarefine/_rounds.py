@@ -167,12 +167,19 @@ def final_estimator_has(attr, default_estimator):
 
 
 def check_novelty(estimator):
-    """Refuse, naming the fix, a detector that scores only its training samples.
+    """Refuse, naming the fix, a detector class in place of a detector, or a
+    detector that scores only its training samples.
 
     ``LocalOutlierFactor(novelty=False)`` has no ``score_samples``: the
     refinement scores samples the detector was not fitted on (held-out folds,
     the removed samples, new data), which needs ``novelty=True``.
     """
+    if isinstance(estimator, type):  # it has the methods, unbound
+        raise InvalidParameterError(
+            f"The 'estimator' parameter of IQRRefiner got the class "
+            f"{estimator.__name__}, not a detector. Pass an instance: "
+            f"{estimator.__name__}()."
+        )
     get_params = getattr(estimator, "get_params", None)
     if get_params is None:
         return

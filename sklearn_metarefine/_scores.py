@@ -5,12 +5,13 @@ imports torch.
 """
 
 import sys
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.metrics import pairwise_distances_chunked
 from sklearn.pipeline import Pipeline
 from sklearn.utils import check_array
+from sklearn.utils._param_validation import Interval, validate_params
 
 from ._utils import standardisation
 
@@ -19,6 +20,10 @@ from ._utils import standardisation
 _WORKING_MEMORY_MB = 32
 
 
+@validate_params(
+    {"scores": ["array-like"], "k": [Interval(Real, 0, None, closed="left")]},
+    prefer_skip_nested_validation=True,
+)
 def iqr_fence(scores, k=1.5):
     """Upper Tukey fence ``Q3 + k * IQR`` of a set of anomaly scores.
 
@@ -113,6 +118,10 @@ def contamination_offset(scores, contamination):
     return value
 
 
+@validate_params(
+    {"scores": ["array-like"], "k": [Interval(Real, 0, None, closed="left")]},
+    prefer_skip_nested_validation=True,
+)
 def clean_tail_fraction(scores, k=1.5):
     """Fraction of clean scores expected above their fence ``Q3 + k * IQR``.
 

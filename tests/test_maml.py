@@ -128,3 +128,11 @@ def test_detector_train_step_leaves_the_meta_gradient(monkeypatch, first_order):
         torch.testing.assert_close(grad.double(), expected[name], atol=1e-5, rtol=1e-3)
     other = second if first_order else first
     assert max((expected[n] - other[n]).abs().max().item() for n in expected) > 1e-3
+
+
+def test_maml_with_batches_of_one_row_names_batch_size():
+    # The error spoke of "a batch of 1" and named no parameter.
+    X = np.random.RandomState(0).normal(size=(12, 3))
+    detector = MAMLFlowDetector(batch_size=1, alpha=0.01, max_epochs=1, device="cpu")
+    with pytest.raises(ValueError, match=r"batch_size=1\. Use batch_size >= 2, or alpha=0"):
+        detector.fit(X)

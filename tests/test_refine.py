@@ -13,6 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import OneClassSVM
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.validation import validate_data
 
 from sklearn_metarefine import (
@@ -166,6 +167,24 @@ def test_iqr_fence_properties(seed):
         3.0 * iqr_fence(scores, k_small) - 7.0
     )
     assert iqr_fence(scores, k_small) >= np.percentile(scores, 75)
+
+
+@pytest.mark.parametrize("function", [iqr_fence, clean_tail_fraction])
+@pytest.mark.parametrize("k", [-1.0, np.nan, "1.5"])
+def test_fence_helpers_refuse_a_k_the_refiner_refuses(function, k):
+    # A negative k put the fence below Q3 (1.75 for [1, 2, 3, 4]), NaN gave a
+    # NaN fence and a clean tail of 100%.
+    with pytest.raises(InvalidParameterError, match="The 'k' parameter"):
+        function([1.0, 2.0, 3.0, 4.0], k=k)
+
+
+def test_a_detector_class_is_refused_in_words():
+    # The class has fit and score_samples, unbound: a TypeError about
+    # get_params' missing self.
+    X = np.random.RandomState(0).normal(size=(20, 2))
+    with pytest.raises(InvalidParameterError, match=r"the class IsolationForest.*"
+                       r"IsolationForest\(\)"):
+        IQRRefiner(IsolationForest).fit(X)
 
 
 def test_iqr_fence_ties():

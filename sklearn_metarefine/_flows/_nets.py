@@ -147,6 +147,12 @@ class _MAMLFlowNet(_FlowNet):
             self._check_not_diverged(loss)
             loss.backward()
             return {"loss": loss, "y_pred": None}
+        if rows.shape[0] < 2:  # only batch_size=1: MAML drops a short last batch
+            raise ValueError(
+                f"MAML (alpha={self.alpha}) splits each batch into a support and a "
+                f"query set, which needs at least 2 rows; got batch_size="
+                f"{self.batch_size}. Use batch_size >= 2, or alpha=0."
+            )
         support, query = split_task(rows, self.support_fraction)
         loss = maml_loss(
             self.module_,

@@ -488,10 +488,10 @@ def _fit(args):
 
 def _score(args):
     from ._image_files import check_nothing_read_is_overwritten
-    from ._inference import load_model, print_summary, results_files, score_files
+    from ._inference import load_model, print_summary, score_files
 
     check_nothing_read_is_overwritten(
-        f"--output {args.output}", results_files(args.output), {args.model: "the model file"}
+        f"--output {args.output}", [args.output], {args.model: "the model file"}
     )
     result = score_files(
         load_model(args.model, device=args.device),

@@ -40,9 +40,12 @@ def atomic_write(path, write, *, mode="w"):
             # Name the file the caller writes, not a temporary one.
             raise naming(error, path) from error
         created = True
-        with file:
-            write(file)
-        os.replace(temporary, path)
+        try:
+            with file:
+                write(file)
+            os.replace(temporary, path)
+        except OSError as error:  # a full disk, a file too large: name it
+            raise naming(error, path) from error
     except BaseException:
         # Remove only what this call created, and never let a failure to
         # remove it replace the error that matters.

@@ -35,18 +35,32 @@ def check_output_file(output, example):
             "--output - would be a file named '-': the output cannot go to "
             "standard output. Give the path of a file."
         )
-    for parent in output.parents:
+    _check_room(output, "--output")
+
+
+def check_output_folder(folder, option, contents):
+    """Say why the folder ``folder`` (of ``option``, for ``contents``) cannot
+    take new files, before any long work."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{option} {folder} is a file; give a folder for {contents}.")
+    _check_room(folder, option)
+
+
+def _check_room(path, option):
+    """Refuse ``path`` below a file, or where the nearest existing folder
+    refuses new files: found after the work, the work would be lost."""
+    for parent in path.parents:
         if parent.exists() and not parent.is_dir():
-            raise InputError(f"--output {output} lies below the file {parent}.")
-    # A folder that refuses new files would be found after the work, and the
-    # work lost: try one in the nearest folder there is.
-    folder = next(parent for parent in output.absolute().parents if parent.exists())
+            raise InputError(f"{option} {path} lies below the file {parent}.")
+    absolute = path.absolute()
+    folder = next(p for p in (absolute, *absolute.parents) if p.is_dir())
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
         raise InputError(
-            f"--output {output} cannot be written: {folder} refuses new files "
+            f"{option} {path} cannot be written: {folder} refuses new files "
             f"({error.strerror or error})."
         ) from None
 

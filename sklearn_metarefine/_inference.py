@@ -1,9 +1,9 @@
 """``metarefine score``: score image files with a saved model, batch by batch.
 
 Memory holds one batch of decoded images (and of anomaly maps) at a time; each
-batch's rows are written before the next batch is read. The CSV is written to
-``<output>.part`` and renamed when complete, so a run that stops leaves no CSV
-that looks finished.
+batch's rows are written before the next batch is read. The CSV is written
+under a temporary name in its folder and renamed when complete, so a run that
+stops leaves no CSV that looks finished.
 """
 
 import csv
@@ -20,7 +20,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ._atomic import temporary_name
+from ._atomic import naming, temporary_name
 from ._image_files import (
     PATH_ERRORS,
     InputError,
@@ -29,8 +29,9 @@ from ._image_files import (
     check_images_outside,
     check_not_named_as_an_image,
     check_nothing_read_is_overwritten,
-    check_replaceable,
     check_output_file,
+    check_output_folder,
+    check_replaceable,
     list_images,
     output_names,
     read_image,
@@ -212,8 +213,8 @@ def score_files(
             "The model scores feature vectors, not images (it was fitted with "
             "backbone=None, or is not an image pipeline)."
         )
-    if maps is not None and Path(maps).exists() and not Path(maps).is_dir():
-        raise InputError(f"--maps {maps} is a file; give a folder for the maps.")
+    if maps is not None:
+        check_output_folder(maps, "--maps", "the maps")
     if maps is not None and not hasattr(model, "anomaly_map"):
         raise InputError(
             "--maps needs a patch-level model (one with anomaly maps); this model "
@@ -237,14 +238,15 @@ def score_files(
     counts = {"scored": 0, "anomalous": 0, "skipped": 0}
     made = []  # folders this run created, removed again if it stops
     _make_folder(Path(output).parent, made)
-    partial = results_files(output)[1]
+    partial = temporary_name(Path(output))
     pending = []  # (map written aside, its name), renamed once all are scored
-    complete = False
+    complete = created = False
     bar = tqdm(total=len(files), unit="image", desc="Scoring", disable=not progress)
     try:
-        with open(
-            partial, "w", newline="", encoding="utf-8", errors=PATH_ERRORS
-        ) as handle:
+        handle = _named(output, open, partial, "x", newline="", encoding="utf-8",
+                        errors=PATH_ERRORS)
+        created = True
+        with handle:
             writer = csv.writer(handle)
             writer.writerow(COLUMNS + (MAP_COLUMNS if maps is not None else []))
             for start in range(0, len(files), batch_size):
@@ -258,21 +260,25 @@ def score_files(
                     key = "skipped" if row[2] == "skipped" else "scored"
                     counts[key] += 1
                     counts["anomalous"] += row[2] == "anomalous"
-                writer.writerows(rows)
-                handle.flush()
+                _named(output, writer.writerows, rows)
+                _named(output, handle.flush)  # a full disk names the CSV
                 bar.update(len(batch))
         # The maps replace earlier ones with the CSV that names them, not
         # batch by batch: an interrupted run leaves the earlier maps and CSV.
+        # The earlier CSV goes first, so that a run stopped among the renames
+        # leaves new maps without a CSV, never an old CSV beside new maps.
+        if pending:
+            _named(output, Path(output).unlink, missing_ok=True)
         for written, path in pending:
-            os.replace(written, path)
-        os.replace(partial, output)
+            _named(path, os.replace, written, path)
+        _named(output, os.replace, partial, output)
         complete = True
     finally:
         bar.close()
         for written, _ in pending:
             written.unlink(missing_ok=True)
-        if os.path.exists(partial):
-            os.unlink(partial)
+        if created:
+            partial.unlink(missing_ok=True)
         if not complete:
             _remove_empty(made)
     return ScoreResult(
@@ -285,26 +291,37 @@ def score_files(
     )
 
 
-def results_files(output):
-    """The files ``score_files`` writes for the CSV ``output``: the CSV, and the
-    temporary file it is written under until complete."""
-    return [output, f"{os.fspath(output)}.part"]
+def _named(path, call, *args, **kwargs):
+    """``call(*args, **kwargs)``, its ``OSError`` naming ``path``: a full disk
+    or a file too large said nothing of which file."""
+    try:
+        return call(*args, **kwargs)
+    except OSError as error:
+        raise naming(error, path) from error
 
 
 def _check_outputs(output, maps, map_names, inputs, files):
     """Refuse outputs that would destroy an image to score, or maps that a
     later run on the folders scored now would score as images."""
     scored = {file.path: "an image to score" for file in files}
-    check_nothing_read_is_overwritten(
-        f"--output {os.fspath(output)}", results_files(output), scored
-    )
-    # The partial CSV is opened for writing, which follows a link (the CSV
-    # itself is checked with the output).
-    check_replaceable(f"--output {os.fspath(output)}", results_files(output)[1:])
+    check_nothing_read_is_overwritten(f"--output {os.fspath(output)}", [output], scored)
     if maps is None:
         return
     overlays = [Path(maps) / name for name in map_names]
     written = overlays + [path.with_suffix(".npy") for path in overlays]
+    # The CSV must not be a map, nor a folder the maps go in.
+    taken = {os.path.abspath(path) for path in written}
+    for path in written:
+        taken.update(
+            os.path.abspath(folder)
+            for folder in path.parents
+            if Path(maps) in (folder, *folder.parents)
+        )
+    if os.path.abspath(output) in taken:
+        raise InputError(
+            f"--output {os.fspath(output)} is where --maps {os.fspath(maps)} writes "
+            "a map or a folder of maps; give the CSV a path outside the maps."
+        )
     check_nothing_read_is_overwritten(f"--maps {os.fspath(maps)}", written, scored)
     check_replaceable(f"--maps {os.fspath(maps)}", written)
     for overlay in overlays:
@@ -418,9 +435,10 @@ def _score_batch(
             overlay = map_overlay(images[scored], values, threshold)
             aside = temporary_name(overlay_path), temporary_name(values_path)
             pending += zip(aside, (overlay_path, values_path))
-            overlay.save(aside[0], format="PNG", pnginfo=_map_mark())
-            with open(aside[1], "xb") as file:
-                np.save(file, np.asarray(values, dtype=np.float32))
+            _named(overlay_path, overlay.save, aside[0], format="PNG",
+                   pnginfo=_map_mark())
+            with _named(values_path, open, aside[1], "xb") as file:
+                _named(values_path, np.save, file, np.asarray(values, np.float32))
             row += [os.fspath(overlay_path), os.fspath(values_path)]
         rows.append(row)
         scored += 1

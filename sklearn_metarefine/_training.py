@@ -10,7 +10,7 @@ from pathlib import Path
 from sklearn.utils._param_validation import InvalidParameterError
 from tqdm.auto import tqdm
 
-from ._atomic import temporary_name
+from ._atomic import naming, temporary_name
 from ._image_files import (
     PATH_ERRORS,
     InputError,
@@ -359,31 +359,40 @@ def fit_folder(
     quiet(detector)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     report_csv, sheet, skipped_csv = report_paths(output, level)
-    # The reports (seconds of scoring) are written aside first, then the model
-    # and they replace the old ones together: an interruption leaves the old
-    # model with its reports, or the new one with its own.
+    # The reports (seconds of scoring) and the model are written aside first;
+    # then the old reports go, the model replaces the old one and the reports
+    # take their names. A run stopped among the renames leaves a model without
+    # reports, never one with another model's.
     aside = {path: temporary_name(path) for path in (report_csv, sheet, skipped_csv)}
+    model_aside = temporary_name(Path(output))
     try:
-        n_listed, summary = _report(detector, level, paths, aside[report_csv],
-                                    aside[sheet])
-        if skipped:
-            with open(aside[skipped_csv], "x", newline="", encoding="utf-8",
-                      errors=PATH_ERRORS) as file:
-                writer = csv.writer(file)
-                writer.writerow(["path", "error"])
-                writer.writerows(skipped)
-        save(detector, output)
+        try:
+            n_listed, summary = _report(detector, level, paths, aside[report_csv],
+                                        aside[sheet])
+            if skipped:
+                with open(aside[skipped_csv], "x", newline="", encoding="utf-8",
+                          errors=PATH_ERRORS) as file:
+                    writer = csv.writer(file)
+                    writer.writerow(["path", "error"])
+                    writer.writerows(skipped)
+        except OSError as error:  # a full disk: the folder, not a temporary name
+            raise naming(error, report_csv.parent) from error
+        try:
+            save(detector, model_aside)
+        except OSError as error:
+            raise naming(error, output) from error
+        for path in aside:  # an old one left would describe another model
+            path.unlink(missing_ok=True)
+        os.replace(model_aside, output)
         for path, written in aside.items():
             if written.exists():
                 os.replace(written, path)
-            else:  # left by an earlier run: it would describe other files
-                path.unlink(missing_ok=True)
         # Reports of the other level would describe another model.
         for other in set(_REPORTS) - {level}:
             for path in report_paths(output, other)[:2]:
                 path.unlink(missing_ok=True)
     finally:
-        for written in aside.values():
+        for written in (*aside.values(), model_aside):
             written.unlink(missing_ok=True)
     return FitResult(
         model=Path(output),

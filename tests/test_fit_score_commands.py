@@ -311,6 +311,46 @@ def test_an_interrupted_fit_leaves_the_old_model_with_its_reports(
     assert model.read_bytes() != before[model.name]
 
 
+def test_a_fit_stopped_among_its_renames_leaves_no_old_reports_beside_the_new_model(
+    folders, fitted, tmp_path, monkeypatch
+):
+    # The model replaced the old one, then the reports theirs: stopped in
+    # between, the new model stood beside the dropped list of the old one.
+    for path in fitted.parent.glob("line.*"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    model = tmp_path / fitted.name
+    old_model = model.read_bytes()
+    replace, calls = os.replace, []
+
+    def stopped(source, target):  # os.replace of every module: os is one
+        if not Path(target).name.startswith("."):  # not a temporary file
+            calls.append(target)
+            if len(calls) == 2:  # the first report, after the model
+                raise KeyboardInterrupt
+        return replace(source, target)
+
+    monkeypatch.setattr("sklearn_metarefine._training.os.replace", stopped)
+    command = ["fit", str(folders / "train"), "--output", str(model), "--no-progress",
+               "--skip-unreadable", *TINY, "--seed", "1"]
+    assert main(command) == 130
+    assert Path(calls[0]) == model and model.read_bytes() != old_model
+    assert sorted(path.name for path in tmp_path.iterdir()) == [model.name]
+
+
+def test_write_errors_name_the_file_written_not_a_temporary_one(tmp_path, monkeypatch):
+    # "[Errno 28] No space left on device" named no file.
+    from sklearn_metarefine._atomic import atomic_write
+
+    def full(file):
+        raise OSError(28, "No space left on device")
+
+    target = tmp_path / "model.metarefine"
+    with pytest.raises(OSError, match="No space left") as error:
+        atomic_write(target, full)
+    assert error.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fit_takes_verbose_from_set(folders, capsys, tmp_path):
     # It was overwritten by --progress / --no-progress (1 / 0), silently.
     model = tmp_path / "verbose.metarefine"
@@ -338,7 +378,7 @@ def test_score_stops_at_an_unreadable_file_and_leaves_no_csv(folders, fitted, ca
     assert status == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "truncated.png" in error and error.startswith("metarefine score: error:")
-    assert not output.exists() and not output.with_name("stopped.csv.part").exists()
+    assert not output.exists() and not list(folders.glob(".stopped.csv.*"))
 
 
 def test_score_checks_every_file_opens_before_scoring_any(
@@ -494,6 +534,12 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(
             ["score", str(fitted), new, "--output", "x.csv", "--maps", str(tmp_path / "a_file")],
             "is a file; give a folder for the maps",
         ),
+        # Found after the first batch was scored, as a bare errno message.
+        (
+            ["score", str(fitted), new, "--output", "x.csv", "--maps",
+             str(tmp_path / "a_file" / "maps")],
+            f"--maps {tmp_path / 'a_file' / 'maps'} lies below the file",
+        ),
     ]  # fmt: skip
     for argv, message in cases:
         assert main(argv) == 1
@@ -604,9 +650,6 @@ def test_links_pipes_and_dash_are_refused_as_outputs(
     report = tmp_path / "fresh" / "m.dropped.csv"  # beside the model
     report.parent.mkdir()
     report.symlink_to(target)
-    partial = tmp_path / "part" / "r.csv.part"  # the CSV until it is complete
-    partial.parent.mkdir()
-    partial.symlink_to(target)
     new = str(folders / "new")
     for argv, said in [
         (["fit", new, "--output", str(link)], "a symbolic link"),
@@ -614,8 +657,6 @@ def test_links_pipes_and_dash_are_refused_as_outputs(
          "m.dropped.csv, a symbolic link"),
         (["score", str(fitted), new, "--output", str(pipe)], "not a regular file"),
         (["score", str(fitted), new, "--output", "-"], "cannot go to standard output"),
-        (["score", str(fitted), new, "--output", str(partial.parent / "r.csv")],
-         "r.csv.part, a symbolic link"),
     ]:
         assert main(argv) == 1
         error = capsys.readouterr().err
@@ -623,6 +664,20 @@ def test_links_pipes_and_dash_are_refused_as_outputs(
     assert link.is_symlink() and target.read_bytes() == b"the deployed model"
     assert stat.S_ISFIFO(os.stat(pipe).st_mode)
     assert not Path("-").exists()
+
+
+def test_score_keeps_a_file_named_like_its_csv_with_part(folders, fitted, tmp_path):
+    # The CSV was written through the fixed name <output>.part: a user's file
+    # of that name was deleted, and two runs to one output truncated each
+    # other's.
+    output = tmp_path / "r.csv"
+    notes = tmp_path / "r.csv.part"
+    notes.write_text("my notes")
+    argv = ["score", str(fitted), str(folders / "new"), "--output", str(output),
+            "--no-progress", "--skip-unreadable"]
+    assert main(argv) == 0
+    assert notes.read_text() == "my notes" and output.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["r.csv", "r.csv.part"]
 
 
 def test_a_parameter_given_twice_is_refused(folders, capsys, monkeypatch):
@@ -1043,6 +1098,73 @@ def test_a_terminated_score_cleans_up_as_an_interrupted_one(
     assert status == 143 and len(batches) == 2
     after = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     assert after == before
+
+
+def test_a_csv_where_a_map_goes_is_refused_before_any_work(
+    surfaces, tmp_path, capsys, monkeypatch
+):
+    # The CSV replaced a map's values (exit 0, the row naming the CSV as its
+    # map), or took the maps folder's name and failed after all the scoring.
+    model, command, _, maps = _scored_with_maps(surfaces, tmp_path)
+    values = next(maps.rglob("*.npy"))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the command started scoring")
+
+    monkeypatch.setattr("sklearn_metarefine._inference._score_batch", no_work)
+    fresh = tmp_path / "fresh.csv"
+    other = tmp_path / "other"  # whose subfolder new/ the maps would make
+    for output, folder in [(values, maps), (fresh, fresh), (other / "new", other)]:
+        argv = list(command)
+        argv[argv.index("--output") + 1] = str(output)
+        argv[argv.index("--maps") + 1] = str(folder)
+        capsys.readouterr()
+        assert main(argv) == 1
+        error = capsys.readouterr().err
+        assert "writes a map or a folder of maps" in error and "Traceback" not in error
+    assert np.load(values).dtype == np.float32
+    assert not fresh.exists() and not other.exists()
+
+
+def test_a_score_stopped_among_its_renames_leaves_no_old_csv_beside_new_maps(
+    surfaces, tmp_path, monkeypatch
+):
+    model, command, output, maps = _scored_with_maps(surfaces, tmp_path)
+    replace = os.replace
+
+    def stopped(source, target):
+        if Path(target) == output:
+            raise KeyboardInterrupt
+        return replace(source, target)
+
+    monkeypatch.setattr("sklearn_metarefine._inference.os.replace", stopped)
+    before = {path: path.read_bytes() for path in maps.rglob("*.npy")}
+    assert main([*command, "--threshold", "1e9"]) == 130
+    assert not output.exists()  # the old CSV named maps of another threshold
+    assert {path: path.read_bytes() for path in maps.rglob("*.npy")}.keys() == before.keys()
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_full_disk_while_scoring_names_the_csv(surfaces, tmp_path, monkeypatch, capsys):
+    _, command, output, _ = _scored_with_maps(surfaces, tmp_path)
+    old = output.read_bytes()
+
+    class Full:
+        def __init__(self, handle):
+            pass
+
+        def writerow(self, row):
+            pass
+
+        def writerows(self, rows):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("sklearn_metarefine._inference.csv.writer", Full)
+    capsys.readouterr()
+    assert main(command) == 1
+    error = capsys.readouterr().err
+    assert f"No space left on device: '{output}'" in error
+    assert output.read_bytes() == old and not list(tmp_path.rglob("*.tmp"))
 
 
 def test_a_map_path_that_is_a_link_is_refused(surfaces, tmp_path, capsys):

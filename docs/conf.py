@@ -58,7 +58,16 @@ pygments_style = "sphinx"
 # The stub pages of the API reference are generated at build time into the
 # git-ignored docs/gen_modules folder (see api.rst and _templates/autosummary).
 autosummary_generate = True
-autodoc_default_options = {"members": True, "inherited-members": False}
+# Members a class inherits from this package's mixins (PatchCoreDetector's
+# predict, all of MAMLFlowDetector's) are shown; those of scikit-learn's base
+# classes are not: their docstrings link to scikit-learn's own pages.
+autodoc_default_options = {
+    "members": True,
+    "inherited-members": (
+        "BaseEstimator,OutlierMixin,TransformerMixin,MetaEstimatorMixin,"
+        "_MetadataRequester,_SetOutputMixin,object"
+    ),
+}
 autodoc_typehints = "none"
 autodoc_member_order = "groupwise"
 

@@ -301,7 +301,8 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     ``inlier_mask_`` and ``removed_at_iter_``.
 
     The paper's procedure: ``start="full", refit="warm",
-    fence_scores="in_sample", stop="no_change", max_iter=None``. The paper's
+    fence_scores="in_sample", stop="no_change", max_iter=None`` and MAML with
+    ``alpha=0.01`` (the default here is 0). The paper's
     configuration adds ``backbone="alexnet", image_size=448, n_views=4,
     pca_components=None, n_blocks=8, hidden_size=2048, max_epochs=240`` and
     its 2e-4 learning rate as ``beta``; it needs a GPU. The benchmark's

@@ -236,3 +236,14 @@ def test_verbose_says_when_each_flow_is_fitted(capsys):
         for stage in stages
         for end in ("...", ": done in")
     ]
+
+
+def test_a_flow_that_is_not_a_flow_is_refused():
+    # Any detector with score_samples was taken, its scores read as
+    # log-likelihoods; an IQRRefiner as the flow ran for minutes on 30 rows.
+    from sklearn.ensemble import IsolationForest
+
+    X = np.random.RandomState(0).normal(size=(30, 12))
+    detector = PatchFlowDetector(backbone=None, grid_shape=(2, 2), flow=IsolationForest())
+    with pytest.raises(InvalidParameterError, match="'flow' parameter .*FlowDetector' or None"):
+        detector.fit(X)

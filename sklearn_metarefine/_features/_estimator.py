@@ -453,7 +453,7 @@ class PretrainedFeatures(_BackboneTransformer):
         return self._embed(X, plan)
 
     def get_feature_names_out(self, input_features=None):
-        """Names of the output features: ``view{v}_scale{s}_ch{c}``.
+        """Names of the output features: ``pretrainedfeatures_view{v}_scale{s}_ch{c}``.
 
         Parameters
         ----------

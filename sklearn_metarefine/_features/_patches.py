@@ -220,7 +220,7 @@ class PatchFeatures(_BackboneTransformer):
         return self._embed(X, _PatchPlan(self.image_size_))
 
     def get_feature_names_out(self, input_features=None):
-        """Names of the output features: ``row{r}_col{c}_ch{k}``.
+        """Names of the output features: ``patchfeatures_row{r}_col{c}_ch{k}``.
 
         Parameters
         ----------

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context, clone
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._features._backbones import _LITE0_NAME
@@ -220,7 +220,7 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         **GRID_CONSTRAINTS,
-        "flow": [HasMethods(["fit", "score_samples"]), None],
+        "flow": [FlowDetector, None],  # its scores are log-likelihoods
         "positional_code": [Interval(Integral, 0, None, closed="left")],
         "image_cleaning": ["boolean", StrOptions({"images"}), None],
         "cv": [Interval(Integral, 2, None, closed="left")],

@@ -65,7 +65,7 @@ autodoc_default_options = {
     "members": True,
     "inherited-members": (
         "BaseEstimator,OutlierMixin,TransformerMixin,MetaEstimatorMixin,"
-        "_MetadataRequester,_SetOutputMixin,object"
+        "_MetadataRequester,_SetOutputMixin,BaseException,object"
     ),
 }
 autodoc_typehints = "none"

@@ -134,10 +134,15 @@ def _identity(path):
 def check_images_outside(option, written, folders, later):
     """Refuse, before any work, to write image files into a folder the command
     searches: a later run on that folder would take them for ``later``."""
+    written = [Path(path) for path in written]
+    # Where each path leads, its folder resolved once (maps: thousands of
+    # files in a few folders).
+    folders_of = {parent: parent.resolve() for parent in {p.parent for p in written}}
+    leads_to = [folders_of[path.parent] / path.name for path in written]
     for folder in folders:
         root = Path(folder).resolve()
-        for path in written:
-            if Path(path).resolve().is_relative_to(root):
+        for path, target in zip(written, leads_to):
+            if target.is_relative_to(root):
                 raise InputError(
                     f"{option} would write images into {os.fspath(folder)}, "
                     f"which is searched for images: a later run on it would "

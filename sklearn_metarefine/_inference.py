@@ -309,15 +309,13 @@ def _check_outputs(output, maps, map_names, inputs, files):
         return
     overlays = [Path(maps) / name for name in map_names]
     written = overlays + [path.with_suffix(".npy") for path in overlays]
-    # The CSV must not be a map, nor a folder the maps go in.
-    taken = {os.path.abspath(path) for path in written}
-    for path in written:
-        taken.update(
-            os.path.abspath(folder)
-            for folder in path.parents
-            if Path(maps) in (folder, *folder.parents)
-        )
-    if os.path.abspath(output) in taken:
+    # The CSV must not be a map, nor a folder the maps go in or below: judged
+    # where the paths lead (through links), each folder resolved once.
+    resolved = {folder: folder.resolve() for folder in {p.parent for p in written}}
+    taken = {resolved[path.parent] / path.name for path in written}
+    for folder in resolved.values():
+        taken.update((folder, *folder.parents))
+    if Path(output).resolve() in taken:
         raise InputError(
             f"--output {os.fspath(output)} is where --maps {os.fspath(maps)} writes "
             "a map or a folder of maps; give the CSV a path outside the maps."
@@ -335,7 +333,8 @@ def _check_outputs(output, maps, map_names, inputs, files):
                 "folder, or the folder of earlier maps."
             )
     folders = [given for given in inputs if Path(given).is_dir()]
-    check_images_outside(f"--maps {os.fspath(maps)}", [maps], folders, "an image to score")
+    option = f"--maps {os.fspath(maps)}"
+    check_images_outside(option, written, folders, "an image to score")
 
 
 # The overlays carry this text chunk: a later run may write over them, and

@@ -75,8 +75,9 @@ def map_overlay(pixels, anomaly_map, threshold):
         )
     threshold = float(threshold)
     below = values < threshold
-    low = min(float(values.min()), threshold)
-    high = max(float(values.max()), threshold)
+    # A NaN pixel (no number) takes the colour map's "bad" colour alone.
+    low = min(float(np.nanmin(values, initial=np.inf)), threshold)
+    high = max(float(np.nanmax(values, initial=-np.inf)), threshold)
     scaled = np.where(
         below,
         _BELOW_RED * _share(values, low, threshold),

@@ -381,16 +381,16 @@ def fit_folder(
             save(detector, model_aside)
         except OSError as error:
             raise naming(error, output) from error
-        for path in aside:  # an old one left would describe another model
+        # Old reports, of either level, would describe another model.
+        for other in set(_REPORTS) - {level}:
+            for path in report_paths(output, other)[:2]:
+                path.unlink(missing_ok=True)
+        for path in aside:
             path.unlink(missing_ok=True)
         os.replace(model_aside, output)
         for path, written in aside.items():
             if written.exists():
                 os.replace(written, path)
-        # Reports of the other level would describe another model.
-        for other in set(_REPORTS) - {level}:
-            for path in report_paths(output, other)[:2]:
-                path.unlink(missing_ok=True)
     finally:
         for written in (*aside.values(), model_aside):
             written.unlink(missing_ok=True)

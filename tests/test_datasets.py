@@ -564,6 +564,10 @@ def test_a_noise_that_rounds_to_no_anomaly_is_refused():
     assert data.y_train.sum() == 1
     data = make_contaminated(np.arange(80), y, noise=0.17, test_size=10, train_size=3)
     assert data.y_train.sum() == 1
+    # 0.5 / 80 = 0.00625 exactly: rounding up in floats wrote 0.006251.
+    with pytest.raises(ValueError, match=r"at least 0\.00625, or a larger train_size"):
+        make_contaminated(np.arange(130), _labels(100, 30), noise=0.001, test_size=10,
+                          train_size=80)
 
 
 def test_a_train_size_beyond_both_pools_is_not_offered_a_noise():

@@ -320,6 +320,8 @@ def test_a_fit_stopped_among_its_renames_leaves_no_old_reports_beside_the_new_mo
         (tmp_path / path.name).write_bytes(path.read_bytes())
     model = tmp_path / fitted.name
     old_model = model.read_bytes()
+    for name in ("line.flagged.csv", "line.flagged.png"):  # of a patch-level fit
+        (tmp_path / name).write_text("of the model before")
     replace, calls = os.replace, []
 
     def stopped(source, target):  # os.replace of every module: os is one
@@ -1114,7 +1116,16 @@ def test_a_csv_where_a_map_goes_is_refused_before_any_work(
     monkeypatch.setattr("sklearn_metarefine._inference._score_batch", no_work)
     fresh = tmp_path / "fresh.csv"
     other = tmp_path / "other"  # whose subfolder new/ the maps would make
-    for output, folder in [(values, maps), (fresh, fresh), (other / "new", other)]:
+    alias = tmp_path / "alias"  # the maps folder by another path
+    alias.symlink_to(maps)
+    cases = [
+        (values, maps),
+        (fresh, fresh),
+        (other / "new", other),
+        (alias / values.relative_to(maps), maps),
+        (other, other / "maps"),  # a folder the maps' folder is made in
+    ]
+    for output, folder in cases:
         argv = list(command)
         argv[argv.index("--output") + 1] = str(output)
         argv[argv.index("--maps") + 1] = str(folder)
@@ -1124,6 +1135,24 @@ def test_a_csv_where_a_map_goes_is_refused_before_any_work(
         assert "writes a map or a folder of maps" in error and "Traceback" not in error
     assert np.load(values).dtype == np.float32
     assert not fresh.exists() and not other.exists()
+
+
+def test_maps_that_would_land_in_a_folder_scored_are_refused(surfaces, tmp_path, capsys):
+    # Only the maps folder itself was checked: --maps given as a parent of the
+    # folder scored wrote the maps among its images.
+    root, _ = surfaces
+    model, _, _, _ = _scored_with_maps(surfaces, tmp_path)
+    scored = tmp_path / "sub"
+    scored.mkdir()
+    for path in sorted((root / "new").glob("*.png"))[:2]:
+        Image.open(path).convert("RGB").save(scored / f"{path.stem}.jpg")
+    argv = ["score", str(model), str(scored), "--output", str(tmp_path / "r.csv"),
+            "--maps", str(tmp_path), "--no-progress"]  # maps go to sub/<name>.png
+    capsys.readouterr()
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert f"would write images into {scored}" in error
+    assert sorted(path.suffix for path in scored.iterdir()) == [".jpg", ".jpg"]
 
 
 def test_a_score_stopped_among_its_renames_leaves_no_old_csv_beside_new_maps(
@@ -1307,6 +1336,11 @@ def test_overlays_are_red_exactly_where_the_map_reaches_the_threshold(offset):
     colour = 2 * overlay.astype(int)  # blended half and half over black
     red = (colour[..., 0] > 120) & (colour[..., 1] < 60) & (colour[..., 2] < 60)
     np.testing.assert_array_equal(red, values >= 3.0)
+    # A pixel without a number leaves the others their colours.
+    values[20, 20] = np.nan  # neither the lowest nor the highest value
+    again = np.asarray(map_overlay(np.zeros((40, 48), np.uint8), values, 3.0))
+    others = np.isfinite(values)
+    np.testing.assert_array_equal(again[others], overlay[others])
 
 
 def test_score_refuses_a_pickle_as_model_in_one_line(folders, capsys, tmp_path):

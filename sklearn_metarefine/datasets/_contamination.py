@@ -293,12 +293,12 @@ def _train_counts(
         n_normal = n_normal_pool
         n_anomalous = _round_half_up(exact * n_normal / (1 - exact))
         largest_noise = n_anomalous_pool / max(n_normal + n_anomalous_pool, 1)
-        smallest_noise = 0.5 / (n_normal + 0.5)  # rounds to one anomaly
+        smallest_noise = Fraction(1, 2) / (n_normal + Fraction(1, 2))  # one anomaly
     else:
         n_anomalous = _round_half_up(exact * train_size)
         n_normal = train_size - n_anomalous
         largest_noise = n_anomalous_pool / train_size
-        smallest_noise = 0.5 / train_size
+        smallest_noise = Fraction(1, 2) / train_size
 
     if n_normal < 1:
         raise ValueError(
@@ -365,10 +365,13 @@ def _train_counts(
 
 
 def _rounded_up(value, digits=4):
-    """``value`` written with ``digits`` significant digits, rounded up: a
-    bound the caller can pass back as written."""
-    step = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
-    return f"{math.ceil(value / step) * step:.{digits}g}"
+    """The exact fraction ``value`` written with ``digits`` significant
+    digits, rounded up: a bound the caller can pass back as written."""
+    exponent = math.floor(math.log10(value))
+    if Fraction(10) ** exponent > value:  # log10 of a float, off at a power of ten
+        exponent -= 1
+    step = Fraction(10) ** (exponent - digits + 1)
+    return f"{float(math.ceil(value / step) * step):.{digits}g}"
 
 
 def _largest_train_size(noise, n_anomalous):

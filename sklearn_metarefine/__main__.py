@@ -427,7 +427,7 @@ def _overrides(args):
     }
     for section, values in sections.items():
         given = {key: value for key, value in values.items() if value is not None}
-        if given:
+        if given and isinstance(config.get(section, {}), dict):  # else refused later
             config[section] = {**config.get(section, {}), **given}
     if args.seed is not None:
         config["seed"] = args.seed

@@ -1020,3 +1020,71 @@ def test_numpy_seeds_and_malformed_scheduler_addresses(tmp_path):
         with pytest.raises(BenchmarkError, match=f"Cannot connect .*{said}"):
             run_benchmark(config=TINY_CONFIG, output=tmp_path / "out", backend="dask",
                           scheduler=address, progress=False, **GRID)
+
+
+def test_a_section_that_is_no_object_is_refused_in_one_line_with_an_option(
+    tmp_path, capsys
+):
+    # --max-epochs merged into {"flow": 5}: a TypeError traceback.
+    config = tmp_path / "bad.json"
+    config.write_text('{"flow": 5}')
+    argv = ["benchmark", "--config", str(config), "--max-epochs", "1", "--models",
+            "lof", *GRID_FLAGS, "--output", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert "config['flow'] is a section; override its entries with a dict" in error
+
+
+def test_table3_text_marks_cells_with_failed_runs():
+    # Table 1 said "(1 failed)"; Table 3 printed the mean of the runs left as if
+    # it were every repeat's.
+    from sklearn_metarefine._benchmark._report import _threshold_text
+
+    row = {"model": "iforest", "noise": 0.3, "false_alarm_mean": 0.087,
+           "detection_mean": 0.352, "n_failed": 1}
+    _, table = _threshold_text([row], [0.3], ["iforest"], 2)
+    assert "0.087 / 0.352 (1 failed)" in table
+
+
+def test_scores_without_a_number_are_blamed_on_the_model(tmp_path):
+    # roc_auc_score said "Input contains NaN", which blamed the data.
+    from sklearn.base import BaseEstimator, OutlierMixin
+
+    from sklearn_metarefine._benchmark._runs import Run, evaluate
+
+    class NaNScores(OutlierMixin, BaseEstimator):
+        def fit(self, X, y=None):
+            return self
+
+        def score_samples(self, X):
+            return np.where(np.arange(len(X)) % 2, np.nan, 1.0)
+
+    rng = np.random.RandomState(0)
+    X, y = rng.normal(size=(80, 4)), np.r_[np.zeros(60, int), np.ones(20, int)]
+    config = resolve_config("digits", TINY_CONFIG)
+    record = evaluate(NaNScores(), Run("a", 0.0, 0, "nan", 0), X, y, None, config, "cpu")
+    assert record["auroc"] is None
+    assert "score_samples gave" in record["error"] and "NaN" in record["error"]
+
+
+def test_auroc_figures_draw_the_noise_levels_in_increasing_order(tmp_path, monkeypatch):
+    # Levels given as 30% 0% 10% were joined in that order: a line from 0% to
+    # 30% passing by the 10% point.
+    from matplotlib.axes import Axes
+
+    from sklearn_metarefine._benchmark._report import _plot
+
+    drawn = []
+    errorbar = Axes.errorbar
+
+    def recorded(self, x, y, *args, **kwargs):
+        drawn.append((np.asarray(x), list(y)))
+        return errorbar(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "errorbar", recorded)
+    noise = [0.3, 0.0, 0.1]
+    cells = {("lof", level): {"auroc_mean": 1 - level, "auroc_std": 0.0} for level in noise}
+    _plot(tmp_path / "figure.png", [("all", cells)], noise, ["lof"], ncols=1)
+    ((x, y),) = drawn
+    assert np.all(np.diff(x) > 0) and y == [1.0, 0.9, 0.7]

@@ -119,7 +119,7 @@ def _map_figure(output, category, name, run, shown, labelled, *, config, device,
     with _single_threaded():
         model.fit(patches[draw.train_indices].reshape(len(draw.train_indices), -1))
         title = (
-            f"{category}: {name}, {run.noise:.0%} defective training images "
+            f"{category}: {name}, {100 * run.noise:g}% defective training images "
             f"(repeat 0); anomaly score (flagged: above the model's threshold)"
         )
         draw_anomaly_maps(

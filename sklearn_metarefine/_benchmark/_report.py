@@ -353,7 +353,8 @@ def _threshold_text(table3, noise, models, n_categories):
     def cell(row):
         if row["false_alarm_mean"] is None:
             return "failed"
-        return f"{row['false_alarm_mean']:.3f} / {row['detection_mean']:.3f}"
+        text = f"{row['false_alarm_mean']:.3f} / {row['detection_mean']:.3f}"
+        return text + (f" ({row['n_failed']} failed)" if row["n_failed"] else "")
 
     rows = [[m, *(cell(cells[m, level]) for level in noise)] for m in models]
     return [
@@ -374,6 +375,7 @@ def _plot(path, panels, noise, models, *, ncols):
     nrows = -(-len(panels) // ncols)
     figure = Figure(figsize=(4.2 * ncols, 3.4 * nrows), layout="constrained")
     axes = figure.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    noise = sorted(noise)  # lines drawn from low noise to high, as given or not
     percent = np.array([100 * level for level in noise])
     # Models with equal results would hide one another: shift each a little
     # sideways, by a fraction of the smallest noise step.

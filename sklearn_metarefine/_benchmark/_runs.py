@@ -337,6 +337,7 @@ def evaluate(model, run, X, y, split, config, device, *, masks=None):
         try:
             model.fit(data.X_train)
             anomaly_score = -model.score_samples(data.X_test)
+            _check_finite(anomaly_score)
             record["auroc"] = float(roc_auc_score(data.y_test, anomaly_score))
             if masks is not None and hasattr(model, "anomaly_map"):
                 from ._patches import pixel_scores
@@ -363,3 +364,16 @@ def evaluate(model, run, X, y, split, config, device, *, masks=None):
         # The patch detectors clean once, without rounds.
         record["n_iter"] = int(getattr(model, "n_iter_", 1))
     return record
+
+
+def _check_finite(anomaly_score):
+    """Refuse scores without a number: roc_auc_score's "Input contains NaN"
+    blamed the data, where the model's scores are at fault."""
+    n_nan = int(np.isnan(anomaly_score).sum())
+    n_inf = int(np.isinf(anomaly_score).sum())
+    if n_nan or n_inf:
+        raise ValueError(
+            f"the model's score_samples gave {n_nan} NaN and {n_inf} infinite "
+            f"score(s) for the {len(anomaly_score)} test images; AUROC needs "
+            "finite scores."
+        )

@@ -139,13 +139,20 @@ def warn_if_held_out_from_few(
         if enough
         else f"more {unit} (and min_samples >= {refiner.cv})"
     )
+    if refiner.contamination == "auto":
+        unreliable = "the fence and the decision boundary set on them are"
+        # In words for either caller: the command line sets it with --set.
+        more += (
+            ", or set the boundary yourself (contamination=<fraction to flag>, "
+            "--set contamination=... on the command line) and expect a rough fence"
+        )
+    else:  # the user's boundary: only the fence rests on the folds
+        unreliable = "the fence set on them is"
     warn(
         f"{name}: the kept set may hold as few as {smallest} of the "
         f"{n_samples} training {unit}, fewer than cv={refiner.cv}: its held-out "
-        f"scores then come from fits on {smallest - 1} {unit}, and the fence and "
-        f"the decision boundary set on them are unreliable. Train on {more}, "
-        "or set the boundary yourself (contamination=<fraction to flag>) "
-        "and expect a rough fence.",
+        f"scores then come from fits on {smallest - 1} {unit}, and {unreliable} "
+        f"unreliable. Train on {more}.",
         FewHeldOutWarning,
     )
 

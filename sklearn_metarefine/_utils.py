@@ -113,10 +113,10 @@ def int_pair(value, name):
     non-finite or non-positive number or a third entry is refused, naming
     ``name``: truncating ``64.5`` to 64 would change what was asked for.
     """
-    try:
-        entries = [value] if isinstance(value, str) else list(np.ravel(value))
-    except ValueError:  # ragged nesting
-        entries = []
+    if isinstance(value, str):
+        entries = [value]
+    else:  # as objects: a numeric array would turn (True, 4) into (1, 4)
+        entries = list(np.ravel(np.array(value, dtype=object)))
     if len(entries) == 1:
         entries *= 2
     if len(entries) != 2 or not all(is_whole(e) and e >= 1 for e in entries):

@@ -963,7 +963,8 @@ def test_finite_data_of_any_scale_gets_finite_deterministic_scores(estimator, da
 
 @pytest.mark.parametrize(
     "value",
-    [(64, 32.5), [64.5], ("64", "32"), True, (64, 64, 3), (0, 4), (np.inf, 4), [[64], [32, 2]]],
+    [(64, 32.5), [64.5], ("64", "32"), True, (64, 64, 3), (0, 4), (np.inf, 4), [[64], [32, 2]],
+     (True, 4)],  # a bool beside an int was read as 1
 )  # fmt: skip
 def test_sizes_with_a_fraction_or_no_number_are_refused(value):
     # image_size=(64, 32.5) and grid_shape=(4.7, 4) were truncated to

@@ -78,7 +78,8 @@ def test_rows_hold_the_patch_vectors_then_their_cell_code():
     det = small(contamination=0.1).fit(X)
     patches = det._as_patches(X)
     rows = det._rows(patches)
-    assert rows.shape == (5 * 16, 3 + det.code_.shape[1]) and det.code_.shape[1] == 8
+    # 4 x 4 cells: 3 directions per side, of the 8 columns of 2 frequencies.
+    assert rows.shape == (5 * 16, 3 + det.code_.shape[1]) and det.code_.shape[1] == 6
     np.testing.assert_array_equal(rows[:, :3], X.reshape(-1, 3).astype(np.float32))
     np.testing.assert_array_equal(rows[16:32, 3:], det.code_)
 
@@ -247,3 +248,22 @@ def test_a_flow_that_is_not_a_flow_is_refused():
     detector = PatchFlowDetector(backbone=None, grid_shape=(2, 2), flow=IsolationForest())
     with pytest.raises(InvalidParameterError, match="'flow' parameter .*FlowDetector' or None"):
         detector.fit(X)
+
+
+@pytest.mark.parametrize("grid_shape", [(2, 2), (3, 3), (4, 4), (4, 8), (1, 5)])
+def test_the_position_code_spans_as_many_directions_as_it_has_columns(grid_shape):
+    # Frequencies beyond a small grid's resolution alias to lower ones: on a
+    # 4 x 4 grid the default code had 8 columns spanning 6 directions, and a
+    # flow without PCA flagged 10% to 41% of new normal images at a 5% aim.
+    code = positional_code(grid_shape, 2)
+    centred = code - code.mean(axis=0)
+    assert code.shape[1] > 0
+    assert np.linalg.matrix_rank(centred) == code.shape[1]
+
+
+def test_the_position_code_of_a_large_grid_keeps_every_frequency():
+    code = positional_code((16, 16), 2)
+    u = np.repeat((np.arange(16) + 0.5) / 16, 16)  # the row of each cell
+    assert code.shape == (256, 8)
+    np.testing.assert_allclose(code[:, 0], np.sin(np.pi * u))
+    np.testing.assert_allclose(code[:, 5], np.cos(2 * np.pi * u))

@@ -678,6 +678,12 @@ def test_warns_when_held_out_scores_come_from_a_handful_of_samples(
     more = r"Train on more samples \(and min_samples >= 5\)"
     with pytest.warns(UserWarning, match=more):
         refiner.set_params(contamination="auto", min_samples=4).fit(X)
+    # With a boundary of the user's, only the fence rests on the folds: the
+    # advice to set one was given all the same.
+    refiner.set_params(fence_scores="oof", contamination=0.1, min_samples=0.5)
+    with pytest.warns(UserWarning, match="the fence set on them is unreliable") as w:
+        refiner.fit(X[:n_warned])
+    assert "set the boundary yourself" not in str(w[0].message)
 
 
 def test_signs_follow_sklearn():

@@ -107,7 +107,10 @@ class PatchCoreDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
         is then made exact, so :meth:`score_samples`, :meth:`decision_function`,
         :meth:`predict` and the fitted threshold and cleaning agree with
         ``"brute"``, and only the other values of :meth:`anomaly_map` may be
-        larger than the exact ones.
+        larger than the exact ones: on banks of thousands of patches about 1%
+        of them, by 0.1% on average; on a bank of a few cells, of which one is
+        probed, more (14% of a 640-patch bank's, up to 3 times the exact
+        distance). Use ``"brute"`` for exact maps.
     sigma : float, default=4.0
         Standard deviation, in pixels of an image of ``image_size``, of the
         Gaussian that smooths the maps; it scales with the input resolution.

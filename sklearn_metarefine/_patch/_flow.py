@@ -30,7 +30,10 @@ def positional_code(grid_shape, n_frequencies):
     ``v = (j + 0.5) / w``; its code holds ``sin(pi f u)``, ``cos(pi f u)``,
     ``sin(pi f v)`` and ``cos(pi f v)`` for ``f = 1, ..., n_frequencies``.
     Columns that are constant over the grid (all of them on a grid of one
-    cell) carry no position and are left out.
+    cell) carry no position and are left out, and so are columns that
+    repeat the ones before them up to a linear combination (frequencies
+    beyond a small grid's resolution alias to lower ones): a flow's
+    likelihood has no bound along a direction its inputs do not span.
 
     Returns
     -------
@@ -48,7 +51,16 @@ def positional_code(grid_shape, n_frequencies):
         for coordinate in (rows.ravel(), columns.ravel()):
             angle = np.pi * frequency * coordinate
             code = np.column_stack([code, np.sin(angle), np.cos(angle)])
-    return code[:, np.ptp(code, axis=0) > 1e-9]
+    # Each column in turn, kept where it adds a direction to those kept
+    # (after centring: a constant column adds none).
+    centred = code - code.mean(axis=0)
+    tolerance = 1e-9 * np.sqrt(len(code))
+    kept = []
+    for column in range(code.shape[1]):
+        rank = np.linalg.matrix_rank(centred[:, [*kept, column]], tol=tolerance)
+        if rank > len(kept):
+            kept.append(column)
+    return code[:, kept]
 
 
 def _default_flow():
@@ -183,7 +195,9 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     lower likelihood. The code of cell ``(i, j)`` of an ``(h, w)`` grid holds
     the sines and cosines of ``pi f (i + 0.5) / h`` and ``pi f (j + 0.5) / w``
     for ``f = 1, ..., positional_code``, without the columns constant over the
-    grid (a grid of one cell gets no code).
+    grid (a grid of one cell gets no code) or repeating the ones before them
+    (on a grid too small for the highest frequencies: a side of 4 cells spans
+    3 independent directions, so it takes the first 3 of its 4 columns).
 
     A flow scores the images it was trained on higher than new normal images,
     so the cleaning and the ``"auto"`` threshold use held-out scores: the

@@ -161,9 +161,10 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         for when to use which.
 
     start_fraction : float in (0, 1), default=0.5
-        Fraction of the training set in the trimmed core (rounded up, at least
-        4 samples); it should be below the expected fraction of normal
-        samples. Ignored with ``start="full"``.
+        Fraction of the distinct training samples in the trimmed core (rounded
+        up, at least 4; copies of a sample join it with their first); it
+        should be below the expected fraction of normal samples. Ignored with
+        ``start="full"``.
 
     start_neighbors : int or float, default=0.1
         Which neighbour's distance ranks the samples for the first core of

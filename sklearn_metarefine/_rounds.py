@@ -504,9 +504,11 @@ def round_summary(n_iter, fence, kept, candidate, termination, min_kept, clean_t
             f"of an earlier round; kept {n_kept}"
         )
     elif termination == "clean_tail":
+        # The bound trims_tail applies: the expected count and 2 Poisson s.d.
+        bound = clean_tail + 2.0 * math.sqrt(clean_tail)
         outcome = (
-            f"{n_outside} above it not removed, no more than the "
-            f"{clean_tail:.1f} a clean set has there; kept {n_kept}"
+            f"{n_outside} above it not removed, within the {bound:.1f} a clean "
+            f"set has there ({clean_tail:.1f} expected, + 2 s.d.); kept {n_kept}"
         )
     elif n_readmitted:
         outcome = f"removed {n_outside}, re-admitted {n_readmitted}, kept {n_kept}"

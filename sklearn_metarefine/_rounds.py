@@ -6,6 +6,7 @@ which strings them together.
 """
 
 import math
+from fractions import Fraction
 from numbers import Integral
 
 import numpy as np
@@ -48,7 +49,13 @@ def as_count(value, n_samples):
     """An int parameter as it is, a fraction of ``n_samples`` rounded up."""
     if isinstance(value, Integral):
         return value
-    return math.ceil(value * n_samples)
+    return _fraction_of(value, n_samples)
+
+
+def _fraction_of(fraction, n_samples):
+    """``fraction`` of ``n_samples``, rounded up: the fraction as written
+    (its shortest decimal), since 0.07 * 100 is 7.000000000000001 in floats."""
+    return math.ceil(Fraction(repr(float(fraction))) * n_samples)
 
 
 def resolve_start_neighbors(start_neighbors, n_samples):
@@ -63,7 +70,7 @@ def resolve_min_samples(min_samples, n_samples):
 
 def core_size(start_fraction, n_samples):
     """Samples in a trimmed core: ``start_fraction`` of them, at least 4."""
-    return max(math.ceil(start_fraction * n_samples), MIN_FENCE_SAMPLES)
+    return max(_fraction_of(start_fraction, n_samples), MIN_FENCE_SAMPLES)
 
 
 def smallest_kept(n_samples, *, start, start_fraction, min_samples):

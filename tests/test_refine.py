@@ -25,6 +25,9 @@ from sklearn_metarefine import (
 from sklearn_metarefine._rounds import (
     boundary,
     calibration_scores,
+    core_size,
+    resolve_min_samples,
+    resolve_start_neighbors,
     stop_reason,
     trimmed_core,
     trims_tail,
@@ -1437,3 +1440,12 @@ def test_nested_parameters_of_a_default_left_none_are_refused_with_the_fix(owner
     assert getattr(both, name).get_params()[key.split("__")[1]] == value
     after = clone(estimator).set_params(**{name: given}).set_params(**nested)
     assert getattr(after, name).get_params()[key.split("__")[1]] == value
+
+
+def test_fractions_of_the_training_set_count_as_written():
+    # 0.07 * 100 is 7.000000000000001 in floats: min_samples=0.07 of 100
+    # samples asked for 8, and so did a core of start_fraction=0.07.
+    assert resolve_min_samples(0.07, 100) == 7
+    assert core_size(0.07, 100) == 7
+    assert resolve_start_neighbors(0.28, 25) == 7
+    assert resolve_min_samples(np.float64(0.5), 133) == 67  # still rounded up

@@ -24,6 +24,15 @@ def naming(error, path):
     return type(error)(error.errno, error.strerror, os.fspath(path))
 
 
+def named(path, call, *args, **kwargs):
+    """``call(*args, **kwargs)``, its ``OSError`` naming ``path``: a full disk
+    or a file too large said nothing of which file."""
+    try:
+        return call(*args, **kwargs)
+    except OSError as error:
+        raise naming(error, path) from error
+
+
 def atomic_write(path, write, *, mode="w"):
     """Write a file through a temporary file in its folder and ``os.replace``.
 

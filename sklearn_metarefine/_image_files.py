@@ -131,14 +131,18 @@ def _identity(path):
     return status.st_dev, status.st_ino
 
 
+def leading_to(paths):
+    """Where each of ``paths`` leads through links, its folder resolved once
+    (maps: thousands of files in a few folders)."""
+    paths = [Path(path) for path in paths]
+    folders = {parent: parent.resolve() for parent in {path.parent for path in paths}}
+    return [folders[path.parent] / path.name for path in paths]
+
+
 def check_images_outside(option, written, folders, later):
     """Refuse, before any work, to write image files into a folder the command
     searches: a later run on that folder would take them for ``later``."""
-    written = [Path(path) for path in written]
-    # Where each path leads, its folder resolved once (maps: thousands of
-    # files in a few folders).
-    folders_of = {parent: parent.resolve() for parent in {p.parent for p in written}}
-    leads_to = [folders_of[path.parent] / path.name for path in written]
+    leads_to = leading_to(written)
     for folder in folders:
         root = Path(folder).resolve()
         for path, target in zip(written, leads_to):

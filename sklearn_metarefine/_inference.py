@@ -20,7 +20,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ._atomic import naming, temporary_name
+from ._atomic import named, temporary_name
 from ._image_files import (
     PATH_ERRORS,
     InputError,
@@ -32,6 +32,7 @@ from ._image_files import (
     check_output_file,
     check_output_folder,
     check_replaceable,
+    leading_to,
     list_images,
     output_names,
     read_image,
@@ -243,8 +244,8 @@ def score_files(
     complete = created = False
     bar = tqdm(total=len(files), unit="image", desc="Scoring", disable=not progress)
     try:
-        handle = _named(output, open, partial, "x", newline="", encoding="utf-8",
-                        errors=PATH_ERRORS)
+        handle = named(output, open, partial, "x", newline="", encoding="utf-8",
+                       errors=PATH_ERRORS)
         created = True
         with handle:
             writer = csv.writer(handle)
@@ -260,18 +261,18 @@ def score_files(
                     key = "skipped" if row[2] == "skipped" else "scored"
                     counts[key] += 1
                     counts["anomalous"] += row[2] == "anomalous"
-                _named(output, writer.writerows, rows)
-                _named(output, handle.flush)  # a full disk names the CSV
+                named(output, writer.writerows, rows)
+                named(output, handle.flush)  # a full disk names the CSV
                 bar.update(len(batch))
         # The maps replace earlier ones with the CSV that names them, not
         # batch by batch: an interrupted run leaves the earlier maps and CSV.
         # The earlier CSV goes first, so that a run stopped among the renames
         # leaves new maps without a CSV, never an old CSV beside new maps.
         if pending:
-            _named(output, Path(output).unlink, missing_ok=True)
+            named(output, Path(output).unlink, missing_ok=True)
         for written, path in pending:
-            _named(path, os.replace, written, path)
-        _named(output, os.replace, partial, output)
+            named(path, os.replace, written, path)
+        named(output, os.replace, partial, output)
         complete = True
     finally:
         bar.close()
@@ -291,15 +292,6 @@ def score_files(
     )
 
 
-def _named(path, call, *args, **kwargs):
-    """``call(*args, **kwargs)``, its ``OSError`` naming ``path``: a full disk
-    or a file too large said nothing of which file."""
-    try:
-        return call(*args, **kwargs)
-    except OSError as error:
-        raise naming(error, path) from error
-
-
 def _check_outputs(output, maps, map_names, inputs, files):
     """Refuse outputs that would destroy an image to score, or maps that a
     later run on the folders scored now would score as images."""
@@ -310,10 +302,9 @@ def _check_outputs(output, maps, map_names, inputs, files):
     overlays = [Path(maps) / name for name in map_names]
     written = overlays + [path.with_suffix(".npy") for path in overlays]
     # The CSV must not be a map, nor a folder the maps go in or below: judged
-    # where the paths lead (through links), each folder resolved once.
-    resolved = {folder: folder.resolve() for folder in {p.parent for p in written}}
-    taken = {resolved[path.parent] / path.name for path in written}
-    for folder in resolved.values():
+    # where the paths lead (through links).
+    taken = set(leading_to(written))
+    for folder in {path.parent for path in taken}:
         taken.update((folder, *folder.parents))
     if Path(output).resolve() in taken:
         raise InputError(
@@ -434,10 +425,10 @@ def _score_batch(
             overlay = map_overlay(images[scored], values, threshold)
             aside = temporary_name(overlay_path), temporary_name(values_path)
             pending += zip(aside, (overlay_path, values_path))
-            _named(overlay_path, overlay.save, aside[0], format="PNG",
-                   pnginfo=_map_mark())
-            with _named(values_path, open, aside[1], "xb") as file:
-                _named(values_path, np.save, file, np.asarray(values, np.float32))
+            named(overlay_path, overlay.save, aside[0], format="PNG",
+                  pnginfo=_map_mark())
+            with named(values_path, open, aside[1], "xb") as file:
+                named(values_path, np.save, file, np.asarray(values, np.float32))
             row += [os.fspath(overlay_path), os.fspath(values_path)]
         rows.append(row)
         scored += 1

@@ -362,7 +362,13 @@ def trims_tail(candidate, kept, clean_tail):
     """
     if clean_tail is None or np.any(candidate & ~kept):
         return False
-    return np.sum(kept & ~candidate) <= clean_tail + 2.0 * math.sqrt(clean_tail)
+    return np.sum(kept & ~candidate) <= clean_tail_bound(clean_tail)
+
+
+def clean_tail_bound(clean_tail):
+    """The most samples beyond the fence that still count as a clean tail:
+    the expected count and two Poisson standard deviations."""
+    return clean_tail + 2.0 * math.sqrt(clean_tail)
 
 
 def unmasks(model, X_removed, scores, k):
@@ -511,8 +517,7 @@ def round_summary(n_iter, fence, kept, candidate, termination, min_kept, clean_t
             f"of an earlier round; kept {n_kept}"
         )
     elif termination == "clean_tail":
-        # The bound trims_tail applies: the expected count and 2 Poisson s.d.
-        bound = clean_tail + 2.0 * math.sqrt(clean_tail)
+        bound = clean_tail_bound(clean_tail)  # as trims_tail applies it
         outcome = (
             f"{n_outside} above it not removed, within the {bound:.1f} a clean "
             f"set has there ({clean_tail:.1f} expected, + 2 s.d.); kept {n_kept}"

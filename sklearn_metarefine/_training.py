@@ -10,7 +10,7 @@ from pathlib import Path
 from sklearn.utils._param_validation import InvalidParameterError
 from tqdm.auto import tqdm
 
-from ._atomic import naming, temporary_name
+from ._atomic import named, naming, temporary_name
 from ._image_files import (
     PATH_ERRORS,
     InputError,
@@ -377,10 +377,7 @@ def fit_folder(
                     writer.writerows(skipped)
         except OSError as error:  # a full disk: the folder, not a temporary name
             raise naming(error, report_csv.parent) from error
-        try:
-            save(detector, model_aside)
-        except OSError as error:
-            raise naming(error, output) from error
+        named(output, save, detector, model_aside)
         # Old reports, of either level, would describe another model.
         for other in set(_REPORTS) - {level}:
             for path in report_paths(output, other)[:2]:

@@ -235,6 +235,7 @@ class PictureFiles(_Files):
 
     def _read(self, i):
         from .._image_files import read_image  # imports torch
+        from .._pictures import _as_rgb8
 
         # Read as the features are (turned upright by the EXIF orientation,
         # 16 bits scaled), so that the maps lie on the picture they were
@@ -243,9 +244,7 @@ class PictureFiles(_Files):
             pixels = read_image(self.filenames[i])
         except Exception as error:  # UnreadableImageError, naming the file
             raise BenchmarkError(str(error)) from None
-        if pixels.dtype != np.uint8:  # 16-bit and float images, in [0, 1]
-            pixels = np.round(pixels * 255).astype(np.uint8)
-        image = Image.fromarray(pixels).convert("RGB")
+        image = Image.fromarray(_as_rgb8(pixels))
         return np.asarray(image.resize((self.size, self.size), Image.BILINEAR))
 
 

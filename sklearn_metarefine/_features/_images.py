@@ -77,10 +77,11 @@ def _check_pixel_range(values, where):
 
 
 def _check_channels(
-    n_channels, where, *, images="X", channels_first="use np.moveaxis(X, 1, -1)"
+    n_channels, where, *, images=None, channels_first="use np.moveaxis(X, 1, -1)"
 ):
     """Refuse a channel count other than 1 and 3; ``images`` names the
-    channels-last array the fix slices."""
+    channels-last array the fix slices (``where`` by default)."""
+    images = where if images is None else images
     if n_channels not in (1, 3):
         if n_channels == 4:
             fix = f"For RGBA images drop the alpha channel, e.g. {images}[..., :3]"
@@ -286,7 +287,6 @@ def _read_item(item, index):
     _check_channels(
         array.shape[2],
         f"X[{index}]",
-        images=f"X[{index}]",
         channels_first=f"use np.moveaxis(X[{index}], 0, -1)",
     )
     return array

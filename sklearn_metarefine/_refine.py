@@ -11,13 +11,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._rounds import (
     check_novelty,
+    checked_min_samples,
     decision_offset,
     final_estimator_has,
     in_sample_anomaly_scores,
     inside_fence,
     out_of_fold_anomaly_scores,
     refit,
-    resolve_min_samples,
     seeded_clone,
     round_summary,
     stop_reason,
@@ -123,8 +123,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         kept samples. ``"warm"`` sets ``warm_start=True`` on the previous
         round's model and fits it again, continuing from its current solution
         (for the flows: a few more epochs), which only makes sense where
-        ``warm_start`` means that (for :class:`~sklearn.ensemble.IsolationForest`
-        it means adding trees). ``"auto"`` refits warm the estimators whose
+        ``warm_start`` means that (ensembles with ``n_estimators``, such as
+        IsolationForest, add trees: refused). ``"auto"`` refits warm the ones whose
         class declares ``_warm_start_continues = True``, cold all others. The
         first round and the fold models of held-out scores are fresh clones.
 
@@ -446,7 +446,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         check_fence_samples(array)
         X = samples_for(X, array)
         warn_if_held_out_from_few(self, X.shape[0])
-        min_kept = resolve_min_samples(self.min_samples, X.shape[0])
+        min_kept = checked_min_samples(self.min_samples, X.shape[0])
         estimator = _default_estimator() if self.estimator is None else self.estimator
         base, fold_seed = seeded_clone(estimator, self.random_state)
         warm = uses_warm_refits(base, self.refit)

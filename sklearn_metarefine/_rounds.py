@@ -68,6 +68,18 @@ def resolve_min_samples(min_samples, n_samples):
     return max(as_count(min_samples, n_samples), MIN_FENCE_SAMPLES)
 
 
+def checked_min_samples(min_samples, n_samples):
+    """:func:`resolve_min_samples`, warning when an int ``min_samples`` leaves
+    nothing to remove: no round may then shrink the kept set."""
+    if isinstance(min_samples, Integral) and min_samples >= n_samples:
+        warn(
+            f"min_samples={min_samples} is not below the {n_samples} training "
+            "samples: no refinement round can shrink the kept set. Set a smaller "
+            "count or a fraction of the training set (such as 0.5)."
+        )
+    return resolve_min_samples(min_samples, n_samples)
+
+
 def core_size(start_fraction, n_samples):
     """Samples in a trimmed core: ``start_fraction`` of them, at least 4."""
     return max(_fraction_of(start_fraction, n_samples), MIN_FENCE_SAMPLES)
@@ -216,21 +228,31 @@ def check_novelty(estimator):
 
 def uses_warm_refits(estimator, refit):
     """Whether later rounds continue from the previous round's fit."""
-    has_warm_start = "warm_start" in estimator.get_params(deep=False)
+    params = estimator.get_params(deep=False)
+    has_warm_start = "warm_start" in params
+    continues = getattr(estimator, "_warm_start_continues", False)
     if refit == "cold":
         return False
     if refit == "warm":
+        name = type(estimator).__name__
         if not has_warm_start:
             raise ValueError(
                 f"refit='warm' needs an estimator with a warm_start parameter; "
-                f"{type(estimator).__name__} has none. Use refit='cold' or 'auto'."
+                f"{name} has none. Use refit='cold' or 'auto'."
+            )
+        if "n_estimators" in params and not continues:
+            raise ValueError(
+                f"refit='warm' cannot refit {name}: an ensemble's warm_start adds "
+                "members up to n_estimators instead of refitting them, so the "
+                "final model would keep members fitted on removed samples. Use "
+                "refit='cold' or 'auto'."
             )
         return True
     # scikit-learn's warm_start means "continue from the current solution" for
     # iterative models but "add members" for ensembles such as IsolationForest,
     # where a warm refit on fewer samples would silently change nothing. Only
     # estimators that declare the first meaning are refitted warm by default.
-    return has_warm_start and getattr(estimator, "_warm_start_continues", False)
+    return has_warm_start and continues
 
 
 def fit_warm(estimator, X):

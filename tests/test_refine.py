@@ -451,6 +451,21 @@ def test_min_samples_count_or_fraction(min_samples):
     assert refiner.inlier_mask_.sum() == 56
 
 
+@pytest.mark.parametrize("min_samples", [100, 150])
+def test_min_samples_not_below_the_training_set_warns(min_samples):
+    # A count at or above the training set leaves no round that can remove a
+    # sample: said, rather than a fit that silently refines nothing.
+    refiner = IQRRefiner(ColumnDetector(), k=0.0, min_samples=min_samples, **PAPER)
+    with pytest.warns(UserWarning, match=rf"min_samples={min_samples} is not below"
+                      r" the 100 training samples: no refinement round"):
+        refiner.fit(column(np.arange(100)))
+    assert refiner.inlier_mask_.all()
+    assert refiner.termination_condition_ == "min_samples"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        refiner.set_params(min_samples=99).fit(column(np.arange(100)))
+
+
 def test_min_samples_holds_when_a_round_unmasks():
     # The clean-tail stop was decided before min_samples, and a round that
     # unmasks overrides it: LocalOutlierFactor's rounds on clean data went on
@@ -614,6 +629,15 @@ def test_auto_refits_undeclared_warm_start_cold():
 def test_warm_refit_needs_warm_start():
     refiner = IQRRefiner(LocalOutlierFactor(novelty=True), refit="warm")
     with pytest.raises(ValueError, match="warm_start parameter"):
+        refiner.fit(planted(0)[0])
+
+
+def test_warm_refit_of_an_ensemble_is_refused():
+    # IsolationForest's warm_start with as many trees fits none: the rounds
+    # after the first would have kept the forest of the whole training set.
+    refiner = IQRRefiner(IsolationForest(n_estimators=10), refit="warm")
+    with pytest.raises(ValueError, match=r"refit='warm' cannot refit IsolationForest"
+                       r": an ensemble's warm_start adds members"):
         refiner.fit(planted(0)[0])
 
 

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import uuid
 
 
@@ -19,18 +20,42 @@ def temporary_name(path):
     return path.with_name(f".{name}.{uuid.uuid4().hex[:12]}.tmp")
 
 
+# What temporary_name makes of a name.
+_TEMPORARY = re.compile(r"\..*\.[0-9a-f]+\.tmp", re.DOTALL)
+
+
 def naming(error, path):
-    """``error``, an ``OSError``, naming ``path`` (not a temporary file)."""
+    """``error``, an ``OSError`` of writing ``path``, naming ``path`` where it
+    named a temporary file or none (a full disk names no file); returned as it
+    is where it names another file (an image being read) or has no ``errno``
+    (a message of its own, such as an unreadable image's)."""
+    filename = error.filename
+    if error.errno is None or (
+        filename is not None
+        and not _TEMPORARY.fullmatch(os.path.basename(os.fsdecode(filename)))
+    ):
+        return error
     return type(error)(error.errno, error.strerror, os.fspath(path))
+
+
+@contextlib.contextmanager
+def errors_naming(path):
+    """The block's ``OSError`` as :func:`naming` makes it, chained to the
+    original where it was renamed."""
+    try:
+        yield
+    except OSError as error:
+        renamed = naming(error, path)
+        if renamed is error:
+            raise
+        raise renamed from error
 
 
 def named(path, call, *args, **kwargs):
     """``call(*args, **kwargs)``, its ``OSError`` naming ``path``: a full disk
     or a file too large said nothing of which file."""
-    try:
+    with errors_naming(path):
         return call(*args, **kwargs)
-    except OSError as error:
-        raise naming(error, path) from error
 
 
 def atomic_write(path, write, *, mode="w"):
@@ -43,18 +68,13 @@ def atomic_write(path, write, *, mode="w"):
     temporary = temporary_name(path)
     created = False
     try:
-        try:
-            file = open(temporary, mode.replace("w", "x"))
-        except OSError as error:
-            # Name the file the caller writes, not a temporary one.
-            raise naming(error, path) from error
+        # Name the file the caller writes, not a temporary one.
+        file = named(path, open, temporary, mode.replace("w", "x"))
         created = True
-        try:
+        with errors_naming(path):  # a full disk, a file too large
             with file:
                 write(file)
             os.replace(temporary, path)
-        except OSError as error:  # a full disk, a file too large: name it
-            raise naming(error, path) from error
     except BaseException:
         # Remove only what this call created, and never let a failure to
         # remove it replace the error that matters.

@@ -68,21 +68,32 @@ def map_overlay(pixels, anomaly_map, threshold):
 
     rgb = _as_rgb8(pixels)
     height, width = rgb.shape[:2]
-    values = np.asarray(anomaly_map, dtype=np.float32)
+    # Compared with the threshold in float64: a float32 map rounded values
+    # just below it up to it.
+    values = np.asarray(anomaly_map, dtype=np.float64)
     if values.shape != (height, width):
         values = np.asarray(
-            Image.fromarray(values, mode="F").resize((width, height), Image.BILINEAR)
+            Image.fromarray(values.astype(np.float32), mode="F").resize(
+                (width, height), Image.BILINEAR
+            ),
+            dtype=np.float64,
         )
     threshold = float(threshold)
-    below = values < threshold
-    # A NaN pixel (no number) takes the colour map's "bad" colour alone.
-    low = min(float(np.nanmin(values, initial=np.inf)), threshold)
-    high = max(float(np.nanmax(values, initial=-np.inf)), threshold)
+    # The colours span the finite values and the threshold; infinite values
+    # take the ends, and a NaN pixel (no number) the colour map's "bad"
+    # colour alone.
+    span = values[np.isfinite(values)]
+    if np.isfinite(threshold):
+        span = np.append(span, threshold)
+    low, high = (float(span.min()), float(span.max())) if span.size else (0.0, 0.0)
+    edge = min(max(threshold, low), high)
+    ends = np.clip(values, low, high)
     scaled = np.where(
-        below,
-        _BELOW_RED * _share(values, low, threshold),
-        _RED + (1.0 - _RED) * _share(values, threshold, high),
+        values < threshold,
+        _BELOW_RED * _share(ends, low, edge),
+        _RED + (1.0 - _RED) * _share(ends, edge, high),
     )
+    scaled[np.isnan(values)] = np.nan
     colours = colormaps["jet"](scaled)[..., :3] * 255.0
     blended = 0.5 * rgb + 0.5 * colours
     return Image.fromarray(np.round(blended).astype(np.uint8))

@@ -10,7 +10,7 @@ from pathlib import Path
 from sklearn.utils._param_validation import InvalidParameterError
 from tqdm.auto import tqdm
 
-from ._atomic import named, naming, temporary_name
+from ._atomic import errors_naming, named, temporary_name
 from ._image_files import (
     PATH_ERRORS,
     InputError,
@@ -366,7 +366,8 @@ def fit_folder(
     aside = {path: temporary_name(path) for path in (report_csv, sheet, skipped_csv)}
     model_aside = temporary_name(Path(output))
     try:
-        try:
+        # A full disk names the folder, not a temporary name.
+        with errors_naming(report_csv.parent):
             n_listed, summary = _report(detector, level, paths, aside[report_csv],
                                         aside[sheet])
             if skipped:
@@ -375,8 +376,6 @@ def fit_folder(
                     writer = csv.writer(file)
                     writer.writerow(["path", "error"])
                     writer.writerows(skipped)
-        except OSError as error:  # a full disk: the folder, not a temporary name
-            raise naming(error, report_csv.parent) from error
         named(output, save, detector, model_aside)
         # Old reports, of either level, would describe another model.
         for other in set(_REPORTS) - {level}:

@@ -4,6 +4,7 @@ import csv
 import math
 import os
 import re
+import shutil
 import signal
 import stat
 from pathlib import Path
@@ -311,8 +312,9 @@ def test_an_interrupted_fit_leaves_the_old_model_with_its_reports(
     assert model.read_bytes() != before[model.name]
 
 
+@pytest.mark.parametrize("stopped_at", [1, 2])
 def test_a_fit_stopped_among_its_renames_leaves_no_old_reports_beside_the_new_model(
-    folders, fitted, tmp_path, monkeypatch
+    folders, fitted, tmp_path, monkeypatch, stopped_at
 ):
     # The model replaced the old one, then the reports theirs: stopped in
     # between, the new model stood beside the dropped list of the old one.
@@ -327,7 +329,7 @@ def test_a_fit_stopped_among_its_renames_leaves_no_old_reports_beside_the_new_mo
     def stopped(source, target):  # os.replace of every module: os is one
         if not Path(target).name.startswith("."):  # not a temporary file
             calls.append(target)
-            if len(calls) == 2:  # the first report, after the model
+            if len(calls) == stopped_at:  # the model, or the first report after it
                 raise KeyboardInterrupt
         return replace(source, target)
 
@@ -335,7 +337,9 @@ def test_a_fit_stopped_among_its_renames_leaves_no_old_reports_beside_the_new_mo
     command = ["fit", str(folders / "train"), "--output", str(model), "--no-progress",
                "--skip-unreadable", *TINY, "--seed", "1"]
     assert main(command) == 130
-    assert Path(calls[0]) == model and model.read_bytes() != old_model
+    # A model without reports, the old one or the new one (as the guide says).
+    assert Path(calls[0]) == model
+    assert (model.read_bytes() == old_model) == (stopped_at == 1)
     assert sorted(path.name for path in tmp_path.iterdir()) == [model.name]
 
 
@@ -351,6 +355,53 @@ def test_write_errors_name_the_file_written_not_a_temporary_one(tmp_path, monkey
         atomic_write(target, full)
     assert error.value.filename == str(target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_errors_leave_other_files_errors_as_they_are(tmp_path):
+    # A message without an errno (an image that vanished, read again for the
+    # reports) came out "[Errno None] None: '<report folder>'".
+    from sklearn_metarefine._atomic import named, temporary_name
+
+    target = tmp_path / "line.dropped.csv"
+
+    def fail(error):
+        raise error
+
+    gone = FileNotFoundError("X[0]: image file 'a.png' not found.")
+    with pytest.raises(FileNotFoundError) as error:
+        named(target, fail, gone)
+    assert error.value is gone and str(error.value) == "X[0]: image file 'a.png' not found."
+    read = PermissionError(13, "Permission denied", str(tmp_path / "a.png"))
+    with pytest.raises(PermissionError) as error:
+        named(target, fail, read)
+    assert error.value is read
+    written = OSError(28, "No space left on device", str(temporary_name(target)))
+    with pytest.raises(OSError) as error:
+        named(target, fail, written)
+    assert error.value.filename == str(target) and error.value.__cause__ is written
+
+
+def test_fit_names_a_training_image_gone_before_its_report(
+    folders, tmp_path, monkeypatch, capsys
+):
+    from sklearn_metarefine import MetaRefineDetector
+
+    train = tmp_path / "train"
+    shutil.copytree(folders / "train", train)
+    fit = MetaRefineDetector.fit
+
+    def fit_then_vanish(self, X, y=None):
+        fit(self, X, y)
+        (train / "part39.png").unlink()  # moved away by another process
+        return self
+
+    monkeypatch.setattr(MetaRefineDetector, "fit", fit_then_vanish)
+    command = ["fit", str(train), "--output", str(tmp_path / "m" / "line.metarefine"),
+               "--skip-unreadable", "--no-progress", *TINY]  # fmt: skip
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert f"image file '{train / 'part39.png'}' not found" in err
+    assert "Errno None" not in err and not (tmp_path / "m" / "line.metarefine").exists()
 
 
 def test_fit_takes_verbose_from_set(folders, capsys, tmp_path):
@@ -1341,6 +1392,30 @@ def test_overlays_are_red_exactly_where_the_map_reaches_the_threshold(offset):
     again = np.asarray(map_overlay(np.zeros((40, 48), np.uint8), values, 3.0))
     others = np.isfinite(values)
     np.testing.assert_array_equal(again[others], overlay[others])
+
+
+def test_overlays_draw_no_number_black_infinities_at_the_ends_and_compare_exactly():
+    # A NaN pixel of a map below the threshold came out red (and a map of
+    # NaN all red), +inf black, a threshold of -inf a black map, and a value
+    # just below the threshold red (the map was rounded to float32 first).
+    from sklearn_metarefine._pictures import map_overlay
+
+    def colours(values, threshold):
+        black = np.zeros((1, len(values)), np.uint8)
+        overlay = map_overlay(black, np.array([values], dtype=np.float64), threshold)
+        return 2 * np.asarray(overlay).astype(int)[0]
+
+    def is_red(colour):
+        return colour[0] > 120 and colour[1] < 60 and colour[2] < 60
+
+    for values in ([0.0, 1.0, np.nan, 2.0], [0.0, 1.0, np.nan, 5.0], [np.nan] * 4):
+        assert colours(values, 3.0)[2].tolist() == [0, 0, 0]
+    inf = colours([0.0, 1.0, np.inf, -np.inf], 0.5)
+    assert is_red(inf[1]) and is_red(inf[2]) and not is_red(inf[3]) and inf[3].any()
+    assert all(is_red(colour) for colour in colours([0.0, 1.0, 2.0], -np.inf))
+    threshold = 27.51390248162283
+    near = colours([threshold - 1e-7, threshold, 20.0], threshold)
+    assert not is_red(near[0]) and is_red(near[1])
 
 
 def test_score_refuses_a_pickle_as_model_in_one_line(folders, capsys, tmp_path):

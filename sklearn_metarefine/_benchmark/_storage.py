@@ -17,7 +17,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 
-from .._atomic import atomic_write, naming, temporary_name
+from .._atomic import atomic_write, named, temporary_name
 from .._utils import file_digest
 from ._config import BenchmarkError
 
@@ -67,10 +67,7 @@ def create_exclusively(path, text):
     while it is written.
     """
     temporary = temporary_name(path)
-    try:
-        atomic_write(temporary, lambda file: file.write(text))
-    except OSError as error:
-        raise naming(error, path) from error
+    named(path, atomic_write, temporary, lambda file: file.write(text))
     try:
         os.link(temporary, path)
         return True

@@ -69,13 +69,14 @@ def resolve_min_samples(min_samples, n_samples):
 
 
 def checked_min_samples(min_samples, n_samples):
-    """:func:`resolve_min_samples`, warning when an int ``min_samples`` leaves
-    nothing to remove: no round may then shrink the kept set."""
-    if isinstance(min_samples, Integral) and min_samples >= n_samples:
+    """:func:`resolve_min_samples`, warning when ``min_samples`` (a count, or
+    a fraction such as 1.0) leaves nothing to remove: no round may then shrink
+    the kept set."""
+    if as_count(min_samples, n_samples) >= n_samples:
         warn(
             f"min_samples={min_samples} is not below the {n_samples} training "
             "samples: no refinement round can shrink the kept set. Set a smaller "
-            "count or a fraction of the training set (such as 0.5)."
+            "count or fraction of the training set (such as 0.5)."
         )
     return resolve_min_samples(min_samples, n_samples)
 
@@ -158,15 +159,20 @@ def warn_if_held_out_from_few(
         if enough
         else f"more {unit} (and min_samples >= {refiner.cv})"
     )
+    on_folds = [
+        *(["the fence"] if refiner.fence_scores == "oof" else []),
+        *(["the decision boundary"] if refiner.contamination == "auto" else []),
+    ]
+    unreliable = " and ".join(on_folds) + (" set on them are" if len(on_folds) > 1
+                                           else " set on them is")
     if refiner.contamination == "auto":
-        unreliable = "the fence and the decision boundary set on them are"
         # In words for either caller: the command line sets it with --set.
         more += (
             ", or set the boundary yourself (contamination=<fraction to flag>, "
-            "--set contamination=... on the command line) and expect a rough fence"
+            "--set contamination=... on the command line)"
         )
-    else:  # the user's boundary: only the fence rests on the folds
-        unreliable = "the fence set on them is"
+        if refiner.fence_scores == "oof":
+            more += " and expect a rough fence"
     warn(
         f"{name}: the kept set may hold as few as {smallest} of the "
         f"{n_samples} training {unit}, fewer than cv={refiner.cv}: its held-out "

@@ -29,23 +29,34 @@ def values(X):
 
 def validated(refiner, X, **kwargs):
     """``validate_data(refiner, X, **kwargs)``, naming the columns of a
-    DataFrame that are not numbers when it fails on them: the refiner
-    compares samples by their values (copies, quartiles)."""
+    DataFrame that are not numbers: the refiner compares samples by their
+    values (copies, quartiles)."""
     try:
-        return validate_data(refiner, X, **kwargs)
+        array = validate_data(refiner, X, **kwargs)
     except ValueError as error:
-        columns = getattr(X, "columns", None)
-        text = [] if columns is None else [c for c in columns if not _numeric(X[c])]
-        if not text or "feature names" in str(error):  # names first, as checked
+        if "feature names" in str(error):  # names first, as checked
             raise
-        owner = type(refiner).__name__
-        raise ValueError(
-            f"{owner} takes numeric columns only (it compares samples by their "
-            f"values); X has {len(text)} that are not: "
-            f"{', '.join(map(repr, text[:5]))}{', ...' if len(text) > 5 else ''}. "
-            f"Encode them in a step before it: make_pipeline(encoder, "
-            f"{owner}(detector))."
-        ) from error
+        _refuse_text_columns(refiner, X, error)
+        raise
+    if array.dtype == object:  # a categorical column of text passes as objects
+        _refuse_text_columns(refiner, X)
+    return array
+
+
+def _refuse_text_columns(refiner, X, error=None):
+    """Raise, naming the columns of ``X`` that are not numbers, if any."""
+    columns = getattr(X, "columns", None)
+    text = [] if columns is None else [c for c in columns if not _numeric(X[c])]
+    if not text:
+        return
+    owner = type(refiner).__name__
+    raise ValueError(
+        f"{owner} takes numeric columns only (it compares samples by their "
+        f"values); X has {len(text)} that are not: "
+        f"{', '.join(map(repr, text[:5]))}{', ...' if len(text) > 5 else ''}. "
+        f"Encode them in a step before it: make_pipeline(encoder, "
+        f"{owner}(detector))."
+    ) from error
 
 
 def _numeric(column):

@@ -451,7 +451,7 @@ def test_min_samples_count_or_fraction(min_samples):
     assert refiner.inlier_mask_.sum() == 56
 
 
-@pytest.mark.parametrize("min_samples", [100, 150])
+@pytest.mark.parametrize("min_samples", [100, 150, 1.0])
 def test_min_samples_not_below_the_training_set_warns(min_samples):
     # A count at or above the training set leaves no round that can remove a
     # sample: said, rather than a fit that silently refines nothing.
@@ -717,6 +717,12 @@ def test_warns_when_held_out_scores_come_from_a_handful_of_samples(
     with pytest.warns(UserWarning, match="the fence set on them is unreliable") as w:
         refiner.fit(X[:n_warned])
     assert "set the boundary yourself" not in str(w[0].message)
+    # With an in-sample fence, only the boundary does: the fence was called
+    # unreliable all the same.
+    refiner.set_params(fence_scores="in_sample", contamination="auto")
+    with pytest.warns(UserWarning, match="the decision boundary set on them is un") as w:
+        refiner.fit(X[:n_warned])
+    assert "fence" not in str(w[0].message)
 
 
 def test_signs_follow_sklearn():
@@ -1425,13 +1431,17 @@ def test_a_dataframe_with_bool_or_nullable_columns_is_refined(start, dtype):
     np.testing.assert_allclose(on_frame.score_samples(frame), on_array.score_samples(X))
 
 
-def test_text_columns_are_refused_by_name():
+@pytest.mark.parametrize("categorical", [False, True])
+def test_text_columns_are_refused_by_name(categorical):
     # pandas' "could not convert string to float: 'x'" named neither the
-    # refiner nor the column.
+    # refiner nor the column (a categorical one passed scikit-learn's check
+    # as objects and failed so later).
     pd = pytest.importorskip("pandas")
     rng = np.random.RandomState(0)
     frame = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})
     frame["colour"] = rng.choice(["red", "blue"], 60)
+    if categorical:
+        frame["colour"] = frame["colour"].astype("category")
     refiner = IQRRefiner(IsolationForest(n_estimators=10), random_state=0)
     with pytest.raises(ValueError, match=r"numeric columns only.* 1 that are not: "
                        r"'colour'\. Encode them"):  # fmt: skip

@@ -392,9 +392,28 @@ def test_non_finite_training_scores_blame_overflow_only_for_extreme_values(X):
     extreme = X.copy()
     extreme[0, 0] = 1e300
     with pytest.raises(ValueError, match="1e\\+300 in magnitude.*overflows"):
-        check_finite_scores(np.array([np.nan]), extreme, lr=1e-3)
-    with pytest.raises(DivergenceError, match="Lower the learning rate"):
-        check_finite_scores(np.array([np.nan]), X, lr=1e-3)
+        check_finite_scores(np.array([np.nan]), extreme, "the learning rate")
+    with pytest.raises(DivergenceError, match="diverged. Lower the learning rate"):
+        check_finite_scores(np.array([np.nan]), X, "the learning rate")
+
+
+@pytest.mark.parametrize("estimator", ["FlowDetector", "MAMLFlowDetector"])
+def test_divergence_names_the_estimators_own_learning_rates(estimator):
+    # MAMLFlowDetector's advice named "the learning rate", a parameter it
+    # does not have (its meta learning rate is beta), and not alpha's value.
+    from sklearn_metarefine import FlowDetector, MAMLFlowDetector
+
+    X = np.random.RandomState(0).normal(size=(200, 6))
+    if estimator == "FlowDetector":
+        flow = FlowDetector(lr=1e6)
+        advice = r"Lower the learning rate lr \(currently 1000000.0\)"
+    else:
+        flow = MAMLFlowDetector(alpha=1e3)
+        advice = (r"Lower the meta learning rate beta \(currently 0.001\) or the inner "
+                  r"learning rate alpha \(currently 1000.0\)")
+    flow.set_params(max_epochs=5, n_blocks=2, hidden_size=8, random_state=0)
+    with pytest.raises(DivergenceError, match=advice):
+        flow.fit(X)
 
 
 def test_alpha_zero_is_maximum_likelihood_on_whole_batches():

@@ -300,7 +300,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
                 scores = log_likelihood(
                     net.module_, X, mean, scale, projection, self.n_views
                 )
-                check_finite_scores(scores, X, self._net_kwargs()["optimizer__lr"])
+                check_finite_scores(scores, X, net.rates())
             except DivergenceError as error:
                 restore()
                 far = far_from(standardise(rows, mean, scale))
@@ -314,7 +314,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
             scores = log_likelihood(
                 net.module_, X, mean, scale, projection, self.n_views
             )
-            check_finite_scores(scores, X, self._net_kwargs()["optimizer__lr"])
+            check_finite_scores(scores, X, net.rates())
 
         self.net_, self.mean_, self.scale_ = net, mean, scale
         (self.components_, self.explained_variance_, self.noise_variance_) = projection

@@ -50,16 +50,16 @@ def training_rows(coords, X):
     return rows
 
 
-def check_finite_scores(scores, X, lr):
-    """Raise unless the training data's log-likelihoods are all finite."""
+def check_finite_scores(scores, X, rates):
+    """Raise unless the training data's log-likelihoods are all finite;
+    ``rates`` names the learning rates to lower (:meth:`_FlowNet.rates`)."""
     if np.all(np.isfinite(scores)):
         return
     if np.abs(X).max() > _EXTREME:
         raise ValueError(overflow_message(X))
     raise DivergenceError(
         "The fitted flow gives NaN or infinite log-likelihoods on its "
-        f"training data: the optimisation diverged. Lower the learning "
-        f"rate (currently {lr!r})."
+        f"training data: the optimisation diverged. Lower {rates}."
     )
 
 
@@ -101,15 +101,20 @@ class _FlowNet(NeuralNet):
             self._check_not_diverged(loss)
         return loss
 
+    def rates(self):
+        """The detector's learning rates, named as its parameters."""
+        return f"the learning rate lr (currently {self._lr()!r})"
+
+    def _lr(self):
+        return self.optimizer_.param_groups[0]["lr"]
+
     def _check_not_diverged(self, loss):
         if not torch.isfinite(loss) or loss.item() > _DIVERGED_LOSS:
             epoch = len(self.history)
-            lr = self.optimizer_.param_groups[0]["lr"]
             raise DivergenceError(
                 f"The flow's training loss became {loss.item():.4g} in "
-                f"epoch {epoch}: the optimisation diverged. Lower the learning "
-                f"rate (currently {lr!r}), or the inner learning rate alpha for "
-                "MAML, or standardise features with extreme values."
+                f"epoch {epoch}: the optimisation diverged. Lower {self.rates()}, "
+                "or standardise features with extreme values."
             )
 
 
@@ -134,6 +139,12 @@ class _MAMLFlowNet(_FlowNet):
         self.inner_steps = inner_steps
         self.first_order = first_order
         self.support_fraction = support_fraction
+
+    def rates(self):
+        return (
+            f"the meta learning rate beta (currently {self._lr()!r}) or "
+            f"the inner learning rate alpha (currently {self.alpha!r})"
+        )
 
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)

@@ -251,6 +251,9 @@ class PatchCoreDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     array([ 1, -1])
     """
 
+    # How the threshold's training scores are held out, for messages.
+    _scores_training_images = "scores each training image against the patches of the others"
+
     _parameter_constraints: dict = {
         **GRID_CONSTRAINTS,
         "coreset_fraction": [Interval(Real, 0, 1, closed="right")],

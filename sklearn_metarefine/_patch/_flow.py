@@ -232,6 +232,9 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     array([ 1, -1])
     """
 
+    # How the threshold's training scores are held out, for messages.
+    _scores_training_images = "scores each training image with flows fitted on the other images"
+
     _parameter_constraints: dict = {
         **GRID_CONSTRAINTS,
         "flow": [FlowDetector, None],  # its scores are log-likelihoods

@@ -185,10 +185,10 @@ class PatchGridMixin:
         if np.all(high - low <= 1e-5 * np.maximum(high, -low)):
             raise ValueError(
                 f"The {len(patches)} training images are copies of one image: "
-                f"{type(self).__name__} scores each training image against "
-                "the patches of the others, its threshold with them, and copies "
-                "leave nothing to compare (the image itself then sat on the "
-                "threshold). Train on several images of good parts."
+                f"{type(self).__name__} {self._scores_training_images}, its "
+                "threshold with them, and copies leave nothing to compare (the "
+                "image itself then sat on the threshold). Train on several "
+                "images of good parts."
             )
         # Raw rows (centred, in float64) within float32's resolution, which
         # the bank keeps: it cannot tell them apart, and a copy would match

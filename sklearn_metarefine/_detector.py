@@ -13,7 +13,7 @@ from ._features import PretrainedFeatures
 from ._flows import MAMLFlowDetector
 from ._patch import PatchCoreDetector
 from ._refine import IQRRefiner
-from ._rounds import FewHeldOutWarning, smallest_fit, warn_if_held_out_from_few
+from ._sizes import FewHeldOutWarning, smallest_fit, warn_if_held_out_from_few
 from ._samples import distinct_training_images
 from ._scores import contamination_offset
 from ._utils import draw_seed, forget, restored_on_failure, silenced

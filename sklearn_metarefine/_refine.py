@@ -11,7 +11,6 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._rounds import (
     check_novelty,
-    checked_min_samples,
     decision_offset,
     final_estimator_has,
     in_sample_anomaly_scores,
@@ -24,11 +23,11 @@ from ._rounds import (
     trimmed_core,
     unmasks,
     uses_warm_refits,
-    warn_if_held_out_from_few,
     with_copies,
 )
 from ._samples import check_fence_samples, checked_samples, samples_for, take, validated
 from ._scores import anomaly_score, clean_tail_fraction, iqr_fence
+from ._sizes import checked_min_samples, warn_if_held_out_from_few
 from ._utils import check_nested_default, restored_on_failure
 
 _START_PARAMS = ("start", "start_fraction", "start_neighbors")

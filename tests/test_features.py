@@ -619,7 +619,7 @@ def test_memory_caches_transform(rgb, tmp_path):
     assert images_seen(16) == 9
 
 
-@pytest.mark.filterwarnings("ignore::sklearn_metarefine._rounds.FewHeldOutWarning")
+@pytest.mark.filterwarnings("ignore::sklearn_metarefine._sizes.FewHeldOutWarning")
 def test_memory_keys_image_files_on_their_contents(rgb, tmp_path):
     # Files were keyed on their paths: an image replaced under its name got
     # the cached features of the one it replaced, also through a

@@ -25,12 +25,14 @@ from sklearn_metarefine import (
 from sklearn_metarefine._rounds import (
     boundary,
     calibration_scores,
-    core_size,
-    resolve_min_samples,
-    resolve_start_neighbors,
     stop_reason,
     trimmed_core,
     trims_tail,
+)
+from sklearn_metarefine._sizes import (
+    core_size,
+    resolve_min_samples,
+    resolve_start_neighbors,
 )
 from sklearn_metarefine._scores import anomaly_score, with_clean_tail
 
@@ -720,7 +722,8 @@ def test_warns_when_held_out_scores_come_from_a_handful_of_samples(
     # With an in-sample fence, only the boundary does: the fence was called
     # unreliable all the same.
     refiner.set_params(fence_scores="in_sample", contamination="auto")
-    with pytest.warns(UserWarning, match="the decision boundary set on them is un") as w:
+    only_boundary = "the decision boundary set on them is unreliable"
+    with pytest.warns(UserWarning, match=only_boundary) as w:
         refiner.fit(X[:n_warned])
     assert "fence" not in str(w[0].message)
 
@@ -1338,7 +1341,7 @@ def test_the_size_the_few_samples_warning_advises_is_the_smallest_that_is_enough
 ):
     # It was found by trying every size up to 100 times the training set's
     # (5.9 s at 64,000 samples when none is enough); now by bisection.
-    from sklearn_metarefine._rounds import smallest_kept, warn_if_held_out_from_few
+    from sklearn_metarefine._sizes import smallest_kept, warn_if_held_out_from_few
 
     refiner = IQRRefiner(**params, cv=7)
     keys = ("start", "start_fraction", "min_samples")

@@ -11,7 +11,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._features._backbones import _LITE0_NAME
 from .._flows import FlowDetector
-from .._rounds import held_out, held_out_fit_size
+from .._rounds import held_out
+from .._sizes import held_out_fit_size
 from .._scores import (
     clean_tail_fraction,
     contamination_offset,

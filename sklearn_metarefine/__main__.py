@@ -6,8 +6,6 @@ arguments; the work is done in ``_benchmark``, ``_training`` and ``_inference``.
 
 import argparse
 import contextlib
-import json
-import math
 import sys
 import warnings
 
@@ -21,6 +19,7 @@ from ._benchmark._config import (
     check_n_jobs,
     resolve_config,
 )
+from ._arguments import finite, nonzero_int, positive_int, seed, setting, size
 from ._benchmark._storage import check_output, read_json
 from ._signals import stop_status, stopped, terminated_as_interrupt
 from ._utils import surrogates_escaped
@@ -40,63 +39,6 @@ The output folder keeps one file per finished run: rerunning the same command
 after an interruption runs only the missing ones. It also records the
 configuration and refuses results of another one.
 """
-
-
-def _size(text):
-    """A positive int count, or a fraction in (0, 1), as make_contaminated's
-    test_size takes."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = _number(text, float)
-    if not (value >= 1 if isinstance(value, int) else 0 < value < 1):
-        raise argparse.ArgumentTypeError(
-            f"must be a count of at least 1 or a fraction in (0, 1), got {text}"
-        )
-    return value
-
-
-def _number(text, kind):
-    """``kind(text)``, refused in words: argparse would name the function."""
-    try:
-        return kind(text)
-    except ValueError:
-        noun = "an integer" if kind is int else "a number"
-        raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-
-
-def _positive_int(text):
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _seed(text):
-    """A seed scikit-learn and numpy take: an int in [0, 2**32 - 1]."""
-    value = _number(text, int)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer from 0 to {2**32 - 1}, got {value}"
-        )
-    return value
-
-
-def _finite(text):
-    """A finite float, refused as written (1e400 is no "inf")."""
-    value = _number(text, float)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def _nonzero_int(text):
-    value = _number(text, int)
-    if value == 0:
-        raise argparse.ArgumentTypeError(
-            "must be a positive number of parallel runs, or -1 for all cores, got 0"
-        )
-    return value
 
 
 def _parser():
@@ -146,7 +88,7 @@ def _parser():
     )
     data.add_argument(
         "--repeats",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         metavar="N",
         help="repeats per cell (default: %(default)s)",
@@ -160,13 +102,13 @@ def _parser():
     )
     data.add_argument(
         "--train-size",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="fixed training-set size (reaches high noise with few anomalies)",
     )
     data.add_argument(
         "--test-size",
-        type=_size,
+        type=size,
         metavar="N",
         help="normal (and anomalous) test samples: a count, or a "
         "fraction of the eligible normal samples",
@@ -192,33 +134,33 @@ def _parser():
     )
     model.add_argument(
         "--image-size",
-        type=_positive_int,
+        type=positive_int,
         metavar="PX",
         help="image side fed to the CNN of the image-level models (default: 64 "
         "for digits, 128 for surfaces, 224 otherwise)",
     )
     model.add_argument(
         "--n-scales",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="CNN input scales of the image-level models (default: 3 for "
         "digits and surfaces, 1 otherwise)",
     )
     model.add_argument(
         "--n-views",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="rotated views per image, image-level models (default: 1)",
     )
     model.add_argument(
         "--max-epochs",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="training epochs of the image-level flows (patchflow's: "
         "--config's patchflow section)",
     )
     model.add_argument(
-        "--seed", type=_seed, metavar="N", help="base seed of every draw and model"
+        "--seed", type=seed, metavar="N", help="base seed of every draw and model"
     )
     model.add_argument(
         "--config",
@@ -240,7 +182,7 @@ def _parser():
     )
     run.add_argument(
         "--n-jobs",
-        type=_nonzero_int,
+        type=nonzero_int,
         default=-1,
         metavar="N",
         help="runs in parallel, -1 for all cores or workers (default: %(default)s)",
@@ -280,27 +222,10 @@ bank without its own patches); and .skipped.csv with
 """
 
 
-_PYTHON_CONSTANTS = {"None": None, "True": True, "False": False}
-
-
-def _setting(text):
-    """NAME=VALUE of --set; VALUE is read as JSON when it is JSON, as Python's
-    None, True or False when it is one of these words, else as text."""
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    if value in _PYTHON_CONSTANTS:
-        return name, _PYTHON_CONSTANTS[value]
-    try:
-        return name, json.loads(value)
-    except json.JSONDecodeError:
-        return name, value
-
-
 def _add_pixel_limit(command):
     command.add_argument(
         "--max-image-pixels",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="Pillow's decompression-bomb limit for this run: images over N "
         "pixels give a warning, over 2 N are refused (default: Pillow's, "
@@ -337,10 +262,10 @@ def _add_fit_parser(commands):
     options.add_argument("--max-iter", type=int, metavar="N", help="refinement rounds")
     options.add_argument("--max-epochs", type=int, metavar="N")
     options.add_argument("--start", choices=("neighbors", "trimmed", "full"))
-    options.add_argument("--seed", type=_seed, metavar="N", dest="random_state")
+    options.add_argument("--seed", type=seed, metavar="N", dest="random_state")
     options.add_argument(
         "--set",
-        type=_setting,
+        type=setting,
         action="append",
         default=[],
         metavar="NAME=VALUE",
@@ -380,7 +305,7 @@ def _add_score_parser(commands):
     )
     score.add_argument(
         "--threshold",
-        type=_finite,
+        type=finite,
         metavar="T",
         help="anomaly-score threshold (default: the model's); a negative one "
         "written with an exponent needs '=': --threshold=-1e3",
@@ -520,10 +445,14 @@ def _warnings_as_lines(command):
 
 def _run_file_command(args):
     """Run fit or score; a problem with the input is one line on stderr, status 1."""
-    from ._image_files import InputError
-    from ._persistence import ModelFileError
+    try:  # a stop while torch is imported (seconds) is a stop as later
+        from ._image_files import InputError
+        from ._persistence import ModelFileError
 
-    from PIL import Image
+        from PIL import Image
+    except KeyboardInterrupt as stop:
+        print(f"\n{stopped(stop)}.", file=sys.stderr)
+        return stop_status(stop)
 
     command = {"fit": _fit, "score": _score}[args.command]
     limit = Image.MAX_IMAGE_PIXELS

@@ -12,8 +12,10 @@ def resolve_device(device):
     ----------
     device : {"auto", "cpu", "cuda"}, str or torch.device
         ``"auto"`` picks CUDA when it is available and the CPU otherwise.
-        Any other value is passed to :class:`torch.device`; a CUDA device
-        that is not available raises instead of silently running elsewhere.
+        Any other value is passed to :class:`torch.device`; a CUDA, MPS or
+        XPU device that is not available, and any other type but the CPU
+        (such as "meta"), raise instead of failing deep in torch or silently
+        running elsewhere.
 
     Returns
     -------
@@ -34,7 +36,23 @@ def resolve_device(device):
             "machine (torch.cuda.is_available() is False). Use device='cpu' or "
             "device='auto'."
         )
+    if resolved.type not in ("cpu", "cuda") and not _available(resolved.type):
+        # It failed later, deep in torch ("meta" tensors hold no data).
+        raise ValueError(
+            f"device={device!r} is not available to this package on this machine "
+            "(it runs on 'cpu', 'cuda', and 'mps' or 'xpu' where torch has them). "
+            "Use device='cpu' or device='auto'."
+        )
     return resolved
+
+
+def _available(device_type):
+    """Whether torch can compute on ``device_type`` ("mps" or "xpu") here."""
+    if device_type == "mps":
+        return torch.backends.mps.is_available()
+    if device_type == "xpu":
+        return hasattr(torch, "xpu") and torch.xpu.is_available()
+    return False
 
 
 @contextmanager

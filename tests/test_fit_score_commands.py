@@ -1153,6 +1153,34 @@ def test_a_terminated_score_cleans_up_as_an_interrupted_one(
     assert after == before
 
 
+@pytest.mark.parametrize("command", ["fit", "score"])
+def test_a_stop_while_the_commands_import_torch_is_a_stop(
+    folders, tmp_path, monkeypatch, capsys, command
+):
+    # A SIGTERM in the seconds torch takes to import gave a traceback and
+    # status 1: the imports sat outside the command's handling of a stop.
+    import sys
+
+    from sklearn_metarefine._signals import Terminated
+
+    class Stopping:
+        def find_spec(self, name, path=None, target=None):
+            if name == "sklearn_metarefine._image_files":
+                raise Terminated()
+            return None
+
+    monkeypatch.delitem(sys.modules, "sklearn_metarefine._image_files")
+    monkeypatch.setattr(sys, "meta_path", [Stopping(), *sys.meta_path])
+    argv = {
+        "fit": ["fit", str(folders / "train"), "--output", str(tmp_path / "m")],
+        "score": ["score", str(tmp_path / "m"), str(folders / "new"),
+                  "--output", str(tmp_path / "s.csv")],
+    }[command]  # fmt: skip
+    assert main(argv) == 143
+    assert capsys.readouterr().err.strip() == "Terminated."
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_csv_where_a_map_goes_is_refused_before_any_work(
     surfaces, tmp_path, capsys, monkeypatch
 ):

@@ -434,6 +434,22 @@ def test_an_unknown_device_is_a_value_error_naming_it(X):
         FlowDetector(**{**SMALL, "device": "tpu"}).fit(X)
 
 
+@pytest.mark.parametrize("device", ["meta", "mps", "xpu"])
+def test_a_device_torch_cannot_compute_on_here_is_refused_naming_it(X, device):
+    # Only CUDA was checked: "meta" failed deep in torch ("Cannot copy out of
+    # meta tensor"), "mps" and "xpu" with torch's build errors.
+    import torch
+
+    from sklearn_metarefine._torch_utils import _available, resolve_device
+
+    if _available(device):  # a machine that has one takes it
+        assert resolve_device(device) == torch.device(device)
+        return
+    with pytest.raises(ValueError, match=f"device='{device}' is not available to "
+                       "this package on this machine"):
+        FlowDetector(**{**SMALL, "device": device}).fit(X)
+
+
 @pytest.mark.parametrize("pca_components", [None, 2])
 @pytest.mark.parametrize("Detector", DETECTORS)
 def test_rows_beyond_float64_once_standardised_score_minus_inf(

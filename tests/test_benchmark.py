@@ -354,6 +354,22 @@ def test_dask_backend_needs_a_scheduler_and_dask(with_features, monkeypatch):
         )
 
 
+@pytest.mark.parametrize("name", ["runs.csv", "results.json", "anomaly_maps_a.png"])
+def test_a_users_files_under_the_reports_names_are_not_replaced(tmp_path, name):
+    # A folder without config.json was claimed, and the user's runs.csv and
+    # results.json replaced by the benchmark's without a word.
+    output = tmp_path / "project"
+    output.mkdir()
+    (output / name).write_text("my own notes")
+    (output / "features").mkdir()  # a cache copied in is no report
+    with pytest.raises(BenchmarkError, match=f"holds {name} but no config.json: "
+                       "files of this name are the benchmark's reports"):
+        run_benchmark(config=TINY_CONFIG, output=output, models=["lof"],
+                      progress=False, **GRID)  # fmt: skip
+    assert (output / name).read_text() == "my own notes"
+    assert sorted(p.name for p in output.iterdir()) == sorted(["features", name])
+
+
 def test_output_of_another_config_is_refused(reference, capsys):
     output = reference[0]
     before = (output / "config.json").read_text()
@@ -881,6 +897,25 @@ def test_the_documented_mvtec_and_ksdd2_commands_are_within_reach():
         check("ksdd2", ksdd2, NOISE_LEVELS)
 
 
+def test_the_train_size_advised_reaches_every_level_requested():
+    # "train_size=28 (the largest at this noise)" held at 50% only: followed,
+    # it failed at 0%, which needs 28 normal training images of 20.
+    from sklearn_metarefine._benchmark._data import check_feasible
+
+    labelled = {"fabric": _counted(20, 5, 19), "wood": _counted(30, 5, 19)}
+    config = resolve_config("mvtec")
+    with pytest.raises(BenchmarkError, match=r"train_size=28 \(the largest at this "
+                       r"noise\).* The largest --train-size that reaches every "
+                       r"requested noise level: fabric 20, wood 28\."):
+        check_feasible(config, labelled, [0.0, 0.5])
+    for category, size in (("fabric", 20), ("wood", 28)):
+        sized = resolve_config("mvtec", {"contamination": {"train_size": size}})
+        check_feasible(sized, {category: labelled[category]}, [0.0, 0.5])
+        bigger = resolve_config("mvtec", {"contamination": {"train_size": size + 1}})
+        with pytest.raises(BenchmarkError):
+            check_feasible(bigger, {category: labelled[category]}, [0.0, 0.5])
+
+
 def _unwritable(name, error, monkeypatch):
     """Make the output's writability probe fail in the folders called ``name``
     (permissions do not bind root, who runs these tests)."""
@@ -1007,7 +1042,8 @@ def test_a_malformed_dataset_record_is_named(record, tmp_path):
     image = tmp_path / "a.png"
     image.write_bytes(b"x")
     with pytest.raises(BenchmarkError, match="not the record of a category's files"):
-        check_dataset_files(output, {"digit3": ([image], None, None)})
+        check_dataset_files(output, {"digit3": ([image], None, None)},
+                            {"digit3": []})
 
 
 def test_numpy_seeds_and_malformed_scheduler_addresses(tmp_path):

@@ -477,7 +477,8 @@ def test_results_of_other_files_of_the_dataset_folder_are_refused(tmp_path):
     root, grid = _plate_benchmark(tmp_path)
     added = root / "plate" / "train" / "good" / "020.png"
     added.write_bytes((root / "plate" / "train" / "good" / "000.png").read_bytes())
-    with pytest.raises(BenchmarkError, match=r"files then plate: 36; now plate: 37"):
+    changed = r"image files then plate: 36; now plate: 37"
+    with pytest.raises(BenchmarkError, match=changed):
         run_benchmark("mvtec", root=root, repeats=2, **grid)
     added.unlink()
     assert run_benchmark("mvtec", root=root, repeats=2, **grid).n_executed == 1
@@ -502,7 +503,21 @@ def test_an_image_replaced_by_one_of_the_same_size_is_noticed(tmp_path):
     replaced.write_bytes(data + bytes(size - len(data)))
     assert replaced.stat().st_size == size
     assert _feature_path(images, resolved, tmp_path / "features") != cached
-    refused = r"files then plate: 36; now plate: 36, or .* sizes or contents"
+    refused = r"image files then plate: 36; now plate: 36, or .* sizes or contents"
+    with pytest.raises(BenchmarkError, match=refused):
+        run_benchmark("mvtec", root=root, repeats=2, **grid)
+
+
+def test_results_on_other_defect_masks_are_refused(tmp_path):
+    # Only the images were digested: masks redrawn between runs (KolektorSDD2's
+    # labels, the pixel metrics of both datasets) gave tables averaging runs
+    # on the old masks and on the new ones.
+    root, grid = _plate_benchmark(tmp_path)
+    mask = next((root / "plate" / "ground_truth").rglob("*_mask.png"))
+    pixels = np.asarray(Image.open(mask)).copy()
+    pixels[:8, :8] = 255 - pixels[:8, :8]
+    Image.fromarray(pixels).save(mask)
+    refused = r"image or mask files of the dataset folder changed .* other defect masks"
     with pytest.raises(BenchmarkError, match=refused):
         run_benchmark("mvtec", root=root, repeats=2, **grid)
 
@@ -533,18 +548,19 @@ def test_a_dataset_record_without_contents_is_taken_and_completed(tmp_path):
     (output / "runs" / "a.json").write_text("{}")
     image = tmp_path / "a.png"
     image.write_bytes(b"x")
-    labelled = {"plate": ([image], None, None)}
-    check_dataset_files(output, labelled)
+    labelled, masks = {"plate": ([image], None, None)}, {"plate": []}
+    check_dataset_files(output, labelled, masks)
     record = json.loads((output / "dataset.json").read_text())
-    assert set(record["plate"]) == {"n_files", "sha256", "contents"}
-    del record["plate"]["contents"]
+    keys = {"n_files", "sha256", "contents", "masks"}
+    assert set(record["plate"]) == keys
+    del record["plate"]["contents"], record["plate"]["masks"]
     (output / "dataset.json").write_text(json.dumps(record))
-    check_dataset_files(output, labelled)
+    check_dataset_files(output, labelled, masks)
     completed = json.loads((output / "dataset.json").read_text())
-    assert set(completed["plate"]) == {"n_files", "sha256", "contents"}
+    assert set(completed["plate"]) == keys
     image.write_bytes(b"y")
     with pytest.raises(BenchmarkError, match="sizes or contents"):
-        check_dataset_files(output, labelled)
+        check_dataset_files(output, labelled, masks)
 
 
 @pytest.mark.parametrize("sigma", [-1, "abc", None, float("nan")])

@@ -100,6 +100,14 @@ def load_category(dataset, category, root, config=None):
     return list(data.filenames), data.target, data.split
 
 
+def mask_files(dataset, category, root):
+    """The defect masks of a category of MVTec AD or KolektorSDD2, in the
+    order of its images: they set KolektorSDD2's labels and the pixel
+    metrics of both."""
+    data = _read_dataset(dataset, category, root)
+    return [mask for mask in data.mask_filenames if mask is not None]
+
+
 def _read_dataset(dataset, category, root):
     """The loader's Bunch of a category of MVTec AD or KolektorSDD2."""
     if root is None:
@@ -310,11 +318,48 @@ def check_feasible(config, labelled, noise):
     if problems:
         # One message per reason: a setting out of range fails every cell alike.
         listed = [f"{', '.join(cells)}: {reason}" for reason, cells in problems.items()]
+        # The train_size a reason offers holds at its noise level; the one for
+        # every level requested may be smaller (fewer normal samples).
+        sizes = {c: _largest_train_size(config, y, split, noise)
+                 for c, (_, y, split) in labelled.items()}
+        reach = ", ".join(f"{c} {size}" for c, size in sizes.items() if size)
+        if reach and len(noise) > 1:
+            reach = (f" The largest --train-size that reaches every requested "
+                     f"noise level: {reach}.")
+        else:
+            reach = ""
         raise BenchmarkError(
             f"Cannot draw every requested contaminated training set of "
-            f"{config['dataset']}: " + "; ".join(listed) + ". On the command "
-            "line: --overlap draws training anomalies from the test anomalies "
-            "too, --train-size N fixes a smaller training set, --test-size N "
-            "reserves fewer anomalies for the test set; or leave out the noise "
-            "levels that are out of reach with --noise."
+            f"{config['dataset']}: " + "; ".join(listed) + f".{reach} On the "
+            "command line: --overlap draws training anomalies from the test "
+            "anomalies too, --train-size N fixes a smaller training set, "
+            "--test-size N reserves fewer anomalies for the test set; or leave "
+            "out the noise levels that are out of reach with --noise."
         )
+
+
+def _draws(config, y, split, noise, train_size):
+    """Whether a training set of ``train_size`` is drawn at every level."""
+    settings = {**config["contamination"], "train_size": train_size}
+    try:
+        for level in noise:
+            make_contaminated(np.arange(len(y)), y, noise=level, split=split,
+                              random_state=0, **settings)  # fmt: skip
+    except ValueError:
+        return False
+    return True
+
+
+def _largest_train_size(config, y, split, noise):
+    """The largest ``train_size`` drawn at every level of ``noise``, or None.
+
+    Searched by bisection: the pools bound it from above alike at every size,
+    and a size below it fails only where a level rounds to no anomaly."""
+    low, high = 1, len(y)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _draws(config, y, split, noise, middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low if _draws(config, y, split, noise, low) else None

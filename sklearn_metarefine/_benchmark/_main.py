@@ -23,6 +23,7 @@ from ._data import (
     dataset_categories,
     generate_surfaces,
     load_category,
+    mask_files,
     load_masked,
 )
 from ._execution import check_execution, execute
@@ -203,7 +204,8 @@ def run_benchmark(
     claimed = {**config, "root": str(_absolute(root))} if rooted else config
     claim_output(output, claimed)
     if rooted:
-        check_dataset_files(output, labelled)
+        masks = {c: mask_files(dataset, c, root) for c in categories}
+        check_dataset_files(output, labelled, masks)
 
     runs = plan_runs(config, categories, noise, repeats, models)
     pending = [run for run in runs if read_run(runs_folder, run) is None]

@@ -3,7 +3,7 @@
 import numpy as np
 
 from ._config import REFINER_MODELS
-from ._storage import RECORD_FIELDS, atomic_write, write_csv, write_json
+from ._storage import RECORD_FIELDS, REPORT_FILES, atomic_write, write_csv, write_json
 
 _TABLE1_FIELDS = (
     "model",
@@ -407,15 +407,7 @@ def write_outputs(
     output, config, records, table1, table2, *, categories, noise, models, table3
 ):
     """Write the CSV, JSON and PNG files; return their paths by name."""
-    files = {
-        "runs_csv": output / "runs.csv",
-        "table1_csv": output / "table1_auroc.csv",
-        "table2_csv": output / "table2_removed.csv",
-        "table3_csv": output / "table3_threshold.csv",
-        "results_json": output / "results.json",
-        "figure_mean": output / "auroc_vs_noise.png",
-        "figure_categories": output / "auroc_vs_noise_by_category.png",
-    }
+    files = {key: output / name for key, name in REPORT_FILES.items()}
     write_csv(files["runs_csv"], RECORD_FIELDS, records)
     write_csv(files["table1_csv"], _TABLE1_FIELDS, table1)
     write_csv(files["table2_csv"], _TABLE2_FIELDS, table2)

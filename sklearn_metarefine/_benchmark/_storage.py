@@ -25,6 +25,17 @@ CONFIG_FILE = "config.json"
 RUNS_FOLDER = "runs"
 FEATURES_FOLDER = "features"
 DATASET_FILE = "dataset.json"
+# The reports a benchmark writes beside its runs, by name (and the figures of
+# anomaly maps, anomaly_maps_<category>.png).
+REPORT_FILES = {
+    "runs_csv": "runs.csv",
+    "table1_csv": "table1_auroc.csv",
+    "table2_csv": "table2_removed.csv",
+    "table3_csv": "table3_threshold.csv",
+    "results_json": "results.json",
+    "figure_mean": "auroc_vs_noise.png",
+    "figure_categories": "auroc_vs_noise_by_category.png",
+}
 # The fields of a run record (see run_one), in the order of runs.csv.
 RECORD_FIELDS = (
     "dataset",
@@ -157,6 +168,7 @@ def claim_output(output, config):
                     f"{CONFIG_FILE}, so their configuration is unknown. Use "
                     "another --output folder."
                 )
+            _refuse_files_it_would_replace(output)
             output.mkdir(parents=True, exist_ok=True)
             if create_exclusively(config_path, text):
                 return
@@ -187,24 +199,49 @@ def claim_output(output, config):
         check_writable(folder)
 
 
+def _refuse_files_it_would_replace(output):
+    """Refuse a folder without a configuration that holds files under the
+    names of the benchmark's reports: they are a user's, and were replaced."""
+    if not output.is_dir():
+        return
+    names = {*REPORT_FILES.values(), DATASET_FILE}
+    found = sorted(
+        entry.name
+        for entry in output.iterdir()
+        if entry.name in names
+        or (entry.name.startswith("anomaly_maps_") and entry.name.endswith(".png"))
+    )
+    if found:
+        listed = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise BenchmarkError(
+            f"The output folder {output} holds {listed} but no {CONFIG_FILE}: "
+            "files of this name are the benchmark's reports, which would replace "
+            "them. Move them, or use another --output folder."
+        )
+
+
 def _holds_runs(output):
     """Whether the output folder holds a finished run."""
     return any((output / RUNS_FOLDER).glob("*.json"))
 
 
-def check_dataset_files(output, labelled):
-    """Record the image files each category's runs read, or refuse an output
-    folder whose results were computed on other files of the dataset folder.
+def check_dataset_files(output, labelled, masks):
+    """Record the image and mask files each category's runs read, or refuse
+    an output folder whose results were computed on other files of the
+    dataset folder.
 
-    The files are recorded by count, a digest of their paths and sizes and
+    The images are recorded by count, a digest of their paths and sizes and
     one of their contents: a folder extracted in part, then in full, kept the
     same configuration, and the tables averaged runs on 12 and on 40 training
-    images. (Records written before the contents were digested are taken as
-    they are and completed.)
+    images. The defect masks (``masks``, by category), which set
+    KolektorSDD2's labels and the pixel metrics, are recorded alike under
+    ``"masks"``. (Records written before the contents or the masks were
+    digested are taken as they are and completed.)
     """
     path = output / DATASET_FILE
     listing = {
-        category: _files_digest(images) for category, (images, _, _) in labelled.items()
+        category: {**_files_digest(images), "masks": _files_digest(masks[category])}
+        for category, (images, _, _) in labelled.items()
     }
     stored = read_json(path, remedy=_START_OVER) if path.exists() else {}
     for record in stored.values():
@@ -220,17 +257,23 @@ def check_dataset_files(output, labelled):
         then = ", ".join(f"{c}: {stored[c]['n_files']}" for c in changed)
         now = ", ".join(f"{c}: {listing[c]['n_files']}" for c in changed)
         raise BenchmarkError(
-            f"The image files of the dataset folder changed since the results in "
-            f"{output} were computed (files then {then}; now {now}, or the same "
-            "number with other names, sizes or contents): mixing them would "
-            f"average runs on other images. {_START_OVER}"
+            f"The image or mask files of the dataset folder changed since the "
+            f"results in {output} were computed (image files then {then}; now "
+            f"{now}, or the same number with other names, sizes or contents, "
+            "or other defect masks): mixing them would average runs on other "
+            f"images or labels. {_START_OVER}"
         )
     if {**stored, **listing} != stored:  # new, new categories, or completed
         write_json(path, {**stored, **listing})
 
 
-# The keys of a category's record in dataset.json, now and before "contents".
-_RECORD_KEYS = ({"n_files", "sha256", "contents"}, {"n_files", "sha256"})
+# The keys of a category's record in dataset.json, now and before "masks"
+# and "contents".
+_RECORD_KEYS = (
+    {"n_files", "sha256", "contents", "masks"},
+    {"n_files", "sha256", "contents"},
+    {"n_files", "sha256"},
+)
 
 
 def _differ(stored, listing):

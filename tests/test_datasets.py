@@ -169,6 +169,8 @@ def test_load_mvtec_ad_empty_split(mvtec_root, remove, split, path):
         file.unlink()
     with pytest.raises(FileNotFoundError, match="holds no PNG image") as error:
         load_mvtec_ad(mvtec_root, "bottle", split=split)
+    if path == "test":  # it held one, outside the subfolders they go in
+        assert "in a subfolder (test/good/, test/<defect type>/)" in str(error.value)
     assert str(mvtec_root / "bottle" / path) in str(error.value)
     assert MVTEC_URL in str(error.value)
 
@@ -640,6 +642,27 @@ def test_make_contaminated_overlap_shares_only_anomalies():
     shared = set(data.train_indices) & set(data.test_indices)
     assert len(shared) >= 7
     assert all(y[index] == 1 for index in shared)
+
+
+def test_make_contaminated_advice_passes_when_followed_on_large_sets():
+    # 2001 / 22001 = 0.090950 was written 0.0910, which needs 2002 anomalies;
+    # with no anomaly left for training, a noise of "at least 0.0164" was
+    # advised; the default test_size was named as if given.
+    y = np.r_[np.zeros(20000), np.ones(2001), np.zeros(5), np.ones(5)]
+    split = ["train"] * 22001 + ["test"] * 10
+    X = np.arange(len(y))
+    with pytest.raises(ValueError, match="largest achievable noise is 0.0909"):
+        make_contaminated(X, y, noise=0.3, split=split, random_state=0)
+    data = make_contaminated(X, y, noise=0.0909, split=split, random_state=0)
+    assert data.y_train.sum() == 2000
+    y = np.r_[np.zeros(40), np.ones(10)]
+    with pytest.raises(ValueError, match=r"rounds to no anomalous sample in a "
+                       r"training set of 30, and no anomaly is available for "
+                       r"training \(10 in all\). Use noise=0, or a smaller test_size"):
+        make_contaminated(np.arange(50), y, noise=0.01, test_size=10, random_state=0)
+    y = np.r_[np.zeros(56), np.ones(13)]
+    with pytest.raises(ValueError, match=r"test_size=0.25 \(the default\) asks for 14"):
+        make_contaminated(np.arange(69), y, noise=0.1, random_state=0)
 
 
 def test_make_contaminated_not_enough_anomalies_message():

@@ -216,6 +216,15 @@ def test_a_defect_the_category_lacks_is_named_in_the_error():
         make_surfaces("metal", defect_types=["scratch", "scratch", "stain"])
 
 
+@pytest.mark.parametrize("given", [np.array("hole"), np.array([["hole"]])])
+def test_defect_types_as_an_array_of_any_shape(given):
+    # array-like passed the parameter check, then iterating a 0-d array or
+    # hashing rows of a 2-D one raised a bare TypeError.
+    data = make_surfaces("wood", n_normal=0, n_anomalous=2, image_size=32,
+                         defect_types=given, random_state=0)  # fmt: skip
+    assert data.defect_type.tolist() == ["hole", "hole"]
+
+
 def test_an_unordered_set_of_defect_types_is_refused():
     # The draws followed the set's order, which changes with the hash seed:
     # the same random_state gave other images from one run to the next.

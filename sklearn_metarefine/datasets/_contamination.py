@@ -257,10 +257,11 @@ def _test_count(test_size, normal, anomalous, split):
             f"A balanced test set needs normal and anomalous samples {side}; "
             f"found {n_normal} normal and {n_anomalous} anomalous.{hint}"
         )
+    given = "test_size={}"
     if test_size is None:
         if split is not None:
             return min(n_normal, n_anomalous)
-        test_size = _DEFAULT_TEST_SHARE
+        test_size, given = _DEFAULT_TEST_SHARE, "test_size={} (the default)"
     if isinstance(test_size, Integral):
         n_test = int(test_size)
     else:
@@ -269,7 +270,7 @@ def _test_count(test_size, normal, anomalous, split):
         n_test = math.ceil(_exact(test_size) * n_normal)
     if n_test > n_normal or n_test > n_anomalous:
         raise ValueError(
-            f"test_size={test_size} asks for {n_test} normal and {n_test} "
+            f"{given.format(test_size)} asks for {n_test} normal and {n_test} "
             f"anomalous test samples, but there are {n_normal} normal and "
             f"{n_anomalous} anomalous samples {side}. Use test_size <= "
             f"{min(n_normal, n_anomalous)}."
@@ -292,12 +293,12 @@ def _train_counts(
     if train_size is None:
         n_normal = n_normal_pool
         n_anomalous = _round_half_up(exact * n_normal / (1 - exact))
-        largest_noise = n_anomalous_pool / max(n_normal + n_anomalous_pool, 1)
+        largest_noise = Fraction(n_anomalous_pool, max(n_normal + n_anomalous_pool, 1))
         smallest_noise = Fraction(1, 2) / (n_normal + Fraction(1, 2))  # one anomaly
     else:
         n_anomalous = _round_half_up(exact * train_size)
         n_normal = train_size - n_anomalous
-        largest_noise = n_anomalous_pool / train_size
+        largest_noise = Fraction(n_anomalous_pool, train_size)
         smallest_noise = Fraction(1, 2) / train_size
 
     if n_normal < 1:
@@ -341,7 +342,9 @@ def _train_counts(
             ]
         remedies = remedies or ["a smaller train_size"]
         if fits_some_noise:
-            reach = f"The largest achievable noise is {largest_noise:.4f}."
+            # Rounded down: the bound must pass when given back as written.
+            written = Fraction(math.floor(largest_noise * 10_000), 10_000)
+            reach = f"The largest achievable noise is {float(written):.4f}."
         else:
             reach = (
                 f"No noise fits train_size={train_size}: it is more than the "
@@ -355,6 +358,13 @@ def _train_counts(
             f"{'; or '.join(remedies)}."
         )
     if noise > 0 and n_anomalous == 0:
+        if n_anomalous_pool == 0:  # a larger noise would fail as well
+            where = "" if overlap else ", or a smaller test_size or overlap=True"
+            raise ValueError(
+                f"noise={noise} rounds to no anomalous sample in a training set "
+                f"of {n_normal}, and no anomaly is available for training "
+                f"({n_anomalous_total} in all). Use noise=0{where}."
+            )
         larger = "a larger train_size" if train_size else "more normal samples"
         raise ValueError(
             f"noise={noise} rounds to no anomalous sample in a training set of "

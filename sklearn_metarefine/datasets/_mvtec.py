@@ -260,7 +260,11 @@ def _test_samples(folder):
         for defect in _subfolders(test):
             images += [(defect, image) for image in _png_files(test / defect)]
     if not images:
-        problem = "holds no PNG image" if test.is_dir() else "does not exist"
+        problem = (
+            "holds no PNG image in a subfolder (test/good/, test/<defect type>/)"
+            if test.is_dir()
+            else "does not exist"
+        )
         raise FileNotFoundError(
             f"No MVTec AD test images: {test} {problem}. " + _HOW_TO_GET
         )

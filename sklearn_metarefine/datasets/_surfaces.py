@@ -127,6 +127,8 @@ def _check_defect_types(category, defect_types):
         return available
     if isinstance(defect_types, str):
         defect_types = [defect_types]
+    elif isinstance(defect_types, np.ndarray):  # of any shape, as array-like
+        defect_types = defect_types.ravel().tolist()
     if isinstance(defect_types, (set, frozenset)):
         # Its order, which the draws follow, changes with the hash seed.
         raise TypeError(

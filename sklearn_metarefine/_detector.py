@@ -448,6 +448,9 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         refiner = pipeline.steps[-1][1]
         self._size_flow(refiner.estimator, len(distinct))
         name, n = type(self).__name__, len(distinct)
+        if self.verbose and n < len(features):  # what the rounds' counts count
+            print(f"{name}: {len(features)} training images, {n} distinct: the "
+                  "rounds below count distinct images")
         warn_if_held_out_from_few(refiner, n, name=name, unit="images")
         with silenced(FewHeldOutWarning):  # the refiner's would say it of samples
             refiner.fit(features[distinct])

@@ -255,10 +255,10 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
     ``~inlier_mask_`` with the ground truth; ``removed_at_iter_`` splits it.
 
     A sample is outside the fence when its score is strictly greater than
-    ``T``. When the scores of more than a quarter of the kept samples tie at
-    the third quartile, the IQR is zero and ``T`` is that tied score: only
-    samples scoring above it are removed, and when all scores are equal a
-    round removes nothing.
+    ``T``. When tied scores reach from the first quartile to the third
+    (about half of the kept samples or more), the IQR is zero and ``T`` is
+    that tied score: only samples scoring above it are removed, and when all
+    scores are equal a round removes nothing.
 
     ``X`` must be a dense, finite 2-D array of at least 4 distinct samples. When a fit
     after the first round fails, a ``RuntimeError`` names the round and the

@@ -135,6 +135,20 @@ def test_repeated_training_images_are_fitted_once():
     assert (det.removed_at_iter_[61:] == single.removed_at_iter_[60]).all()
 
 
+def test_verbose_rounds_say_they_count_distinct_images(capsys):
+    # The rounds printed "kept 40" of a fit whose inlier_mask_ kept 45.
+    X = np.random.RandomState(0).normal(size=(40, 5))
+    copies = np.vstack([X, X[:5]])
+    with pytest.warns(UserWarning, match="repeat"):
+        MetaRefineDetector(backbone=None, random_state=0, verbose=1,
+                           **TINY_FLOW).fit(copies)  # fmt: skip
+    out = capsys.readouterr().out
+    assert ("MetaRefineDetector: 45 training images, 40 distinct: the rounds below "
+            "count distinct images") in out
+    MetaRefineDetector(backbone=None, random_state=0, verbose=1, **TINY_FLOW).fit(X)
+    assert "distinct" not in capsys.readouterr().out
+
+
 def test_copies_whose_cnn_features_differ_by_rounding_are_fitted_once(
     contaminated_digits, monkeypatch
 ):

@@ -119,6 +119,35 @@ def test_save_to_a_folder_is_refused_naming_it(table, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_save_to_a_name_of_a_folder_or_a_link_is_refused(
+    table, tmp_path, monkeypatch
+):
+    # "models/" was written as a file named "models", which load("models/")
+    # then did not find; "" wrote a temporary file above the current folder;
+    # a link was replaced by the file, its target left with the old model.
+    refiner = IQRRefiner(IsolationForest(n_estimators=5, random_state=0)).fit(table)
+    monkeypatch.chdir(tmp_path)
+    for path in ("models/", ""):
+        with pytest.raises(IsADirectoryError, match="is a folder; save writes"):
+            save(refiner, path)
+    assert list(tmp_path.iterdir()) == []
+    save(refiner, "v3.metarefine")
+    before = (tmp_path / "v3.metarefine").read_bytes()
+    os.symlink("v3.metarefine", tmp_path / "current.metarefine")
+    with pytest.raises(ValueError, match="is a symbolic link .* Save to the target"):
+        save(refiner, "current.metarefine")
+    assert (tmp_path / "current.metarefine").is_symlink()
+    assert (tmp_path / "v3.metarefine").read_bytes() == before
+
+
+def test_load_names_a_device_of_another_type(table, model_path):
+    # device=0 was reported as a damaged file (ModelFileError).
+    save(IQRRefiner(IsolationForest(n_estimators=5, random_state=0)).fit(table),
+         model_path)  # fmt: skip
+    with pytest.raises(TypeError, match="load's device must be None, a str"):
+        load(model_path, device=0)
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_the_model_file_has_the_umasks_mode(table, tmp_path, umask):
     # It was written through mkstemp, private (0600) whatever the umask,

@@ -77,7 +77,11 @@ def save(estimator, path):
     ValueError
         When the estimator nests pipelines or values so deep that its manifest
         would hold more than 200 levels of lists and objects, which
-        :func:`load` refuses.
+        :func:`load` refuses; or when ``path`` is a symbolic link, which
+        would be replaced rather than its target.
+    IsADirectoryError
+        When ``path`` is a folder, or names one (empty, or ending in a
+        separator).
 
     Warns
     -----
@@ -115,10 +119,19 @@ def save(estimator, path):
         raise TypeError(
             f"save expects an estimator, got a {type(estimator).__qualname__}."
         )
-    if os.path.isdir(path):
+    text = os.fspath(path)
+    if os.path.isdir(path) or not text or text.endswith(("/", os.sep)):
+        # A name ending in a separator was saved as a file of the folder's
+        # name, which load then could not find under the name given.
         raise IsADirectoryError(
-            f"{os.fspath(path)!r} is a folder; save writes a model file: give its "
-            f"path, such as {os.path.join(path, 'model.metarefine')!r}."
+            f"{text!r} is a folder; save writes a model file: give its "
+            f"path, such as {os.path.join(text, 'model.metarefine')!r}."
+        )
+    if os.path.islink(path):
+        raise ValueError(
+            f"{text!r} is a symbolic link (to {os.readlink(path)!r}): save "
+            "replaces a file whole, and would replace the link, leaving its "
+            "target as it was. Save to the target, or remove the link first."
         )
     encoder = Encoder()
     try:
@@ -177,6 +190,8 @@ def load(path, *, device=None, trusted=()):
         trust. Nothing in the file runs.
     FileNotFoundError
         No file at ``path``.
+    TypeError
+        ``device`` is neither None, a str nor a ``torch.device``.
 
     Warns
     -----
@@ -203,6 +218,16 @@ def load(path, *, device=None, trusted=()):
     >>> load(path).predict([[0.0, 0.0], [8.0, 8.0]])
     array([ 1, -1])
     """
+    torch = sys.modules.get("torch")  # a torch.device implies torch imported
+    if not (
+        device is None
+        or isinstance(device, str)
+        or (torch is not None and isinstance(device, torch.device))
+    ):
+        raise TypeError(
+            f"load's device must be None, a str such as 'cpu' or 'cuda:0', or a "
+            f"torch.device; got {device!r}."
+        )
     manifest, members = read_archive(path)
     try:
         arrays = safetensors_numpy.load(members.get(ARRAYS, b""))

@@ -29,7 +29,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 
-from sklearn_metarefine import IQRRefiner
+from sklearn_metarefine import _refine
 from sklearn_metarefine._benchmark import (
     cached_features,
     derive_seed,
@@ -47,12 +47,13 @@ POOLS = ("kept", "default", "all removed")
 
 
 def _recording_offset(offset):
-    """``IQRRefiner._offset`` that also keeps the held-out scores it is given
-    (with ``fence_scores="oof"``, the last fence's out-of-fold scores)."""
+    """``decision_offset`` (which ``IQRRefiner.fit`` calls) that also keeps the
+    held-out scores it is given on the refiner (with ``fence_scores="oof"``,
+    the last fence's out-of-fold scores)."""
 
-    def wrapper(self, estimator, base, X, kept, scores, fold_seed):
-        self.held_out_scores_ = scores
-        return offset(self, estimator, base, X, kept, scores, fold_seed)
+    def wrapper(refiner, estimator, base, X, kept, scores, fold_seed):
+        refiner.held_out_scores_ = scores
+        return offset(refiner, estimator, base, X, kept, scores, fold_seed)
 
     wrapper.records = True
     return wrapper
@@ -83,8 +84,8 @@ def run(X, y, split, config, category, noise, repeat):
     draw = make_contaminated(
         X, y, noise=noise, split=split, random_state=seed, **config["contamination"]
     )
-    if not getattr(IQRRefiner._offset, "records", False):
-        IQRRefiner._offset = _recording_offset(IQRRefiner._offset)
+    if not getattr(_refine.decision_offset, "records", False):
+        _refine.decision_offset = _recording_offset(_refine.decision_offset)
     with _single_threaded():
         model = make_model("metarefine", random_state=seed, device="cpu", config=config)
         model.fit(draw.X_train)

@@ -40,6 +40,8 @@ def main(argv=None):
     )
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    if args.epochs < 2:  # the first epoch is left out of the timings
+        parser.error(f"--epochs must be at least 2, got {args.epochs}")
 
     device = resolve_device(args.device)
     X = np.random.RandomState(0).normal(size=(args.n_samples, args.dim))

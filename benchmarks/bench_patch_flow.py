@@ -55,9 +55,11 @@ def models(image_size, seed, cleaning):
 
 
 def main(args):
+    # The counts drawn: round(noise * n_train) defective, n_test // 2 a class.
+    n_bad_train = round(args.noise * args.n_train)
     print(
-        f"{args.n_train} training images ({args.noise:.0%} defective), "
-        f"{args.n_test} test images, {args.image_size} px, seed {args.seed}"
+        f"{args.n_train} training images ({n_bad_train} defective), "
+        f"{2 * (args.n_test // 2)} test images, {args.image_size} px, seed {args.seed}"
         + (", cleaning on" if args.cleaning else "")
     )
     print(

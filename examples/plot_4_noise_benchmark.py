@@ -29,7 +29,8 @@ Features are computed once per dataset and shared by every run.
 # The equivalent command line is::
 #
 #     metarefine benchmark --categories 3 8 --noise 0 0.2 0.4 --repeats 1 \
-#         --image-size 32 --max-epochs 10 --output results
+#         --models vanilla osr irp metarefine --image-size 32 --max-epochs 10 \
+#         --output results
 #
 # (plus the smaller flow, which a ``--config`` JSON file can set).
 import tempfile

@@ -445,7 +445,7 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         check_fence_samples(array)
         X = samples_for(X, array)
         warn_if_held_out_from_few(self, X.shape[0])
-        min_kept = checked_min_samples(self.min_samples, X.shape[0])
+        min_kept = checked_min_samples(self.min_samples, X.shape[0], self.start)
         estimator = _default_estimator() if self.estimator is None else self.estimator
         base, fold_seed = seeded_clone(estimator, self.random_state)
         warm = uses_warm_refits(base, self.refit)

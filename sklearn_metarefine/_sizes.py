@@ -33,15 +33,16 @@ def resolve_min_samples(min_samples, n_samples):
     return max(as_count(min_samples, n_samples), MIN_FENCE_SAMPLES)
 
 
-def checked_min_samples(min_samples, n_samples):
-    """:func:`resolve_min_samples`, warning when ``min_samples`` (a count, or
-    a fraction such as 1.0) leaves nothing to remove: no round may then shrink
-    the kept set."""
-    if as_count(min_samples, n_samples) >= n_samples:
+def checked_min_samples(min_samples, n_samples, start):
+    """:func:`resolve_min_samples`, warning when ``min_samples`` (a count, or a
+    fraction such as 1.0) leaves a full start nothing to remove. (A trimmed
+    start still leaves out what its first round does not re-admit.)"""
+    if start == "full" and as_count(min_samples, n_samples) >= n_samples:
         warn(
             f"min_samples={min_samples} is not below the {n_samples} training "
-            "samples: no refinement round can shrink the kept set. Set a smaller "
-            "count or fraction of the training set (such as 0.5)."
+            "samples: no refinement round can remove one, and the detector is "
+            "fitted on them all. Set a smaller count or fraction of the training "
+            "set (such as 0.5)."
         )
     return resolve_min_samples(min_samples, n_samples)
 

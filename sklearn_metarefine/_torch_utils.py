@@ -36,6 +36,12 @@ def resolve_device(device):
             "machine (torch.cuda.is_available() is False). Use device='cpu' or "
             "device='auto'."
         )
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device={device!r} was requested but this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s), numbered from 0. Use "
+            "device='cuda' (the current one) or device='auto'."
+        )
     if resolved.type not in ("cpu", "cuda") and not _available(resolved.type):
         # It failed later, deep in torch ("meta" tensors hold no data).
         raise ValueError(

@@ -655,6 +655,13 @@ def test_make_contaminated_advice_passes_when_followed_on_large_sets():
         make_contaminated(X, y, noise=0.3, split=split, random_state=0)
     data = make_contaminated(X, y, noise=0.0909, split=split, random_state=0)
     assert data.y_train.sum() == 2000
+    # Below 0.0001 four decimals wrote 0.0000, where 5e-05 draws one anomaly.
+    y_few = np.array([0] * 20000 + [1] * 2)
+    with pytest.raises(ValueError, match="largest achievable noise is 5e-05\\."):
+        make_contaminated(np.arange(20002), y_few, noise=0.1, test_size=1,
+                          random_state=0)  # fmt: skip
+    assert make_contaminated(np.arange(20002), y_few, noise=5e-05, test_size=1,
+                             random_state=0).y_train.sum() == 1  # fmt: skip
     y = np.r_[np.zeros(40), np.ones(10)]
     with pytest.raises(ValueError, match=r"rounds to no anomalous sample in a "
                        r"training set of 30, and no anomaly is available for "

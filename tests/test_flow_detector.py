@@ -434,6 +434,21 @@ def test_an_unknown_device_is_a_value_error_naming_it(X):
         FlowDetector(**{**SMALL, "device": "tpu"}).fit(X)
 
 
+def test_a_cuda_device_index_the_machine_lacks_is_refused(monkeypatch):
+    # cuda:3 on a machine with one GPU passed the check.
+    import torch
+
+    from sklearn_metarefine._torch_utils import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    assert resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(ValueError, match=r"device='cuda:3' was requested but this "
+                       r"machine has 1 CUDA device\(s\)"):
+        resolve_device("cuda:3")
+
+
 @pytest.mark.parametrize("device", ["meta", "mps", "xpu"])
 def test_a_device_torch_cannot_compute_on_here_is_refused_naming_it(X, device):
     # Only CUDA was checked: "meta" failed deep in torch ("Cannot copy out of

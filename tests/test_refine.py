@@ -459,13 +459,16 @@ def test_min_samples_not_below_the_training_set_warns(min_samples):
     # sample: said, rather than a fit that silently refines nothing.
     refiner = IQRRefiner(ColumnDetector(), k=0.0, min_samples=min_samples, **PAPER)
     with pytest.warns(UserWarning, match=rf"min_samples={min_samples} is not below"
-                      r" the 100 training samples: no refinement round"):
+                      r" the 100 training samples: no refinement round can remove"):
         refiner.fit(column(np.arange(100)))
     assert refiner.inlier_mask_.all()
     assert refiner.termination_condition_ == "min_samples"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         refiner.set_params(min_samples=99).fit(column(np.arange(100)))
+        # A trimmed start leaves out what its first round does not re-admit.
+        refiner.set_params(min_samples=min_samples, start="trimmed", start_fraction=0.3)
+        assert not refiner.fit(column(np.arange(100))).inlier_mask_.all()
 
 
 def test_min_samples_holds_when_a_round_unmasks():

@@ -1,5 +1,7 @@
 """The datasets: their categories, images and labels, and the draws they allow."""
 
+import math
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -318,16 +320,15 @@ def check_feasible(config, labelled, noise):
     if problems:
         # One message per reason: a setting out of range fails every cell alike.
         listed = [f"{', '.join(cells)}: {reason}" for reason, cells in problems.items()]
-        # The train_size a reason offers holds at its noise level; the one for
-        # every level requested may be smaller (fewer normal samples).
-        sizes = {c: _largest_train_size(config, y, split, noise)
-                 for c, (_, y, split) in labelled.items()}
-        reach = ", ".join(f"{c} {size}" for c, size in sizes.items() if size)
-        if reach and len(noise) > 1:
-            reach = (f" The largest --train-size that reaches every requested "
-                     f"noise level: {reach}.")
-        else:
-            reach = ""
+        # The train_size a reason offers holds at its noise level; --train-size
+        # is one for every level and category, and may have to be smaller.
+        sizes = [_largest_train_size(config, y, split, noise)
+                 for _, y, split in labelled.values()]
+        reach = ""
+        if len(noise) > 1 or len(sizes) > 1:
+            if None not in sizes:
+                reach = (f" The largest --train-size that reaches every requested "
+                         f"noise level and category: {min(sizes)}.")
         raise BenchmarkError(
             f"Cannot draw every requested contaminated training set of "
             f"{config['dataset']}: " + "; ".join(listed) + f".{reach} On the "
@@ -350,16 +351,30 @@ def _draws(config, y, split, noise, train_size):
     return True
 
 
+# How many sizes above the smallest that keeps an anomaly at every level the
+# search tries for the first that is drawn at every level.
+_SMALL_SIZES = 64
+
+
 def _largest_train_size(config, y, split, noise):
     """The largest ``train_size`` drawn at every level of ``noise``, or None.
 
-    Searched by bisection: the pools bound it from above alike at every size,
-    and a size below it fails only where a level rounds to no anomaly."""
-    low, high = 1, len(y)
+    Sizes too small for a level to keep an anomaly fail, as do sizes too large
+    for the pools: the search starts above the first and bisects for the
+    second."""
+    positive = [Fraction(repr(float(level))) for level in noise if level > 0]
+    # round half up of level * size keeps an anomaly from size >= 0.5 / level;
+    # a few sizes above, a normal sample beside it.
+    low = max([1, *(math.ceil(Fraction(1, 2) / level) for level in positive)])
+    high = len(y)
+    low = next((size for size in range(low, min(low + _SMALL_SIZES, high + 1))
+                if _draws(config, y, split, noise, size)), None)
+    if low is None:
+        return None
     while low < high:
         middle = (low + high + 1) // 2
         if _draws(config, y, split, noise, middle):
             low = middle
         else:
             high = middle - 1
-    return low if _draws(config, y, split, noise, low) else None
+    return low

@@ -342,9 +342,12 @@ def _train_counts(
             ]
         remedies = remedies or ["a smaller train_size"]
         if fits_some_noise:
-            # Rounded down: the bound must pass when given back as written.
+            # Rounded down: the bound must pass when given back as written
+            # (to 4 significant digits below 0.0001, which 4 decimals call 0).
             written = Fraction(math.floor(largest_noise * 10_000), 10_000)
-            reach = f"The largest achievable noise is {float(written):.4f}."
+            text = (f"{float(written):.4f}" if written or not largest_noise
+                    else _rounded_up(largest_noise, up=False))
+            reach = f"The largest achievable noise is {text}."
         else:
             reach = (
                 f"No noise fits train_size={train_size}: it is more than the "
@@ -374,14 +377,16 @@ def _train_counts(
     return n_normal, n_anomalous
 
 
-def _rounded_up(value, digits=4):
+def _rounded_up(value, digits=4, *, up=True):
     """The exact fraction ``value`` written with ``digits`` significant
-    digits, rounded up: a bound the caller can pass back as written."""
+    digits, rounded up (or down): a bound the caller can pass back as
+    written."""
     exponent = math.floor(math.log10(value))
     if Fraction(10) ** exponent > value:  # log10 of a float, off at a power of ten
         exponent -= 1
     step = Fraction(10) ** (exponent - digits + 1)
-    return f"{float(math.ceil(value / step) * step):.{digits}g}"
+    steps = math.ceil(value / step) if up else math.floor(value / step)
+    return f"{float(steps * step):.{digits}g}"
 
 
 def _largest_train_size(noise, n_anomalous):

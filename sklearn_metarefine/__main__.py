@@ -6,6 +6,7 @@ arguments; the work is done in ``_benchmark``, ``_training`` and ``_inference``.
 
 import argparse
 import contextlib
+import os
 import sys
 import warnings
 
@@ -443,6 +444,17 @@ def _warnings_as_lines(command):
         yield
 
 
+def _reader_left():
+    """Status 0 when the reader of stdout left (``| head``): only the summary
+    goes there, after every file is written. stdout goes to the null device,
+    so that Python's final flush does not fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout without a file descriptor
+        pass
+    return 0
+
+
 def _run_file_command(args):
     """Run fit or score; a problem with the input is one line on stderr, status 1."""
     try:  # a stop while torch is imported (seconds) is a stop as later
@@ -461,6 +473,8 @@ def _run_file_command(args):
             Image.MAX_IMAGE_PIXELS = args.max_image_pixels
         with _warnings_as_lines(args.command):
             command(args)
+    except BrokenPipeError:
+        return _reader_left()
     except (InputError, ModelFileError, OSError, ValueError) as error:
         # OSError: a file or folder the command reads or writes; its message
         # names it (a missing folder, a read-only output, a full disk).
@@ -509,6 +523,8 @@ def _main(argv):
         try:
             with _warnings_as_lines(args.command):
                 _benchmark(args)
+        except BrokenPipeError:
+            return _reader_left()
         except (BenchmarkError, OSError) as error:
             # OSError: a file or folder the benchmark reads or writes (its
             # message names it), e.g. a dataset folder missing or a full disk.

@@ -132,13 +132,16 @@ def warn_if_held_out_from_few(
     unreliable = " and ".join(on_folds) + (" set on them are" if len(on_folds) > 1
                                            else " set on them is")
     if refiner.contamination == "auto":
-        # In words for either caller: the command line sets it with --set.
+        # In words for either caller. Not a float contamination: it sets the
+        # boundary on the training samples' own scores, which a detector that
+        # fits them well (the flows) puts below those of new normal samples.
         more += (
-            ", or set the boundary yourself (contamination=<fraction to flag>, "
-            "--set contamination=... on the command line)"
+            ", or judge by a threshold of your own, set on the scores of normal "
+            "samples kept out of training (metarefine score --threshold on the "
+            "command line)"
         )
         if refiner.fence_scores == "oof":
-            more += " and expect a rough fence"
+            more += ", and expect a rough fence"
     warn(
         f"{name}: the kept set may hold as few as {smallest} of the "
         f"{n_samples} training {unit}, fewer than cv={refiner.cv}: its held-out "

@@ -1153,6 +1153,24 @@ def test_a_terminated_score_cleans_up_as_an_interrupted_one(
     assert after == before
 
 
+def test_a_reader_of_the_summary_that_leaves_is_no_error(folders, fitted, tmp_path):
+    # "metarefine score ... | head -1": the summary, printed after every file
+    # was written, met a closed pipe, and the command said "error: [Errno 32]
+    # Broken pipe" with status 1.
+    import subprocess
+    import sys
+
+    output = tmp_path / "scores.csv"
+    argv = [sys.executable, "-m", "sklearn_metarefine", "score", str(fitted),
+            str(folders / "new"), "--output", str(output), "--skip-unreadable",
+            "--no-progress"]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader leaves before the summary
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 0, err
+    assert "error" not in err and len(_rows(output)) == 5
+
+
 @pytest.mark.parametrize("command", ["fit", "score"])
 def test_a_stop_while_the_commands_import_torch_is_a_stop(
     folders, tmp_path, monkeypatch, capsys, command

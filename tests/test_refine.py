@@ -708,6 +708,11 @@ def test_warns_when_held_out_scores_come_from_a_handful_of_samples(
     with pytest.warns(UserWarning, match=r"as few as 4 of the \d+ .* fits on 3") as w:
         refiner.fit(X[:n_warned])
     assert f"Train on at least {n_quiet} samples" in str(w[0].message)
+    # Not a float contamination, which sets the boundary on in-sample scores
+    # (a flow so fitted flagged 80% of new normal images at 0.1).
+    assert "a threshold of your own, set on the scores of normal samples kept " \
+        "out of training" in str(w[0].message)
+    assert "contamination=" not in str(w[0].message)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         refiner.fit(X)
@@ -721,7 +726,7 @@ def test_warns_when_held_out_scores_come_from_a_handful_of_samples(
     refiner.set_params(fence_scores="oof", contamination=0.1, min_samples=0.5)
     with pytest.warns(UserWarning, match="the fence set on them is unreliable") as w:
         refiner.fit(X[:n_warned])
-    assert "set the boundary yourself" not in str(w[0].message)
+    assert "a threshold of your own" not in str(w[0].message)
     # With an in-sample fence, only the boundary does: the fence was called
     # unreliable all the same.
     refiner.set_params(fence_scores="in_sample", contamination="auto")

@@ -384,11 +384,13 @@ def _benchmark(args):
         scheduler=args.scheduler,
         progress=not args.no_progress,
     )
-    print(result.report)
-    print()
-    print(f"Executed {result.n_executed} of {len(result.runs)} runs; files written:")
-    for path in result.files.values():
-        print(f"  {path}")
+    with _summary():
+        print(result.report)
+        print()
+        print(f"Executed {result.n_executed} of {len(result.runs)} runs; files "
+              "written:")
+        for path in result.files.values():
+            print(f"  {path}")
 
 
 def _fit(args):
@@ -406,10 +408,11 @@ def _fit(args):
         skip_unreadable=args.skip_unreadable,
         progress=not args.no_progress,
     )
-    print(f"Fitted on {result.n_images} images; {result.summary}. Files written:")
     written = [result.model, result.report_csv, result.contact_sheet]
-    for path in written + ([result.skipped_csv] if result.skipped else []):
-        print(f"  {path}")
+    with _summary():
+        print(f"Fitted on {result.n_images} images; {result.summary}. Files written:")
+        for path in written + ([result.skipped_csv] if result.skipped else []):
+            print(f"  {path}")
 
 
 def _score(args):
@@ -429,7 +432,8 @@ def _score(args):
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    print_summary(result)
+    with _summary():
+        print_summary(result)
 
 
 @contextlib.contextmanager
@@ -444,15 +448,24 @@ def _warnings_as_lines(command):
         yield
 
 
-def _reader_left():
-    """Status 0 when the reader of stdout left (``| head``): only the summary
-    goes there, after every file is written. stdout goes to the null device,
-    so that Python's final flush does not fail again."""
+@contextlib.contextmanager
+def _summary():
+    """Around the summary on stdout, the last thing a command does, once every
+    file is written: a reader that left (``| head``) is no error there."""
     try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError):  # a stdout without a file descriptor
-        pass
-    return 0
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python's final flush would fail again: a process's own stdout goes
+        # to the null device (not one put in its place, such as a capture).
+        if sys.stdout is not None and sys.stdout is sys.__stdout__:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            finally:
+                os.close(devnull)
 
 
 def _run_file_command(args):
@@ -473,8 +486,6 @@ def _run_file_command(args):
             Image.MAX_IMAGE_PIXELS = args.max_image_pixels
         with _warnings_as_lines(args.command):
             command(args)
-    except BrokenPipeError:
-        return _reader_left()
     except (InputError, ModelFileError, OSError, ValueError) as error:
         # OSError: a file or folder the command reads or writes; its message
         # names it (a missing folder, a read-only output, a full disk).
@@ -523,8 +534,6 @@ def _main(argv):
         try:
             with _warnings_as_lines(args.command):
                 _benchmark(args)
-        except BrokenPipeError:
-            return _reader_left()
         except (BenchmarkError, OSError) as error:
             # OSError: a file or folder the benchmark reads or writes (its
             # message names it), e.g. a dataset folder missing or a full disk.

@@ -23,8 +23,10 @@ class InputError(Exception):
 def check_output_file(output, example):
     """Say why the file ``output`` (``--output``) cannot be written, before any
     long work; ``example`` is a file name to suggest when it is a folder."""
+    # "out/." names a folder, which Path reads as "out": it failed at the end.
+    names_a_folder = os.path.basename(os.fspath(output)) in ("", ".", "..")
     output = Path(output)
-    if output.is_dir():
+    if output.is_dir() or names_a_folder:
         raise InputError(
             f"--output {output} is a folder; give the path of the file to write, "
             f"such as {output / example}."

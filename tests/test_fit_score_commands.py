@@ -581,6 +581,8 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(
     new = str(folders / "new")
     cases = [
         (["fit", new, "--output", str(tmp_path)], "is a folder; give the path"),
+        # A folder not made yet, named by a last "." (it failed after the fit).
+        (["fit", new, "--output", f"{tmp_path / 'later'}/."], "is a folder; give"),
         (["fit", new, "--output", str(tmp_path / "a_file" / "m")], "lies below the file"),
         (["score", str(fitted), new, "--output", str(tmp_path)], "is a folder"),
         (
@@ -1169,6 +1171,15 @@ def test_a_reader_of_the_summary_that_leaves_is_no_error(folders, fitted, tmp_pa
     err = process.stderr.read().decode()
     assert process.wait(timeout=300) == 0, err
     assert "error" not in err and len(_rows(output)) == 5
+    # A reader of stderr that leaves before the work is done is an error: the
+    # command did not finish (it was caught as the summary's, and exit 0).
+    output.unlink()
+    with_progress = [arg for arg in argv if arg != "--no-progress"]  # on stderr
+    process = subprocess.Popen(with_progress, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)  # fmt: skip
+    process.stderr.close()
+    process.stdout.read()
+    assert process.wait(timeout=300) != 0 and not output.exists()
 
 
 @pytest.mark.parametrize("command", ["fit", "score"])

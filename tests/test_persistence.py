@@ -127,7 +127,7 @@ def test_save_to_a_name_of_a_folder_or_a_link_is_refused(
     # a link was replaced by the file, its target left with the old model.
     refiner = IQRRefiner(IsolationForest(n_estimators=5, random_state=0)).fit(table)
     monkeypatch.chdir(tmp_path)
-    for path in ("models/", ""):
+    for path in ("models/", "", "models/.", "models/.."):
         with pytest.raises(IsADirectoryError, match="is a folder; save writes"):
             save(refiner, path)
     assert list(tmp_path.iterdir()) == []

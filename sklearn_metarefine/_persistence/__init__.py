@@ -81,7 +81,7 @@ def save(estimator, path):
         would be replaced rather than its target.
     IsADirectoryError
         When ``path`` is a folder, or names one (empty, or ending in a
-        separator).
+        separator, ``.`` or ``..``).
 
     Warns
     -----
@@ -120,9 +120,9 @@ def save(estimator, path):
             f"save expects an estimator, got a {type(estimator).__qualname__}."
         )
     text = os.fspath(path)
-    if os.path.isdir(path) or not text or text.endswith(("/", os.sep)):
-        # A name ending in a separator was saved as a file of the folder's
-        # name, which load then could not find under the name given.
+    if os.path.isdir(path) or os.path.basename(text) in ("", ".", ".."):
+        # A name ending in a separator, "." or ".." was saved as a file of
+        # the folder's name, which load then could not find under the name.
         raise IsADirectoryError(
             f"{text!r} is a folder; save writes a model file: give its "
             f"path, such as {os.path.join(text, 'model.metarefine')!r}."

@@ -370,7 +370,8 @@ def test_write_errors_leave_other_files_errors_as_they_are(tmp_path):
     gone = FileNotFoundError("X[0]: image file 'a.png' not found.")
     with pytest.raises(FileNotFoundError) as error:
         named(target, fail, gone)
-    assert error.value is gone and str(error.value) == "X[0]: image file 'a.png' not found."
+    assert error.value is gone
+    assert str(error.value) == "X[0]: image file 'a.png' not found."
     read = PermissionError(13, "Permission denied", str(tmp_path / "a.png"))
     with pytest.raises(PermissionError) as error:
         named(target, fail, read)

@@ -234,7 +234,10 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
     """
 
     # How the threshold's training scores are held out, for messages.
-    _scores_training_images = "scores each training image with flows fitted on the other images"
+    _scores_training_images = (
+        "scores each training image with flows fitted on the other "
+        "images"
+    )
 
     _parameter_constraints: dict = {
         **GRID_CONSTRAINTS,

@@ -72,3 +72,13 @@ def torch_seeded(seed, device):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+@contextmanager
+def torch_training(seed, device):
+    """:func:`torch_seeded` for training: gradients on, whatever the caller
+    set. skorch turns them on under ``torch.no_grad()``, but nothing does
+    under ``torch.inference_mode()``, where a fit failed deep in torch
+    ("element 0 of tensors does not require grad")."""
+    with torch_seeded(seed, device), torch.inference_mode(False), torch.enable_grad():
+        yield

@@ -434,6 +434,22 @@ def test_an_unknown_device_is_a_value_error_naming_it(X):
         FlowDetector(**{**SMALL, "device": "tpu"}).fit(X)
 
 
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_a_fit_inside_inference_mode_trains_as_outside(Detector, X):
+    # skorch turns gradients on under no_grad, but nothing did under
+    # inference_mode: "element 0 of tensors does not require grad".
+    import torch
+
+    params = {**SMALL, "random_state": 0}
+    outside = Detector(**params).fit(X).score_samples(X)
+    with torch.inference_mode():
+        inside = Detector(**params).fit(X)
+        np.testing.assert_array_equal(inside.score_samples(X), outside)
+        # and a warm fit continues there too
+        inside.set_params(warm_start=True).fit(X)
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
 def test_a_cuda_device_index_the_machine_lacks_is_refused(monkeypatch):
     # cuda:3 on a machine with one GPU passed the check.
     import torch

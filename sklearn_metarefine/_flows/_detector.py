@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch.callbacks import ProgressBar
 
 from .._scores import contamination_offset, iqr_fence
-from .._torch_utils import resolve_device, torch_seeded
+from .._torch_utils import resolve_device, torch_training
 from .._utils import draw_seed, restored_on_failure, standardisation, standardise
 from ._modules import Flow
 from ._nets import (
@@ -309,7 +309,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
                 restore()
                 raise
         else:
-            with torch_seeded(seed, device):
+            with torch_training(seed, device):
                 net.fit(train_rows)
             scores = log_likelihood(
                 net.module_, X, mean, scale, projection, self.n_views
@@ -332,7 +332,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         # The refit set can be smaller than the first one; a batch larger
         # than it would be dropped whole by MAML's drop_last.
         net.set_params(batch_size=int(min(self.batch_size, len(train_rows))))
-        with torch_seeded(seed, device):
+        with torch_training(seed, device):
             net.partial_fit(train_rows, epochs=self._warm_epochs())
 
     def score_samples(self, X):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._features._images import check_file_header, decode_file
+from ._utils import names_a_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -23,10 +24,9 @@ class InputError(Exception):
 def check_output_file(output, example):
     """Say why the file ``output`` (``--output``) cannot be written, before any
     long work; ``example`` is a file name to suggest when it is a folder."""
-    # "out/." names a folder, which Path reads as "out": it failed at the end.
-    names_a_folder = os.path.basename(os.fspath(output)) in ("", ".", "..")
+    named_folder = names_a_folder(output)  # "out/.": it failed after the work
     output = Path(output)
-    if output.is_dir() or names_a_folder:
+    if output.is_dir() or named_folder:
         raise InputError(
             f"--output {output} is a folder; give the path of the file to write, "
             f"such as {output / example}."

@@ -95,6 +95,13 @@ def warn(message, category=UserWarning):
     warnings.warn(message, category, stacklevel=level)
 
 
+def names_a_folder(path):
+    """Whether ``path`` as written names a folder: empty, or ending in a
+    separator, ``.`` or ``..`` (``Path("out/.")`` reads as ``out``, and a file
+    written there took the folder's name)."""
+    return os.path.basename(os.fspath(path)) in ("", ".", "..")
+
+
 def is_whole(value):
     """Whether ``value`` is a whole number: an int, or a float such as 64.0;
     not a bool, a string, a fraction or a non-finite number."""

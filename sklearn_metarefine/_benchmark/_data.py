@@ -102,14 +102,6 @@ def load_category(dataset, category, root, config=None):
     return list(data.filenames), data.target, data.split
 
 
-def mask_files(dataset, category, root):
-    """The defect masks of a category of MVTec AD or KolektorSDD2, in the
-    order of its images: they set KolektorSDD2's labels and the pixel
-    metrics of both."""
-    data = _read_dataset(dataset, category, root)
-    return [mask for mask in data.mask_filenames if mask is not None]
-
-
 def _read_dataset(dataset, category, root):
     """The loader's Bunch of a category of MVTec AD or KolektorSDD2."""
     if root is None:
@@ -126,8 +118,9 @@ def _read_dataset(dataset, category, root):
 
 
 def load_masked(dataset, category, root, config):
-    """A category of MVTec AD or KolektorSDD2 with its defect masks, for the
-    patch models.
+    """A category of MVTec AD or KolektorSDD2 with its defect masks: the
+    patch models' maps are scored against them, and ``dataset.json`` records
+    them.
 
     Returns
     -------

@@ -23,7 +23,6 @@ from ._data import (
     dataset_categories,
     generate_surfaces,
     load_category,
-    mask_files,
     load_masked,
 )
 from ._execution import check_execution, execute
@@ -187,9 +186,10 @@ def run_benchmark(
     if dataset == "surfaces":
         masked = {c: generate_surfaces(c, config) for c in categories}
         labelled = {c: (s.images, s.target, None) for c, s in masked.items()}
-    elif any(model in PATCH_MODELS for model in models):
-        masked = {c: load_masked(dataset, c, root, config) for c in categories}
-        labelled = {c: (m.filenames, m.target, m.split) for c, m in masked.items()}
+    elif rooted:  # one read of each category: images, labels and masks
+        read = {c: load_masked(dataset, c, root, config) for c in categories}
+        labelled = {c: (m.filenames, m.target, m.split) for c, m in read.items()}
+        masked = read if any(model in PATCH_MODELS for model in models) else {}
     else:
         masked = {}
         labelled = {c: load_category(dataset, c, root) for c in categories}
@@ -204,7 +204,8 @@ def run_benchmark(
     claimed = {**config, "root": str(_absolute(root))} if rooted else config
     claim_output(output, claimed)
     if rooted:
-        masks = {c: mask_files(dataset, c, root) for c in categories}
+        masks = {c: [f for f in read[c].masks.filenames if f is not None]
+                 for c in categories}
         check_dataset_files(output, labelled, masks)
 
     runs = plan_runs(config, categories, noise, repeats, models)

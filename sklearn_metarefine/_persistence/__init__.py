@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors import numpy as safetensors_numpy
 
 from .. import __version__
-from .._utils import warn
+from .._utils import names_a_folder, warn
 from ._archive import (
     ARRAYS,
     FORMAT,
@@ -120,9 +120,9 @@ def save(estimator, path):
             f"save expects an estimator, got a {type(estimator).__qualname__}."
         )
     text = os.fspath(path)
-    if os.path.isdir(path) or os.path.basename(text) in ("", ".", ".."):
-        # A name ending in a separator, "." or ".." was saved as a file of
-        # the folder's name, which load then could not find under the name.
+    if os.path.isdir(path) or names_a_folder(text):
+        # Saved as a file of the folder's name, which load then could not
+        # find under the name given.
         raise IsADirectoryError(
             f"{text!r} is a folder; save writes a model file: give its "
             f"path, such as {os.path.join(text, 'model.metarefine')!r}."

@@ -346,7 +346,7 @@ def _train_counts(
             # (to 4 significant digits below 0.0001, which 4 decimals call 0).
             written = Fraction(math.floor(largest_noise * 10_000), 10_000)
             text = (f"{float(written):.4f}" if written or not largest_noise
-                    else _rounded_up(largest_noise, up=False))
+                    else _rounded(largest_noise, up=False))
             reach = f"The largest achievable noise is {text}."
         else:
             reach = (
@@ -372,12 +372,12 @@ def _train_counts(
         raise ValueError(
             f"noise={noise} rounds to no anomalous sample in a training set of "
             f"{n_normal}: it would be clean. Use noise=0, a noise of at least "
-            f"{_rounded_up(smallest_noise)}, or {larger}."
+            f"{_rounded(smallest_noise)}, or {larger}."
         )
     return n_normal, n_anomalous
 
 
-def _rounded_up(value, digits=4, *, up=True):
+def _rounded(value, digits=4, *, up=True):
     """The exact fraction ``value`` written with ``digits`` significant
     digits, rounded up (or down): a bound the caller can pass back as
     written."""

@@ -18,6 +18,7 @@ from ..datasets import (
     make_contaminated,
     make_surfaces,
 )
+from ..datasets._contamination import _exact
 from ..datasets._files import defect_pixels, is_folder_name
 from ._config import BenchmarkError, check_choice, resolve_config
 
@@ -355,7 +356,7 @@ def _largest_train_size(config, y, split, noise):
     Sizes too small for a level to keep an anomaly fail, as do sizes too large
     for the pools: the search starts above the first and bisects for the
     second."""
-    positive = [Fraction(repr(float(level))) for level in noise if level > 0]
+    positive = [_exact(level) for level in noise if level > 0]  # as it counts
     # round half up of level * size keeps an anomaly from size >= 0.5 / level;
     # a few sizes above, a normal sample beside it.
     low = max([1, *(math.ceil(Fraction(1, 2) / level) for level in positive)])

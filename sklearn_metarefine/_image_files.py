@@ -24,11 +24,16 @@ class InputError(Exception):
 def check_output_file(output, example):
     """Say why the file ``output`` (``--output``) cannot be written, before any
     long work; ``example`` is a file name to suggest when it is a folder."""
-    named_folder = names_a_folder(output)  # "out/.": it failed after the work
+    written = os.fspath(output)  # as typed: Path("out/.") reads as "out"
     output = Path(output)
-    if output.is_dir() or named_folder:
+    if names_a_folder(written):  # "out/.": it failed after the work
         raise InputError(
-            f"--output {output} is a folder; give the path of the file to write, "
+            f"--output {written} names a folder; give the path of the file to "
+            f"write, such as {output / example}."
+        )
+    if output.is_dir():
+        raise InputError(
+            f"--output {written} is a folder; give the path of the file to write, "
             f"such as {output / example}."
         )
     check_replaceable("--output", [output])

@@ -921,6 +921,23 @@ def test_the_train_size_advised_reaches_every_level_requested():
             check_feasible(bigger, labelled, noise)
 
 
+def test_no_one_train_size_for_every_level_is_said():
+    # 0.05 needs 10 training images to round to one anomaly, 0.4 allows at
+    # most 8: the per-level sizes were offered alone, and each failed at the
+    # other levels when followed.
+    from sklearn_metarefine._benchmark._data import check_feasible
+
+    labelled = {"bottle": _counted(12, 5, 8)}
+    noise = [0.05, 0.3, 0.4]
+    with pytest.raises(BenchmarkError, match="No one --train-size reaches every "
+                       "requested noise level and category together"):
+        check_feasible(resolve_config("mvtec"), labelled, noise)
+    for size in range(1, 13):
+        sized = resolve_config("mvtec", {"contamination": {"train_size": size}})
+        with pytest.raises(BenchmarkError):
+            check_feasible(sized, labelled, noise)
+
+
 def _unwritable(name, error, monkeypatch):
     """Make the output's writability probe fail in the folders called ``name``
     (permissions do not bind root, who runs these tests)."""

@@ -450,6 +450,52 @@ def test_a_fit_inside_inference_mode_trains_as_outside(Detector, X):
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
 
 
+@pytest.mark.parametrize("Detector", DETECTORS)
+@pytest.mark.parametrize("copy", ["deepcopy", "pickle", "model file"])
+def test_a_copy_made_inside_inference_mode_trains_warm_as_one_made_outside(
+    Detector, copy, X, tmp_path
+):
+    # The copy's parameters were inference tensors: IQRRefiner's warm refits
+    # (which deep-copy the model) failed with "Inference tensors cannot be
+    # saved for backward", a loaded model's warm fit with 32,774 characters of
+    # "Inplace update to inference tensor".
+    import copy as copying
+
+    import torch
+
+    from sklearn_metarefine import load, save
+
+    fitted = Detector(**{**SMALL, "random_state": 0}).fit(X)
+    path = tmp_path / "model.metarefine"
+    save(fitted, path)
+    duplicate = {
+        "deepcopy": lambda: copying.deepcopy(fitted),
+        "pickle": lambda: pickle.loads(pickle.dumps(fitted)),
+        "model file": lambda: load(path),
+    }[copy]
+    outside = duplicate().set_params(warm_start=True).fit(X).score_samples(X)
+    with torch.inference_mode():
+        inside = duplicate()
+    inside.set_params(warm_start=True).fit(X)
+    np.testing.assert_array_equal(inside.score_samples(X), outside)
+
+
+def test_a_warm_refinement_inside_inference_mode_is_the_one_outside(X):
+    import torch
+
+    from sklearn_metarefine import IQRRefiner
+
+    def refined():
+        flow = MAMLFlowDetector(**{**SMALL, "random_state": 0})
+        return IQRRefiner(flow, refit="warm", random_state=0).fit(X)
+
+    outside = refined()
+    with torch.inference_mode():
+        inside = refined()
+    np.testing.assert_array_equal(inside.inlier_mask_, outside.inlier_mask_)
+    np.testing.assert_array_equal(inside.score_samples(X), outside.score_samples(X))
+
+
 def test_a_cuda_device_index_the_machine_lacks_is_refused(monkeypatch):
     # cuda:3 on a machine with one GPU passed the check.
     import torch

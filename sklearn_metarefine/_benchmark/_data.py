@@ -323,6 +323,11 @@ def check_feasible(config, labelled, noise):
             if None not in sizes:
                 reach = (f" The largest --train-size that reaches every requested "
                          f"noise level and category: {min(sizes)}.")
+            else:  # the sizes offered above hold only at their own level
+                reach = (" No one --train-size reaches every requested noise "
+                         "level and category together (a low level needs a "
+                         "training set large enough to hold one anomaly, a "
+                         "high one small enough for the anomalies there are).")
         raise BenchmarkError(
             f"Cannot draw every requested contaminated training set of "
             f"{config['dataset']}: " + "; ".join(listed) + f".{reach} On the "

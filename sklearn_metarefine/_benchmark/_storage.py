@@ -254,14 +254,13 @@ def check_dataset_files(output, labelled, masks):
         c for c in listing if c in stored and _differ(stored[c], listing[c])
     ]
     if changed and _holds_runs(output):
-        then = ", ".join(f"{c}: {stored[c]['n_files']}" for c in changed)
-        now = ", ".join(f"{c}: {listing[c]['n_files']}" for c in changed)
+        what = "; ".join(
+            f"{c}: {_what_changed(stored[c], listing[c])}" for c in changed
+        )
         raise BenchmarkError(
-            f"The image or mask files of the dataset folder changed since the "
-            f"results in {output} were computed (image files then {then}; now "
-            f"{now}, or the same number with other names, sizes or contents, "
-            "or other defect masks): mixing them would average runs on other "
-            f"images or labels. {_START_OVER}"
+            f"The files of the dataset folder changed since the results in "
+            f"{output} were computed ({what}): mixing them would average runs "
+            f"on other images or labels. {_START_OVER}"
         )
     if {**stored, **listing} != stored:  # new, new categories, or completed
         write_json(path, {**stored, **listing})
@@ -280,6 +279,24 @@ def _differ(stored, listing):
     """Whether a stored record and a new listing describe other files
     (contents compared where the stored record has them)."""
     return any(stored[key] != listing[key] for key in stored)
+
+
+def _what_changed(stored, listing):
+    """Which of a category's records differ, in words, with their counts."""
+    images = {key: value for key, value in stored.items() if key != "masks"}
+    said = []
+    if _differ(images, listing):
+        said.append(_counts("image files", images, listing))
+    if "masks" in stored and stored["masks"] != listing["masks"]:
+        said.append(_counts("defect masks", stored["masks"], listing["masks"]))
+    return " and ".join(said)
+
+
+def _counts(files, stored, listing):
+    then, now = stored["n_files"], listing["n_files"]
+    if then != now:
+        return f"{files} then {then}, now {now}"
+    return f"{files} {now} then and now, with other names, sizes or contents"
 
 
 def _files_digest(files):

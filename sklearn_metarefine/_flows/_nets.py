@@ -83,6 +83,13 @@ class _FlowNet(NeuralNet):
     stops the fit.
     """
 
+    def __setstate__(self, state):
+        # A copy or an unpickling inside torch.inference_mode() would make the
+        # module's parameters inference tensors, which no later fit can train
+        # (IQRRefiner deep-copies a model before refitting it warm).
+        with torch.inference_mode(False):
+            super().__setstate__(state)
+
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         try:
             return super().fit_loop(X, y, epochs=epochs, **fit_params)

@@ -123,8 +123,9 @@ def save(estimator, path):
     if os.path.isdir(path) or names_a_folder(text):
         # Saved as a file of the folder's name, which load then could not
         # find under the name given.
+        what = "is a folder" if os.path.isdir(path) else "names a folder"
         raise IsADirectoryError(
-            f"{text!r} is a folder; save writes a model file: give its "
+            f"{text!r} {what}; save writes a model file: give its "
             f"path, such as {os.path.join(text, 'model.metarefine')!r}."
         )
     if os.path.islink(path):

@@ -88,10 +88,11 @@ def _restore_flow(detector, state, device):
         **{f"module__{name}": value for name, value in kwargs.items()},
     )
     # Initialising draws the weights it is about to overwrite; keep the
-    # user's global torch generator out of it.
-    with torch_seeded(0, device):
+    # user's global torch generator out of it. Outside inference mode, which
+    # would make the weights tensors that a warm fit cannot train.
+    with torch_seeded(0, device), torch.inference_mode(False):
         net.initialize()
-    _load_arrays(net.module_, state["module_state"], "flow")
+        _load_arrays(net.module_, state["module_state"], "flow")
     detector.net_ = net
 
 

@@ -300,7 +300,11 @@ def test_patch_core_detector_round_trip(bank_cleaning, images, model_path):
     _assert_same_patch_outputs(loaded, detector, images)
 
 
-def test_patch_rows_round_trip_with_the_inverted_file_cells(model_path):
+def test_patch_rows_round_trip_with_the_inverted_file_cells(model_path, monkeypatch):
+    from sklearn_metarefine._patch import _detector
+
+    # Cells on a bank small enough for a test (else searched by brute force).
+    monkeypatch.setattr(_detector, "_MIN_CELLS", 2)
     rows = np.random.RandomState(2).normal(size=(40, 32))
     detector = PatchCoreDetector(
         backbone=None, grid_shape=(4, 4), coreset_fraction=1.0, random_state=0

@@ -577,8 +577,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
     def score(self, X, y=None):
         """The final detector's own ``score`` on ``X``.
 
-        Available when the detector has a ``score`` method, e.g. the mean
-        log-likelihood of a density estimator such as
+        Available when the detector has a ``score`` method, e.g. the total
+        log-likelihood of the samples under
         :class:`~sklearn.neighbors.KernelDensity`. It ignores ``offset_``.
 
         Parameters

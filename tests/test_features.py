@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import estimator_checks
 from sklearn.utils._param_validation import InvalidParameterError
 
-from sklearn_metarefine import MetaRefineDetector, PretrainedFeatures
+from sklearn_metarefine import MetaRefineDetector, PatchFeatures, PretrainedFeatures
 from sklearn_metarefine._features._backbones import _efficientnet_lite0_classifier
 from sklearn_metarefine._features._embedding import _IMAGENET_MEAN, _IMAGENET_STD
 
@@ -106,6 +106,34 @@ def test_flat_rows_with_input_shape(rgb, gray):
         tiny().fit_transform(gray),
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize("Transformer", [PretrainedFeatures, PatchFeatures])
+def test_tables_of_flat_images_keep_their_columns(gray, Transformer):
+    # A DataFrame of flattened pixels with its columns reordered embedded
+    # other images without a word (scores moved by up to 872 through
+    # MetaRefineDetector); scikit-learn's estimators refuse it.
+    import pandas as pd
+
+    columns = [f"pixel{i}" for i in range(120)]
+    table = pd.DataFrame(gray.reshape(len(gray), -1), columns=columns)
+    features = Transformer(TinyNet(), image_size=16, input_shape=(12, 10),
+                           device="cpu", random_state=0).fit(table)
+    assert features.n_features_in_ == 120
+    assert list(features.feature_names_in_) == columns
+    expected = features.transform(table)
+    with pytest.raises(ValueError, match="feature names should match"):
+        features.transform(table[columns[::-1]])
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        np.testing.assert_array_equal(features.transform(table.to_numpy()), expected)
+    with pytest.raises(ValueError, match="X has 119 features"), pytest.warns(
+        UserWarning, match="does not have valid feature names"
+    ):
+        features.transform(table.to_numpy()[:, 1:])
+    np.testing.assert_array_equal(features.transform(gray), expected)  # a stack
+    features.fit(gray)  # not a table: nothing to keep from the fit before
+    assert not hasattr(features, "n_features_in_")
+    assert not hasattr(features, "feature_names_in_")
 
 
 def test_file_paths_pil_images_and_arrays_agree(rgb, tmp_path):

@@ -269,6 +269,13 @@ def test_a_module_backbone_is_refused_with_the_reason(images, model_path):
     with pytest.raises(TypeError, match="backbone is a torch.nn.Module.*holds no code"):
         save(features.fit(images), model_path)
     assert not model_path.exists()
+    # The detector's own parameter was refused first, as no value a model
+    # file holds, without the reason or the remedy.
+    detector = MetaRefineDetector(torch.nn.Conv2d(3, 4, 3), n_scales=1, image_size=16)
+    with pytest.raises(TypeError, match="^Cannot save MetaRefineDetector: its backbone "
+                       "is a torch.nn.Module \\(Conv2d\\).*backbone=<name>, weights="):
+        save(detector, model_path)
+    assert not model_path.exists()
 
 
 def _double(X):

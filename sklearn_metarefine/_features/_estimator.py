@@ -9,11 +9,11 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, check_memory
+from sklearn.utils.validation import check_is_fitted, check_memory, validate_data
 from tqdm.auto import tqdm
 
 from .._torch_utils import resolve_device, torch_seeded
-from .._utils import draw_seed, int_pair, restored_on_failure
+from .._utils import draw_seed, forget, int_pair, restored_on_failure
 from ._backbones import _PATCH_TAPS, _build_backbone, _fingerprint
 from ._embedding import _Plan, _global_average_pool
 from ._images import _image_source
@@ -68,9 +68,29 @@ def _size_pair(image_size):
     return int_pair(image_size, "image_size")
 
 
+def _is_table(X):
+    """Whether ``X`` is a 2-D table (rows of flattened images): a DataFrame
+    or a 2-D array, not a list of images or files or a stack of images."""
+    return not isinstance(X, (list, tuple)) and getattr(X, "ndim", None) == 2
+
+
 class _BackboneTransformer(TransformerMixin, BaseEstimator):
     """What the feature transformers share: loading the frozen backbone,
     embedding batches with the cache, cloning with a shared module backbone."""
+
+    def _record_columns(self, X):
+        """Record the width and column names of a table of flattened images,
+        as scikit-learn's estimators do (forgetting an earlier fit's)."""
+        forget(self, "n_features_in_", "feature_names_in_")
+        if _is_table(X):
+            validate_data(self, X, skip_check_array=True, reset=True)
+
+    def _check_columns(self, X):
+        """Refuse a table whose column names differ from the fitted table's,
+        and warn of a table with names after a fit without, or the reverse:
+        the pixels of reordered columns give other images without a word."""
+        if _is_table(X) and hasattr(self, "n_features_in_"):
+            validate_data(self, X, skip_check_array=True, reset=False)
 
     def _load_backbone(self, build, rng):
         """Build the frozen backbone, seeded by ``rng``, on the device; set
@@ -408,6 +428,7 @@ class PretrainedFeatures(_BackboneTransformer):
             Fitted transformer.
         """
         _image_source(X, self.input_shape)
+        self._record_columns(X)
         scale_sizes = self._scale_sizes()
         rng = check_random_state(self.random_state)
         self._load_backbone(_build_backbone, rng)
@@ -444,6 +465,7 @@ class PretrainedFeatures(_BackboneTransformer):
             One row per image: ``n_views_`` blocks of ``n_features_per_view_``.
         """
         check_is_fitted(self)
+        self._check_columns(X)
         plan = _Plan(
             scale_sizes=tuple(map(tuple, self.scale_sizes_.tolist())),
             angles=tuple(self.view_angles_.tolist()),

@@ -185,6 +185,7 @@ class PatchFeatures(_BackboneTransformer):
             Fitted transformer.
         """
         _image_source(X, self.input_shape)
+        self._record_columns(X)
         size = tuple(_size_pair(self.image_size))
         rng = check_random_state(self.random_state)
         self._load_backbone(_build_patch_backbone, rng)
@@ -217,6 +218,7 @@ class PatchFeatures(_BackboneTransformer):
             One row per image: its grid of patch vectors, row-major.
         """
         check_is_fitted(self)
+        self._check_columns(X)
         return self._embed(X, _PatchPlan(self.image_size_))
 
     def get_feature_names_out(self, input_features=None):

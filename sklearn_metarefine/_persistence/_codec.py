@@ -136,6 +136,22 @@ def _torch_device_type():
     return None if torch is None else torch.device
 
 
+def _torch_module_type():
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.nn.Module
+
+
+def module_refusal(where, module):
+    """Why a torch module as a backbone (at ``where``) cannot be saved."""
+    return (
+        f"Cannot save {where}: its backbone is a torch.nn.Module "
+        f"({type(module).__qualname__}). A model file holds no code, "
+        "so it can only rebuild the named backbones (alexnet, resnet18, "
+        "wide_resnet50_2, efficientnet_lite0); for one of those with your own "
+        "weights, pass backbone=<name>, weights=<state dict file>."
+    )
+
+
 class Encoder:
     """Turns an estimator tree into a JSON-able node, arrays and skops members."""
 
@@ -228,6 +244,12 @@ class Encoder:
             return str(value)
         if hasattr(value, "get_params") and not isinstance(value, type):
             return self.estimator(value, where)
+        module_type = _torch_module_type()
+        backbone = module_type is not None and isinstance(value, module_type)
+        if backbone and where.endswith(".backbone"):
+            # A backbone given as a module (MetaRefineDetector(net)): no hook
+            # of the classes that rebuild backbones gets to say so first.
+            raise TypeError(module_refusal(where.rsplit(".", 1)[0], value))
         raise TypeError(
             f"Cannot save {where}: a {type(value).__module__}."
             f"{type(value).__qualname__} is none of the values a model file holds "

@@ -14,6 +14,7 @@ import torch
 from .._features._backbones import _build_backbone, _build_patch_backbone
 from .._torch_utils import resolve_device, torch_seeded
 from ._archive import ModelFileError
+from ._codec import module_refusal
 
 
 @dataclass(frozen=True)
@@ -109,13 +110,7 @@ def flow_hook():
 
 def _refuse_module_backbone(estimator, where):
     if isinstance(estimator.backbone, torch.nn.Module):
-        raise TypeError(
-            f"Cannot save {where}: its backbone is a torch.nn.Module "
-            f"({type(estimator.backbone).__qualname__}). A model file holds no code, "
-            "so it can only rebuild the named backbones (alexnet, resnet18, "
-            "wide_resnet50_2, efficientnet_lite0); for one of those with your own "
-            "weights, pass backbone=<name>, weights=<state dict file>."
-        )
+        raise TypeError(module_refusal(where, estimator.backbone))
 
 
 def _dump_features(features, where):

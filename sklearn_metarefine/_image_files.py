@@ -28,7 +28,7 @@ def check_output_file(output, example):
     output = Path(output)
     if names_a_folder(written):  # "out/.": it failed after the work
         raise InputError(
-            f"--output {written} names a folder; give the path of the file to "
+            f"--output {written!r} names a folder; give the path of the file to "
             f"write, such as {output / example}."
         )
     if output.is_dir():

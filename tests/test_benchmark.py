@@ -936,6 +936,12 @@ def test_no_one_train_size_for_every_level_is_said():
         sized = resolve_config("mvtec", {"contamination": {"train_size": size}})
         with pytest.raises(BenchmarkError):
             check_feasible(sized, labelled, noise)
+    # A category no size can draw from (one defective image, kept for the
+    # test set) is no conflict between levels: the sentence is not said.
+    labelled = {"a": _counted(40, 10, 30), "b": _counted(40, 10, 1)}
+    with pytest.raises(BenchmarkError, match="b noise=0.3") as refused:
+        check_feasible(resolve_config("mvtec"), labelled, [0.3])
+    assert "No one --train-size" not in str(refused.value)
 
 
 def _unwritable(name, error, monkeypatch):

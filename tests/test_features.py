@@ -131,6 +131,10 @@ def test_tables_of_flat_images_keep_their_columns(gray, Transformer):
     ):
         features.transform(table.to_numpy()[:, 1:])
     np.testing.assert_array_equal(features.transform(gray), expected)  # a stack
+    names = features.get_feature_names_out(columns)
+    with pytest.raises(ValueError, match="input_features is not equal"):
+        features.get_feature_names_out(columns[::-1])
+    np.testing.assert_array_equal(features.get_feature_names_out(), names)
     features.fit(gray)  # not a table: nothing to keep from the fit before
     assert not hasattr(features, "n_features_in_")
     assert not hasattr(features, "feature_names_in_")

@@ -585,9 +585,10 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(
         # A folder not made yet, named by a last "." (it failed after the fit;
         # then it was called "later", which is no folder, as "a folder").
         (["fit", new, "--output", f"{tmp_path / 'later'}/."],
-         f"--output {tmp_path / 'later'}/. names a folder; give"),
+         f"--output '{tmp_path / 'later'}/.' names a folder; give"),
         (["score", str(fitted), new, "--output", f"{tmp_path / 'later'}/."],
-         f"--output {tmp_path / 'later'}/. names a folder; give"),
+         f"--output '{tmp_path / 'later'}/.' names a folder; give"),
+        (["fit", new, "--output", ""], "--output '' names a folder; give"),
         (["fit", new, "--output", str(tmp_path / "a_file" / "m")], "lies below the file"),
         (["score", str(fitted), new, "--output", str(tmp_path)], "is a folder"),
         (

@@ -475,6 +475,18 @@ def test_a_bank_of_few_cells_is_searched_exactly_and_a_large_one_probes_8(
     brute = PatchCoreDetector(algorithm="brute", **small).fit(X)
     assert len(ivf.memory_bank_) // 128 == 27 and len(ivf.cell_centers_) == 1
     np.testing.assert_array_equal(ivf.anomaly_map(X_test), brute.anomaly_map(X_test))
+    # A model file saved before holds the cells of such a bank, of which the
+    # search probed 2: searched exactly too.
+    min_cells, min_probed = _detector._MIN_CELLS, _detector._MIN_PROBED
+    monkeypatch.setattr(_detector, "_MIN_CELLS", 2)
+    monkeypatch.setattr(_detector, "_MIN_PROBED", 1)
+    saved_before = PatchCoreDetector(**small).fit(X)
+    monkeypatch.setattr(_detector, "_MIN_CELLS", min_cells)
+    assert len(saved_before.cell_centers_) == 27
+    np.testing.assert_allclose(
+        saved_before.anomaly_map(X_test), brute.anomaly_map(X_test), rtol=1e-6
+    )
+    monkeypatch.setattr(_detector, "_MIN_PROBED", min_probed)
     probes = []
 
     def probed(*args):

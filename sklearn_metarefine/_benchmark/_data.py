@@ -323,7 +323,10 @@ def check_feasible(config, labelled, noise):
             if None not in sizes:
                 reach = (f" The largest --train-size that reaches every requested "
                          f"noise level and category: {min(sizes)}.")
-            else:  # the sizes offered above hold only at their own level
+            elif all(_largest_train_size(config, y, split, [level]) is not None
+                     for _, y, split in labelled.values() for level in noise):
+                # Each level has sizes of its own, offered above; none is
+                # common to all.
                 reach = (" No one --train-size reaches every requested noise "
                          "level and category together (a low level needs a "
                          "training set large enough to hold one anomaly, a "

@@ -9,7 +9,12 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, check_memory, validate_data
+from sklearn.utils.validation import (
+    _check_feature_names_in,
+    check_is_fitted,
+    check_memory,
+    validate_data,
+)
 from tqdm.auto import tqdm
 
 from .._torch_utils import resolve_device, torch_seeded
@@ -479,14 +484,17 @@ class PretrainedFeatures(_BackboneTransformer):
 
         Parameters
         ----------
-        input_features : None
-            Ignored; images have no feature names.
+        input_features : array-like of str or None, default=None
+            Checked against ``feature_names_in_`` (and ``n_features_in_``)
+            when the transformer was fitted on a table of flattened images;
+            the output names do not depend on it.
 
         Returns
         -------
         feature_names_out : ndarray of str objects
         """
         check_is_fitted(self)
+        _check_feature_names_in(self, input_features, generate_names=False)
         n_channels = self.n_features_per_view_ // len(self.scale_sizes_)
         return np.array(
             [

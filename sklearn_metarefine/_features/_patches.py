@@ -4,7 +4,7 @@
 import numpy as np
 from sklearn.base import _fit_context
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from .._utils import restored_on_failure, warn
 from ._backbones import _LITE0_NAME, _build_patch_backbone
@@ -226,14 +226,17 @@ class PatchFeatures(_BackboneTransformer):
 
         Parameters
         ----------
-        input_features : None
-            Ignored; images have no feature names.
+        input_features : array-like of str or None, default=None
+            Checked against ``feature_names_in_`` (and ``n_features_in_``)
+            when the transformer was fitted on a table of flattened images;
+            the output names do not depend on it.
 
         Returns
         -------
         feature_names_out : ndarray of str objects
         """
         check_is_fitted(self)
+        _check_feature_names_in(self, input_features, generate_names=False)
         height, width = self.grid_shape_
         return np.array(
             [

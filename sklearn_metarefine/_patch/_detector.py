@@ -41,6 +41,11 @@ _MIN_PROBED = 8
 _MIN_CELLS = 4 * _MIN_PROBED
 
 
+def _searched_by_cells(n_bank):
+    """Whether a bank of ``n_bank`` patches is cut into search cells."""
+    return n_bank // _CELL_SIZE >= max(2, _MIN_CELLS)
+
+
 def _fence_keep(scores, k, fence=iqr_fence):
     """Mask of the finite ``scores`` at or below ``fence(scores, k)``: Tukey's
     fence ``Q3 + k * IQR``, or :func:`majority_fence`, of the finite ones."""
@@ -456,7 +461,7 @@ shape (n_samples, n_features) when ``backbone=None``
         """``(order, offsets, centers)`` of the bank's cells for the
         inverted-file search, or ``(order, None)`` for a brute-force search."""
         n_cells = len(bank) // _CELL_SIZE
-        if self.algorithm == "ivf" and n_cells >= max(2, _MIN_CELLS):
+        if self.algorithm == "ivf" and _searched_by_cells(len(bank)):
             with self._stage(f"{n_cells} search cells of the {len(bank)} bank patches"):
                 return kmeans_cells(bank, n_cells, generator)
         return torch.arange(len(bank), device=bank.device), None
@@ -475,8 +480,12 @@ shape (n_samples, n_features) when ``backbone=None``
         self.bank_image_ = bank_images.cpu().numpy()
 
     def _stored_cells(self):
-        """``(offsets, centers)`` of the stored bank's cells, or ``(None,)``."""
-        if len(self.cell_centers_) == 1:
+        """``(offsets, centers)`` of the stored bank's cells, or ``(None,)``
+        for a brute-force search: one cell, or a bank that :meth:`_cells`
+        no longer cuts (a model file saved with cells of a smaller bank)."""
+        if len(self.cell_centers_) == 1 or not _searched_by_cells(
+            len(self.memory_bank_)
+        ):
             return (None,)
         offsets = torch.from_numpy(self.cell_offsets_).to(self.device_)
         return offsets, torch.from_numpy(self.cell_centers_).to(self.device_)

@@ -1,5 +1,6 @@
 """Torch helpers shared by the estimators: the device and local seeding."""
 
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -61,15 +62,23 @@ def _available(device_type):
     return False
 
 
+# torch's generators are the process's: a seeded block holds them, so that
+# seeded fits in several threads run one at a time, each drawing from its own
+# seed, and leave the caller's generator as it was (interleaved, two fits drew
+# from each other's seeds and one's restore undid the other's).
+_GENERATORS = threading.RLock()
+
+
 @contextmanager
 def torch_seeded(seed, device):
     """Run a block with torch's global generators seeded, then restore them.
 
     Library code must not reseed the user's global torch state; ``fork_rng``
-    saves and restores it around the block.
+    saves and restores it around the block. One thread at a time runs such a
+    block (a re-entrant lock: blocks nest).
     """
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with _GENERATORS, torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
 

@@ -149,11 +149,12 @@ def standardisation(X):
     X = np.asarray(X, dtype=np.float64)
     magnitude = np.abs(X).max(axis=0)
     magnitude[magnitude == 0] = 1.0
-    relative = X / magnitude
-    spread = relative.std(axis=0)
-    constant = spread <= X.shape[0] * np.finfo(np.float64).eps
-    scale = np.where(constant, 1.0, spread) * magnitude
-    return relative.mean(axis=0) * magnitude, scale
+    with np.errstate(under="ignore"):  # a value far below its feature's: 0
+        relative = X / magnitude
+        spread = relative.std(axis=0)
+        constant = spread <= X.shape[0] * np.finfo(np.float64).eps
+        scale = np.where(constant, 1.0, spread) * magnitude
+        return relative.mean(axis=0) * magnitude, scale
 
 
 def standardise(X, mean, scale):
@@ -163,7 +164,7 @@ def standardise(X, mean, scale):
     where ``X - mean`` overflows for values near the float64 limit of opposite
     signs.
     """
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):
         return X / scale - mean / scale
 
 

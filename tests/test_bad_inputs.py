@@ -1169,3 +1169,21 @@ def test_a_float64_default_dtype_changes_nothing(tmp_path):
     # torchvision draws resnet18's random weights in the default dtype: other
     # numbers, the same shapes
     assert got[3].shape == expected[3].shape and np.isfinite(got[3]).all()
+
+
+def test_values_below_float32_score_as_zeros_when_numpy_raises_on_underflow():
+    # np.seterr(all="raise") in a user's program: a feature of 1e-40 (a
+    # float32 subnormal) or 1e-310 failed with "underflow encountered in
+    # cast" or "in divide" instead of scoring as the default does.
+    X = np.random.RandomState(0).normal(size=(40, 4))
+    tiny = np.array([[1e-40, 0.0, 0.0, 0.0], [1e-310, 0.0, 0.0, 0.0]])
+    core = PatchCoreDetector(backbone=None, coreset_fraction=0.5, random_state=0)
+    flow = FlowDetector(n_blocks=2, hidden_size=8, max_epochs=2, device="cpu",
+                        random_state=0)
+    expected = [core.fit(X).score_samples(tiny), flow.fit(X).score_samples(tiny)]
+    with np.errstate(all="raise"):
+        scores = [core.fit(X).score_samples(tiny), flow.fit(X).score_samples(tiny)]
+        fitted_on_tiny = flow.fit(np.vstack([X, tiny])).score_samples(tiny)
+    np.testing.assert_array_equal(scores[0], expected[0])
+    np.testing.assert_array_equal(scores[1], expected[1])
+    assert np.isfinite(fitted_on_tiny).all()

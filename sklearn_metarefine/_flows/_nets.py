@@ -43,7 +43,7 @@ def overflow_message(X):
 
 def training_rows(coords, X):
     """The flow's float32 training rows, refusing what float32 cannot hold."""
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):
         rows = coords.astype(np.float32)
     if not np.isfinite(rows).all():
         raise ValueError(overflow_message(X))

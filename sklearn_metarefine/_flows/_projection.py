@@ -71,7 +71,7 @@ def project(std_rows, components, explained_variance, noise_variance):
     discarded = std_rows.shape[1] - len(components)
     # A row so far out that its squared residual overflows has density zero:
     # its log-density is -inf, the most anomalous score, not an error.
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):
         log_density = -0.5 * np.sum(np.log(explained_variance)) - 0.5 * (
             discarded * np.log(2 * np.pi * noise_variance)
             + np.sum(residual**2, axis=1) / noise_variance

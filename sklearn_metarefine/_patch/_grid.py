@@ -267,7 +267,8 @@ class PatchGridMixin:
 
     def _as_patches(self, rows):
         n_cells = self.grid_shape_[0] * self.grid_shape_[1]
-        with np.errstate(over="ignore"):  # beyond float32: infinitely far
+        # Beyond float32: infinitely far; below its smallest values: 0.
+        with np.errstate(over="ignore", under="ignore"):
             patches = np.require(rows, np.float32, ["C", "W"])
         return patches.reshape(len(rows), n_cells, -1)
 

@@ -258,3 +258,14 @@ def warn_on_version_mismatch(recorded, installed, path):
             "known images.",
             ModelVersionWarning,
         )
+
+
+def module_refusal(where, module):
+    """Why a torch module as a backbone (at ``where``) cannot be saved."""
+    return (
+        f"Cannot save {where}: its backbone is a torch.nn.Module "
+        f"({type(module).__qualname__}). A model file holds no code, "
+        "so it can only rebuild the named backbones (alexnet, resnet18, "
+        "wide_resnet50_2, efficientnet_lite0); for one of those with your own "
+        "weights, pass backbone=<name>, weights=<state dict file>."
+    )

@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import InvalidParameterError
 
-from ._archive import ModelFileError
+from ._archive import ModelFileError, module_refusal
 
 # Every class a model file may name: name in the file -> (module, attribute).
 PACKAGE_CLASSES = {
@@ -139,17 +139,6 @@ def _torch_device_type():
 def _torch_module_type():
     torch = sys.modules.get("torch")
     return None if torch is None else torch.nn.Module
-
-
-def module_refusal(where, module):
-    """Why a torch module as a backbone (at ``where``) cannot be saved."""
-    return (
-        f"Cannot save {where}: its backbone is a torch.nn.Module "
-        f"({type(module).__qualname__}). A model file holds no code, "
-        "so it can only rebuild the named backbones (alexnet, resnet18, "
-        "wide_resnet50_2, efficientnet_lite0); for one of those with your own "
-        "weights, pass backbone=<name>, weights=<state dict file>."
-    )
 
 
 class Encoder:

@@ -13,8 +13,7 @@ import torch
 
 from .._features._backbones import _build_backbone, _build_patch_backbone
 from .._torch_utils import resolve_device, torch_seeded
-from ._archive import ModelFileError
-from ._codec import module_refusal
+from ._archive import ModelFileError, module_refusal
 
 
 @dataclass(frozen=True)

@@ -275,7 +275,8 @@ def neighbour_distances(X, n_neighbors):
         )
     # Distances do not depend on the mean: dividing by the scale is enough.
     _, scale = standardisation(X)
-    scaled = X / scale
+    with np.errstate(under="ignore"):  # a value far below its feature's: 0
+        scaled = X / scale
 
     def kth_nearest(chunk, start):
         # Each row holds the sample's distance to itself, 0, so the wanted
@@ -290,7 +291,8 @@ def neighbour_distances(X, n_neighbors):
     blocks = pairwise_distances_chunked(
         scaled, reduce_func=kth_nearest, working_memory=_WORKING_MEMORY_MB
     )
-    neighbours = np.concatenate(list(blocks))
+    with np.errstate(under="ignore"):  # products of tiny values: 0
+        neighbours = np.concatenate(list(blocks))
     # The blocks' distances come from the expansion |x|^2 - 2 x.y + |y|^2, which
     # leaves rounding errors of about 1e-8 (a duplicate is not at exactly 0);
     # the distance to the chosen neighbour is recomputed directly.

@@ -182,13 +182,19 @@ def draw_seed(random_state):
 
 def restored_on_failure(fit):
     """Decorate ``fit`` so that a fit that raises leaves the estimator as it
-    was: fitted before (a refit's attributes would mix two fits) or not."""
+    was: fitted before (a refit's attributes would mix two fits) or not.
+
+    The fit also runs with numpy's underflows ignored, numpy's default: a
+    value below the floating-point range becomes 0 even where the caller set
+    ``np.seterr(all="raise")`` (tiny features failed with "underflow
+    encountered in ...")."""
 
     @functools.wraps(fit)
     def wrapper(self, *args, **kwargs):
         before = dict(self.__dict__)
         try:
-            return fit(self, *args, **kwargs)
+            with np.errstate(under="ignore"):
+                return fit(self, *args, **kwargs)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(before)

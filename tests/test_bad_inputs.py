@@ -1187,3 +1187,16 @@ def test_values_below_float32_score_as_zeros_when_numpy_raises_on_underflow():
     np.testing.assert_array_equal(scores[0], expected[0])
     np.testing.assert_array_equal(scores[1], expected[1])
     assert np.isfinite(fitted_on_tiny).all()
+    # A feature of tiny values throughout; a trimmed start's neighbours.
+    small = X.copy()
+    small[:, 3] *= 1e-300
+    with_tiny_row = np.vstack([X, tiny[1:]])
+    detector = MetaRefineDetector(backbone=None, max_epochs=2, n_blocks=2,
+                                  hidden_size=8, device="cpu", random_state=0)
+    expected = [core.fit(small).score_samples(small),
+                detector.fit(with_tiny_row).score_samples(with_tiny_row)]
+    with np.errstate(all="raise"):
+        scores = [core.fit(small).score_samples(small),
+                  detector.fit(with_tiny_row).score_samples(with_tiny_row)]
+    np.testing.assert_array_equal(scores[0], expected[0])
+    np.testing.assert_array_equal(scores[1], expected[1])

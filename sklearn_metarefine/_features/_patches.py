@@ -227,9 +227,9 @@ class PatchFeatures(_BackboneTransformer):
         Parameters
         ----------
         input_features : array-like of str or None, default=None
-            Checked against ``feature_names_in_`` (and ``n_features_in_``)
-            when the transformer was fitted on a table of flattened images;
-            the output names do not depend on it.
+            Checked against ``feature_names_in_`` and ``n_features_in_`` when
+            the transformer was fitted on a 2-D table or array of flattened
+            images; the output names do not depend on it.
 
         Returns
         -------

@@ -79,7 +79,8 @@ def _float32_offset(patches):
     rows = patches.reshape(-1, patches.shape[-1])
     # Any centre near the data keeps the variation: a sample of rows will do.
     rows = rows[:: -(-len(rows) // _OFFSET_SAMPLE)].astype(np.float64)
-    spread, median = rows.std(axis=0), np.median(rows, axis=0)
+    with np.errstate(under="ignore"):  # squares of tiny values: 0
+        spread, median = rows.std(axis=0), np.median(rows, axis=0)
     if not np.any((spread > 0) & (np.abs(median) > _FLOAT32_OFFSET * spread)):
         return np.zeros(rows.shape[1])
     return median

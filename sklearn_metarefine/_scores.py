@@ -273,10 +273,18 @@ def neighbour_distances(X, n_neighbors):
             f"n_neighbors must be between 1 and n_samples - 1 = {n_samples - 1}, "
             f"got n_neighbors={n_neighbors}."
         )
+    # A value far below its feature's magnitude underflows to 0, numpy's
+    # default, even where the caller set np.seterr(all="raise").
+    with np.errstate(under="ignore"):
+        return _kth_neighbour_distances(X, n_neighbors)
+
+
+def _kth_neighbour_distances(X, n_neighbors):
+    """:func:`neighbour_distances` of a checked float64 ``X``."""
+    n_samples = X.shape[0]
     # Distances do not depend on the mean: dividing by the scale is enough.
     _, scale = standardisation(X)
-    with np.errstate(under="ignore"):  # a value far below its feature's: 0
-        scaled = X / scale
+    scaled = X / scale
 
     def kth_nearest(chunk, start):
         # Each row holds the sample's distance to itself, 0, so the wanted
@@ -291,8 +299,7 @@ def neighbour_distances(X, n_neighbors):
     blocks = pairwise_distances_chunked(
         scaled, reduce_func=kth_nearest, working_memory=_WORKING_MEMORY_MB
     )
-    with np.errstate(under="ignore"):  # products of tiny values: 0
-        neighbours = np.concatenate(list(blocks))
+    neighbours = np.concatenate(list(blocks))
     # The blocks' distances come from the expansion |x|^2 - 2 x.y + |y|^2, which
     # leaves rounding errors of about 1e-8 (a duplicate is not at exactly 0);
     # the distance to the chosen neighbour is recomputed directly.

@@ -267,8 +267,7 @@ class PatchCoreDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
 
     # How the threshold's training scores are held out, for messages.
     _scores_training_images = (
-        "scores each training image against the patches of the "
-        "others"
+        "scores each training image against the patches of the others"
     )
 
     _parameter_constraints: dict = {

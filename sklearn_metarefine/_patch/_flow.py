@@ -235,8 +235,7 @@ class PatchFlowDetector(PatchGridMixin, OutlierMixin, BaseEstimator):
 
     # How the threshold's training scores are held out, for messages.
     _scores_training_images = (
-        "scores each training image with flows fitted on the other "
-        "images"
+        "scores each training image with flows fitted on the other images"
     )
 
     _parameter_constraints: dict = {

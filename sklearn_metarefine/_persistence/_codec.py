@@ -131,14 +131,9 @@ def _torch_hook(name):
     return getattr(_torch_state, _TORCH_HOOKS[name])()
 
 
-def _torch_device_type():
-    torch = sys.modules.get("torch")
-    return None if torch is None else torch.device
-
-
-def _torch_module_type():
-    torch = sys.modules.get("torch")
-    return None if torch is None else torch.nn.Module
+def _imported_torch():
+    """torch if something imported it (a torch value implies it), else None."""
+    return sys.modules.get("torch")
 
 
 class Encoder:
@@ -228,14 +223,13 @@ class Encoder:
             _, keys, pos, has_gauss, gauss = value.get_state()
             state = {"keys": keys, "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
             return {"$random_state": self._dict(state, where)}
-        device_type = _torch_device_type()
-        if device_type is not None and isinstance(value, device_type):
+        torch = _imported_torch()
+        if torch is not None and isinstance(value, torch.device):
             return str(value)
         if hasattr(value, "get_params") and not isinstance(value, type):
             return self.estimator(value, where)
-        module_type = _torch_module_type()
-        backbone = module_type is not None and isinstance(value, module_type)
-        if backbone and where.endswith(".backbone"):
+        module = torch is not None and isinstance(value, torch.nn.Module)
+        if module and where.endswith(".backbone"):
             # A backbone given as a module (MetaRefineDetector(net)): no hook
             # of the classes that rebuild backbones gets to say so first.
             raise TypeError(module_refusal(where.rsplit(".", 1)[0], value))

@@ -397,8 +397,28 @@ def test_the_cell_offset_is_the_backbones_with_its_weights():
     assert cell_offset("efficientnet_lite0") == 0.75  # its packaged weights
     assert cell_offset("efficientnet_lite0", None) == 0.0  # random weights
     assert cell_offset("resnet18") == cell_offset("wide_resnet50_2") == 0.0
-    assert cell_offset("alexnet") == cell_offset("alexnet", None) == -0.4  # layout
+    assert cell_offset("alexnet") == cell_offset("alexnet", None) == -0.875  # layout
     assert cell_offset(_Blur8()) == 0.0
+
+
+def test_maps_of_a_named_backbone_keep_its_stride_at_any_input_size():
+    # A side that is not a multiple of 8 gives ceil(side / 8) cells, 8 px
+    # apart: spreading them over the side put the peaks of 250 px inputs up
+    # to 6 px up and left of the defects.
+    from sklearn_metarefine._patch._grid import grid_maps
+
+    for side in (100, 250):
+        cells = math.ceil(side / 8)
+        for backbone, weights in (("resnet18", "DEFAULT"),
+                                  ("efficientnet_lite0", "DEFAULT")):
+            grids = np.zeros((1, cells, cells), np.float32)
+            grids[0, cells - 1, cells // 2] = 1.0
+            image_map = grid_maps(grids, (side, side), (side, side), 0, backbone,
+                                  weights)[0]
+            offset = 0.75 if backbone == "efficientnet_lite0" else 0.0
+            centre = 8 * (np.array([cells - 1, cells // 2]) - offset)
+            peak = np.unravel_index(int(image_map.argmax()), image_map.shape)
+            assert np.all(np.abs(np.array(peak) - centre) <= 0.5), (side, peak)
 
 
 # --- PatchCoreDetector ----------------------------------------------------------

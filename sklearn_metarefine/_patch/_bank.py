@@ -342,14 +342,17 @@ def _smoothed(matrix, sigma):
     return full[:, 2 * radius : 2 * radius + n].T
 
 
-def anomaly_maps(patch_scores, size, sigma, input_size, cell_offset=0.5):
+def anomaly_maps(patch_scores, size, sigma, input_size, cell_offset=0.5,
+                 stride=None):
     """Patch scores ``(n, h, w)`` resampled bilinearly to ``size = (H, W)`` and
     smoothed with a Gaussian of ``sigma`` pixels of that size (a number, or
     one per axis).
 
     The images were resized from ``size`` to ``input_size`` for the CNN, whose
-    grid cell ``i`` is centred on CNN-input pixel ``stride * (i - cell_offset)``.
-    Both steps are linear and separable: one ``(size, cells)`` matrix per axis.
+    grid cell ``i`` is centred on CNN-input pixel ``stride * (i - cell_offset)``;
+    ``stride=None`` takes ``input_size / cells`` per axis (a grid that spans
+    its input exactly). Both steps are linear and separable: one
+    ``(size, cells)`` matrix per axis.
     """
     sigmas = tuple(sigma) if isinstance(sigma, (tuple, list)) else (sigma, sigma)
     axes = []
@@ -357,9 +360,10 @@ def anomaly_maps(patch_scores, size, sigma, input_size, cell_offset=0.5):
         size, patch_scores.shape[-2:], input_size, sigmas
     ):
         # output pixel p -> CNN-input pixel (p + 1/2) * n_input / n_out - 1/2
-        # -> cell (that pixel) / stride + cell_offset, stride = n_input / n_cells
-        step = n_cells / n_out
-        first = 0.5 * step - 0.5 * n_cells / n_input + cell_offset
+        # -> cell (that pixel) / stride + cell_offset; span = n_input / stride
+        span = n_cells if stride is None else n_input / stride
+        step = span / n_out
+        first = 0.5 * step - 0.5 * span / n_input + cell_offset
         resize = _interpolation_matrix(n_out, n_cells, first, step)
         axes.append(_smoothed(resize, sigma))
     rows, columns = (a.to(patch_scores.device, torch.float32) for a in axes)

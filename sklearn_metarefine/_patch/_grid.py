@@ -1,6 +1,7 @@
 """What the patch detectors share: images (or rows) to patch grids, grids to maps."""
 
 import contextlib
+import contextvars
 import copy
 import os
 import time
@@ -18,18 +19,23 @@ from .._utils import forget, int_pair
 from ._bank import anomaly_maps
 
 # Where a grid cell's features are centred: cell i on CNN-input pixel
-# stride * (i - offset). Size-keeping convolutions padded alike on both sides
-# centre cell i on pixel stride * i (offset 0: torchvision's ResNets, and
-# any module a user gives unless its geometry is known). efficientnet_lite0's
-# packaged weights look up and left of that: 0.75 is the offset that centres
-# the maps' peaks on planted defects (median error under 1.5 px at 96 and
-# 224 px; the centroid of its cells' input gradients lies 0.45 to 0.72 cells
-# up and left). AlexNet's unpadded pooling centres cell i of its 27-cell grid
-# at 224 px on pixel 8 * i + 7, below and right of 224 / 27 * i: -0.4 is that
-# displacement at the middle cell (-0.84 at the first, +0.1 at the last).
-# lite0's offset is its packaged weights': with random weights (None) its cells
-# sit where the layers' geometry puts them (gradient centroids: 0.0 to 0.2 cell).
-_CELL_OFFSETS = {"efficientnet_lite0": 0.75, "alexnet": -0.4}
+# stride * (i - offset). The finest map of every named backbone has stride 8
+# whatever the input's size (for lite0 and the ResNets a side that is not a
+# multiple of 8 gives ceil(side / 8) cells, which overhang the input; AlexNet
+# has fewer: its cells are not side / cells apart either). Size-keeping
+# convolutions padded alike on both sides centre cell i on pixel 8 * i
+# (offset 0: torchvision's ResNets).
+# efficientnet_lite0's packaged weights look up and left of that: 0.75 is the
+# offset that centres the maps' peaks on planted defects (median error under
+# 1.5 px at 96 and 224 px; the centroid of its cells' input gradients lies
+# 0.45 to 0.72 cells up and left). AlexNet's unpadded first convolution and
+# pooling centre cell i on pixel 8 * i + 7: offset -7/8. lite0's offset is its
+# packaged weights': with random weights (None) its cells sit where the
+# layers' geometry puts them (gradient centroids: 0.0 to 0.2 cell). A module
+# a user gives is taken to span its input with its grid (stride: input size
+# over cells), with offset 0, unless its geometry is known.
+_CELL_OFFSETS = {"efficientnet_lite0": 0.75, "alexnet": -0.875}
+_CELL_STRIDE = 8
 
 
 def cell_offset(backbone, weights="DEFAULT"):
@@ -42,6 +48,27 @@ def cell_offset(backbone, weights="DEFAULT"):
     if backbone == "efficientnet_lite0" and weights is None:
         return 0.0
     return _CELL_OFFSETS.get(backbone, 0.0)
+
+
+def cell_stride(backbone):
+    """The input pixels between two cells of ``backbone``'s grid: 8 for the
+    named backbones, None (the input's size over the cells) for a module."""
+    return _CELL_STRIDE if isinstance(backbone, str) else None
+
+# The estimator a patch detector's messages and progress name, where another
+# one fits and scores it for its user (MetaRefineDetector at the patch level).
+_SHOWN_AS = contextvars.ContextVar("shown_as", default=None)
+
+
+@contextlib.contextmanager
+def shown_as(estimator):
+    """Within it, patch detectors name ``estimator``'s class, not theirs."""
+    token = _SHOWN_AS.set(type(estimator).__name__)
+    try:
+        yield
+    finally:
+        _SHOWN_AS.reset(token)
+
 
 # Constraints of the parameters that describe the input and its embedding.
 GRID_CONSTRAINTS = {
@@ -115,6 +142,7 @@ def grid_maps(grids, size, input_size, sigma, backbone, weights="DEFAULT"):
         sigma,
         tuple(input_size),
         cell_offset(backbone, weights),
+        cell_stride(backbone),
     )
     return maps.numpy()
 
@@ -157,13 +185,19 @@ class PatchGridMixin:
         """
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
+    @property
+    def _shown_name(self):
+        """The name in messages and progress: the class's, or within
+        :func:`shown_as` that of the estimator using this one."""
+        return _SHOWN_AS.get() or type(self).__name__
+
     @contextlib.contextmanager
     def _stage(self, what):
         """When ``verbose``, a line before and after a long step of ``fit``."""
         if not self.verbose:
             yield
             return
-        name, start = type(self).__name__, time.perf_counter()
+        name, start = self._shown_name, time.perf_counter()
         print(f"{name}: {what}...", flush=True)
         yield
         seconds = time.perf_counter() - start
@@ -186,7 +220,7 @@ class PatchGridMixin:
         if np.all(high - low <= 1e-5 * np.maximum(high, -low)):
             raise ValueError(
                 f"The {len(patches)} training images are copies of one image: "
-                f"{type(self).__name__} {self._scores_training_images}, its "
+                f"{self._shown_name} {self._scores_training_images}, its "
                 "threshold with them, and copies leave nothing to compare (the "
                 "image itself then sat on the threshold). Train on several "
                 "images of good parts."
@@ -232,7 +266,7 @@ class PatchGridMixin:
         rows = self.features_.fit_transform(X)
         if len(rows) < 2:
             raise ValueError(
-                f"n_samples={len(rows)}: {type(self).__name__} needs at least 2 "
+                f"n_samples={len(rows)}: {self._shown_name} needs at least 2 "
                 "training images."
             )
         self.grid_shape_ = self.features_.grid_shape_
@@ -321,7 +355,7 @@ class PatchGridMixin:
         step = self.batch_size
         starts = tqdm(
             range(0, n_images, step),
-            desc=type(self).__name__,
+            desc=self._shown_name,
             unit="batch",
             disable=not self.verbose,
         )

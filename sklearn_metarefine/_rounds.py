@@ -23,6 +23,7 @@ from ._scores import (
     contamination_offset,
     iqr_fence,
     neighbour_distances,
+    warn_if_batch_dependent,
     with_clean_tail,
 )
 
@@ -63,7 +64,8 @@ def final_estimator_has(attr, default_estimator):
 
 def check_novelty(estimator):
     """Refuse, naming the fix, a detector class in place of a detector, or a
-    detector that scores only its training samples.
+    detector that scores only its training samples; warn of one whose scores
+    depend on the batch (:func:`warn_if_batch_dependent`).
 
     ``LocalOutlierFactor(novelty=False)`` has no ``score_samples``: the
     refinement scores samples the detector was not fitted on (held-out folds,
@@ -75,6 +77,7 @@ def check_novelty(estimator):
             f"{estimator.__name__}, not a detector. Pass an instance: "
             f"{estimator.__name__}()."
         )
+    warn_if_batch_dependent(estimator)
     get_params = getattr(estimator, "get_params", None)
     if get_params is None:
         return

@@ -13,7 +13,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, validate_params
 
-from ._utils import standardisation
+from ._utils import standardisation, warn
 
 
 # Megabytes of pairwise distances held at once by neighbour_distances.
@@ -320,6 +320,33 @@ def is_pyod_detector(estimator):
     # sys.modules avoids importing an optional dependency to answer "no".
     pyod_base = sys.modules.get("pyod.models.base")
     return pyod_base is not None and isinstance(estimator, pyod_base.BaseDetector)
+
+
+# PyOD detectors whose decision_function gives a sample a score that depends
+# on the other samples of its call: COF, SOD, LMDD, SOS, LOCI and CD score it
+# against the batch, ECOD and COPOD against the training data together with
+# the batch, ROD rescales by the batch, and DIF's scores move with it too.
+# Found with PyOD 3.6.7 by scoring one batch whole and in halves.
+_BATCH_DEPENDENT = (
+    "COF", "SOD", "LMDD", "SOS", "LOCI", "CD", "ECOD", "COPOD", "ROD", "DIF",
+)  # fmt: skip
+
+
+def warn_if_batch_dependent(estimator):
+    """Warn, for :class:`IQRRefiner`, that ``estimator`` gives a sample a score
+    that depends on the samples scored with it (:data:`_BATCH_DEPENDENT`)."""
+    detector = estimator[-1] if isinstance(estimator, Pipeline) else estimator
+    name = type(detector).__name__
+    if not (is_pyod_detector(detector) and name in _BATCH_DEPENDENT):
+        return
+    warn(
+        f"PyOD's {name} scores each sample against the other samples of its "
+        "call, so IQRRefiner's scores, offset_ and predict of a sample depend "
+        "on which samples are scored with it (the refiner scores folds and "
+        "removed samples a few at a time; a sample's label can differ between "
+        "scoring a set at once and one sample at a time). Prefer a detector "
+        "that scores each sample alone, such as PyOD's KNN or PCA."
+    )
 
 
 def anomaly_score(estimator, X):

@@ -250,6 +250,30 @@ def test_a_detector_that_cannot_score_a_few_samples_is_named():
         IQRRefiner(BatchOnly(), k=0.0, max_iter=1).fit(column(np.arange(100)))
 
 
+def test_detectors_that_score_against_their_batch_are_named():
+    # PyOD's ECOD and COPOD score a sample against the training data together
+    # with the other samples of the call: a sample's label depended on what
+    # was scored with it, and nothing said so.
+    from pyod.models.copod import COPOD
+    from pyod.models.ecod import ECOD
+    from pyod.models.knn import KNN
+
+    rng = np.random.RandomState(0)
+    X, X_new = rng.normal(size=(300, 3)), rng.normal(size=(400, 3))
+    for detector in (ECOD(), make_pipeline(StandardScaler(), COPOD())):
+        name = type(detector[-1] if hasattr(detector, "steps") else detector).__name__
+        with pytest.warns(UserWarning, match=rf"PyOD's {name} scores each sample "
+                          r"against the other samples of its call"):
+            refiner = IQRRefiner(detector, random_state=0).fit(X)
+        one_at_a_time = [refiner.score_samples(row[None])[0] for row in X_new]
+        assert np.abs(refiner.score_samples(X_new) - one_at_a_time).max() > 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        refiner = IQRRefiner(KNN(), random_state=0).fit(X)
+    one_at_a_time = [refiner.score_samples(row[None])[0] for row in X_new[:50]]
+    np.testing.assert_allclose(refiner.score_samples(X_new[:50]), one_at_a_time)
+
+
 class BatchOnly(ColumnDetector):
     """Scores batches of 40 samples or more only."""
 

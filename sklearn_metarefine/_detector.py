@@ -12,6 +12,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._features import PretrainedFeatures
 from ._flows import MAMLFlowDetector
 from ._patch import PatchCoreDetector
+from ._patch._grid import shown_as
 from ._refine import IQRRefiner
 from ._sizes import FewHeldOutWarning, smallest_fit, warn_if_held_out_from_few
 from ._samples import distinct_training_images
@@ -22,17 +23,9 @@ from ._utils import draw_seed, forget, restored_on_failure, silenced
 # verbose and random_state, which every component gets in its own way.
 _FEATURE_PARAMS = ("weights", "image_size", "n_scales", "input_shape")
 _FLOW_PARAMS = (
-    "alpha",
-    "beta",
-    "inner_steps",
-    "first_order",
-    "pca_components",
-    "n_blocks",
-    "hidden_size",
-    "max_epochs",
-    "warm_epochs",
-    "batch_size",
-)
+    "alpha", "beta", "inner_steps", "first_order", "pca_components", "n_blocks",
+    "hidden_size", "max_epochs", "warm_epochs", "batch_size",
+)  # fmt: skip
 # What sets the fewest training images a fit of the refinement sees.
 _SMALLEST_FIT = (
     "start", "start_fraction", "min_samples", "cv", "fence_scores", "contamination",
@@ -139,7 +132,10 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         Most refinement rounds; None iterates until a round changes nothing.
     min_samples : int or float, default=0.5
         Fewest training images the refinement may remove down to (a count,
-        or a fraction of the training set).
+        or a fraction of the training set). With a trimmed start (the
+        default) the core it grows from may be smaller, and then a round is
+        not applied where it would shrink the kept set below both this and
+        its current size (200 Gaussian rows in 4 dimensions: 77 kept).
     start : {"neighbors", "trimmed", "full"}, default="neighbors"
         ``"neighbors"`` and ``"trimmed"`` first find a core of the
         ``start_fraction`` most normal-looking training images and grow the
@@ -434,7 +430,8 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         seed = draw_seed(check_random_state(self.random_state))
         if self.level == "patch":
-            self.detector_ = self._build_patch_detector(seed).fit(X)
+            with shown_as(self):  # its messages name this detector
+                self.detector_ = self._build_patch_detector(seed).fit(X)
             self.inlier_mask_ = self.detector_.inlier_mask_
             self.n_iter_ = 1  # the bank is cleaned once
             self.offset_ = self.detector_.offset_
@@ -489,7 +486,8 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         """
         features = self._features(X)
         if self.level == "patch":
-            return self.detector_.score_samples(features)
+            with shown_as(self):
+                return self.detector_.score_samples(features)
         return self.pipeline_[-1].score_samples(features)
 
     def decision_function(self, X):
@@ -533,12 +531,14 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             Higher is more anomalous; see
             :meth:`PatchCoreDetector.anomaly_map`.
         """
-        return self.detector_.anomaly_map(self._features(X))
+        with shown_as(self):
+            return self.detector_.anomaly_map(self._features(X))
 
     @available_if(lambda self: self.level == "patch")
     def _scores_and_maps(self, X):
         """``score_samples(X)`` and ``anomaly_map(X)`` from one embedding of ``X``."""
-        return self.detector_._scores_and_maps(self._features(X))
+        with shown_as(self):
+            return self.detector_._scores_and_maps(self._features(X))
 
     def _features(self, X):
         check_is_fitted(self)

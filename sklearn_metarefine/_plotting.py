@@ -17,7 +17,16 @@ def _as_images(images):
 
     if isinstance(images, np.ndarray) and images.ndim in (3, 4):
         images = list(images)
-    return [_read_item(image, index) for index, image in enumerate(images)]
+    read = []
+    for index, image in enumerate(images):
+        try:
+            read.append(_read_item(image, index))
+        except ValueError as error:  # the detectors' messages name their X
+            message = str(error)
+            if not message.startswith(f"X[{index}]"):
+                raise
+            raise ValueError(f"images{message[1:]}") from None
+    return read
 
 
 def _displayable(image):
@@ -77,11 +86,13 @@ def plot_anomaly_maps(
         [0, 1]; image files turned upright by their EXIF orientation, as
         :meth:`~PatchCoreDetector.anomaly_map` reads them.
 
-    maps : array-like of shape (n_images, h, w)
+    maps : array-like of shape (n_images, h, w) or list of 2-D arrays
         Anomaly maps, higher = more anomalous, as ``anomaly_map`` returns
-        them. A map of another size than its image is stretched over it.
+        them (a list, one map per image, for images of several sizes). A map
+        of another size than its image is stretched over it.
 
-    masks : array-like of shape (n_images, h', w') or None, default=None
+    masks : array-like of shape (n_images, h', w'), list of 2-D arrays or \
+None, default=None
         Ground-truth masks (True or non-zero on the defect), outlined over the
         image; stretched like the maps. Empty masks draw nothing.
 
@@ -119,8 +130,8 @@ def plot_anomaly_maps(
     ------
     ValueError
         If `images`, `maps`, `masks` or `titles` differ in length, a map
-        holds NaN or infinity, `maps` or `masks` is not a stack of 2-D
-        arrays, there are no maps, or `vmin` is above `vmax`.
+        holds NaN or infinity, `maps` or `masks` is neither a stack nor a
+        list of 2-D arrays, there are no maps, or `vmin` is above `vmax`.
 
     See Also
     --------
@@ -139,19 +150,16 @@ def plot_anomaly_maps(
     3
     """
     images = _as_images(images)
-    maps = np.asarray(maps, dtype=np.float64)
-    if maps.ndim != 3 or not len(maps):
+    if not len(maps):
         raise ValueError(
             "maps must have shape (n_images, height, width) with at least one "
-            f"image; got {maps.shape}."
+            f"image; got {np.shape(maps)}."
         )
-    if not np.isfinite(maps).all():
+    maps = _panels(maps, "maps", np.float64)
+    if not all(np.isfinite(image_map).all() for image_map in maps):
         raise ValueError("maps hold NaN or infinite values; nothing to draw.")
-    masks = None if masks is None else np.asarray(masks) != 0
-    if masks is not None and masks.ndim != 3:
-        raise ValueError(
-            f"masks must have shape (n_images, height, width); got {masks.shape}."
-        )
+    if masks is not None:
+        masks = [mask != 0 for mask in _panels(masks, "masks", None)]
     lengths = {"images": len(images), "maps": len(maps)}
     if masks is not None:
         lengths["masks"] = len(masks)
@@ -159,8 +167,8 @@ def plot_anomaly_maps(
         lengths["titles"] = len(titles)
     if len(set(lengths.values())) != 1:
         raise ValueError(f"One entry per panel is needed; got the lengths {lengths}.")
-    vmin = maps.min() if vmin is None else vmin
-    vmax = maps.max() if vmax is None else vmax
+    vmin = min(image_map.min() for image_map in maps) if vmin is None else vmin
+    vmax = max(image_map.max() for image_map in maps) if vmax is None else vmax
     if vmin > vmax:
         raise ValueError(f"vmin={vmin} is above vmax={vmax}.")
 
@@ -192,6 +200,29 @@ def plot_anomaly_maps(
     if path is not None:
         figure.savefig(path, dpi=dpi)
     return figure
+
+
+def _panels(values, name, dtype):
+    """``values`` as a list of 2-D arrays: a stack ``(n_images, height,
+    width)``, or a sequence of 2-D arrays of several sizes (as
+    ``anomaly_map`` gives them for images of several sizes)."""
+    if not hasattr(values, "shape"):
+        arrays = [np.asarray(value, dtype=dtype) for value in values]
+        if len({array.shape for array in arrays}) > 1:
+            for i, array in enumerate(arrays):
+                if array.ndim != 2:
+                    raise ValueError(
+                        f"{name} must have shape (n_images, height, width), or be "
+                        f"a list of 2-D arrays; {name}[{i}] has shape {array.shape}."
+                    )
+            return arrays
+    stack = np.asarray(values, dtype=dtype)
+    if stack.ndim != 3:
+        raise ValueError(
+            f"{name} must have shape (n_images, height, width), or be a list of "
+            f"2-D arrays; got {stack.shape}."
+        )
+    return list(stack)
 
 
 def _new_figure(path, size):

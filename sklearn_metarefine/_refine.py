@@ -218,7 +218,8 @@ class IQRRefiner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         tail of a clean set (``stop="clean_tail"``), and was not applied;
         ``max_iter`` rounds ran (the detector was then fitted once more on the
         kept samples); or the last round's removal would have left fewer than
-        ``min_samples`` samples, and was not applied.
+        ``min_samples`` samples (with a trimmed start already below it, fewer
+        than it kept), and was not applied.
 
     offset_ : float
         Offset between :meth:`score_samples` and :meth:`decision_function`;

@@ -290,6 +290,11 @@ def image_files(tmp_path_factory):
         "negative 32-bit integers": _save(
             np.full((12, 10), -1, np.int32), folder / "negative.tif"
         ),
+        # Its message advised rescaling to [0, 1], which keeps the NaN.
+        "float image with a NaN pixel": _save(
+            np.where(np.eye(12, 10, dtype=bool), np.nan, 0.5).astype(np.float32),
+            folder / "nan.tif",
+        ),
     }
     return good, bad
 
@@ -326,6 +331,12 @@ IMAGE_ROWS = [
     ("float image beyond [0, 1]", ValueError, r"float.tif' has PIL mode 'F'"),
     ("32-bit integers beyond 16 bits", ValueError, r"int32.tif' has PIL mode 'I'"),
     ("negative 32-bit integers", ValueError, r"negative.tif' has PIL mode 'I'"),
+    (
+        "float image with a NaN pixel",
+        ValueError,
+        r"nan.tif' has PIL mode 'F' \(32-bit floats\) and 10 pixels NaN or "
+        r"infinite\. Replace them",
+    ),
     ("NaN pixels", ValueError, "contains NaN"),
     ("infinite pixels", ValueError, "contains infinity"),
     ("no image", ValueError, "X is empty"),
@@ -483,6 +494,12 @@ def test_one_gray_image_with_a_channel_axis_is_refused(fitted_on_images):
     # (H, W, 1) was read as H images one pixel wide.
     with pytest.raises(ValueError, match=r"reads as 12 gray images of 10 x 1 pixels"):
         fitted_on_images[0].transform(GRAY[0][..., None])
+    # Gray images that narrow were refused with advice for one image only,
+    # which led to a second refusal; the advice for them now reads them.
+    narrow = GRAY[:5, :, :4]
+    with pytest.raises(ValueError, match=r"that narrow, X\[\.\.\., np\.newaxis\]"):
+        fitted_on_images[0].transform(narrow)
+    assert fitted_on_images[0].transform(narrow[..., np.newaxis]).shape[0] == 5
 
 
 def test_a_large_image_warning_names_the_file(tmp_path, fitted_on_images, monkeypatch):

@@ -220,6 +220,24 @@ def test_copies_of_one_image_are_refused_naming_the_count():
         MetaRefineDetector(backbone=None, random_state=0, **TINY_FLOW).fit(X)
 
 
+def test_patch_level_refusals_name_the_detector_the_user_fitted(capsys):
+    # They named PatchCoreDetector, which the user never built.
+    one = np.full((1, 32, 32, 3), 9, np.uint8)
+    det = MetaRefineDetector(level="patch", image_size=32, random_state=0)
+    with pytest.raises(ValueError, match="^n_samples=1: MetaRefineDetector needs"):
+        det.fit(one)
+    with pytest.raises(ValueError, match="copies of one image: MetaRefineDetector "):
+        det.fit(np.repeat(one, 3, axis=0))
+    images = np.random.RandomState(0).randint(0, 256, (4, 32, 32, 3), np.uint8)
+    det.set_params(verbose=1).fit(images).score_samples(images)
+    out = capsys.readouterr()
+    assert "MetaRefineDetector:" in out.out
+    assert "PatchCoreDetector" not in out.out + out.err
+    # Only within the detector's own calls: a PatchCoreDetector names itself.
+    with pytest.raises(ValueError, match="^n_samples=1: PatchCoreDetector needs"):
+        PatchCoreDetector(image_size=32).fit(one)
+
+
 def test_a_small_training_set_warns_once_naming_the_detector_and_its_caller():
     # The refiner's warning named IQRRefiner and "samples", pointing into the
     # package's code, to a user who never built an IQRRefiner.

@@ -118,5 +118,23 @@ def test_images_are_drawn_as_the_detectors_read_them(tmp_path):
         figure = plot_anomaly_maps(images, np.zeros((2, 8, 8)))
         np.testing.assert_allclose(figure.axes[0].images[0].get_array(), shown)
         plt.close(figure)
-    with pytest.raises(ValueError, match=r"X\[0\] has pixel values in \[2.0, 2"):
+    # The argument is images, not the detectors' X.
+    with pytest.raises(ValueError, match=r"^images\[0\] has pixel values in \[2.0, 2"):
         plot_anomaly_maps(np.full((1, 8, 8), 2.0), np.zeros((1, 8, 8)))
+
+
+def test_maps_of_images_of_several_sizes(tmp_path):
+    # anomaly_map gives a list of maps for images of several sizes; drawing
+    # them failed inside numpy ("inhomogeneous shape").
+    rng = np.random.RandomState(0)
+    images = [rng.randint(0, 256, (32, 32, 3), np.uint8),
+              rng.randint(0, 256, (24, 48, 3), np.uint8)]
+    maps = [rng.rand(32, 32), 5 + rng.rand(24, 48)]
+    masks = [np.zeros((32, 32), bool), np.ones((24, 48), bool)]
+    figure = plot_anomaly_maps(images, maps, masks, path=tmp_path / "m.png")
+    drawn = [ax.images[1].get_array() for ax in figure.axes if ax.images]
+    assert [array.shape for array in drawn] == [(32, 32), (24, 48)]
+    assert drawn[1].min() == maps[1].min()
+    assert figure.axes[0].images[1].get_clim() == (maps[0].min(), maps[1].max())
+    with pytest.raises(ValueError, match=r"maps\[1\] has shape \(24, 48, 1\)"):
+        plot_anomaly_maps(images, [maps[0], maps[1][..., None]])

@@ -153,7 +153,15 @@ def _pil_to_array(image, where, *, upright=False):
             )
         if mode == "I" and 0 <= low and high <= _MAX_16BIT:
             return values.astype(np.float32) / _MAX_16BIT
-        if mode == "F" and np.isfinite(values).all() and 0 <= low and high <= 1:
+        finite = np.isfinite(values)
+        if not finite.all():  # rescaling keeps them: not a range to advise on
+            n = int(np.sum(~finite))
+            raise _UnreadableImage(
+                f"{where} has PIL mode 'F' (32-bit floats) and {n} "
+                f"{'pixel' if n == 1 else 'pixels'} NaN or infinite. Replace "
+                "them before passing the image."
+            )
+        if mode == "F" and 0 <= low and high <= 1:
             return values.astype(np.float32)
         raise _UnreadableImage(_mode_message(where, mode, low, high))
     try:
@@ -488,7 +496,8 @@ def _image_source(X, input_shape):
             raise ValueError(
                 f"X has shape {images.shape}, which reads as {images.shape[0]} gray "
                 f"images of {images.shape[1]} x {images.shape[2]} pixels. For one "
-                "image with a channel axis pass X[np.newaxis] or [X]."
+                "image with a channel axis pass X[np.newaxis] or [X]; for gray "
+                "images that narrow, X[..., np.newaxis]."
             )
         images = images[..., None]
     if images.ndim != 4:

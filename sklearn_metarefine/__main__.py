@@ -23,6 +23,7 @@ from ._benchmark._config import (
 from ._arguments import finite, nonzero_int, positive_int, seed, setting, size
 from ._benchmark._storage import check_output, read_json
 from ._signals import stop_status, stopped, terminated_as_interrupt
+from ._streams import Escaping, Unfailing
 from ._utils import surrogates_escaped
 
 _BACKBONES = ("efficientnet_lite0", "alexnet", "resnet18", "wide_resnet50_2")
@@ -453,7 +454,11 @@ def _summary():
     """Around the summary on stdout, the last thing a command does, once every
     file is written: a reader that left (``| head``) is no error there."""
     try:
-        yield
+        if sys.stdout is None:  # closed (>&-): print writes nothing
+            yield
+            return
+        with contextlib.redirect_stdout(Escaping(sys.stdout)):
+            yield
         sys.stdout.flush()
     except BrokenPipeError:
         # Python's final flush would fail again: a process's own stdout goes
@@ -519,7 +524,10 @@ def main(argv=None):
     # Messages name files, whose names may not be UTF-8: their own bytes are
     # printed (as _image_files.PATH_ERRORS writes them to CSV files).
     with surrogates_escaped(sys.stdout, sys.stderr):
-        return _main(argv)
+        if isinstance(sys.stderr, Unfailing):  # a main() running in a thread
+            return _main(argv)
+        with contextlib.redirect_stderr(Unfailing(sys.stderr)):
+            return _main(argv)
 
 
 def _main(argv):

@@ -4,6 +4,7 @@ import contextlib
 import os
 import re
 import uuid
+from pathlib import Path
 
 
 # Of a name's bytes, what a temporary name keeps: with its 18 more it stays
@@ -58,16 +59,82 @@ def named(path, call, *args, **kwargs):
         return call(*args, **kwargs)
 
 
+@contextlib.contextmanager
+def closing_named(path, handle):
+    """``with handle``, where a failure to close it (a full disk, flushing)
+    names ``path`` and never replaces an error the block raised."""
+    try:
+        yield handle
+    except BaseException:
+        with contextlib.suppress(OSError):
+            handle.close()
+        raise
+    with errors_naming(path):
+        handle.close()
+
+
+def remove_all(paths):
+    """Unlink each of ``paths`` that exists, finishing even when interrupted:
+    a second Ctrl-C in the cleanup of an interrupted run left the rest of its
+    temporary files, whose unique names no later run removes. An interruption
+    is raised again once every path was tried; a failure to remove one is not
+    an error (the error that matters is the one that led here)."""
+    interrupted = None
+    for path in paths:
+        for _ in range(2):  # once more if interrupted before the unlink
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            except KeyboardInterrupt as interruption:
+                interrupted = interrupted or interruption
+                continue
+            break
+    if interrupted is not None:
+        raise interrupted
+
+
+def make_folder(folder, made):
+    """Create ``folder`` and its missing parents, listing them in ``made``
+    (outermost first), so that :func:`remove_empty` can remove them if the
+    work that needed them stops. A file among them is named: ``mkdir`` said
+    only "File exists"."""
+    folder = Path(folder)
+    if folder.is_dir():
+        return
+    for parent in (folder, *folder.parents):
+        if parent.exists() and not parent.is_dir():
+            below = "is a file" if parent == folder else f"lies below the file {parent}"
+            raise NotADirectoryError(f"Cannot create the folder {folder}: it {below}.")
+    # Judged by where they lead: in "new/../old", "old" exists though "new"
+    # does not (and the path works once "new" is made).
+    leads_to = {path.resolve() for path in (folder, *folder.parents)}
+    missing = [path for path in leads_to if not path.exists()]
+    made += sorted(missing, key=lambda path: len(path.parts))  # before: mkdir
+    named(folder, folder.mkdir, parents=True, exist_ok=True)  # may stop midway
+
+
+def remove_empty(made):
+    """Remove the folders of ``made`` left empty, the deepest first."""
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): keep what is in it
+            pass
+
+
 def atomic_write(path, write, *, mode="w"):
     """Write a file through a temporary file in its folder and ``os.replace``.
 
     A reader, or a benchmark resumed after an interruption, sees the old file
-    or the complete new one, never a partial one.
+    or the complete new one, never a partial one; folders it created for the
+    file are removed again if it fails.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made = []
     temporary = temporary_name(path)
-    created = False
+    created = done = False
     try:
+        make_folder(path.parent, made)
         # Name the file the caller writes, not a temporary one.
         file = named(path, open, temporary, mode.replace("w", "x"))
         created = True
@@ -75,10 +142,12 @@ def atomic_write(path, write, *, mode="w"):
             with file:
                 write(file)
             os.replace(temporary, path)
-    except BaseException:
+        done = True
+    finally:
         # Remove only what this call created, and never let a failure to
         # remove it replace the error that matters.
-        if created:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-        raise
+        if not done:
+            try:
+                remove_all([temporary] if created else [])
+            finally:
+                remove_empty(made)

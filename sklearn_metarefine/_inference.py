@@ -6,9 +6,12 @@ under a temporary name in its folder and renamed when complete, so a run that
 stops leaves no CSV that looks finished.
 """
 
+import contextlib
 import csv
+import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +23,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ._atomic import named, temporary_name
+from ._atomic import (
+    closing_named, make_folder, named, remove_all, remove_empty, temporary_name,
+)
 from ._image_files import (
     PATH_ERRORS,
     InputError,
@@ -147,6 +152,26 @@ def _silent(text):
     """A ``note`` that says nothing."""
 
 
+def _noting(bar):
+    """A ``note`` that shows its text after the progress ``bar``: "scoring",
+    the long step of a batch, at once, the others ("reading", "writing map",
+    a few per file) at most every ``mininterval`` seconds, as tqdm redraws on
+    updates (redrawn at every note, a log file, ``2>log``, took two copies of
+    the bar per image, on one line)."""
+    if bar.disable:  # a disabled bar has no mininterval
+        return _silent
+    shown = [-math.inf]  # when a note last redrew it
+
+    def note(text):
+        bar.set_postfix_str(text, refresh=False)
+        now = time.monotonic()
+        if text.startswith("scoring") or now - shown[0] >= bar.mininterval:
+            shown[0] = now
+            bar.refresh()
+
+    return note
+
+
 def _read_batch(files, skip_unreadable, note=_silent):
     """Decoded images of a batch, and an error message (or None) per file;
     ``note`` is told which file is read."""
@@ -237,25 +262,27 @@ def score_files(
         for file in checking:
             check_image_file(file.path)
     counts = {"scored": 0, "anomalous": 0, "skipped": 0}
+    # Before any folder is made: it draws itself, and stderr may be gone.
+    bar = tqdm(total=len(files), unit="image", desc="Scoring", disable=not progress)
     made = []  # folders this run created, removed again if it stops
-    _make_folder(Path(output).parent, made)
+    make_folder(Path(output).parent, made)
     partial = temporary_name(Path(output))
     pending = []  # (map written aside, its name), renamed once all are scored
     complete = created = False
-    bar = tqdm(total=len(files), unit="image", desc="Scoring", disable=not progress)
     try:
         handle = named(output, open, partial, "x", newline="", encoding="utf-8",
                        errors=PATH_ERRORS)
         created = True
-        with handle:
+        with closing_named(output, handle):
             writer = csv.writer(handle)
             writer.writerow(COLUMNS + (MAP_COLUMNS if maps is not None else []))
+            note = _noting(bar)
             for start in range(0, len(files), batch_size):
                 batch = files[start : start + batch_size]
                 names = map_names[start : start + batch_size] if maps else None
                 rows = _score_batch(
                     model, batch, names, maps, threshold, source, skip_unreadable,
-                    pending, made, note=bar.set_postfix_str,
+                    pending, made, note=note,
                 )
                 for row in rows:
                     key = "skipped" if row[2] == "skipped" else "scored"
@@ -275,13 +302,14 @@ def score_files(
         named(output, os.replace, partial, output)
         complete = True
     finally:
-        bar.close()
-        for written, _ in pending:
-            written.unlink(missing_ok=True)
-        if created:
-            partial.unlink(missing_ok=True)
-        if not complete:
-            _remove_empty(made)
+        try:
+            with contextlib.suppress(OSError):  # its last line, to a reader gone
+                bar.close()
+            remove_all([written for written, _ in pending]
+                       + ([partial] if created else []))
+        finally:
+            if not complete:
+                remove_empty(made)
     return ScoreResult(
         output=Path(output),
         n_scored=counts["scored"],
@@ -371,27 +399,6 @@ def _scores_and_maps(model, images):
     return anomaly, maps
 
 
-def _make_folder(folder, made):
-    """Create ``folder`` and its missing parents, listing them in ``made``."""
-    if folder.is_dir():  # every map of a folder after the first
-        return
-    # Judged by where they lead: in "new/../old", "old" exists though "new"
-    # does not (and the path works once "new" is made).
-    leads_to = {path.resolve() for path in (folder, *folder.parents)}
-    missing = [path for path in leads_to if not path.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
-    made += sorted(missing, key=lambda path: len(path.parts))
-
-
-def _remove_empty(made):
-    """Remove the folders of ``made`` left empty, the deepest first."""
-    for folder in reversed(made):
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (or gone): keep what is in it
-            pass
-
-
 def _score_batch(
     model, files, map_names, maps, threshold, source, skip_unreadable, pending, made,
     note=_silent,
@@ -420,7 +427,7 @@ def _score_batch(
             note(f"writing map {scored + 1}/{len(images)}")
             overlay_path = Path(maps) / map_names[index]
             values_path = overlay_path.with_suffix(".npy")
-            _make_folder(overlay_path.parent, made)
+            make_folder(overlay_path.parent, made)
             values = anomaly_maps[scored]
             overlay = map_overlay(images[scored], values, threshold)
             aside = temporary_name(overlay_path), temporary_name(values_path)

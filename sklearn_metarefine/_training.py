@@ -10,7 +10,9 @@ from pathlib import Path
 from sklearn.utils._param_validation import InvalidParameterError
 from tqdm.auto import tqdm
 
-from ._atomic import errors_naming, named, temporary_name
+from ._atomic import (
+    errors_naming, make_folder, named, remove_all, remove_empty, temporary_name,
+)
 from ._image_files import (
     PATH_ERRORS,
     InputError,
@@ -357,7 +359,8 @@ def fit_folder(
     with contextlib.redirect_stdout(sys.stderr):
         detector.fit(paths)
     quiet(detector)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    made = []  # folders this run created, removed again if it stops
+    make_folder(Path(output).parent, made)
     report_csv, sheet, skipped_csv = report_paths(output, level)
     # The reports (seconds of scoring) and the model are written aside first;
     # then the old reports go, the model replaces the old one and the reports
@@ -365,6 +368,7 @@ def fit_folder(
     # reports, never one with another model's.
     aside = {path: temporary_name(path) for path in (report_csv, sheet, skipped_csv)}
     model_aside = temporary_name(Path(output))
+    complete = False
     try:
         # A full disk names the folder, not a temporary name.
         with errors_naming(report_csv.parent):
@@ -387,9 +391,13 @@ def fit_folder(
         for path, written in aside.items():
             if written.exists():
                 os.replace(written, path)
+        complete = True
     finally:
-        for written in (*aside.values(), model_aside):
-            written.unlink(missing_ok=True)
+        try:
+            remove_all([*aside.values(), model_aside])
+        finally:
+            if not complete:
+                remove_empty(made)
     return FitResult(
         model=Path(output),
         report_csv=report_csv,

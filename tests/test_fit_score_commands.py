@@ -1,6 +1,7 @@
 """`metarefine fit` and `metarefine score` on generated image folders."""
 
 import csv
+import functools
 import math
 import os
 import re
@@ -14,6 +15,7 @@ import pytest
 from numpy.testing import assert_allclose
 from PIL import Image
 from scipy import ndimage
+from tqdm.auto import tqdm
 
 from sklearn_metarefine import MetaRefineDetector, PatchFeatures, load
 from sklearn_metarefine.__main__ import main
@@ -380,6 +382,92 @@ def test_write_errors_leave_other_files_errors_as_they_are(tmp_path):
     with pytest.raises(OSError) as error:
         named(target, fail, written)
     assert error.value.filename == str(target) and error.value.__cause__ is written
+
+
+def test_messages_a_stderr_cannot_encode_are_escaped_not_lost(
+    folders, fitted, tmp_path, monkeypatch
+):
+    # Writes to stderr that fail are ignored; a name its encoding lacks was
+    # one of them, and the one line saying what was wrong disappeared.
+    import io
+
+    stderr = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr("sys.stderr", stderr)
+    model = tmp_path / "modèle.metarefine"
+    assert main(["score", str(model), str(folders / "new"), "--output",
+                 str(tmp_path / "o.csv")]) == 1
+    stderr.flush()
+    assert "mod\\xe8le.metarefine' not found" in stderr.buffer.getvalue().decode()
+    # The summary on stdout, once the CSV was written, failed alike (status 1).
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr("sys.stdout", stdout)
+    output = tmp_path / "résultats.csv"
+    assert main(["score", str(fitted), str(folders / "new"), "--output", str(output),
+                 "--skip-unreadable", "--no-progress"]) == 0
+    stdout.flush()
+    assert "r\\xe9sultats.csv" in stdout.buffer.getvalue().decode()
+
+
+def test_a_reader_of_stderr_that_leaves_stops_score_without_leftovers(
+    folders, fitted, tmp_path, monkeypatch
+):
+    # "2>&1 | head": the progress bar's last line, on closing, met the closed
+    # pipe before the cleanup, and the CSV written aside was left behind.
+    class Gone:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stderr", Gone())
+    output = tmp_path / "out" / "s.csv"
+    with pytest.raises(BrokenPipeError):
+        main(["score", str(fitted), str(folders / "new"), "--output", str(output),
+              "--skip-unreadable", "--batch-size", "1"])
+    assert not output.exists() and list(tmp_path.rglob("*")) == []
+
+
+def test_commands_run_in_threads_leave_stderr_as_it_was(monkeypatch):
+    # Two overlapping main() calls left the process's stderr wrapped.
+    import sys
+    import threading
+
+    import sklearn_metarefine.__main__ as command
+
+    first_in, second_in, first_out = (threading.Event() for _ in range(3))
+
+    def run(argv):
+        if argv == ["first"]:
+            first_in.set()
+            second_in.wait(10)
+        else:
+            second_in.set()
+            first_out.wait(10)
+        return 0
+
+    monkeypatch.setattr(command, "_main", run)
+    stderr = sys.stderr
+    first = threading.Thread(target=lambda: (command.main(["first"]), first_out.set()))
+    second = threading.Thread(target=command.main, args=(["second"],))
+    first.start()
+    first_in.wait(10)
+    second.start()
+    first.join(10)
+    second.join(10)
+    assert sys.stderr is stderr
+
+
+def test_a_failed_fit_removes_the_folders_it_made(folders, tmp_path, monkeypatch):
+    # A full disk while the model was written left the folders made for it.
+    def full(*args, **kwargs):
+        raise OSError(27, "File too large")
+
+    monkeypatch.setattr("sklearn_metarefine._training.save", full)
+    output = tmp_path / "new" / "sub" / "model.metarefine"
+    assert main(["fit", str(folders / "train"), "--output", str(output),
+                 "--skip-unreadable", "--no-progress", *TINY]) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_fit_names_a_training_image_gone_before_its_report(
@@ -1288,6 +1376,76 @@ def test_a_score_stopped_among_its_renames_leaves_no_old_csv_beside_new_maps(
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_a_second_interruption_during_the_cleanup_leaves_no_temporary_file(
+    surfaces, tmp_path, monkeypatch
+):
+    # The cleanup removed the maps written aside one by one; a second Ctrl-C
+    # there left the rest, whose unique names no later run removes.
+    _, command, output, maps = _scored_with_maps(surfaces, tmp_path)
+    score_batch, unlink = _score_batch, Path.unlink
+    batches, interrupted = [], []
+
+    def stopped_batch(*args, **kwargs):
+        batches.append(args)
+        if len(batches) == 3:
+            raise KeyboardInterrupt
+        return score_batch(*args, **kwargs)
+
+    def stopped_unlink(path, *args, **kwargs):
+        if not interrupted:  # the second Ctrl-C, at the first removal
+            interrupted.append(path)
+            raise KeyboardInterrupt
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr("sklearn_metarefine._inference._score_batch", stopped_batch)
+    monkeypatch.setattr(Path, "unlink", stopped_unlink)
+    assert main([*command, "--threshold", "1e9"]) == 130
+    assert interrupted and not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_closing_a_file_names_it_and_keeps_the_error_that_led_there(tmp_path):
+    # A full disk met when the CSV was closed (its last buffer flushed) said
+    # "[Errno 27] File too large" of no file, and replaced the named error of
+    # a map written before.
+    from sklearn_metarefine._atomic import closing_named
+
+    class Full:
+        def close(self):
+            raise OSError(28, "No space left on device")
+
+    csv_path = tmp_path / "results.csv"
+    with pytest.raises(OSError, match=re.escape(f"device: '{csv_path}'")):
+        with closing_named(csv_path, Full()):
+            pass
+    with pytest.raises(OSError, match="map.png"):
+        with closing_named(csv_path, Full()):
+            raise OSError(28, "No space left on device", "map.png")
+
+
+def test_a_failing_or_closed_stderr_does_not_stop_the_work(
+    folders, fitted, tmp_path, monkeypatch, capsys
+):
+    # Progress on a full disk (2>/dev/full) or a closed stderr (2>&-) stopped
+    # the command at its first line, nothing written; a closed stdout failed
+    # with a traceback after the CSV was written.
+    class Full:
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            raise OSError(28, "No space left on device")
+
+    args = [str(fitted), str(folders / "new"), "--skip-unreadable"]
+    for stderr in (Full(), None):
+        output = tmp_path / f"{type(stderr).__name__}.csv"
+        monkeypatch.setattr("sys.stderr", stderr)
+        assert main(["score", *args, "--output", str(output)]) == 0
+        assert len(_rows(output)) == 5
+    monkeypatch.undo()
+    monkeypatch.setattr("sys.stdout", None)
+    assert main(["score", *args, "--output", str(tmp_path / "s.csv")]) == 0
+
+
 def test_a_full_disk_while_scoring_names_the_csv(surfaces, tmp_path, monkeypatch, capsys):
     _, command, output, _ = _scored_with_maps(surfaces, tmp_path)
     old = output.read_bytes()
@@ -1394,11 +1552,15 @@ class _BrightnessMaps:
         return -self.anomaly_map(images).max(axis=(1, 2))
 
 
-def test_the_progress_bar_says_what_a_batch_is_doing(folders, tmp_path, capsys):
+def test_the_progress_bar_says_what_a_batch_is_doing(
+    folders, tmp_path, capsys, monkeypatch
+):
     # It moved once a batch was done: a batch of 32 camera-size photos sat
     # at 0% for over a minute.
     files = [folders / "new" / f"new{i}.bmp" for i in range(4)]
     output, maps = tmp_path / "maps.csv", tmp_path / "maps"
+    bars = functools.partial(tqdm, mininterval=0)  # every note shown
+    monkeypatch.setattr("sklearn_metarefine._inference.tqdm", bars)
     score_files(_BrightnessMaps(), files, output, maps=maps, batch_size=3)
     err = capsys.readouterr().err
     steps = ["reading 1/3", "reading 3/3", "scoring 3", "writing map 1/3",
@@ -1407,6 +1569,24 @@ def test_the_progress_bar_says_what_a_batch_is_doing(folders, tmp_path, capsys):
     assert [err.index(step) for step in steps] == sorted(
         err.index(step) for step in steps
     )
+
+
+def test_the_notes_redraw_the_bar_at_most_every_mininterval(
+    folders, tmp_path, capsys, monkeypatch
+):
+    # Each note redrew the bar: a log file (2>log) took two copies of it per
+    # image, all on one line.
+    files = [folders / "new" / f"new{i}.bmp" for i in range(4)]
+    bars = functools.partial(tqdm, mininterval=3600)
+    monkeypatch.setattr("sklearn_metarefine._inference.tqdm", bars)
+    score_files(_BrightnessMaps(), files, tmp_path / "m.csv", maps=tmp_path / "m",
+                batch_size=3)
+    err = capsys.readouterr().err
+    # "scoring", a batch's long step, is shown at once; the others, a few per
+    # file, once a mininterval (never again here after the first).
+    assert err.count("reading 1/3") == 1 and "scoring 3" in err and "scoring 1" in err
+    assert not any(step in err for step in ("reading 3/3", "writing map 1/3",
+                                            "reading 1/1"))
 
 
 def test_maps_are_written_as_overlays_at_the_image_size(folders, tmp_path):

@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 import stat
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -118,6 +119,31 @@ def test_save_to_a_folder_is_refused_naming_it(table, tmp_path):
     with pytest.raises(IsADirectoryError, match="is a folder; save writes a model"):
         save(refiner, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_save_below_a_file_names_it_and_a_failed_save_leaves_no_folder(
+    table, tmp_path, monkeypatch
+):
+    # mkdir said "File exists" of the file; a save that failed left the
+    # folders it had made.
+    refiner = IQRRefiner(IsolationForest(n_estimators=5, random_state=0)).fit(table)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(NotADirectoryError, match="afile: it is a file"):
+        save(refiner, tmp_path / "afile" / "model.metarefine")
+    with pytest.raises(NotADirectoryError, match=r"sub: it lies below the file "):
+        save(refiner, tmp_path / "afile" / "sub" / "model.metarefine")
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("sklearn_metarefine._persistence._archive.zipfile.ZipFile",
+                        full)
+    with pytest.raises(OSError, match="No space left"):
+        save(refiner, tmp_path / "new" / "sub" / "model.metarefine")
+    # A folder that cannot be made, below one that was.
+    with pytest.raises(OSError, match="too long"):
+        save(refiner, tmp_path / "new" / ("x" * 300) / "model.metarefine")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["afile"]
 
 
 def test_save_to_a_name_of_a_folder_or_a_link_is_refused(
@@ -604,12 +630,21 @@ def test_a_newer_format_is_refused_and_other_versions_warn(table, model_path):
     refiner = IQRRefiner(IsolationForest(random_state=0), random_state=0).fit(table)
     save(refiner, model_path)
     manifest = _manifest(model_path)
+    versions = dict(manifest["versions"])
     manifest["versions"]["sklearn-metarefine"] = "0.0.1"
     _rewrite(model_path, manifest=manifest)
     with pytest.warns(ModelVersionWarning, match=r"sklearn-metarefine 0\.0\.1") as w:
         loaded = load(model_path)
     assert [warning.filename for warning in w] == [__file__]  # the caller's line
     assert_array_equal(loaded.score_samples(table), refiner.score_samples(table))
+
+    # Another build of one release (a CPU and a CUDA wheel) is the same version.
+    assert "torch" in versions
+    manifest["versions"] = {**versions, "torch": versions["torch"] + "+cu130"}
+    _rewrite(model_path, manifest=manifest)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load(model_path)
 
     manifest["format_version"] = 99
     _rewrite(model_path, manifest=manifest)

@@ -82,6 +82,9 @@ def save(estimator, path):
     IsADirectoryError
         When ``path`` is a folder, or names one (empty, or ending in a
         separator, ``.`` or ``..``).
+    NotADirectoryError
+        When a folder of ``path`` is a file (the message names it). Missing
+        folders are created, and removed again if the file cannot be written.
 
     Warns
     -----

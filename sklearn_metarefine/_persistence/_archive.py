@@ -249,7 +249,8 @@ def warn_on_version_mismatch(recorded, installed, path):
         for name, version in installed.items()
         if recorded.get(name) is not None
         and version is not None
-        and recorded.get(name) != version
+        # One release's builds (torch 2.14.1+cpu, +cu130) are one version.
+        and str(recorded.get(name)).split("+")[0] != str(version).split("+")[0]
     ]
     if different:
         warn(

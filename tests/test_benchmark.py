@@ -339,6 +339,11 @@ def test_dask_backend_needs_a_scheduler_and_dask(with_features, monkeypatch):
             progress=False,
             **GRID,
         )
+    # A scheduler without backend="dask" was ignored: every run was local.
+    with pytest.raises(BenchmarkError, match=r"A scheduler \(tcp://127.0.0.1:1\) "
+                       "is used by backend='dask' only; add --backend dask"):
+        run_benchmark(config=TINY_CONFIG, output=with_features, models=["lof"],
+                      scheduler="tcp://127.0.0.1:1", progress=False, **GRID)
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(
         BenchmarkError, match=r'pip install "sklearn-metarefine\[dask\]"'
@@ -352,6 +357,28 @@ def test_dask_backend_needs_a_scheduler_and_dask(with_features, monkeypatch):
             progress=False,
             **GRID,
         )
+
+
+def test_a_users_config_or_a_file_where_a_folder_goes_is_refused_first(tmp_path):
+    # A user's config.json was called "a benchmark of another configuration",
+    # with advice to delete the folder; a file "runs" or "features" was found
+    # only after config.json and the features were written.
+    output = tmp_path / "project"
+    output.mkdir()
+    (output / "config.json").write_text('{"flow": {"max_epochs": 2}}')
+    with pytest.raises(BenchmarkError, match="holds a config.json that no benchmark "
+                       "wrote .*Move it, or use another --output folder"):
+        run_benchmark(config=TINY_CONFIG, output=output, models=["lof"],
+                      progress=False, **GRID)  # fmt: skip
+    (output / "config.json").unlink()
+    for name in ("runs", "features"):
+        (output / name).write_text("mine")
+        with pytest.raises(BenchmarkError, match=f"holds a file {name}, where the "
+                           "benchmark keeps the folder"):
+            run_benchmark(config=TINY_CONFIG, output=output, models=["lof"],
+                          progress=False, **GRID)  # fmt: skip
+        assert sorted(p.name for p in output.iterdir()) == [name]
+        (output / name).unlink()
 
 
 @pytest.mark.parametrize("name", ["runs.csv", "results.json", "anomaly_maps_a.png"])
@@ -397,7 +424,8 @@ def test_results_without_config_are_refused(tmp_path):
 def test_a_folder_claimed_without_results_says_so(tmp_path):
     # A benchmark stopped while computing features left a config.json and no
     # run: another configuration was told the folder "holds results".
-    (tmp_path / "config.json").write_text(json.dumps({"seed": 1}))
+    claim = {**resolve_config("digits"), "seed": 1}  # a benchmark's record
+    (tmp_path / "config.json").write_text(json.dumps(claim))
     with pytest.raises(BenchmarkError, match="has finished no run yet") as error:
         run_benchmark(config=TINY_CONFIG, output=tmp_path, progress=False, **GRID)
     assert "holds results" not in str(error.value)
@@ -620,6 +648,13 @@ def test_resolve_config_applies_overrides_and_rejects_unknown_keys():
         resolve_config("digits", {"flow": {"hidden_sise": 8}})
     with pytest.raises(BenchmarkError, match="expected one of"):
         resolve_config("digits", {"flows": {}})
+    # true passed scikit-learn's integer checks as 1: a test set of 2 images.
+    for section, key in (("contamination", "test_size"), ("flow", "max_epochs"),
+                         ("refiner", "min_samples")):
+        with pytest.raises(BenchmarkError, match=rf"\['{key}'\] got the boolean"):
+            resolve_config("digits", {section: {key: True}})
+    assert resolve_config("digits", {"maml": {"first_order": True}})["maml"][
+        "first_order"] is True
 
 
 def test_make_model_builds_the_papers_four_models_and_two_baselines():
@@ -919,6 +954,28 @@ def test_the_train_size_advised_reaches_every_level_requested():
         bigger = resolve_config("mvtec", {"contamination": {"train_size": size + 1}})
         with pytest.raises(BenchmarkError):
             check_feasible(bigger, labelled, noise)
+
+
+def test_a_test_split_without_normal_or_defective_images_is_named():
+    # A category without test/good got advice for the Python API and
+    # command-line remedies that could not help.
+    from sklearn_metarefine._benchmark._data import check_feasible
+
+    cases = (((20, 0, 8), "0 normal and 8"), ((20, 6, 0), "6 normal and 0"))
+    for counts, found in cases:
+        with pytest.raises(BenchmarkError, match=f"category 'bottle' holds {found} "
+                           r"anomalous images; .* bottle/test/good \(normal\)"):
+            check_feasible(resolve_config("mvtec"), {"bottle": _counted(*counts)}, [0])
+    with pytest.raises(BenchmarkError, match="where their _GT mask is empty"):
+        check_feasible(resolve_config("ksdd2"), {"ksdd2": _counted(20, 0, 8)}, [0])
+    # Every problem in one message: with another category's, neither was lost.
+    labelled = {"bottle": _counted(20, 5, 2), "cable": _counted(20, 6, 0),
+                "grid": _counted(20, 0, 3)}
+    with pytest.raises(BenchmarkError) as error:
+        check_feasible(resolve_config("mvtec"), labelled, [0, 0.4])
+    for name in ("cable", "grid"):
+        assert f"category '{name}' holds" in str(error.value)
+    assert "bottle noise=0.4" in str(error.value)
 
 
 def test_no_one_train_size_for_every_level_is_said():

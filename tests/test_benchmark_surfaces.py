@@ -413,15 +413,19 @@ def test_an_unreadable_mask_stops_the_run_without_recording_a_failure(tmp_path):
     config = {**TINY, "patch": {"image_size": 64, "coreset_fraction": 0.5}}
     del config["surfaces"]
     grid = dict(
-        categories=["plate"], models=["patchcore"], noise=[0.0], repeats=1,
+        categories=["plate"], models=["iforest", "patchcore"], noise=[0.0], repeats=1,
         config=config, output=tmp_path / "out", n_jobs=1, progress=False,
     )  # fmt: skip
+    # Found before the dataset's files are recorded or any run is stored: found
+    # in the runs, after them, the repaired mask made the folder "results of
+    # other files".
     with pytest.raises(BenchmarkError, match="Cannot read the defect mask .*008"):
         run_benchmark("mvtec", root=root, **grid)
-    assert not list((tmp_path / "out" / "runs").glob("*.json"))
+    out = tmp_path / "out"
+    assert not (out / "dataset.json").exists() and not list(out.rglob("*/*.json"))
     mask.write_bytes(original)
     result = run_benchmark("mvtec", root=root, **grid)
-    assert result.n_executed == 1 and result.runs[0]["error"] is None
+    assert result.n_executed == 2 and [r["error"] for r in result.runs] == [None] * 2
 
 
 def test_an_unreadable_ksdd2_mask_is_a_one_line_error(tmp_path, capsys):

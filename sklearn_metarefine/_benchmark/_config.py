@@ -293,4 +293,12 @@ def _merge(config, overrides, *, path):
                 )
             _merge(config[key], value, path=f"{path}[{key!r}]")
         else:
+            # JSON's true passes scikit-learn's integer checks as 1: a test
+            # set of 2 images, one epoch, reported without a word.
+            if isinstance(value, bool) and not isinstance(config[key], bool):
+                raise BenchmarkError(
+                    f"{path}[{key!r}] got the boolean {value!r}, but it is no "
+                    f"switch (its default is {config[key]!r}): give a value of "
+                    "its own kind."
+                )
             config[key] = value

@@ -194,6 +194,13 @@ class MaskFiles(_Files):
     def shape(self):
         return (len(self), self.size, self.size)
 
+    def check(self):
+        """Read every mask file: one that cannot be read, or is not its
+        image's, is refused by name."""
+        for i, path in enumerate(self.filenames):
+            if path is not None:
+                self._read(i)
+
     def _read(self, i):
         path = self.filenames[i]
         if path is None:
@@ -284,12 +291,54 @@ def generate_surfaces(category, config):
         ) from error
 
 
+def check_masks(masked):
+    """Read every defect mask of ``masked`` (category: data with ``masks``)
+    before any file is written: one that fails was found in the runs only,
+    after the dataset's files, it among them, were recorded, and once repaired
+    the output folder was refused as holding results of other files."""
+    for data in masked.values():
+        data.masks.check()
+
+
+# Where each dataset keeps the normal and the anomalous images of its test split.
+_TEST_FOLDERS = {
+    "mvtec": "MVTec AD keeps them in CATEGORY/test/good (normal) and the other "
+    "folders of CATEGORY/test (defective)",
+    "ksdd2": "KolektorSDD2's test images are normal where their _GT mask is empty, "
+    "defective where it is not",
+}
+
+
+def _one_sided_test_split(dataset, category, y, split):
+    """What a test split without normal or without anomalous images lacks, or
+    None: the general remedies (--overlap, the sizes) cannot help it."""
+    if split is None:
+        return None
+    test = np.asarray(split) == "test"
+    n_normal, n_anomalous = int(np.sum(test & (y == 0))), int(np.sum(test & (y == 1)))
+    if n_normal and n_anomalous:
+        return None
+    where = _TEST_FOLDERS.get(dataset, "")
+    return (
+        f"The test split of {dataset} category {category!r} holds {n_normal} normal "
+        f"and {n_anomalous} anomalous images; the benchmark's test sets need both"
+        + (f" ({where.replace('CATEGORY', category)})." if where else ".")
+    )
+
+
 def check_feasible(config, labelled, noise):
     """Raise, naming every impossible (category, noise) and the remedies.
 
     ``labelled`` maps each category to its (images, labels, split). Whether a
     draw is possible does not depend on its seed, so one draw per cell tells.
     """
+    refusals, one_sided = [], set()
+    for category, (_, y, split) in labelled.items():
+        lacks = _one_sided_test_split(config["dataset"], category, y, split)
+        if lacks:
+            refusals.append(lacks)
+            one_sided.add(category)
+    labelled = {c: data for c, data in labelled.items() if c not in one_sided}
     problems = {}  # reason: the cells it applies to
     for category, (_, y, split) in labelled.items():
         for level in noise:
@@ -331,7 +380,7 @@ def check_feasible(config, labelled, noise):
                          "level and category together (a low level needs a "
                          "training set large enough to hold one anomaly, a "
                          "high one small enough for the anomalies there are).")
-        raise BenchmarkError(
+        refusals.append(
             f"Cannot draw every requested contaminated training set of "
             f"{config['dataset']}: " + "; ".join(listed) + f".{reach} On the "
             "command line: --overlap draws training anomalies from the test "
@@ -339,6 +388,8 @@ def check_feasible(config, labelled, noise):
             "--test-size N reserves fewer anomalies for the test set; or leave "
             "out the noise levels that are out of reach with --noise."
         )
+    if refusals:
+        raise BenchmarkError(" ".join(refusals))
 
 
 def _draws(config, y, split, noise, train_size):

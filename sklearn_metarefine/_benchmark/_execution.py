@@ -27,6 +27,11 @@ def _check_backend(backend, scheduler):
     """Check the backend name, and for dask the scheduler and the install."""
     check_choice("backend", backend, ("loky", "dask"))
     if backend == "loky":
+        if scheduler is not None:  # else every run was local, without a word
+            raise BenchmarkError(
+                f"A scheduler ({scheduler}) is used by backend='dask' only; add "
+                "--backend dask to run on it, or drop --scheduler."
+            )
         return
     if scheduler is None:
         raise BenchmarkError(

@@ -20,6 +20,7 @@ from ._config import (
 from ._data import (
     check_categories_present,
     check_feasible,
+    check_masks,
     dataset_categories,
     generate_surfaces,
     load_category,
@@ -203,13 +204,17 @@ def run_benchmark(
     # of another folder must not be reused (digits and surfaces have none).
     claimed = {**config, "root": str(_absolute(root))} if rooted else config
     claim_output(output, claimed)
+    runs = plan_runs(config, categories, noise, repeats, models)
+    pending = [run for run in runs if read_run(runs_folder, run) is None]
     if rooted:
+        # Every mask the pending runs may read, before the dataset's files are
+        # recorded: one found unreadable in the runs, once repaired, made the
+        # folder "results of other files".
+        if any(run.model in PATCH_MODELS for run in pending):
+            check_masks(masked)
         masks = {c: [f for f in read[c].masks.filenames if f is not None]
                  for c in categories}
         check_dataset_files(output, labelled, masks)
-
-    runs = plan_runs(config, categories, noise, repeats, models)
-    pending = [run for run in runs if read_run(runs_folder, run) is None]
     data = _category_data(
         labelled, masked, pending, config, device, cache, progress=progress
     )

@@ -65,6 +65,8 @@ _NUMBERS = RECORD_FIELDS[RECORD_FIELDS.index("n_train") : RECORD_FIELDS.index("d
 # before them are read with None (no value), as for a model without maps.
 _LATER_FIELDS = ("pixel_auroc", "aupro")
 _START_OVER = "Use another --output folder, or delete this one to start over."
+# Where a config.json may be a user's file, not a benchmark's record.
+_NOT_YOURS = f"If {CONFIG_FILE} is a file of yours, move it. Else: "
 
 
 def create_exclusively(path, text):
@@ -158,6 +160,14 @@ def claim_output(output, config):
     claiming one folder with different configurations, exactly one proceeds.
     """
     check_output(output)
+    for name, what in ((RUNS_FOLDER, "runs"), (FEATURES_FOLDER, "cached features")):
+        entry = output / name
+        if entry.exists() and not entry.is_dir():  # found once config.json was written
+            raise BenchmarkError(
+                f"The output folder {output} holds a file {name}, where the "
+                f"benchmark keeps the folder of its {what}. Move it, or use another "
+                "--output folder."
+            )
     config_path = output / CONFIG_FILE
     text = json.dumps(config, indent=2, sort_keys=True)
     try:
@@ -177,7 +187,15 @@ def claim_output(output, config):
             f"Cannot write to the output folder {output} (--output): "
             f"{error.strerror or error}. Pass a folder you can write to."
         ) from error
-    stored = read_json(config_path, remedy=_START_OVER)
+    stored = read_json(config_path, remedy=_NOT_YOURS + _START_OVER)
+    if "dataset" not in stored:
+        # A file of the user's: "delete this folder" would delete it.
+        raise BenchmarkError(
+            f"The output folder {output} holds a {CONFIG_FILE} that no benchmark "
+            "wrote (it has no 'dataset' entry), perhaps a file of yours: the "
+            "benchmark records its configuration under that name. Move it, or "
+            "use another --output folder."
+        )
     if stored != config:
         differences = "; ".join(_differences(stored, config))
         if not _holds_runs(output):
@@ -186,7 +204,7 @@ def claim_output(output, config):
             raise BenchmarkError(
                 f"The output folder {output} was claimed by a benchmark of another "
                 "configuration, which has finished no run yet. Differences "
-                f"(folder -> this run): {differences}. {_START_OVER}"
+                f"(folder -> this run): {differences}. {_NOT_YOURS}{_START_OVER}"
             )
         raise BenchmarkError(
             f"The output folder {output} holds results of another configuration; "

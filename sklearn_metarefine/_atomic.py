@@ -1,6 +1,7 @@
 """Files written whole or not at all."""
 
 import contextlib
+import errno
 import os
 import re
 import uuid
@@ -108,7 +109,10 @@ def make_folder(folder, made):
             raise NotADirectoryError(f"Cannot create the folder {folder}: it {below}.")
     # Judged by where they lead: in "new/../old", "old" exists though "new"
     # does not (and the path works once "new" is made).
-    leads_to = {path.resolve() for path in (folder, *folder.parents)}
+    try:
+        leads_to = {path.resolve() for path in (folder, *folder.parents)}
+    except RuntimeError:  # a loop of symbolic links (Python 3.11's resolve)
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(folder)) from None
     missing = [path for path in leads_to if not path.exists()]
     made += sorted(missing, key=lambda path: len(path.parts))  # before: mkdir
     named(folder, folder.mkdir, parents=True, exist_ok=True)  # may stop midway

@@ -265,11 +265,11 @@ def score_files(
     # Before any folder is made: it draws itself, and stderr may be gone.
     bar = tqdm(total=len(files), unit="image", desc="Scoring", disable=not progress)
     made = []  # folders this run created, removed again if it stops
-    make_folder(Path(output).parent, made)
     partial = temporary_name(Path(output))
     pending = []  # (map written aside, its name), renamed once all are scored
     complete = created = False
     try:
+        make_folder(Path(output).parent, made)  # may stop midway
         handle = named(output, open, partial, "x", newline="", encoding="utf-8",
                        errors=PATH_ERRORS)
         created = True

@@ -360,7 +360,6 @@ def fit_folder(
         detector.fit(paths)
     quiet(detector)
     made = []  # folders this run created, removed again if it stops
-    make_folder(Path(output).parent, made)
     report_csv, sheet, skipped_csv = report_paths(output, level)
     # The reports (seconds of scoring) and the model are written aside first;
     # then the old reports go, the model replaces the old one and the reports
@@ -370,6 +369,7 @@ def fit_folder(
     model_aside = temporary_name(Path(output))
     complete = False
     try:
+        make_folder(Path(output).parent, made)  # may stop midway
         # A full disk names the folder, not a temporary name.
         with errors_naming(report_csv.parent):
             n_listed, summary = _report(detector, level, paths, aside[report_csv],

@@ -458,7 +458,9 @@ def test_commands_run_in_threads_leave_stderr_as_it_was(monkeypatch):
     assert sys.stderr is stderr
 
 
-def test_a_failed_fit_removes_the_folders_it_made(folders, tmp_path, monkeypatch):
+def test_a_failed_fit_removes_the_folders_it_made(
+    folders, fitted, tmp_path, monkeypatch
+):
     # A full disk while the model was written left the folders made for it.
     def full(*args, **kwargs):
         raise OSError(27, "File too large")
@@ -467,6 +469,15 @@ def test_a_failed_fit_removes_the_folders_it_made(folders, tmp_path, monkeypatch
     output = tmp_path / "new" / "sub" / "model.metarefine"
     assert main(["fit", str(folders / "train"), "--output", str(output),
                  "--skip-unreadable", "--no-progress", *TINY]) == 1
+    assert list(tmp_path.iterdir()) == []
+    # Nor when a folder below them cannot be made (fit and score alike).
+    monkeypatch.undo()
+    output = tmp_path / "new" / ("x" * 300) / "model.metarefine"
+    assert main(["fit", str(folders / "train"), "--output", str(output),
+                 "--skip-unreadable", "--no-progress", *TINY]) == 1
+    assert list(tmp_path.iterdir()) == []
+    assert main(["score", str(fitted), str(folders / "new"), "--skip-unreadable",
+                 "--output", str(output.with_name("s.csv")), "--no-progress"]) == 1
     assert list(tmp_path.iterdir()) == []
 
 

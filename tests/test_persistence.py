@@ -144,6 +144,10 @@ def test_save_below_a_file_names_it_and_a_failed_save_leaves_no_folder(
     with pytest.raises(OSError, match="too long"):
         save(refiner, tmp_path / "new" / ("x" * 300) / "model.metarefine")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["afile"]
+    # A loop of links is an OSError like the others (resolve raised RuntimeError).
+    os.symlink("loop", tmp_path / "loop")
+    with pytest.raises(OSError, match="loop"):
+        save(refiner, tmp_path / "loop" / "model.metarefine")
 
 
 def test_save_to_a_name_of_a_folder_or_a_link_is_refused(

@@ -95,6 +95,25 @@ def remove_all(paths):
         raise interrupted
 
 
+def file_in_the_way(path):
+    """The file that keeps ``path`` from being made a folder: the nearest of
+    ``path`` and its parents that exists, if it is no folder; else None."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def discard(temporaries, made):
+    """Remove the ``temporaries`` (:func:`remove_all`), then the folders of
+    ``made`` left empty (:func:`remove_empty`), the latter even if the
+    former is interrupted."""
+    try:
+        remove_all(temporaries)
+    finally:
+        remove_empty(made)
+
+
 def make_folder(folder, made):
     """Create ``folder`` and its missing parents, listing them in ``made``
     (outermost first), so that :func:`remove_empty` can remove them if the
@@ -103,10 +122,10 @@ def make_folder(folder, made):
     folder = Path(folder)
     if folder.is_dir():
         return
-    for parent in (folder, *folder.parents):
-        if parent.exists() and not parent.is_dir():
-            below = "is a file" if parent == folder else f"lies below the file {parent}"
-            raise NotADirectoryError(f"Cannot create the folder {folder}: it {below}.")
+    file = file_in_the_way(folder)
+    if file is not None:
+        where = "is a file" if file == folder else f"lies below the file {file}"
+        raise NotADirectoryError(f"Cannot create the folder {folder}: it {where}.")
     # Judged by where they lead: in "new/../old", "old" exists though "new"
     # does not (and the path works once "new" is made).
     try:
@@ -151,7 +170,4 @@ def atomic_write(path, write, *, mode="w"):
         # Remove only what this call created, and never let a failure to
         # remove it replace the error that matters.
         if not done:
-            try:
-                remove_all([temporary] if created else [])
-            finally:
-                remove_empty(made)
+            discard([temporary] if created else [], made)

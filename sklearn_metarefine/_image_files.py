@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._atomic import file_in_the_way
 from ._features._images import check_file_header, decode_file
 from ._utils import names_a_folder
 
@@ -57,9 +58,9 @@ def check_output_folder(folder, option, contents):
 def _check_room(path, option):
     """Refuse ``path`` below a file, or where the nearest existing folder
     refuses new files: found after the work, the work would be lost."""
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise InputError(f"{option} {path} lies below the file {parent}.")
+    blocking = file_in_the_way(path.parent)
+    if blocking is not None:
+        raise InputError(f"{option} {path} lies below the file {blocking}.")
     absolute = path.absolute()
     folder = next(p for p in (absolute, *absolute.parents) if p.is_dir())
     try:

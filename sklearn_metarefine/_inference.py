@@ -23,9 +23,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ._atomic import (
-    closing_named, make_folder, named, remove_all, remove_empty, temporary_name,
-)
+from ._atomic import closing_named, discard, make_folder, named, temporary_name
 from ._image_files import (
     PATH_ERRORS,
     InputError,
@@ -305,11 +303,10 @@ def score_files(
         try:
             with contextlib.suppress(OSError):  # its last line, to a reader gone
                 bar.close()
-            remove_all([written for written, _ in pending]
-                       + ([partial] if created else []))
         finally:
-            if not complete:
-                remove_empty(made)
+            temporaries = [written for written, _ in pending]
+            discard(temporaries + [partial] if created else temporaries,
+                    [] if complete else made)
     return ScoreResult(
         output=Path(output),
         n_scored=counts["scored"],

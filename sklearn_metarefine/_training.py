@@ -10,9 +10,7 @@ from pathlib import Path
 from sklearn.utils._param_validation import InvalidParameterError
 from tqdm.auto import tqdm
 
-from ._atomic import (
-    errors_naming, make_folder, named, remove_all, remove_empty, temporary_name,
-)
+from ._atomic import discard, errors_naming, make_folder, named, temporary_name
 from ._image_files import (
     PATH_ERRORS,
     InputError,
@@ -393,11 +391,7 @@ def fit_folder(
                 os.replace(written, path)
         complete = True
     finally:
-        try:
-            remove_all([*aside.values(), model_aside])
-        finally:
-            if not complete:
-                remove_empty(made)
+        discard([*aside.values(), model_aside], [] if complete else made)
     return FitResult(
         model=Path(output),
         report_csv=report_csv,

@@ -17,7 +17,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 
-from .._atomic import atomic_write, named, temporary_name
+from .._atomic import atomic_write, file_in_the_way, named, temporary_name
 from .._utils import file_digest
 from ._config import BenchmarkError
 
@@ -142,15 +142,13 @@ def check_output(output):
             "folder, new or from an earlier run of this benchmark."
         )
     output = Path(output)
-    for path in (output, *output.parents):
-        if path.is_dir():
-            return
-        if path.exists():
-            where = "is a file" if path == output else f"lies below the file {path}"
-            raise BenchmarkError(
-                f"The output folder {output} (--output) {where}; pass the path "
-                "of a folder, new or from an earlier run of this benchmark."
-            )
+    file = file_in_the_way(output)
+    if file is not None:
+        where = "is a file" if file == output else f"lies below the file {file}"
+        raise BenchmarkError(
+            f"The output folder {output} (--output) {where}; pass the path "
+            "of a folder, new or from an earlier run of this benchmark."
+        )
 
 
 def claim_output(output, config):

@@ -2,6 +2,7 @@
 
 import math
 import re
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -260,6 +261,47 @@ def test_load_mvtec_ad_rejects_unknown_split(mvtec_root):
         load_mvtec_ad(mvtec_root, "bottle", split="validation")
 
 
+def test_load_mvtec_ad_refuses_a_link_to_no_defect_folder(mvtec_root):
+    # A defect type behind a link to nothing (an unmounted drive) was dropped
+    # with its images, without a word.
+    bottle = mvtec_root / "bottle"
+    (bottle / "test/dent").symlink_to(mvtec_root / "offline/dent")
+    with pytest.raises(FileNotFoundError, match="point to nothing: .*test/dent -> "):
+        load_mvtec_ad(mvtec_root, "bottle")
+    (bottle / "test/dent").unlink()
+    (bottle / "ground_truth/dent").symlink_to(mvtec_root / "offline/dent")
+    with pytest.raises(FileNotFoundError, match="ground_truth/dent -> "):
+        load_mvtec_ad(mvtec_root, "bottle", split="test")
+    assert len(load_mvtec_ad(mvtec_root, "bottle", split="train").filenames) == 3
+
+
+@pytest.mark.parametrize(
+    "stray",
+    ["train/defect/000.png", "test/001.png", "test/crack/more/002.png",
+     "test/crack/003.jpg", "ground_truth/crack/extra/000_mask.png"],
+)
+def test_load_mvtec_ad_warns_of_images_outside_its_layout(mvtec_root, stray):
+    # Images beside the layout were left out without a word.
+    _png(mvtec_root / "bottle" / stray)
+    (mvtec_root / "bottle/test/good/.hidden.png").write_bytes(b"")
+    with pytest.warns(UserWarning, match="1 image file.* not loaded") as record:
+        data = load_mvtec_ad(mvtec_root, "bottle")
+    assert stray in str(record[0].message) and ".hidden" not in str(record[0].message)
+    assert len(data.filenames) == 8
+    split = "train" if stray.startswith("train") else "test"
+    other = {"train": "test", "test": "train"}[split]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_mvtec_ad(mvtec_root, "bottle", split=other)
+
+
+def test_the_stray_image_check_survives_a_link_loop(mvtec_root):
+    (mvtec_root / "bottle/test/good/loop").symlink_to(mvtec_root / "bottle/test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_mvtec_ad(mvtec_root, "bottle").filenames) == 8
+
+
 # --- KolektorSDD2 ---------------------------------------------------------
 
 # (split, id, value of the one marked mask pixel: 0 leaves the mask all zero)
@@ -400,6 +442,33 @@ def test_load_ksdd2_does_not_count_invisible_pixels(ksdd2_root):
     mask = Image.new("RGBA", (6, 4), (255, 255, 255, 0))
     mask.save(ksdd2_root / "train/10000_GT.png")
     assert load_ksdd2(ksdd2_root, split="train").target.tolist() == [0, 1, 1, 0]
+
+
+@pytest.mark.parametrize(
+    "mode, colour, defect",
+    [("L", 255, 128), ("RGB", (255, 255, 255), (0, 0, 3)), ("1", 1, None),
+     ("I;16", 300, 7)],
+)
+def test_load_ksdd2_does_not_count_a_colour_marked_transparent(
+    ksdd2_root, mode, colour, defect
+):
+    # A PNG without an alpha channel may mark one colour transparent (tRNS):
+    # a mask all of that colour has no visible pixel, but it labelled its
+    # image defective.
+    mask = Image.new(mode, (6, 4), colour)
+    mask.save(ksdd2_root / "train/10000_GT.png", transparency=colour)
+    assert load_ksdd2(ksdd2_root, split="train").target.tolist() == [0, 1, 1, 0]
+    if defect is not None:  # a pixel of another colour still counts
+        mask.putpixel((2, 1), defect)
+        mask.save(ksdd2_root / "train/10000_GT.png", transparency=colour)
+        assert load_ksdd2(ksdd2_root, split="train").target.tolist() == [1, 1, 1, 0]
+
+
+@pytest.mark.parametrize("stray", ["train/more/10002.png", "test/20002.jpg"])
+def test_load_ksdd2_warns_of_images_outside_its_layout(ksdd2_root, stray):
+    _png(ksdd2_root / stray)
+    with pytest.warns(UserWarning, match=f"(?s)1 image file.*{stray}"):
+        load_ksdd2(ksdd2_root)
 
 
 def test_load_ksdd2_refuses_masks_that_differ_in_the_suffix_case(ksdd2_root):
@@ -826,6 +895,42 @@ def test_make_contaminated_split_without_test_side(mvtec_root):
     bottle = load_mvtec_ad(mvtec_root, "bottle", split="train")
     with pytest.raises(ValueError, match='split="all"'):
         make_contaminated(bottle.filenames, bottle.target, split=bottle.split)
+
+
+def test_make_contaminated_split_without_train_side():
+    # A split of test images only (a dataset loaded with split="test") was
+    # told to use a smaller test_size or noise, which fail again.
+    y = np.array([0] * 20 + [1] * 20)
+    for kwargs in ({}, {"test_size": 1, "noise": 0.0}, {"train_size": 2}):
+        with pytest.raises(ValueError, match='no normal sample on its "train" side'):
+            make_contaminated(
+                np.arange(40), y, split=["test"] * 40, random_state=0, **kwargs
+            )
+
+
+def test_make_contaminated_without_anomalies_is_not_told_to_load_them():
+    # A category without defective images, already loaded with split="all",
+    # was told to load it with split="all".
+    y = np.array([0] * 16)
+    split = ["train"] * 10 + ["test"] * 6
+    with pytest.raises(ValueError, match="found 6 normal and 0 anomalous") as error:
+        make_contaminated(np.arange(16), y, split=split, noise=0.0)
+    assert "split=" not in str(error.value)
+
+
+@pytest.mark.parametrize("train_size", [1, 2, 5])
+def test_the_smallest_suggested_noise_works(train_size):
+    # A training set of 1 was told "a noise of at least 0.5", which leaves no
+    # normal sample and is refused in turn.
+    X, y = np.arange(20), np.array([0] * 10 + [1] * 10)
+    kwargs = dict(train_size=train_size, test_size=2, random_state=0)
+    with pytest.raises(ValueError, match="rounds to no anomalous sample") as error:
+        make_contaminated(X, y, noise=0.01, **kwargs)
+    suggested = re.search(r"a noise of at least ([0-9.]+)", str(error.value))
+    assert (suggested is None) == (train_size == 1)
+    if suggested:
+        data = make_contaminated(X, y, noise=float(suggested.group(1)), **kwargs)
+        assert data.y_train.sum() == 1
 
 
 # 5 normal and 3 anomalous samples.

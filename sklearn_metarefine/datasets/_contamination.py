@@ -181,6 +181,12 @@ def make_contaminated(
     # The test set is drawn (and ordered) first, from random numbers that depend
     # only on the pool sizes, so that it is the same at every noise level.
     n_test = _test_count(test_size, normal & test_side, anomalous & test_side, split)
+    if split is not None and not np.any(normal & train_side):
+        raise ValueError(
+            'split has no normal sample on its "train" side, where the training '
+            f"set's normal samples come from ({int(np.sum(train_side))} samples "
+            'there). Load the dataset with split="all" and pass its split.'
+        )
     test_normal = _draw(rng, normal & test_side, n_test)
     test_anomalous = _draw(rng, anomalous & test_side, n_test)
     test_indices = rng.permutation(np.concatenate([test_normal, test_anomalous]))
@@ -248,9 +254,9 @@ def _test_count(test_size, normal, anomalous, split):
     n_normal, n_anomalous = int(normal.sum()), int(anomalous.sum())
     side = 'on the "test" side of split' if split is not None else "in y"
     if n_normal == 0 or n_anomalous == 0:
-        hint = (
+        hint = (  # loaded with split="train", the test side is empty
             ' Load the dataset with split="all" so that split holds its test images.'
-            if split is not None
+            if split is not None and n_normal + n_anomalous == 0
             else ""
         )
         raise ValueError(
@@ -369,10 +375,14 @@ def _train_counts(
                 f"({n_anomalous_total} in all). Use noise=0{where}."
             )
         larger = "a larger train_size" if train_size else "more normal samples"
+        # A training set of 1 holds no anomaly beside a normal sample.
+        smallest = (
+            "" if train_size == 1
+            else f", a noise of at least {_rounded(smallest_noise)}"
+        )
         raise ValueError(
             f"noise={noise} rounds to no anomalous sample in a training set of "
-            f"{n_normal}: it would be clean. Use noise=0, a noise of at least "
-            f"{_rounded(smallest_noise)}, or {larger}."
+            f"{n_normal}: it would be clean. Use noise=0{smallest}, or {larger}."
         )
     return n_normal, n_anomalous
 

@@ -1,6 +1,7 @@
 """File helpers shared by the dataset loaders: paths, listings and mask pairing."""
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,9 @@ import numpy as np
 # Masks and images are matched by name; showing every mismatch of a badly
 # extracted dataset would bury the first one, which is enough to act on.
 _MAX_LISTED = 5
+
+# Suffixes of the image files a stray-file check reports (the loaders read PNG).
+_IMAGE_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
 
 
 def _absolute(root):
@@ -65,6 +69,57 @@ def _subfolders(folder):
     )
 
 
+def _defect_folders(folder):
+    """The subfolders of ``folder``, refusing links to nothing among them: a
+    folder of one defect type behind such a link was dropped without a word."""
+    broken = sorted(
+        path
+        for path in folder.iterdir()
+        if not path.name.startswith(".") and path.is_symlink() and not path.exists()
+    )
+    if broken:
+        shown = [f"{link} -> {os.readlink(link)}" for link in broken[:_MAX_LISTED]]
+        raise FileNotFoundError(
+            f"{len(broken)} link(s) in {folder} point to nothing: "
+            f"{', '.join(shown)}. Restore their targets or remove the links."
+        )
+    return _subfolders(folder)
+
+
+def warn_of_stray_images(folders, loaded, layout):
+    """Warn about the image files under ``folders`` that were not loaded.
+
+    A loader reads only its layout (``layout`` says which); an image saved
+    beside it (another suffix, a subfolder, another folder name) would be
+    left out without a word. Hidden files and folders are not reported.
+    """
+    loaded = {Path(path) for path in loaded}
+    stray, seen = [], set()
+    for top in folders:
+        for here, subfolders, files in os.walk(top, followlinks=True):
+            real = os.path.realpath(here)
+            if real in seen:  # a link back up the tree
+                subfolders.clear()
+                continue
+            seen.add(real)
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+            stray += [
+                Path(here, name)
+                for name in files
+                if not name.startswith(".")
+                and Path(name).suffix.lower() in _IMAGE_SUFFIXES
+                and Path(here, name) not in loaded
+            ]
+    if stray:
+        warnings.warn(
+            f"{len(stray)} image file(s) outside the {layout} were not loaded:"
+            f"{_listing(sorted(stray))}\nMove them into the layout (as PNG files) "
+            "to load them, or elsewhere to silence this warning.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _names(names):
     return ", ".join(names) if names else "none"
 
@@ -102,15 +157,23 @@ def defect_pixels(mask):
 
     A visible pixel of any non-zero colour channel is a defect: luma would
     round dark ones to 0, and alpha, palette indices and the channels of
-    other colour spaces (CMYK's K of black) are not colours. The loaders'
-    labels and the benchmark's pixel masks both read masks through this, so
-    that an image is labelled defective exactly when its mask has a defect
-    pixel.
+    other colour spaces (CMYK's K of black) are not colours. A colour a PNG
+    marks transparent (its tRNS key, ``mask.info["transparency"]``) is
+    invisible in any mode. The KolektorSDD2 loader's labels and the
+    benchmark's pixel masks both read masks through this, so that a
+    KolektorSDD2 image is labelled defective exactly when its mask has a
+    defect pixel (MVTec AD labels by folder).
     """
     bands = mask.getbands()
-    if mask.mode == "P" or "A" in bands:
+    key = mask.info.get("transparency")
+    if mask.mode == "P" or "A" in bands or (
+        key is not None and mask.mode in ("1", "L", "RGB")
+    ):
         pixels = np.asarray(mask.convert("RGBA"))
         return pixels[..., :3].any(axis=-1) & (pixels[..., 3] > 0)
     if len(bands) > 1:
         return np.asarray(mask.convert("RGB")).any(axis=-1)
-    return np.asarray(mask) != 0
+    pixels = np.asarray(mask)
+    if isinstance(key, int):  # 16-bit gray, which RGBA would not keep
+        return (pixels != 0) & (pixels != key)
+    return pixels != 0

@@ -15,6 +15,7 @@ from ._files import (
     _png_files,
     _subfolders,
     defect_pixels,
+    warn_of_stray_images,
 )
 
 KSDD2_URL = "https://www.vicos.si/resources/kolektorsdd2/"
@@ -119,6 +120,13 @@ def load_ksdd2(root, *, split="all"):
         two files differ only in the case of their suffix (``1_GT.png`` and
         ``1_GT.PNG``).
 
+    Warns
+    -----
+    UserWarning
+        If image files (any common suffix) lie under the folders read but
+        outside the layout, and were therefore not loaded; the message
+        lists them.
+
     See Also
     --------
     load_mvtec_ad : The same for one MVTec AD category.
@@ -172,6 +180,11 @@ def load_ksdd2(root, *, split="all"):
     splits = ["train", "test"] if split == "all" else [split]
     samples = [sample for name in splits for sample in _split_samples(root, name)]
     filenames, target, mask_filenames, sample_splits = zip(*samples)
+    warn_of_stray_images(
+        [root / name for name in splits],
+        [*filenames, *mask_filenames],
+        "KolektorSDD2 layout (train/ and test/: <id>.png, <id>_GT.png)",
+    )
     target = np.array(target, dtype=np.int64)
     return Bunch(
         filenames=np.array(filenames, dtype=object),

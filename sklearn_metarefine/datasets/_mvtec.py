@@ -8,13 +8,22 @@ from sklearn.utils._param_validation import StrOptions, validate_params
 
 from ._files import (
     _absolute,
+    _defect_folders,
     _listing,
     _names,
     _paired,
     _png_files,
     _subfolders,
     is_folder_name,
+    warn_of_stray_images,
 )
+
+# The folders of a category that each split reads.
+_LAYOUT_FOLDERS = {
+    "train": ["train"],
+    "test": ["test", "ground_truth"],
+    "all": ["train", "test", "ground_truth"],
+}
 
 MVTEC_AD_CATEGORIES = (
     "bottle",
@@ -135,12 +144,19 @@ def load_mvtec_ad(root, category, *, split="all"):
     FileNotFoundError
         If `root`, the category, or the requested split is missing or holds no
         image, if a defective test image has no mask, if a mask has no
-        image, or if a PNG is a link to no file. The message names the path
-        and says where to get the data.
+        image, or if a PNG or a defect folder is a link to nothing. The
+        message names the path and says where to get the data.
     ValueError
         If `category` is not a folder name (a path, ``"."`` or ``".."``), or
         two files of a folder differ only in the case of their suffix
         (``000.png`` and ``000.PNG``, which would share one mask).
+
+    Warns
+    -----
+    UserWarning
+        If image files (any common suffix) lie under the folders read but
+        outside the layout, and were therefore not loaded; the message
+        lists them.
 
     See Also
     --------
@@ -199,6 +215,11 @@ def load_mvtec_ad(root, category, *, split="all"):
     if split in ("test", "all"):
         samples += _test_samples(folder)
     filenames, target, defect_type, mask_filenames, splits = zip(*samples)
+    warn_of_stray_images(
+        [folder / name for name in _LAYOUT_FOLDERS[split]],
+        [*filenames, *filter(None, mask_filenames)],
+        "MVTec AD layout (train/good/, test/<type>/, ground_truth/<type>/)",
+    )
     return Bunch(
         filenames=np.array(filenames, dtype=object),
         target=np.array(target, dtype=np.int64),
@@ -257,7 +278,7 @@ def _test_samples(folder):
     test = folder / "test"
     images = []
     if test.is_dir():
-        for defect in _subfolders(test):
+        for defect in _defect_folders(test):
             images += [(defect, image) for image in _png_files(test / defect)]
     if not images:
         problem = (
@@ -285,7 +306,7 @@ def _matched_masks(folder, images):
     }
     existing = set()
     if ground_truth.is_dir():
-        for defect in _subfolders(ground_truth):
+        for defect in _defect_folders(ground_truth):
             existing.update(_png_files(ground_truth / defect))
 
     masks, missing, orphans = _paired(masks, existing)

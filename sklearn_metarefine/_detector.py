@@ -12,12 +12,11 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._features import PretrainedFeatures
 from ._flows import MAMLFlowDetector
 from ._patch import PatchCoreDetector
-from ._patch._grid import shown_as
 from ._refine import IQRRefiner
 from ._sizes import FewHeldOutWarning, smallest_fit, warn_if_held_out_from_few
 from ._samples import distinct_training_images
 from ._scores import contamination_offset
-from ._utils import draw_seed, forget, restored_on_failure, silenced
+from ._utils import draw_seed, forget, restored_on_failure, shown_as, silenced
 
 # What the detector forwards to each component, beyond n_views, device,
 # verbose and random_state, which every component gets in its own way.
@@ -45,15 +44,9 @@ _FITTED = {
 # What the patch level forwards to PatchCoreDetector, beyond device, memory,
 # verbose and random_state.
 _PATCH_PARAMS = (
-    "backbone",
-    "weights",
-    "image_size",
-    "input_shape",
-    "grid_shape",
-    "coreset_fraction",
-    "k",
-    "contamination",
-)
+    "backbone", "weights", "image_size", "input_shape", "grid_shape",
+    "coreset_fraction", "k", "contamination",
+)  # fmt: skip
 
 
 def _forwarded_constraints():
@@ -116,9 +109,9 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         ``verbose``, and ignores the other parameters.
     weights : "DEFAULT", None or path-like, default="DEFAULT"
         Weights of the backbone, see :class:`PretrainedFeatures`.
-    image_size : int, default=224
-        Side every image is resized to before the first scale. The paper
-        uses 448.
+    image_size : int or (int, int), default=224
+        Side (or ``(height, width)``) every image is resized to before the
+        first scale. The paper uses 448.
     n_scales : int, default=3
         Resolutions the CNN sees, each half the previous one.
     n_views : int, default=1
@@ -152,7 +145,8 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         ``start="neighbors"``, as a count or a fraction of the training set.
     refit : {"cold", "warm", "auto"}, default="cold"
         How the flow is refitted after each round: from scratch, or warm from
-        the current (meta-learned) parameters as in the paper.
+        the current (meta-learned) parameters as in the paper. ``"auto"`` is
+        warm here (the flow continues its fit), as in :class:`IQRRefiner`.
     fence_scores : {"oof", "in_sample"}, default="oof"
         Score the training images for the fence with flows that did not see
         them (``cv`` folds), or, as the paper, with the flow fitted on them.
@@ -532,13 +526,15 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             :meth:`PatchCoreDetector.anomaly_map`.
         """
         with shown_as(self):
-            return self.detector_.anomaly_map(self._features(X))
+            features = self._features(X)  # checks that it is fitted first
+            return self.detector_.anomaly_map(features)
 
     @available_if(lambda self: self.level == "patch")
     def _scores_and_maps(self, X):
         """``score_samples(X)`` and ``anomaly_map(X)`` from one embedding of ``X``."""
         with shown_as(self):
-            return self.detector_._scores_and_maps(self._features(X))
+            features = self._features(X)
+            return self.detector_._scores_and_maps(features)
 
     def _features(self, X):
         check_is_fitted(self)
@@ -546,7 +542,8 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             return validate_data(self, X, dtype=np.float64, reset=False)
         if self.level == "patch":
             return X
-        return np.asarray(self.pipeline_[:-1].transform(X))  # a pandas output too
+        with shown_as(self):  # a pandas output too
+            return np.asarray(self.pipeline_[:-1].transform(X))
 
     def _build_patch_detector(self, seed):
         return PatchCoreDetector(

@@ -55,6 +55,28 @@ def check_nested_default(estimator, params, name, default):
 _SILENCED = contextvars.ContextVar("silenced", default=())
 
 
+# The estimator that messages and progress name, where another one fits and
+# scores a component for its user (MetaRefineDetector at the patch level).
+_SHOWN_AS = contextvars.ContextVar("shown_as", default=None)
+
+
+@contextlib.contextmanager
+def shown_as(estimator):
+    """Within it, components name ``estimator``'s class in their messages, not
+    theirs; inside another ``shown_as``, the outer estimator's stays."""
+    token = _SHOWN_AS.set(_SHOWN_AS.get() or type(estimator).__name__)
+    try:
+        yield
+    finally:
+        _SHOWN_AS.reset(token)
+
+
+def shown_name(estimator):
+    """The class name ``estimator``'s messages give: its own, or within
+    :func:`shown_as` that of the estimator using it."""
+    return _SHOWN_AS.get() or type(estimator).__name__
+
+
 @contextlib.contextmanager
 def silenced(category):
     """Drop this package's warnings of ``category`` (given through ``warn``)

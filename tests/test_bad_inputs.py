@@ -992,8 +992,20 @@ def test_sizes_with_a_fraction_or_no_number_are_refused(value):
     with pytest.raises(ValueError, match="image_size must be a positive int"):
         PretrainedFeatures(_backbone(), image_size=value, n_scales=1).fit(images)
     if value is not True:  # grid_shape takes a tuple or a list
-        with pytest.raises(ValueError, match="grid_shape must be a positive int"):
+        with pytest.raises(ValueError, match=r"grid_shape must be a \(height, width"):
             PatchCoreDetector(backbone=None, grid_shape=value).fit(np.zeros((4, 16)))
+
+
+@pytest.mark.parametrize("value", [(2,), [4]])
+def test_a_grid_shape_of_one_side_is_refused(value):
+    # (2,) was read as (2, 2), and the message offered a plain int, which the
+    # parameter checks refuse.
+    from sklearn_metarefine import PatchCoreDetector
+
+    detector = PatchCoreDetector(backbone=None, grid_shape=value)
+    with pytest.raises(ValueError, match=r"a \(height, width\) pair of") as error:
+        detector.fit(np.zeros((4, 16)))
+    assert "positive int or" not in str(error.value)
 
 
 @pytest.mark.parametrize(("image_size", "size"), [(64.0, [64, 64]), ((48, np.int64(32)), [48, 32])])

@@ -238,6 +238,37 @@ def test_patch_level_refusals_name_the_detector_the_user_fitted(capsys):
         PatchCoreDetector(image_size=32).fit(one)
 
 
+def test_anomaly_map_before_fit_is_not_fitted_error():
+    # It raised AttributeError: 'MetaRefineDetector' object has no attribute
+    # 'detector_'.
+    det = MetaRefineDetector(level="patch", image_size=32)
+    for method in (det.anomaly_map, det._scores_and_maps):
+        with pytest.raises(NotFittedError, match="MetaRefineDetector instance"):
+            method(np.zeros((2, 32, 32, 3), np.uint8))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("level", ["image", "patch"])
+def test_flattened_images_of_another_width_name_the_detector_called(level):
+    # The message named PatchFeatures or PretrainedFeatures, which the user
+    # never built.
+    images = np.random.RandomState(0).randint(0, 256, (12, 32, 32, 3), np.uint8)
+    flat = images.reshape(12, -1)
+    shape = dict(image_size=32, input_shape=(32, 32, 3))
+    detectors = [MetaRefineDetector(level=level, n_scales=1, cv=3, max_iter=1,
+                                    random_state=0, **shape, **TINY_FLOW)]
+    if level == "patch":
+        detectors.append(PatchCoreDetector(**shape))
+    for det in detectors:
+        det.fit(flat)
+        name = type(det).__name__
+        with pytest.raises(ValueError, match=f"3069 features, but {name} is expecting"):
+            det.predict(flat[:, :-3])
+    features = PretrainedFeatures("efficientnet_lite0", **shape, n_scales=1).fit(flat)
+    with pytest.raises(ValueError, match="but PretrainedFeatures is expecting"):
+        features.transform(flat[:, :-3])  # on its own, it names itself
+
+
 def test_a_small_training_set_warns_once_naming_the_detector_and_its_caller():
     # The refiner's warning named IQRRefiner and "samples", pointing into the
     # package's code, to a user who never built an IQRRefiner.

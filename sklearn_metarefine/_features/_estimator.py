@@ -18,7 +18,13 @@ from sklearn.utils.validation import (
 from tqdm.auto import tqdm
 
 from .._torch_utils import resolve_device, torch_seeded
-from .._utils import draw_seed, forget, int_pair, restored_on_failure
+from .._utils import (
+    draw_seed,
+    forget,
+    int_pair,
+    restored_on_failure,
+    shown_name,
+)
 from ._backbones import _PATCH_TAPS, _build_backbone, _fingerprint
 from ._embedding import _Plan, _global_average_pool
 from ._images import _image_source
@@ -95,7 +101,13 @@ class _BackboneTransformer(TransformerMixin, BaseEstimator):
         and warn of a table with names after a fit without, or the reverse:
         the pixels of reordered columns give other images without a word."""
         if _is_table(X) and hasattr(self, "n_features_in_"):
-            validate_data(self, X, skip_check_array=True, reset=False)
+            try:
+                validate_data(self, X, skip_check_array=True, reset=False)
+            except ValueError as error:  # named after the estimator called
+                own, shown = type(self).__name__, shown_name(self)
+                if shown == own:
+                    raise
+                raise ValueError(str(error).replace(own, shown)) from None
 
     def _load_backbone(self, build, rng):
         """Build the frozen backbone, seeded by ``rng``, on the device; set

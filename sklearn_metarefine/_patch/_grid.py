@@ -1,7 +1,6 @@
 """What the patch detectors share: images (or rows) to patch grids, grids to maps."""
 
 import contextlib
-import contextvars
 import copy
 import os
 import time
@@ -15,7 +14,7 @@ from tqdm.auto import tqdm
 from .._features import PatchFeatures
 from .._features._images import _image_source, one_image_with_channels
 from .._samples import distinct_training_images
-from .._utils import forget, int_pair
+from .._utils import forget, is_whole, shown_as, shown_name
 from ._bank import anomaly_maps
 
 # Where a grid cell's features are centred: cell i on CNN-input pixel
@@ -54,21 +53,6 @@ def cell_stride(backbone):
     """The input pixels between two cells of ``backbone``'s grid: 8 for the
     named backbones, None (the input's size over the cells) for a module."""
     return _CELL_STRIDE if isinstance(backbone, str) else None
-
-# The estimator a patch detector's messages and progress name, where another
-# one fits and scores it for its user (MetaRefineDetector at the patch level).
-_SHOWN_AS = contextvars.ContextVar("shown_as", default=None)
-
-
-@contextlib.contextmanager
-def shown_as(estimator):
-    """Within it, patch detectors name ``estimator``'s class, not theirs."""
-    token = _SHOWN_AS.set(type(estimator).__name__)
-    try:
-        yield
-    finally:
-        _SHOWN_AS.reset(token)
-
 
 # Constraints of the parameters that describe the input and its embedding.
 GRID_CONSTRAINTS = {
@@ -189,7 +173,7 @@ class PatchGridMixin:
     def _shown_name(self):
         """The name in messages and progress: the class's, or within
         :func:`shown_as` that of the estimator using this one."""
-        return _SHOWN_AS.get() or type(self).__name__
+        return shown_name(self)
 
     @contextlib.contextmanager
     def _stage(self, what):
@@ -263,7 +247,8 @@ class PatchGridMixin:
             verbose=self.verbose,
             random_state=seed,
         )
-        rows = self.features_.fit_transform(X)
+        with shown_as(self):  # its messages name this detector
+            rows = self.features_.fit_transform(X)
         if len(rows) < 2:
             raise ValueError(
                 f"n_samples={len(rows)}: {self._shown_name} needs at least 2 "
@@ -285,7 +270,8 @@ class PatchGridMixin:
             if quiet and features.verbose:
                 features = copy.copy(features)  # shares the backbone
                 features.verbose = 0
-            rows = features.transform(X)
+            with shown_as(self):
+                rows = features.transform(X)
         return self._as_patches(rows)
 
     def _as_cells(self, rows):
@@ -310,7 +296,14 @@ class PatchGridMixin:
     def _check_grid(self, n_features):
         if self.grid_shape is None:
             return (1, 1)
-        grid = tuple(int_pair(self.grid_shape, "grid_shape"))
+        if len(self.grid_shape) != 2 or not all(
+            is_whole(side) and side >= 1 for side in self.grid_shape
+        ):
+            raise ValueError(
+                "grid_shape must be a (height, width) pair of positive ints, or "
+                f"None; got {self.grid_shape!r}."
+            )
+        grid = tuple(int(side) for side in self.grid_shape)
         if n_features % (grid[0] * grid[1]):
             raise ValueError(
                 f"grid_shape={self.grid_shape!r} does not divide the {n_features} "

@@ -256,7 +256,12 @@ def _add_fit_parser(commands):
     )
     options = fit.add_argument_group("detector options (default: the detector's)")
     options.add_argument("--backbone", choices=_BACKBONES)
-    options.add_argument("--weights", metavar="FILE", help="backbone state dict file")
+    options.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="backbone state dict file, DEFAULT (ImageNet) or None (random; a "
+        "file named None: ./None)",
+    )
     options.add_argument("--image-size", type=int, metavar="PX")
     options.add_argument("--n-scales", type=int, metavar="N")
     options.add_argument("--n-views", type=int, metavar="N")
@@ -400,6 +405,8 @@ def _fit(args):
     names = ("backbone", "weights", "image_size", "n_scales", "n_views", "k",
              "max_iter", "max_epochs", "start", "random_state", "device")
     given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if given.get("weights") == "None":  # the word the weights' messages offer
+        given["weights"] = None
     params = with_settings(given, args.set)
     result = fit_folder(
         args.train_folder,

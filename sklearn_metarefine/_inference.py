@@ -232,6 +232,8 @@ def score_files(
     -------
     result : ScoreResult
     """
+    # First: a model that scores nothing is named so, not as one of vectors.
+    threshold, source = model_threshold(model, threshold)
     if not scores_images(model):
         raise InputError(
             "The model scores feature vectors, not images (it was fitted with "
@@ -246,7 +248,6 @@ def score_files(
         )
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
-    threshold, source = model_threshold(model, threshold)
     check_output_file(output, "results.csv")
     files = list_images(inputs)
     map_names = output_names(files, ".png") if maps is not None else None

@@ -330,6 +330,11 @@ def fit_folder(
     check_device(detector.device)
     check_output_file(output, "model.metarefine")
     files = list_images([train_folder])
+    if not os.path.isdir(train_folder):  # one file would be a training set of 1
+        raise InputError(
+            f"TRAIN_FOLDER {os.fspath(train_folder)!r} is a file; `metarefine fit` "
+            "takes the folder of the training images (subfolders included)."
+        )
     _check_outputs(output, level, train_folder, files)
     check_not_named_as_an_image(output, "model.metarefine")
     print(f"Found {len(files)} images under {train_folder}", file=sys.stderr)

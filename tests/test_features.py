@@ -4,6 +4,7 @@ import os
 import pickle
 import time
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,6 +251,14 @@ def test_unreadable_file_is_named(rgb, tmp_path):
 def test_bad_input_raises_a_clear_value_error(X, params, match):
     with pytest.raises(ValueError, match=match):
         tiny(**params).fit(X)
+
+
+@pytest.mark.parametrize("as_path", [str, Path])
+def test_a_folder_for_x_is_told_to_pass_its_files(tmp_path, as_path):
+    # It was called a single image and told to pass [X], which is refused
+    # in turn (a directory in a list).
+    with pytest.raises(IsADirectoryError, match=r"^X: '.*' is a directory.*glob"):
+        tiny().fit(as_path(tmp_path))
 
 
 def test_nan_pixels_are_rejected(gray):

@@ -244,6 +244,29 @@ def test_fit_refusals_of_the_detector_are_one_line(extra, message, capsys, tmp_p
     assert not model.exists()
 
 
+def test_fit_on_a_file_is_told_to_give_a_folder(folders, capsys, tmp_path):
+    # One image was counted as "1 images" and told the level needs 4.
+    image = folders / "train" / "part01.png"
+    model = tmp_path / "m.metarefine"
+    assert main(["fit", str(image), "--output", str(model), *TINY]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "part01.png' is a file" in error and "folder of the training" in error
+    assert not model.exists()
+
+
+def test_fit_takes_the_weights_its_message_offers(folders, capsys, tmp_path):
+    # A state dict that is not there is told "weights takes 'DEFAULT', None
+    # (random) or the path of a state dict"; --weights None was then read as
+    # a file named None, and refused again.
+    model = tmp_path / "m.metarefine"
+    argv = ["fit", str(folders / "train"), "--output", str(model), *TINY,
+            "--skip-unreadable", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--weights", str(tmp_path / "none.pth")]) == 1
+    assert "None (random)" in capsys.readouterr().err
+    assert main([*argv, "--weights", "None"]) == 0
+    assert load(model).weights is None
+
+
 def test_fit_stops_at_an_unreadable_file_and_names_it(folders, capsys, tmp_path):
     model = tmp_path / "m.metarefine"
     status = main(["fit", str(folders / "train"), "--output", str(model), *TINY])
@@ -667,6 +690,24 @@ def test_pipelines_that_save_accepts_are_scored_or_refused_in_one_line(
         assert status == 1 and not output.exists()
         assert message in err and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("fitted_first", [False, True])
+def test_a_model_file_of_a_transformer_is_told_it_scores_nothing(
+    folders, tmp_path, capsys, fitted_first
+):
+    # It was told that it scores feature vectors, not images.
+    from sklearn_metarefine import PretrainedFeatures, save
+
+    files = [str(folders / "new" / f"new{i}.bmp") for i in range(4)]
+    features = PretrainedFeatures("efficientnet_lite0", image_size=32, n_scales=1)
+    save(features.fit(files) if fitted_first else features, tmp_path / "f.metarefine")
+    argv = ["score", str(tmp_path / "f.metarefine"), *files, "--output",
+            str(tmp_path / "s.csv"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    expected = "has no score_samples" if fitted_first else "unfitted PretrainedFeatures"
+    assert expected in err and "feature vectors" not in err
 
 
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(

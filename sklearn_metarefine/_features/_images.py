@@ -235,9 +235,10 @@ def _missing_file(path, index):
     return f"X[{index}]: image file {os.fspath(path)!r} not found."
 
 
-def _directory(path, index):
+def _directory(path, index=None):
+    where = "X" if index is None else f"X[{index}]"
     return (
-        f"X[{index}]: {os.fspath(path)!r} is a directory, not an image file; "
+        f"{where}: {os.fspath(path)!r} is a directory, not an image file; "
         "pass the image files in it, e.g. sorted(Path(folder).glob('*.png'))."
     )
 
@@ -441,6 +442,8 @@ def one_image_with_channels(shape):
 
 def _image_source(X, input_shape):
     """Validate ``X`` and wrap it in an object that yields batches of images."""
+    if isinstance(X, (str, os.PathLike)) and os.path.isdir(X):
+        raise IsADirectoryError(_directory(X))
     if isinstance(X, (str, os.PathLike, Image.Image)):
         raise ValueError(
             f"X is a single image ({type(X).__name__}); pass a list of images or "

@@ -38,8 +38,8 @@ print(
 # %%
 # Fit the patch-level detector
 # ----------------------------
-# The memory bank keeps a 10% coreset of the training patches after the patches
-# that too few other training images show (a defect's) are cleaned out.
+# The memory bank keeps a 10% coreset of the training patches, from which the
+# patches that too few other training images show (a defect's) are then dropped.
 detector = MetaRefineDetector(level="patch", image_size=64, random_state=0)
 detector.fit(data.X_train)
 

@@ -88,7 +88,7 @@ class FlowDetector(OutlierMixin, BaseEstimator):
         removal of a few training samples the flow starts close to its
         optimum.
     contamination : "auto" or float, default="auto"
-        Sets :attr:`offset_`. A float is the expected fraction of outliers in
+        Sets ``offset_``. A float is the expected fraction of outliers in
         the training set: the offset is that percentile of the training
         scores. "auto" uses Tukey's fence ``Q3 + 1.5 * IQR`` of the training
         anomaly scores. These are in-sample scores, lower than a new normal

@@ -272,6 +272,11 @@ def test_load_mvtec_ad_refuses_a_link_to_no_defect_folder(mvtec_root):
     (bottle / "ground_truth/dent").symlink_to(mvtec_root / "offline/dent")
     with pytest.raises(FileNotFoundError, match="ground_truth/dent -> "):
         load_mvtec_ad(mvtec_root, "bottle", split="test")
+    (bottle / "ground_truth/dent").unlink()
+    # Any link to nothing there is refused: it does not say what it was.
+    (bottle / "test/notes.txt").symlink_to(mvtec_root / "offline/notes.txt")
+    with pytest.raises(FileNotFoundError, match="test/notes.txt -> "):
+        load_mvtec_ad(mvtec_root, "bottle")
     assert len(load_mvtec_ad(mvtec_root, "bottle", split="train").filenames) == 3
 
 
@@ -295,11 +300,25 @@ def test_load_mvtec_ad_warns_of_images_outside_its_layout(mvtec_root, stray):
         load_mvtec_ad(mvtec_root, "bottle", split=other)
 
 
-def test_the_stray_image_check_survives_a_link_loop(mvtec_root):
+@pytest.mark.parametrize("split, n_images", [("all", 8), ("test", 5)])
+def test_the_stray_image_check_passes_over_links_back_up_the_tree(
+    mvtec_root, split, n_images
+):
+    # A link to the category from inside it reported loaded files (and the
+    # training images, loaded or not) as not loaded, under the link's path.
+    (mvtec_root / "bottle/test/good/up").symlink_to(mvtec_root / "bottle")
     (mvtec_root / "bottle/test/good/loop").symlink_to(mvtec_root / "bottle/test")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert len(load_mvtec_ad(mvtec_root, "bottle").filenames) == 8
+        data = load_mvtec_ad(mvtec_root, "bottle", split=split)
+    assert len(data.filenames) == n_images
+
+
+def test_the_stray_image_warning_points_at_the_callers_line(mvtec_root):
+    _png(mvtec_root / "bottle/train/good/003.jpg")
+    with pytest.warns(UserWarning, match="not loaded") as record:
+        load_mvtec_ad(mvtec_root, "bottle")
+    assert record[0].filename == __file__
 
 
 # --- KolektorSDD2 ---------------------------------------------------------
@@ -900,11 +919,15 @@ def test_make_contaminated_split_without_test_side(mvtec_root):
 def test_make_contaminated_split_without_train_side():
     # A split of test images only (a dataset loaded with split="test") was
     # told to use a smaller test_size or noise, which fail again.
-    y = np.array([0] * 20 + [1] * 20)
-    for kwargs in ({}, {"test_size": 1, "noise": 0.0}, {"train_size": 2}):
+    for n_normal, kwargs in [
+        (20, {}), (20, {"test_size": 1, "noise": 0.0}), (20, {"train_size": 2}),
+        (3, {"test_size": 5}),  # was told test_size <= 3 first
+    ]:  # fmt: skip
+        y = np.array([0] * n_normal + [1] * 20)
+        split = ["test"] * len(y)
         with pytest.raises(ValueError, match='no normal sample on its "train" side'):
             make_contaminated(
-                np.arange(40), y, split=["test"] * 40, random_state=0, **kwargs
+                np.arange(len(y)), y, split=split, random_state=0, **kwargs
             )
 
 

@@ -180,13 +180,13 @@ def make_contaminated(
 
     # The test set is drawn (and ordered) first, from random numbers that depend
     # only on the pool sizes, so that it is the same at every noise level.
-    n_test = _test_count(test_size, normal & test_side, anomalous & test_side, split)
     if split is not None and not np.any(normal & train_side):
         raise ValueError(
             'split has no normal sample on its "train" side, where the training '
             f"set's normal samples come from ({int(np.sum(train_side))} samples "
             'there). Load the dataset with split="all" and pass its split.'
         )
+    n_test = _test_count(test_size, normal & test_side, anomalous & test_side, split)
     test_normal = _draw(rng, normal & test_side, n_test)
     test_anomalous = _draw(rng, anomalous & test_side, n_test)
     test_indices = rng.permutation(np.concatenate([test_normal, test_anomalous]))

@@ -1,10 +1,11 @@
 """File helpers shared by the dataset loaders: paths, listings and mask pairing."""
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
+
+from .._utils import warn
 
 # Masks and images are matched by name; showing every mismatch of a badly
 # extracted dataset would bury the first one, which is enough to act on.
@@ -70,8 +71,9 @@ def _subfolders(folder):
 
 
 def _defect_folders(folder):
-    """The subfolders of ``folder``, refusing links to nothing among them: a
-    folder of one defect type behind such a link was dropped without a word."""
+    """The subfolders of ``folder``, refusing any link to nothing in it: a
+    folder of one defect type behind such a link was dropped without a word
+    (and a link to nothing does not say whether it was a folder)."""
     broken = sorted(
         path
         for path in folder.iterdir()
@@ -91,32 +93,27 @@ def warn_of_stray_images(folders, loaded, layout):
 
     A loader reads only its layout (``layout`` says which); an image saved
     beside it (another suffix, a subfolder, another folder name) would be
-    left out without a word. Hidden files and folders are not reported.
+    left out without a word. Hidden files and folders are not reported, nor
+    is what lies behind a link to a folder below ``folders`` (it may lead
+    back up the tree, to files loaded under other names).
     """
-    loaded = {Path(path) for path in loaded}
-    stray, seen = [], set()
+    loaded = {os.path.realpath(path) for path in loaded}
+    stray = []
     for top in folders:
-        for here, subfolders, files in os.walk(top, followlinks=True):
-            real = os.path.realpath(here)
-            if real in seen:  # a link back up the tree
-                subfolders.clear()
-                continue
-            seen.add(real)
+        for here, subfolders, files in os.walk(top):
             subfolders[:] = [name for name in subfolders if not name.startswith(".")]
             stray += [
                 Path(here, name)
                 for name in files
                 if not name.startswith(".")
                 and Path(name).suffix.lower() in _IMAGE_SUFFIXES
-                and Path(here, name) not in loaded
+                and os.path.realpath(Path(here, name)) not in loaded
             ]
     if stray:
-        warnings.warn(
+        warn(
             f"{len(stray)} image file(s) outside the {layout} were not loaded:"
             f"{_listing(sorted(stray))}\nMove them into the layout (as PNG files) "
-            "to load them, or elsewhere to silence this warning.",
-            UserWarning,
-            stacklevel=3,
+            "to load them, or elsewhere to silence this warning."
         )
 
 
@@ -159,10 +156,12 @@ def defect_pixels(mask):
     round dark ones to 0, and alpha, palette indices and the channels of
     other colour spaces (CMYK's K of black) are not colours. A colour a PNG
     marks transparent (its tRNS key, ``mask.info["transparency"]``) is
-    invisible in any mode. The KolektorSDD2 loader's labels and the
-    benchmark's pixel masks both read masks through this, so that a
-    KolektorSDD2 image is labelled defective exactly when its mask has a
-    defect pixel (MVTec AD labels by folder).
+    invisible in 1-bit, 8-bit and 16-bit gray, 8-bit RGB and palette masks
+    (not in 2- and 4-bit gray or 16-bit RGB ones, whose key Pillow gives at
+    the file's depth and their pixels at another). The KolektorSDD2 loader's
+    labels and the benchmark's pixel masks both read masks through this, so
+    that a KolektorSDD2 image is labelled defective exactly when its mask has
+    a defect pixel (MVTec AD labels by folder).
     """
     bands = mask.getbands()
     key = mask.info.get("transparency")

@@ -144,8 +144,9 @@ def load_mvtec_ad(root, category, *, split="all"):
     FileNotFoundError
         If `root`, the category, or the requested split is missing or holds no
         image, if a defective test image has no mask, if a mask has no
-        image, or if a PNG or a defect folder is a link to nothing. The
-        message names the path and says where to get the data.
+        image, if a PNG is a link to no file, or if any link directly in
+        ``test/`` or ``ground_truth/`` (a defect folder's place) points to
+        nothing. The message names the path and says where to get the data.
     ValueError
         If `category` is not a folder name (a path, ``"."`` or ``".."``), or
         two files of a folder differ only in the case of their suffix

@@ -4,6 +4,7 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import uuid
 from pathlib import Path
 
@@ -146,6 +147,16 @@ def remove_empty(made):
             pass
 
 
+def keep_mode(path, temporary):
+    """Give ``temporary`` the permissions of the file it replaces, if any: a
+    file the user made private stays private."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    os.chmod(temporary, mode)
+
+
 def atomic_write(path, write, *, mode="w"):
     """Write a file through a temporary file in its folder and ``os.replace``.
 
@@ -164,6 +175,7 @@ def atomic_write(path, write, *, mode="w"):
         with errors_naming(path):  # a full disk, a file too large
             with file:
                 write(file)
+            keep_mode(path, temporary)
             os.replace(temporary, path)
         done = True
     finally:

@@ -282,7 +282,22 @@ def test_a_cache_folder_in_a_file_is_not_used(model_path, tmp_path):
 
 
 def test_device_argument_replaces_every_device_parameter(image_detector, model_path):
-    save(image_detector.set_params(device="auto"), model_path)
+    # Every component saved with "auto": a load that replaced only the outer
+    # estimator's device passed when the nested ones were saved with "cpu".
+    components = [
+        image_detector,
+        image_detector.pipeline_[0],
+        image_detector.refiner_.estimator_,
+    ]
+    try:
+        for component in components:
+            component.set_params(device="auto")
+        save(image_detector, model_path)
+    finally:
+        for component in components:
+            component.set_params(device="cpu")
+    kept = load(model_path)
+    assert {kept.pipeline_[0].device, kept.refiner_.estimator_.device} == {"auto"}
     loaded = load(model_path, device="cpu")
     devices = {
         loaded.device,
@@ -291,7 +306,6 @@ def test_device_argument_replaces_every_device_parameter(image_detector, model_p
     }
     assert devices == {"cpu"}
     assert loaded.pipeline_[0].device_ == torch.device("cpu")
-    image_detector.set_params(device="cpu")
 
 
 def test_a_module_backbone_is_refused_with_the_reason(images, model_path):
@@ -498,7 +512,14 @@ def test_altered_members_and_parameters_are_refused(table, model_path):
     manifest["estimator"]["$estimator"]["params"]["n_blocks"] = 2
     manifest["estimator"]["$estimator"]["params"]["run"] = "rm -rf /"
     _rewrite(model_path, manifest=manifest)
-    with pytest.raises(ModelFileError, match=r"\['run'\] are not parameters"):
+    with pytest.raises(ModelFileError, match=r"\['run'\] are not parameters") as error:
+        load(model_path)
+    # The file is named (it was not), and a newer release's file says so.
+    assert str(error.value).startswith(repr(str(model_path)))
+    assert "written by" not in str(error.value)
+    manifest["versions"]["sklearn-metarefine"] = "99.0"
+    _rewrite(model_path, manifest=manifest)
+    with pytest.raises(ModelFileError, match=r"written by sklearn-metarefine 99\.0"):
         load(model_path)
 
 
@@ -654,6 +675,77 @@ def test_a_newer_format_is_refused_and_other_versions_warn(table, model_path):
     _rewrite(model_path, manifest=manifest)
     with pytest.raises(ModelFileError, match="format 99.*upgrade"):
         load(model_path)
+
+
+def _identity(x):
+    return x
+
+
+def test_save_refuses_what_no_load_could_import(table, model_path):
+    # A lambda was saved with a warning to load it with trusted=[...<lambda>],
+    # which then failed; a class (a forgotten "()") warned against the
+    # package's own class; a longdouble parameter was "nested too deep".
+    lam = make_pipeline(FunctionTransformer(lambda x: x), IsolationForest())
+    with pytest.raises(TypeError, match=r"<lambda>.*defined at the top of a module"):
+        save(IQRRefiner(lam, random_state=0).fit(table), model_path)
+    with pytest.raises(TypeError, match="got the class MetaRefineDetector"):
+        save(MetaRefineDetector, model_path)
+    refiner = IQRRefiner(IsolationForest(), k=np.longdouble(1.5)).fit(table)
+    with pytest.raises(TypeError, match=r"Cannot save .*\.k: a numpy float128"):
+        save(refiner, model_path)
+    refiner = IQRRefiner(IsolationForest(), k=1.5).fit(table)
+    refiner.extra_ = np.ones(3, np.longdouble)
+    with pytest.raises(TypeError, match="extra_: an array of dtype float128"):
+        save(refiner, model_path)
+    assert not model_path.exists()
+    # A function of a module is saved and loads once trusted.
+    named = make_pipeline(FunctionTransformer(_identity), IsolationForest())
+    with pytest.warns(UserWarning, match="_identity"):
+        save(IQRRefiner(named, random_state=0).fit(table), model_path)
+    load(model_path, trusted=[f"{__name__}._identity"])
+
+
+@pytest.mark.parametrize("trusted", [True, None, "pyod.models.knn.KNN"])
+def test_trusted_that_is_no_list_of_names_is_refused(table, model_path, trusted):
+    # True and None gave "'bool' object is not iterable"; a string was read
+    # as its characters.
+    save(IQRRefiner(IsolationForest(), random_state=0).fit(table), model_path)
+    with pytest.raises(TypeError, match="trusted must be a list of type names"):
+        load(model_path, trusted=trusted)
+
+
+def test_special_files_are_refused_and_replaced_files_keep_their_mode(
+    table, model_path, tmp_path
+):
+    # A pipe was "not found" to load and replaced by a file in save; a private
+    # model file became readable by all when saved again.
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        load(pipe)
+    refiner = IQRRefiner(IsolationForest(), random_state=0).fit(table)
+    with pytest.raises(ValueError, match="not a regular file"):
+        save(refiner, pipe)
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    save(refiner, model_path)
+    os.chmod(model_path, 0o600)
+    save(refiner, model_path)
+    assert stat.S_IMODE(os.stat(model_path).st_mode) == 0o600
+
+
+def test_a_model_asking_for_missing_cuda_names_the_file_and_loads_device(
+    table, model_path, monkeypatch
+):
+    save(FlowDetector(**TINY_FLOW).fit(table), model_path)
+    manifest = _manifest(model_path)
+    manifest["estimator"]["$estimator"]["params"]["device"] = "cuda"
+    _rewrite(model_path, manifest=manifest)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device='cpu'") as error:
+        load(model_path)
+    assert not isinstance(error.value, ModelFileError)
+    assert str(model_path) in str(error.value) and "load(path" in str(error.value)
+    assert load(model_path, device="cpu").device == "cpu"
 
 
 def test_a_missing_file_and_a_foreign_zip_are_refused(tmp_path):

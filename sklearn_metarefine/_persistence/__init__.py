@@ -34,7 +34,7 @@ from ._archive import (
     warn_on_version_mismatch,
     write_archive,
 )
-from ._codec import Decoder, Encoder, nested_estimators
+from ._codec import Decoder, DeviceUnavailableError, Encoder, nested_estimators
 
 __all__ = ["ModelFileError", "ModelVersionWarning", "load", "nested_estimators", "save"]
 
@@ -64,21 +64,25 @@ def save(estimator, path):
         parameters (a :class:`PatchFlowDetector`'s too); a
         :class:`PatchCoreDetector` stores its memory bank as arrays. Estimators of other libraries are stored with skops.
     path : str or path-like
-        File to write, replaced atomically if it exists. The extension is free;
-        the command line writes ``.metarefine``.
+        File to write, replaced atomically if it exists (keeping its
+        permissions). The extension is free; the command line writes
+        ``.metarefine``.
 
     Raises
     ------
     TypeError
         When a part of the estimator cannot be stored without code: a
         feature transformer or detector with a ``torch.nn.Module`` backbone, a
-        parameter holding a function, an estimator skops cannot serialise.
-        The message names the part.
+        parameter holding a function, an estimator skops cannot serialise, a
+        lambda or a function defined inside another (no load could import
+        it), extended-precision numbers (``np.longdouble``). The message
+        names the part. Also when ``estimator`` is a class, not an instance.
     ValueError
         When the estimator nests pipelines or values so deep that its manifest
         would hold more than 200 levels of lists and objects, which
         :func:`load` refuses; or when ``path`` is a symbolic link, which
-        would be replaced rather than its target.
+        would be replaced rather than its target, or a pipe, socket or
+        device.
     IsADirectoryError
         When ``path`` is a folder, or names one (empty, or ending in a
         separator, ``.`` or ``..``).
@@ -118,6 +122,11 @@ def save(estimator, path):
     >>> bool(np.array_equal(loaded.score_samples(X), refiner.score_samples(X)))
     True
     """
+    if isinstance(estimator, type):
+        raise TypeError(
+            f"save expects an estimator, got the class {estimator.__qualname__}: "
+            f"save an instance, such as {estimator.__name__}(...) after fit."
+        )
     if not hasattr(estimator, "get_params"):
         raise TypeError(
             f"save expects an estimator, got a {type(estimator).__qualname__}."
@@ -130,6 +139,11 @@ def save(estimator, path):
         raise IsADirectoryError(
             f"{text!r} {what}; save writes a model file: give its "
             f"path, such as {os.path.join(text, 'model.metarefine')!r}."
+        )
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(
+            f"{text!r} is not a regular file (a pipe, socket or device): save "
+            "would replace it with a model file. Give the path of a file."
         )
     if os.path.islink(path):
         raise ValueError(
@@ -159,6 +173,18 @@ def save(estimator, path):
         "estimator": tree,
     }
     write_archive(path, manifest, members)
+
+
+def _written_by(manifest, installed):
+    """What a decoding error owes to another release of the package, if any."""
+    written = manifest["versions"].get("sklearn-metarefine")
+    if written is None or written == installed["sklearn-metarefine"]:
+        return ""
+    return (
+        f" The file was written by sklearn-metarefine {written}; this is "
+        f"{installed['sklearn-metarefine']}: load it with that version, or fit "
+        "the model again with this one."
+    )
 
 
 def load(path, *, device=None, trusted=()):
@@ -195,7 +221,11 @@ def load(path, *, device=None, trusted=()):
     FileNotFoundError
         No file at ``path``.
     TypeError
-        ``device`` is neither None, a str nor a ``torch.device``.
+        ``device`` is neither None, a str nor a ``torch.device``, or
+        ``trusted`` is not a list of names.
+    ValueError
+        The model's ``device`` (or ``device``) asks for CUDA on a machine
+        without it; the message says to pass ``device="cpu"``.
 
     Warns
     -----
@@ -233,6 +263,7 @@ def load(path, *, device=None, trusted=()):
             f"torch.device; got {device!r}."
         )
     manifest, members = read_archive(path)
+    path = os.fspath(path)  # named as given, not as a PosixPath(...)
     try:
         arrays = safetensors_numpy.load(members.get(ARRAYS, b""))
     except SafetensorError as error:
@@ -249,14 +280,20 @@ def load(path, *, device=None, trusted=()):
     tree = manifest["estimator"]
     if len(tree) != 1 or next(iter(tree)) not in ("$estimator", "$skops"):
         raise ModelFileError(f"{path!r}: its manifest holds no estimator.")
+    installed = _versions()
     try:
         estimator = decoder.value(tree, "the model")
+    except ModelFileError as error:
+        raise ModelFileError(
+            f"{path!r}: {error}{_written_by(manifest, installed)}"
+        ) from None
     except (TypeError, KeyError, IndexError, AttributeError) as error:
         # What the decoder's own checks did not foresee in a malformed file.
         raise ModelFileError(
             f"{path!r}: malformed model file ({type(error).__name__}: {error})."
         ) from error
-    installed = _versions()
+    except DeviceUnavailableError as error:  # the machine's, not the file's
+        raise ValueError(f"{path!r}: {error}") from None
     warn_on_version_mismatch(
         manifest["versions"],
         {

@@ -173,6 +173,12 @@ def read_archive(path):
             "sklearn_metarefine.save or `metarefine fit`."
         )
     if not os.path.isfile(path):
+        if os.path.exists(path):  # a pipe or a device: reading it may hang
+            raise ModelFileError(
+                f"Model file {path!r} is not a regular file (a pipe, socket or "
+                "device); give the model file written by sklearn_metarefine.save "
+                "or `metarefine fit`."
+            )
         raise FileNotFoundError(f"Model file {path!r} not found.")
     if not zipfile.is_zipfile(path):
         _refuse_non_zip(path)

@@ -14,6 +14,7 @@ state holds torch modules (or a torch device), also a hook to ``_TORCH_HOOKS``
 that says which attributes it stores and how it rebuilds them.
 """
 
+import collections.abc
 import importlib
 import math
 import os
@@ -191,7 +192,16 @@ class Encoder:
         from . import _foreign
 
         data = _foreign.dumps(estimator, where)
-        self.untrusted_types.update(_foreign.untrusted_types(data, ()))
+        untrusted = _foreign.untrusted_types(data, ())
+        # A lambda or a function defined inside another has no name to import
+        # back: the file would load under no trusted= at all.
+        unnamed = [name for name in untrusted if "<" in name]
+        if unnamed:
+            raise TypeError(
+                f"Cannot save {where}: it holds {unnamed}, which no load can "
+                "import back. Use a function defined at the top of a module."
+            )
+        self.untrusted_types.update(untrusted)
         self.skops.append(data)
         reference = {"$skops": len(self.skops) - 1}
         self._estimator_refs[id(estimator)] = reference
@@ -249,12 +259,10 @@ class Encoder:
             return str(value)
         if value.dtype.kind not in _NUMERIC_KINDS:
             raise TypeError(f"Cannot save {where}: a numpy {value.dtype} scalar.")
-        return {
-            "$scalar": {
-                "dtype": value.dtype.str,
-                "value": self.value(value.item(), where),
-            }
-        }
+        item = value.item()
+        if isinstance(item, np.generic):  # longdouble: no Python equivalent
+            raise TypeError(f"Cannot save {where}: a numpy {value.dtype} scalar.")
+        return {"$scalar": {"dtype": value.dtype.str, "value": self.value(item, where)}}
 
     def _array(self, array, where):
         if id(array) in self._array_keys:
@@ -272,13 +280,18 @@ class Encoder:
                     "dtype": array.dtype.str,
                 }
             }
-        if array.dtype.kind not in _NUMERIC_KINDS:
+        if array.dtype.kind not in _NUMERIC_KINDS or array.dtype.itemsize > 8:
+            # Extended precision (float96, float128) is no safetensors dtype.
             raise TypeError(f"Cannot save {where}: an array of dtype {array.dtype}.")
         key = str(len(self.arrays))
         self.arrays[key] = np.require(array, requirements="C")
         self._array_keys[id(array)] = key
         self._alive.append(array)
         return {"$array": key}
+
+
+class DeviceUnavailableError(ValueError):
+    """The device a model file's components ask for is not on this machine."""
 
 
 class Decoder:
@@ -293,6 +306,13 @@ class Decoder:
         self.arrays = arrays
         self.skops = skops
         self.device = device
+        if isinstance(trusted, (str, bytes)) or not isinstance(
+            trusted, collections.abc.Iterable
+        ):
+            raise TypeError(
+                "load's trusted must be a list of type names, such as "
+                f"trusted=['pyod.models.knn.KNN']; got {trusted!r}."
+            )
         self.trusted = tuple(trusted)
         self._estimators = []
         self._decoded_arrays = {}
@@ -385,8 +405,14 @@ class Decoder:
             raise ModelFileError(f"{where}: {node['class']} holds no torch state.")
         state = self._typed(self.value(node["torch_state"], where), dict, where)
         # Outside the try: no CUDA for device="cuda" is the machine's problem,
-        # not the file's, and its message says what to do.
-        device = device_of(estimator)
+        # not the file's.
+        try:
+            device = device_of(estimator)
+        except ValueError as error:
+            raise DeviceUnavailableError(
+                f"{where}: {error} To load the model on this machine, pass "
+                "load(path, device='cpu') or device='auto'."
+            ) from None
         try:
             hook.restore(estimator, state, device)
         except ModelFileError:

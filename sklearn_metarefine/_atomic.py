@@ -147,14 +147,14 @@ def remove_empty(made):
             pass
 
 
-def keep_mode(path, temporary):
-    """Give ``temporary`` the permissions of the file it replaces, if any: a
-    file the user made private stays private."""
+def replace(temporary, path):
+    """``os.replace``, giving ``temporary`` the permissions of the file it
+    replaces, if any: a file the user made private stays private."""
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
+        os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode))
     except FileNotFoundError:
-        return
-    os.chmod(temporary, mode)
+        pass
+    os.replace(temporary, path)
 
 
 def atomic_write(path, write, *, mode="w"):
@@ -175,8 +175,7 @@ def atomic_write(path, write, *, mode="w"):
         with errors_naming(path):  # a full disk, a file too large
             with file:
                 write(file)
-            keep_mode(path, temporary)
-            os.replace(temporary, path)
+            replace(temporary, path)
         done = True
     finally:
         # Remove only what this call created, and never let a failure to

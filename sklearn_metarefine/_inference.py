@@ -23,7 +23,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ._atomic import closing_named, discard, make_folder, named, temporary_name
+from ._atomic import (
+    closing_named,
+    discard,
+    make_folder,
+    named,
+    replace,
+    temporary_name,
+)
 from ._image_files import (
     PATH_ERRORS,
     InputError,
@@ -297,8 +304,8 @@ def score_files(
         if pending:
             named(output, Path(output).unlink, missing_ok=True)
         for written, path in pending:
-            named(path, os.replace, written, path)
-        named(output, os.replace, partial, output)
+            named(path, replace, written, path)
+        named(output, replace, partial, output)
         complete = True
     finally:
         try:

@@ -10,7 +10,14 @@ from pathlib import Path
 from sklearn.utils._param_validation import InvalidParameterError
 from tqdm.auto import tqdm
 
-from ._atomic import discard, errors_naming, make_folder, named, temporary_name
+from ._atomic import (
+    discard,
+    errors_naming,
+    make_folder,
+    named,
+    replace,
+    temporary_name,
+)
 from ._image_files import (
     PATH_ERRORS,
     InputError,
@@ -390,10 +397,10 @@ def fit_folder(
                 path.unlink(missing_ok=True)
         for path in aside:
             path.unlink(missing_ok=True)
-        os.replace(model_aside, output)
+        replace(model_aside, output)
         for path, written in aside.items():
             if written.exists():
-                os.replace(written, path)
+                replace(written, path)
         complete = True
     finally:
         discard([*aside.values(), model_aside], [] if complete else made)

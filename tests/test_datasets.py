@@ -314,6 +314,26 @@ def test_the_stray_image_check_passes_over_links_back_up_the_tree(
     assert len(data.filenames) == n_images
 
 
+def test_the_stray_image_check_looks_behind_links_to_folders_elsewhere(
+    mvtec_root, tmp_path
+):
+    # A defect folder that is a link (a dataset assembled from several
+    # drives) was not checked once links were no longer followed.
+    elsewhere = tmp_path / "drive"
+    _png(elsewhere / "dent/000.png")
+    _png(elsewhere / "dent/001.jpg")
+    _png(elsewhere / "more/002.png")
+    bottle = mvtec_root / "bottle"
+    (bottle / "test/dent").symlink_to(elsewhere / "dent")
+    _png(bottle / "ground_truth/dent/000_mask.png", defect=255)
+    (bottle / "train/good/more").symlink_to(elsewhere / "more")
+    with pytest.warns(UserWarning, match="2 image file") as record:
+        data = load_mvtec_ad(mvtec_root, "bottle")
+    message = str(record[0].message)
+    assert "dent/001.jpg" in message and "good/more/002.png" in message
+    assert len(data.filenames) == 9
+
+
 def test_the_stray_image_warning_points_at_the_callers_line(mvtec_root):
     _png(mvtec_root / "bottle/train/good/003.jpg")
     with pytest.warns(UserWarning, match="not loaded") as record:

@@ -267,6 +267,21 @@ def test_fit_takes_the_weights_its_message_offers(folders, capsys, tmp_path):
     assert load(model).weights is None
 
 
+def test_a_private_model_and_its_reports_stay_private(fitted, tmp_path):
+    # fit wrote the new model aside and moved it over the old one, whose mode
+    # it dropped (0600 became 0644).
+    import shutil
+    import stat
+
+    model = tmp_path / "m.metarefine"
+    shutil.copy(fitted, model)
+    os.chmod(model, 0o600)
+    argv = ["fit", str(fitted.parents[1] / "train"), "--output", str(model), *TINY,
+            "--skip-unreadable", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert stat.S_IMODE(os.stat(model).st_mode) == 0o600
+
+
 def test_fit_stops_at_an_unreadable_file_and_names_it(folders, capsys, tmp_path):
     model = tmp_path / "m.metarefine"
     status = main(["fit", str(folders / "train"), "--output", str(model), *TINY])

@@ -681,6 +681,19 @@ def _identity(x):
     return x
 
 
+def _scaler(factor):
+    def scale(x):
+        return x * factor
+
+    return scale
+
+
+class _Functions:
+    @staticmethod
+    def identity(x):
+        return x
+
+
 def test_save_refuses_what_no_load_could_import(table, model_path):
     # A lambda was saved with a warning to load it with trusted=[...<lambda>],
     # which then failed; a class (a forgotten "()") warned against the
@@ -690,13 +703,21 @@ def test_save_refuses_what_no_load_could_import(table, model_path):
         save(IQRRefiner(lam, random_state=0).fit(table), model_path)
     with pytest.raises(TypeError, match="got the class MetaRefineDetector"):
         save(MetaRefineDetector, model_path)
-    refiner = IQRRefiner(IsolationForest(), k=np.longdouble(1.5)).fit(table)
-    with pytest.raises(TypeError, match=r"Cannot save .*\.k: a numpy float128"):
-        save(refiner, model_path)
-    refiner = IQRRefiner(IsolationForest(), k=1.5).fit(table)
-    refiner.extra_ = np.ones(3, np.longdouble)
-    with pytest.raises(TypeError, match="extra_: an array of dtype float128"):
-        save(refiner, model_path)
+    for function in (_scaler(2.0), _Functions.identity):
+        # Named in the file as module.name, where neither is.
+        nested = make_pipeline(FunctionTransformer(function), IsolationForest())
+        refiner = IQRRefiner(nested, random_state=0).fit(table)
+        with pytest.raises(TypeError, match=r"(<locals>.scale|Functions.identity)'\]"):
+            save(refiner, model_path)
+    if np.dtype(np.longdouble).itemsize > 8:  # where it is no float64
+        name = np.dtype(np.longdouble).name
+        refiner = IQRRefiner(IsolationForest(), k=np.longdouble(1.5)).fit(table)
+        with pytest.raises(TypeError, match=rf"Cannot save .*\.k: a numpy {name}"):
+            save(refiner, model_path)
+        refiner = IQRRefiner(IsolationForest(), k=1.5).fit(table)
+        refiner.extra_ = np.ones(3, np.longdouble)
+        with pytest.raises(TypeError, match=f"extra_: an array of dtype {name}"):
+            save(refiner, model_path)
     assert not model_path.exists()
     # A function of a module is saved and loads once trusted.
     named = make_pipeline(FunctionTransformer(_identity), IsolationForest())
@@ -705,13 +726,32 @@ def test_save_refuses_what_no_load_could_import(table, model_path):
     load(model_path, trusted=[f"{__name__}._identity"])
 
 
-@pytest.mark.parametrize("trusted", [True, None, "pyod.models.knn.KNN"])
+@pytest.mark.parametrize(
+    "trusted", [True, None, "pyod.models.knn.KNN", ["sklearn.tree._tree.Tree", 3]]
+)
 def test_trusted_that_is_no_list_of_names_is_refused(table, model_path, trusted):
     # True and None gave "'bool' object is not iterable"; a string was read
     # as its characters.
     save(IQRRefiner(IsolationForest(), random_state=0).fit(table), model_path)
     with pytest.raises(TypeError, match="trusted must be a list of type names"):
         load(model_path, trusted=trusted)
+
+
+def test_the_version_hint_goes_only_with_what_another_release_explains(
+    table, model_path
+):
+    # An untrusted type was also told to load the file with the release
+    # that wrote it, which refuses it alike.
+    named = make_pipeline(FunctionTransformer(_identity), IsolationForest())
+    with pytest.warns(UserWarning, match="_identity"):
+        save(IQRRefiner(named, random_state=0).fit(table), model_path)
+    manifest = _manifest(model_path)
+    manifest["versions"]["sklearn-metarefine"] = "99.0"
+    _rewrite(model_path, manifest=manifest)
+    with pytest.raises(ModelFileError, match="not trusted") as error:
+        load(bytes(model_path))  # a path as bytes, as os functions take
+    assert "written by" not in str(error.value)
+    assert str(error.value).startswith(repr(str(model_path)))
 
 
 def test_special_files_are_refused_and_replaced_files_keep_their_mode(

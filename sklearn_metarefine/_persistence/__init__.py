@@ -34,7 +34,13 @@ from ._archive import (
     warn_on_version_mismatch,
     write_archive,
 )
-from ._codec import Decoder, DeviceUnavailableError, Encoder, nested_estimators
+from ._codec import (
+    Decoder,
+    DeviceUnavailableError,
+    Encoder,
+    SchemaError,
+    nested_estimators,
+)
 
 __all__ = ["ModelFileError", "ModelVersionWarning", "load", "nested_estimators", "save"]
 
@@ -74,8 +80,9 @@ def save(estimator, path):
         When a part of the estimator cannot be stored without code: a
         feature transformer or detector with a ``torch.nn.Module`` backbone, a
         parameter holding a function, an estimator skops cannot serialise, a
-        lambda or a function defined inside another (no load could import
-        it), extended-precision numbers (``np.longdouble``). The message
+        lambda, a function defined inside another or a static method (no
+        load could import it by name), extended-precision numbers
+        (``np.longdouble`` where it is wider than float64). The message
         names the part. Also when ``estimator`` is a class, not an instance.
     ValueError
         When the estimator nests pipelines or values so deep that its manifest
@@ -131,6 +138,7 @@ def save(estimator, path):
         raise TypeError(
             f"save expects an estimator, got a {type(estimator).__qualname__}."
         )
+    path = os.fsdecode(path) if isinstance(path, bytes) else path
     text = os.fspath(path)
     if os.path.isdir(path) or names_a_folder(text):
         # Saved as a file of the folder's name, which load then could not
@@ -252,6 +260,7 @@ def load(path, *, device=None, trusted=()):
     >>> load(path).predict([[0.0, 0.0], [8.0, 8.0]])
     array([ 1, -1])
     """
+    path = os.fsdecode(path) if isinstance(path, bytes) else path
     torch = sys.modules.get("torch")  # a torch.device implies torch imported
     if not (
         device is None
@@ -283,10 +292,12 @@ def load(path, *, device=None, trusted=()):
     installed = _versions()
     try:
         estimator = decoder.value(tree, "the model")
-    except ModelFileError as error:
+    except SchemaError as error:  # perhaps a file of another release
         raise ModelFileError(
             f"{path!r}: {error}{_written_by(manifest, installed)}"
         ) from None
+    except ModelFileError as error:
+        raise ModelFileError(f"{path!r}: {error}") from None
     except (TypeError, KeyError, IndexError, AttributeError) as error:
         # What the decoder's own checks did not foresee in a malformed file.
         raise ModelFileError(

@@ -15,11 +15,13 @@ that says which attributes it stores and how it rebuilds them.
 """
 
 import collections.abc
+import functools
 import importlib
 import math
 import os
 import re
 import sys
+import types
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -93,9 +95,28 @@ def _class_name(cls):
     return None
 
 
+def _functions_without_a_module_name(estimator):
+    """The functions among ``estimator``'s parameters (and in partials of
+    them) that skops would store as ``module.name`` but that are not there:
+    lambdas, functions defined inside another, methods."""
+    found = []
+    values = list(estimator.get_params(deep=True).values())
+    while values:
+        value = values.pop()
+        if isinstance(value, functools.partial):
+            values += [value.func, *value.args, *value.keywords.values()]
+        elif isinstance(value, (list, tuple)):
+            values += value
+        elif isinstance(value, types.FunctionType) and (
+            value.__qualname__ != value.__name__
+        ):
+            found.append(f"{value.__module__}.{value.__qualname__}")
+    return sorted(found)
+
+
 def _allowed_class(name, where):
     if not isinstance(name, str) or name not in PACKAGE_CLASSES:
-        raise ModelFileError(
+        raise SchemaError(
             f"{where} names class {name!r}, which is not one of the classes a "
             f"model file may hold ({', '.join(sorted(PACKAGE_CLASSES))}); refusing "
             "to load it."
@@ -191,17 +212,15 @@ class Encoder:
     def _foreign(self, estimator, where):
         from . import _foreign
 
-        data = _foreign.dumps(estimator, where)
-        untrusted = _foreign.untrusted_types(data, ())
-        # A lambda or a function defined inside another has no name to import
-        # back: the file would load under no trusted= at all.
-        unnamed = [name for name in untrusted if "<" in name]
-        if unnamed:
+        unnamed = _functions_without_a_module_name(estimator)
+        if unnamed:  # the file would load under no trusted= at all
             raise TypeError(
                 f"Cannot save {where}: it holds {unnamed}, which no load can "
-                "import back. Use a function defined at the top of a module."
+                "import back by name. Use a function defined at the top of a "
+                "module."
             )
-        self.untrusted_types.update(untrusted)
+        data = _foreign.dumps(estimator, where)
+        self.untrusted_types.update(_foreign.untrusted_types(data, ()))
         self.skops.append(data)
         reference = {"$skops": len(self.skops) - 1}
         self._estimator_refs[id(estimator)] = reference
@@ -290,6 +309,11 @@ class Encoder:
         return {"$array": key}
 
 
+class SchemaError(ModelFileError):
+    """A class, parameter or attribute this version of the package does not
+    have or accept: the file may come from another release."""
+
+
 class DeviceUnavailableError(ValueError):
     """The device a model file's components ask for is not on this machine."""
 
@@ -306,14 +330,18 @@ class Decoder:
         self.arrays = arrays
         self.skops = skops
         self.device = device
-        if isinstance(trusted, (str, bytes)) or not isinstance(
-            trusted, collections.abc.Iterable
-        ):
+        names = (
+            None
+            if isinstance(trusted, (str, bytes))
+            or not isinstance(trusted, collections.abc.Iterable)
+            else tuple(trusted)
+        )
+        if names is None or not all(isinstance(name, str) for name in names):
             raise TypeError(
                 "load's trusted must be a list of type names, such as "
                 f"trusted=['pyod.models.knn.KNN']; got {trusted!r}."
             )
-        self.trusted = tuple(trusted)
+        self.trusted = names
         self._estimators = []
         self._decoded_arrays = {}
         self._decoded_skops = {}
@@ -368,7 +396,7 @@ class Decoder:
         params = self._dict(node["params"], where)
         unknown = set(params) - set(cls._get_param_names())
         if unknown:
-            raise ModelFileError(
+            raise SchemaError(
                 f"{where}: parameters {sorted(unknown)} are not parameters of "
                 f"{cls.__name__} in this version of the package."
             )
@@ -379,12 +407,12 @@ class Decoder:
         try:
             estimator._validate_params()
         except InvalidParameterError as error:
-            raise ModelFileError(f"{where}: {error}") from None
+            raise SchemaError(f"{where}: {error}") from None
         for attribute, value in self._typed(
             node.get("fitted", {}), dict, where
         ).items():
             if not _FITTED_NAME.fullmatch(attribute) or hasattr(cls, attribute):
-                raise ModelFileError(
+                raise SchemaError(
                     f"{where}: {attribute!r} cannot be a fitted attribute."
                 )
             setattr(estimator, attribute, self.value(value, f"{where}.{attribute}"))

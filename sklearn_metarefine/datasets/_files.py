@@ -88,20 +88,33 @@ def _defect_folders(folder):
     return _subfolders(folder)
 
 
-def warn_of_stray_images(folders, loaded, layout):
+def warn_of_stray_images(folders, loaded, layout, within):
     """Warn about the image files under ``folders`` that were not loaded.
 
     A loader reads only its layout (``layout`` says which); an image saved
     beside it (another suffix, a subfolder, another folder name) would be
-    left out without a word. Hidden files and folders are not reported, nor
-    is what lies behind a link to a folder below ``folders`` (it may lead
-    back up the tree, to files loaded under other names).
+    left out without a word. Hidden files and folders are not reported.
+    Links to folders are followed, but not those that lead back into
+    ``within`` (the dataset's folder, walked or loaded by its own paths).
     """
     loaded = {os.path.realpath(path) for path in loaded}
-    stray = []
+    within = os.path.realpath(within)
+    stray, seen = [], set()
     for top in folders:
-        for here, subfolders, files in os.walk(top):
-            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for here, subfolders, files in os.walk(top, followlinks=True):
+            if os.path.realpath(here) in seen:  # a loop outside the dataset
+                subfolders.clear()
+                continue
+            seen.add(os.path.realpath(here))
+            subfolders[:] = [
+                name
+                for name in subfolders
+                if not name.startswith(".")
+                and not (
+                    os.path.islink(os.path.join(here, name))
+                    and _is_within(os.path.realpath(os.path.join(here, name)), within)
+                )
+            ]
             stray += [
                 Path(here, name)
                 for name in files
@@ -115,6 +128,11 @@ def warn_of_stray_images(folders, loaded, layout):
             f"{_listing(sorted(stray))}\nMove them into the layout (as PNG files) "
             "to load them, or elsewhere to silence this warning."
         )
+
+
+def _is_within(path, folder):
+    """Whether real path ``path`` is ``folder`` or below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _names(names):

@@ -184,6 +184,7 @@ def load_ksdd2(root, *, split="all"):
         [root / name for name in splits],
         [*filenames, *mask_filenames],
         "KolektorSDD2 layout (train/ and test/: <id>.png, <id>_GT.png)",
+        root,
     )
     target = np.array(target, dtype=np.int64)
     return Bunch(

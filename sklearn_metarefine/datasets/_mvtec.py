@@ -220,6 +220,7 @@ def load_mvtec_ad(root, category, *, split="all"):
         [folder / name for name in _LAYOUT_FOLDERS[split]],
         [*filenames, *filter(None, mask_filenames)],
         "MVTec AD layout (train/good/, test/<type>/, ground_truth/<type>/)",
+        folder,
     )
     return Bunch(
         filenames=np.array(filenames, dtype=object),

@@ -236,7 +236,8 @@ def file_digest(path):
     return _content_digest(os.fspath(path), status)
 
 
-@functools.lru_cache(maxsize=None)
+# Bounded: a long-running scorer meets every version of every file it reads.
+@functools.lru_cache(maxsize=100_000)
 def _content_digest(path, status):
     digest = hashlib.sha256()
     with open(path, "rb") as file:

@@ -1209,3 +1209,20 @@ def test_auroc_figures_draw_the_noise_levels_in_increasing_order(tmp_path, monke
     _plot(tmp_path / "figure.png", [("all", cells)], noise, ["lof"], ncols=1)
     ((x, y),) = drawn
     assert np.all(np.diff(x) > 0) and y == [1.0, 0.9, 0.7]
+
+
+def test_cached_features_of_another_kind_are_refused(tmp_path):
+    # A float64 or integer file of the right length was returned as features.
+    from sklearn_metarefine._benchmark._storage import _read_features
+
+    path = tmp_path / "features.npy"
+    for array, match in [
+        (np.zeros((5, 8)), "float64 values, not the float32"),
+        (np.zeros((5, 8), np.int64), "int64 values"),
+        (np.full((5, 8), np.nan, np.float32), "not all finite"),
+    ]:
+        np.save(path, array)
+        with pytest.raises(BenchmarkError, match=f"{path}.*{match}.*Delete the file"):
+            _read_features(path, 5)
+    np.save(path, np.ones((5, 8), np.float32))
+    assert _read_features(path, 5).shape == (5, 8)

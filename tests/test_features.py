@@ -831,6 +831,63 @@ def test_the_cache_keys_non_persistent_buffers_and_functions(rgb, tmp_path):
     np.testing.assert_allclose(features.fit_transform(rgb), 1.5 * doubled, rtol=1e-5)
 
 
+class ClassGainNet(TinyNet):
+    """TinyNet whose output scales with a class attribute."""
+
+    gain = 1.0
+
+    def forward(self, x):
+        return self.gain * super().forward(x)
+
+
+def test_the_cache_keys_a_module_class_s_code_and_settings(rgb, tmp_path):
+    # An edited forward, or a setting read from the class, hit the cache of
+    # the old features.
+    net = ClassGainNet()
+    features = PretrainedFeatures(net, image_size=16, n_scales=1, memory=tmp_path)
+    first = features.fit_transform(rgb)
+    forward = ClassGainNet.forward
+    try:
+        ClassGainNet.gain = 2.0
+        np.testing.assert_allclose(features.fit_transform(rgb), 2 * first, rtol=1e-6)
+        ClassGainNet.gain = 1.0
+        ClassGainNet.forward = lambda self, x: -TinyNet.forward(self, x)
+        np.testing.assert_allclose(features.fit_transform(rgb), -first, rtol=1e-6)
+    finally:
+        ClassGainNet.gain, ClassGainNet.forward = 1.0, forward
+
+
+def test_the_cache_keys_the_code_that_reads_the_images(rgb, tmp_path, monkeypatch):
+    # Entries of another release (another reading of the same files) were
+    # returned as they were.
+    from sklearn_metarefine._features import _estimator
+
+    features = tiny(memory=tmp_path).fit(rgb)
+    del SEEN[:]
+    features.transform(rgb)
+    features.transform(rgb)
+    assert images_seen(16) == 5
+    monkeypatch.setattr(_estimator, "_code_versions", lambda: ("another release",))
+    features.transform(rgb)
+    assert images_seen(16) == 10
+
+
+def test_a_damaged_cache_entry_is_embedded_again(rgb, tmp_path):
+    # An entry holding another array (another call's) was returned: 3 images
+    # got 5 rows of features.
+    import joblib
+
+    features = tiny(memory=tmp_path).fit(rgb)
+    expected = features.transform(rgb[:3])
+    for damaged in (np.zeros((5, 7), np.float32), np.zeros((3, 7)), "hello"):
+        entries = sorted(tmp_path.rglob("output.pkl"))
+        for path in entries:
+            joblib.dump(damaged, path)
+        with pytest.warns(UserWarning, match="feature cache .* embedded again"):
+            np.testing.assert_array_equal(features.transform(rgb[:3]), expected)
+        np.testing.assert_array_equal(features.transform(rgb[:3]), expected)
+
+
 def test_the_cache_key_of_a_module_holding_a_function_is_the_same_in_every_process(
     tmp_path,
 ):

@@ -539,4 +539,12 @@ def _read_features(path, n_images, *, ndim=2):
             f"The cached features {path} hold an array of shape {features.shape}, "
             f"not one {what} for each of the {n_images} images. {remedy}"
         )
+    # What the extractors write: float32, finite (a file written otherwise
+    # is not theirs, and its width cannot be checked without the CNN).
+    if features.dtype != np.float32 or not np.isfinite(features).all():
+        raise BenchmarkError(
+            f"The cached features {path} hold {features.dtype} values"
+            f"{'' if np.isfinite(features).all() else ', not all finite'}, not the "
+            f"float32 features the benchmark writes. {remedy}"
+        )
     return features

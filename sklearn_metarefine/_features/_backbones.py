@@ -219,8 +219,26 @@ def _fingerprint(module):
         and attribute != "training"
         and (_plain(value) or _function(value))
     }
+    # The classes' own code and class-level settings: an edited forward, or a
+    # gain it reads from the class, gives other features under the same weights.
+    classes = {
+        (type(part).__module__, type(part).__qualname__): _class_key(type(part))
+        for _, part in module.named_modules()
+    }
     kind = (type(module).__module__, type(module).__qualname__, repr(module))
-    return joblib.hash((kind, settings, state))
+    return joblib.hash((kind, settings, state, classes))
+
+
+def _class_key(cls):
+    """The methods' code and the plain attributes of a module class and its
+    bases, but torch's own (which its version keys)."""
+    return [
+        (klass.__qualname__, name, _setting(value))
+        for klass in cls.__mro__
+        if not klass.__module__.startswith("torch") and klass is not object
+        for name, value in sorted(vars(klass).items())
+        if not name.startswith("__") and (_plain(value) or _function(value))
+    ]
 
 
 def _function(value):

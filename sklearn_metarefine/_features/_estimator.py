@@ -5,7 +5,9 @@ import os
 from numbers import Integral, Real
 
 import numpy as np
+import PIL
 import torch
+import torchvision
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
@@ -24,6 +26,7 @@ from .._utils import (
     int_pair,
     restored_on_failure,
     shown_name,
+    warn,
 )
 from ._backbones import _PATCH_TAPS, _build_backbone, _fingerprint
 from ._embedding import _Plan, _global_average_pool
@@ -41,13 +44,15 @@ def _extract_features(
     verbose,
     fingerprint,
     contents=None,
+    versions=None,
     desc="PretrainedFeatures",
 ):
     """Embed every image of ``source`` as ``plan`` says, one batch at a time.
 
-    ``fingerprint`` (of the backbone's weights) and ``contents`` (digests of
-    the image files' bytes) only key the cache; ``desc`` names the progress
-    bar.
+    ``fingerprint`` (of the backbone's weights and code), ``contents``
+    (digests of the image files' bytes) and ``versions`` (of this package and
+    the libraries that read and embed the images) only key the cache;
+    ``desc`` names the progress bar.
     """
     n_images = len(source)
     starts = tqdm(
@@ -67,6 +72,28 @@ def _extract_features(
                 output = np.empty((n_images, features.shape[1]), dtype=np.float32)
             output[start:stop] = features
     return output
+
+
+def _code_versions():
+    from .. import __version__
+
+    return __version__, torch.__version__, torchvision.__version__, PIL.__version__
+
+
+def _embedding_of(features, n_images):
+    """Whether ``features`` can be the embedding of ``n_images`` images."""
+    return (
+        isinstance(features, np.ndarray)
+        and features.dtype == np.float32
+        and features.ndim == 2
+        and len(features) == n_images
+    )
+
+
+def _described(value):
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    return f"a {type(value).__name__}"
 
 
 # The ``backbone`` constraint of the feature transformers: a named CNN (each has
@@ -161,10 +188,7 @@ class _BackboneTransformer(TransformerMixin, BaseEstimator):
                 "desc",
             ],
         )
-        return extract(
-            self.backbone_,
-            source,
-            plan,
+        arguments = dict(
             batch_size=self.batch_size,
             device=self.device_,
             memory_format=self._memory_format(),
@@ -173,8 +197,22 @@ class _BackboneTransformer(TransformerMixin, BaseEstimator):
             # Files are hashed by path: an image replaced under its name got
             # the features of the one it replaced.
             contents=None if memory is None else source.file_digests(),
+            # The code that reads and embeds the images: another release's
+            # entries may hold other features.
+            versions=None if memory is None else _code_versions(),
             desc=type(self).__name__,
         )
+        features = extract(self.backbone_, source, plan, **arguments)
+        if not _embedding_of(features, len(source)):  # a cache entry damaged
+            warn(
+                f"{type(self).__name__}: the feature cache in {memory!r} returned "
+                f"{_described(features)} for {len(source)} images; they were "
+                "embedded again and the entry replaced."
+            )
+            features = extract.call(self.backbone_, source, plan, **arguments)
+            if isinstance(features, tuple):  # joblib >= 1.3 adds its metadata
+                features = features[0]
+        return features
 
     def __sklearn_clone__(self):
         # See Notes: a shared module keeps clones hash-equal for joblib.Memory.
@@ -267,8 +305,11 @@ class PretrainedFeatures(_BackboneTransformer):
         Where to cache the output of ``transform``, keyed on the input, the
         backbone's weight values and buffers (a module's plain settings and the
         functions it holds as attributes, by name and bytecode, but not their
-        closures, defaults or a ``functools.partial``'s arguments), and the views
-        and scales. With it, scoring the same
+        closures, defaults or a ``functools.partial``'s arguments; its classes'
+        methods and class settings likewise), the views and scales, and the
+        versions of this package, torch, torchvision and Pillow. An entry that
+        holds no float32 row per image is computed again, with a warning; the
+        cache is never pruned. With it, scoring the same
         data again (the same validation fold for every GridSearchCV candidate) reads
         the cache instead of running the CNN. File inputs are keyed on their
         paths and contents. The cache is joblib's store of pickles, and loading a

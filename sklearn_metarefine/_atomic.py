@@ -147,13 +147,21 @@ def remove_empty(made):
             pass
 
 
-def replace(temporary, path):
-    """``os.replace``, giving ``temporary`` the permissions of the file it
-    replaces, if any: a file the user made private stays private."""
+def mode_of(path):
+    """The permission bits of the file at ``path``; None if there is none."""
     try:
-        os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode))
+        return stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
-        pass
+        return None
+
+
+def replace(temporary, path, mode=None):
+    """``os.replace``, giving ``temporary`` the permissions of the file it
+    replaces (or ``mode``, those of one removed before): a file the user made
+    private stays private."""
+    mode = mode_of(path) if mode is None else mode
+    if mode is not None:
+        os.chmod(temporary, mode)
     os.replace(temporary, path)
 
 

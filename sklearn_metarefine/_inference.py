@@ -27,6 +27,7 @@ from ._atomic import (
     closing_named,
     discard,
     make_folder,
+    mode_of,
     named,
     replace,
     temporary_name,
@@ -301,11 +302,12 @@ def score_files(
         # batch by batch: an interrupted run leaves the earlier maps and CSV.
         # The earlier CSV goes first, so that a run stopped among the renames
         # leaves new maps without a CSV, never an old CSV beside new maps.
+        csv_mode = mode_of(output)  # kept when the earlier CSV goes first
         if pending:
             named(output, Path(output).unlink, missing_ok=True)
         for written, path in pending:
             named(path, replace, written, path)
-        named(output, replace, partial, output)
+        named(output, replace, partial, output, csv_mode)
         complete = True
     finally:
         try:

@@ -14,6 +14,7 @@ from ._atomic import (
     discard,
     errors_naming,
     make_folder,
+    mode_of,
     named,
     replace,
     temporary_name,
@@ -395,12 +396,13 @@ def fit_folder(
         for other in set(_REPORTS) - {level}:
             for path in report_paths(output, other)[:2]:
                 path.unlink(missing_ok=True)
+        modes = {path: mode_of(path) for path in aside}  # kept when replaced
         for path in aside:
             path.unlink(missing_ok=True)
         replace(model_aside, output)
         for path, written in aside.items():
             if written.exists():
-                replace(written, path)
+                replace(written, path, modes[path])
         complete = True
     finally:
         discard([*aside.values(), model_aside], [] if complete else made)

@@ -1217,9 +1217,10 @@ def test_cached_features_of_another_kind_are_refused(tmp_path):
 
     path = tmp_path / "features.npy"
     for array, match in [
-        (np.zeros((5, 8)), "float64 values, not the float32"),
+        (np.zeros((5, 8)), "float64 values, not the finite float32"),
         (np.zeros((5, 8), np.int64), "int64 values"),
-        (np.full((5, 8), np.nan, np.float32), "not all finite"),
+        (np.full((5, 8), np.nan, np.float32), "non-finite values"),
+        (np.full((5, 8), "a"), "<U1 values"),  # np.isfinite raised TypeError
     ]:
         np.save(path, array)
         with pytest.raises(BenchmarkError, match=f"{path}.*{match}.*Delete the file"):

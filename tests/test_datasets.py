@@ -308,6 +308,9 @@ def test_the_stray_image_check_passes_over_links_back_up_the_tree(
     # training images, loaded or not) as not loaded, under the link's path.
     (mvtec_root / "bottle/test/good/up").symlink_to(mvtec_root / "bottle")
     (mvtec_root / "bottle/test/good/loop").symlink_to(mvtec_root / "bottle/test")
+    # Up above the dataset: the whole tree was walked (a link to / too).
+    (mvtec_root / "bottle/test/good/top").symlink_to(mvtec_root.parent)
+    (mvtec_root / "bottle/test/good/root").symlink_to("/")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         data = load_mvtec_ad(mvtec_root, "bottle", split=split)

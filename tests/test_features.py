@@ -857,6 +857,26 @@ def test_the_cache_keys_a_module_class_s_code_and_settings(rgb, tmp_path):
         ClassGainNet.gain, ClassGainNet.forward = 1.0, forward
 
 
+def test_the_cache_keys_static_methods_and_classes_of_modules_named_torch_like():
+    # A static method (torch.relu or torch.sigmoid) left the key unchanged,
+    # and so did any class code in a module whose name began with "torch".
+    from sklearn_metarefine._features._backbones import _fingerprint
+
+    def forward(self, x):
+        return self.act(torch.nn.Conv2d.forward(self, x))
+
+    def net(act, module):
+        cls = type("Net", (torch.nn.Conv2d,), {"act": act, "forward": forward})
+        cls.__module__ = module
+        torch.manual_seed(0)
+        return cls(3, 4, 3)
+
+    for module in ("mynets", "torchstuff"):
+        for wrap in (staticmethod, classmethod):
+            relu = _fingerprint(net(wrap(torch.relu), module))
+            assert relu != _fingerprint(net(wrap(torch.sigmoid), module)), module
+
+
 def test_the_cache_keys_the_code_that_reads_the_images(rgb, tmp_path, monkeypatch):
     # Entries of another release (another reading of the same files) were
     # returned as they were.
@@ -879,7 +899,12 @@ def test_a_damaged_cache_entry_is_embedded_again(rgb, tmp_path):
 
     features = tiny(memory=tmp_path).fit(rgb)
     expected = features.transform(rgb[:3])
-    for damaged in (np.zeros((5, 7), np.float32), np.zeros((3, 7)), "hello"):
+    nan = expected.copy()
+    nan[:, ::2] = np.nan
+    for damaged in (
+        np.zeros((5, 7), np.float32), np.zeros((3, 7)), "hello", nan,
+        expected[:, :-1],  # one feature short: the detector failed further on
+    ):  # fmt: skip
         entries = sorted(tmp_path.rglob("output.pkl"))
         for path in entries:
             joblib.dump(damaged, path)

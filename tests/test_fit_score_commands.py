@@ -270,16 +270,19 @@ def test_fit_takes_the_weights_its_message_offers(folders, capsys, tmp_path):
 def test_a_private_model_and_its_reports_stay_private(fitted, tmp_path):
     # fit wrote the new model aside and moved it over the old one, whose mode
     # it dropped (0600 became 0644).
-    import shutil
     import stat
 
     model = tmp_path / "m.metarefine"
-    shutil.copy(fitted, model)
-    os.chmod(model, 0o600)
     argv = ["fit", str(fitted.parents[1] / "train"), "--output", str(model), *TINY,
             "--skip-unreadable", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
-    assert stat.S_IMODE(os.stat(model).st_mode) == 0o600
+    reports = [path for path in report_paths(model) if path.exists()]
+    assert len(reports) == 3
+    for path in [model, *reports]:
+        os.chmod(path, 0o600)
+    assert main(argv) == 0
+    for path in [model, *reports]:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
 
 
 def test_fit_stops_at_an_unreadable_file_and_names_it(folders, capsys, tmp_path):
@@ -1208,6 +1211,11 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys, monkeypatch):
     # a photo where a map would go stops it before any work.
     argv = ["score", str(model_path), str(root / "new" / "plate0.png"), "--no-progress"]
     assert main([*argv, "--output", str(root / "again.csv"), "--maps", str(maps)]) == 0
+    # A private CSV stays private (it was removed before the maps were moved
+    # in, and its mode with it).
+    os.chmod(root / "again.csv", 0o600)
+    assert main([*argv, "--output", str(root / "again.csv"), "--maps", str(maps)]) == 0
+    assert os.stat(root / "again.csv").st_mode & 0o777 == 0o600
     capsys.readouterr()
     photo = root / "photos" / "plate0.png"
     photo.parent.mkdir()

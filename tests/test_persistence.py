@@ -693,6 +693,14 @@ class _Functions:
     def identity(x):
         return x
 
+    @classmethod
+    def l1(cls, a, b):
+        return float(np.abs(a - b).sum())
+
+
+def _l1(a, b, **kwargs):
+    return float(np.abs(a - b).sum())
+
 
 def test_save_refuses_what_no_load_could_import(table, model_path):
     # A lambda was saved with a warning to load it with trusted=[...<lambda>],
@@ -703,6 +711,13 @@ def test_save_refuses_what_no_load_could_import(table, model_path):
         save(IQRRefiner(lam, random_state=0).fit(table), model_path)
     with pytest.raises(TypeError, match="got the class MetaRefineDetector"):
         save(MetaRefineDetector, model_path)
+    # A lambda in a dict parameter, and a class method (skops' own error).
+    lof = LocalOutlierFactor(novelty=True, metric=_l1, metric_params={"f": lambda: 0})
+    with pytest.raises(TypeError, match="<lambda>"):
+        save(IQRRefiner(lof, random_state=0).fit(table), model_path)
+    lof = LocalOutlierFactor(novelty=True, metric=_Functions.l1)
+    with pytest.raises(TypeError, match=r"Functions.l1'\]"):
+        save(IQRRefiner(lof, random_state=0).fit(table), model_path)
     for function in (_scaler(2.0), _Functions.identity):
         # Named in the file as module.name, where neither is.
         nested = make_pipeline(FunctionTransformer(function), IsolationForest())
@@ -752,6 +767,18 @@ def test_the_version_hint_goes_only_with_what_another_release_explains(
         load(bytes(model_path))  # a path as bytes, as os functions take
     assert "written by" not in str(error.value)
     assert str(error.value).startswith(repr(str(model_path)))
+
+
+def test_a_torch_state_of_another_layout_gets_the_version_hint(table, model_path):
+    # A flow whose state another release lays out otherwise lost the hint.
+    save(FlowDetector(**TINY_FLOW).fit(table), model_path)
+    manifest = _manifest(model_path)
+    manifest["versions"]["sklearn-metarefine"] = "99.0"
+    node = manifest["estimator"]["$estimator"]
+    node["torch_state"]["$dict"].pop(next(iter(node["torch_state"]["$dict"])))
+    _rewrite(model_path, manifest=manifest)
+    with pytest.raises(ModelFileError, match="torch state.*written by .*99.0"):
+        load(model_path)
 
 
 def test_special_files_are_refused_and_replaced_files_keep_their_mode(

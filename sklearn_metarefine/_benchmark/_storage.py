@@ -541,10 +541,11 @@ def _read_features(path, n_images, *, ndim=2):
         )
     # What the extractors write: float32, finite (a file written otherwise
     # is not theirs, and its width cannot be checked without the CNN).
-    if features.dtype != np.float32 or not np.isfinite(features).all():
+    finite = features.dtype == np.float32 and np.isfinite(features).all()
+    if not finite:
+        what = "non-finite" if features.dtype == np.float32 else features.dtype
         raise BenchmarkError(
-            f"The cached features {path} hold {features.dtype} values"
-            f"{'' if np.isfinite(features).all() else ', not all finite'}, not the "
+            f"The cached features {path} hold {what} values, not the finite "
             f"float32 features the benchmark writes. {remedy}"
         )
     return features

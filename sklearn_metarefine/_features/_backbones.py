@@ -231,14 +231,21 @@ def _fingerprint(module):
 
 def _class_key(cls):
     """The methods' code and the plain attributes of a module class and its
-    bases, but torch's own (which its version keys)."""
+    bases, but torch's and torchvision's own (which their versions key)."""
     return [
-        (klass.__qualname__, name, _setting(value))
+        (klass.__qualname__, name, _setting(_unwrapped(value)))
         for klass in cls.__mro__
-        if not klass.__module__.startswith("torch") and klass is not object
+        if klass.__module__.partition(".")[0] not in ("torch", "torchvision")
+        and klass is not object
         for name, value in sorted(vars(klass).items())
-        if not name.startswith("__") and (_plain(value) or _function(value))
+        if not name.startswith("__")
+        and (_plain(value) or _function(_unwrapped(value)))
     ]
+
+
+def _unwrapped(value):
+    """The function of a static or class method, as the class holds it."""
+    return value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
 
 
 def _function(value):

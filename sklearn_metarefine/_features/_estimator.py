@@ -80,13 +80,14 @@ def _code_versions():
     return __version__, torch.__version__, torchvision.__version__, PIL.__version__
 
 
-def _embedding_of(features, n_images):
-    """Whether ``features`` can be the embedding of ``n_images`` images."""
+def _embedding_of(features, n_images, n_features):
+    """Whether ``features`` can be the embedding of ``n_images`` images in
+    ``n_features`` finite float32 features each."""
     return (
         isinstance(features, np.ndarray)
         and features.dtype == np.float32
-        and features.ndim == 2
-        and len(features) == n_images
+        and features.shape == (n_images, n_features)
+        and bool(np.isfinite(features).all())
     )
 
 
@@ -203,11 +204,15 @@ class _BackboneTransformer(TransformerMixin, BaseEstimator):
             desc=type(self).__name__,
         )
         features = extract(self.backbone_, source, plan, **arguments)
-        if not _embedding_of(features, len(source)):  # a cache entry damaged
+        # A cache entry damaged, or of another call (_embed runs after fit).
+        if memory is not None and not _embedding_of(
+            features, len(source), self.n_features_out_
+        ):
             warn(
                 f"{type(self).__name__}: the feature cache in {memory!r} returned "
-                f"{_described(features)} for {len(source)} images; they were "
-                "embedded again and the entry replaced."
+                f"{_described(features)} for {len(source)} images of "
+                f"{self.n_features_out_} features; they were embedded again and "
+                "the entry replaced."
             )
             features = extract.call(self.backbone_, source, plan, **arguments)
             if isinstance(features, tuple):  # joblib >= 1.3 adds its metadata

@@ -80,8 +80,8 @@ def save(estimator, path):
         When a part of the estimator cannot be stored without code: a
         feature transformer or detector with a ``torch.nn.Module`` backbone, a
         parameter holding a function, an estimator skops cannot serialise, a
-        lambda, a function defined inside another or a static method (no
-        load could import it by name), extended-precision numbers
+        lambda, a function defined inside another, a static or class method
+        (no load could import it by name), extended-precision numbers
         (``np.longdouble`` where it is wider than float64). The message
         names the part. Also when ``estimator`` is a class, not an instance.
     ValueError

@@ -107,9 +107,12 @@ def _functions_without_a_module_name(estimator):
             values += [value.func, *value.args, *value.keywords.values()]
         elif isinstance(value, (list, tuple)):
             values += value
-        elif isinstance(value, types.FunctionType) and (
-            value.__qualname__ != value.__name__
-        ):
+        elif isinstance(value, dict):
+            values += value.values()
+        elif (
+            isinstance(value, types.FunctionType)
+            and value.__qualname__ != value.__name__
+        ) or (isinstance(value, types.MethodType) and isinstance(value.__self__, type)):
             found.append(f"{value.__module__}.{value.__qualname__}")
     return sorted(found)
 
@@ -213,14 +216,18 @@ class Encoder:
         from . import _foreign
 
         unnamed = _functions_without_a_module_name(estimator)
+        if not unnamed:
+            data = _foreign.dumps(estimator, where)
+            untrusted = _foreign.untrusted_types(data, ())
+            # Wherever skops found them (fitted state too): "<lambda>".
+            unnamed = [name for name in untrusted if "<" in name]
         if unnamed:  # the file would load under no trusted= at all
             raise TypeError(
                 f"Cannot save {where}: it holds {unnamed}, which no load can "
                 "import back by name. Use a function defined at the top of a "
                 "module."
             )
-        data = _foreign.dumps(estimator, where)
-        self.untrusted_types.update(_foreign.untrusted_types(data, ()))
+        self.untrusted_types.update(untrusted)
         self.skops.append(data)
         reference = {"$skops": len(self.skops) - 1}
         self._estimator_refs[id(estimator)] = reference
@@ -367,7 +374,7 @@ class Decoder:
             ((tag, payload),) = data.items()
             if tag in self._tags:
                 return self._tags[tag](payload, where)
-        raise ModelFileError(
+        raise SchemaError(  # perhaps a kind of value a later release writes
             f"{where}: unknown value {str(data)[:80]!r} in the manifest."
         )
 
@@ -446,7 +453,8 @@ class Decoder:
         except ModelFileError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise ModelFileError(f"{where}: invalid torch state ({error}).") from None
+            # Perhaps a flow of another release's layout.
+            raise SchemaError(f"{where}: invalid torch state ({error}).") from None
 
     def _ref(self, index, where):
         index = self._typed(index, int, where)

@@ -95,7 +95,8 @@ def warn_of_stray_images(folders, loaded, layout, within):
     beside it (another suffix, a subfolder, another folder name) would be
     left out without a word. Hidden files and folders are not reported.
     Links to folders are followed, but not those that lead back into
-    ``within`` (the dataset's folder, walked or loaded by its own paths).
+    ``within`` (the dataset's folder, walked or loaded by its own paths) or
+    up to a folder that holds it.
     """
     loaded = {os.path.realpath(path) for path in loaded}
     within = os.path.realpath(within)
@@ -112,7 +113,7 @@ def warn_of_stray_images(folders, loaded, layout, within):
                 if not name.startswith(".")
                 and not (
                     os.path.islink(os.path.join(here, name))
-                    and _is_within(os.path.realpath(os.path.join(here, name)), within)
+                    and _leads_back(os.path.realpath(os.path.join(here, name)), within)
                 )
             ]
             stray += [
@@ -133,6 +134,12 @@ def warn_of_stray_images(folders, loaded, layout, within):
 def _is_within(path, folder):
     """Whether real path ``path`` is ``folder`` or below it."""
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _leads_back(target, within):
+    """Whether a link to ``target`` leads into the dataset folder ``within``
+    (walked by its own paths) or up to a folder holding it (``/`` too)."""
+    return _is_within(target, within) or _is_within(within, target)
 
 
 def _names(names):

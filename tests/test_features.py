@@ -899,12 +899,7 @@ def test_a_damaged_cache_entry_is_embedded_again(rgb, tmp_path):
 
     features = tiny(memory=tmp_path).fit(rgb)
     expected = features.transform(rgb[:3])
-    nan = expected.copy()
-    nan[:, ::2] = np.nan
-    for damaged in (
-        np.zeros((5, 7), np.float32), np.zeros((3, 7)), "hello", nan,
-        expected[:, :-1],  # one feature short: the detector failed further on
-    ):  # fmt: skip
+    for damaged in (np.zeros((5, 7), np.float32), np.zeros((3, 7)), "hello"):
         entries = sorted(tmp_path.rglob("output.pkl"))
         for path in entries:
             joblib.dump(damaged, path)

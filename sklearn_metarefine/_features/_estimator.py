@@ -80,14 +80,15 @@ def _code_versions():
     return __version__, torch.__version__, torchvision.__version__, PIL.__version__
 
 
-def _embedding_of(features, n_images, n_features):
-    """Whether ``features`` can be the embedding of ``n_images`` images in
-    ``n_features`` finite float32 features each."""
+def _embedding_of(features, n_images):
+    """Whether ``features`` can be the embedding of ``n_images`` images: one
+    float32 row each. (Not their width, nor finite values: a module backbone
+    may give either, and its features are what they are.)"""
     return (
         isinstance(features, np.ndarray)
         and features.dtype == np.float32
-        and features.shape == (n_images, n_features)
-        and bool(np.isfinite(features).all())
+        and features.ndim == 2
+        and len(features) == n_images
     )
 
 
@@ -204,15 +205,11 @@ class _BackboneTransformer(TransformerMixin, BaseEstimator):
             desc=type(self).__name__,
         )
         features = extract(self.backbone_, source, plan, **arguments)
-        # A cache entry damaged, or of another call (_embed runs after fit).
-        if memory is not None and not _embedding_of(
-            features, len(source), self.n_features_out_
-        ):
+        if not _embedding_of(features, len(source)):  # a cache entry damaged
             warn(
                 f"{type(self).__name__}: the feature cache in {memory!r} returned "
-                f"{_described(features)} for {len(source)} images of "
-                f"{self.n_features_out_} features; they were embedded again and "
-                "the entry replaced."
+                f"{_described(features)} for {len(source)} images; they were "
+                "embedded again and the entry replaced."
             )
             features = extract.call(self.backbone_, source, plan, **arguments)
             if isinstance(features, tuple):  # joblib >= 1.3 adds its metadata

@@ -908,6 +908,17 @@ def test_a_damaged_cache_entry_is_embedded_again(rgb, tmp_path):
         np.testing.assert_array_equal(features.transform(rgb[:3]), expected)
 
 
+def test_a_module_whose_width_depends_on_the_size_is_refused(rgb):
+    # A Flatten at its end gave rows of 160 features where n_features_out_
+    # said 64 (and 64 names); with memory=, the cache check then re-embedded
+    # on every call.
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 8, stride=8), torch.nn.Flatten())
+    with pytest.raises(ValueError, match="gives 128 features at 64x64 px and 32"):
+        PretrainedFeatures(net, image_size=64, n_scales=2).fit(rgb)
+    features = PretrainedFeatures(net, image_size=64, n_scales=1).fit(rgb)
+    assert features.transform(rgb).shape == (5, features.n_features_out_) == (5, 128)
+
+
 def test_the_cache_key_of_a_module_holding_a_function_is_the_same_in_every_process(
     tmp_path,
 ):

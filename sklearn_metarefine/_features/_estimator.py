@@ -266,7 +266,9 @@ class PretrainedFeatures(_BackboneTransformer):
           (``blocks[3]``, stride 16), 80 channels.
         - a ``torch.nn.Module``: used as is (a copy of it); it receives ImageNet-
           normalised ``(N, 3, h, w)`` batches and its output is averaged over every
-          axis after the second.
+          axis after the second. With ``n_scales > 1``, the width left must not
+          depend on the image's size: ``fit`` probes a module giving 2-D output
+          at two scales and refuses it if its width differs.
 
     weights : "DEFAULT", None or path-like, default="DEFAULT"
         ``"DEFAULT"``: ImageNet weights. torchvision backbones download them on first
@@ -492,14 +494,17 @@ class PretrainedFeatures(_BackboneTransformer):
         scale_sizes = self._scale_sizes()
         rng = check_random_state(self.random_state)
         self._load_backbone(_build_backbone, rng)
-        pooled = self._probe(
-            lambda backbone, probe: _global_average_pool(backbone(probe)),
+        output = self._probe(
+            lambda backbone, probe: backbone(probe),
             scale_sizes[-1],
             f"the smallest scale of image_size={self.image_size!r}, "
             f"n_scales={self.n_scales}",
             "Use a larger image_size or fewer n_scales.",
         )
-        n_channels = int(pooled.shape[1])
+        n_channels = int(_global_average_pool(output).shape[1])
+        # A map of channels keeps its width at any size; flat rows may not.
+        if output.ndim == 2 and len(scale_sizes) > 1:
+            self._check_fixed_width(scale_sizes[0], n_channels)
 
         self.scale_sizes_ = np.array(scale_sizes, dtype=int)
         self.view_angles_ = np.arange(self.n_views) * 360.0 / self.n_views
@@ -510,6 +515,26 @@ class PretrainedFeatures(_BackboneTransformer):
         self.n_features_per_view_ = self.n_scales * n_channels
         self.n_features_out_ = self.n_views_ * self.n_features_per_view_
         return self
+
+    def _check_fixed_width(self, size, n_channels):
+        """Refuse a module whose features at ``size`` (the first scale) are not
+        the ``n_channels`` of the smallest scale: every scale's block must have
+        one width (a ``Flatten`` at its end gave rows wider than
+        ``n_features_out_`` says, and names for only part of them)."""
+        pooled = self._probe(
+            lambda backbone, probe: _global_average_pool(backbone(probe)),
+            size,
+            f"the first scale of image_size={self.image_size!r}",
+        )
+        if int(pooled.shape[1]) != n_channels:
+            raise ValueError(
+                f"backbone={type(self.backbone).__name__!r} gives "
+                f"{int(pooled.shape[1])} features at {size[0]}x{size[1]} px and "
+                f"{n_channels} at the smallest scale: the number of features must "
+                "not depend on the image's size. End the module with a map of "
+                "channels (N, C, H, W), which is averaged, or a global pooling; or "
+                "use n_scales=1."
+            )
 
     def transform(self, X):
         """Embed images.

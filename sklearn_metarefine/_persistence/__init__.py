@@ -138,24 +138,23 @@ def save(estimator, path):
         raise TypeError(
             f"save expects an estimator, got a {type(estimator).__qualname__}."
         )
-    path = os.fsdecode(path) if isinstance(path, bytes) else path
-    text = os.fspath(path)
-    if os.path.isdir(path) or names_a_folder(text):
+    path = os.fsdecode(path)  # a str, from bytes and path-likes too
+    if os.path.isdir(path) or names_a_folder(path):
         # Saved as a file of the folder's name, which load then could not
         # find under the name given.
         what = "is a folder" if os.path.isdir(path) else "names a folder"
         raise IsADirectoryError(
-            f"{text!r} {what}; save writes a model file: give its "
-            f"path, such as {os.path.join(text, 'model.metarefine')!r}."
+            f"{path!r} {what}; save writes a model file: give its "
+            f"path, such as {os.path.join(path, 'model.metarefine')!r}."
         )
     if os.path.exists(path) and not os.path.isfile(path):
         raise ValueError(
-            f"{text!r} is not a regular file (a pipe, socket or device): save "
+            f"{path!r} is not a regular file (a pipe, socket or device): save "
             "would replace it with a model file. Give the path of a file."
         )
     if os.path.islink(path):
         raise ValueError(
-            f"{text!r} is a symbolic link (to {os.readlink(path)!r}): save "
+            f"{path!r} is a symbolic link (to {os.readlink(path)!r}): save "
             "replaces a file whole, and would replace the link, leaving its "
             "target as it was. Save to the target, or remove the link first."
         )
@@ -260,7 +259,7 @@ def load(path, *, device=None, trusted=()):
     >>> load(path).predict([[0.0, 0.0], [8.0, 8.0]])
     array([ 1, -1])
     """
-    path = os.fsdecode(path) if isinstance(path, bytes) else path
+    path = os.fsdecode(path)  # a str, named as given (not as PosixPath(...))
     torch = sys.modules.get("torch")  # a torch.device implies torch imported
     if not (
         device is None
@@ -272,7 +271,6 @@ def load(path, *, device=None, trusted=()):
             f"torch.device; got {device!r}."
         )
     manifest, members = read_archive(path)
-    path = os.fspath(path)  # named as given, not as a PosixPath(...)
     try:
         arrays = safetensors_numpy.load(members.get(ARRAYS, b""))
     except SafetensorError as error:

@@ -75,7 +75,8 @@ def write_archive(path, manifest, members):
                 method = zipfile.ZIP_STORED if name == ARRAYS else zipfile.ZIP_DEFLATED
                 archive.writestr(name, data, compress_type=method)
 
-    # A file of the umask's mode, like the reports beside it.
+    # A new file of the umask's mode, like the reports beside it; a replaced
+    # one keeps its own.
     atomic_write(Path(os.path.abspath(path)), write, mode="wb")
 
 

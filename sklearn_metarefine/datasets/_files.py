@@ -36,13 +36,7 @@ def _png_files(folder):
         for path in folder.iterdir()
         if path.suffix.lower() == ".png" and not path.name.startswith(".")
     ]
-    broken = sorted(path for path in found if path.is_symlink() and not path.exists())
-    if broken:
-        shown = [f"{link} -> {os.readlink(link)}" for link in broken[:_MAX_LISTED]]
-        raise FileNotFoundError(
-            f"{len(broken)} PNG link(s) in {folder} point to no file: "
-            f"{', '.join(shown)}. Restore their targets or remove the links."
-        )
+    _refuse_broken_links(found, folder, "PNG link(s)", "no file")
     files = sorted(path for path in found if path.is_file())
     by_name = {}
     for path in files:
@@ -70,21 +64,25 @@ def _subfolders(folder):
     )
 
 
+def _refuse_broken_links(paths, folder, links, target):
+    """Refuse the ``paths`` (of ``folder``) that are links to nothing, named
+    with their targets: what they stood for would be dropped without a word.
+    ``links`` and ``target`` word the message ("PNG link(s)", "no file")."""
+    broken = sorted(path for path in paths if path.is_symlink() and not path.exists())
+    if broken:
+        shown = [f"{link} -> {os.readlink(link)}" for link in broken[:_MAX_LISTED]]
+        raise FileNotFoundError(
+            f"{len(broken)} {links} in {folder} point to {target}: "
+            f"{', '.join(shown)}. Restore their targets or remove the links."
+        )
+
+
 def _defect_folders(folder):
     """The subfolders of ``folder``, refusing any link to nothing in it: a
     folder of one defect type behind such a link was dropped without a word
     (and a link to nothing does not say whether it was a folder)."""
-    broken = sorted(
-        path
-        for path in folder.iterdir()
-        if not path.name.startswith(".") and path.is_symlink() and not path.exists()
-    )
-    if broken:
-        shown = [f"{link} -> {os.readlink(link)}" for link in broken[:_MAX_LISTED]]
-        raise FileNotFoundError(
-            f"{len(broken)} link(s) in {folder} point to nothing: "
-            f"{', '.join(shown)}. Restore their targets or remove the links."
-        )
+    visible = [path for path in folder.iterdir() if not path.name.startswith(".")]
+    _refuse_broken_links(visible, folder, "link(s)", "nothing")
     return _subfolders(folder)
 
 
@@ -103,18 +101,16 @@ def warn_of_stray_images(folders, loaded, layout, within):
     stray, seen = [], set()
     for top in folders:
         for here, subfolders, files in os.walk(top, followlinks=True):
-            if os.path.realpath(here) in seen:  # a loop outside the dataset
+            real = os.path.realpath(here)
+            if real in seen:  # a loop outside the dataset
                 subfolders.clear()
                 continue
-            seen.add(os.path.realpath(here))
+            seen.add(real)
             subfolders[:] = [
                 name
                 for name in subfolders
                 if not name.startswith(".")
-                and not (
-                    os.path.islink(os.path.join(here, name))
-                    and _leads_back(os.path.realpath(os.path.join(here, name)), within)
-                )
+                and not _leads_back(os.path.join(here, name), within)
             ]
             stray += [
                 Path(here, name)
@@ -136,9 +132,12 @@ def _is_within(path, folder):
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _leads_back(target, within):
-    """Whether a link to ``target`` leads into the dataset folder ``within``
-    (walked by its own paths) or up to a folder holding it (``/`` too)."""
+def _leads_back(folder, within):
+    """Whether ``folder`` is a link into the dataset folder ``within`` (walked
+    by its own paths) or up to a folder holding it (``/`` too)."""
+    if not os.path.islink(folder):
+        return False
+    target = os.path.realpath(folder)
     return _is_within(target, within) or _is_within(within, target)
 
 

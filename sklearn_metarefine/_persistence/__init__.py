@@ -231,8 +231,8 @@ def load(path, *, device=None, trusted=()):
         ``device`` is neither None, a str nor a ``torch.device``, or
         ``trusted`` is not a list of names.
     ValueError
-        The model's ``device`` (or ``device``) asks for CUDA on a machine
-        without it; the message says to pass ``device="cpu"``.
+        The ``device`` saved with the model, or the one given, asks for CUDA
+        on a machine without it; the message says to pass ``device="cpu"``.
 
     Warns
     -----

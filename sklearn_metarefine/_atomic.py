@@ -97,12 +97,24 @@ def remove_all(paths):
 
 
 def file_in_the_way(path):
-    """The file that keeps ``path`` from being made a folder: the nearest of
-    ``path`` and its parents that exists, if it is no folder; else None."""
+    """The entry that keeps ``path`` from being made a folder: the nearest of
+    ``path`` and its parents that exists, if it is no folder, or a link to
+    nothing nearer (``mkdir`` cannot go through it); else None."""
     for candidate in (path, *path.parents):
         if candidate.exists():
             return None if candidate.is_dir() else candidate
+        if candidate.is_symlink():
+            return candidate
     return None
+
+
+def where_in_the_way(entry, path):
+    """How the ``entry`` from :func:`file_in_the_way` blocks ``path``, as the
+    end of a sentence about ``path``: "is a file", "lies below the file ..."."""
+    if entry.is_symlink() and not entry.exists():
+        what = f"a link to nothing ({os.readlink(entry)})"
+        return f"is {what}" if entry == path else f"lies below {entry}, {what}"
+    return "is a file" if entry == path else f"lies below the file {entry}"
 
 
 def discard(temporaries, made):
@@ -125,7 +137,7 @@ def make_folder(folder, made):
         return
     file = file_in_the_way(folder)
     if file is not None:
-        where = "is a file" if file == folder else f"lies below the file {file}"
+        where = where_in_the_way(file, folder)
         raise NotADirectoryError(f"Cannot create the folder {folder}: it {where}.")
     # Judged by where they lead: in "new/../old", "old" exists though "new"
     # does not (and the path works once "new" is made).

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._atomic import file_in_the_way
+from ._atomic import file_in_the_way, where_in_the_way
 from ._features._images import check_file_header, decode_file
 from ._utils import names_a_folder
 
@@ -50,8 +50,9 @@ def check_output_folder(folder, option, contents):
     """Say why the folder ``folder`` (of ``option``, for ``contents``) cannot
     take new files, before any long work."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{option} {folder} is a file; give a folder for {contents}.")
+    if file_in_the_way(folder) == folder:  # a file, or a link to nothing
+        where = where_in_the_way(folder, folder)
+        raise InputError(f"{option} {folder} {where}; give a folder for {contents}.")
     _check_room(folder, option)
 
 
@@ -60,7 +61,7 @@ def _check_room(path, option):
     refuses new files: found after the work, the work would be lost."""
     blocking = file_in_the_way(path.parent)
     if blocking is not None:
-        raise InputError(f"{option} {path} lies below the file {blocking}.")
+        raise InputError(f"{option} {path} {where_in_the_way(blocking, path)}.")
     absolute = path.absolute()
     folder = next(p for p in (absolute, *absolute.parents) if p.is_dir())
     try:

@@ -619,6 +619,13 @@ def _write(name, text):
     return prepare
 
 
+def _link_to_nothing(name):
+    def prepare(folder, out):
+        (folder / name).symlink_to(folder / "nowhere")
+
+    return prepare
+
+
 def _truncate_cache(folder, out):
     cache = _finished(out, results=False)
     cache.write_bytes(cache.read_bytes()[:100])
@@ -739,6 +746,13 @@ CLI_ROWS = [
         _write("file", ""),
         1,
         r"\(--output\) lies below the file",
+    ),
+    (
+        "--output a link to nothing",
+        ["--output", "DIR/gone"],
+        _link_to_nothing("gone"),
+        1,
+        r"\(--output\) is a link to nothing \(.*nowhere\)",
     ),
     (
         "read-only --output",

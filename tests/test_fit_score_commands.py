@@ -737,6 +737,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(
     monkeypatch.setattr("sklearn_metarefine._training.list_images", no_work)
     monkeypatch.setattr("sklearn_metarefine._inference.list_images", no_work)
     (tmp_path / "a_file").write_text("")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")  # a link to nothing
     new = str(folders / "new")
     cases = [
         (["fit", new, "--output", str(tmp_path)], "is a folder; give the path"),
@@ -758,6 +759,20 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(
             ["score", str(fitted), new, "--output", "x.csv", "--maps",
              str(tmp_path / "a_file" / "maps")],
             f"--maps {tmp_path / 'a_file' / 'maps'} lies below the file",
+        ),
+        # Below a link to nothing, these failed at the write, after the work.
+        (["fit", new, "--output", str(tmp_path / "gone" / "m")],
+         f"lies below {tmp_path / 'gone'}, a link to nothing ({tmp_path / 'nowhere'})"),
+        (
+            ["score", str(fitted), new, "--output", "x.csv", "--maps",
+             str(tmp_path / "gone")],
+            f"--maps {tmp_path / 'gone'} is a link to nothing ({tmp_path / 'nowhere'})"
+            "; give a folder for the maps",
+        ),
+        (
+            ["score", str(fitted), new, "--output", "x.csv", "--maps",
+             str(tmp_path / "gone" / "maps")],
+            f"lies below {tmp_path / 'gone'}, a link to nothing",
         ),
     ]  # fmt: skip
     for argv, message in cases:

@@ -132,6 +132,10 @@ def test_save_below_a_file_names_it_and_a_failed_save_leaves_no_folder(
         save(refiner, tmp_path / "afile" / "model.metarefine")
     with pytest.raises(NotADirectoryError, match=r"sub: it lies below the file "):
         save(refiner, tmp_path / "afile" / "sub" / "model.metarefine")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(NotADirectoryError, match=r"gone, a link to nothing \("):
+        save(refiner, tmp_path / "gone" / "sub" / "model.metarefine")
+    (tmp_path / "gone").unlink()
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -17,7 +17,13 @@ from pathlib import Path
 import joblib
 import numpy as np
 
-from .._atomic import atomic_write, file_in_the_way, named, temporary_name
+from .._atomic import (
+    atomic_write,
+    file_in_the_way,
+    named,
+    temporary_name,
+    where_in_the_way,
+)
 from .._utils import file_digest
 from ._config import BenchmarkError
 
@@ -144,7 +150,7 @@ def check_output(output):
     output = Path(output)
     file = file_in_the_way(output)
     if file is not None:
-        where = "is a file" if file == output else f"lies below the file {file}"
+        where = where_in_the_way(file, output)
         raise BenchmarkError(
             f"The output folder {output} (--output) {where}; pass the path "
             "of a folder, new or from an earlier run of this benchmark."

@@ -1085,6 +1085,10 @@ def test_tied_scores_at_a_float_contamination_are_flagged_when_closer():
     for contamination, flagged in [(0.01, 0), (0.04, 5), (0.05, 5), (0.1, 10)]:
         offset = contamination_offset(scores, contamination)
         assert np.count_nonzero(scores < offset) == flagged
+    scores = np.r_[np.zeros(2), np.arange(1.0, 9.0)]  # two tied: the fewest
+    for contamination, flagged in [(0.05, 0), (0.11, 2), (0.2, 2)]:
+        offset = contamination_offset(scores, contamination)
+        assert np.count_nonzero(scores < offset) == flagged
     rng = np.random.RandomState(0)
     X = np.vstack([rng.normal(size=(300, 3)), rng.normal(6, 1, size=(15, 3))])
     for contamination, flagged in [(0.01, 0), (0.04, 15)]:

@@ -24,7 +24,11 @@ from sklearn_metarefine._benchmark import (
     resolve_config,
     run_benchmark,
 )
-from sklearn_metarefine._benchmark._report import removal_table
+from sklearn_metarefine._benchmark._report import (
+    auroc_table,
+    removal_table,
+    threshold_table,
+)
 
 # Small enough that a run takes a fraction of a second on a laptop CPU.
 TINY = {
@@ -610,6 +614,38 @@ def test_table2_averages_the_repeats_whose_runs_all_succeeded():
         failed["error"] = "DivergenceError: nan"
     (row,) = removal_table(records, [0.2], ["irp"])
     assert row["train_good"] is None and row["n_failed"] == 6
+
+
+def test_table3_averages_the_repeats_whose_runs_all_succeeded():
+    # A repeat with a failed category would mix its other categories' rates
+    # into the mean over repeats of the mean over categories.
+    def record(category, repeat, false_alarm, error=None):
+        return {
+            "model": "flow", "noise": 0.1, "category": category, "repeat": repeat,
+            "error": error, "false_alarm": false_alarm, "detection": 0.5,
+        }  # fmt: skip
+
+    records = [record("a", 0, 0.1), record("b", 0, 0.3), record("a", 1, 0.5),
+               record("b", 1, None, error="DivergenceError: nan")]  # fmt: skip
+    (row,) = threshold_table(records, [0.1], ["flow"])
+    assert row["false_alarm_mean"] == pytest.approx(0.2)  # repeat 0 alone
+    assert row["false_alarm_std"] == 0.0 and row["n_failed"] == 1
+
+
+def test_tables_give_the_population_std_over_repeats():
+    # ddof=0, as documented: defined for one repeat, and 0.05 for 0.9 and 0.8.
+    records = [
+        {"model": "flow", "category": "0", "noise": 0.1, "repeat": r, "error": None,
+         "auroc": a, "pixel_auroc": None, "aupro": None,
+         "false_alarm": a - 0.7, "detection": 1.0}
+        for r, a in enumerate([0.9, 0.8])
+    ]  # fmt: skip
+    for row in auroc_table(records, ["0"], [0.1], ["flow"]):  # the digit and mean
+        assert row["auroc_std"] == pytest.approx(0.05)
+    (row,) = threshold_table(records, [0.1], ["flow"])
+    assert row["false_alarm_std"] == pytest.approx(0.05)
+    for row in auroc_table(records[:1], ["0"], [0.1], ["flow"]):
+        assert row["auroc_std"] == 0.0
 
 
 def test_results_of_another_dataset_folder_are_not_reused(ksdd2_root, tmp_path):

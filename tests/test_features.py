@@ -517,6 +517,25 @@ def test_views_are_rotations_in_view_major_rows():
     assert names[4] == "pretrainedfeatures_view1_scale0_ch0"
 
 
+def test_contrast_change_blends_with_the_mean_gray_as_torchvision_does():
+    # The contrast of color_jitter's views: ITU-R 601 gray weights, in RGB order.
+    from torchvision.transforms.functional import adjust_contrast
+
+    from sklearn_metarefine._features._embedding import _adjust_brightness_contrast
+
+    images = torch.from_numpy(np.random.RandomState(0).uniform(size=(2, 3, 5, 4)))
+    images = images.float()
+    images[:, 0] *= 0.9  # unequal channels: a swap of the weights shows
+    images[:, 2] *= 0.2
+    for contrast in (0.5, 1.3):
+        torch.testing.assert_close(
+            _adjust_brightness_contrast(images, 1.0, contrast),
+            adjust_contrast(images, contrast),
+            rtol=0.0,
+            atol=1e-4,  # torchvision weighs red 0.2989
+        )
+
+
 def test_color_jitter_is_seeded_per_view(rgb):
     plain = tiny(n_views=3).fit(rgb)
     np.testing.assert_array_equal(plain.view_brightness_, 1.0)

@@ -106,6 +106,16 @@ def test_warm_start_continues_from_the_fitted_flow(Detector, X):
         det.fit(X[:, :4])
 
 
+@pytest.mark.parametrize("max_epochs, warm", [(4, 1), (20, 2), (35, 3)])
+def test_warm_epochs_default_to_a_tenth_of_max_epochs(max_epochs, warm, X):
+    # warm_epochs=None, documented max(1, max_epochs // 10), sets how long
+    # each warm refit of a refinement round trains.
+    det = FlowDetector(random_state=0, **{**SMALL, "max_epochs": max_epochs}).fit(X)
+    epochs = len(det.net_.history)
+    det.set_params(warm_start=True).fit(X[:60])
+    assert len(det.net_.history) == epochs + warm
+
+
 @pytest.mark.parametrize("Detector", DETECTORS)
 def test_failed_warm_fit_leaves_the_flow_as_it_was(Detector, X, monkeypatch):
     det = Detector(random_state=0, warm_epochs=3, **SMALL).fit(X)

@@ -317,6 +317,25 @@ def test_probed_search_leaves_out_the_querys_own_group():
     torch.testing.assert_close(fixed.max(1).values, exact.view(30, 10).max(1).values)
 
 
+@pytest.mark.parametrize("sigma", [2.0, 4.0])
+def test_maps_are_smoothed_by_a_gaussian_of_sigma_pixels(sigma):
+    # One hot cell: the smoothing adds sigma^2 to the variance of its map.
+    scores = torch.zeros(1, 8, 8, dtype=torch.float64)
+    scores[0, 4, 3] = 1.0
+
+    def spread(values):  # standard deviation of the map's mass along its rows
+        mass, rows = values.sum(1), np.arange(values.shape[0])
+        mean = (mass * rows).sum() / mass.sum()
+        return np.sqrt((mass * (rows - mean) ** 2).sum() / mass.sum())
+
+    plain, smooth = (
+        anomaly_maps(scores, (128, 128), width, (64, 64), 0.75)[0].numpy()
+        for width in (0.0, sigma)
+    )
+    added = np.sqrt(spread(smooth) ** 2 - spread(plain) ** 2)
+    assert added == pytest.approx(sigma, rel=0.01)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 17, 224, 1000])
 def test_smoothing_by_fft_equals_the_gaussian_matrix(n):
     # The (n, n) matrix took 512 MB for a side of 8,000 pixels; the kernel is

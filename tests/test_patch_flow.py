@@ -12,6 +12,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from sklearn_metarefine import FlowDetector, MAMLFlowDetector, PatchFlowDetector
 from sklearn_metarefine._flows import DivergenceError
 from sklearn_metarefine._patch._flow import positional_code
+from sklearn_metarefine._scores import iqr_fence, majority_fence
 from test_patch import SIZE, plant_discs, textures
 
 SMALL_FLOW = {"n_blocks": 2, "hidden_size": 16, "max_epochs": 10, "batch_size": 64}
@@ -151,6 +152,53 @@ def test_image_cleaning_drops_most_defective_training_images():
     assert plain.inlier_mask_.all()
     # the flow fitted without them finds the defects less likely
     assert det.score_samples(defective).mean() < plain.score_samples(defective).mean()
+
+
+def gaussian_rows(n, seed, n_defective=0, shift=8.0):
+    """Rows of 2 x 2 grids of 3 values; the first ``n_defective`` shifted."""
+    X = np.random.RandomState(seed).normal(size=(n, 12))
+    X[:n_defective, :3] += shift
+    return X
+
+
+def row_flow(**params):
+    flow = FlowDetector(n_blocks=2, hidden_size=8, max_epochs=5)
+    return small(grid_shape=(2, 2), flow=flow, **params)
+
+
+def test_auto_threshold_holds_when_a_third_of_the_images_are_defective():
+    # The normal scores of the boundary lie inside the fence grown from the
+    # lower half (majority_fence): the fence of all the held-out scores lies
+    # among 20 defective images of 60 and flagged no defective image.
+    det = row_flow().fit(gaussian_rows(60, 0, n_defective=20))
+    defective = gaussian_rows(200, 1, n_defective=200)
+    assert (det.predict(defective) == -1).mean() >= 0.95
+    assert (det.predict(gaussian_rows(400, 2)) == -1).mean() <= 0.1
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.2])
+def test_auto_threshold_flags_false_alarm_rate_of_clean_held_out_scores(rate):
+    det = row_flow(false_alarm_rate=rate).fit(gaussian_rows(80, 0))
+    assert np.mean(det.train_scores_ > -det.offset_) == pytest.approx(rate, abs=0.03)
+
+
+def test_auto_threshold_counts_a_clean_tail_beyond_the_fence():
+    # A quantile of the scores inside the fence alone lies too low: the
+    # lowest scores beyond it, as many as a clean tail has there, count too.
+    det = row_flow().fit(gaussian_rows(60, 0, n_defective=6))
+    scores = det.train_scores_
+    inside = scores <= majority_fence(scores, det.k)
+    assert not inside.all()
+    assert -det.offset_ > np.quantile(scores[inside], 1 - det.false_alarm_rate)
+
+
+@pytest.mark.parametrize("k", [1.5, 3.0])
+def test_image_cleaning_drops_the_images_beyond_the_fence_of_its_k(k):
+    det = row_flow(image_cleaning=True, k=k).fit(gaussian_rows(60, 0, 6, shift=3.0))
+    scores = det.train_scores_
+    np.testing.assert_array_equal(det.inlier_mask_, scores <= iqr_fence(scores, k))
+    between = (scores > iqr_fence(scores, k)) & (scores <= iqr_fence(scores, 2 * k))
+    assert between.any()  # so that a fence of another k drops other images
 
 
 def test_float_contamination_flags_that_fraction_of_the_training_images():

@@ -339,6 +339,17 @@ def gaussian_with_far_outliers(n_features, seed):
     return np.vstack([inliers, outliers]), np.arange(330) >= 300
 
 
+@pytest.mark.parametrize("k", [0.5, 1.0])
+@pytest.mark.parametrize("n_features", [2, 5])
+def test_the_clean_tail_stop_counts_the_tail_beyond_the_fence_of_its_k(k, n_features):
+    # A tight fence cuts a larger tail off a clean set (13% at k=0.5): counted
+    # for k=1.5 instead, the rounds after the first went on removing it.
+    X = np.random.RandomState(0).normal(size=(300, n_features))
+    refiner = IQRRefiner(EllipticEnvelope(random_state=0), k=k, random_state=0).fit(X)
+    assert refiner.termination_condition_ == "clean_tail" and refiner.n_iter_ == 2
+    assert refiner.inlier_mask_.mean() >= 0.8
+
+
 def test_refinement_does_not_erode_clean_tails():
     # Tukey's fence rejects a share of any clean sample (4.8% of the squared
     # Mahalanobis distances in two dimensions): refitting on what it keeps and

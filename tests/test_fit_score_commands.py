@@ -131,6 +131,15 @@ def test_listing_skips_hidden_files_follows_links_and_names_each_file_once(
         read_image(files[1].path)
 
 
+def test_listing_finds_image_suffixes_in_any_case(folders, tmp_path):
+    # A camera's IMG_0001.JPG is an image as much as a part.png is.
+    image = (folders / "new" / "new0.bmp").read_bytes()
+    for name in ("IMG_0001.JPG", "b.PNG", "c.Tiff", "d.BMP", "e.TXT"):
+        (tmp_path / name).write_bytes(image)
+    names = [Path(file.path).name for file in list_images([tmp_path])]
+    assert names == ["IMG_0001.JPG", "b.PNG", "c.Tiff", "d.BMP"]
+
+
 def test_output_names_are_unique(folders):
     files = list_images([folders / "new"]) + list_images([folders / "new" / "new0.bmp"])
     names = output_names(files, ".png")
@@ -624,7 +633,8 @@ def test_score_writes_a_row_per_file(folders, fitted, capsys):
         ]
     )
     assert status == 0
-    assert "Skipped 1 unreadable" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Skipped 1 unreadable" in out
     rows = _rows(output)
     assert list(rows[0]) == COLUMNS
     expected = [f.path for f in list_images(inputs)]
@@ -646,6 +656,24 @@ def test_score_writes_a_row_per_file(folders, fitted, capsys):
     assert {row["threshold_source"] for row in rows} == {"model"}
     predicted = np.where(model.predict(paths) == -1, "anomalous", "normal")
     np.testing.assert_array_equal(labels, predicted)
+    n_anomalous = int(np.sum(labels == "anomalous"))  # the skipped file is not
+    assert f"Scored {len(scored)} images: {n_anomalous} anomalous at" in out
+
+
+def test_a_score_at_the_threshold_is_labelled_normal(folders, fitted, tmp_path):
+    # As predict keeps a score at the boundary inside, the CSV's label does.
+    files = [str(folders / "new" / f"new{i}.bmp") for i in range(4)]
+    argv = ["score", str(fitted), *files, "--no-progress", "--output"]
+    assert main([*argv, str(tmp_path / "first.csv")]) == 0
+    scores = [row["anomaly_score"] for row in _rows(tmp_path / "first.csv")]
+    for tied in scores:
+        assert main([*argv, str(tmp_path / "again.csv"), "--threshold", tied]) == 0
+        rows = _rows(tmp_path / "again.csv")
+        assert [row["anomaly_score"] for row in rows] == scores  # the same batch
+        labels = [row["label"] for row in rows]
+        assert labels == [
+            "normal" if float(s) <= float(tied) else "anomalous" for s in scores
+        ]
 
 
 def test_score_threshold_option_overrides_the_models(folders, fitted):

@@ -181,6 +181,14 @@ def test_good_images_vary_like_a_texture(category):
     assert np.abs(colours - colours.mean(axis=0)).max() < 0.25 * colours.mean()
 
 
+def test_defective_images_are_other_pieces_of_the_surface(surfaces):
+    """A defective image is not a good one of the same index with a defect on
+    it: its defect-free version differs from every good image."""
+    good = surfaces.images[surfaces.target == 0].astype(float)
+    for clean in surfaces.defect_free[surfaces.target == 1].astype(float):
+        assert min(np.abs(image - clean).mean() for image in good) > 3.0
+
+
 def test_images_are_sized_as_asked():
     data = draw("tile", 1, 1, size=96)
     assert data.images.shape == (2, 96, 96, 3)

@@ -556,6 +556,27 @@ def test_exif_orientation_turns_files_upright(tmp_path, fitted_on_images, suffix
     np.testing.assert_array_equal(read_image(files[0]), upright)
 
 
+_STORED_AS = {  # how a camera stores an upright image under each EXIF orientation
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("orientation", sorted(_STORED_AS))
+def test_every_exif_orientation_reads_upright_at_its_size(tmp_path, orientation):
+    # 5 and 7 (mirrored quarter turns) swap height and width too: the maps of
+    # such a file would come out at the stored size, not the image's.
+    upright = RGB[0]  # 12 x 10
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    path = tmp_path / "stored.png"
+    Image.fromarray(upright).transpose(_STORED_AS[orientation]).save(path, exif=exif)
+    assert _image_source([path], None).sizes() == [upright.shape[:2]]
+    np.testing.assert_array_equal(read_image(path), upright)
+
+
 # --- the command line -----------------------------------------------------------
 
 BASE = [

@@ -693,6 +693,21 @@ def test_resolve_config_applies_overrides_and_rejects_unknown_keys():
         "first_order"] is True
 
 
+def test_options_take_precedence_over_the_config_file(tmp_path):
+    # As --config's help says: --image-size 32 over the file's 64.
+    from sklearn_metarefine.__main__ import _overrides
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"features": {"image_size": 64, "n_scales": 2},
+                                "flow": {"max_epochs": 50}}))  # fmt: skip
+    argv = ["benchmark", "--config", str(path), "--image-size", "32",
+            "--max-epochs", "2"]  # fmt: skip
+    args = _parser().parse_args(argv)
+    config = _overrides(args)
+    assert config["features"] == {"image_size": 32, "n_scales": 2}
+    assert config["flow"] == {"max_epochs": 2}
+
+
 def test_make_model_builds_the_papers_four_models_and_two_baselines():
     config = resolve_config("digits")
     models = {
@@ -1236,15 +1251,30 @@ def test_auroc_figures_draw_the_noise_levels_in_increasing_order(tmp_path, monke
     errorbar = Axes.errorbar
 
     def recorded(self, x, y, *args, **kwargs):
-        drawn.append((np.asarray(x), list(y)))
+        drawn.append((np.asarray(x), list(y), kwargs.get("yerr"), self.get_xlabel()))
         return errorbar(self, x, y, *args, **kwargs)
 
     monkeypatch.setattr(Axes, "errorbar", recorded)
     noise = [0.3, 0.0, 0.1]
-    cells = {("lof", level): {"auroc_mean": 1 - level, "auroc_std": 0.0} for level in noise}
+    cells = {
+        ("lof", level): {"auroc_mean": 1 - level, "auroc_std": level / 10}
+        for level in noise
+    }
     _plot(tmp_path / "figure.png", [("all", cells)], noise, ["lof"], ncols=1)
-    ((x, y),) = drawn
+    ((x, y, yerr, _),) = drawn
     assert np.all(np.diff(x) > 0) and y == [1.0, 0.9, 0.7]
+    # In percent, as the axis is labelled, with the std over repeats as bars.
+    np.testing.assert_allclose(x, [0.0, 10.0, 30.0])
+    np.testing.assert_allclose(yerr, [0.0, 0.01, 0.03])
+
+
+def test_a_category_named_twice_is_run_once():
+    # "3" and "digit3" name one digit: listed twice, its runs were planned,
+    # run and counted twice.
+    from sklearn_metarefine._benchmark._main import _grid_axes
+
+    categories, *_ = _grid_axes("digits", ["3", "digit3", "3"], ["lof"], [0.0])
+    assert categories == ["digit3"]
 
 
 def test_cached_features_of_another_kind_are_refused(tmp_path):

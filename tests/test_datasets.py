@@ -376,6 +376,7 @@ def test_load_ksdd2_labels_from_masks(ksdd2_root):
     assert data.defect_type.tolist() == [
         "defective" if defect else "good" for _, _, defect in KSDD2_IMAGES
     ]
+    assert data.defect_type.dtype == object  # as documented: a longer label fits
     assert data.split.tolist() == [split for split, _, _ in KSDD2_IMAGES]
     assert data.mask_filenames.tolist() == [
         str(ksdd2_root / split / f"{image_id}_GT.png")
@@ -902,6 +903,26 @@ def test_make_contaminated_predefined_split():
     # 0.2 * 50 / 0.8 = 12.5 rounds to 13 of the 20 anomalies not in the test set.
     assert data.y_train.sum() == 13
     assert not set(data.train_indices) & set(data.test_indices)
+
+
+def test_make_contaminated_never_trains_on_test_side_normals_left_over():
+    # A KolektorSDD2-like test side, with many more good images than the
+    # balanced test set takes: those left over stay out of training.
+    y = np.array([0] * 40 + [0] * 30 + [1] * 20)
+    split = np.array(["train"] * 40 + ["test"] * 50)
+    data = make_contaminated(np.arange(90), y, noise=0.1, test_size=10,
+                             split=split, random_state=0)  # fmt: skip
+    assert set(split[data.train_indices[data.y_train == 0]]) == {"train"}
+    assert (data.y_train == 0).sum() == 40
+
+
+def test_make_contaminated_returns_each_set_in_a_random_order():
+    y = np.array([0] * 80 + [1] * 40)
+    data = make_contaminated(np.arange(120), y, noise=0.2, test_size=20, random_state=0)
+    for labels in (data.y_train, data.y_test):
+        assert 0 < labels.sum() < len(labels)
+        first_anomaly = np.argmax(labels == 1)
+        assert (labels[first_anomaly:] == 0).any()  # not normal ones, then anomalies
 
 
 def test_make_contaminated_predefined_split_uses_training_anomalies():

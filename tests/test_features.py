@@ -515,6 +515,12 @@ def test_views_are_rotations_in_view_major_rows():
         np.testing.assert_allclose(X[:, k], view0_of_rotated, atol=1e-5)
     names = features.get_feature_names_out()
     assert names[4] == "pretrainedfeatures_view1_scale0_ch0"
+    # View-major, then scale-major, then channels, as the rows are laid out.
+    two_scales = tiny(n_views=2, n_scales=2).fit(images)
+    assert list(two_scales.get_feature_names_out()) == [
+        f"pretrainedfeatures_view{v}_scale{s}_ch{c}"
+        for v in range(2) for s in range(2) for c in range(4)
+    ]  # fmt: skip
 
 
 def test_contrast_change_blends_with_the_mean_gray_as_torchvision_does():
@@ -534,6 +540,31 @@ def test_contrast_change_blends_with_the_mean_gray_as_torchvision_does():
             rtol=0.0,
             atol=1e-4,  # torchvision weighs red 0.2989
         )
+
+
+@pytest.mark.parametrize("random_state", [1, 4])  # brightness 1.50 and 1.40
+def test_a_jittered_view_is_the_image_at_its_drawn_brightness_and_contrast(
+    rgb, random_state
+):
+    # On the image resized to the CNN's input: brightness first, clipped to
+    # [0, 1] as torchvision does, then contrast.
+    from torchvision.transforms.functional import adjust_brightness, adjust_contrast
+
+    from sklearn_metarefine._features._embedding import _resize
+
+    jittered = tiny(n_views=1, n_scales=1, color_jitter=0.5, random_state=random_state)
+    jittered.fit(rgb)
+    brightness, contrast = jittered.view_brightness_[0], jittered.view_contrast_[0]
+    assert brightness > 1.3 and abs(contrast - 1.0) > 0.3
+    pixels = _resize(torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255, (16, 16))
+    adjusted = adjust_contrast(adjust_brightness(pixels, brightness), contrast)
+    plain = tiny(n_views=1, n_scales=1).fit(rgb)
+    np.testing.assert_allclose(
+        jittered.transform(rgb),
+        plain.transform(adjusted.permute(0, 2, 3, 1).numpy()),
+        rtol=0,
+        atol=2e-3,  # torchvision weighs red 0.2989, not 0.299
+    )
 
 
 def test_color_jitter_is_seeded_per_view(rgb):

@@ -127,6 +127,17 @@ def test_patch_rows_are_pooled_aligned_and_concatenated_maps():
     ]
 
 
+def test_patch_feature_names_follow_the_rows_of_a_grid_wider_than_high():
+    images = np.random.RandomState(0).randint(0, 256, (2, 8, 16, 3), np.uint8)
+    features = PatchFeatures(TwoMaps(), image_size=(8, 16), device="cpu").fit(images)
+    assert features.grid_shape_ == (4, 8) and features.n_channels_ == 5
+    names = features.get_feature_names_out()
+    assert list(names) == [
+        f"patchfeatures_row{r}_col{c}_ch{k}"
+        for r in range(4) for c in range(8) for k in range(5)
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "backbone, grid, channels",
     [

@@ -249,14 +249,32 @@ def test_unusual_parameter_values_round_trip(table, model_path, tmp_path):
         device=torch.device("cpu"),
         random_state=np.random.RandomState(3),
     )
+    features.random_state.rand(5)  # a generator part way through its stream
+    features.random_state.standard_normal()  # and holding a second normal draw
     save(features, model_path)
     loaded = load(model_path)
+    # It goes on where the saved one would: its position and cached draw kept.
+    assert_array_equal(loaded.random_state.standard_normal(3),
+                       features.random_state.standard_normal(3))  # fmt: skip
+    assert_array_equal(loaded.random_state.rand(3), features.random_state.rand(3))
     assert loaded.image_size == (32, 48)
     assert features.memory is not None and loaded.memory is None
     assert loaded.device == "cpu"
     assert_array_equal(
         loaded.random_state.get_state()[1], features.random_state.get_state()[1]
     )
+
+
+def test_string_arrays_keep_their_dtype(table, model_path):
+    # feature_names_in_ is an object array in scikit-learn; it came back as
+    # fixed-width unicode, which truncates what is later stored in it.
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(table, columns=[f"feature{i}" for i in range(table.shape[1])])
+    refiner = IQRRefiner(IsolationForest(n_estimators=5, random_state=0)).fit(frame)
+    save(refiner, model_path)
+    loaded = load(model_path)
+    assert loaded.feature_names_in_.dtype == object
+    assert_array_equal(loaded.feature_names_in_, refiner.feature_names_in_)
 
 
 def test_set_output_round_trips(images, model_path):

@@ -63,6 +63,26 @@ def test_outline_lies_on_the_mask_in_image_coordinates(panels):
         plt.close(figure)
 
 
+def test_outline_of_a_coarse_mask_lies_on_its_cells_of_a_wide_image():
+    # A 10 x 10 mask over a 40 x 80 image: its cells are 4 pixels high and 8
+    # wide, their centres half a cell in; cells 4-5 cover rows 16-23 and
+    # columns 32-47, where the contour at 0.5 runs between cell centres.
+    image = np.zeros((40, 80), dtype=np.uint8)
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[4:6, 4:6] = True
+    figure = plot_anomaly_maps([image], [np.zeros((40, 80))], [mask])
+    try:
+        ax = next(ax for ax in figure.axes if ax.images)
+        outline = next(c for c in ax.collections if isinstance(c, ContourSet))
+        vertices = np.concatenate([p.vertices for p in outline.get_paths()])
+        np.testing.assert_allclose(vertices[:, 0].min(), 31.5)
+        np.testing.assert_allclose(vertices[:, 0].max(), 47.5)
+        np.testing.assert_allclose(vertices[:, 1].min(), 15.5)
+        np.testing.assert_allclose(vertices[:, 1].max(), 23.5)
+    finally:
+        plt.close(figure)
+
+
 def test_titles_files_and_grey_images(tmp_path, panels):
     images, maps, _ = panels
     paths = []

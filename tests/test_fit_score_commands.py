@@ -1834,3 +1834,12 @@ def test_an_image_scored_nan_is_labelled_anomalous_as_predict_flags_it(folders):
     files = list_images([folders / "new"])[:2]
     rows = _score_batch(Scores(), files, None, None, 1.0, "model", False, [], [])
     assert [row[2] for row in rows] == ["anomalous", "normal"]
+
+
+def test_the_level_set_with_set_is_refused_for_the_level_option():
+    # --set level=patch would have been dropped for --level's default, image.
+    from sklearn_metarefine._training import build_detector
+
+    said = r"level='patch': choose the level with --level"
+    with pytest.raises(InputError, match=said):
+        build_detector("image", {"level": "patch"})

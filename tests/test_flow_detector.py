@@ -634,3 +634,97 @@ def test_a_warm_fit_keeps_axes_that_few_rows_limited(X):
     det.fit(X[:6])
     assert len(det.components_) == 5
     det.set_params(warm_start=True).fit(X[:6])
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_scores_of_many_rows_do_not_depend_on_the_call(Detector, X):
+    # More rows than one scoring batch of the net (4,096): a row at a batch's
+    # edge must get its own score, whatever else is scored with it.
+    det = Detector(random_state=0, **SMALL).fit(X)
+    new = np.random.RandomState(1).normal(size=(9000, 6))
+    in_pieces = np.concatenate(
+        [det.score_samples(new[start : start + 1000]) for start in range(0, 9000, 1000)]
+    )
+    np.testing.assert_allclose(det.score_samples(new), in_pieces, rtol=1e-12)
+
+
+@pytest.mark.parametrize("Detector", DETECTORS)
+def test_a_failed_warm_fit_restores_the_optimiser(Detector, X, monkeypatch):
+    # Adam's moments and step count are part of what a warm fit continues
+    # from: a fit stopped after one step must not leave them advanced.
+    det = Detector(random_state=0, warm_epochs=3, **SMALL).fit(X)
+    twin = pickle.loads(pickle.dumps(det))
+    train_step = det.net_.train_step
+
+    def interrupted_after_one_step(*args, **kwargs):
+        train_step(*args, **kwargs)
+        raise RuntimeError("training stopped")
+
+    monkeypatch.setattr(det.net_, "train_step", interrupted_after_one_step)
+    with pytest.raises(RuntimeError, match="training stopped"):
+        det.set_params(warm_start=True).fit(X[:60])
+    monkeypatch.undo()
+    state, expected = (
+        d.net_.optimizer_.state_dict()["state"] for d in (det, twin)
+    )
+    assert state.keys() == expected.keys()
+    for key in state:
+        for name, value in expected[key].items():
+            torch.testing.assert_close(state[key][name], value, rtol=0, atol=0)
+    det.fit(X[:60])
+    twin.set_params(warm_start=True).fit(X[:60])
+    np.testing.assert_array_equal(det.score_samples(X), twin.score_samples(X))
+
+
+def test_held_out_residual_variance_is_that_of_rows_outside_each_fold():
+    # The residual variance of axes that span the rows: each of 5 folds of
+    # rows projected on the axes of the others, the squared residual per row
+    # and per discarded direction, measured from the other folds' centre.
+    from sklearn_metarefine._flows._projection import fit_projection
+
+    rng = np.random.RandomState(0)
+    std = rng.normal(size=(12, 40)) @ (rng.normal(size=(40, 40)) / 6 + np.eye(40))
+    std = (std - std.mean(0)) / std.std(0)
+    axes, _, noise = fit_projection(std, 16)
+    assert len(axes) == 11
+    squared = 0.0
+    for fold in range(5):
+        out = np.arange(12) % 5 == fold
+        centre = std[~out].mean(0)
+        fold_axes = np.linalg.svd(std[~out] - centre, full_matrices=False)[2][:11]
+        rows = std[out] - centre
+        squared += np.sum((rows - rows @ fold_axes.T @ fold_axes) ** 2)
+    assert noise == pytest.approx(squared / (12 * (40 - 11)), rel=1e-9)
+
+
+def test_views_count_distinct_rows_for_the_axes():
+    # 6 objects of 2 distinct views are 12 distinct rows: 11 axes span them,
+    # not the 5 that counting objects would allow.
+    X = np.random.RandomState(0).normal(size=(6, 2 * 20))
+    det = FlowDetector(n_views=2, pca_components=16, random_state=0, **SMALL).fit(X)
+    assert det.components_.shape == (11, 20)
+
+
+def test_a_finite_row_whose_likelihood_breaks_down_scores_minus_inf(X):
+    # Finite once standardised, but far enough out that the net's arithmetic
+    # gives NaN, which predict would read as normal.
+    det = FlowDetector(random_state=0, **SMALL).fit(X[:, :4])
+    far = [[1.017632787270713e175, 2.8098038610437736e193,
+            1.2507144377197344e306, 2.0601670193222455e281]]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert det.score_samples(far)[0] == -np.inf
+        assert det.predict(far)[0] == -1
+
+
+def test_the_flows_permutations_are_random_and_fixed_by_the_seed():
+    from sklearn_metarefine._flows._modules import Flow
+
+    def permutations(seed):
+        flow = Flow(6, n_blocks=4, seed=seed)
+        return [m.perm.tolist() for m in flow.modules() if hasattr(m, "perm")]
+
+    first = permutations(0)
+    assert len(first) == 4
+    assert any(perm != list(range(6)) for perm in first)
+    assert permutations(0) == first and permutations(1) != first

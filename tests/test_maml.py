@@ -136,3 +136,55 @@ def test_maml_with_batches_of_one_row_names_batch_size():
     detector = MAMLFlowDetector(batch_size=1, alpha=0.01, max_epochs=1, device="cpu")
     with pytest.raises(ValueError, match=r"batch_size=1\. Use batch_size >= 2, or alpha=0"):
         detector.fit(X)
+
+
+def _fit_maml(X, **params):
+    settings = dict(n_blocks=2, hidden_size=8, max_epochs=2, alpha=0.5, batch_size=16)
+    settings.update(params)
+    return MAMLFlowDetector(device="cpu", random_state=0, **settings).fit(X)
+
+
+def test_maml_trains_on_fewer_rows_than_batch_size():
+    # Without the batch cut to the rows, the one short batch is dropped and
+    # every epoch trains on nothing (a NaN loss, the flow as initialised).
+    X = np.random.RandomState(0).normal(size=(60, 4)) * [1, 1, 5, 0.2]
+    det = _fit_maml(X, batch_size=96, max_epochs=3, alpha=0.01)
+    assert [len(epoch["batches"]) for epoch in det.net_.history] == [1, 1, 1]
+    assert np.isfinite([epoch["train_loss"] for epoch in det.net_.history]).all()
+
+
+def test_maml_drops_a_last_batch_too_small_to_split():
+    # 97 rows in batches of 96 leave one row, which cannot make a support and
+    # a query set: it is dropped, not refused with advice about batch_size.
+    X = np.random.RandomState(0).normal(size=(97, 4))
+    det = _fit_maml(X, batch_size=96, max_epochs=1, alpha=0.01)
+    assert len(det.net_.history[0]["batches"]) == 1
+
+
+@pytest.mark.parametrize(
+    "setting, values", [("inner_steps", (1, 3)), ("support_fraction", (0.25, 0.75))]
+)
+def test_each_maml_setting_changes_the_model(setting, values):
+    X = np.random.RandomState(0).normal(size=(64, 3))
+    first, second = (
+        _fit_maml(X, **{setting: value}).score_samples(X[:5]) for value in values
+    )
+    assert np.abs(first - second).max() > 1e-4
+
+
+def test_maml_tasks_are_drawn_at_random_from_sorted_rows(monkeypatch):
+    # Sorted file lists give sorted rows: tasks of consecutive rows would
+    # adapt to one end of the data and be judged on the next rows.
+    first_batches = []
+    original = _MAMLFlowNet.train_step_single
+
+    def recording_step(net, batch, **fit_params):
+        first_batches.append(batch[0][:, 0].detach().clone())
+        return original(net, batch, **fit_params)
+
+    monkeypatch.setattr(_MAMLFlowNet, "train_step_single", recording_step)
+    X = np.sort(np.random.RandomState(0).normal(size=(64, 3)), axis=0)
+    _fit_maml(X, max_epochs=1)
+    first = first_batches[0].numpy()
+    assert not np.all(np.diff(first) >= 0)
+    assert first.max() - first.min() > 2.0  # from across the range, not 16 neighbours

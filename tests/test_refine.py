@@ -1529,3 +1529,14 @@ def test_fractions_of_the_training_set_count_as_written():
     assert core_size(0.07, 100) == 7
     assert resolve_start_neighbors(0.28, 25) == 7
     assert resolve_min_samples(np.float64(0.5), 133) == 67  # still rounded up
+
+
+def test_held_out_warning_counts_no_more_than_the_training_set():
+    # min_samples=10 of 4 samples: the kept set is the 4 samples, and the
+    # warning about held-out scores from a handful of them must still come.
+    X = np.random.RandomState(0).normal(size=(4, 2))
+    with pytest.warns(UserWarning) as caught:
+        IQRRefiner(EllipticEnvelope(), min_samples=10).fit(X)
+    messages = [str(w.message) for w in caught]
+    assert any("may hold as few as 4 of the 4 training" in m for m in messages)
+    assert any(m.startswith("min_samples=10 is not below the 4") for m in messages)

@@ -691,6 +691,26 @@ def test_resolve_config_applies_overrides_and_rejects_unknown_keys():
             resolve_config("digits", {section: {key: True}})
     assert resolve_config("digits", {"maml": {"first_order": True}})["maml"][
         "first_order"] is True
+    # an override changes that call's configuration, not the defaults of the next
+    default = resolve_config("surfaces")
+    for section in ("surfaces", "patch", "flow"):
+        key = next(iter(default[section]))
+        changed = resolve_config("surfaces", {section: {key: 7}})
+        assert changed[section][key] == 7 != default[section][key]
+    assert resolve_config("surfaces") == default
+    # the dataset is the call's, not a key of the file
+    said = r"Unknown configuration key config\['dataset'\]"
+    with pytest.raises(BenchmarkError, match=said):
+        resolve_config("digits", {"dataset": "mvtec"})
+    said = r"config\['surfaces'\] belongs to the surfaces"
+    with pytest.raises(BenchmarkError, match=said):
+        resolve_config("digits", {"surfaces": {}})
+    with pytest.raises(BenchmarkError, match=r"config\['patch'\] belongs to the patch"):
+        resolve_config("digits", {"patch": {}})
+    assert resolve_config("digits", {"seed": 2**32 - 1})["seed"] == 2**32 - 1
+    said = "integer from 0 to 4294967295, got 4294967296"
+    with pytest.raises(BenchmarkError, match=said):
+        resolve_config("digits", {"seed": 2**32})
 
 
 def test_options_take_precedence_over_the_config_file(tmp_path):

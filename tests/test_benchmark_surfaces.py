@@ -580,3 +580,34 @@ def test_a_bad_patch_sigma_is_refused_before_any_run(sigma, tmp_path):
             repeats=1, config=config, output=tmp_path / "o", progress=False,
         )  # fmt: skip
     assert not (tmp_path / "o").exists()
+
+
+def test_the_map_figure_shows_the_highest_noise_and_marks_what_predict_flags(
+    tmp_path, monkeypatch
+):
+    drawn, panels = [], []
+    draw, plot = _maps.draw_anomaly_maps, _maps.plot_anomaly_maps
+
+    def drawing(path, model, patches, surfaces, test_indices, config, title=None):
+        drawn.append((model, patches, surfaces, test_indices, title))
+        return draw(path, model, patches, surfaces, test_indices, config, title=title)
+
+    def plotting(*args, titles, **kwargs):
+        panels.append(titles)
+        return plot(*args, titles=titles, **kwargs)
+
+    monkeypatch.setattr(_maps, "draw_anomaly_maps", drawing)
+    monkeypatch.setattr(_maps, "plot_anomaly_maps", plotting)
+    run_benchmark(
+        "surfaces", categories=["wood"], models=["patchcore"], noise=[0.25, 0.0],
+        repeats=1, config=TINY, output=tmp_path / "o", n_jobs=1, progress=False,
+    )  # fmt: skip
+    [(model, patches, surfaces, test_indices, title)] = drawn
+    assert "25% defective training images" in title
+    target = surfaces.target[test_indices]
+    good, defective = test_indices[target == 0][:2], test_indices[target == 1][:6]
+    shown = np.concatenate([good, defective])
+    flagged = model.predict(patches[shown].reshape(len(shown), -1)) == -1
+    [titles] = panels
+    assert len(titles) == len(shown) >= 3
+    assert [t.endswith(" (flagged)") for t in titles] == flagged.tolist()

@@ -2,6 +2,7 @@
 
 import csv
 import functools
+import io
 import math
 import os
 import re
@@ -1553,12 +1554,17 @@ def test_a_failing_or_closed_stderr_does_not_stop_the_work(
         def flush(self):
             raise OSError(28, "No space left on device")
 
+    closed = io.StringIO()  # closed under Python: writes raise ValueError
+    closed.close()
     args = [str(fitted), str(folders / "new"), "--skip-unreadable"]
-    for stderr in (Full(), None):
+    for stderr in (Full(), None, closed):
         output = tmp_path / f"{type(stderr).__name__}.csv"
         monkeypatch.setattr("sys.stderr", stderr)
         assert main(["score", *args, "--output", str(output)]) == 0
         assert len(_rows(output)) == 5
+        # and a failure's message, which goes nowhere, still ends in status 1
+        missing = str(tmp_path / "missing")
+        assert main(["fit", missing, "--output", str(tmp_path / "m.metarefine")]) == 1
     monkeypatch.undo()
     monkeypatch.setattr("sys.stdout", None)
     assert main(["score", *args, "--output", str(tmp_path / "s.csv")]) == 0

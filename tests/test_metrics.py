@@ -174,6 +174,15 @@ def test_metrics_reject_bad_inputs_with_a_clear_message(metric):
         metric(np.where(masks, 1, -1), maps)
     with pytest.raises(ValueError, match="n_images, height, width"):
         metric(masks[0, 0], maps[0, 0])
+    # maps of (width, height): as many pixels, but not the masks' pixels
+    wide, tall = masks[:, :, :8], maps[:, :, :8].transpose(0, 2, 1)
+    with pytest.raises(ValueError, match=r"same shape.*\(3, 12, 8\).*\(3, 8, 12\)"):
+        metric(wide, tall)
+    # float masks of 0 and 1 with one other value among them
+    soft = masks.astype(float)
+    soft[0, 0, 0] = 0.5
+    with pytest.raises(ValueError, match=r"only 0 and 1; got values such as \[0.5\]"):
+        metric(soft, maps)
 
 
 @pytest.mark.parametrize("max_fpr", [0, -0.1, 1.5])

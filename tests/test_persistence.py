@@ -16,6 +16,7 @@ import pytest
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.ensemble import IsolationForest
+from sklearn.exceptions import NotFittedError
 from sklearn.neighbors import LocalOutlierFactor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
@@ -210,8 +211,13 @@ def test_refiner_around_isolation_forest_round_trip(table, model_path):
     assert loaded.estimator.get_params() == refiner.estimator.get_params()
 
 
-def test_refiner_around_lof_round_trip(table, model_path):
-    refiner = IQRRefiner(LocalOutlierFactor(novelty=True), random_state=0).fit(table)
+@pytest.mark.parametrize(
+    "metric", ["minkowski", "euclidean", "manhattan", "chebyshev"]
+)
+def test_refiner_around_lof_round_trip(table, model_path, metric):
+    # Each metric's fitted distance object must be a trusted type.
+    lof = LocalOutlierFactor(novelty=True, metric=metric)
+    refiner = IQRRefiner(lof, random_state=0).fit(table)
     save(refiner, model_path)
     assert_array_equal(
         load(model_path).score_samples(table), refiner.score_samples(table)
@@ -426,6 +432,10 @@ def test_patch_level_detector_round_trip_and_device_argument(images, model_path)
 def test_patch_models_unfitted_and_with_a_module_backbone(images, model_path):
     save(MetaRefineDetector(level="patch"), model_path)
     assert not hasattr(load(model_path), "detector_")
+    # an unfitted detector loads unfitted: scoring says so, not AttributeError
+    save(PatchCoreDetector(device="cpu"), model_path)
+    with pytest.raises(NotFittedError):
+        load(model_path).score_samples(images[:1])
     save(PatchFeatures(image_size=16, device="cpu").fit(images), model_path)
     assert load(model_path).grid_shape_ == (2, 2)
     for estimator in (

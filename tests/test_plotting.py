@@ -96,6 +96,7 @@ def test_titles_files_and_grey_images(tmp_path, panels):
     grey = images[:2, ..., 0] / 255.0
     figure = plot_anomaly_maps(grey, maps[:2], path=tmp_path / "g.png")
     assert figure.axes[0].images[0].get_array().ndim == 2
+    assert figure.axes[0].images[0].get_cmap().name == "gray"  # not viridis
 
 
 def test_mismatched_lengths_and_bad_maps_are_errors(panels):
@@ -158,3 +159,48 @@ def test_maps_of_images_of_several_sizes(tmp_path):
     assert figure.axes[0].images[1].get_clim() == (maps[0].min(), maps[1].max())
     with pytest.raises(ValueError, match=r"maps\[1\] has shape \(24, 48, 1\)"):
         plot_anomaly_maps(images, [maps[0], maps[1][..., None]])
+
+
+# The pictures of the command line: map overlays and contact sheets.
+
+
+def test_an_overlay_blends_image_and_colour_half_and_half():
+    from matplotlib import colormaps
+
+    from sklearn_metarefine._pictures import map_overlay
+
+    white = np.full((8, 8), 255, np.uint8)
+    overlay = np.asarray(map_overlay(white, np.zeros((8, 8)), 1.0))
+    lowest = np.asarray(colormaps["jet"](0.0)[:3]) * 255.0  # the map's lowest value
+    np.testing.assert_array_equal(overlay[0, 0], np.round(0.5 * 255 + 0.5 * lowest))
+
+
+def test_a_contact_sheet_lays_its_thumbnails_out_in_rows(tmp_path):
+    from sklearn_metarefine._pictures import contact_sheet
+
+    paths = []
+    for i in range(10):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((16, 16), 100, np.uint8)).save(paths[-1])
+    sixteen = []
+    for value in (65535, 16384):  # white, and a quarter of it
+        sixteen.append(tmp_path / f"{value}.png")
+        Image.fromarray(np.full((16, 16), value, np.uint16)).save(sixteen[-1])
+    sheet = tmp_path / "sheet.png"
+    entries = [(path, [path.stem]) for path in paths + sixteen]
+    contact_sheet(entries, sheet, title="t", columns=8, thumbnail=32)
+    pixels = np.asarray(Image.open(sheet).convert("L"))
+    cell_w, cell_h, top = 32 + 8, 32 + 8 + 12, 2 * 12  # margins 4, one caption line
+    assert pixels.shape == (top + 2 * cell_h, 8 * cell_w)
+
+    def centre(index):
+        row, column = divmod(index, 8)
+        return pixels[top + row * cell_h + 4 + 16, column * cell_w + 4 + 16]
+
+    assert [centre(i) for i in range(10)] == [100] * 10
+    assert [centre(10), centre(11)] == [255, 64]  # 16-bit images, scaled
+    assert [centre(i) for i in range(12, 16)] == [255] * 4  # empty cells
+    # a title wider than the thumbnails widens the sheet to hold it
+    title = "Training images dropped by the refinement of line.joblib (round, score)"
+    contact_sheet(entries[:1], sheet, title=title, thumbnail=32)
+    assert Image.open(sheet).size[0] >= 6 * len(title)

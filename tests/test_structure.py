@@ -148,6 +148,9 @@ def test_every_public_name_is_exported_and_an_unknown_one_is_an_attribute_error(
     for name in sklearn_metarefine.__all__:
         assert getattr(sklearn_metarefine, name).__name__ == name
         assert name in dir(sklearn_metarefine)
+    # dir() lists what the module holds too, not only the lazy names
+    for name in ("__version__", "__all__", "__name__"):
+        assert name in dir(sklearn_metarefine)
     with pytest.raises(AttributeError, match="no attribute 'NoSuchDetector'"):
         sklearn_metarefine.NoSuchDetector
 

@@ -268,3 +268,48 @@ def test_no_image_requested_is_an_error():
 def test_invalid_parameters_are_rejected(params):
     with pytest.raises(InvalidParameterError):
         make_surfaces(**params)
+
+
+def _fabric(seed, size=128):
+    from sklearn_metarefine.datasets._textures import _grid, fabric
+
+    return fabric(np.random.default_rng(seed), _grid(size))
+
+
+def test_pixel_centres_sit_half_a_pixel_in():
+    from sklearn_metarefine.datasets._textures import REFERENCE_SIZE, _grid
+
+    grid = _grid(4)
+    np.testing.assert_allclose(grid.x[0], (np.arange(4) + 0.5) * REFERENCE_SIZE / 4)
+    np.testing.assert_allclose(grid.y[:, 0], grid.x[0])
+
+
+def test_warp_and_weft_threads_run_across_each_other():
+    # Each layer is dark in the gaps between its own threads, bright on their
+    # crowns: the warp across u, the weft across v.
+    extras = _fabric(0).extras
+    for layer, coordinate in (("warp", "u"), ("weft", "v")):
+        fraction = extras[coordinate] % 1
+        gap = extras[layer][(fraction < 0.05) | (fraction > 0.95)].mean()
+        crown = extras[layer][np.abs(fraction - 0.5) < 0.05].mean()
+        assert gap < 0.5 * crown, layer
+
+
+def test_missing_and_coloured_threads_are_one_or_two_threads_of_the_weave():
+    from sklearn_metarefine.datasets._defects import _thread_band, color_thread
+
+    counts, sides = set(), set()
+    for seed in range(40):
+        surface = _fabric(seed)
+        u, v = surface.extras["u"], surface.extras["v"]
+        warp, band = _thread_band(np.random.default_rng(seed), surface, 0.02)
+        counts.add(len(np.unique(np.floor(u if warp else v)[band])))
+        # A thread of another colour shows where it passes over the other one.
+        warp, band = _thread_band(np.random.default_rng(seed), surface, 0.02)
+        _, target = color_thread(np.random.default_rng(seed), surface, 0.02)
+        changed = band & np.any(target != surface.reflectance, axis=-1)
+        warp_on_top = (np.floor(u) + np.floor(v)) % 2 == 0  # as the fabric draws it
+        assert changed.any()
+        assert np.all(warp_on_top[changed] == warp)
+        sides.add(warp)
+    assert counts == {1, 2} and sides == {True, False}

@@ -695,6 +695,8 @@ CLI_ROWS = [
     ("--image-size 0", ["--image-size", "0"], None, 2, "argument --image-size"),
     # A negative seed was blamed on the feature settings.
     ("--seed -3", ["--seed", "-3"], None, 2, "argument --seed: must be an integer from 0"),
+    ("--seed 2**32", ["--seed", "4294967296"], None, 2,
+     "argument --seed: must be an integer from 0 to 4294967295, got 4294967296"),
     ("unknown model", ["--models", "forest"], None, 2, "invalid choice: 'forest'"),
     ("--noise 0.9", ["--noise", "0.9"], None, 1, "above 0.5, the largest fraction"),
     (

@@ -1313,3 +1313,30 @@ def test_cached_features_of_another_kind_are_refused(tmp_path):
             _read_features(path, 5)
     np.save(path, np.ones((5, 8), np.float32))
     assert _read_features(path, 5).shape == (5, 8)
+
+
+@pytest.mark.parametrize("bad, said", [(np.nan, "1 NaN and 0 infinite"),
+                                       (-np.inf, "0 NaN and 1 infinite")])  # fmt: skip
+def test_a_run_whose_scores_are_not_numbers_blames_the_model(bad, said):
+    # roc_auc_score's "Input contains infinity" blamed the data.
+    from sklearn.base import BaseEstimator, OutlierMixin
+
+    from sklearn_metarefine._benchmark._runs import Run, evaluate
+
+    class OneBadScore(OutlierMixin, BaseEstimator):
+        def fit(self, X, y=None):
+            self.offset_ = -1.0
+            return self
+
+        def score_samples(self, X):
+            scores = -np.abs(X[:, 0])
+            scores[0] = bad
+            return scores
+
+    rng = np.random.RandomState(0)
+    X, y = rng.normal(size=(300, 4)), np.repeat([0, 1], [200, 100])
+    run = Run("digit0", 0.0, 0, "custom", 0)
+    record = evaluate(OneBadScore(), run, X, y, None, resolve_config("digits"), "cpu")
+    message = f"ValueError: the model's score_samples gave {said}"
+    assert record["error"].startswith(message)
+    assert record["auroc"] is None

@@ -611,3 +611,24 @@ def test_the_map_figure_shows_the_highest_noise_and_marks_what_predict_flags(
     [titles] = panels
     assert len(titles) == len(shown) >= 3
     assert [t.endswith(" (flagged)") for t in titles] == flagged.tolist()
+
+
+def test_a_patch_sigma_of_zero_is_no_smoothing_and_accepted(tmp_path):
+    config = {**TINY, "patch": {**TINY["patch"], "sigma": 0}}
+    result = run_benchmark(
+        "surfaces", categories=["wood"], models=["patchcore"], noise=[0.0],
+        repeats=1, config=config, output=tmp_path / "o", n_jobs=1, progress=False,
+    )  # fmt: skip
+    assert result.runs[0]["error"] is None
+
+
+def test_the_seed_draws_the_generated_surfaces():
+    from sklearn_metarefine._benchmark._data import generate_surfaces
+
+    small = {"surfaces": {"image_size": 32, "n_normal": 4, "n_anomalous": 2}}
+    first, again, other = (
+        generate_surfaces("metal", resolve_config("surfaces", {**small, "seed": seed}))
+        for seed in (0, 0, 1)
+    )
+    np.testing.assert_array_equal(first.images, again.images)
+    assert not np.array_equal(first.images, other.images)

@@ -1,5 +1,6 @@
 """`metarefine fit` and `metarefine score` on generated image folders."""
 
+import contextlib
 import csv
 import functools
 import io
@@ -830,6 +831,8 @@ def test_a_threshold_beyond_the_numbers_is_refused_as_written(
         ("--seed", "abc", "expected an integer, got 'abc'"),
         ("--seed", "1.5", "expected an integer, got '1.5'"),
         ("--n-jobs", "x", "expected an integer, got 'x'"),
+        ("--set", "=5", "expected NAME=VALUE, got '=5'"),  # it named no parameter
+        ("--set", "k", "expected NAME=VALUE, got 'k'"),
     ],
 )
 def test_a_malformed_number_is_refused_in_words(
@@ -839,6 +842,7 @@ def test_a_malformed_number_is_refused_in_words(
     new = str(folders / "new")
     argv = {
         "--seed": ["fit", new, "--output", "m.metarefine"],
+        "--set": ["fit", new, "--output", "m.metarefine"],
         "--n-jobs": ["benchmark"],
     }.get(option, ["score", str(fitted), new, "--output", "x.csv"])
     with pytest.raises(SystemExit) as stop:
@@ -1849,3 +1853,57 @@ def test_the_level_set_with_set_is_refused_for_the_level_option():
     said = r"level='patch': choose the level with --level"
     with pytest.raises(InputError, match=said):
         build_detector("image", {"level": "patch"})
+
+
+def test_maps_keep_their_images_names_sizes_and_folder(surfaces, tmp_path, monkeypatch):
+    # An unreadable file listed first shifted no map onto the next image's
+    # name; images of one height and two widths are mapped apart; a folder
+    # given as "." prefixes its maps by its own name.
+    root, _ = surfaces
+    model, *_ = _scored_with_maps(surfaces, tmp_path)
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    (folder / "a_truncated.png").write_bytes(b"")
+    plate = np.asarray(Image.open(root / "new" / "plate0.png"))
+    Image.fromarray(plate).save(folder / "b_square.png")
+    Image.fromarray(plate[:, :80]).save(folder / "c_narrow.png")
+    monkeypatch.chdir(folder)
+    output, maps = tmp_path / "batch.csv", tmp_path / "batch_maps"
+    command = ["score", str(model), ".", "--output", str(output), "--maps", str(maps),
+               "--skip-unreadable", "--no-progress"]  # fmt: skip
+    assert main(command) == 0
+    rows = {Path(row["path"]).name: row for row in _rows(output)}
+    assert rows["a_truncated.png"]["label"] == "skipped"
+    assert rows["a_truncated.png"]["map"] == ""
+    for name, width in (("b_square.png", SURFACE_SIZE), ("c_narrow.png", 80)):
+        assert Path(rows[name]["map"]) == maps / "batch" / name
+        values = maps / "batch" / f"{Path(name).stem}.npy"
+        assert Path(rows[name]["map_values"]) == values
+        assert np.load(rows[name]["map_values"]).shape == (SURFACE_SIZE, width)
+    written = sorted(p.name for p in maps.rglob("*.png"))
+    assert written == ["b_square.png", "c_narrow.png"]
+
+
+def test_no_progress_silences_the_components_of_a_saved_pipeline(
+    folders, tmp_path, capsys
+):
+    from sklearn.ensemble import IsolationForest
+    from sklearn.pipeline import make_pipeline
+
+    from sklearn_metarefine import PretrainedFeatures, save
+
+    train = [f.path for f in list_images([folders / "train"])]
+    train = [path for path in train if "corrupt" not in path]
+    features = PretrainedFeatures(
+        "efficientnet_lite0", image_size=32, n_scales=1, device="cpu", verbose=1
+    )
+    pipeline = make_pipeline(features, IsolationForest(random_state=0))
+    with contextlib.redirect_stderr(io.StringIO()):
+        pipeline.fit(train[:10])
+    save(pipeline, tmp_path / "p.metarefine")
+    capsys.readouterr()
+    command = ["score", str(tmp_path / "p.metarefine"), str(folders / "new"),
+               "--output", str(tmp_path / "p.csv"), "--skip-unreadable",
+               "--no-progress"]  # fmt: skip
+    assert main(command) == 0
+    assert capsys.readouterr().err == ""

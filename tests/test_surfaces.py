@@ -304,8 +304,8 @@ def test_missing_and_coloured_threads_are_one_or_two_threads_of_the_weave():
         u, v = surface.extras["u"], surface.extras["v"]
         warp, band = _thread_band(np.random.default_rng(seed), surface, 0.02)
         counts.add(len(np.unique(np.floor(u if warp else v)[band])))
-        # A thread of another colour shows where it passes over the other one.
-        warp, band = _thread_band(np.random.default_rng(seed), surface, 0.02)
+        # A thread of another colour (the same band, from the same seed) shows
+        # where it passes over the other one.
         _, target = color_thread(np.random.default_rng(seed), surface, 0.02)
         changed = band & np.any(target != surface.reflectance, axis=-1)
         warp_on_top = (np.floor(u) + np.floor(v)) % 2 == 0  # as the fabric draws it

@@ -9,7 +9,7 @@ and draws) at 0% noise, 3 repeats. Two tables:
    benchmark's order. Mean over surfaces and repeats: test AUROC, the share
    of good test images flagged at the model's own boundary (false alarms) and
    of defective ones (detections), and the share of the training images whose
-   leave-one-image-out score lies beyond the boundary, the files that
+   held-out score (``train_scores_``) lies beyond the boundary, the files that
    ``metarefine fit --level patch`` lists in its ``.flagged.csv``.
 2. ``patchflow`` (``PatchFlowDetector``), whose boundary is the 95% quantile
    (``false_alarm_rate=0.05``) of the training images' held-out scores inside
@@ -70,7 +70,6 @@ def training_size_run(patches, y, config, category, repeat, name, size):
     model, n_train, anomaly, y_test = fit_clean(
         patches, y, config, category, repeat, name, size
     )
-    detector = getattr(model, "detector_", model)
     flagged = anomaly > -model.offset_
     good = y_test == 0
     return (
@@ -79,7 +78,7 @@ def training_size_run(patches, y, config, category, repeat, name, size):
         roc_auc_score(y_test, anomaly),
         flagged[good].mean(),
         flagged[~good].mean(),
-        np.mean(detector.train_scores_ > -model.offset_),
+        np.mean(model.train_scores_ > -model.offset_),
     )
 
 

@@ -6,8 +6,9 @@ Where is the defect? Anomaly maps at the patch level
 A scratch or a small stain covers a percent or two of an image: pooled into one
 vector per image it barely moves the image's score. At the patch level, every
 image is a grid of patch vectors and a test patch is scored by its distance to
-the nearest training patch, so a local defect stands out, and the patch scores
-form an anomaly map that shows where it is.
+the nearest training patch and by its likelihood under a flow of the training
+patches, so a local defect stands out, and the patch scores form an anomaly map
+that shows where it is.
 
 This example trains ``MetaRefineDetector(level="patch")`` on generated brushed
 metal in which a fifth of the "good" training images are in fact defective,
@@ -40,6 +41,9 @@ print(
 # ----------------------------
 # The memory bank keeps a 10% coreset of the training patches, from which the
 # patches that too few other training images show (a defect's) are then dropped.
+# Beside it a flow over the patches drops the training images above the fence
+# of their held-out scores; each model's scores are standardised by the median
+# and IQR of its held-out training scores, and the two are averaged.
 detector = MetaRefineDetector(level="patch", image_size=64, random_state=0)
 detector.fit(data.X_train)
 

@@ -12,6 +12,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._features import PretrainedFeatures
 from ._flows import MAMLFlowDetector
 from ._patch import PatchCoreDetector
+from ._patch._pair import fit_pair, pair_scores
 from ._refine import IQRRefiner
 from ._sizes import FewHeldOutWarning, smallest_fit, warn_if_held_out_from_few
 from ._samples import distinct_training_images
@@ -35,18 +36,15 @@ _REFINER_PARAMS = (
 )  # fmt: skip
 # The fitted attributes of one level, which a fit at the other deletes.
 _FITTED = {
-    "image": ("detector_",),
+    "image": (
+        "detector_", "flow_detector_", "score_centers_", "score_scales_",
+        "train_scores_",
+    ),
     "patch": (
         "pipeline_", "refiner_", "removed_at_iter_", "thresholds_",
         "termination_condition_",
     ),
 }  # fmt: skip
-# What the patch level forwards to PatchCoreDetector, beyond device, memory,
-# verbose and random_state.
-_PATCH_PARAMS = (
-    "backbone", "weights", "image_size", "input_shape", "grid_shape",
-    "coreset_fraction", "k", "contamination",
-)  # fmt: skip
 
 
 def _forwarded_constraints():
@@ -87,9 +85,12 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     normal; the paper's own procedure is reachable by parameters (see Notes).
 
     With ``level="patch"`` it is the robust detector of local defects
-    instead: a :class:`PatchCoreDetector` whose memory bank of training
-    patches is cleaned, patch by patch, of what too few training images show
-    (``bank_cleaning="patches"``), with :meth:`anomaly_map`.
+    instead, with :meth:`anomaly_map`: a :class:`PatchCoreDetector` whose
+    memory bank of training patches is cleaned, patch by patch, of what too
+    few training images show (``bank_cleaning="patches"``), paired with a
+    :class:`PatchFlowDetector` that drops the training images above the fence
+    of its held-out scores. Each one's scores are standardised by the median
+    and IQR of its held-out training scores, and the two are averaged.
 
     Parameters
     ----------
@@ -102,8 +103,8 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     level : {"image", "patch"}, default="image"
         ``"image"``: one pooled vector per image, the meta-learned flow and
         the refinement of training images (the paper). ``"patch"``: the
-        cleaned patch memory bank, for defects that cover a small part of the
-        image; it uses ``backbone``, ``weights``, ``image_size``,
+        cleaned patch memory bank and a patch flow, for defects that cover a
+        small part of the image; it uses ``backbone``, ``weights``, ``image_size``,
         ``input_shape``, ``grid_shape``, ``coreset_fraction``, ``k``,
         ``contamination``, ``memory``, ``device``, ``random_state`` and
         ``verbose``, and ignores the other parameters.
@@ -202,9 +203,9 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
         held-out scores of the kept images and of the removed ones inside the
         outer fence, see :class:`IQRRefiner`); a float is scikit-learn's
         meaning, the fraction of the training images to flag. At the patch
-        level "auto" is the fence of the training images' leave-one-image-out
-        scores, grown from their lower half, and a float the fraction of
-        those scores above the threshold (see :class:`PatchCoreDetector`).
+        level "auto" is the fence of the training images' held-out scores
+        (``train_scores_``), grown from their lower half, and a float the
+        fraction of those scores above the threshold.
     false_alarm_rate : float, default=0.05
         The false-alarm rate that ``contamination="auto"`` aims at (image
         level only: the patch level's boundary is a fence, see above).
@@ -228,10 +229,18 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     refiner_ : IQRRefiner
         Its last step (image level).
     detector_ : PatchCoreDetector
-        The fitted patch detector (patch level).
+        The fitted memory bank (patch level).
+    flow_detector_ : PatchFlowDetector
+        The fitted patch flow, on the bank's patches (patch level).
+    score_centers_, score_scales_ : ndarray of shape (2,)
+        Median and IQR of the held-out training scores of the bank and the
+        flow, which standardise their scores (patch level).
+    train_scores_ : ndarray of shape (n_samples,)
+        Standardised anomaly score of each training image, held out of both
+        (patch level): the scores the threshold is set on.
     inlier_mask_ : ndarray of shape (n_samples,), dtype bool
-        Training images kept by the refinement (at the patch level, which
-        cleans patches, not images: all True).
+        Training images kept by the refinement (at the patch level, those the
+        flow kept; the bank cleans patches, not images).
     removed_at_iter_ : ndarray of shape (n_samples,), dtype int
         Round in which each training image was dropped, -1 if kept, 0 if
         outside the trimmed core and never re-admitted (image level).
@@ -255,6 +264,7 @@ class MetaRefineDetector(OutlierMixin, BaseEstimator):
     MAMLFlowDetector : The meta-learned flow alone.
     PretrainedFeatures : The CNN embedding alone.
     PatchCoreDetector : The patch memory bank of ``level="patch"``.
+    PatchFlowDetector : Its patch flow.
 
     Notes
     -----
@@ -424,11 +434,8 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         seed = draw_seed(check_random_state(self.random_state))
         if self.level == "patch":
-            with shown_as(self):  # its messages name this detector
-                self.detector_ = self._build_patch_detector(seed).fit(X)
-            self.inlier_mask_ = self.detector_.inlier_mask_
-            self.n_iter_ = 1  # the bank is cleaned once
-            self.offset_ = self.detector_.offset_
+            fit_pair(self, X, seed)
+            self.n_iter_ = 1  # the bank's patches, and the flow's images, cleaned once
             return self._forget_other_fits()
         pipeline = self._build_pipeline(seed)
         features = X
@@ -480,8 +487,10 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         """
         features = self._features(X)
         if self.level == "patch":
-            with shown_as(self):
-                return self.detector_.score_samples(features)
+            if getattr(self, "flow_detector_", None) is None:  # an older file
+                with shown_as(self):
+                    return self.detector_.score_samples(features)
+            return pair_scores(self, features)
         return self.pipeline_[-1].score_samples(features)
 
     def decision_function(self, X):
@@ -525,16 +534,16 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             Higher is more anomalous; see
             :meth:`PatchCoreDetector.anomaly_map`.
         """
-        with shown_as(self):
-            features = self._features(X)  # checks that it is fitted first
-            return self.detector_.anomaly_map(features)
+        return self._scores_and_maps(X)[1]
 
     @available_if(lambda self: self.level == "patch")
     def _scores_and_maps(self, X):
         """``score_samples(X)`` and ``anomaly_map(X)`` from one embedding of ``X``."""
         with shown_as(self):
-            features = self._features(X)
-            return self.detector_._scores_and_maps(features)
+            features = self._features(X)  # checks that it is fitted first
+            if getattr(self, "flow_detector_", None) is None:  # an older file
+                return self.detector_._scores_and_maps(features)
+        return pair_scores(self, features, maps=True)
 
     def _features(self, X):
         check_is_fitted(self)
@@ -544,16 +553,6 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
             return X
         with shown_as(self):  # a pandas output too
             return np.asarray(self.pipeline_[:-1].transform(X))
-
-    def _build_patch_detector(self, seed):
-        return PatchCoreDetector(
-            bank_cleaning="patches",
-            memory=self.memory,
-            device=self.device,
-            verbose=self.verbose,
-            random_state=seed,
-            **{name: getattr(self, name) for name in _PATCH_PARAMS},
-        )
 
     def _size_flow(self, flow, n_samples):
         """Fewer principal axes for a refinement of few training images."""

@@ -40,7 +40,7 @@ from ._utils import warn
 
 LEVELS = ("image", "patch")
 # Parameters of MetaRefineDetector that the patch level uses besides the ones it
-# forwards to PatchCoreDetector (_detector._PATCH_PARAMS).
+# forwards to PatchCoreDetector (_patch._pair.BANK_PARAMS).
 _PATCH_LEVEL_SHARED = ("level", "memory", "device", "verbose", "random_state")
 # Thumbnails on the contact sheet; the CSV lists every file of the report.
 MAX_SHEET_IMAGES = 200
@@ -121,7 +121,8 @@ def with_settings(options, settings):
 
 def build_detector(level, params):
     """The MetaRefineDetector ``fit`` trains, at image or patch level."""
-    from ._detector import _PATCH_PARAMS, MetaRefineDetector
+    from ._detector import MetaRefineDetector
+    from ._patch._pair import BANK_PARAMS
 
     if level not in LEVELS:
         raise InputError(f"--level {level!r}: choose one of {', '.join(LEVELS)}.")
@@ -144,7 +145,7 @@ def build_detector(level, params):
             f"parameters are {', '.join(names)}."
         )
     if level == "patch":
-        used = {*_PATCH_PARAMS, *_PATCH_LEVEL_SHARED}
+        used = {*BANK_PARAMS, *_PATCH_LEVEL_SHARED}
         unused = sorted(set(params) - used)
         if unused:
             raise InputError(
@@ -199,13 +200,15 @@ def _flagged_rows(detector, paths):
 
     The bank is cleaned patch by patch and keeps every image, so what is worth
     checking is which training images still show what the model calls a
-    defect. Each image is scored against the bank without its own patches
-    (the detector's ``train_scores_``), the scores the threshold was set on
-    (a fence of them, or their percentile for a float contamination): scored
-    against the whole bank, a training image's patches would find
-    themselves, and a defect whose patches the cleaning kept would go unseen.
+    defect. Each image is scored as if held out (the detector's
+    ``train_scores_``: against the bank without its own patches, and by flows
+    fitted without it), the scores the threshold was set on (a fence of them,
+    or their percentile for a float contamination): scored against the whole
+    bank, a training image's patches would find themselves, and a defect whose
+    patches the cleaning kept would go unseen.
     """
-    anomaly = detector.detector_.train_scores_
+    # Files saved before the pair of bank and flow: the bank's own.
+    anomaly = getattr(detector, "train_scores_", detector.detector_.train_scores_)
     threshold = -detector.offset_
     rows = [(p, float(a)) for p, a in zip(paths, anomaly) if a > threshold]
     return sorted(rows, key=lambda row: (-row[1], row[0]))
@@ -231,11 +234,16 @@ def _report(detector, level, paths, csv_path, sheet_path):
         header = ["path", "anomaly_score"]
         captions = [[Path(p).name[:20], f"{s:.4g}"] for p, s in rows]
         bank = detector.detector_
+        flow = getattr(detector, "flow_detector_", None)
         summary = (
             f"the bank cleaning kept {len(bank.memory_bank_)} of "
-            f"{bank.n_patches_selected_} patches, and the model labels "
-            f"{len(rows)} training images anomalous"
-        )
+            f"{bank.n_patches_selected_} patches, "
+            + ("" if flow is None else (
+                f"the flow's cleaning kept {int(flow.inlier_mask_.sum())} of "
+                f"{len(flow.inlier_mask_)} images, "
+            ))
+            + f"and the model labels {len(rows)} training images anomalous"
+        )  # fmt: skip
         what = "labelled anomalous"
         legend = "anomaly score"
     else:

@@ -1176,6 +1176,9 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys, monkeypatch):
     assert embedded == [20]
     out = capsys.readouterr().out
     assert "Fitted on 20 images; the bank cleaning kept" in out
+    flow = load(model_path).flow_detector_
+    kept = f"the flow's cleaning kept {flow.inlier_mask_.sum()} of 20 images, and"
+    assert kept in out
     model = load(model_path)
     assert isinstance(model, MetaRefineDetector) and model.level == "patch"
     assert model.detector_.bank_cleaning == "patches"
@@ -1189,10 +1192,13 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys, monkeypatch):
     ]
     flagged = _rows(model_path.with_name("plates.flagged.csv"))
     assert not model_path.with_name("plates.dropped.csv").exists()
-    # Scored against the bank without their own patches, the scores the
-    # threshold comes from: against the whole bank, their patches find
-    # themselves.
-    anomaly = model.detector_.train_scores_
+    # Scored as if held out (against the bank without their own patches, by
+    # flows fitted without them), the scores the threshold comes from: against
+    # the whole bank, their patches find themselves.
+    anomaly = model.train_scores_
+    assert anomaly.shape == (20,) and not np.array_equal(
+        anomaly, model.detector_.train_scores_
+    )
     expected = sorted(
         (p for p, a in zip(training, anomaly) if a > -model.offset_),
         key=lambda p: -anomaly[training.index(p)],
@@ -1200,8 +1206,8 @@ def test_patch_level_fit_then_score_writes_maps(surfaces, capsys, monkeypatch):
     assert [row["path"] for row in flagged] == expected
     # The most anomalous is a training image with a hole (plate18, plate19).
     # From 20 training images of 64 px, the fence grown from the lower half
-    # of their scores is a rough one: the report lists 8 of the 20, what the
-    # model would say of them were they new.
+    # of their scores is a rough one: the report lists what the model would
+    # say of them were they new.
     holes = {str(root / "train" / p) for p in ("shift2/plate18.png", "plate19.png")}
     assert flagged and flagged[0]["path"] in holes
     assert model_path.with_name("plates.flagged.png").exists()
@@ -1610,7 +1616,7 @@ def test_a_map_path_that_is_a_link_is_refused(surfaces, tmp_path, capsys):
 
 
 def test_patch_level_report_with_a_float_contamination(surfaces, tmp_path):
-    # A float contamination sets the threshold on the leave-one-image-out
+    # A float contamination sets the threshold on the held-out training
     # scores, which the report lists, as with "auto".
     root, _ = surfaces
     model_path = tmp_path / "plates.metarefine"
@@ -1626,7 +1632,7 @@ def test_patch_level_report_with_a_float_contamination(surfaces, tmp_path):
     model = load(model_path)
     training = [f.path for f in list_images([root / "train"])]
     training.remove(str(root / "train" / "shift2" / "corrupt.png"))
-    held_out = model.detector_.train_scores_
+    held_out = model.train_scores_
     expected = [p for p, a in zip(training, held_out) if a > -model.offset_]
     flagged = _rows(model_path.with_name("plates.flagged.csv"))
     assert sorted(row["path"] for row in flagged) == sorted(expected)

@@ -4,6 +4,7 @@ import copy
 import math
 import re
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from sklearn_metarefine import (
     iqr_fence,
 )
 from sklearn_metarefine._features._embedding import _IMAGENET_MEAN, _IMAGENET_STD
+from sklearn_metarefine._patch._pair import robust_scales, standardised
 from sklearn_metarefine._scores import majority_fence
 from sklearn_metarefine._patch._bank import (
     _gaussian_matrix,
@@ -764,14 +766,49 @@ def test_the_patch_switch_gives_the_cleaned_patch_detector(surfaces):
     maps = det.anomaly_map(defective)
     for image_map, mask in zip(maps, masks):
         assert mask.ravel()[image_map.argmax()]
+    flow = det.flow_detector_
+    assert isinstance(flow, PatchFlowDetector) and flow.image_cleaning is True
+    assert (flow.k, flow.grid_shape_) == (2.0, patch.grid_shape_)
+    # Each detector's score, less the median of its held-out training scores,
+    # over their interquartile range; the two averaged.
     X = np.concatenate([normal_test, defective])
-    np.testing.assert_allclose(det.score_samples(X), patch.score_samples(X))
-    assert det.offset_ == patch.offset_
+    rows = patch.features_.transform(X)
+    parts = [-patch.score_samples(X), -flow.score_samples(rows)]
+    for detector, center, scale in zip(
+        (patch, flow), det.score_centers_, det.score_scales_
+    ):
+        q1, median, q3 = np.quantile(detector.train_scores_, [0.25, 0.5, 0.75])
+        assert (center, scale) == pytest.approx((median, q3 - q1))
+    expected = -sum(
+        (p - c) / w for p, c, w in zip(parts, det.score_centers_, det.score_scales_)
+    ) / 2
+    np.testing.assert_allclose(det.score_samples(X), expected, rtol=1e-6)
+    assert det.score_samples(defective).max() < det.score_samples(normal_test).min()
+    np.testing.assert_array_equal(det.inlier_mask_, flow.inlier_mask_)
+    train_scores = sum(
+        (d.train_scores_ - c) / w
+        for d, c, w in zip((patch, flow), det.score_centers_, det.score_scales_)
+    ) / 2
+    assert det.offset_ == pytest.approx(-majority_fence(train_scores, 2.0))
     scores, maps = det._scores_and_maps(defective)
     np.testing.assert_array_equal(scores, det.score_samples(defective))
     np.testing.assert_array_equal(maps, det.anomaly_map(defective))
     assert not hasattr(MetaRefineDetector(), "anomaly_map")
     assert not hasattr(MetaRefineDetector(), "_scores_and_maps")
+
+
+def test_the_pair_is_standardised_by_finite_held_out_scores():
+    # A model whose held-out scores all tie (no spread) would divide by zero,
+    # and an infinite held-out score (a row beyond float32) would make the
+    # median and IQR infinite or NaN.
+    flat = SimpleNamespace(train_scores_=np.array([3.0, 3.0, 3.0, 3.0]))
+    wide = SimpleNamespace(train_scores_=np.array([0.0, 1.0, 2.0, 3.0, 4.0, np.inf]))
+    centers, scales = robust_scales(flat, wide)
+    np.testing.assert_array_equal(centers, [3.0, 2.0])
+    np.testing.assert_array_equal(scales, [1.0, 2.0])
+    parts = [np.array([5.0, np.inf]), np.array([2.0, 6.0])]
+    scores = standardised(parts, centers, scales)
+    np.testing.assert_array_equal(scores, [1.0, np.inf])
 
 
 def test_the_patch_switch_on_rows_is_grid_searchable():

@@ -420,13 +420,36 @@ def test_patch_level_detector_round_trip_and_device_argument(images, model_path)
     save(detector, model_path)
     loaded = load(model_path, device="cpu")
     assert type(loaded.detector_) is PatchCoreDetector
-    assert loaded.inlier_mask_ is loaded.detector_.inlier_mask_
-    patch = loaded.detector_
-    assert {loaded.device, patch.device, patch.features_.device} == {"cpu"}
+    assert type(loaded.flow_detector_) is PatchFlowDetector
+    assert loaded.inlier_mask_ is loaded.flow_detector_.inlier_mask_
+    assert_array_equal(loaded.score_centers_, detector.score_centers_)
+    assert_array_equal(loaded.score_scales_, detector.score_scales_)
+    patch, flow = loaded.detector_, loaded.flow_detector_
+    devices = {loaded.device, patch.device, patch.features_.device, flow.device}
+    assert devices | {flow.flow_.device} == {"cpu"}
+    assert next(flow.flow_.net_.module_.parameters()).device == torch.device("cpu")
     assert loaded.detector_.device_ == torch.device("cpu")
     assert loaded.detector_.features_.device_ == torch.device("cpu")
     _assert_same_patch_outputs(loaded, detector, images)
     assert loaded.get_params() == detector.set_params(device="cpu").get_params()
+
+
+def test_patch_level_file_of_the_bank_alone_still_scores(images, model_path):
+    # Files saved before the patch level paired its bank with a flow hold the
+    # bank alone, which scored, mapped and set the threshold by itself.
+    detector = MetaRefineDetector(level="patch", image_size=32, random_state=0)
+    detector.fit(images)
+    bank = detector.detector_
+    for name in ("flow_detector_", "score_centers_", "score_scales_"):
+        delattr(detector, name)
+    detector.inlier_mask_, detector.offset_ = bank.inlier_mask_, bank.offset_
+    save(detector, model_path)
+    loaded = load(model_path)
+    assert not hasattr(loaded, "flow_detector_")
+    _assert_same_patch_outputs(loaded, bank, images)
+    scores, maps = loaded._scores_and_maps(images)
+    assert_array_equal(scores, bank.score_samples(images))
+    assert_array_equal(maps, bank.anomaly_map(images))
 
 
 def test_patch_models_unfitted_and_with_a_module_backbone(images, model_path):
@@ -890,6 +913,8 @@ def test_patch_level_round_trip_on_the_gpu_and_to_the_cpu(images, model_path):
     on_cpu = load(model_path, device="cpu")
     assert on_cpu.detector_.device_ == torch.device("cpu")
     assert next(on_cpu.detector_.features_.backbone_.parameters()).is_cuda is False
+    flow = on_cpu.flow_detector_.flow_
+    assert next(flow.net_.module_.parameters()).is_cuda is False
     # Another device computes the CNN's float32 features with other roundings.
     assert_allclose(
         on_cpu.score_samples(images), detector.score_samples(images), rtol=1e-3

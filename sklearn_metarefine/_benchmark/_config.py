@@ -22,11 +22,13 @@ DEFAULT_MODELS = {
     "surfaces": (*PATCH_MODELS, "metarefine", "iforest"),
 }
 # Models that drop training images; Table 2 counts what they dropped.
-REFINER_MODELS = ("osr", "irp", "metarefine", "patchcore_refined", "patchflow")
+# metarefine_patch's are those its flow dropped (its bank drops patches).
+REFINER_MODELS = (
+    "osr", "irp", "metarefine", "patchcore_refined", "metarefine_patch", "patchflow",
+)  # fmt: skip
 # Patch models whose inlier_mask_ keeps every training image by construction
-# (PatchCore keeps every patch, metarefine_patch cleans patches, not images):
-# their runs record no removal.
-KEEPS_IMAGES = ("patchcore", "metarefine_patch")
+# (PatchCore keeps every patch): their runs record no removal.
+KEEPS_IMAGES = ("patchcore",)
 NOISE_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 # Above half, anomalies are most of the training set: an unsupervised detector
 # then learns them as the normal class, and the AUROC measures the protocol,
@@ -158,8 +160,9 @@ PATCH_CONFIG = {
     },
     # patchcore_refined: PatchCore that drops the training images whose
     # leave-one-image-out score is above the fence (the paper's refinement,
-    # in one step, on the memory bank). metarefine_patch is the other
-    # cleaning, "patches" (PatchCoreDetector(bank_cleaning="patches")).
+    # in one step, on the memory bank). metarefine_patch pairs the other
+    # cleaning, "patches" (PatchCoreDetector(bank_cleaning="patches")), with
+    # patchflow's detector (its default flow, image cleaning).
     "patchcore_refined": {"bank_cleaning": "images", "support": 0.25},
     # patchflow: PatchFlowDetector, a flow on the patch vectors (and their
     # position code) that drops the training images above the fence of their

@@ -249,6 +249,8 @@ class PatchGridMixin:
         )
         with shown_as(self):  # its messages name this detector
             rows = self.features_.fit_transform(X)
+        # A detector fitted beside this one reuses the embedding (_pair.py).
+        getattr(self, "_training_rows_sink", []).append(rows)
         if len(rows) < 2:
             raise ValueError(
                 f"n_samples={len(rows)}: {self._shown_name} needs at least 2 "

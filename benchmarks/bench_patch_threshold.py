@@ -23,6 +23,7 @@ and draws) at 0% noise, 3 repeats. Two tables:
    mean over the repeats and its range.
 
     python benchmarks/bench_patch_threshold.py [--repeats 3] [--n-jobs -1] [--cache DIR]
+        [--tables 1 2]
 """
 
 import argparse
@@ -102,6 +103,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-jobs", type=int, default=-1)
     parser.add_argument("--cache", default=None, help="patch feature cache folder")
+    parser.add_argument(
+        "--tables", type=int, nargs="+", choices=(1, 2), default=[1, 2],
+        help="which tables to compute and print",
+    )  # fmt: skip
     args = parser.parse_args()
     config = resolve_config("surfaces")
     cache = Path(args.cache or tempfile.mkdtemp(prefix="bench_patch_threshold_"))
@@ -111,18 +116,25 @@ def main():
         patches = cached_features(images, config, "cpu", cache, patches=True)
         common = (patches, y, config, category)
         for repeat in range(args.repeats):
-            flows.append(joblib.delayed(patchflow_run)(*common, repeat))
-            for name in SIZE_MODELS:
+            if 2 in args.tables:
+                flows.append(joblib.delayed(patchflow_run)(*common, repeat))
+            for name in SIZE_MODELS if 1 in args.tables else ():
                 for size in SIZES:
                     sizes.append(
                         joblib.delayed(training_size_run)(*common, repeat, name, size)
                     )
     results = joblib.Parallel(n_jobs=args.n_jobs)(sizes + flows)
     size_results, flow_results = results[: len(sizes)], results[len(sizes) :]
+    if 1 in args.tables:
+        _print_sizes(size_results, args.repeats)
+    if 2 in args.tables:
+        _print_flows(flow_results, args.repeats)
 
+
+def _print_sizes(size_results, repeats):
     print(
         "1. Clean training sets of the generated surfaces; mean over "
-        f"{len(CATEGORIES)} surfaces x {args.repeats} repeats"
+        f"{len(CATEGORIES)} surfaces x {repeats} repeats"
     )
     print(
         f"{'model':<18}{'training':>9}{'AUROC':>8}{'false alarms':>14}"
@@ -138,9 +150,11 @@ def main():
                 f"{detections:>12.3f}{training:>18.3f}"
             )
 
+
+def _print_flows(flow_results, repeats):
     print(
         "\n2. patchflow on clean training sets (aimed at 5% false alarms): good "
-        f"test images flagged, mean over {args.repeats} repeats; median test "
+        f"test images flagged, mean over {repeats} repeats; median test "
         "score minus median held-out training score"
     )
     print(f"{'surface':<8}{'model':>8}{'all held-out':>14}{'shift mean':>12}{'range':>18}")

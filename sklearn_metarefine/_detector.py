@@ -531,8 +531,11 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         Returns
         -------
         maps : ndarray of shape (n_samples, height, width), dtype float32
-            Higher is more anomalous; see
-            :meth:`PatchCoreDetector.anomaly_map`.
+            Higher is more anomalous: per patch, the mean of the bank's
+            distance and the flow's negative log-likelihood, each
+            standardised as the image scores are, brought to the image's
+            resolution and smoothed as :meth:`PatchCoreDetector.anomaly_map`
+            does (with ``backbone=None``, the grid itself).
         """
         return self._scores_and_maps(X)[1]
 

@@ -27,11 +27,11 @@ BANK_PARAMS = (
 def fit_pair(owner, X, seed):
     """Fit the patch-cleaned PatchCore bank of the MetaRefineDetector
     ``owner``'s parameters and a patch flow beside it on ``X``, and set the
-    owner's ``detector_``,
-    ``flow_detector_``, ``score_centers_``, ``score_scales_``, ``train_scores_``
-    (the paired held-out anomaly scores of the training images, which the
-    threshold is set on), ``offset_`` and ``inlier_mask_`` (the images the
-    flow kept; the bank keeps every image and drops patches)."""
+    owner's ``detector_``, ``flow_detector_``, ``score_centers_``,
+    ``score_scales_``, ``train_scores_`` (the paired held-out anomaly scores
+    of the training images, which the threshold is set on), ``offset_`` and
+    ``inlier_mask_`` (the images the flow kept; the bank keeps every image
+    and drops patches)."""
     bank = PatchCoreDetector(
         bank_cleaning="patches",
         memory=owner.memory,

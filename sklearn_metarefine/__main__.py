@@ -216,11 +216,11 @@ examples:
 
 Besides MODEL, writes MODEL's name with .dropped.csv (the training files the
 refinement dropped, with their anomaly score and round) and .dropped.png (a
-contact sheet of them); with --level patch, which cleans the memory bank patch
-by patch and drops no image, .flagged.csv and .flagged.png instead (the
-training files the fitted model labels anomalous, each scored against the
-bank without its own patches); and .skipped.csv with
---skip-unreadable.
+contact sheet of them); with --level patch, whose memory bank is cleaned patch
+by patch and keeps every image, .flagged.csv and .flagged.png instead (the
+training files the fitted model labels anomalous, each scored as if held out:
+without its own patches in the bank, by flows fitted without it); and
+.skipped.csv with --skip-unreadable.
 """
 
 

@@ -316,9 +316,10 @@ def fit_folder(
       final model, the round that dropped them (0: outside the starting core
       and never let back in) and the final model's label;
     - patch level, ``<name>.flagged.csv`` and ``<name>.flagged.png``: the
-      training files the fitted model labels anomalous, with their anomaly
-      score against the bank without their own patches (the patch level
-      cleans patches, not images: none is dropped).
+      training files the fitted model labels anomalous, with their held-out
+      anomaly score (``train_scores_``: the bank's cleaning keeps every
+      image, so none is dropped; the flow beside it leaves some out of its
+      own fit, which the summary line counts).
 
     With ``skip_unreadable``, ``<name>.skipped.csv`` lists the files that could
     not be read.

@@ -20,6 +20,7 @@ from sklearn_metarefine import (
     PatchCoreDetector,
     PretrainedFeatures,
 )
+from sklearn_metarefine._patch._pair import build_bank
 from sklearn_metarefine.datasets import load_digits_anomaly, make_contaminated
 
 TINY_FLOW = {
@@ -360,7 +361,7 @@ def test_every_forwarded_parameter_has_its_components_constraint():
     components = [PretrainedFeatures, MAMLFlowDetector, IQRRefiner, PatchCoreDetector]
     det = MetaRefineDetector(backbone="efficientnet_lite0", random_state=0)
     forwarded = det._build_pipeline(seed=0)
-    reached = set(det._build_patch_detector(seed=0).get_params(deep=False))
+    reached = set(build_bank(det, seed=0).get_params(deep=False))
     for step in forwarded.named_steps.values():
         estimators = [step, getattr(step, "estimator", None)]
         for estimator in filter(None, estimators):

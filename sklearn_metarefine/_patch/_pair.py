@@ -32,14 +32,7 @@ def fit_pair(owner, X, seed):
     of the training images, which the threshold is set on), ``offset_`` and
     ``inlier_mask_`` (the images the flow kept; the bank keeps every image
     and drops patches)."""
-    bank = PatchCoreDetector(
-        bank_cleaning="patches",
-        memory=owner.memory,
-        device=owner.device,
-        verbose=owner.verbose,
-        random_state=seed,
-        **{name: getattr(owner, name) for name in BANK_PARAMS},
-    )
+    bank = build_bank(owner, seed)
     bank._training_rows_sink = embedded = []  # the CNN runs once
     try:
         with shown_as(owner):  # their messages name the owner
@@ -60,6 +53,19 @@ def fit_pair(owner, X, seed):
     else:
         owner.offset_ = contamination_offset(-scores, owner.contamination)
     owner.inlier_mask_ = owner.flow_detector_.inlier_mask_
+
+
+def build_bank(owner, seed):
+    """The unfitted patch-cleaned PatchCore bank of the MetaRefineDetector
+    ``owner``'s parameters."""
+    return PatchCoreDetector(
+        bank_cleaning="patches",
+        memory=owner.memory,
+        device=owner.device,
+        verbose=owner.verbose,
+        random_state=seed,
+        **{name: getattr(owner, name) for name in BANK_PARAMS},
+    )
 
 
 def fit_flow_beside(bank, rows, *, k, device, verbose, seed):

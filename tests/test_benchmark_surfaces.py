@@ -101,7 +101,9 @@ def test_surfaces_tables_have_pixel_metrics_of_the_patch_models_only(surfaces_ru
         else:
             assert run["pixel_auroc"] == run["aupro"] == ""
         # Only the models that drop training images record removals.
-        drops = run["model"] in ("patchcore_refined", "patchflow", "metarefine")
+        drops = run["model"] in (
+            "patchcore_refined", "patchflow", "metarefine", "metarefine_patch"
+        )
         assert (run["removed_good"] != "") == drops
 
     fields, table1 = _read_csv(output / "table1_auroc.csv")
@@ -134,7 +136,9 @@ def test_surfaces_tables_have_pixel_metrics_of_the_patch_models_only(surfaces_ru
 
     _, table2 = _read_csv(output / "table2_removed.csv")
     assert [r["model"] for r in table2] == [
-        m for m in ("patchcore_refined", "patchflow", "metarefine") for _ in "01"
+        m
+        for m in ("patchcore_refined", "metarefine_patch", "patchflow", "metarefine")
+        for _ in "01"
     ]
     _, table3 = _read_csv(output / "table3_threshold.csv")
     assert [r["model"] for r in table3] == [m for m in PATCH + IMAGE for _ in "01"]

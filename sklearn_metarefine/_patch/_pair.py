@@ -9,6 +9,8 @@ anomalies in a contaminated training set move little, and the two are averaged:
 per image for the image score, per patch for the anomaly map.
 """
 
+import warnings
+
 import numpy as np
 
 from .._scores import contamination_offset, majority_fence
@@ -16,6 +18,8 @@ from .._utils import draw_seed, shown_as
 from ._detector import PatchCoreDetector
 from ._flow import PatchFlowDetector
 
+# The start of the warning that some training images repeat others.
+_COPIES_WARNING = "[0-9]+ of the [0-9]+ training images repeat"
 # What the patch level of MetaRefineDetector forwards to its PatchCoreDetector,
 # beyond device, memory, verbose and random_state.
 BANK_PARAMS = (
@@ -38,10 +42,12 @@ def fit_pair(owner, X, seed):
         with shown_as(owner):  # their messages name the owner
             owner.detector_ = bank.fit(X)
             rows = embedded[0] if embedded else X  # X: rows (backbone=None)
-            owner.flow_detector_ = fit_flow_beside(
-                bank, rows, k=owner.k, device=owner.device, verbose=owner.verbose,
-                seed=seed,
-            )  # fmt: skip
+            with warnings.catch_warnings():  # the bank has said it of the same rows
+                warnings.filterwarnings("ignore", _COPIES_WARNING)
+                owner.flow_detector_ = fit_flow_beside(
+                    bank, rows, k=owner.k, device=owner.device,
+                    verbose=owner.verbose, seed=seed,
+                )  # fmt: skip
     finally:
         del bank._training_rows_sink
     owner.score_centers_, owner.score_scales_ = robust_scales(

@@ -487,9 +487,6 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         """
         features = self._features(X)
         if self.level == "patch":
-            if getattr(self, "flow_detector_", None) is None:  # an older file
-                with shown_as(self):
-                    return self.detector_.score_samples(features)
             return pair_scores(self, features)
         return self.pipeline_[-1].score_samples(features)
 
@@ -544,8 +541,6 @@ array-like of shape (n_samples, n_features) when ``backbone=None``
         """``score_samples(X)`` and ``anomaly_map(X)`` from one embedding of ``X``."""
         with shown_as(self):
             features = self._features(X)  # checks that it is fitted first
-            if getattr(self, "flow_detector_", None) is None:  # an older file
-                return self.detector_._scores_and_maps(features)
         return pair_scores(self, features, maps=True)
 
     def _features(self, X):

@@ -130,10 +130,13 @@ def pair_training_scores(owner):
 def pair_scores(owner, X, maps=False):
     """``score_samples(X)`` of the pair (and ``anomaly_map(X)`` with ``maps``)
     of a fitted MetaRefineDetector ``owner`` at the patch level, from one
-    embedding of ``X``."""
-    bank, flow = owner.detector_, owner.flow_detector_
-    centers, scales = owner.score_centers_, owner.score_scales_
+    embedding of ``X``; the bank's alone for a model file saved before the
+    pair."""
+    bank, flow = owner.detector_, getattr(owner, "flow_detector_", None)
     with shown_as(owner):
+        if flow is None:
+            return bank._scores_and_maps(X) if maps else bank.score_samples(X)
+        centers, scales = owner.score_centers_, owner.score_scales_
         if bank.features_ is None:  # rows: each detector checks them itself
             if not maps:
                 parts = [-bank.score_samples(X), -flow.score_samples(X)]
